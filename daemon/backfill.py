@@ -1,0 +1,70 @@
+"""EASY backfill: one reservation for the highest-priority job that cannot start.
+
+Running jobs are assumed to end when their time limit runs out (a job past its limit is about to
+be killed, so it counts as ending now). The reservation is the earliest time and node at which
+the waiting job fits. A lower-priority job may start now if its own limit ends by then, or if it
+keeps off what the reservation needs on that node: the reserved GPUs and the CPUs and memory
+beyond what will be spare there. Either way the reserved job is never pushed later.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .placement import Cluster, could_ever_fit, gpu_matches
+from .snapshot import JobView
+
+
+@dataclass
+class Reservation:
+    job: int
+    time: float
+    node: int
+    gpus: frozenset[int]
+    spare_cpus: int
+    spare_mem: int
+
+    def allows(self, now: float, time_limit_s: float) -> bool:
+        """A job with this limit started now ends before the reserved job starts."""
+        return now + time_limit_s <= self.time
+
+    def took(self, cpus: int, mem: int) -> None:
+        """A job that outlasts the reservation now holds resources on the reserved node."""
+        self.spare_cpus -= cpus
+        self.spare_mem -= mem
+
+
+def reserve(cluster: Cluster, job: JobView, now: float) -> Reservation | None:
+    """The earliest start of `job` from the running jobs' limits, or None if nothing known to
+    end would ever free enough for it."""
+    best: Reservation | None = None
+    need, cpus, mem = job.gpus, job.cpus, job.memory_mb
+    for ns in cluster.nodes:
+        if not ns.up or not could_ever_fit(ns, job):
+            continue
+        match = {g for g, s in ns.slots.items() if gpu_matches(s, job)}
+        free_now = [g for g in sorted(ns.free) if g in match]
+        got: list[int] = []  # GPUs freed by ending jobs, taken first so free ones stay usable
+        c, m = ns.free_cpus, ns.free_mem
+        t = now
+        if len(free_now) < need or c < cpus or m < mem:
+            if best is not None and not ns.running:
+                continue
+            for end, gidx, jc, jm in sorted(ns.running.values()):
+                got.extend(g for g in gidx if g in match)
+                c += jc
+                m += jm
+                t = max(now, end)
+                if len(got) + len(free_now) >= need and c >= cpus and m >= mem:
+                    break
+                if best is not None and t >= best.time:
+                    break
+            else:
+                continue
+            if best is not None and t >= best.time:
+                continue
+        gpus = (got + free_now)[:need]
+        if best is None or t < best.time:
+            best = Reservation(job.id, t, ns.idx, frozenset(gpus), c - cpus, m - mem)
+            if t <= now:
+                break
+    return best

@@ -1,0 +1,273 @@
+"""labqd's configuration: TOML, checked key by key at start.
+
+Every unknown key and bad value stops the daemon with the key's path and why; nothing is
+silently ignored. The fully commented example lives in systemd/labq.toml.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from labq.paths import daemon_socket, state_dir
+from labq.units import parse_duration_s, parse_size_mb
+
+
+class ConfigError(Exception):
+    def __init__(self, path: str, why: str):
+        super().__init__(f"{path}: {why}" if path else why)
+        self.path = path
+
+
+# -- value checkers: each takes (path, value) and returns the normalised value ---------------
+def _type(*types, what: str) -> Callable[[str, Any], Any]:
+    def check(path: str, v: Any) -> Any:
+        if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+            raise ConfigError(path, f"must be {what}, got {type(v).__name__} {v!r}")
+        return v
+    return check
+
+
+STR = _type(str, what="a string")
+BOOL = _type(bool, what="true or false")
+
+
+def INT(lo: int, hi: int) -> Callable[[str, Any], int]:
+    def check(path: str, v: Any) -> int:
+        _type(int, what="an integer")(path, v)
+        if not lo <= v <= hi:
+            raise ConfigError(path, f"must be between {lo} and {hi}, got {v}")
+        return v
+    return check
+
+
+def NUM(lo: float, hi: float) -> Callable[[str, Any], float]:
+    def check(path: str, v: Any) -> float:
+        _type(int, float, what="a number")(path, v)
+        if not lo <= v <= hi:
+            raise ConfigError(path, f"must be between {lo} and {hi}, got {v}")
+        return float(v)
+    return check
+
+
+def DURATION(path: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise ConfigError(path, f"must be seconds or a duration like '30s', '7d', got {v!r}")
+    if isinstance(v, int):
+        if v < 0:
+            raise ConfigError(path, "must not be negative")
+        return v
+    try:
+        return parse_duration_s(v if v[-1:].isalpha() else v + "s", path)
+    except Exception:
+        raise ConfigError(path, f"cannot read {v!r} as a duration (e.g. '30s', '2h', '7d')") from None
+
+
+def SIZE_MB(path: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise ConfigError(path, f"must be MiB or a size like '64M', got {v!r}")
+    try:
+        return parse_size_mb(v, path)
+    except Exception:
+        raise ConfigError(path, f"cannot read {v!r} as a size (e.g. '64M', '2G')") from None
+
+
+def PATHV(path: str, v: Any) -> Path:
+    return Path(os.path.expanduser(STR(path, v)))
+
+
+def MODE(path: str, v: Any) -> int:
+    try:
+        mode = int(STR(path, v), 8)
+    except ValueError:
+        raise ConfigError(path, f"must be an octal mode like \"0660\", got {v!r}") from None
+    if mode & ~0o777 or not mode & 0o600 == 0o600:
+        raise ConfigError(path, "must be a permission mode that lets the owner read and write")
+    return mode
+
+
+def ONE_OF(*choices: str) -> Callable[[str, Any], str]:
+    def check(path: str, v: Any) -> str:
+        if STR(path, v) not in choices:
+            raise ConfigError(path, f"must be one of {', '.join(choices)}, got {v!r}")
+        return v
+    return check
+
+
+def LIST(item: Callable[[str, Any], Any]) -> Callable[[str, Any], list]:
+    def check(path: str, v: Any) -> list:
+        if not isinstance(v, list):
+            raise ConfigError(path, f"must be a list, got {type(v).__name__}")
+        return [item(f"{path}[{i}]", x) for i, x in enumerate(v)]
+    return check
+
+
+def TABLE(schema: dict[str, Callable], required: tuple[str, ...] = ()) -> Callable:
+    def check(path: str, v: Any) -> dict:
+        if not isinstance(v, dict):
+            raise ConfigError(path, f"must be a table, got {type(v).__name__}")
+        out = {}
+        for key, val in v.items():
+            sub = f"{path}.{key}" if path else key
+            if key not in schema:
+                raise ConfigError(sub, f"unknown key (known here: {', '.join(sorted(schema))})")
+            out[key] = schema[key](sub, val)
+        for key in required:
+            if key not in v:
+                raise ConfigError(f"{path}.{key}" if path else key, "is required")
+        return out
+    return check
+
+
+def MAP(value: Callable[[str, Any], Any]) -> Callable[[str, Any], dict]:
+    """A table whose keys are names the admin chooses (groups, users, GPU types)."""
+    def check(path: str, v: Any) -> dict:
+        if not isinstance(v, dict):
+            raise ConfigError(path, f"must be a table, got {type(v).__name__}")
+        return {k: value(f"{path}.{k}", x) for k, x in v.items()}
+    return check
+
+
+GPU = TABLE({"type": STR, "memory_mb": INT(0, 1 << 24), "index": INT(0, 1023)},
+            required=("type",))
+NODE = TABLE({
+    "name": STR, "host": STR, "port": INT(1, 65535), "user": STR, "identity_file": PATHV,
+    "known_hosts": PATHV, "local": BOOL, "gpus": LIST(GPU), "gpu_indices": LIST(INT(0, 1023)),
+    "cpus": INT(1, 1 << 16), "memory": SIZE_MB, "python": STR, "job_root": STR,
+    "ssh_config": PATHV, "enabled": BOOL,
+}, required=("name",))
+GROUP = TABLE({"share": NUM(0, 1e9), "max_gpus": INT(0, 1 << 20),
+               "max_gpus_by_type": MAP(INT(0, 1 << 20)), "users": MAP(NUM(0, 1e9))})
+SCHEMA = TABLE({
+    "daemon": TABLE({
+        "socket": PATHV, "socket_mode": MODE, "socket_group": STR, "database": PATHV,
+        "state_dir": PATHV, "admin_group": STR, "log_copy_max": SIZE_MB,
+        "kill_grace": DURATION, "heartbeat": DURATION, "node_timeout": DURATION,
+        "requeue_grace": DURATION, "local_node": BOOL, "log_level": ONE_OF(
+            "debug", "info", "warning", "error"),
+    }),
+    "scheduler": TABLE({
+        "weight_age": NUM(0, 1e9), "weight_fairshare": NUM(0, 1e9),
+        "weight_priority": NUM(0, 1e9), "weight_size": NUM(0, 1e9), "max_age": DURATION,
+        "default_time_limit": DURATION, "usage_half_life": DURATION,
+        "cpu_weight": NUM(0, 1e6), "backfill": BOOL, "interval": DURATION,
+        "unsatisfiable_dependency": ONE_OF("cancel", "pend"),
+    }),
+    "limits": TABLE({
+        "user_max_jobs": INT(0, 1 << 30), "user_max_gpus": INT(0, 1 << 30),
+        "user_max_pending": INT(0, 1 << 30), "job_max_gpus": INT(0, 1 << 20),
+        "job_max_time": DURATION, "partition_user_max_jobs": MAP(INT(0, 1 << 30)),
+    }),
+    "groups": MAP(GROUP),
+    "node": LIST(NODE),
+})
+
+
+@dataclass
+class NodeConfig:
+    name: str
+    local: bool = False
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    identity_file: Path | None = None
+    known_hosts: Path | None = None
+    ssh_config: Path | None = None
+    gpus: list[dict] | None = None
+    gpu_indices: list[int] | None = None
+    cpus: int | None = None
+    memory_mb: int | None = None
+    python: str = "python3"
+    job_root: str = "~/.local/state/labq-node"
+    enabled: bool = True
+
+
+@dataclass
+class Config:
+    socket: Path
+    socket_mode: int
+    socket_group: str | None
+    database: Path
+    state_dir: Path
+    admin_group: str | None
+    log_copy_max_bytes: int = 64 << 20
+    kill_grace_s: int = 10
+    heartbeat_s: int = 5
+    node_timeout_s: int = 30
+    requeue_grace_s: int = 60
+    log_level: str = "info"
+    nodes: list[NodeConfig] = field(default_factory=list)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+    groups: dict[str, dict] = field(default_factory=dict)
+    source: Path | None = None
+
+
+def load(path: Path | None) -> Config:
+    """Read and check the config; `path` None means embedded defaults."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError("", f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("", f"{path} is not valid TOML: {e}") from None
+    data = SCHEMA("", raw)
+    d = data.get("daemon", {})
+    sdir = d.get("state_dir") or (d["database"].parent if "database" in d else state_dir())
+    cfg = Config(
+        socket=d.get("socket") or daemon_socket(),
+        socket_mode=d.get("socket_mode", 0o660 if "socket_group" in d else 0o600),
+        socket_group=d.get("socket_group"),
+        database=d.get("database") or sdir / "labq.db",
+        state_dir=sdir,
+        admin_group=d.get("admin_group"),
+        log_copy_max_bytes=d.get("log_copy_max", 64) << 20,
+        kill_grace_s=d.get("kill_grace", 10),
+        heartbeat_s=max(1, d.get("heartbeat", 5)),
+        node_timeout_s=max(2, d.get("node_timeout", 30)),
+        requeue_grace_s=d.get("requeue_grace", 60),
+        log_level=d.get("log_level", "info"),
+        scheduler=data.get("scheduler", {}),
+        limits=data.get("limits", {}),
+        groups=data.get("groups", {}),
+        source=Path(path) if path else None,
+    )
+    nodes = data.get("node", [])
+    seen = set()
+    for i, n in enumerate(nodes):
+        where = f"node[{i}]"
+        if n["name"] in seen:
+            raise ConfigError(f"{where}.name", f"duplicate node name {n['name']!r}")
+        seen.add(n["name"])
+        if not n.get("local") and "host" not in n:
+            raise ConfigError(f"{where}.host", "is required unless local = true")
+        if n.get("local") and any(k in n for k in ("host", "port", "user", "identity_file")):
+            raise ConfigError(where, "a local node takes no host, port, user or identity_file")
+        if "gpus" in n and "gpu_indices" in n:
+            raise ConfigError(f"{where}.gpu_indices", "give either gpus (declare) or "
+                              "gpu_indices (restrict detected GPUs), not both")
+        cfg.nodes.append(NodeConfig(
+            name=n["name"], local=n.get("local", False), host=n.get("host"), port=n.get("port"),
+            user=n.get("user"), identity_file=n.get("identity_file"),
+            known_hosts=n.get("known_hosts"), ssh_config=n.get("ssh_config"),
+            gpus=n.get("gpus"), gpu_indices=n.get("gpu_indices"), cpus=n.get("cpus"),
+            memory_mb=n.get("memory"), python=n.get("python", "python3"),
+            job_root=n.get("job_root", "~/.local/state/labq-node"),
+            enabled=n.get("enabled", True)))
+    if d.get("local_node", not nodes) and not any(n.local for n in cfg.nodes):
+        cfg.nodes.insert(0, NodeConfig(name=socket.gethostname().split(".")[0] or "local",
+                                       local=True))
+    return cfg
+
+
+def find_config(cli_path: str | None) -> Path | None:
+    if cli_path:
+        return Path(cli_path)
+    if os.environ.get("LABQ_CONFIG"):
+        return Path(os.environ["LABQ_CONFIG"])
+    return None

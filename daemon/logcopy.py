@@ -1,0 +1,90 @@
+"""labqd's own copy of every job's log, fed by the agent's stream, capped per job.
+
+Followers read from this copy, so `labq logs` works after the node is gone, and one stream per
+node serves any number of followers.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+
+class LogCopies:
+    def __init__(self, directory: Path, cap_bytes: int):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cap = cap_bytes
+        self.received: dict[int, int] = {}  # job -> bytes of the node's log seen so far
+        self.truncated: set[int] = set()
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+
+    def path(self, job: int) -> Path:
+        return self.dir / f"{job}.log"
+
+    def _mark_path(self, job: int) -> Path:
+        return self.dir / f"{job}.truncated"
+
+    def resume_offset(self, job: int) -> int | None:
+        """Where the node's stream should resume; None: from the node's end (copy is full)."""
+        with self.lock:
+            if job in self.truncated or self._mark_path(job).exists():
+                self.truncated.add(job)
+                return None
+            if job not in self.received:
+                p = self.path(job)
+                self.received[job] = p.stat().st_size if p.exists() else 0
+            return self.received[job]
+
+    def reset(self, job: int, offset: int) -> None:
+        with self.lock:
+            self.received[job] = offset
+
+    def append(self, job: int, offset: int, data: bytes, node: str, node_path: str) -> None:
+        with self.lock:
+            expected = self.received.get(job)
+            if expected is None:
+                p = self.path(job)
+                expected = p.stat().st_size if p.exists() else 0
+            if offset + len(data) <= expected:
+                return  # already have it (a re-sent chunk after a reconnect)
+            if offset < expected:
+                data = data[expected - offset:]
+                offset = expected
+            self.received[job] = offset + len(data)
+            if job in self.truncated:
+                return
+            with open(self.path(job), "ab") as f:
+                room = self.cap - f.tell()
+                if len(data) > room:
+                    f.write(data[:max(0, room)])
+                    f.write(f"\n[labq: log truncated at {self.cap} bytes; the full log is on "
+                            f"node {node} in {node_path}]\n".encode())
+                    self.truncated.add(job)
+                    self._mark_path(job).write_text(str(self.received[job]))
+                else:
+                    f.write(data)
+            self.changed.notify_all()
+
+    def notify(self) -> None:
+        with self.lock:
+            self.changed.notify_all()
+
+    def read(self, job: int, offset: int, max_bytes: int) -> bytes:
+        try:
+            with open(self.path(job), "rb") as f:
+                f.seek(offset)
+                return f.read(max_bytes)
+        except FileNotFoundError:
+            return b""
+
+    def wait(self, job: int, offset: int, timeout: float) -> None:
+        """Sleep until the copy grows past `offset` or anything notifies, at most `timeout`."""
+        with self.lock:
+            try:
+                size = os.path.getsize(self.path(job))
+            except OSError:
+                size = 0
+            if size <= offset:
+                self.changed.wait(timeout)

@@ -1,0 +1,281 @@
+"""One long-lived link per node to its agent: connect, hello, heartbeat, requests, events.
+
+A link owns its transport (an SSH exec channel or a local pipe) and a reader thread. The daemon
+core gets callbacks: `node_up(link, hello, jobs)`, `node_event(link, msg)`,
+`node_down(link, why)`, `node_refused(link, why)`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import agent as agent_module
+from . import ssh
+from .config import NodeConfig
+
+log = logging.getLogger("labqd.nodes")
+AGENT_SOURCE = Path(agent_module.__file__).read_text()
+# the agent's source travels on stdin: nothing is installed on the node, and the agent always
+# matches the daemon's version
+BOOTSTRAP = ("import sys;n=int(sys.stdin.buffer.readline());"
+             "src=sys.stdin.buffer.read(n).decode();"
+             "exec(compile(src,'labq-agent','exec'))")
+
+
+class LinkClosed(Exception):
+    pass
+
+
+class PipeTransport:
+    def __init__(self, argv: list[str]):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+
+    def _drain_stderr(self):
+        for line in self.proc.stderr:
+            log.warning("agent: %s", line.decode(errors="replace").rstrip())
+
+    def write(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def readline(self) -> bytes:
+        return self.proc.stdout.readline()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+
+class SshTransport:
+    def __init__(self, client, command: str):
+        self.client = client
+        self.chan = client.get_transport().open_session()
+        self.chan.exec_command(command)
+        self.rfile = self.chan.makefile("rb")
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+
+    def _drain_stderr(self):
+        for line in self.chan.makefile_stderr("rb"):
+            log.warning("agent: %s", line.decode(errors="replace").rstrip())
+
+    def write(self, data: bytes) -> None:
+        self.chan.sendall(data)
+
+    def readline(self) -> bytes:
+        return self.rfile.readline()
+
+    def close(self) -> None:
+        try:
+            self.chan.shutdown_write()
+            self.chan.close()
+        finally:
+            self.client.close()
+
+    kill = close
+
+
+class NodeLink:
+    def __init__(self, cfg: NodeConfig, cluster: str, core, *, heartbeat_s: float,
+                 timeout_s: float):
+        self.cfg = cfg
+        self.name = cfg.name
+        self.cluster = cluster
+        self.core = core
+        self.heartbeat_s = heartbeat_s
+        self.timeout_s = timeout_s
+        self.transport = None
+        self.connected = False
+        self.last_heard = 0.0
+        self._next_id = 0
+        self._pending: dict[int, Callable[[dict], None]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # ask for an immediate reconnect
+        self.refused: str | None = None
+        self.thread = threading.Thread(target=self._run, name=f"node-{self.name}", daemon=True)
+
+    @property
+    def host(self) -> str:
+        return "local" if self.cfg.local else (self.cfg.host or "")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        t = self.transport
+        if t is not None:
+            try:
+                t.close()
+            except Exception:
+                pass
+
+    def retry_now(self) -> None:
+        self.refused = None
+        self._wake.set()
+
+    # -- requests --------------------------------------------------------------------------
+    def request(self, op: str, callback: Callable[[dict], None] | None = None, **kw: Any) -> bool:
+        """Send one request; `callback(reply)` runs on the reader thread. False if down."""
+        with self._lock:
+            t = self.transport
+            if t is None or not self.connected:
+                return False
+            self._next_id += 1
+            rid = self._next_id
+            if callback:
+                self._pending[rid] = callback
+            try:
+                t.write((json.dumps(dict(kw, op=op, id=rid)) + "\n").encode())
+            except Exception as e:
+                self._pending.pop(rid, None)
+                log.warning("node %s: send failed: %s", self.name, e)
+                return False
+        return True
+
+    def call(self, op: str, timeout: float = 30.0, **kw: Any) -> dict:
+        done = threading.Event()
+        box: dict = {}
+
+        def cb(reply):
+            box.update(reply)
+            done.set()
+        if not self.request(op, cb, **kw):
+            raise LinkClosed(f"node {self.name} is not connected")
+        if not done.wait(timeout):
+            raise LinkClosed(f"node {self.name} did not answer {op} within {timeout} s")
+        return box
+
+    # -- connection loop -------------------------------------------------------------------
+    def _open(self):
+        args = ["--root", self.cfg.job_root, "--cluster", self.cluster, "--node", self.name]
+        if self.cfg.local:
+            return PipeTransport([sys.executable, "-u", agent_module.__file__, *args])
+        target = ssh.resolve(self.cfg.host, port=self.cfg.port, user=self.cfg.user,
+                             identity_file=self.cfg.identity_file,
+                             known_hosts=self.cfg.known_hosts, ssh_config=self.cfg.ssh_config)
+        client = ssh.connect(target, ssh_config=self.cfg.ssh_config)
+        python = " ".join(shlex.quote(p) for p in shlex.split(self.cfg.python))
+        cmd = (f"exec {python} -u -c {shlex.quote(BOOTSTRAP)} "
+               + " ".join(shlex.quote(a) for a in args))
+        t = SshTransport(client, cmd)
+        src = AGENT_SOURCE.encode()
+        t.write(b"%d\n" % len(src) + src)
+        return t
+
+    def _handshake(self, t) -> tuple[dict, list[dict]]:
+        hello = json.loads(t.readline() or b"null")
+        if not isinstance(hello, dict) or hello.get("ev") != "hello":
+            raise ssh.SshFailed(f"agent did not start (got {hello!r}); is python3 on the node?")
+        t.write(b'{"op":"list","id":0}\n')
+        reply = json.loads(t.readline() or b"null")
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            raise ssh.SshFailed(f"agent could not list its jobs: {reply!r}")
+        return hello, reply["jobs"]
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            if self.refused:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            try:
+                t = self._open()
+                self.transport = t
+                hello, jobs = self._handshake(t)
+            except ssh.HostKeyRefused as e:
+                self.refused = str(e)
+                self._close_transport()
+                self.core.node_refused(self, str(e))
+                continue
+            except Exception as e:
+                self._close_transport()
+                self.core.node_down(self, f"connect failed: {e}")
+                # exponential backoff with jitter, capped at 60 s
+                self._wake.wait(backoff * random.uniform(0.7, 1.3))
+                self._wake.clear()
+                backoff = min(60.0, backoff * 2)
+                continue
+            backoff = 0.5
+            self.last_heard = time.monotonic()
+            self.connected = True
+            hb = threading.Thread(target=self._heartbeat, args=(t,), daemon=True)
+            hb.start()
+            try:
+                self.core.node_up(self, hello, jobs)
+                self._read(t)
+                why = "link closed"
+            except Exception as e:
+                why = f"link broken: {e}"
+            self.connected = False
+            self._close_transport()
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            for cb in pending.values():
+                try:
+                    cb({"ok": False, "code": "down", "error": why})
+                except Exception:
+                    log.exception("callback failed")
+            if not self._stop.is_set():
+                self.core.node_down(self, why)
+                self._wake.wait(0.2)
+                self._wake.clear()
+
+    def _close_transport(self) -> None:
+        with self._lock:
+            t, self.transport = self.transport, None
+        if t is not None:
+            try:
+                t.kill()
+            except Exception:
+                pass
+
+    def _read(self, t) -> None:
+        while True:
+            line = t.readline()
+            if not line:
+                return
+            self.last_heard = time.monotonic()
+            msg = json.loads(line)
+            if "re" in msg:
+                with self._lock:
+                    cb = self._pending.pop(msg["re"], None)
+                if cb:
+                    cb(msg)
+            else:
+                self.core.node_event(self, msg)
+
+    def _heartbeat(self, t) -> None:
+        """Ping on the agent channel; a silent link is closed so the reader loop ends."""
+        n = 0
+        while self.transport is t and self.connected and not self._stop.is_set():
+            if time.monotonic() - self.last_heard > self.timeout_s:
+                log.warning("node %s: no answer for %.0f s, closing the link", self.name,
+                            self.timeout_s)
+                self._close_transport()
+                return
+            n += 1
+            self.request("ping", lambda reply: self.core.node_stats(self, reply),
+                         gpus=(n % 3 == 1))
+            self._stop.wait(self.heartbeat_s)

@@ -1,0 +1,210 @@
+"""The cluster as the policy sees it while planning, and best-fit placement into it.
+
+`Cluster` holds free resources per node, the jobs running on each node with the time their
+limit runs out (what backfill reserves against), and the in-use counters that limits are
+checked against. Up nodes are indexed by their number of free GPUs, so best fit looks at the
+fullest nodes that could take a job first instead of scanning every node: a 1-GPU job lands on a
+node that is already busy and whole nodes stay free for 8-GPU jobs.
+
+The daemon builds one from a snapshot for each plan; the replay simulator keeps one alive and
+applies starts and finishes to it, which is why starts are recorded here directly.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from .snapshot import GpuSlot, JobView, Limits, NodeView
+
+
+def gpu_matches(slot: GpuSlot, job: JobView) -> bool:
+    """The slot has the requested GPU type (case-insensitive substring) and enough memory."""
+    if job.gpu_type and job.gpu_type.lower() not in slot.type.lower():
+        return False
+    if job.gpu_memory_mb and slot.memory_mb < job.gpu_memory_mb:
+        return False
+    return True
+
+
+def could_ever_fit(node, job: JobView) -> bool:
+    """The node, empty, could run the job (whatever its state)."""
+    if job.cpus > node.cpus or job.memory_mb > node.memory_mb:
+        return False
+    if job.gpus <= 0:
+        return True
+    return sum(1 for g in node.gpus if gpu_matches(g, job)) >= job.gpus
+
+
+def shape_of(job: JobView) -> tuple:
+    """What placement depends on; jobs with equal shapes fit in the same places."""
+    return (job.gpus, job.gpu_type, job.gpu_memory_mb, job.cpus, job.memory_mb)
+
+
+class NodeState:
+    __slots__ = ("idx", "name", "state", "up", "cpus", "memory_mb", "gpus", "slots", "free",
+                 "free_cpus", "free_mem", "running")
+
+    def __init__(self, idx: int, name: str, state: str, cpus: int, memory_mb: int,
+                 gpus: tuple[GpuSlot, ...], free: Iterable[int], free_cpus: int, free_mem: int):
+        self.idx = idx
+        self.name = name
+        self.state = state
+        self.up = state == "up"
+        self.cpus = cpus
+        self.memory_mb = memory_mb
+        self.gpus = tuple(gpus)
+        self.slots = {g.index: g for g in self.gpus}
+        self.free = set(free)
+        self.free_cpus = free_cpus
+        self.free_mem = free_mem
+        # job id -> (end by its time limit, gpu indices, cpus, memory)
+        self.running: dict[int, tuple[float, tuple[int, ...], int, int]] = {}
+
+
+class Cluster:
+    def __init__(self, nodes: Iterable[NodeView], limits: Limits | None = None):
+        self.limits = limits or Limits()
+        self.nodes: list[NodeState] = []
+        self.by_name: dict[str, NodeState] = {}
+        for n in nodes:
+            ns = NodeState(len(self.nodes), n.name, n.state, n.cpus, n.memory_mb, n.gpus,
+                           n.free_gpus, n.free_cpus, n.free_memory_mb)
+            self.nodes.append(ns)
+            self.by_name[n.name] = ns
+        self.max_gpus = max((len(n.gpus) for n in self.nodes), default=0)
+        # up nodes by free GPU count; dicts keep a stable order
+        self.buckets: list[dict[int, None]] = [{} for _ in range(self.max_gpus + 1)]
+        self.total_free = 0
+        for ns in self.nodes:
+            if ns.up:
+                self.buckets[len(ns.free)][ns.idx] = None
+                self.total_free += len(ns.free)
+        # job id -> (node idx or -1, gpu indices, cpus, memory, group, owner, partition, gpus)
+        self.jobs: dict[int, tuple] = {}
+        self.group_gpus: dict[str, int] = {}
+        self.user_gpus: dict[str, int] = {}
+        self.user_jobs: dict[str, int] = {}
+        self.partition_user_jobs: dict[tuple[str, str], int] = {}
+        self.group_type_gpus: dict[tuple[str, str], int] = {}
+        self._type_limits: dict[str, list[tuple[str, tuple[str, str]]]] = {}
+        for (g, t) in self.limits.group_gpu_type:
+            self._type_limits.setdefault(g, []).append((t.lower(), (g, t)))
+        self._feasible: dict[tuple, str | None] = {}
+        # set by best_fit when only a per-type group limit stood in the way
+        self.type_blocked = False
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def _count(self, job: JobView, slots: list[GpuSlot], sign: int) -> None:
+        g, u, n = job.group, job.owner, job.gpus * sign
+        self.group_gpus[g] = self.group_gpus.get(g, 0) + n
+        self.user_gpus[u] = self.user_gpus.get(u, 0) + n
+        self.user_jobs[u] = self.user_jobs.get(u, 0) + sign
+        pu = (job.partition, u)
+        self.partition_user_jobs[pu] = self.partition_user_jobs.get(pu, 0) + sign
+        for t, key in self._type_limits.get(g, ()):
+            k = sum(1 for s in slots if t in s.type.lower())
+            if k:
+                self.group_type_gpus[key] = self.group_type_gpus.get(key, 0) + k * sign
+
+    def add_running(self, job: JobView, end: float) -> None:
+        """Record a job already running whose resources the node's free figures exclude."""
+        ns = self.by_name.get(job.node or "")
+        idx = tuple(job.gpu_indices)
+        slots = [ns.slots[i] for i in idx if i in ns.slots] if ns else []
+        if ns is not None:
+            ns.running[job.id] = (end, idx, job.cpus, job.memory_mb)
+        self.jobs[job.id] = (job, ns.idx if ns else -1, idx, end)
+        self._count(job, slots, 1)
+
+    def start(self, job: JobView, node_idx: int, gpus: tuple[int, ...], end: float) -> None:
+        """Allocate a job's resources on a node."""
+        ns = self.nodes[node_idx]
+        before = len(ns.free)
+        ns.free.difference_update(gpus)
+        ns.free_cpus -= job.cpus
+        ns.free_mem -= job.memory_mb
+        ns.running[job.id] = (end, gpus, job.cpus, job.memory_mb)
+        self._move(ns, before)
+        self.jobs[job.id] = (job, node_idx, gpus, end)
+        self._count(job, [ns.slots[i] for i in gpus], 1)
+
+    def finish(self, job_id: int) -> None:
+        """Release a job's resources."""
+        job, node_idx, gpus, _ = self.jobs.pop(job_id)
+        slots = []
+        if node_idx >= 0:
+            ns = self.nodes[node_idx]
+            before = len(ns.free)
+            ns.running.pop(job_id, None)
+            ns.free.update(gpus)
+            ns.free_cpus += job.cpus
+            ns.free_mem += job.memory_mb
+            self._move(ns, before)
+            slots = [ns.slots[i] for i in gpus]
+        self._count(job, slots, -1)
+
+    def _move(self, ns: NodeState, before: int) -> None:
+        after = len(ns.free)
+        if ns.up and after != before:
+            del self.buckets[before][ns.idx]
+            self.buckets[after][ns.idx] = None
+            self.total_free += after - before
+
+    # -- questions -----------------------------------------------------------------------
+    def feasibility(self, job: JobView) -> str | None:
+        """None if some up node could ever run the job, else NodeDown or NoNodeFits."""
+        shape = shape_of(job)
+        verdict = self._feasible.get(shape, "")
+        if verdict == "":
+            verdict = "NoNodeFits"
+            for ns in self.nodes:
+                if could_ever_fit(ns, job):
+                    if ns.up:
+                        verdict = None
+                        break
+                    verdict = "NodeDown"
+            self._feasible[shape] = verdict
+        return verdict
+
+    def best_fit(self, job: JobView, avoid=None) -> tuple[int, tuple[int, ...]] | None:
+        """(node index, GPU indices) leaving the fewest free GPUs behind, or None.
+
+        `avoid` is a backfill reservation: on its node the job may use neither the reserved
+        GPUs nor more CPUs or memory than the reservation leaves spare."""
+        self.type_blocked = False
+        need = job.gpus
+        if need > self.total_free:
+            return None
+        cpus, mem = job.cpus, job.memory_mb
+        plain = not job.gpu_type and not job.gpu_memory_mb
+        type_limits = self._type_limits.get(job.group)
+        nodes = self.nodes
+        for k in range(need, self.max_gpus + 1):
+            for i in self.buckets[k]:
+                ns = nodes[i]
+                if cpus > ns.free_cpus or mem > ns.free_mem:
+                    continue
+                on_reserved = avoid is not None and i == avoid.node
+                if on_reserved and (cpus > avoid.spare_cpus or mem > avoid.spare_mem):
+                    continue
+                if need == 0:
+                    return i, ()
+                if plain and not on_reserved:
+                    usable = sorted(ns.free)
+                else:
+                    usable = sorted(g for g in ns.free if gpu_matches(ns.slots[g], job)
+                                    and not (on_reserved and g in avoid.gpus))
+                    if len(usable) < need:
+                        continue
+                chosen = tuple(usable[:need])
+                if type_limits and self._over_type_limit(job, ns, chosen, type_limits):
+                    self.type_blocked = True
+                    continue
+                return i, chosen
+        return None
+
+    def _over_type_limit(self, job, ns, chosen, type_limits) -> bool:
+        for t, key in type_limits:
+            k = sum(1 for g in chosen if t in ns.slots[g].type.lower())
+            if k and self.group_type_gpus.get(key, 0) + k > self.limits.group_gpu_type[key]:
+                return True
+        return False

@@ -1,0 +1,117 @@
+"""What the scheduling policy sees: plain values, built by the daemon from its store or by the
+replay simulator from a trace. Nothing here reads a clock, a file or a database."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GpuSlot:
+    index: int
+    type: str
+    memory_mb: int
+
+
+@dataclass
+class NodeView:
+    name: str
+    state: str  # "up", "down", "drain"
+    cpus: int
+    memory_mb: int
+    gpus: tuple[GpuSlot, ...]
+    free_gpus: frozenset[int]
+    free_cpus: int
+    free_memory_mb: int
+
+
+@dataclass(frozen=True)
+class Dependency:
+    kind: str  # "afterok", "afterany", "afternotok"
+    job: int
+
+
+@dataclass
+class JobView:
+    id: int
+    owner: str
+    group: str
+    state: str  # "PENDING", "HELD" or "RUNNING"
+    priority: int  # the user's 1-10
+    submit_time: float
+    gpus: int = 0
+    gpu_type: str | None = None
+    gpu_memory_mb: int | None = None
+    cpus: int = 1
+    memory_mb: int = 0
+    time_limit_s: float | None = None
+    dependencies: tuple[Dependency, ...] = ()
+    partition: str = "default"
+    # when the last dependency was satisfied or the job was released; age counts from here
+    eligible_time: float | None = None
+    # RUNNING jobs only
+    node: str | None = None
+    gpu_indices: tuple[int, ...] = ()
+    start_time: float | None = None
+
+
+@dataclass
+class Limits:
+    """Limits that make a job wait; None means unlimited."""
+    group_gpus: dict[str, int] = field(default_factory=dict)  # group -> max GPUs in use
+    group_gpu_type: dict[tuple[str, str], int] = field(default_factory=dict)  # (group, type)
+    user_jobs: int | None = None  # max running jobs per user
+    user_gpus: int | None = None  # max GPUs in use per user
+    partition_user_jobs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PolicyConfig:
+    weight_age: float = 1000.0
+    weight_fairshare: float = 10000.0
+    weight_priority: float = 1000.0
+    weight_size: float = 0.0
+    max_age_s: float = 7 * 86400.0
+    default_time_limit_s: float = 7 * 86400.0
+    group_shares: dict[str, float] = field(default_factory=dict)  # missing group -> 1
+    user_shares: dict[tuple[str, str], float] = field(default_factory=dict)  # (group, user)
+    limits: Limits = field(default_factory=Limits)
+    backfill: bool = True
+    cancel_unsatisfiable: bool = True
+    # fair-share usage halves every this many seconds (the daemon and the simulator decay with it)
+    usage_half_life_s: float = 7 * 86400.0
+    # a CPU-second counts as this many GPU-seconds of usage
+    cpu_weight: float = 0.0
+    # optional factor favouring short time limits (0 = off, as in Slurm)
+    weight_short: float = 0.0
+
+
+@dataclass
+class Snapshot:
+    nodes: list[NodeView]
+    jobs: list[JobView]  # every PENDING, HELD and RUNNING job
+    # final state of every ended job that an active job depends on: id -> state name
+    ended: dict[int, str] = field(default_factory=dict)
+    # decayed usage (GPU-seconds, CPU time weighted in) as of `now`
+    group_usage: dict[str, float] = field(default_factory=dict)
+    user_usage: dict[tuple[str, str], float] = field(default_factory=dict)
+    config: PolicyConfig = field(default_factory=PolicyConfig)
+
+
+@dataclass(frozen=True)
+class Start:
+    job: int
+    node: str
+    gpus: tuple[int, ...]
+
+
+@dataclass
+class Plan:
+    starts: list[Start] = field(default_factory=list)
+    # a reason for every PENDING or HELD job not started
+    reasons: dict[int, str] = field(default_factory=dict)
+    # expected start time for pending jobs the plan could place in time
+    estimates: dict[int, float] = field(default_factory=dict)
+    # jobs to cancel with a reason (a dependency that can never be met)
+    cancels: list[tuple[int, str]] = field(default_factory=list)
+    # the computed priority of every PENDING job
+    priorities: dict[int, float] = field(default_factory=dict)

@@ -1,0 +1,251 @@
+"""The queue's durable state: peewee models on SQLite (WAL), schema versions and migrations.
+
+labqd is the only writer. Every write goes through `Store.write()`, one lock and one
+transaction, so writes are serialised by design; readers use their own connections.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import peewee as pw
+from playhouse.sqlite_ext import AutoIncrementField
+
+from labq.errors import StorageError
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
+
+db = pw.DatabaseProxy()
+
+
+class JSONField(pw.TextField):
+    def db_value(self, value):
+        return None if value is None else json.dumps(value)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class Base(pw.Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class Meta(Base):
+    key = pw.CharField(primary_key=True)
+    value = pw.TextField()
+
+
+class Job(Base):
+    id = AutoIncrementField()  # AUTOINCREMENT: an id is never handed out twice
+    owner = pw.CharField(index=True)
+    group = pw.CharField()
+    name = pw.CharField()
+    command = JSONField()
+    cwd = pw.TextField()
+    env = JSONField()
+    gpus = pw.IntegerField(default=0)
+    gpu_type = pw.CharField(null=True)
+    gpu_memory_mb = pw.IntegerField(null=True)
+    cpus = pw.IntegerField(default=1)
+    memory_mb = pw.IntegerField(null=True)
+    time_limit_s = pw.IntegerField(null=True)
+    priority = pw.IntegerField(default=5)
+    dependencies = JSONField(default=list)
+    partition = pw.CharField(default="default")
+    requeue = pw.BooleanField(default=True)
+    state = pw.CharField(index=True)
+    exit_code = pw.IntegerField(null=True)
+    signal = pw.IntegerField(null=True)
+    reason = pw.TextField(null=True)
+    submit_time = pw.DoubleField()
+    eligible_time = pw.DoubleField(null=True)
+    start_time = pw.DoubleField(null=True)
+    end_time = pw.DoubleField(null=True)
+    node = pw.CharField(null=True)
+    gpu_indices = JSONField(default=list)
+    restarts = pw.IntegerField(default=0)
+
+
+class JobEvent(Base):
+    job = pw.IntegerField(index=True)
+    time = pw.DoubleField()
+    who = pw.CharField()
+    from_state = pw.CharField(null=True)
+    to_state = pw.CharField()
+    reason = pw.TextField(null=True)
+
+
+class Node(Base):
+    name = pw.CharField(primary_key=True)
+    host = pw.CharField()
+    state = pw.CharField()
+    reason = pw.TextField(null=True)
+    drained = pw.BooleanField(default=False)
+    cpus = pw.IntegerField(default=0)
+    memory_mb = pw.IntegerField(default=0)
+    gpu_source = pw.CharField(null=True)
+    last_seen = pw.DoubleField(null=True)
+
+
+class Gpu(Base):
+    node = pw.CharField()
+    index = pw.IntegerField()
+    type = pw.CharField()
+    memory_mb = pw.IntegerField(default=0)
+    uuid = pw.CharField(null=True)
+
+    class Meta:
+        indexes = ((("node", "index"), True),)
+
+
+class Allocation(Base):
+    """GPUs held by running jobs; the unique index makes double allocation impossible."""
+    job = pw.IntegerField(index=True)
+    node = pw.CharField()
+    gpu_index = pw.IntegerField()
+
+    class Meta:
+        indexes = ((("node", "gpu_index"), True),)
+
+
+TABLES = [Meta, Job, JobEvent, Node, Gpu, Allocation]
+
+
+def _migrate_1(database: pw.Database) -> None:
+    database.create_tables(TABLES)
+
+
+# version -> function bringing the schema from version-1 up to it
+MIGRATIONS = {1: _migrate_1}
+
+
+class ForeignDatabase(Exception):
+    """The file exists but is not a labq database, is corrupt, or is from a newer release."""
+
+
+def _check_file(path: Path) -> None:
+    """Refuse a corrupt or foreign file before peewee may write to it."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            app_id = con.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            check = con.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise ForeignDatabase(f"{path} is not a readable SQLite database ({e}); "
+                              "labqd will not overwrite it") from None
+    if check != "ok":
+        raise ForeignDatabase(f"{path} is corrupt (quick_check: {check}); restore a backup")
+    if app_id != APPLICATION_ID and tables:
+        raise ForeignDatabase(f"{path} is an SQLite database of another program "
+                              f"(tables: {', '.join(sorted(tables)[:5])}); labqd will not touch it")
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _check_file(self.path)
+        self.db = pw.SqliteDatabase(str(self.path), pragmas={
+            "journal_mode": "wal", "busy_timeout": 10000, "synchronous": "normal",
+            "foreign_keys": 1}, check_same_thread=False)
+        db.initialize(self.db)
+        self.lock = threading.RLock()
+        self._migrate()
+        self.cluster_id = self._meta("cluster_id")
+
+    # -- schema ----------------------------------------------------------------------------
+    def _meta(self, key: str, default: str | None = None) -> str | None:
+        row = Meta.get_or_none(Meta.key == key)
+        return row.value if row else default
+
+    def _migrate(self) -> None:
+        with self.lock, self.db.atomic():
+            has_meta = self.db.table_exists("meta")
+            version = int(self._meta("schema_version", "0")) if has_meta else 0
+            if version > SCHEMA_VERSION:
+                raise ForeignDatabase(f"{self.path} has schema version {version}, newer than "
+                                      f"this labq understands ({SCHEMA_VERSION}); upgrade labq")
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[v](self.db)
+                Meta.replace(key="schema_version", value=str(v)).execute()
+            if version == 0:
+                self.db.execute_sql(f"PRAGMA application_id = {APPLICATION_ID}")
+                Meta.replace(key="cluster_id", value=uuid.uuid4().hex[:12]).execute()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._meta("schema_version", "0"))
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writes ----------------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """One serialised transaction; a failed write surfaces as StorageError."""
+        with self.lock:
+            try:
+                with self.db.atomic():
+                    yield
+            except (pw.OperationalError, sqlite3.OperationalError) as e:
+                msg = str(e)
+                if "full" in msg or "disk" in msg or "readonly" in msg or "I/O" in msg:
+                    raise StorageError(f"labqd cannot write its database ({msg}); "
+                                       "nothing was changed", {"database": str(self.path)}) from e
+                raise
+
+    def add_event(self, job: int, who: str, src: str | None, dst: str, reason: str | None,
+                  when: float | None = None) -> None:
+        JobEvent.insert(job=job, time=when or time.time(), who=who, from_state=src,
+                        to_state=dst, reason=reason).execute()
+
+    def insert_job(self, fields: dict[str, Any], who: str) -> int:
+        with self.write():
+            job_id = Job.insert(**fields).execute()
+            self.add_event(job_id, who, None, fields["state"], fields.get("reason"),
+                           fields["submit_time"])
+        return job_id
+
+    def update_job(self, job_id: int, **fields: Any) -> None:
+        Job.update(**fields).where(Job.id == job_id).execute()
+
+    # -- reads -----------------------------------------------------------------------------
+    def job_row(self, job_id: int) -> dict[str, Any] | None:
+        row = Job.select().where(Job.id == job_id).dicts().first()
+        return row
+
+    def job_rows(self, *, states: list[str] | None = None, owner: str | None = None,
+                 ids: list[int] | None = None, limit: int | None = None,
+                 newest_first: bool = True) -> list[dict[str, Any]]:
+        q = Job.select()
+        if states:
+            q = q.where(Job.state.in_(states))
+        if owner:
+            q = q.where(Job.owner == owner)
+        if ids is not None:
+            q = q.where(Job.id.in_(ids))
+        q = q.order_by(Job.id.desc() if newest_first else Job.id)
+        if limit:
+            q = q.limit(limit)
+        return list(q.dicts())
+
+    def events(self, job_id: int) -> list[dict[str, Any]]:
+        return list(JobEvent.select().where(JobEvent.job == job_id)
+                    .order_by(JobEvent.id).dicts())
+
+    def integrity_check(self) -> str:
+        return self.db.execute_sql("PRAGMA integrity_check").fetchone()[0]

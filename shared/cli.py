@@ -1,0 +1,360 @@
+"""The `labq` command line: a thin layer over the client library."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from . import connect
+from .errors import LabqError
+from .models import Job
+from .spec import MAX_GPUS
+from .units import format_duration, format_size_mb, parse_duration_s, parse_size_mb
+
+
+def _job_json(job: Job) -> dict[str, Any]:
+    return job.to_dict()
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _ids(text_ids: list[str]) -> list[int]:
+    out = []
+    for t in text_ids:
+        for part in t.split(","):
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise SystemExit(f"labq: {part!r} is not a job id") from None
+    return out
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _command_text(job: Job) -> str:
+    if isinstance(job.command, str):
+        return job.command
+    import shlex
+    return " ".join(shlex.quote(a) for a in job.command)
+
+
+def _status_text(job: Job, now: float) -> str:
+    if job.state.value == "RUNNING" and job.start_time:
+        return format_duration(now - job.start_time)
+    if job.state.value in ("PENDING", "HELD"):
+        return job.reason or "-"
+    if job.exit_code is not None:
+        return f"exit {job.exit_code}" + (f" ({job.reason})" if job.reason else "")
+    return job.reason or "-"
+
+
+# -- commands ------------------------------------------------------------------------------
+def cmd_submit(q, a) -> int:
+    if a.wrap is not None:
+        if a.command:
+            raise SystemExit("labq: give either --wrap STRING or -- CMD ARGS, not both")
+        command: list[str] | str = a.wrap
+    else:
+        command = a.command
+        if command and command[0] == "--":
+            command = command[1:]
+        if not command:
+            raise SystemExit("labq: nothing to run; usage: labq submit [options] -- CMD ARGS...")
+    env = {}
+    for item in a.env or []:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise SystemExit(f"labq: --env takes NAME=VALUE, got {item!r}")
+        env[k] = v
+    after = []
+    for dep in a.after or []:
+        after.extend(d for d in dep.split(",") if d)
+    job = q.submit(command, gpus=a.gpus, gpu_type=a.gpu_type, gpu_memory=a.gpu_mem,
+                   cpus=a.cpus, memory=a.mem, time_limit=a.time, name=a.name,
+                   priority=a.priority, after=after, cwd=a.chdir, env=env,
+                   export_env=not a.no_export, group=a.group, partition=a.partition,
+                   hold=a.hold, requeue=not a.no_requeue)
+    if a.json:
+        _print_json(_job_json(job))
+    else:
+        print(job.id)
+    return 0
+
+
+def cmd_ls(q, a) -> int:
+    states = [s.upper() for s in a.state.split(",")] if a.state else None
+    user = a.user or (q.whoami()["user"] if a.mine else None)
+    jobs = q.jobs(states=states, user=user, include_ended=a.all or bool(states),
+                  limit=a.limit)
+    if a.json:
+        _print_json([_job_json(j) for j in jobs])
+        return 0
+    now = time.time()
+    rows = [[j.id, j.name[:24], j.owner, j.group, j.state.value,
+             j.gpus if not j.gpu_type else f"{j.gpus}:{j.gpu_type}", j.node or "-",
+             f"{j.priority_score:.0f}" if j.priority_score is not None else j.priority,
+             _status_text(j, now)] for j in jobs]
+    _table(rows, ["ID", "NAME", "USER", "GROUP", "STATE", "GPUS", "NODE", "PRIO",
+                  "REASON/TIME"])
+    return 0
+
+
+def cmd_show(q, a) -> int:
+    job = q.job(_ids([a.id])[0])
+    if a.json:
+        _print_json(_job_json(job))
+        return 0
+    fields = [
+        ("id", job.id), ("name", job.name), ("owner", f"{job.owner} (group {job.group})"),
+        ("state", job.state.value + (f"  ({job.reason})" if job.reason else "")),
+        ("command", _command_text(job)), ("cwd", job.cwd),
+        ("resources", f"gpus={job.gpus}{':' + job.gpu_type if job.gpu_type else ''}"
+                      f"{' min ' + format_size_mb(job.gpu_memory_mb) if job.gpu_memory_mb else ''}"
+                      f" cpus={job.cpus} mem={format_size_mb(job.memory_mb)}"),
+        ("time limit", format_duration(job.time_limit_s) if job.time_limit_s else "default"),
+        ("priority", f"{job.priority}" + (f" (score {job.priority_score:.1f})"
+                                          if job.priority_score is not None else "")),
+        ("dependencies", ", ".join(job.dependencies) or "-"),
+        ("submitted", _when(job.submit_time)),
+        ("est. start", _when(job.estimated_start)), ("started", _when(job.start_time)),
+        ("ended", _when(job.end_time)),
+        ("node", job.node or "-"),
+        ("gpu indices", ",".join(map(str, job.gpu_indices)) or "-"),
+        ("exit code", "-" if job.exit_code is None else job.exit_code),
+        ("restarts", job.restarts),
+    ]
+    for k, v in fields:
+        print(f"{k:>13}: {v}")
+    return 0
+
+
+def cmd_events(q, a) -> int:
+    events = q.events(_ids([a.id])[0])
+    if a.json:
+        _print_json([e.__dict__ for e in events])
+        return 0
+    _table([[_when(e.time), e.who, e.from_state or "-", e.to_state, e.reason or ""]
+            for e in events], ["TIME", "WHO", "FROM", "TO", "REASON"])
+    return 0
+
+
+def cmd_logs(q, a) -> int:
+    job_id = _ids([a.id])[0]
+    out = sys.stdout.buffer
+    if a.follow:
+        for chunk in q.follow_bytes(job_id):
+            out.write(chunk)
+            out.flush()
+    else:
+        offset = 0
+        while True:
+            data, offset, _done = q.read_log(job_id, offset)
+            if not data:
+                break
+            out.write(data)
+        out.flush()
+    return 0
+
+
+def _many(q, a, fn) -> int:
+    jobs = fn(*_ids(a.ids))
+    if a.json:
+        _print_json([_job_json(j) for j in jobs])
+    else:
+        for j in jobs:
+            print(f"{j.id} {j.state.value}" + (f" ({j.reason})" if j.reason else ""))
+    return 0
+
+
+def cmd_cancel(q, a) -> int:
+    return _many(q, a, lambda *ids: q.cancel(*ids, reason=a.reason))
+
+
+def cmd_wait(q, a) -> int:
+    try:
+        jobs = q.wait(*_ids(a.ids), timeout=a.timeout)
+    except TimeoutError as e:
+        print(f"labq: {e}", file=sys.stderr)
+        return 124
+    if a.json:
+        _print_json([_job_json(j) for j in jobs])
+    else:
+        for j in jobs:
+            print(f"{j.id} {j.state.value} exit={j.exit_code}")
+    return 0 if all(j.state.value == "COMPLETED" for j in jobs) else 1
+
+
+def cmd_nodes(q, a) -> int:
+    nodes = q.nodes()
+    if a.json:
+        _print_json([{**n.__dict__, "gpus": [g.__dict__ for g in n.gpus]} for n in nodes])
+        return 0
+    rows = []
+    for n in nodes:
+        types: dict[str, int] = {}
+        for g in n.gpus:
+            types[g.type] = types.get(g.type, 0) + 1
+        busy = sum(1 for g in n.gpus if g.job is not None)
+        rows.append([n.name, n.host, n.state, f"{n.free_cpus}/{n.cpus}",
+                     f"{format_size_mb(n.free_memory_mb)}/{format_size_mb(n.memory_mb)}",
+                     f"{len(n.gpus) - busy}/{len(n.gpus)}",
+                     ", ".join(f"{c}x {t}" for t, c in types.items()) or "-",
+                     n.gpu_source or "-", n.reason or ""])
+    _table(rows, ["NODE", "HOST", "STATE", "CPUS", "MEMORY", "GPUS", "GPU TYPES", "SOURCE",
+                  "REASON"])
+    return 0
+
+
+def cmd_node(q, a) -> int:
+    op = {"drain": "node_drain", "resume": "node_resume"}[a.action]
+    node = q.call(op, name=a.name)
+    if a.json:
+        _print_json(node)
+    else:
+        print(f"{node['name']} {node['state']}")
+    return 0
+
+
+def cmd_whoami(q, a) -> int:
+    info = q.whoami()
+    if a.json:
+        _print_json(info)
+    else:
+        print(f"{info['user']} (group {info['group']}){' admin' if info['admin'] else ''}")
+    return 0
+
+
+def cmd_tui(q, a) -> int:
+    q.close()
+    from labq.tui.app import run
+    return run(socket=a.socket)
+
+
+# -- parser --------------------------------------------------------------------------------
+def _positive_int(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}")
+        return v
+    return parse
+
+
+def _checked(fn, what):
+    def parse(text: str):
+        try:
+            fn(text, what)
+        except LabqError as e:
+            raise argparse.ArgumentTypeError(e.message) from None
+        return text
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="labq", description="GPU job queue for research labs.")
+    ap.add_argument("--socket", help="labqd's socket (default: $LABQ_SOCKET, else the user's "
+                    "own daemon, else the system daemon)")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def add(name, fn, help_, json_flag=True):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(fn=fn)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    p = add("submit", cmd_submit, "queue a command: labq submit [options] -- CMD ARGS...")
+    p.add_argument("--gpus", "-G", type=_positive_int(0, MAX_GPUS), default=0)
+    p.add_argument("--gpu-type", help="e.g. A100 (matches the GPU name, case-insensitive)")
+    p.add_argument("--gpu-mem", type=_checked(parse_size_mb, "gpu memory"),
+                   help="minimum memory per GPU, e.g. 40G")
+    p.add_argument("--cpus", "-c", type=_positive_int(1, 65536), default=1)
+    p.add_argument("--mem", type=_checked(parse_size_mb, "memory"), help="e.g. 32G")
+    p.add_argument("--time", "-t", type=_checked(parse_duration_s, "time"),
+                   help="time limit: minutes, H:M:S, D-H:M:S, or 90s/30m/2h/1d")
+    p.add_argument("--name", "-J")
+    p.add_argument("--priority", "-p", type=_positive_int(1, 10), default=5)
+    p.add_argument("--after", "-d", action="append",
+                   help="ID[,ID] (afterok) or afterany:ID / afternotok:ID; repeatable")
+    p.add_argument("--chdir", "-D", help="working directory (default: the current one)")
+    p.add_argument("--env", "-e", action="append", help="NAME=VALUE, repeatable")
+    p.add_argument("--no-export", action="store_true",
+                   help="do not pass the current environment to the job")
+    p.add_argument("--group", help="charge this group (default: your primary group)")
+    p.add_argument("--partition")
+    p.add_argument("--hold", action="store_true", help="submit held")
+    p.add_argument("--no-requeue", action="store_true",
+                   help="fail instead of requeueing if the node is lost")
+    p.add_argument("--wrap", help="a shell command string run with bash -c")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+
+    p = add("ls", cmd_ls, "list jobs (active ones; --all adds ended jobs)")
+    p.add_argument("--all", "-a", action="store_true")
+    p.add_argument("--mine", "-m", action="store_true")
+    p.add_argument("--user", "-u")
+    p.add_argument("--state", "-s", help="comma-separated states, e.g. running,pending")
+    p.add_argument("--limit", "-n", type=_positive_int(1, 1 << 30))
+
+    p = add("show", cmd_show, "show one job")
+    p.add_argument("id")
+    p = add("events", cmd_events, "a job's state history")
+    p.add_argument("id")
+    p = add("logs", cmd_logs, "print a job's output; -f follows it while it runs",
+            json_flag=False)
+    p.add_argument("id")
+    p.add_argument("--follow", "-f", action="store_true")
+    for name, fn, help_ in (("cancel", cmd_cancel, "cancel jobs"),
+                            ("hold", lambda q, a: _many(q, a, q.hold), "hold pending jobs"),
+                            ("release", lambda q, a: _many(q, a, q.release),
+                             "release held jobs")):
+        p = add(name, fn, help_)
+        p.add_argument("ids", nargs="+", metavar="ID")
+        if name == "cancel":
+            p.add_argument("--reason")
+    p = add("wait", cmd_wait, "wait until jobs end; exit 0 only if all COMPLETED")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("--timeout", type=float)
+    add("nodes", cmd_nodes, "list nodes and their GPUs")
+    p = add("node", cmd_node, "admin: drain or resume a node")
+    p.add_argument("action", choices=["drain", "resume"])
+    p.add_argument("name")
+    add("whoami", cmd_whoami, "who labqd thinks you are")
+    add("tui", cmd_tui, "the terminal UI", json_flag=False)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    try:
+        with connect(a.socket) as q:
+            return a.fn(q, a)
+    except LabqError as e:
+        print(f"labq: {e}", file=sys.stderr)
+        if e.details and os.environ.get("LABQ_DEBUG"):
+            print(json.dumps(e.details), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

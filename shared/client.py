@@ -1,0 +1,188 @@
+"""The one client library: the CLI, the TUI and users' scripts all talk to labqd through it."""
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import DaemonUnavailable, LabqError, from_wire
+from .models import Event, Job, Node
+from .spec import submit_request
+
+# variables that describe the submitting session rather than the job's needs
+_SESSION_ENV = ("LABQ_", "SSH_", "DISPLAY", "TERM", "TMUX", "XDG_RUNTIME_DIR", "XDG_SESSION",
+                "DBUS_SESSION_BUS_ADDRESS", "PWD", "OLDPWD", "SHLVL", "_", "WINDOWID",
+                "COLUMNS", "LINES", "KITTY_", "WAYLAND_DISPLAY", "NOTIFY_SOCKET", "INVOCATION_ID",
+                "JOURNAL_STREAM")
+
+
+def exported_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment minus session-bound variables (Slurm's --export=ALL)."""
+    environ = dict(os.environ if environ is None else environ)
+    return {k: v for k, v in environ.items()
+            if not any(k == p or (p.endswith("_") and k.startswith(p)) for p in _SESSION_ENV)}
+
+
+def connect(socket: str | os.PathLike | None = None, timeout: float = 30.0) -> "Client":
+    from .paths import client_socket
+    return Client(Path(socket) if socket else client_socket(), timeout)
+
+
+class Client:
+    """A connection to labqd. Thread-safe: calls are serialised on the one connection."""
+
+    def __init__(self, socket_path: Path, timeout: float = 30.0):
+        import rpyc
+        from rpyc.utils.factory import unix_connect
+        self.socket_path = Path(socket_path)
+        self._lock = threading.Lock()
+        config = {"allow_public_attrs": False, "allow_pickle": False,
+                  "sync_request_timeout": timeout}
+        try:
+            self._conn = unix_connect(str(self.socket_path), service=rpyc.VoidService,
+                                      config=config)
+        except OSError as e:
+            raise DaemonUnavailable(
+                f"no labqd answers at {self.socket_path} ({e.strerror or e}); start it with "
+                "`labqd` or set LABQ_SOCKET", {"socket": str(self.socket_path)}) from None
+
+    # -- plumbing --------------------------------------------------------------------------
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _remote(self, method: str, *args):
+        with self._lock:
+            try:
+                return getattr(self._conn.root, method)(*args)
+            except LabqError:
+                raise
+            except (EOFError, OSError, TimeoutError) as e:
+                raise DaemonUnavailable(f"lost the connection to labqd: {e or type(e).__name__}",
+                                        {"socket": str(self.socket_path)}) from None
+
+    def call(self, op: str, **args: Any) -> Any:
+        """Send one request of the shared vocabulary; return its result or raise its error."""
+        reply = json.loads(self._remote("call", op, json.dumps(args)))
+        if not reply.get("ok"):
+            raise from_wire(reply.get("error") or {})
+        return reply.get("result")
+
+    # -- jobs ------------------------------------------------------------------------------
+    def submit(self, command: list[str] | tuple[str, ...] | str, *, gpus: int = 0,
+               gpu_type: str | None = None, gpu_memory: int | str | None = None,
+               cpus: int = 1, memory: int | str | None = None,
+               time_limit: int | str | None = None, name: str | None = None,
+               priority: int = 5, after: list[int | str] | tuple = (),
+               cwd: str | None = None, env: dict[str, str] | None = None,
+               export_env: bool = True, group: str | None = None,
+               partition: str | None = None, hold: bool = False, requeue: bool = True) -> Job:
+        """Queue a command: an argv list, or a string run with `bash -c`.
+
+        The job gets the caller's environment (minus session variables) unless export_env is
+        False; `env` entries are added on top. Memory takes MiB or '16G'; time_limit takes
+        seconds or '2h' / '1-00:00:00'; after takes ids (afterok) or 'afterany:ID'.
+        """
+        full_env = exported_env() if export_env else {}
+        full_env.update(env or {})
+        req = submit_request(command, gpus=gpus, gpu_type=gpu_type, gpu_memory_mb=gpu_memory,
+                             cpus=cpus, memory=memory, time_limit=time_limit, name=name,
+                             priority=priority, after=after, cwd=cwd or os.getcwd(),
+                             env=full_env, group=group, partition=partition, hold=hold,
+                             requeue=requeue)
+        return Job.from_dict(self.call("submit", spec=req))
+
+    def job(self, job_id: int) -> Job:
+        return Job.from_dict(self.call("job", id=job_id))
+
+    def jobs(self, *, states: list[str] | None = None, user: str | None = None,
+             limit: int | None = None, include_ended: bool = True) -> list[Job]:
+        res = self.call("jobs", states=states, user=user, limit=limit,
+                        include_ended=include_ended)
+        return [Job.from_dict(j) for j in res]
+
+    def events(self, job_id: int) -> list[Event]:
+        return [Event.from_dict(e) for e in self.call("events", id=job_id)]
+
+    def cancel(self, *job_ids: int, reason: str | None = None) -> list[Job]:
+        return [Job.from_dict(j) for j in self.call("cancel", ids=list(job_ids), reason=reason)]
+
+    def hold(self, *job_ids: int) -> list[Job]:
+        return [Job.from_dict(j) for j in self.call("hold", ids=list(job_ids))]
+
+    def release(self, *job_ids: int) -> list[Job]:
+        return [Job.from_dict(j) for j in self.call("release", ids=list(job_ids))]
+
+    def wait(self, *job_ids: int, timeout: float | None = None) -> list[Job]:
+        """Block until every job has ended; return them. Raises TimeoutError on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 10.0 if deadline is None else min(10.0, deadline - time.monotonic())
+            res = self.call("wait", ids=list(job_ids), timeout=max(0.0, left))
+            jobs = [Job.from_dict(j) for j in res]
+            if all(j.finished for j in jobs):
+                return jobs
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"jobs still active after {timeout} s: "
+                                   + " ".join(str(j.id) for j in jobs if not j.finished))
+
+    # -- logs ------------------------------------------------------------------------------
+    def read_log(self, job_id: int, offset: int = 0, wait: float = 0.0,
+                 max_bytes: int = 1 << 20) -> tuple[bytes, int, bool]:
+        """Bytes from `offset`; the new offset; whether the log is complete (job ended)."""
+        data, new_offset, done, error = self._remote("read_log", int(job_id), int(offset),
+                                                     float(wait), int(max_bytes))
+        if error:
+            raise from_wire(json.loads(error))
+        return bytes(data), int(new_offset), bool(done)
+
+    def logs(self, job_id: int) -> str:
+        chunks, offset = [], 0
+        while True:
+            data, offset, done = self.read_log(job_id, offset)
+            chunks.append(data)
+            if not data:
+                break
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    def follow_bytes(self, job_id: int, offset: int = 0, poll: float = 5.0) -> Iterator[bytes]:
+        while True:
+            data, offset, done = self.read_log(job_id, offset, wait=poll)
+            if data:
+                yield data
+            elif done:
+                return
+
+    def follow(self, job_id: int, offset: int = 0) -> Iterator[str]:
+        """Yield the log as text while the job runs; end when the job has ended."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        for data in self.follow_bytes(job_id, offset):
+            text = decoder.decode(data)
+            if text:
+                yield text
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+
+    # -- cluster ---------------------------------------------------------------------------
+    def nodes(self) -> list[Node]:
+        return [Node.from_dict(n) for n in self.call("nodes")]
+
+    def whoami(self) -> dict[str, Any]:
+        return self.call("whoami")
+
+    def ping(self) -> dict[str, Any]:
+        return self.call("ping")

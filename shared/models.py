@@ -1,0 +1,117 @@
+"""Plain dataclasses that the client returns. They are built from the JSON the daemon sends."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .states import JobState
+
+
+def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass
+class Job:
+    id: int
+    owner: str
+    group: str
+    name: str
+    command: list[str] | str
+    state: JobState
+    cwd: str = ""
+    env: dict[str, str] | None = None  # only the owner and admins see it
+    gpus: int = 0
+    gpu_type: str | None = None
+    gpu_memory_mb: int | None = None
+    cpus: int = 1
+    memory_mb: int | None = None
+    time_limit_s: int | None = None
+    priority: int = 5
+    dependencies: list[str] = field(default_factory=list)
+    partition: str = "default"
+    requeue: bool = True
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    submit_time: float = 0.0
+    start_time: float | None = None
+    end_time: float | None = None
+    node: str | None = None
+    gpu_indices: list[int] = field(default_factory=list)
+    restarts: int = 0
+    priority_score: float | None = None
+    estimated_start: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Job":
+        d = _known(cls, data)
+        d["state"] = JobState(d["state"])
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["state"] = self.state.value
+        return d
+
+    @property
+    def shell(self) -> bool:
+        return isinstance(self.command, str)
+
+    @property
+    def finished(self) -> bool:
+        return self.state.final
+
+
+@dataclass
+class Gpu:
+    index: int
+    type: str
+    memory_mb: int
+    uuid: str | None = None
+    utilization: float | None = None  # percent
+    memory_used_mb: int | None = None
+    job: int | None = None  # the job holding it
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Gpu":
+        return cls(**_known(cls, data))
+
+
+@dataclass
+class Node:
+    name: str
+    host: str
+    state: str  # up, down, drain, connecting, refused
+    reason: str | None = None
+    cpus: int = 0
+    memory_mb: int = 0
+    free_cpus: int = 0
+    free_memory_mb: int = 0
+    cpu_percent: float | None = None
+    memory_used_mb: int | None = None
+    gpu_source: str | None = None  # nvml, nvidia-smi, config, none
+    gpus: list[Gpu] = field(default_factory=list)
+    running_jobs: list[int] = field(default_factory=list)
+    last_seen: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Node":
+        d = _known(cls, data)
+        d["gpus"] = [Gpu.from_dict(g) for g in d.get("gpus", [])]
+        return cls(**d)
+
+
+@dataclass
+class Event:
+    job: int
+    time: float
+    who: str
+    from_state: str | None
+    to_state: str
+    reason: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Event":
+        return cls(**_known(cls, data))
