@@ -1,0 +1,42 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from daemonproc import Daemon  # noqa: E402
+from sshnodes import H100_CSV, NodeSet  # noqa: E402
+
+A100X4 = [{"type": "A100", "memory_mb": 81920}] * 4
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Two real sshd nodes (4 declared A100s; 2 H100s detected by nvidia-smi), a node whose
+    host key is unknown, and a real labqd that any local user may talk to."""
+    base = tmp_path_factory.mktemp("cluster")
+    with NodeSet(base / "nodes", names=["a4", "h2"], nvidia_smi_csv=[None, H100_CSV]) as ns:
+        empty_kh = base / "empty_known_hosts"
+        empty_kh.write_text("")
+        entries = ns.config_entries({"a4": A100X4})
+        for e in entries:
+            e["job_root"] = str(base / f"jobs-{e['name']}")
+        unknown = dict(entries[0], name="nokey", known_hosts=str(empty_kh))
+        unknown.pop("gpus")
+        d = Daemon(base / "daemon", {
+            "daemon": {"socket_mode": "0666", "kill_grace": "2s", "heartbeat": "1s"},
+            "node": entries + [unknown],
+        })
+        d.start(wait_nodes=2)
+        d.nodes = ns
+        try:
+            yield d
+        finally:
+            d.close()
+
+
+@pytest.fixture
+def q(cluster):
+    with cluster.client() as client:
+        yield client
