@@ -1,0 +1,91 @@
+"""The SQLite store: WAL, schema versions, refusing files that are not ours."""
+import hashlib
+import shutil
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from labq.daemon import store as st
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def job_fields(**kw):
+    base = dict(owner="alice", group="lab", name="n", command=["true"], cwd="/", env={},
+                state="PENDING", submit_time=time.time())
+    base.update(kw)
+    return base
+
+
+def test_new_database_is_wal_versioned_and_marked(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    assert s.db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert s.db.execute_sql("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    assert s.schema_version == st.SCHEMA_VERSION
+    assert s.db.execute_sql("PRAGMA application_id").fetchone()[0] == st.APPLICATION_ID
+    s.close()
+
+
+def test_job_ids_are_never_reused(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    a = s.insert_job(job_fields(), "alice")
+    b = s.insert_job(job_fields(), "alice")
+    st.Job.delete().where(st.Job.id == b).execute()
+    c = s.insert_job(job_fields(), "alice")
+    assert (a, b, c) == (1, 2, 3)
+    assert [e["to_state"] for e in s.events(a)] == ["PENDING"]
+    s.close()
+
+
+def test_reopening_keeps_data_and_cluster_id(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    s.insert_job(job_fields(), "alice")
+    cid = s.cluster_id
+    s.close()
+    s2 = st.Store(tmp_path / "labq.db")
+    assert s2.cluster_id == cid and s2.job_row(1)["owner"] == "alice"
+    s2.close()
+
+
+def test_foreign_sqlite_file_is_refused_untouched(tmp_path):
+    path = tmp_path / "other.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    con.commit()
+    con.close()
+    before = digest(path)
+    with pytest.raises(st.ForeignDatabase, match="another program"):
+        st.Store(path)
+    assert digest(path) == before
+
+
+def test_garbage_file_is_refused_untouched(tmp_path):
+    path = tmp_path / "labq.db"
+    path.write_bytes(b"this is not a database" * 100)
+    before = digest(path)
+    with pytest.raises(st.ForeignDatabase, match="not a readable SQLite"):
+        st.Store(path)
+    assert digest(path) == before
+
+
+def test_newer_schema_is_refused(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    st.Meta.replace(key="schema_version", value=str(st.SCHEMA_VERSION + 1)).execute()
+    s.close()
+    with pytest.raises(st.ForeignDatabase, match="newer"):
+        st.Store(tmp_path / "labq.db")
+
+
+def test_labqd_stops_with_a_clear_error_on_a_foreign_database(tmp_path):
+    path = tmp_path / "labq.db"
+    path.write_bytes(b"garbage" * 1000)
+    cfg = tmp_path / "labq.toml"
+    cfg.write_text(f'[daemon]\ndatabase = "{path}"\nsocket = "{tmp_path}/s.sock"\n')
+    r = subprocess.run([shutil.which("labqd"), "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1 and "not a readable SQLite database" in r.stderr
+    assert path.read_bytes() == b"garbage" * 1000
