@@ -61,7 +61,8 @@ def DURATION(path: str, v: Any) -> int:
             raise ConfigError(path, "must not be negative")
         return v
     try:
-        return parse_duration_s(v if v[-1:].isalpha() else v + "s", path)
+        # a bare number is seconds here (Slurm's bare minutes would surprise in a config)
+        return parse_duration_s(v + "s" if v.strip().isdigit() else v, path)
     except Exception:
         raise ConfigError(path, f"cannot read {v!r} as a duration (e.g. '30s', '2h', '7d')") from None
 

@@ -387,7 +387,8 @@ class SshNode:
             # newer sshd penalises sources of failed connections, which a test
             # provoking failures on purpose would trip over
             lines.append("PerSourcePenalties no")
-        lines += self._config_extra
+        # sshd keeps the first value it reads for a keyword, so extra lines go first
+        lines = list(self._config_extra) + lines
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def _spawn(self) -> None:

@@ -1,0 +1,59 @@
+"""Nodes named by ~/.ssh/config aliases: HostName, User, Port, IdentityFile, ProxyJump."""
+import pytest
+
+from daemonproc import Daemon, wait_for
+from sshnodes import make_user_key, start_node, write_known_hosts
+
+
+@pytest.fixture(scope="module")
+def aliased(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sshcfg")
+    key = make_user_key(base)
+    target = start_node(base, "behind")
+    jump_ok = start_node(base, "jump-ok")
+    jump_no = start_node(base, "jump-no", config_extra=["AllowTcpForwarding no"])
+    nodes = [target, jump_ok, jump_no]
+    kh = write_known_hosts(base / "known_hosts", nodes)
+    ssh_config = base / "ssh_config"
+
+    def host(alias, node, jump=None):
+        lines = [f"Host {alias}", "  HostName 127.0.0.1", f"  Port {node.port}", "  User root",
+                 f"  IdentityFile {key}", f"  UserKnownHostsFile {kh}"]
+        if jump:
+            lines.append(f"  ProxyJump {jump}")
+        return "\n".join(lines) + "\n"
+    ssh_config.write_text(host("direct", target) + host("hop-ok", jump_ok)
+                          + host("hop-no", jump_no) + host("via-ok", target, "hop-ok")
+                          + host("via-no", target, "hop-no"))
+    d = Daemon(base / "daemon", {"daemon": {"heartbeat": "1s"}, "node": [
+        {"name": n, "host": alias, "ssh_config": str(ssh_config), "job_root": str(base / n),
+         "gpus": [{"type": "T4", "memory_mb": 16384}]}
+        for n, alias in (("alias", "direct"), ("jumped", "via-ok"), ("blocked", "via-no"))]})
+    d.start(wait_nodes=2)
+    try:
+        yield d
+    finally:
+        d.close()
+        for n in nodes:
+            n.stop()
+
+
+def test_alias_and_proxyjump_reach_the_node(aliased):
+    with aliased.client() as q:
+        nodes = {n.name: n for n in q.nodes()}
+        assert nodes["alias"].state == "up" and nodes["jumped"].state == "up"
+        blocked = wait_for(lambda: (lambda n: n.state == "down" and n.reason and n)(
+            {n.name: n for n in q.nodes()}["blocked"]), what="blocked node down")
+        assert "through" in blocked.reason  # the hop refused to forward
+
+
+def test_jobs_run_through_the_jump_host(aliased, tmp_path):
+    with aliased.client() as q:
+        q.call("node_drain", name="alias")
+        try:
+            job = q.submit(["bash", "-c", "echo via $LABQ_NODE"], gpus=1, cwd=str(tmp_path))
+            [done] = q.wait(job.id, timeout=30)
+        finally:
+            q.call("node_resume", name="alias")
+        assert done.state.value == "COMPLETED" and done.node == "jumped"
+        assert q.logs(job.id) == "via jumped\n"
