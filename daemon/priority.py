@@ -17,7 +17,9 @@ none behind it can either. The replay simulator keeps a PendingQueue alive acros
 """
 from __future__ import annotations
 
-from operator import attrgetter
+from collections import defaultdict
+from itertools import islice
+from operator import attrgetter, le, lt
 
 from .snapshot import JobView, PolicyConfig
 
@@ -55,7 +57,7 @@ class JobClass:
     def __init__(self, key: tuple, head: JobView):
         self.key = key
         self.head = head  # any member: carries the shared fields
-        self.members: dict[int, JobView] = {}
+        self.members: dict[int, JobView] | None = {}  # None: only _list is kept
         self._list: list[JobView] | None = None
 
     def jobs(self) -> list[JobView]:
@@ -63,6 +65,9 @@ class JobClass:
         if self._list is None:
             self._list = list(self.members.values())
         return self._list
+
+    def __len__(self) -> int:
+        return len(self.members) if self.members is not None else len(self._list)
 
     def constant(self, config: PolicyConfig, fairshare: float, largest_node_gpus: int) -> float:
         """The part of the priority every member shares."""
@@ -88,7 +93,7 @@ class PendingQueue:
         self.cpu_only = 0  # members asking for no GPU: they may fit when no GPU is free
 
     def __len__(self) -> int:
-        return sum(len(c.members) for c in self.classes.values())
+        return sum(len(c) for c in self.classes.values())
 
     def add(self, job: JobView) -> None:
         key = self._key(job)
@@ -114,13 +119,15 @@ class PendingQueue:
     @classmethod
     def build(cls, jobs: list[JobView], now: float, config: PolicyConfig) -> "PendingQueue":
         q = cls(config)
-        jobs = sorted(jobs, key=attrgetter("submit_time", "id"))
-        groups: dict[tuple, list[JobView]] = {}
+        submit = list(map(attrgetter("submit_time"), jobs))
+        ids = list(map(attrgetter("id"), jobs))
+        # snapshots usually list jobs by id, which is submit order: skip the sort then
+        if not (all(map(le, submit, islice(submit, 1, None)))
+                and all(map(lt, ids, islice(ids, 1, None)))):
+            jobs = sorted(jobs, key=attrgetter("submit_time", "id"))
+        groups: dict[tuple, list[JobView]] = defaultdict(list)
         for key, job in zip(map(q._key, jobs), jobs):
-            lst = groups.get(key)
-            if lst is None:
-                groups[key] = lst = []
-            lst.append(job)
+            groups[key].append(job)
         floor = now - config.max_age_s  # ages saturate: older jobs tie and go by submit time
         for key, lst in groups.items():
             if any(j.eligible_time is not None for j in lst):
@@ -129,7 +136,7 @@ class PendingQueue:
                 order = sorted(range(len(lst)), key=t0.__getitem__)  # stable: ties keep submit order
                 lst = [lst[i] for i in order]
             c = q.classes[key] = JobClass(key, lst[0])
-            c.members = {j.id: j for j in lst}
+            c.members = None
             c._list = lst
             q.cpu_only += len(lst) if lst[0].gpus <= 0 else 0
         return q

@@ -1,0 +1,99 @@
+"""The replay simulator on a slice of the Philly trace: invariants and output format."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from labq.daemon import sim
+from labq.daemon.trace import load_trace
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "philly")
+JOBS = os.path.join(DATA, "jobs.csv")
+VCS = os.path.join(DATA, "vcs.csv")
+KEYS = {"avg_jct_s", "p50_jct_s", "p99_jct_s", "avg_wait_s", "max_wait_s", "utilization",
+        "jain", "jobs", "vc_share"}
+
+pytestmark = pytest.mark.skipif(not os.path.exists(JOBS), reason="Philly trace not present")
+
+
+@pytest.fixture(scope="module")
+def trace():
+    return load_trace(JOBS, VCS, limit=2000, seed=3)
+
+
+def test_trace_model(trace):
+    jobs, vcs = trace
+    assert len(jobs) == 2000
+    assert all(j.submit <= k.submit for j, k in zip(jobs, jobs[1:]))
+    assert all(j.duration <= j.time_limit <= 10 * j.duration + 60 for j in jobs)
+    assert all(1 <= j.gpus <= 8 and j.gpus <= vcs[j.vc] for j in jobs)
+    again, _ = load_trace(JOBS, VCS, limit=2000, seed=3)
+    assert again == jobs  # the limit model is seeded
+
+
+@pytest.mark.parametrize("policy", sim.POLICIES)
+def test_invariants(trace, policy):
+    jobs, vcs = trace
+    capacity = sum(vcs.values())
+    # a denser slice so that jobs actually queue
+    dense = [sim.replace(j, submit=j.submit * 0.05) for j in jobs]
+    r = sim.simulate(dense, vcs, policy, record=True)
+    assert r["violations"] == 0
+    assert r["jobs"] == len(dense)
+    recs = r["records"]
+    by_id = {j.id: j for j in dense}
+    for jid, (submit, start, finish, gpus) in recs.items():
+        assert start is not None and finish is not None
+        assert submit <= start <= finish
+        assert finish - start == pytest.approx(by_id[jid].duration)
+    assert all(busy <= capacity for _, busy in r["timeline"])
+    # independent sweep: GPUs in use never exceed the cluster at any instant
+    events = sorted([(s, g) for _, s, _, g in recs.values()] +
+                    [(f, -g) for _, _, f, g in recs.values()], key=lambda e: (e[0], e[1]))
+    busy = 0
+    for _, delta in events:
+        busy += delta
+        assert busy <= capacity
+    assert 0 < r["utilization"] <= 1
+    assert 0 < r["jain"] <= 1 + 1e-9
+    if policy == "vc-fifo":
+        # FIFO within each VC: starts are in submit order
+        for vc in vcs:
+            starts = [recs[j.id][1] for j in dense if j.vc == vc]
+            assert starts == sorted(starts)
+
+
+def test_policies_differ_under_load(trace):
+    jobs, vcs = trace
+    dense = [sim.replace(j, submit=j.submit * 0.05) for j in jobs]
+    jct = {p: sim.simulate(dense, vcs, p)["avg_jct_s"] for p in ("vc-fifo", "labq",
+                                                                 "sjf-oracle")}
+    assert jct["labq"] < jct["vc-fifo"]
+    assert jct["sjf-oracle"] <= jct["labq"] * 1.05
+
+
+def test_run_json_keys():
+    r = sim.run(JOBS, VCS, limit=500)
+    assert set(r) == {"wall_s", "policies"}
+    assert set(r["policies"]) == set(sim.POLICIES)
+    for m in r["policies"].values():
+        assert KEYS <= set(m)
+        shares = m["vc_share"]
+        assert sum(v["gpu_time_share"] for v in shares.values()) == pytest.approx(1.0)
+        assert sum(v["entitlement"] for v in shares.values()) == pytest.approx(1.0)
+    assert "avg JCT" in sim.format_table(r)
+
+
+def test_installed_executable_json():
+    exe = shutil.which("labq-sim") or os.path.join(os.path.dirname(sys.executable), "labq-sim")
+    out = subprocess.run([exe, "--trace", JOBS, "--vcs", VCS, "--limit", "300", "--json",
+                          "--seed", "1"], capture_output=True, text=True, timeout=120, check=True)
+    data = json.loads(out.stdout)
+    assert set(data["policies"]) == set(sim.POLICIES)
+    assert data["policies"]["labq"]["jobs"] == 300
+    assert KEYS <= set(data["policies"]["labq"])
