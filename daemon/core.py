@@ -72,6 +72,7 @@ class Core:
         self.ended_states: dict[int, str] = {}  # cache for dependency checks
         self.cancel_requests: dict[int, str] = {}  # running job -> who asked
         self.runtime: dict[int, dict] = {}  # job -> priority_score, estimated_start
+        self.view_cache: dict[int, Any] = {}  # job -> the scheduler's JobView of it
         self.nodes: dict[str, NodeInfo] = {}
         self.links: dict[str, NodeLink] = {}
         self._stopping = False
@@ -115,6 +116,7 @@ class Core:
                                             "gpu_index": g} for g in fields["gpu_indices"]]
                                           ).execute()
         job.update(fields)
+        self.view_cache.pop(job["id"], None)
         if dst in FINAL:
             self.active.pop(job["id"], None)
             self.runtime.pop(job["id"], None)

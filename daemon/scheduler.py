@@ -15,31 +15,41 @@ from labq.states import JobState
 from . import policy
 from .core import Core
 from .snapshot import Dependency, GpuSlot, JobView, NodeView, Snapshot
+from .store import Job
 
 log = logging.getLogger("labqd.scheduler")
 S = JobState
 
 
+def job_view(j: dict) -> JobView:
+    return JobView(
+        id=j["id"], owner=j["owner"], group=j["group"], state=j["state"],
+        priority=j["priority"], submit_time=j["submit_time"], gpus=j["gpus"],
+        gpu_type=j["gpu_type"], gpu_memory_mb=j["gpu_memory_mb"], cpus=j["cpus"],
+        memory_mb=j["memory_mb"] or 0, time_limit_s=j["time_limit_s"],
+        dependencies=tuple(Dependency(*parse_dependency(d)) for d in j["dependencies"]),
+        partition=j["partition"], eligible_time=j["eligible_time"], node=j["node"],
+        gpu_indices=tuple(j["gpu_indices"] or ()), start_time=j["start_time"])
+
+
 def build_snapshot(core: Core, now: float) -> Snapshot:
-    """Called with core.lock held."""
+    """Called with core.lock held; job views are cached until the job changes."""
     jobs = []
     used: dict[str, list] = {}
     dep_targets: set[int] = set()
+    cache = core.view_cache
     for j in core.active.values():
-        deps = tuple(Dependency(*parse_dependency(d)) for d in j["dependencies"])
-        dep_targets.update(d.job for d in deps)
-        jobs.append(JobView(
-            id=j["id"], owner=j["owner"], group=j["group"], state=j["state"],
-            priority=j["priority"], submit_time=j["submit_time"], gpus=j["gpus"],
-            gpu_type=j["gpu_type"], gpu_memory_mb=j["gpu_memory_mb"], cpus=j["cpus"],
-            memory_mb=j["memory_mb"] or 0, time_limit_s=j["time_limit_s"], dependencies=deps,
-            partition=j["partition"], eligible_time=j["eligible_time"], node=j["node"],
-            gpu_indices=tuple(j["gpu_indices"] or ()), start_time=j["start_time"]))
-        if j["state"] == S.RUNNING.value:
-            u = used.setdefault(j["node"], [set(), 0, 0])
-            u[0].update(j["gpu_indices"] or ())
-            u[1] += j["cpus"]
-            u[2] += j["memory_mb"] or 0
+        view = cache.get(j["id"])
+        if view is None:
+            view = cache[j["id"]] = job_view(j)
+        jobs.append(view)
+        if view.dependencies:
+            dep_targets.update(d.job for d in view.dependencies)
+        if view.state == "RUNNING":
+            u = used.setdefault(view.node, [set(), 0, 0])
+            u[0].update(view.gpu_indices)
+            u[1] += view.cpus
+            u[2] += view.memory_mb
     nodes = []
     for n in core.nodes.values():
         u = used.get(n.name, [set(), 0, 0])
@@ -69,30 +79,43 @@ class Scheduler:
 
     def _run(self) -> None:
         core = self.core
+        last_start, last_cost = 0.0, 0.0
         while not core._stopping:
             core.wake.wait(self.interval_s)
+            # a burst of submits is served by one pass, not one pass per submit, and the
+            # scheduler never takes more than about half of the daemon's time
+            gap = last_start + max(0.002, 2 * last_cost) - time.monotonic()
+            if gap > 0:
+                time.sleep(gap)
             core.wake.clear()
             if core._stopping:
                 return
+            last_start = time.monotonic()
             try:
                 self.run_once()
             except Exception:
                 log.exception("scheduler pass failed")
                 time.sleep(1)
+            last_cost = time.monotonic() - last_start
 
     def run_once(self) -> None:
         core = self.core
+        now = time.time()
         with core.lock:
-            now = time.time()
             snap = build_snapshot(core, now)
-            plan = policy.plan(snap, now)
+        # the policy runs without the lock: submits and reads go on meanwhile, and the plan
+        # is checked against the state it finds when applied
+        plan = policy.plan(snap, now)
+        with core.lock:
             for job_id, why in plan.cancels:
                 job = core.active.get(job_id)
-                if job is not None:
-                    core._transition(job, S.CANCELLED, "labqd", why, end_time=now)
+                if job is not None and job["state"] != S.RUNNING.value:
+                    core._transition(job, S.CANCELLED, "labqd", why, end_time=time.time())
             for start in plan.starts:
                 job = core.active.get(start.job)
-                if job is None or start.node not in core.links:
+                node = core.nodes.get(start.node)
+                if (job is None or job["state"] != S.PENDING.value or node is None
+                        or node.state != "up" or node.drained):
                     continue
                 core.start_job(job, start.node, start.gpus)
             changed = []
@@ -101,11 +124,10 @@ class Scheduler:
                 if job is not None and job["state"] != S.RUNNING.value and job["reason"] != why:
                     job["reason"] = why
                     changed.append((job_id, why))
-            for job_id, job in core.active.items():
-                core.runtime[job_id] = {"priority_score": plan.priorities.get(job_id),
-                                        "estimated_start": plan.estimates.get(job_id)}
+            core.runtime = {job_id: {"priority_score": plan.priorities.get(job_id),
+                                     "estimated_start": plan.estimates.get(job_id)}
+                            for job_id in core.active}
             if changed:
-                from .store import Job
                 with core.store.write():
                     for job_id, why in changed:
                         Job.update(reason=why).where(Job.id == job_id).execute()

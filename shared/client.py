@@ -50,6 +50,8 @@ class Client:
             raise DaemonUnavailable(
                 f"no labqd answers at {self.socket_path} ({e.strerror or e}); start it with "
                 "`labqd` or set LABQ_SOCKET", {"socket": str(self.socket_path)}) from None
+        # each attribute access on a netref is a round trip: look the methods up once
+        self._methods: dict[str, Any] = {}
 
     # -- plumbing --------------------------------------------------------------------------
     def close(self) -> None:
@@ -67,7 +69,10 @@ class Client:
     def _remote(self, method: str, *args):
         with self._lock:
             try:
-                return getattr(self._conn.root, method)(*args)
+                fn = self._methods.get(method)
+                if fn is None:
+                    fn = self._methods[method] = getattr(self._conn.root, method)
+                return fn(*args)
             except LabqError:
                 raise
             except (EOFError, OSError, TimeoutError) as e:
