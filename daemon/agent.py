@@ -6,7 +6,8 @@ their log bytes and exit records back, and on start reports what it finds in the
 directories. It must run on any python3 >= 3.8 without third-party packages (psutil and pynvml
 are used when importable).
 
-Job directory layout (<root>/<cluster>/<job id>/):
+Job directory layout (<root>/<cluster>/<job id>.<run>/, run = the job's restart count, so a
+requeued job never collides with what an earlier run left behind):
     spec.json   what to run          pid     {"pid", "pgid", "start"} once started
     log         stdout + stderr      exit    {"code", "signal", "reason", "end"} once ended
     cancel      asks the shepherd to stop the job ("cancel" or "timeout")
@@ -292,17 +293,19 @@ class Agent:
             sys.stdout.buffer.write(line)
             sys.stdout.buffer.flush()
 
-    def jobdir(self, job):
-        return os.path.join(self.dir, str(int(job)))
+    def jobdir(self, key):
+        if not _is_key(key):
+            raise ValueError("bad job key %r" % (key,))
+        return os.path.join(self.dir, key)
 
     # requests --------------------------------------------------------------------------
     def op_launch(self, req):
-        job = int(req["job"])
+        job = req["job"]
         jobdir = self.jobdir(job)
         try:
-            os.mkdir(jobdir, 0o700)  # atomic: a second launch of the same id fails here
+            os.mkdir(jobdir, 0o700)  # atomic: a second launch of the same run fails here
         except FileExistsError:
-            return {"ok": False, "code": "exists", "error": "job %d already launched here" % job}
+            return {"ok": False, "code": "exists", "error": "job %s already launched here" % job}
         spec = {"argv": list(req["argv"]), "env": dict(req["env"]), "cwd": req["cwd"],
                 "time_limit_s": req.get("time_limit_s")}
         write_json(os.path.join(jobdir, "spec.json"), spec)
@@ -314,7 +317,7 @@ class Agent:
     def op_list(self, req):
         jobs = []
         for name in os.listdir(self.dir):
-            if not name.isdigit():
+            if not _is_key(name):
                 continue
             d = self.jobdir(name)
             pid = read_json(os.path.join(d, "pid"))
@@ -327,14 +330,14 @@ class Agent:
                 # the shepherd died without a record (node rebooted, OOM killer)
                 ex = {"code": None, "signal": None, "reason": "lost", "end": time.time(),
                       "start": pid.get("start")}
-            jobs.append({"job": int(name), "pid": pid, "exit": ex, "log_size": size,
+            jobs.append({"job": name, "pid": pid, "exit": ex, "log_size": size,
                          "started": pid is not None or ex is not None})
         return {"ok": True, "jobs": jobs}
 
     def op_watch(self, req):
-        job = int(req["job"])
+        job = req["job"]
         if not os.path.isdir(self.jobdir(job)):
-            return {"ok": False, "code": "unknown", "error": "no job %d here" % job}
+            return {"ok": False, "code": "unknown", "error": "no job %s here" % job}
         with self.watch_lock:
             self.watched[job] = int(req.get("offset", 0))
             self.exit_sent.discard(job)
@@ -349,7 +352,7 @@ class Agent:
         return {"ok": True}
 
     def op_forget(self, req):
-        job = int(req["job"])
+        job = req["job"]
         with self.watch_lock:
             self.watched.pop(job, None)
             self.exit_sent.discard(job)
@@ -431,6 +434,11 @@ class Agent:
                 reply = {"ok": False, "code": "error", "error": "%s: %s" % (type(e).__name__, e)}
             reply["re"] = req.get("id")
             self.send(reply)
+
+
+def _is_key(name):
+    job, dot, run = str(name).partition(".")
+    return bool(dot) and job.isdigit() and run.isdigit()
 
 
 def _alive(pid):

@@ -241,29 +241,33 @@ def load(path: Path | None) -> Config:
     nodes = data.get("node", [])
     seen = set()
     for i, n in enumerate(nodes):
-        where = f"node[{i}]"
         if n["name"] in seen:
-            raise ConfigError(f"{where}.name", f"duplicate node name {n['name']!r}")
+            raise ConfigError(f"node[{i}].name", f"duplicate node name {n['name']!r}")
         seen.add(n["name"])
-        if not n.get("local") and "host" not in n:
-            raise ConfigError(f"{where}.host", "is required unless local = true")
-        if n.get("local") and any(k in n for k in ("host", "port", "user", "identity_file")):
-            raise ConfigError(where, "a local node takes no host, port, user or identity_file")
-        if "gpus" in n and "gpu_indices" in n:
-            raise ConfigError(f"{where}.gpu_indices", "give either gpus (declare) or "
-                              "gpu_indices (restrict detected GPUs), not both")
-        cfg.nodes.append(NodeConfig(
-            name=n["name"], local=n.get("local", False), host=n.get("host"), port=n.get("port"),
-            user=n.get("user"), identity_file=n.get("identity_file"),
-            known_hosts=n.get("known_hosts"), ssh_config=n.get("ssh_config"),
-            gpus=n.get("gpus"), gpu_indices=n.get("gpu_indices"), cpus=n.get("cpus"),
-            memory_mb=n.get("memory"), python=n.get("python", "python3"),
-            job_root=n.get("job_root", "~/.local/state/labq-node"),
-            enabled=n.get("enabled", True)))
+        cfg.nodes.append(node_config(n, f"node[{i}]"))
     if d.get("local_node", not nodes) and not any(n.local for n in cfg.nodes):
         cfg.nodes.insert(0, NodeConfig(name=socket.gethostname().split(".")[0] or "local",
                                        local=True))
     return cfg
+
+
+def node_config(n: dict, where: str) -> NodeConfig:
+    """A checked [[node]] entry (as NODE returns it) to a NodeConfig."""
+    if not n.get("local") and "host" not in n:
+        raise ConfigError(f"{where}.host", "is required unless local = true")
+    if n.get("local") and any(k in n for k in ("host", "port", "user", "identity_file")):
+        raise ConfigError(where, "a local node takes no host, port, user or identity_file")
+    if "gpus" in n and "gpu_indices" in n:
+        raise ConfigError(f"{where}.gpu_indices", "give either gpus (declare) or "
+                          "gpu_indices (restrict detected GPUs), not both")
+    return NodeConfig(
+        name=n["name"], local=n.get("local", False), host=n.get("host"), port=n.get("port"),
+        user=n.get("user"), identity_file=n.get("identity_file"),
+        known_hosts=n.get("known_hosts"), ssh_config=n.get("ssh_config"),
+        gpus=n.get("gpus"), gpu_indices=n.get("gpu_indices"), cpus=n.get("cpus"),
+        memory_mb=n.get("memory"), python=n.get("python", "python3"),
+        job_root=n.get("job_root", "~/.local/state/labq-node"),
+        enabled=n.get("enabled", True))
 
 
 def find_config(cli_path: str | None) -> Path | None:

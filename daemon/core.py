@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from labq.errors import (InvalidState, NotFound, PermissionDenied, QuotaExceeded,
@@ -20,7 +20,9 @@ from labq.states import FINAL, JobState, allowed
 
 from . import store as st
 from .config import Config
+from .fairshare import Run
 from .logcopy import LogCopies
+from .nodectl import NodeControl, run_key
 from .nodes import NodeLink
 
 log = logging.getLogger("labqd")
@@ -39,27 +41,11 @@ class Caller:
         return self.admin or job["owner"] == self.user
 
 
-@dataclass
-class NodeInfo:
-    name: str
-    host: str
-    state: str = "connecting"  # connecting, up, down, refused
-    reason: str | None = None
-    drained: bool = False
-    cpus: int = 0
-    memory_mb: int = 0
-    gpus: list[dict] = field(default_factory=list)  # index, type, memory_mb, uuid
-    gpu_source: str | None = None
-    stats: dict = field(default_factory=dict)
-    last_seen: float | None = None
-    job_root: str = ""
-
-
 def _dep_ids(job: dict) -> list[int]:
     return [parse_dependency(d)[1] for d in job["dependencies"]]
 
 
-class Core:
+class Core(NodeControl):
     def __init__(self, cfg: Config, store: st.Store):
         self.cfg = cfg
         self.store = store
@@ -73,19 +59,16 @@ class Core:
         self.cancel_requests: dict[int, str] = {}  # running job -> who asked
         self.runtime: dict[int, dict] = {}  # job -> priority_score, estimated_start
         self.view_cache: dict[int, Any] = {}  # job -> the scheduler's JobView of it
-        self.nodes: dict[str, NodeInfo] = {}
+        self.nodes: dict = {}
         self.links: dict[str, NodeLink] = {}
+        self.ended_runs: list = []  # runs that ended since the last usage accrual
         self._stopping = False
-        drained = {n.name: n.drained for n in st.Node.select()}
+        self._drained = {n.name: n.drained for n in st.Node.select()}
         for ncfg in cfg.nodes:
-            if not ncfg.enabled:
-                continue
-            self.nodes[ncfg.name] = NodeInfo(ncfg.name, "local" if ncfg.local else ncfg.host,
-                                             drained=drained.get(ncfg.name, False),
-                                             job_root=ncfg.job_root)
-            self.links[ncfg.name] = NodeLink(ncfg, store.cluster_id, self,
-                                             heartbeat_s=cfg.heartbeat_s,
-                                             timeout_s=cfg.node_timeout_s)
+            if ncfg.enabled:
+                self._add_node(ncfg)
+        for row in st.DynamicNode.select():
+            self._add_node(self.dynamic_node_config(row.entry))
 
     def start(self) -> None:
         for link in self.links.values():
@@ -115,6 +98,9 @@ class Core:
                 st.Allocation.insert_many([{"job": job["id"], "node": fields["node"],
                                             "gpu_index": g} for g in fields["gpu_indices"]]
                                           ).execute()
+        if src == S.RUNNING and job["start_time"]:
+            self.ended_runs.append(Run(job["group"], job["owner"], len(job["gpu_indices"]),
+                                       job["cpus"], job["start_time"], now))
         job.update(fields)
         self.view_cache.pop(job["id"], None)
         if dst in FINAL:
@@ -231,7 +217,7 @@ class Core:
                     self.cancel_requests[job["id"]] = why
                     link = self.links.get(job["node"])
                     if link is not None:
-                        link.request("cancel", job=job["id"], reason="cancel")
+                        link.request("cancel", job=run_key(job), reason="cancel")
                 else:
                     self._transition(job, S.CANCELLED, caller.user, why, end_time=time.time())
         # a running job ends once its process group is gone; wait a moment for it
@@ -301,229 +287,6 @@ class Core:
             if left <= 0 or self._stopping:
                 return b"", offset, False
             self.logs.wait(row["id"], offset, left)
-
-    # -- nodes: requests -------------------------------------------------------------------
-    def node_list(self) -> list[dict]:
-        with self.lock:
-            holders: dict[tuple[str, int], int] = {}
-            running: dict[str, list[int]] = {}
-            used: dict[str, list[int]] = {}
-            for j in self.active.values():
-                if j["state"] == S.RUNNING.value:
-                    running.setdefault(j["node"], []).append(j["id"])
-                    u = used.setdefault(j["node"], [0, 0])
-                    u[0] += j["cpus"]
-                    u[1] += j["memory_mb"] or 0
-                    for g in j["gpu_indices"]:
-                        holders[(j["node"], g)] = j["id"]
-            out = []
-            for n in self.nodes.values():
-                stats_gpus = {g["index"]: g for g in n.stats.get("gpus", [])}
-                gpus = []
-                for g in n.gpus:
-                    s = stats_gpus.get(g["index"], {})
-                    gpus.append(dict(g, utilization=s.get("utilization"),
-                                     memory_used_mb=s.get("memory_used_mb"),
-                                     job=holders.get((n.name, g["index"]))))
-                u = used.get(n.name, [0, 0])
-                state = "drain" if n.drained and n.state == "up" else n.state
-                out.append({"name": n.name, "host": n.host, "state": state,
-                            "reason": n.reason, "cpus": n.cpus, "memory_mb": n.memory_mb,
-                            "free_cpus": n.cpus - u[0], "free_memory_mb": n.memory_mb - u[1],
-                            "cpu_percent": n.stats.get("cpu_percent"),
-                            "memory_used_mb": n.stats.get("memory_used_mb"),
-                            "gpu_source": n.gpu_source, "gpus": gpus,
-                            "running_jobs": sorted(running.get(n.name, [])),
-                            "last_seen": n.last_seen})
-            return out
-
-    def set_drain(self, caller: Caller, name: str, drained: bool) -> dict:
-        if not caller.admin:
-            raise PermissionDenied("draining and resuming nodes is for admins")
-        with self.lock:
-            node = self.nodes.get(name) if type(name) is str else None
-            if node is None:
-                raise NotFound(f"no node {name!r}", {"node": name})
-            with self.store.write():
-                st.Node.update(drained=drained).where(st.Node.name == name).execute()
-            node.drained = drained
-            if not drained and name in self.links:
-                self.links[name].retry_now()
-        self.wake.set()
-        return next(n for n in self.node_list() if n["name"] == name)
-
-    # -- nodes: link callbacks -------------------------------------------------------------
-    def node_refused(self, link: NodeLink, why: str) -> None:
-        log.error("node %s refused: %s", link.name, why)
-        self._set_node(link.name, state="refused", reason=why)
-
-    def node_down(self, link: NodeLink, why: str) -> None:
-        node = self.nodes[link.name]
-        if node.state != "down" or node.reason != why:
-            log.warning("node %s down: %s", link.name, why)
-        self._set_node(link.name, state="down", reason=why)
-
-    def _set_node(self, name: str, **fields: Any) -> None:
-        with self.lock:
-            node = self.nodes[name]
-            for k, v in fields.items():
-                setattr(node, k, v)
-            with self.store.write():
-                st.Node.insert(name=name, host=node.host, state=node.state, reason=node.reason,
-                               drained=node.drained, cpus=node.cpus, memory_mb=node.memory_mb,
-                               gpu_source=node.gpu_source, last_seen=node.last_seen
-                               ).on_conflict_replace().execute()
-        self.wake.set()
-
-    def _node_gpus(self, link: NodeLink, hello: dict) -> tuple[list[dict], str]:
-        cfg = link.cfg
-        if cfg.gpus is not None:
-            return ([{"index": g.get("index", i), "type": g["type"],
-                      "memory_mb": g.get("memory_mb", 0), "uuid": None}
-                     for i, g in enumerate(cfg.gpus)], "config")
-        detected = [{"index": g["index"], "type": g["type"], "memory_mb": g["memory_mb"],
-                     "uuid": g.get("uuid")} for g in hello.get("gpus", [])]
-        if cfg.gpu_indices is not None:
-            detected = [g for g in detected if g["index"] in set(cfg.gpu_indices)]
-        if not detected:
-            log.info("node %s: no GPUs detected (%s); it takes CPU jobs only", link.name,
-                     "; ".join(hello.get("gpu_notes", [])) or "none found")
-        return detected, hello.get("gpu_source", "none")
-
-    def node_up(self, link: NodeLink, hello: dict, agent_jobs: list[dict]) -> None:
-        gpus, source = self._node_gpus(link, hello)
-        with self.lock:
-            node = self.nodes[link.name]
-            node.cpus = link.cfg.cpus or hello.get("cpus", 1)
-            node.memory_mb = link.cfg.memory_mb or hello.get("memory_mb", 0)
-            node.gpus, node.gpu_source = gpus, source
-            node.last_seen = time.time()
-            with self.store.write():
-                st.Gpu.delete().where(st.Gpu.node == link.name).execute()
-                if gpus:
-                    st.Gpu.insert_many([dict(g, node=link.name) for g in gpus]).execute()
-            self._set_node(link.name, state="up", reason=None)
-            log.info("node %s up: %d CPUs, %d MiB, %d GPUs (%s)", link.name, node.cpus,
-                     node.memory_mb, len(gpus), source)
-            self._reconcile(link, {j["job"]: j for j in agent_jobs})
-
-    def _reconcile(self, link: NodeLink, found: dict[int, dict]) -> None:
-        """Match what the agent has with what the store says runs there."""
-        for job in list(self.active.values()):
-            if job["state"] != S.RUNNING.value or job["node"] != link.name:
-                continue
-            if job["id"] in found:
-                self._watch(link, job)
-                if job["id"] in self.cancel_requests:
-                    link.request("cancel", job=job["id"], reason="cancel")
-            else:
-                # the daemon stopped between recording the start and the launch reaching
-                # the node: launch now; the agent refuses a second launch of an id
-                log.info("job %d: start was in flight, launching on %s", job["id"], link.name)
-                self._launch(link, job)
-        for job_id, info in found.items():
-            job = self.active.get(job_id)
-            if job is not None and job["state"] == S.RUNNING.value and job["node"] == link.name:
-                continue
-            if info.get("exit") is None:
-                log.warning("job %d: stale copy on %s, stopping it", job_id, link.name)
-                link.request("cancel", job=job_id, reason="stale")
-                if job is not None:
-                    with self.store.write():
-                        self.store.add_event(job_id, "labqd", job["state"], job["state"],
-                                             f"killed a stale copy on {link.name}")
-            else:
-                link.request("forget", job=job_id)
-
-    def _watch(self, link: NodeLink, job: dict) -> None:
-        offset = self.logs.resume_offset(job["id"])
-        if offset is None:
-            link.request("watch", job=job["id"], offset=1 << 62)
-        else:
-            link.request("watch", job=job["id"], offset=offset)
-
-    def node_stats(self, link: NodeLink, reply: dict) -> None:
-        if not reply.get("ok"):
-            return
-        node = self.nodes[link.name]
-        stats = {k: reply[k] for k in ("cpu_percent", "memory_used_mb") if k in reply}
-        if "gpus" in reply:
-            stats["gpus"] = reply["gpus"]
-        elif "gpus" in node.stats:
-            stats["gpus"] = node.stats["gpus"]
-        node.stats = stats
-        node.last_seen = time.time()
-
-    def node_event(self, link: NodeLink, msg: dict) -> None:
-        ev = msg.get("ev")
-        if ev == "log":
-            import base64
-            node = self.nodes[link.name]
-            self.logs.append(int(msg["job"]), int(msg["offset"]), base64.b64decode(msg["data"]),
-                             link.name, f"{node.job_root}/{self.store.cluster_id}/{msg['job']}/log")
-        elif ev == "exit":
-            self._job_exited(link, msg)
-
-    def _job_exited(self, link: NodeLink, msg: dict) -> None:
-        job_id = int(msg["job"])
-        with self.lock:
-            job = self.active.get(job_id)
-            if job is None or job["state"] != S.RUNNING.value or job["node"] != link.name:
-                link.request("forget", job=job_id)  # a stale copy ended
-                return
-            code, sig, why = msg.get("code"), msg.get("signal"), msg.get("reason")
-            end = msg.get("end") or time.time()
-            fields = dict(exit_code=code, signal=sig, end_time=end)
-            if job_id in self.cancel_requests:
-                self._transition(job, S.CANCELLED, "labqd", self.cancel_requests[job_id],
-                                 **fields)
-            elif why == "timeout":
-                self._transition(job, S.TIMEOUT, "labqd",
-                                 f"time limit of {job['time_limit_s']} s reached", **fields)
-            elif why == "lost":
-                self._transition(job, S.NODE_FAIL, "labqd",
-                                 f"the job's supervisor on {link.name} vanished", **fields)
-            elif code == 0:
-                self._transition(job, S.COMPLETED, "labqd", None, **fields)
-            else:
-                detail = f"killed by signal {sig}" if sig else f"exit code {code}"
-                self._transition(job, S.FAILED, "labqd", detail, **fields)
-        link.request("forget", job=job_id)
-
-    # -- starting jobs ---------------------------------------------------------------------
-    def start_job(self, job: dict, node: str, gpus: tuple[int, ...]) -> None:
-        self._transition(job, S.RUNNING, "labqd", None, node=node, gpu_indices=list(gpus),
-                         start_time=time.time(), exit_code=None, signal=None, end_time=None)
-        self._launch(self.links[node], job)
-
-    def launch_env(self, job: dict) -> dict[str, str]:
-        env = dict(job["env"] or {})
-        env.update(CUDA_VISIBLE_DEVICES=",".join(map(str, job["gpu_indices"])),
-                   CUDA_DEVICE_ORDER="PCI_BUS_ID", LABQ_JOB_ID=str(job["id"]),
-                   LABQ_JOB_NAME=job["name"], LABQ_NODE=job["node"],
-                   LABQ_RESTART_COUNT=str(job["restarts"]))
-        return env
-
-    def _launch(self, link: NodeLink, job: dict) -> None:
-        cmd = job["command"]
-        argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-        remaining = None
-        if job["time_limit_s"]:
-            # a relaunch after a restart keeps the original deadline
-            remaining = max(1, int(job["time_limit_s"] - (time.time() - job["start_time"])))
-        job_id = job["id"]
-
-        def reply(r: dict) -> None:
-            if r.get("ok") or r.get("code") in ("exists", "down"):
-                return  # started, or already there, or the node went away (reconciled later)
-            with self.lock:
-                j = self.active.get(job_id)
-                if j is not None and j["state"] == S.RUNNING.value:
-                    self._transition(j, S.FAILED, "labqd",
-                                     f"launch on {link.name} failed: {r.get('error')}",
-                                     end_time=time.time())
-        link.request("launch", reply, job=job_id, argv=argv, env=self.launch_env(job),
-                     cwd=job["cwd"], time_limit_s=remaining, grace_s=self.cfg.kill_grace_s)
 
     def integrity(self) -> str:
         return self.store.integrity_check()

@@ -26,6 +26,20 @@ class LogCopies:
     def _mark_path(self, job: int) -> Path:
         return self.dir / f"{job}.truncated"
 
+    def _base_path(self, job: int) -> Path:
+        return self.dir / f"{job}.base"
+
+    def _size(self, job: int) -> int:
+        p = self.path(job)
+        return p.stat().st_size if p.exists() else 0
+
+    def _base(self, job: int) -> int:
+        """Where the current run's bytes start in the copy (after a requeue's mark)."""
+        try:
+            return int(self._base_path(job).read_text())
+        except (OSError, ValueError):
+            return 0
+
     def resume_offset(self, job: int) -> int | None:
         """Where the node's stream should resume; None: from the node's end (copy is full)."""
         with self.lock:
@@ -33,9 +47,21 @@ class LogCopies:
                 self.truncated.add(job)
                 return None
             if job not in self.received:
-                p = self.path(job)
-                self.received[job] = p.stat().st_size if p.exists() else 0
+                self.received[job] = self._size(job) - self._base(job)
             return self.received[job]
+
+    def new_run(self, job: int, run: int, why: str) -> None:
+        """A requeued job starts a new run: mark it in the copy; its node log starts at 0."""
+        with self.lock:
+            if job not in self.truncated:
+                with open(self.path(job), "ab") as f:
+                    f.write(f"\n[labq: run {run} ended: {why}; the job was requeued]\n"
+                            .encode())
+            self._base_path(job).write_text(str(self._size(job)))
+            self.received[job] = 0
+            self.truncated.discard(job)
+            self._mark_path(job).unlink(missing_ok=True)
+            self.changed.notify_all()
 
     def reset(self, job: int, offset: int) -> None:
         with self.lock:
@@ -45,8 +71,7 @@ class LogCopies:
         with self.lock:
             expected = self.received.get(job)
             if expected is None:
-                p = self.path(job)
-                expected = p.stat().st_size if p.exists() else 0
+                expected = self._size(job) - self._base(job)
             if offset + len(data) <= expected:
                 return  # already have it (a re-sent chunk after a reconnect)
             if offset < expected:

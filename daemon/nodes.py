@@ -207,11 +207,11 @@ class NodeLink:
             except ssh.HostKeyRefused as e:
                 self.refused = str(e)
                 self._close_transport()
-                self.core.node_refused(self, str(e))
+                self._tell("node_refused", str(e))
                 continue
             except Exception as e:
                 self._close_transport()
-                self.core.node_down(self, f"connect failed: {e}")
+                self._tell("node_down", f"connect failed: {e}")
                 # exponential backoff with jitter, capped at 60 s
                 self._wake.wait(backoff * random.uniform(0.7, 1.3))
                 self._wake.clear()
@@ -238,9 +238,16 @@ class NodeLink:
                 except Exception:
                     log.exception("callback failed")
             if not self._stop.is_set():
-                self.core.node_down(self, why)
+                self._tell("node_down", why)
                 self._wake.wait(0.2)
                 self._wake.clear()
+
+    def _tell(self, what: str, why: str) -> None:
+        """Report to the core; a failure there must not end this link's thread."""
+        try:
+            getattr(self.core, what)(self, why)
+        except Exception:
+            log.exception("node %s: %s callback failed", self.name, what)
 
     def _close_transport(self) -> None:
         with self._lock:

@@ -81,7 +81,9 @@ class Scheduler:
         core = self.core
         last_start, last_cost = 0.0, 0.0
         while not core._stopping:
-            core.wake.wait(self.interval_s)
+            deadline = core.check_nodes()
+            core.wake.wait(self.interval_s if deadline is None
+                           else min(self.interval_s, deadline + 0.05))
             # a burst of submits is served by one pass, not one pass per submit, and the
             # scheduler never takes more than about half of the daemon's time
             gap = last_start + max(0.002, 2 * last_cost) - time.monotonic()

@@ -19,7 +19,7 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 from labq.errors import StorageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
 
 db = pw.DatabaseProxy()
@@ -117,15 +117,33 @@ class Allocation(Base):
         indexes = ((("node", "gpu_index"), True),)
 
 
-TABLES = [Meta, Job, JobEvent, Node, Gpu, Allocation]
+class DynamicNode(Base):
+    """Nodes added with `labq node add` while labqd runs; they survive restarts."""
+    name = pw.CharField(primary_key=True)
+    entry = JSONField()  # the node's config entry, as in [[node]]
+
+
+class GroupSetting(Base):
+    """Shares and limits set through the admin API; they override the config file."""
+    group = pw.CharField(primary_key=True)
+    settings = JSONField()
+
+
+TABLES_V1 = [Meta, Job, JobEvent, Node, Gpu, Allocation]
 
 
 def _migrate_1(database: pw.Database) -> None:
-    database.create_tables(TABLES)
+    database.create_tables(TABLES_V1)
 
 
-# version -> function bringing the schema from version-1 up to it
-MIGRATIONS = {1: _migrate_1}
+def _migrate_2(database: pw.Database) -> None:
+    database.create_tables([DynamicNode, GroupSetting])
+    # the scheduler looks up a user's jobs and recent ends often
+    database.execute_sql('CREATE INDEX IF NOT EXISTS "job_end_time" ON "job" ("end_time")')
+
+
+# version -> function bringing the schema from version-1 up to it; never edit a released one
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
 
 
 class ForeignDatabase(Exception):
@@ -212,6 +230,10 @@ class Store:
     def _insert(self, model: type[Base], row: dict[str, Any]) -> int:
         """INSERT with SQL built once per column set: peewee's query builder costs more than
         SQLite's commit on the submit path."""
+        fields = model._meta.fields
+        for name, f in fields.items():
+            if name not in row and f.default is not None:
+                row[name] = f.default() if callable(f.default) else f.default
         keys = tuple(sorted(row))
         sql = self._sql_cache.get((model, keys))
         if sql is None:
@@ -220,7 +242,6 @@ class Store:
             sql = (f'INSERT INTO "{model._meta.table_name}" ({cols}) '
                    f'VALUES ({", ".join("?" * len(keys))})')
             self._sql_cache[(model, keys)] = sql
-        fields = model._meta.fields
         return self.db.execute_sql(sql, [fields[k].db_value(row[k]) for k in keys]).lastrowid
 
     def add_event(self, job: int, who: str, src: str | None, dst: str, reason: str | None,

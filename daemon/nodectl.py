@@ -1,0 +1,410 @@
+"""The node side of the daemon's state: link callbacks, reconciliation, requeue, admin control.
+
+A run of a job on a node is keyed "<id>.<restarts>", so a requeued job's new run never meets
+what an earlier run left on a node, and a stale copy is recognised as such.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from labq.errors import InvalidState, LabqError, NotFound, PermissionDenied, ValidationError
+from labq.states import JobState
+
+from . import store as st
+from .config import NODE, ConfigError, NodeConfig, node_config
+from .nodes import NodeLink
+
+log = logging.getLogger("labqd")
+S = JobState
+
+
+@dataclass
+class NodeInfo:
+    name: str
+    host: str
+    state: str = "connecting"  # connecting, up, down, refused
+    reason: str | None = None
+    drained: bool = False
+    cpus: int = 0
+    memory_mb: int = 0
+    gpus: list[dict] = field(default_factory=list)  # index, type, memory_mb, uuid
+    gpu_source: str | None = None
+    stats: dict = field(default_factory=dict)
+    last_seen: float | None = None
+    down_since: float | None = None  # monotonic time the link was lost
+    job_root: str = ""
+    dynamic: bool = False
+
+
+def run_key(job: dict) -> str:
+    return f"{job['id']}.{job['restarts']}"
+
+
+def parse_key(key: str) -> tuple[int, int]:
+    job, _, run = str(key).partition(".")
+    return int(job), int(run or 0)
+
+
+class NodeControl:
+    """Mixed into Core; uses its lock, store, active jobs and _transition."""
+
+    # -- building ----------------------------------------------------------------------------
+    def _add_node(self, ncfg: NodeConfig, dynamic: bool = False) -> NodeLink:
+        self.nodes[ncfg.name] = NodeInfo(ncfg.name, "local" if ncfg.local else ncfg.host,
+                                         drained=self._drained.get(ncfg.name, False),
+                                         job_root=ncfg.job_root, dynamic=dynamic)
+        link = self.links[ncfg.name] = NodeLink(ncfg, self.store.cluster_id, self,
+                                                heartbeat_s=self.cfg.heartbeat_s,
+                                                timeout_s=self.cfg.node_timeout_s)
+        return link
+
+    @staticmethod
+    def dynamic_node_config(entry: dict) -> NodeConfig:
+        return node_config(NODE("node", entry), "node")
+
+    # -- requests ----------------------------------------------------------------------------
+    def node_list(self) -> list[dict]:
+        with self.lock:
+            holders: dict[tuple[str, int], int] = {}
+            running: dict[str, list[int]] = {}
+            used: dict[str, list[int]] = {}
+            for j in self.active.values():
+                if j["state"] == S.RUNNING.value:
+                    running.setdefault(j["node"], []).append(j["id"])
+                    u = used.setdefault(j["node"], [0, 0])
+                    u[0] += j["cpus"]
+                    u[1] += j["memory_mb"] or 0
+                    for g in j["gpu_indices"]:
+                        holders[(j["node"], g)] = j["id"]
+            out = []
+            for n in self.nodes.values():
+                stats_gpus = {g["index"]: g for g in n.stats.get("gpus", [])}
+                gpus = []
+                for g in n.gpus:
+                    s = stats_gpus.get(g["index"], {})
+                    gpus.append(dict(g, utilization=s.get("utilization"),
+                                     memory_used_mb=s.get("memory_used_mb"),
+                                     job=holders.get((n.name, g["index"]))))
+                u = used.get(n.name, [0, 0])
+                state = "drain" if n.drained and n.state == "up" else n.state
+                out.append({"name": n.name, "host": n.host, "state": state,
+                            "reason": n.reason, "cpus": n.cpus, "memory_mb": n.memory_mb,
+                            "free_cpus": n.cpus - u[0], "free_memory_mb": n.memory_mb - u[1],
+                            "cpu_percent": n.stats.get("cpu_percent"),
+                            "memory_used_mb": n.stats.get("memory_used_mb"),
+                            "gpu_source": n.gpu_source, "gpus": gpus,
+                            "running_jobs": sorted(running.get(n.name, [])),
+                            "last_seen": n.last_seen})
+            return out
+
+    def _node_or_404(self, name: Any) -> NodeInfo:
+        node = self.nodes.get(name) if type(name) is str else None
+        if node is None:
+            raise NotFound(f"no node {name!r}", {"node": name})
+        return node
+
+    def _one_node(self, name: str) -> dict:
+        return next(n for n in self.node_list() if n["name"] == name)
+
+    def set_drain(self, caller, name: Any, drained: bool) -> dict:
+        if not caller.admin:
+            raise PermissionDenied("draining and resuming nodes is for admins")
+        with self.lock:
+            node = self._node_or_404(name)
+            with self.store.write():
+                st.Node.update(drained=drained).where(st.Node.name == name).execute()
+            node.drained = drained
+            self._drained[name] = drained
+            if not drained:
+                self.links[name].retry_now()  # resume also retries a refused node
+        self.wake.set()
+        return self._one_node(name)
+
+    def node_add(self, caller, entry: Any) -> dict:
+        if not caller.admin:
+            raise PermissionDenied("adding nodes is for admins")
+        if type(entry) is not dict:
+            raise ValidationError("node: must be a mapping like a [[node]] config entry")
+        try:
+            ncfg = self.dynamic_node_config(entry)
+        except ConfigError as e:
+            raise ValidationError(str(e), {"field": e.path}) from None
+        with self.lock:
+            if ncfg.name in self.nodes:
+                raise ValidationError(f"node {ncfg.name!r} exists already", {"field": "name"})
+            if ncfg.local and any(self.links[n].cfg.local for n in self.links):
+                raise ValidationError("the local machine is a node already", {"field": "local"})
+            with self.store.write():
+                st.DynamicNode.replace(name=ncfg.name, entry=entry).execute()
+            self._drained.pop(ncfg.name, None)
+            link = self._add_node(ncfg, dynamic=True)
+            self._set_node(ncfg.name, state="connecting", reason=None)
+        link.start()
+        return self._one_node(ncfg.name)
+
+    def node_remove(self, caller, name: Any) -> dict:
+        if not caller.admin:
+            raise PermissionDenied("removing nodes is for admins")
+        with self.lock:
+            node = self._node_or_404(name)
+            busy = [j["id"] for j in self.active.values()
+                    if j["state"] == S.RUNNING.value and j["node"] == name]
+            if busy:
+                raise InvalidState(f"node {name} still runs jobs {busy}; drain it and let them "
+                                   "end (or cancel them) first", {"node": name, "jobs": busy})
+            link = self.links.pop(name)
+            del self.nodes[name]
+            with self.store.write():
+                for model, col in ((st.DynamicNode, st.DynamicNode.name),
+                                   (st.Node, st.Node.name), (st.Gpu, st.Gpu.node)):
+                    model.delete().where(col == name).execute()
+        link.stop()
+        self.wake.set()
+        return {"name": name, "removed": True, "from_config": not node.dynamic}
+
+    # -- link callbacks ----------------------------------------------------------------------
+    def node_refused(self, link: NodeLink, why: str) -> None:
+        log.error("node %s refused: %s", link.name, why)
+        self._set_node(link.name, state="refused", reason=why)
+
+    def node_down(self, link: NodeLink, why: str) -> None:
+        node = self.nodes.get(link.name)
+        if node is None:
+            return
+        if node.state != "down" or node.reason != why:
+            log.warning("node %s down: %s", link.name, why)
+        if node.down_since is None:
+            node.down_since = time.monotonic()
+        self._set_node(link.name, state="down", reason=why)
+
+    def _set_node(self, name: str, **fields: Any) -> None:
+        with self.lock:
+            node = self.nodes.get(name)
+            if node is None:
+                return
+            for k, v in fields.items():
+                setattr(node, k, v)
+            try:
+                with self.store.write():
+                    st.Node.insert(name=name, host=node.host, state=node.state,
+                                   reason=node.reason, drained=node.drained, cpus=node.cpus,
+                                   memory_mb=node.memory_mb, gpu_source=node.gpu_source,
+                                   last_seen=node.last_seen).on_conflict_replace().execute()
+            except LabqError as e:  # a full disk must not take the node link down with it
+                log.error("cannot record the state of node %s: %s", name, e.message)
+        self.wake.set()
+
+    def _node_gpus(self, link: NodeLink, hello: dict) -> tuple[list[dict], str]:
+        cfg = link.cfg
+        if cfg.gpus is not None:
+            return ([{"index": g.get("index", i), "type": g["type"],
+                      "memory_mb": g.get("memory_mb", 0), "uuid": None}
+                     for i, g in enumerate(cfg.gpus)], "config")
+        detected = [{"index": g["index"], "type": g["type"], "memory_mb": g["memory_mb"],
+                     "uuid": g.get("uuid")} for g in hello.get("gpus", [])]
+        if cfg.gpu_indices is not None:
+            detected = [g for g in detected if g["index"] in set(cfg.gpu_indices)]
+        if not detected:
+            log.info("node %s: no GPUs detected (%s); it takes CPU jobs only", link.name,
+                     "; ".join(hello.get("gpu_notes", [])) or "none found")
+        return detected, hello.get("gpu_source", "none")
+
+    def node_up(self, link: NodeLink, hello: dict, agent_jobs: list[dict]) -> None:
+        gpus, source = self._node_gpus(link, hello)
+        with self.lock:
+            node = self.nodes.get(link.name)
+            if node is None:
+                return
+            node.cpus = link.cfg.cpus or hello.get("cpus", 1)
+            node.memory_mb = link.cfg.memory_mb or hello.get("memory_mb", 0)
+            node.gpus, node.gpu_source = gpus, source
+            node.last_seen = time.time()
+            node.down_since = None
+            with self.store.write():
+                st.Gpu.delete().where(st.Gpu.node == link.name).execute()
+                if gpus:
+                    st.Gpu.insert_many([dict(g, node=link.name) for g in gpus]).execute()
+            self._set_node(link.name, state="up", reason=None)
+            log.info("node %s up: %d CPUs, %d MiB, %d GPUs (%s), agent pid %s", link.name,
+                     node.cpus, node.memory_mb, len(gpus), source, hello.get("pid"))
+            node.stats["agent_pid"] = hello.get("pid")
+            self._reconcile(link, {j["job"]: j for j in agent_jobs})
+
+    def _reconcile(self, link: NodeLink, found: dict[str, dict]) -> None:
+        """Match the runs the agent has with what the store says runs there."""
+        mine = set()
+        for job in list(self.active.values()):
+            if job["state"] != S.RUNNING.value or job["node"] != link.name:
+                continue
+            key = run_key(job)
+            mine.add(key)
+            if key in found:
+                self._watch(link, job)
+                if job["id"] in self.cancel_requests:
+                    link.request("cancel", job=key, reason="cancel")
+            else:
+                # labqd stopped between recording the start and the launch reaching the
+                # node: launch now; the agent refuses a second launch of the same run
+                log.info("job %d: its start was in flight; launching on %s", job["id"],
+                         link.name)
+                self._launch(link, job)
+        for key, info in found.items():
+            if key in mine:
+                continue
+            if info.get("exit") is None:
+                job_id, run = parse_key(key)
+                log.warning("job %s: stopping a stale copy on %s", key, link.name)
+                link.request("cancel", job=key, reason="stale")
+                self._note(job_id, f"killed a stale copy (run {run}) on {link.name}")
+            else:
+                link.request("forget", job=key)
+
+    def _note(self, job_id: int, text: str) -> None:
+        row = self.active.get(job_id) or self.store.job_row(job_id)
+        if row is None:
+            return
+        try:
+            with self.store.write():
+                self.store.add_event(job_id, "labqd", row["state"], row["state"], text)
+        except LabqError as e:
+            log.error("cannot record event for job %d: %s", job_id, e.message)
+
+    def _watch(self, link: NodeLink, job: dict) -> None:
+        offset = self.logs.resume_offset(job["id"])
+        link.request("watch", job=run_key(job), offset=1 << 62 if offset is None else offset)
+
+    def node_stats(self, link: NodeLink, reply: dict) -> None:
+        node = self.nodes.get(link.name)
+        if not reply.get("ok") or node is None:
+            return
+        stats = {k: reply[k] for k in ("cpu_percent", "memory_used_mb") if k in reply}
+        stats["agent_pid"] = node.stats.get("agent_pid")
+        if "gpus" in reply:
+            stats["gpus"] = reply["gpus"]
+        elif "gpus" in node.stats:
+            stats["gpus"] = node.stats["gpus"]
+        node.stats = stats
+        node.last_seen = time.time()
+
+    def _current(self, link: NodeLink, key: str) -> dict | None:
+        """The active job whose current run on this node `key` names, if any."""
+        job_id, run = parse_key(key)
+        job = self.active.get(job_id)
+        if (job is None or job["state"] != S.RUNNING.value or job["node"] != link.name
+                or job["restarts"] != run):
+            return None
+        return job
+
+    def node_event(self, link: NodeLink, msg: dict) -> None:
+        ev = msg.get("ev")
+        if ev == "log":
+            job = self._current(link, msg["job"])
+            if job is None:
+                return  # output of a stale copy
+            node = self.nodes[link.name]
+            try:
+                self.logs.append(job["id"], int(msg["offset"]), base64.b64decode(msg["data"]),
+                                 link.name, f"{node.job_root}/{self.store.cluster_id}/"
+                                 f"{msg['job']}/log")
+            except OSError as e:
+                log.error("cannot keep the log of job %d: %s", job["id"], e)
+        elif ev == "exit":
+            self._job_exited(link, msg)
+
+    def _job_exited(self, link: NodeLink, msg: dict) -> None:
+        key = msg["job"]
+        with self.lock:
+            job = self._current(link, key)
+            if job is None:
+                link.request("forget", job=key)  # a stale copy ended
+                return
+            job_id = job["id"]
+            code, sig, why = msg.get("code"), msg.get("signal"), msg.get("reason")
+            end = msg.get("end") or time.time()
+            fields = dict(exit_code=code, signal=sig, end_time=end, when=end)
+            if job_id in self.cancel_requests:
+                self._transition(job, S.CANCELLED, "labqd", self.cancel_requests[job_id],
+                                 **fields)
+            elif why == "timeout":
+                self._transition(job, S.TIMEOUT, "labqd",
+                                 f"time limit of {job['time_limit_s']} s reached", **fields)
+            elif why == "lost":
+                self._lost(job, f"its supervisor on {link.name} vanished (node rebooted?)")
+            elif code == 0:
+                self._transition(job, S.COMPLETED, "labqd", None, **fields)
+            else:
+                detail = f"killed by signal {sig}" if sig else f"exit code {code}"
+                self._transition(job, S.FAILED, "labqd", detail, **fields)
+        link.request("forget", job=key)
+
+    def _lost(self, job: dict, why: str) -> None:
+        """A run is gone with its node: requeue it (same id) or end it NODE_FAIL."""
+        if job["requeue"]:
+            self._transition(job, S.PENDING, "labqd", f"requeued: {why}",
+                             restarts=job["restarts"] + 1, node=None, gpu_indices=[],
+                             start_time=None, eligible_time=time.time())
+            self.logs.new_run(job["id"], job["restarts"], why)
+        else:
+            self._transition(job, S.NODE_FAIL, "labqd", why, end_time=time.time())
+
+    def check_nodes(self) -> float | None:
+        """Requeue the runs of nodes down longer than the grace period; return the seconds
+        until the next such deadline (None if no node is down)."""
+        grace = self.cfg.requeue_grace_s
+        now = time.monotonic()
+        nearest = None
+        with self.lock:
+            for node in self.nodes.values():
+                if node.state not in ("down", "refused") or node.down_since is None:
+                    continue
+                left = node.down_since + grace - now
+                running = [j for j in self.active.values()
+                           if j["state"] == S.RUNNING.value and j["node"] == node.name]
+                if left > 0:
+                    if running:
+                        nearest = left if nearest is None else min(nearest, left)
+                    continue
+                for job in running:
+                    log.warning("job %d: node %s down for %d s; %s", job["id"], node.name,
+                                grace, "requeueing" if job["requeue"] else "NODE_FAIL")
+                    self._lost(job, f"node {node.name} was down for {grace} s")
+        return nearest
+
+    # -- starting runs -----------------------------------------------------------------------
+    def start_job(self, job: dict, node: str, gpus: tuple[int, ...]) -> None:
+        self._transition(job, S.RUNNING, "labqd", None, node=node, gpu_indices=list(gpus),
+                         start_time=time.time(), exit_code=None, signal=None, end_time=None)
+        self._launch(self.links[node], job)
+
+    def launch_env(self, job: dict) -> dict[str, str]:
+        env = dict(job["env"] or {})
+        env.update(CUDA_VISIBLE_DEVICES=",".join(map(str, job["gpu_indices"])),
+                   CUDA_DEVICE_ORDER="PCI_BUS_ID", LABQ_JOB_ID=str(job["id"]),
+                   LABQ_JOB_NAME=job["name"], LABQ_NODE=job["node"],
+                   LABQ_RESTART_COUNT=str(job["restarts"]))
+        return env
+
+    def _launch(self, link: NodeLink, job: dict) -> None:
+        cmd = job["command"]
+        argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        remaining = None
+        if job["time_limit_s"]:
+            # a launch delayed by a restart keeps the original deadline
+            remaining = max(1, int(job["time_limit_s"] - (time.time() - job["start_time"])))
+        key = run_key(job)
+
+        def reply(r: dict) -> None:
+            if r.get("ok") or r.get("code") in ("exists", "down"):
+                return  # started, or already there, or the node went away (reconciled later)
+            with self.lock:
+                j = self._current(link, key)
+                if j is not None:
+                    self._transition(j, S.FAILED, "labqd",
+                                     f"launch on {link.name} failed: {r.get('error')}",
+                                     end_time=time.time())
+        link.request("launch", reply, job=key, argv=argv, env=self.launch_env(job),
+                     cwd=job["cwd"], time_limit_s=remaining, grace_s=self.cfg.kill_grace_s)
