@@ -56,7 +56,7 @@ def run(cfg) -> int:
     except (AlreadyRunning, OSError, KeyError) as e:
         log.error("cannot listen on %s: %s", cfg.socket, e)
         return 1
-    scheduler = Scheduler(core, cfg.scheduler.get("interval", 15))
+    scheduler = Scheduler(core, cfg.scheduler.get("interval", 5))
     stopping = threading.Event()
 
     def on_term(signum, frame):

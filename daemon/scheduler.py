@@ -14,6 +14,7 @@ from labq.states import JobState
 
 from . import policy
 from .core import Core
+from .fairshare import Run
 from .snapshot import Dependency, GpuSlot, JobView, NodeView, Snapshot
 from .store import Job
 
@@ -64,7 +65,13 @@ def build_snapshot(core: Core, now: float) -> Snapshot:
             s = core._ended_state(t)
             if s is not None:
                 ended[t] = s
-    return Snapshot(nodes=nodes, jobs=jobs, ended=ended)
+    running = [Run(v.group, v.owner, len(v.gpu_indices), v.cpus, v.start_time)
+               for v in jobs if v.state == "RUNNING" and v.start_time]
+    acc = core.accounting
+    acc.advance(running, core.ended_runs, now)
+    core.ended_runs = []
+    return Snapshot(nodes=nodes, jobs=jobs, ended=ended, group_usage=acc.group_usage,
+                    user_usage=acc.user_usage, config=core.policy_config)
 
 
 class Scheduler:

@@ -70,6 +70,14 @@ class LabqService(rpyc.Service):
             "nodes": lambda a: core.node_list(),
             "node_drain": lambda a: core.set_drain(self.caller, a.get("name"), True),
             "node_resume": lambda a: core.set_drain(self.caller, a.get("name"), False),
+            "node_add": lambda a: core.node_add(self.caller, a.get("node")),
+            "node_remove": lambda a: core.node_remove(self.caller, a.get("name")),
+            "job_priority": lambda a: core.set_priority(self.caller, a.get("id"),
+                                                        a.get("priority")),
+            "group_set": lambda a: core.set_group(self.caller, a.get("group"),
+                                                  {k: v for k, v in a.items() if k != "group"}),
+            "groups": lambda a: core.groups(),
+            "usage": lambda a: core.usage(self.caller, a.get("days", 30)),
         }
 
     def on_connect(self, conn) -> None:

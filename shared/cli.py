@@ -57,7 +57,8 @@ def _status_text(job: Job, now: float) -> str:
     if job.state.value in ("PENDING", "HELD"):
         return job.reason or "-"
     if job.exit_code is not None:
-        return f"exit {job.exit_code}" + (f" ({job.reason})" if job.reason else "")
+        extra = job.reason if job.reason and not job.reason.startswith("exit code") else ""
+        return f"exit {job.exit_code}" + (f" ({extra})" if extra else "")
     return job.reason or "-"
 
 
@@ -219,12 +220,96 @@ def cmd_nodes(q, a) -> int:
 
 
 def cmd_node(q, a) -> int:
-    op = {"drain": "node_drain", "resume": "node_resume"}[a.action]
-    node = q.call(op, name=a.name)
+    if a.action == "add":
+        entry = {"name": a.name}
+        if a.local:
+            entry["local"] = True
+        for key in ("host", "port", "user", "identity_file", "known_hosts", "job_root"):
+            if getattr(a, key) is not None:
+                entry[key] = getattr(a, key)
+        if a.gpu:
+            entry["gpus"] = [_gpu_decl(g) for g in a.gpu]
+        node = q.add_node(**entry)
+    elif a.action == "remove":
+        node = q.remove_node(a.name)
+        node.setdefault("state", "removed")
+    else:
+        node = q.drain(a.name) if a.action == "drain" else q.resume(a.name)
     if a.json:
         _print_json(node)
     else:
         print(f"{node['name']} {node['state']}")
+    return 0
+
+
+def _gpu_decl(text: str) -> dict[str, Any]:
+    """TYPE[:MEMORY] -> a GPU declaration, e.g. A100:80G."""
+    gtype, _, mem = text.partition(":")
+    decl: dict[str, Any] = {"type": gtype}
+    if mem:
+        decl["memory_mb"] = parse_size_mb(mem, "--gpu")
+    return decl
+
+
+def cmd_priority(q, a) -> int:
+    job = q.set_priority(_ids([a.id])[0], a.priority)
+    if a.json:
+        _print_json(_job_json(job))
+    else:
+        print(f"{job.id} priority {job.priority}")
+    return 0
+
+
+def _kv(items: list[str] | None, what: str, cast) -> dict[str, Any]:
+    out = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise SystemExit(f"labq: {what} takes NAME=VALUE, got {item!r}")
+        try:
+            out[k] = cast(v)
+        except ValueError:
+            raise SystemExit(f"labq: {what}: {v!r} is not a number") from None
+    return out
+
+
+def cmd_group(q, a) -> int:
+    if a.action == "set":
+        settings: dict[str, Any] = {}
+        if a.share is not None:
+            settings["share"] = a.share
+        if a.max_gpus is not None:
+            settings["max_gpus"] = None if a.max_gpus < 0 else a.max_gpus
+        if a.max_gpus_type:
+            settings["max_gpus_by_type"] = _kv(a.max_gpus_type, "--max-gpus-type", int)
+        if a.user_share:
+            settings["users"] = _kv(a.user_share, "--user-share", float)
+        groups = [q.set_group(a.group, **settings)]
+    else:
+        groups = q.groups()
+    if a.json:
+        _print_json(groups)
+        return 0
+    _table([[g["group"], f"{g['share']:g}", "-" if g["max_gpus"] is None else g["max_gpus"],
+             ",".join(f"{t}={n}" for t, n in g["max_gpus_by_type"].items()) or "-",
+             g["gpus_in_use"], f"{g['usage'] / 3600:.2f}", f"{g['fairshare']:.3f}"]
+            for g in groups],
+           ["GROUP", "SHARE", "MAX GPUS", "BY TYPE", "IN USE", "USAGE (GPU-h, decayed)",
+            "FAIRSHARE"])
+    return 0
+
+
+def cmd_usage(q, a) -> int:
+    rep = q.usage(days=a.days)
+    if a.json:
+        _print_json(rep)
+        return 0
+    print(f"GPU-hours over the last {a.days:g} days")
+    _table([[g["group"], f"{g['gpu_hours']:.2f}", f"{g['share']:g}", f"{g['fairshare']:.3f}"]
+            for g in rep["groups"]], ["GROUP", "GPU-HOURS", "SHARE", "FAIRSHARE"])
+    print()
+    _table([[u["group"], u["user"], f"{u['gpu_hours']:.2f}", f"{u['fairshare']:.3f}"]
+            for u in rep["users"]], ["GROUP", "USER", "GPU-HOURS", "FAIRSHARE"])
     return 0
 
 
@@ -331,9 +416,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="+", metavar="ID")
     p.add_argument("--timeout", type=float)
     add("nodes", cmd_nodes, "list nodes and their GPUs")
-    p = add("node", cmd_node, "admin: drain or resume a node")
-    p.add_argument("action", choices=["drain", "resume"])
+    p = add("node", cmd_node, "admin: drain, resume, add or remove a node")
+    p.add_argument("action", choices=["drain", "resume", "add", "remove"])
     p.add_argument("name")
+    p.add_argument("--host", help="add: hostname or ~/.ssh/config alias")
+    p.add_argument("--port", type=_positive_int(1, 65535))
+    p.add_argument("--user")
+    p.add_argument("--identity-file", dest="identity_file")
+    p.add_argument("--known-hosts", dest="known_hosts")
+    p.add_argument("--job-root", dest="job_root")
+    p.add_argument("--local", action="store_true", help="add: the daemon's own machine")
+    p.add_argument("--gpu", action="append", help="add: declare a GPU as TYPE[:MEMORY]; "
+                   "repeat per GPU (default: detect)")
+    p = add("priority", cmd_priority, "change a pending job's priority (1-10)")
+    p.add_argument("id")
+    p.add_argument("priority", type=_positive_int(1, 10))
+    p = add("group", cmd_group, "fair-share groups: list them, or (admins) set shares and "
+            "limits")
+    p.add_argument("action", choices=["ls", "set"], nargs="?", default="ls")
+    p.add_argument("group", nargs="?")
+    p.add_argument("--share", type=float)
+    p.add_argument("--max-gpus", type=int, help="GPUs the group may use at once; -1 clears")
+    p.add_argument("--max-gpus-type", action="append", metavar="TYPE=N")
+    p.add_argument("--user-share", action="append", metavar="USER=SHARE")
+    p = add("usage", cmd_usage, "GPU-hours per group and user, and fair-share factors")
+    p.add_argument("--days", type=float, default=30)
     add("whoami", cmd_whoami, "who labqd thinks you are")
     add("tui", cmd_tui, "the terminal UI", json_flag=False)
     return ap
@@ -342,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
+    if a.cmd == "group" and a.action == "set" and not a.group:
+        ap.error("group set needs a group name")
     try:
         with connect(a.socket) as q:
             return a.fn(q, a)

@@ -182,9 +182,40 @@ class Client:
         if tail:
             yield tail
 
+    def set_priority(self, job_id: int, priority: int) -> Job:
+        """Change a pending or held job's priority (1-10)."""
+        return Job.from_dict(self.call("job_priority", id=job_id, priority=priority))
+
     # -- cluster ---------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
         return [Node.from_dict(n) for n in self.call("nodes")]
+
+    def drain(self, name: str) -> dict[str, Any]:
+        """Admin: finish running jobs on a node, start no new ones there."""
+        return self.call("node_drain", name=name)
+
+    def resume(self, name: str) -> dict[str, Any]:
+        return self.call("node_resume", name=name)
+
+    def add_node(self, **entry: Any) -> dict[str, Any]:
+        """Admin: add a node while labqd runs; `entry` takes the keys of a [[node]] entry."""
+        return self.call("node_add", node=entry)
+
+    def remove_node(self, name: str) -> dict[str, Any]:
+        return self.call("node_remove", name=name)
+
+    # -- fair share ------------------------------------------------------------------------
+    def groups(self) -> list[dict[str, Any]]:
+        """Every group's share, limits, GPUs in use, decayed usage and fair-share factor."""
+        return self.call("groups")
+
+    def set_group(self, group: str, **settings: Any) -> dict[str, Any]:
+        """Admin: share=, max_gpus=, max_gpus_by_type={type: n}, users={user: share}."""
+        return self.call("group_set", group=group, **settings)
+
+    def usage(self, days: float = 30) -> dict[str, Any]:
+        """GPU-hours per group, user and day over the last `days`, with fair-share factors."""
+        return self.call("usage", days=days)
 
     def whoami(self) -> dict[str, Any]:
         return self.call("whoami")
