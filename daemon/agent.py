@@ -191,6 +191,8 @@ def shepherd(jobdir, spec, grace_s):
             os.dup2(devnull, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)
+            if spec.get("user"):
+                _become(spec["user"])
             try:
                 os.chdir(spec["cwd"])
             except OSError as e:
@@ -245,6 +247,19 @@ def shepherd(jobdir, spec, grace_s):
     write_json(os.path.join(jobdir, "exit"), {"code": code, "signal": sig,
                                               "reason": stop_reason or "exit", "end": time.time(),
                                               "start": start})
+
+
+def _become(user):
+    """Drop to the job owner's account (run_as_owner nodes; the agent runs as root there)."""
+    import pwd
+    try:
+        pw = pwd.getpwnam(user)
+        os.initgroups(user, pw.pw_gid)
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    except (KeyError, OSError) as e:
+        os.write(2, ("labq: cannot run as user %r on this node: %s\n" % (user, e)).encode())
+        os._exit(126)
 
 
 def _killpg(pgid, sig):
@@ -307,7 +322,11 @@ class Agent:
         except FileExistsError:
             return {"ok": False, "code": "exists", "error": "job %s already launched here" % job}
         spec = {"argv": list(req["argv"]), "env": dict(req["env"]), "cwd": req["cwd"],
-                "time_limit_s": req.get("time_limit_s")}
+                "time_limit_s": req.get("time_limit_s"), "user": req.get("user")}
+        if spec["user"] and os.geteuid() != 0:
+            os.rmdir(jobdir)
+            return {"ok": False, "code": "error",
+                    "error": "run_as_owner needs the node's agent to run as root"}
         write_json(os.path.join(jobdir, "spec.json"), spec)
         spawn_shepherd(jobdir, spec, float(req.get("grace_s", 10)))
         with self.watch_lock:

@@ -138,7 +138,7 @@ NODE = TABLE({
     "name": STR, "host": STR, "port": INT(1, 65535), "user": STR, "identity_file": PATHV,
     "known_hosts": PATHV, "local": BOOL, "gpus": LIST(GPU), "gpu_indices": LIST(INT(0, 1023)),
     "cpus": INT(1, 1 << 16), "memory": SIZE_MB, "python": STR, "job_root": STR,
-    "ssh_config": PATHV, "enabled": BOOL,
+    "ssh_config": PATHV, "enabled": BOOL, "run_as_owner": BOOL,
 }, required=("name",))
 GROUP = TABLE({"share": NUM(0, 1e9), "max_gpus": INT(0, 1 << 20),
                "max_gpus_by_type": MAP(INT(0, 1 << 20)), "users": MAP(NUM(0, 1e9))})
@@ -184,6 +184,7 @@ class NodeConfig:
     python: str = "python3"
     job_root: str = "~/.local/state/labq-node"
     enabled: bool = True
+    run_as_owner: bool = False
 
 
 @dataclass
@@ -267,7 +268,7 @@ def node_config(n: dict, where: str) -> NodeConfig:
         gpus=n.get("gpus"), gpu_indices=n.get("gpu_indices"), cpus=n.get("cpus"),
         memory_mb=n.get("memory"), python=n.get("python", "python3"),
         job_root=n.get("job_root", "~/.local/state/labq-node"),
-        enabled=n.get("enabled", True))
+        enabled=n.get("enabled", True), run_as_owner=n.get("run_as_owner", False))
 
 
 def find_config(cli_path: str | None) -> Path | None:

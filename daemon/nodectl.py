@@ -407,4 +407,5 @@ class NodeControl:
                                      f"launch on {link.name} failed: {r.get('error')}",
                                      end_time=time.time())
         link.request("launch", reply, job=key, argv=argv, env=self.launch_env(job),
-                     cwd=job["cwd"], time_limit_s=remaining, grace_s=self.cfg.kill_grace_s)
+                     cwd=job["cwd"], time_limit_s=remaining, grace_s=self.cfg.kill_grace_s,
+                     user=job["owner"] if link.cfg.run_as_owner else None)
