@@ -89,3 +89,22 @@ def test_labqd_stops_with_a_clear_error_on_a_foreign_database(tmp_path):
                        text=True, timeout=30)
     assert r.returncode == 1 and "not a readable SQLite database" in r.stderr
     assert path.read_bytes() == b"garbage" * 1000
+
+
+def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
+    path = tmp_path / "labq.db"
+    import peewee as pw
+    old = pw.SqliteDatabase(str(path))
+    st.db.initialize(old)
+    st._migrate_1(old)
+    old.execute_sql(f"PRAGMA application_id = {st.APPLICATION_ID}")
+    st.Meta.insert_many([{"key": "schema_version", "value": "1"},
+                         {"key": "cluster_id", "value": "abc"}]).execute()
+    st.Job.insert(**job_fields(gpus=0)).execute()
+    old.close()
+    s = st.Store(path)
+    assert s.schema_version == st.SCHEMA_VERSION == 2
+    assert s.cluster_id == "abc" and s.job_row(1)["owner"] == "alice"
+    assert s.db.table_exists("dynamic_node") and s.db.table_exists("group_setting")
+    assert s.integrity_check() == "ok"
+    s.close()
