@@ -27,6 +27,7 @@ from .fairshare import factors
 from .fairshare import Run
 from .logcopy import LogCopies
 from .nodectl import NodeControl, run_key
+from .snapshot import Dependency, JobView
 from .nodes import NodeLink
 
 log = logging.getLogger("labqd")
@@ -49,6 +50,17 @@ def _dep_ids(job: dict) -> list[int]:
     return [parse_dependency(d)[1] for d in job["dependencies"]]
 
 
+def job_view(j: dict) -> JobView:
+    return JobView(
+        id=j["id"], owner=j["owner"], group=j["group"], state=j["state"],
+        priority=j["priority"], submit_time=j["submit_time"], gpus=j["gpus"],
+        gpu_type=j["gpu_type"], gpu_memory_mb=j["gpu_memory_mb"], cpus=j["cpus"],
+        memory_mb=j["memory_mb"] or 0, time_limit_s=j["time_limit_s"],
+        dependencies=tuple(Dependency(*parse_dependency(d)) for d in j["dependencies"]),
+        partition=j["partition"], eligible_time=j["eligible_time"], node=j["node"],
+        gpu_indices=tuple(j["gpu_indices"] or ()), start_time=j["start_time"])
+
+
 class Core(NodeControl):
     def __init__(self, cfg: Config, store: st.Store):
         self.cfg = cfg
@@ -61,8 +73,18 @@ class Core(NodeControl):
             states=[s.value for s in (S.PENDING, S.HELD, S.RUNNING)], newest_first=False)}
         self.ended_states: dict[int, str] = {}  # cache for dependency checks
         self.cancel_requests: dict[int, str] = {}  # running job -> who asked
-        self.runtime: dict[int, dict] = {}  # job -> priority_score, estimated_start
-        self.view_cache: dict[int, Any] = {}  # job -> the scheduler's JobView of it
+        # the latest plan's figures: job -> computed priority, job -> expected start
+        self.priorities: dict[int, float] = {}
+        self.estimates: dict[int, float] = {}
+        # active job -> the jobs it waits on
+        self.dep_edges: dict[int, list[int]] = {i: _dep_ids(j) for i, j in self.active.items()
+                                                if j["dependencies"]}
+        self.reasons: dict[int, str] = {}  # the pending reasons last written
+        # the scheduler's view of every active job, kept current on each change, and the ids
+        # of running ones, so a scheduler pass does not walk the whole queue in Python
+        self.views: dict[int, JobView] = {i: job_view(j) for i, j in self.active.items()}
+        self.running: set[int] = {i for i, j in self.active.items()
+                                  if j["state"] == S.RUNNING.value}
         self.nodes: dict = {}
         self.links: dict[str, NodeLink] = {}
         self.ended_runs: list = []  # runs that ended since the last usage accrual
@@ -111,10 +133,16 @@ class Core(NodeControl):
             self.ended_runs.append(Run(job["group"], job["owner"], len(job["gpu_indices"]),
                                        job["cpus"], job["start_time"], now))
         job.update(fields)
-        self.view_cache.pop(job["id"], None)
+        self.running.discard(job["id"])
+        if dst == S.RUNNING:
+            self.running.add(job["id"])
+        if dst in FINAL:
+            self.views.pop(job["id"], None)
+        else:
+            self.views[job["id"]] = job_view(job)
         if dst in FINAL:
             self.active.pop(job["id"], None)
-            self.runtime.pop(job["id"], None)
+            self.dep_edges.pop(job["id"], None)
             self.cancel_requests.pop(job["id"], None)
             self.ended_states[job["id"]] = dst.value
             self.logs.notify()
@@ -137,8 +165,9 @@ class Core(NodeControl):
             if missing:
                 raise ValidationError(f"dependencies: no job {', '.join(map(str, missing))}",
                                       {"field": "dependencies", "missing": missing})
-            edges = {j["id"]: _dep_ids(j) for j in self.active.values() if j["dependencies"]}
-            cycle = find_cycle(edges, 0, deps)
+            # ids are handed out after the dependencies are checked to exist, so a new job
+            # cannot close a cycle today; the check guards any future way of adding edges
+            cycle = find_cycle(self.dep_edges, 0, deps) if deps else None
             if cycle:
                 raise ValidationError("dependencies: would form a cycle "
                                       + " -> ".join(map(str, cycle)), {"field": "dependencies"})
@@ -150,6 +179,9 @@ class Core(NodeControl):
             for key in ("exit_code", "signal", "start_time", "end_time", "node"):
                 row.setdefault(key, None)
             self.active[row["id"]] = row
+            self.views[row["id"]] = job_view(row)
+            if deps:
+                self.dep_edges[row["id"]] = deps
         self.wake.set()
         return row
 
@@ -187,11 +219,18 @@ class Core(NodeControl):
         with self.lock:
             job = self.active.get(job_id)
             if job is not None:
-                return dict(job, **self.runtime.get(job_id, {}))
+                return self._with_plan(job)
         row = self.store.job_row(job_id)
         if row is None:
             raise NotFound(f"no job {job_id}", {"id": job_id})
         return row
+
+    def running_views(self) -> list[JobView]:
+        return [self.views[i] for i in self.running]
+
+    def _with_plan(self, job: dict) -> dict:
+        return dict(job, priority_score=self.priorities.get(job["id"]),
+                    estimated_start=self.estimates.get(job["id"]))
 
     def view(self, caller: Caller, row: dict) -> dict:
         out = {k: v for k, v in row.items()}
@@ -205,7 +244,7 @@ class Core(NodeControl):
              include_ended=True) -> list[dict]:
         want = set(states or [])
         with self.lock:
-            rows = [dict(j, **self.runtime.get(j["id"], {})) for j in self.active.values()]
+            rows = [self._with_plan(j) for j in self.active.values()]
         rows = [r for r in rows if (not want or r["state"] in want) and
                 (not user or r["owner"] == user)]
         if include_ended and (not want or want & {s.value for s in FINAL}):
@@ -319,7 +358,7 @@ class Core(NodeControl):
                 self.store.add_event(job["id"], caller.user, job["state"], job["state"],
                                      f"priority {job['priority']} -> {priority}")
             job["priority"] = priority
-            self.view_cache.pop(job["id"], None)
+            self.views[job["id"]] = job_view(job)
         self.wake.set()
         return self.view(caller, self.job_row(row["id"]))
 

@@ -9,48 +9,29 @@ import logging
 import threading
 import time
 
-from labq.spec import parse_dependency
 from labq.states import JobState
 
 from . import policy
 from .core import Core
 from .fairshare import Run
-from .snapshot import Dependency, GpuSlot, JobView, NodeView, Snapshot
+from .snapshot import GpuSlot, NodeView, Snapshot
 from .store import Job
 
 log = logging.getLogger("labqd.scheduler")
 S = JobState
-
-
-def job_view(j: dict) -> JobView:
-    return JobView(
-        id=j["id"], owner=j["owner"], group=j["group"], state=j["state"],
-        priority=j["priority"], submit_time=j["submit_time"], gpus=j["gpus"],
-        gpu_type=j["gpu_type"], gpu_memory_mb=j["gpu_memory_mb"], cpus=j["cpus"],
-        memory_mb=j["memory_mb"] or 0, time_limit_s=j["time_limit_s"],
-        dependencies=tuple(Dependency(*parse_dependency(d)) for d in j["dependencies"]),
-        partition=j["partition"], eligible_time=j["eligible_time"], node=j["node"],
-        gpu_indices=tuple(j["gpu_indices"] or ()), start_time=j["start_time"])
+RUNNING, PENDING = S.RUNNING.value, S.PENDING.value
 
 
 def build_snapshot(core: Core, now: float) -> Snapshot:
-    """Called with core.lock held; job views are cached until the job changes."""
-    jobs = []
+    """Called with core.lock held. The core keeps a view of every active job up to date, so
+    this costs O(nodes + running jobs), not O(queue)."""
+    jobs = list(core.views.values())
     used: dict[str, list] = {}
-    dep_targets: set[int] = set()
-    cache = core.view_cache
-    for j in core.active.values():
-        view = cache.get(j["id"])
-        if view is None:
-            view = cache[j["id"]] = job_view(j)
-        jobs.append(view)
-        if view.dependencies:
-            dep_targets.update(d.job for d in view.dependencies)
-        if view.state == "RUNNING":
-            u = used.setdefault(view.node, [set(), 0, 0])
-            u[0].update(view.gpu_indices)
-            u[1] += view.cpus
-            u[2] += view.memory_mb
+    for view in core.running_views():
+        u = used.setdefault(view.node, [set(), 0, 0])
+        u[0].update(view.gpu_indices)
+        u[1] += view.cpus
+        u[2] += view.memory_mb
     nodes = []
     for n in core.nodes.values():
         u = used.get(n.name, [set(), 0, 0])
@@ -60,13 +41,13 @@ def build_snapshot(core: Core, now: float) -> Snapshot:
                               gpus=slots, free_gpus=frozenset(g.index for g in slots) - u[0],
                               free_cpus=n.cpus - u[1], free_memory_mb=n.memory_mb - u[2]))
     ended = {}
-    for t in dep_targets:
+    for t in {t for deps in core.dep_edges.values() for t in deps}:
         if t not in core.active:
             s = core._ended_state(t)
             if s is not None:
                 ended[t] = s
     running = [Run(v.group, v.owner, len(v.gpu_indices), v.cpus, v.start_time)
-               for v in jobs if v.state == "RUNNING" and v.start_time]
+               for v in core.running_views() if v.start_time]
     acc = core.accounting
     acc.advance(running, core.ended_runs, now)
     core.ended_runs = []
@@ -93,7 +74,7 @@ class Scheduler:
                            else min(self.interval_s, deadline + 0.05))
             # a burst of submits is served by one pass, not one pass per submit, and the
             # scheduler never takes more than about half of the daemon's time
-            gap = last_start + max(0.002, 2 * last_cost) - time.monotonic()
+            gap = last_start + max(0.005, 3 * last_cost) - time.monotonic()
             if gap > 0:
                 time.sleep(gap)
             core.wake.clear()
@@ -118,26 +99,26 @@ class Scheduler:
         with core.lock:
             for job_id, why in plan.cancels:
                 job = core.active.get(job_id)
-                if job is not None and job["state"] != S.RUNNING.value:
+                if job is not None and job["state"] != RUNNING:
                     core._transition(job, S.CANCELLED, "labqd", why, end_time=time.time())
             for start in plan.starts:
                 job = core.active.get(start.job)
                 node = core.nodes.get(start.node)
-                if (job is None or job["state"] != S.PENDING.value or node is None
+                if (job is None or job["state"] != PENDING or node is None
                         or node.state != "up" or node.drained):
                     continue
                 core.start_job(job, start.node, start.gpus)
+            # only reasons that differ from the last pass are written (set difference in C)
             changed = []
-            for job_id, why in plan.reasons.items():
+            for job_id, why in plan.reasons.items() - core.reasons.items():
                 job = core.active.get(job_id)
-                if job is not None and job["state"] != S.RUNNING.value and job["reason"] != why:
+                if job is not None and job["state"] != RUNNING and job["reason"] != why:
                     job["reason"] = why
                     changed.append((job_id, why))
-            core.runtime = {job_id: {"priority_score": plan.priorities.get(job_id),
-                                     "estimated_start": plan.estimates.get(job_id)}
-                            for job_id in core.active}
+            core.reasons = plan.reasons
             if changed:
                 with core.store.write():
                     for job_id, why in changed:
                         Job.update(reason=why).where(Job.id == job_id).execute()
+            core.priorities, core.estimates = plan.priorities, plan.estimates
             self.passes += 1
