@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from typing import Any
 
 from .states import JobState
 
 
+@cache
+def _names(cls) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
 def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
+    """Fields this version knows; a newer daemon may send more."""
+    names = _names(cls)
     return {k: v for k, v in data.items() if k in names}
 
 

@@ -21,7 +21,8 @@ def cluster(tmp_path_factory):
         empty_kh.write_text("")
         entries = ns.config_entries({"a4": A100X4})
         for e in entries:
-            e["job_root"] = str(base / f"jobs-{e['name']}")
+            # a path with spaces, quotes and $() must reach the node's agent intact
+            e["job_root"] = str(base / f"jobs {e['name']} $(touch pwned) 'q'")
         unknown = dict(entries[0], name="nokey", known_hosts=str(empty_kh))
         unknown.pop("gpus")
         d = Daemon(base / "daemon", {

@@ -2,6 +2,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -150,7 +151,7 @@ def test_follow_streams_lines_while_the_job_runs(q, tmp_path):
     assert q.job(job.id).state.value == "COMPLETED"
 
 
-def test_argv_env_and_cwd_arrive_intact(q, tmp_path):
+def test_argv_env_and_cwd_arrive_intact(q, cluster, tmp_path):
     weird = ["a b", '"quoted"', "it's", "$(touch /tmp/labq-pwned)", "`id`", "ünïcödé ✓",
              "semi;colon", "back\\slash", "new\nline", "", "*", "$HOME"]
     cwd = tmp_path / "dir with spaces $(x) 'q'"
@@ -164,6 +165,10 @@ def test_argv_env_and_cwd_arrive_intact(q, tmp_path):
     got = json.loads(q.logs(job.id))
     assert got == {"argv": weird, "cwd": str(cwd), "w": env["WEIRD_VALUE"], "e": ""}
     assert not os.path.exists("/tmp/labq-pwned")
+    # the agent's job root (with spaces, quotes and $() in its name) was used as given
+    root = Path({n["name"]: n for n in cluster.config["node"]}[done.node]["job_root"])
+    assert "$(touch pwned) 'q'" in root.name and root.is_dir()
+    assert not (root.parent / "pwned").exists() and not Path("pwned").exists()
 
 
 def test_shell_string_runs_with_bash(q, tmp_path):
