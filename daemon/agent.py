@@ -345,10 +345,8 @@ class Agent:
                 size = os.path.getsize(os.path.join(d, "log"))
             except OSError:
                 size = 0
-            if ex is None and pid is not None and not _alive(pid.get("shepherd")):
-                # the shepherd died without a record (node rebooted, OOM killer)
-                ex = {"code": None, "signal": None, "reason": "lost", "end": time.time(),
-                      "start": pid.get("start")}
+            if ex is None and pid is not None:
+                ex = lost_run(d, name, pid)
             jobs.append({"job": name, "pid": pid, "exit": ex, "log_size": size,
                          "started": pid is not None or ex is not None})
         return {"ok": True, "jobs": jobs}
@@ -395,6 +393,7 @@ class Agent:
     # loops -----------------------------------------------------------------------------
     def monitor(self):
         """Stream new log bytes of watched jobs, then their exit record once drained."""
+        checked = {}  # job -> when its shepherd was last seen alive
         while True:
             with self.watch_lock:
                 items = list(self.watched.items())
@@ -420,6 +419,12 @@ class Agent:
                 if job in self.exit_sent:
                     continue
                 ex = read_json(os.path.join(jobdir, "exit"))
+                if ex is None and time.time() - checked.get(job, 0) > 1.0:
+                    # a shepherd killed on its own (OOM killer, kill -9) writes no record
+                    checked[job] = time.time()
+                    pid = read_json(os.path.join(jobdir, "pid"))
+                    if pid is not None:
+                        ex = lost_run(jobdir, job, pid)
                 if ex is not None:
                     with self.watch_lock:
                         self.exit_sent.add(job)
@@ -453,6 +458,34 @@ class Agent:
                 reply = {"ok": False, "code": "error", "error": "%s: %s" % (type(e).__name__, e)}
             reply["re"] = req.get("id")
             self.send(reply)
+
+
+def lost_run(jobdir, key, pid):
+    """The exit record of a run whose shepherd died without writing one (node rebooted, OOM
+    killer), or None while the shepherd lives. The run counts as lost and will be requeued,
+    so what is left of its job, now unsupervised, is killed: never two live copies."""
+    if _alive(pid.get("shepherd")):
+        return None
+    ex = read_json(os.path.join(jobdir, "exit"))
+    if ex is not None:  # written just before the shepherd ended
+        return ex
+    pgid = pid.get("pgid")
+    want = [("LABQ_JOB_ID=%s" % key.partition(".")[0]).encode(),
+            ("LABQ_RESTART_COUNT=%s" % key.partition(".")[2]).encode()]
+    try:
+        with open("/proc/%d/environ" % int(pgid), "rb") as f:
+            env = f.read().split(b"\0")
+        if all(w in env for w in want):  # the group's leader is still this run's job
+            _killpg(int(pgid), signal.SIGKILL)
+    except (OSError, TypeError, ValueError):
+        pass
+    ex = {"code": None, "signal": None, "reason": "lost", "end": time.time(),
+          "start": pid.get("start")}
+    try:
+        write_json(os.path.join(jobdir, "exit"), ex)
+    except OSError:
+        pass
+    return ex
 
 
 def _is_key(name):

@@ -169,6 +169,11 @@ class NodeControl:
     # -- link callbacks ----------------------------------------------------------------------
     def node_refused(self, link: NodeLink, why: str) -> None:
         log.error("node %s refused: %s", link.name, why)
+        node = self.nodes.get(link.name)
+        if node is not None and node.down_since is None:
+            # refused at the first connect (labqd restarted meanwhile): its runs must still
+            # be requeued once the grace period has passed
+            node.down_since = time.monotonic()
         self._set_node(link.name, state="refused", reason=why)
 
     def node_down(self, link: NodeLink, why: str) -> None:
@@ -224,10 +229,13 @@ class NodeControl:
             node.gpus, node.gpu_source = gpus, source
             node.last_seen = time.time()
             node.down_since = None
-            with self.store.write():
-                st.Gpu.delete().where(st.Gpu.node == link.name).execute()
-                if gpus:
-                    st.Gpu.insert_many([dict(g, node=link.name) for g in gpus]).execute()
+            try:
+                with self.store.write():
+                    st.Gpu.delete().where(st.Gpu.node == link.name).execute()
+                    if gpus:
+                        st.Gpu.insert_many([dict(g, node=link.name) for g in gpus]).execute()
+            except LabqError as e:  # a full disk must not keep the node from coming up
+                log.error("cannot record the GPUs of node %s: %s", link.name, e.message)
             self._set_node(link.name, state="up", reason=None)
             log.info("node %s up: %d CPUs, %d MiB, %d GPUs (%s), agent pid %s", link.name,
                      node.cpus, node.memory_mb, len(gpus), source, hello.get("pid"))
@@ -259,6 +267,8 @@ class NodeControl:
                 job_id, run = parse_key(key)
                 log.warning("job %s: stopping a stale copy on %s", key, link.name)
                 link.request("cancel", job=key, reason="stale")
+                # watch it (without its log) so that its exit arrives and its directory goes
+                link.request("watch", job=key, offset=1 << 62)
                 self._note(job_id, f"killed a stale copy (run {run}) on {link.name}")
             else:
                 link.request("forget", job=key)
@@ -343,7 +353,12 @@ class NodeControl:
 
     def _lost(self, job: dict, why: str) -> None:
         """A run is gone with its node: requeue it (same id) or end it NODE_FAIL."""
-        if job["requeue"]:
+        cancelled = self.cancel_requests.get(job["id"])
+        if cancelled:
+            # cancelled while its node was unreachable: end it, never start it again
+            self._transition(job, S.CANCELLED, "labqd", f"{cancelled} ({why})",
+                             end_time=time.time())
+        elif job["requeue"]:
             self._transition(job, S.PENDING, "labqd", f"requeued: {why}",
                              restarts=job["restarts"] + 1, node=None, gpu_indices=[],
                              start_time=None, eligible_time=time.time())
@@ -394,7 +409,10 @@ class NodeControl:
         remaining = None
         if job["time_limit_s"]:
             # a launch delayed by a restart keeps the original deadline
-            remaining = max(1, int(job["time_limit_s"] - (time.time() - job["start_time"])))
+            # (in seconds with a fraction: truncating to whole seconds cut up to a second
+            # off every limit, half of a 2 s one)
+            remaining = max(1.0, round(job["time_limit_s"]
+                                       - (time.time() - job["start_time"]), 3))
         key = run_key(job)
 
         def reply(r: dict) -> None:

@@ -203,6 +203,11 @@ class NodeLink:
             try:
                 t = self._open()
                 self.transport = t
+                if self._stop.is_set():
+                    # stopped (node removed) while connecting: stop() found no transport
+                    # to close, so this link would otherwise live on, unseen
+                    self._close_transport()
+                    break
                 hello, jobs = self._handshake(t)
             except ssh.HostKeyRefused as e:
                 self.refused = str(e)

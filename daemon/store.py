@@ -221,7 +221,14 @@ class Store:
                 with self.db.atomic():
                     yield
             except (pw.OperationalError, sqlite3.OperationalError) as e:
-                msg = str(e)
+                # a COMMIT that fails on a full disk makes SQLite roll back by itself; peewee's
+                # ROLLBACK then fails with "no transaction is active", which hides the cause
+                causes, err = [], e
+                while err is not None and len(causes) < 8:
+                    causes.append(str(err))
+                    err = err.__context__
+                msg = next((m for m in causes if "full" in m or "disk" in m
+                            or "readonly" in m or "I/O" in m), str(e))
                 if "full" in msg or "disk" in msg or "readonly" in msg or "I/O" in msg:
                     raise StorageError(f"labqd cannot write its database ({msg}); "
                                        "nothing was changed", {"database": str(self.path)}) from e
