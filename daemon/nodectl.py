@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -326,6 +327,19 @@ class NodeControl:
             self._job_exited(link, msg)
 
     def _job_exited(self, link: NodeLink, msg: dict) -> None:
+        try:
+            self._record_exit(link, msg)
+        except LabqError as e:
+            # the end could not be stored (full disk): the run stays on the node and the agent
+            # is asked for its exit record again later, so nothing is lost meanwhile
+            log.error("job %s: cannot record its end yet (%s); retrying in 5 s", msg["job"],
+                      e.message)
+            timer = threading.Timer(5.0, link.request, ("watch",),
+                                    {"job": msg["job"], "offset": 1 << 62})
+            timer.daemon = True
+            timer.start()
+
+    def _record_exit(self, link: NodeLink, msg: dict) -> None:
         key = msg["job"]
         with self.lock:
             job = self._current(link, key)

@@ -472,6 +472,10 @@ def test_full_disk_gives_a_clear_error_and_the_daemon_survives(tmp_path):
                                database=str(state / "labq.db"), log_level="info") as d, \
                 d.client() as q:
             before = [q.submit(["true"], hold=True, export_env=False).id for _ in range(3)]
+            gate = tmp_path / "gate"
+            running = q.submit(["bash", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"],
+                               cwd=str(tmp_path), export_env=False)
+            wait_for(lambda: q.job(running.id).state.value == "RUNNING", what="job running")
             filler = state / "filler"
             with open(filler, "wb") as f:
                 try:
@@ -504,11 +508,20 @@ def test_full_disk_gives_a_clear_error_and_the_daemon_survives(tmp_path):
             assert node_state(q, "node0") == "up" and agent_pids(root) == [agent]
             listed = {j.id for j in q.jobs()}
             assert set(before + accepted) <= listed
+            # a job that ends while its end cannot be stored stays RUNNING, the link stays
+            # up, and the end is recorded once there is room again
+            gate.write_text("")
+            time.sleep(2)
+            assert q.job(running.id).state.value == "RUNNING"
+            assert node_state(q, "node0") == "up" and agent_pids(root) == [agent]
             filler.unlink()
+            wait_for(lambda: q.job(running.id).state.value == "COMPLETED", timeout=15,
+                     what="the end recorded after space came back")
             after = q.submit(["true"], hold=True, export_env=False)
             assert q.job(after.id).state.value == "HELD"
             ids = before + accepted + [after.id]
             assert {j.id for j in q.jobs()} >= set(ids)
+            ids.append(running.id)
             q.cancel(*ids)
             check_db(d, ids)
     finally:
