@@ -1,0 +1,47 @@
+"""The layers stay apart: what users import pulls in no daemon, database, SSH or UI code;
+the daemon never imports the UI; the node agent is stdlib only."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return {m.split(".")[0] for m in out} | set(out)
+
+
+def test_client_library_and_cli_import_no_heavy_parts():
+    mods = imported_after("import labq, labq.cli")
+    assert not mods & {"textual", "peewee", "paramiko", "labq.daemon", "labq.tui"}
+
+
+def test_daemon_does_not_import_the_tui():
+    mods = imported_after("import labq.daemon.main, labq.daemon.core, labq.daemon.scheduler, "
+                          "labq.daemon.service, labq.daemon.sim")
+    assert not mods & {"textual", "labq.tui"}
+
+
+def test_policy_is_pure():
+    mods = imported_after("import labq.daemon.policy")
+    assert not mods & {"peewee", "paramiko", "rpyc", "textual", "sqlite3", "socket"}
+
+
+def test_node_agent_uses_the_standard_library_only():
+    tree = ast.parse((ROOT / "daemon" / "agent.py").read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+             for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree)
+              if isinstance(n, ast.ImportFrom) and n.module}
+    optional = {"psutil", "pynvml"}  # imported inside try blocks, used when present
+    assert names - optional <= set(sys.stdlib_module_names)
+    # and it runs from its source alone, as labqd sends it over SSH
+    r = subprocess.run([sys.executable, "-I", "-c",
+                        "src=open(%r).read(); exec(compile(src, 'agent', 'exec'), "
+                        "{'__name__': 'agent'}); print('ok')" % str(ROOT / "daemon" / "agent.py")],
+                       capture_output=True, text=True)
+    assert r.stdout.strip() == "ok", r.stderr
