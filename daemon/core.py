@@ -182,7 +182,8 @@ class Core(NodeControl):
             self.views[row["id"]] = job_view(row)
             if deps:
                 self.dep_edges[row["id"]] = deps
-        self.wake.set()
+        if not hold:  # a held job changes no one's plan until it is released
+            self.wake.set()
         return row
 
     def _check_submit_limits(self, caller: Caller, spec: dict) -> None:
@@ -241,7 +242,7 @@ class Core(NodeControl):
         return out
 
     def jobs(self, caller: Caller, states=None, user=None, limit=None,
-             include_ended=True) -> list[dict]:
+             include_ended=True, with_env=False) -> list[dict]:
         want = set(states or [])
         with self.lock:
             rows = [self._with_plan(j) for j in self.active.values()]
@@ -254,7 +255,11 @@ class Core(NodeControl):
         rows.sort(key=lambda r: r["id"])
         if limit:
             rows = rows[-limit:]
-        return [self.view(caller, r) for r in rows]
+        out = [self.view(caller, r) for r in rows]
+        if not with_env:  # a listing stays small; `job` gives the environment
+            for r in out:
+                r["env"] = None
+        return out
 
     def cancel(self, caller: Caller, ids: list[int], reason: str | None) -> list[dict]:
         rows = [self._owned(caller, i) for i in ids]  # check all before changing any

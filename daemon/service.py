@@ -94,7 +94,8 @@ class LabqService(rpyc.Service):
             raise ValidationError("limit: must be a positive integer", {"field": "limit"})
         return self.core.jobs(self.caller, states=[s.upper() for s in states or []] or None,
                               user=_opt_str(a, "user"), limit=limit,
-                              include_ended=bool(a.get("include_ended", True)))
+                              include_ended=bool(a.get("include_ended", True)),
+                              with_env=a.get("with_env") is True)
 
     def exposed_call(self, op, args_json):
         if type(op) is not str or type(args_json) is not str:

@@ -114,9 +114,11 @@ class Client:
         return Job.from_dict(self.call("job", id=job_id))
 
     def jobs(self, *, states: list[str] | None = None, user: str | None = None,
-             limit: int | None = None, include_ended: bool = True) -> list[Job]:
+             limit: int | None = None, include_ended: bool = True,
+             with_env: bool = False) -> list[Job]:
+        """Jobs, oldest first; `env` is only filled with with_env=True (yours only)."""
         res = self.call("jobs", states=states, user=user, limit=limit,
-                        include_ended=include_ended)
+                        include_ended=include_ended, with_env=with_env)
         return [Job.from_dict(j) for j in res]
 
     def events(self, job_id: int) -> list[Event]:

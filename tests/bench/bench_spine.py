@@ -39,14 +39,17 @@ def main():
 
 
 def run(q, args, base):
-    # 1. sequential submits through the API (held, so the node stays idle)
+    # 1. sequential submits through the API: held jobs (no scheduling needed), then pending
+    # jobs that every submit makes the scheduler look at (they ask for a GPU type no node has)
     n = args.submits
-    t0 = time.perf_counter()
-    ids = [q.submit(["true"], hold=True, export_env=False, cwd=str(base)).id for _ in range(n)]
-    dt = time.perf_counter() - t0
-    print(f"submits:            {n / dt:8.0f} /s  ({n} sequential submits in {dt:.2f} s)")
-    for i in range(0, len(ids), 500):
-        q.cancel(*ids[i:i + 500])
+    for label, kw in (("held", {"hold": True}), ("pending", {"gpus": 1, "gpu_type": "none"})):
+        t0 = time.perf_counter()
+        ids = [q.submit(["true"], export_env=False, cwd=str(base), **kw).id for _ in range(n)]
+        dt = time.perf_counter() - t0
+        print(f"submits ({label}):{' ' * (8 - len(label))}{n / dt:8.0f} /s  "
+              f"({n} sequential submits in {dt:.2f} s)")
+        for i in range(0, len(ids), 500):
+            q.cancel(*ids[i:i + 500])
 
     # 2. submit -> RUNNING on an idle node
     lat = []
