@@ -1,0 +1,110 @@
+"""The nodes tab: state, CPU and memory (allocated by jobs and measured), and one line per GPU
+with its utilisation, memory and the job that holds it."""
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from labq import Node
+from labq.units import format_size_mb
+
+from .bars import bar
+
+NODE_STATE_STYLE = {"up": "bold green", "drain": "bold yellow", "down": "bold red",
+                    "connecting": "cyan", "refused": "bold red"}
+
+
+def _frac(part: float | None, whole: float | None) -> float | None:
+    if part is None or not whole:
+        return None
+    return part / whole
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}%"
+
+
+def render_node(node: Node, live_stats: bool = True) -> Group:
+    """`live_stats=False` leaves out what the node measures (CPU %, memory in use, GPU
+    utilisation), which changes from one second to the next."""
+    head = Text.assemble((f" {node.name} ", "bold reverse"), "  ", node.host, "  ",
+                         (node.state.upper(), NODE_STATE_STYLE.get(node.state, "")),
+                         (f"  {node.reason}" if node.reason else "", "italic"),
+                         f"  gpus via {node.gpu_source or '-'}",
+                         f"  jobs: {', '.join(map(str, node.running_jobs)) or '-'}")
+    grid = Table.grid(padding=(0, 1))
+    for _ in range(4):
+        grid.add_column()
+    alloc_cpu = node.cpus - node.free_cpus
+    alloc_mem = node.memory_mb - node.free_memory_mb
+    cpu_used = node.cpu_percent if live_stats else None
+    mem_used = node.memory_used_mb if live_stats else None
+    grid.add_row("CPU alloc", bar(_frac(alloc_cpu, node.cpus)),
+                 f"{alloc_cpu}/{node.cpus} cpus", "")
+    grid.add_row("CPU used", bar(None if cpu_used is None else cpu_used / 100),
+                 _pct(cpu_used), "")
+    grid.add_row("MEM alloc", bar(_frac(alloc_mem, node.memory_mb)),
+                 f"{format_size_mb(alloc_mem)}/{format_size_mb(node.memory_mb)}", "")
+    grid.add_row("MEM used", bar(_frac(mem_used, node.memory_mb)),
+                 "n/a" if mem_used is None else
+                 f"{format_size_mb(mem_used)}/{format_size_mb(node.memory_mb)}", "")
+    for g in node.gpus:
+        util = g.utilization if live_stats else None
+        gmem = g.memory_used_mb if live_stats else None
+        holder = Text(f"job {g.job}", style="bold cyan") if g.job is not None \
+            else Text("free", style="dim")
+        grid.add_row(
+            f"GPU{g.index} {g.type}"[:28],
+            Text.assemble("util ", bar(None if util is None else util / 100, 12), " ",
+                          _pct(util).rjust(4)),
+            Text.assemble("mem ", bar(_frac(gmem, g.memory_mb), 12), " ",
+                          "-" if gmem is None else format_size_mb(gmem), "/",
+                          format_size_mb(g.memory_mb)),
+            holder)
+    if not node.gpus:
+        grid.add_row("GPUs", Text("none", style="dim"), "", "")
+    return Group(head, grid, Text(""))
+
+
+class NodeCard(Static):
+    pass
+
+
+class NodesView(VerticalScroll):
+    can_focus = True
+
+    def __init__(self, live_stats: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.live_stats = live_stats
+        self._shown: dict[str, tuple] = {}
+        self._cards: dict[str, NodeCard] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static("waiting for labqd…", id="nodes-empty")
+
+    def set_nodes(self, nodes: list[Node]) -> None:
+        self.query_one("#nodes-empty").display = not nodes
+        names = [n.name for n in nodes]
+        for name in [k for k in self._shown if k not in names]:
+            self._cards.pop(name).remove()
+            del self._shown[name]
+        for node in nodes:
+            # compare what is drawn, not the node: last_seen changes on every poll
+            key = (node.state, node.reason, node.free_cpus, node.free_memory_mb,
+                   node.cpus, node.memory_mb, tuple(node.running_jobs),
+                   tuple((g.index, g.job) for g in node.gpus)) + ((
+                       node.cpu_percent, node.memory_used_mb,
+                       tuple((g.utilization, g.memory_used_mb) for g in node.gpus))
+                       if self.live_stats else ())
+            if self._shown.get(node.name) == key:
+                continue
+            if node.name in self._cards:
+                self._cards[node.name].update(render_node(node, self.live_stats))
+            else:
+                self._cards[node.name] = NodeCard(render_node(node, self.live_stats))
+                self.mount(self._cards[node.name])
+            self._shown[node.name] = key
