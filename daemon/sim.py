@@ -99,7 +99,6 @@ def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
     usage: dict[str, float] = {}
     rates: dict[str, float] = {}
     last_t = 0.0
-    fs_cache: dict = {}
 
     start: dict[int, float] = {}
     finish: dict[int, float] = {}

@@ -5,7 +5,7 @@ import tempfile
 import pytest
 
 import labq
-from daemonproc import Daemon, as_user, wait_for
+from daemonproc import Daemon, as_user
 from sshnodes import ensure_user
 
 
