@@ -12,6 +12,7 @@ import time
 from labq.states import JobState
 
 from . import policy
+from .estimates import estimate
 from .core import Core
 from .fairshare import Run
 from .snapshot import GpuSlot, NodeView, Snapshot
@@ -96,6 +97,8 @@ class Scheduler:
         # the policy runs without the lock: submits and reads go on meanwhile, and the plan
         # is checked against the state it finds when applied
         plan = policy.plan(snap, now)
+        expected = estimate(snap, plan, now)
+        expected.update(plan.estimates)  # the reservation itself is the plan's word
         with core.lock:
             for job_id, why in plan.cancels:
                 job = core.active.get(job_id)
@@ -120,5 +123,5 @@ class Scheduler:
                 with core.store.write():
                     for job_id, why in changed:
                         Job.update(reason=why).where(Job.id == job_id).execute()
-            core.priorities, core.estimates = plan.priorities, plan.estimates
+            core.priorities, core.estimates = plan.priorities, expected
             self.passes += 1

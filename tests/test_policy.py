@@ -397,3 +397,35 @@ def test_every_pending_job_has_priority_and_reason():
     assert set(p.reasons) == {j.id for j in queued}
     assert sum(1 for v in p.reasons.values() if v == "Resources") == 1
     assert set(p.reasons.values()) == {"Resources", "Priority"}
+
+
+# -- start estimates beyond the reservation ---------------------------------------------------
+def test_estimates_follow_time_limits_in_priority_order():
+    from labq.daemon.estimates import estimate
+    now = 1000.0
+    node = NodeView("n", "up", 16, 64000, tuple(GpuSlot(i, "A100", 40960) for i in range(4)),
+                    frozenset(), 12, 64000)
+    running = JobView(1, "u", "g", "RUNNING", 5, 0.0, gpus=4, cpus=4, time_limit_s=1100,
+                      node="n", gpu_indices=(0, 1, 2, 3), start_time=100.0)  # ends at 1200
+    b = JobView(2, "u", "g", "PENDING", 9, 10.0, gpus=4, time_limit_s=50)
+    c = JobView(3, "u", "g", "PENDING", 7, 20.0, gpus=2, time_limit_s=100)
+    d = JobView(4, "u", "g", "PENDING", 5, 30.0, gpus=2, time_limit_s=100)
+    e = JobView(5, "u", "g", "PENDING", 1, 40.0, gpus=3, time_limit_s=10)
+    snap = Snapshot([node], [running, b, c, d, e])
+    p = plan(snap, now)
+    assert p.starts == []
+    est = estimate(snap, p, now)
+    # b takes all four GPUs at 1200 for 50 s; c and d share them at 1250; e waits for both
+    assert est == {2: 1200.0, 3: 1250.0, 4: 1250.0, 5: 1350.0}
+    assert p.estimates[2] == est[2]  # agrees with the plan's reservation
+
+
+def test_estimates_skip_jobs_that_wait_for_other_reasons():
+    from labq.daemon.estimates import estimate
+    node = NodeView("n", "up", 16, 64000, (GpuSlot(0, "A100", 40960),), frozenset({0}), 16,
+                    64000)
+    held = JobView(1, "u", "g", "HELD", 5, 0.0, gpus=1)
+    never = JobView(2, "u", "g", "PENDING", 5, 0.0, gpus=1, gpu_type="H100")
+    snap = Snapshot([node], [held, never])
+    p = plan(snap, 10.0)
+    assert estimate(snap, p, 10.0) == {}

@@ -1,6 +1,8 @@
 """The fair policy inside a real labqd with a real SSH node: quotas, fair-share, dependencies,
 submission limits and the admin controls."""
 import itertools
+import os
+import subprocess
 
 import pytest
 
@@ -185,12 +187,21 @@ def test_pending_job_shows_an_estimated_start(q, tmp_path):
         blocker = q.submit(["bash", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"],
                            gpus=4, time_limit="10m", cwd=str(tmp_path))
         wait_for(lambda: q.job(blocker.id).state.value == "RUNNING", what="blocker")
-        waiting = q.submit(["true"], gpus=4, cwd=str(tmp_path))
+        waiting = q.submit(["true"], gpus=4, time_limit="5m", cwd=str(tmp_path))
+        after = q.submit(["true"], gpus=2, priority=1, cwd=str(tmp_path))
         job = wait_for(lambda: (lambda j: j.estimated_start and j)(q.job(waiting.id)),
                        what="estimate")
         started = q.job(blocker.id).start_time
         assert abs(job.estimated_start - (started + 600)) < 5
         assert job.reason == "Resources"
+        # the job behind the reservation gets a time too: after the reserved one's limit
+        later = wait_for(lambda: (lambda j: j.estimated_start and j)(q.job(after.id)),
+                         what="second estimate")
+        assert abs(later.estimated_start - (started + 900)) < 5
+        assert later.reason == "Priority"
+        assert "est. start" in subprocess.run(
+            ["labq", "show", str(after.id)], capture_output=True, text=True,
+            env=dict(os.environ, LABQ_SOCKET=str(q.socket_path))).stdout
     finally:
         gate.write_text("")
-    q.wait(waiting.id, timeout=30)
+    q.wait(waiting.id, after.id, timeout=30)
