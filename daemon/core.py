@@ -79,7 +79,7 @@ class Core(NodeControl):
         # active job -> the jobs it waits on
         self.dep_edges: dict[int, list[int]] = {i: _dep_ids(j) for i, j in self.active.items()
                                                 if j["dependencies"]}
-        self.reasons: dict[int, str] = {}  # the pending reasons last written
+        self.reasons: dict[int, str] = {}  # the latest plan's pending reasons
         # the scheduler's view of every active job, kept current on each change, and the ids
         # of running ones, so a scheduler pass does not walk the whole queue in Python
         self.views: dict[int, JobView] = {i: job_view(j) for i, j in self.active.items()}
@@ -230,8 +230,11 @@ class Core(NodeControl):
         return [self.views[i] for i in self.running]
 
     def _with_plan(self, job: dict) -> dict:
-        return dict(job, priority_score=self.priorities.get(job["id"]),
-                    estimated_start=self.estimates.get(job["id"]))
+        out = dict(job, priority_score=self.priorities.get(job["id"]),
+                   estimated_start=self.estimates.get(job["id"]))
+        if job["state"] != S.RUNNING.value:
+            out["reason"] = self.reasons.get(job["id"], job["reason"])
+        return out
 
     def view(self, caller: Caller, row: dict) -> dict:
         out = {k: v for k, v in row.items()}

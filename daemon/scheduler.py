@@ -16,7 +16,6 @@ from .estimates import estimate
 from .core import Core
 from .fairshare import Run
 from .snapshot import GpuSlot, NodeView, Snapshot
-from .store import Job
 
 log = logging.getLogger("labqd.scheduler")
 S = JobState
@@ -62,6 +61,8 @@ class Scheduler:
         self.interval_s = interval_s
         self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
         self.passes = 0
+        self.expected: dict[int, float] = {}
+        self.estimated_at = 0.0
 
     def start(self) -> None:
         self.thread.start()
@@ -97,8 +98,11 @@ class Scheduler:
         # the policy runs without the lock: submits and reads go on meanwhile, and the plan
         # is checked against the state it finds when applied
         plan = policy.plan(snap, now)
-        expected = estimate(snap, plan, now)
-        expected.update(plan.estimates)  # the reservation itself is the plan's word
+        # estimates are a courtesy: on a huge queue they are refreshed every interval only
+        if len(snap.jobs) < 5000 or now - self.estimated_at >= self.interval_s:
+            self.expected = estimate(snap, plan, now)
+            self.expected.update(plan.estimates)  # the reservation itself is the plan's word
+            self.estimated_at = now
         with core.lock:
             for job_id, why in plan.cancels:
                 job = core.active.get(job_id)
@@ -111,17 +115,8 @@ class Scheduler:
                         or node.state != "up" or node.drained):
                     continue
                 core.start_job(job, start.node, start.gpus)
-            # only reasons that differ from the last pass are written (set difference in C)
-            changed = []
-            for job_id, why in plan.reasons.items() - core.reasons.items():
-                job = core.active.get(job_id)
-                if job is not None and job["state"] != RUNNING and job["reason"] != why:
-                    job["reason"] = why
-                    changed.append((job_id, why))
-            core.reasons = plan.reasons
-            if changed:
-                with core.store.write():
-                    for job_id, why in changed:
-                        Job.update(reason=why).where(Job.id == job_id).execute()
-            core.priorities, core.estimates = plan.priorities, expected
+            # pending reasons and priorities are read from the latest plan when shown; they
+            # are stored with a job only when it changes state
+            core.reasons, core.priorities = plan.reasons, plan.priorities
+            core.estimates = {k: v for k, v in self.expected.items() if k in core.active}
             self.passes += 1
