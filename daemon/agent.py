@@ -347,8 +347,12 @@ class Agent:
                 size = 0
             if ex is None and pid is not None:
                 ex = lost_run(d, name, pid)
+            try:
+                age = time.time() - os.path.getmtime(d)
+            except OSError:
+                age = 0.0
             jobs.append({"job": name, "pid": pid, "exit": ex, "log_size": size,
-                         "started": pid is not None or ex is not None})
+                         "started": pid is not None or ex is not None, "age": age})
         return {"ok": True, "jobs": jobs}
 
     def op_watch(self, req):

@@ -251,7 +251,15 @@ class NodeControl:
                 continue
             key = run_key(job)
             mine.add(key)
-            if key in found:
+            info = found.get(key)
+            if info is not None and not info.get("started") and info.get("age", 0) > 30:
+                # the run's directory was made but its shepherd never started (the agent died
+                # in between): nothing of it runs, so launch it afresh
+                log.warning("job %d: the launch on %s never started; launching again",
+                            job["id"], link.name)
+                link.request("forget", job=key)
+                self._launch(link, job)
+            elif info is not None:
                 self._watch(link, job)
                 if job["id"] in self.cancel_requests:
                     link.request("cancel", job=key, reason="cancel")

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -147,6 +148,40 @@ def test_daemon_kill9_with_running_and_pending_jobs(tmp_path):
                 assert len(runs) == 1 and runs[0].startswith(f"{i}.0."), (i, runs)
                 assert [e.to_state for e in q.events(i)].count("RUNNING") == 1
         check_db(d, ids)
+
+
+def test_launch_that_never_started_is_launched_once_after_a_restart(tmp_path):
+    """labqd recorded the start and the agent made the run's directory, then died before the
+    job's shepherd started (no pid record). After a restart the run is launched afresh."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    with NodeSet(tmp_path / "nodes", 1) as ns:
+        entries = entries_for(ns, tmp_path)
+        with running_daemon(tmp_path / "daemon", entries) as d:
+            with d.client() as q:
+                job = q.submit(["bash", "-c", mark_cmd(markers) + "; echo ran"], hold=True,
+                               cwd=str(tmp_path), export_env=False)
+            d.kill9()
+            con = sqlite3.connect(d.database)
+            cluster = con.execute("SELECT value FROM meta WHERE key='cluster_id'").fetchone()[0]
+            # the state labqd had written just before the crash: RUNNING on node0
+            con.execute("UPDATE job SET state='RUNNING', node='node0', start_time=?, "
+                        "reason=NULL WHERE id=?", (time.time() - 60, job.id))
+            con.commit()
+            con.close()
+            run = Path(entries[0]["job_root"]) / cluster / f"{job.id}.0"
+            run.mkdir(parents=True)
+            (run / "spec.json").write_text("{}")
+            old = time.time() - 120
+            os.utime(run, (old, old))
+            d.start(wait_nodes=1)
+            with d.client() as q:
+                [done] = q.wait(job.id, timeout=30)
+                assert done.state.value == "COMPLETED" and q.logs(job.id) == "ran\n"
+            [once] = executions(markers, job.id)
+            assert once.startswith(f"{job.id}.0.")
+            assert "never started" in d.log()
+            check_db(d, [job.id])
 
 
 # -- 2. a node crashes: its job is requeued and completes elsewhere --------------------------
