@@ -10,7 +10,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from labq.errors import (InvalidState, NotFound, PermissionDenied, QuotaExceeded,
@@ -20,48 +19,23 @@ from labq.states import FINAL, JobState, allowed
 
 from . import policyconfig
 from . import store as st
-from .accounting import Accounting, usage_report
+from .accounting import Accounting
 from .config import Config
 from .dependencies import find_cycle
-from .fairshare import factors
+from .fairctl import FairControl
+from .identity import Caller
 from .fairshare import Run
 from .logcopy import LogCopies
 from .nodectl import NodeControl, run_key
-from .snapshot import Dependency, JobView
 from .nodes import NodeLink
+from .snapshot import JobView
+from .views import dep_ids, job_view
 
 log = logging.getLogger("labqd")
 S = JobState
 
 
-@dataclass
-class Caller:
-    uid: int
-    user: str
-    group: str  # primary group
-    groups: frozenset[str]
-    admin: bool
-
-    def may_touch(self, job: dict) -> bool:
-        return self.admin or job["owner"] == self.user
-
-
-def _dep_ids(job: dict) -> list[int]:
-    return [parse_dependency(d)[1] for d in job["dependencies"]]
-
-
-def job_view(j: dict) -> JobView:
-    return JobView(
-        id=j["id"], owner=j["owner"], group=j["group"], state=j["state"],
-        priority=j["priority"], submit_time=j["submit_time"], gpus=j["gpus"],
-        gpu_type=j["gpu_type"], gpu_memory_mb=j["gpu_memory_mb"], cpus=j["cpus"],
-        memory_mb=j["memory_mb"] or 0, time_limit_s=j["time_limit_s"],
-        dependencies=tuple(Dependency(*parse_dependency(d)) for d in j["dependencies"]),
-        partition=j["partition"], eligible_time=j["eligible_time"], node=j["node"],
-        gpu_indices=tuple(j["gpu_indices"] or ()), start_time=j["start_time"])
-
-
-class Core(NodeControl):
+class Core(NodeControl, FairControl):
     def __init__(self, cfg: Config, store: st.Store):
         self.cfg = cfg
         self.store = store
@@ -77,7 +51,7 @@ class Core(NodeControl):
         self.priorities: dict[int, float] = {}
         self.estimates: dict[int, float] = {}
         # active job -> the jobs it waits on
-        self.dep_edges: dict[int, list[int]] = {i: _dep_ids(j) for i, j in self.active.items()
+        self.dep_edges: dict[int, list[int]] = {i: dep_ids(j) for i, j in self.active.items()
                                                 if j["dependencies"]}
         self.reasons: dict[int, str] = {}  # the latest plan's pending reasons
         # the scheduler's view of every active job, kept current on each change, and the ids
@@ -348,87 +322,6 @@ class Core(NodeControl):
             if left <= 0 or self._stopping:
                 return b"", offset, False
             self.logs.wait(row["id"], offset, left)
-
-    # -- policy: admin and usage -----------------------------------------------------------
-    def set_priority(self, caller: Caller, job_id: Any, priority: Any) -> dict:
-        if type(priority) is not int or not 1 <= priority <= 10:
-            raise ValidationError("priority: must be an integer from 1 to 10",
-                                  {"field": "priority"})
-        row = self._owned(caller, job_id)
-        with self.lock:
-            job = self.active.get(row["id"])
-            if job is None or job["state"] == S.RUNNING.value:
-                raise InvalidState(f"job {row['id']} is {row['state']}; only pending or held "
-                                   "jobs can change priority",
-                                   {"id": row["id"], "state": row["state"]})
-            with self.store.write():
-                st.Job.update(priority=priority).where(st.Job.id == job["id"]).execute()
-                self.store.add_event(job["id"], caller.user, job["state"], job["state"],
-                                     f"priority {job['priority']} -> {priority}")
-            job["priority"] = priority
-            self.views[job["id"]] = job_view(job)
-        self.wake.set()
-        return self.view(caller, self.job_row(row["id"]))
-
-    def set_group(self, caller: Caller, group: Any, changes: dict) -> dict:
-        if not caller.admin:
-            raise PermissionDenied("group shares and limits are for admins")
-        if type(group) is not str or not group or len(group) > 64:
-            raise ValidationError("group: must be a group name", {"field": "group"})
-        changes = policyconfig.check_group_settings(changes)
-        with self.lock:
-            merged = dict(self.group_overrides.get(group, {}))
-            for k, v in changes.items():
-                merged[k] = {**merged.get(k, {}), **v} if isinstance(v, dict) else v
-            with self.store.write():
-                st.GroupSetting.replace(group=group, settings=merged).execute()
-            self.group_overrides[group] = merged
-            self.policy_config = policyconfig.build(self.cfg, self.group_overrides)
-        self.wake.set()
-        return next(g for g in self.groups() if g["group"] == group)
-
-    def groups(self) -> list[dict]:
-        with self.lock:
-            pc = self.policy_config
-            gpus_in_use: dict[str, int] = {}
-            pairs = set()
-            for j in self.active.values():
-                pairs.add((j["group"], j["owner"]))
-                if j["state"] == S.RUNNING.value:
-                    gpus_in_use[j["group"]] = gpus_in_use.get(j["group"], 0) + len(
-                        j["gpu_indices"])
-            names = (set(pc.group_shares) | set(pc.limits.group_gpus) | {g for g, _ in pairs}
-                     | set(self.accounting.group_usage) | {g for g, _ in pc.limits.group_gpu_type})
-            fs = factors(self.accounting.group_usage, self.accounting.user_usage,
-                         pc.group_shares, pc.user_shares, {(g, "") for g in names})
-            return [{"group": g, "share": pc.group_shares.get(g, 1.0),
-                     "max_gpus": pc.limits.group_gpus.get(g),
-                     "max_gpus_by_type": {t: n for (gg, t), n in pc.limits.group_gpu_type.items()
-                                          if gg == g},
-                     "users": {u: s for (gg, u), s in pc.user_shares.items() if gg == g},
-                     "gpus_in_use": gpus_in_use.get(g, 0),
-                     "usage": round(self.accounting.group_usage.get(g, 0.0), 3),
-                     "fairshare": round(fs[(g, "")], 6)} for g in sorted(names)]
-
-    def usage(self, caller: Caller, days: Any) -> dict:
-        if type(days) not in (int, float) or not 0 < days <= 3660:
-            raise ValidationError("days: must be a number of days from 1 to 3660",
-                                  {"field": "days"})
-        now = time.time()
-        groups, users, series = usage_report(now - days * 86400, now)
-        with self.lock:
-            pc = self.policy_config
-            acc = self.accounting
-            pairs = {(u["group"], u["user"]) for u in users} | set(acc.user_usage)
-            fs = factors(acc.group_usage, acc.user_usage, pc.group_shares, pc.user_shares,
-                         pairs | {(g["group"], "") for g in groups})
-        for g in groups:
-            g["share"] = pc.group_shares.get(g["group"], 1.0)
-            g["fairshare"] = round(fs.get((g["group"], ""), 1.0), 6)
-        for u in users:
-            u["fairshare"] = round(fs.get((u["group"], u["user"]), 1.0), 6)
-        return {"since": now - days * 86400, "until": now, "groups": groups, "users": users,
-                "series": series}
 
     def integrity(self) -> str:
         return self.store.integrity_check()

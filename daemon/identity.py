@@ -6,8 +6,19 @@ import os
 import pwd
 import socket
 import struct
+from dataclasses import dataclass
 
-from .core import Caller
+
+@dataclass
+class Caller:
+    uid: int
+    user: str
+    group: str  # primary group
+    groups: frozenset[str]
+    admin: bool
+
+    def may_touch(self, job: dict) -> bool:
+        return self.admin or job["owner"] == self.user
 
 
 def peer_uid(sock: socket.socket) -> int:

@@ -14,8 +14,8 @@ import rpyc
 
 from labq.errors import InternalError, LabqError, ValidationError
 
-from .core import Caller, Core
-from .identity import caller_for_uid, peer_uid
+from .core import Core
+from .identity import Caller, caller_for_uid, peer_uid
 
 log = logging.getLogger("labqd.service")
 

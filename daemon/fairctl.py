@@ -1,0 +1,100 @@
+"""The fair-share side of the daemon: priority changes, group shares and limits set by admins,
+and the usage report. Mixed into Core; uses its lock, store, active jobs and views."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from labq.errors import InvalidState, PermissionDenied, ValidationError
+from labq.states import JobState
+
+from . import policyconfig
+from . import store as st
+from .accounting import usage_report
+from .fairshare import factors
+from .identity import Caller
+from .views import job_view
+
+S = JobState
+
+
+class FairControl:
+    def set_priority(self, caller: Caller, job_id: Any, priority: Any) -> dict:
+        if type(priority) is not int or not 1 <= priority <= 10:
+            raise ValidationError("priority: must be an integer from 1 to 10",
+                                  {"field": "priority"})
+        row = self._owned(caller, job_id)
+        with self.lock:
+            job = self.active.get(row["id"])
+            if job is None or job["state"] == S.RUNNING.value:
+                raise InvalidState(f"job {row['id']} is {row['state']}; only pending or held "
+                                   "jobs can change priority",
+                                   {"id": row["id"], "state": row["state"]})
+            with self.store.write():
+                st.Job.update(priority=priority).where(st.Job.id == job["id"]).execute()
+                self.store.add_event(job["id"], caller.user, job["state"], job["state"],
+                                     f"priority {job['priority']} -> {priority}")
+            job["priority"] = priority
+            self.views[job["id"]] = job_view(job)
+        self.wake.set()
+        return self.view(caller, self.job_row(row["id"]))
+
+    def set_group(self, caller: Caller, group: Any, changes: dict) -> dict:
+        if not caller.admin:
+            raise PermissionDenied("group shares and limits are for admins")
+        if type(group) is not str or not group or len(group) > 64:
+            raise ValidationError("group: must be a group name", {"field": "group"})
+        changes = policyconfig.check_group_settings(changes)
+        with self.lock:
+            merged = dict(self.group_overrides.get(group, {}))
+            for k, v in changes.items():
+                merged[k] = {**merged.get(k, {}), **v} if isinstance(v, dict) else v
+            with self.store.write():
+                st.GroupSetting.replace(group=group, settings=merged).execute()
+            self.group_overrides[group] = merged
+            self.policy_config = policyconfig.build(self.cfg, self.group_overrides)
+        self.wake.set()
+        return next(g for g in self.groups() if g["group"] == group)
+
+    def groups(self) -> list[dict]:
+        with self.lock:
+            pc = self.policy_config
+            gpus_in_use: dict[str, int] = {}
+            pairs = set()
+            for j in self.active.values():
+                pairs.add((j["group"], j["owner"]))
+                if j["state"] == S.RUNNING.value:
+                    gpus_in_use[j["group"]] = gpus_in_use.get(j["group"], 0) + len(
+                        j["gpu_indices"])
+            names = (set(pc.group_shares) | set(pc.limits.group_gpus) | {g for g, _ in pairs}
+                     | set(self.accounting.group_usage) | {g for g, _ in pc.limits.group_gpu_type})
+            fs = factors(self.accounting.group_usage, self.accounting.user_usage,
+                         pc.group_shares, pc.user_shares, {(g, "") for g in names})
+            return [{"group": g, "share": pc.group_shares.get(g, 1.0),
+                     "max_gpus": pc.limits.group_gpus.get(g),
+                     "max_gpus_by_type": {t: n for (gg, t), n in pc.limits.group_gpu_type.items()
+                                          if gg == g},
+                     "users": {u: s for (gg, u), s in pc.user_shares.items() if gg == g},
+                     "gpus_in_use": gpus_in_use.get(g, 0),
+                     "usage": round(self.accounting.group_usage.get(g, 0.0), 3),
+                     "fairshare": round(fs[(g, "")], 6)} for g in sorted(names)]
+
+    def usage(self, caller: Caller, days: Any) -> dict:
+        if type(days) not in (int, float) or not 0 < days <= 3660:
+            raise ValidationError("days: must be a number of days from 1 to 3660",
+                                  {"field": "days"})
+        now = time.time()
+        groups, users, series = usage_report(now - days * 86400, now)
+        with self.lock:
+            pc = self.policy_config
+            acc = self.accounting
+            pairs = {(u["group"], u["user"]) for u in users} | set(acc.user_usage)
+            fs = factors(acc.group_usage, acc.user_usage, pc.group_shares, pc.user_shares,
+                         pairs | {(g["group"], "") for g in groups})
+        for g in groups:
+            g["share"] = pc.group_shares.get(g["group"], 1.0)
+            g["fairshare"] = round(fs.get((g["group"], ""), 1.0), 6)
+        for u in users:
+            u["fairshare"] = round(fs.get((u["group"], u["user"]), 1.0), 6)
+        return {"since": now - days * 86400, "until": now, "groups": groups, "users": users,
+                "series": series}

@@ -1,0 +1,21 @@
+"""The scheduler's view of a job row: the policy's JobView, built once per change."""
+from __future__ import annotations
+
+from labq.spec import parse_dependency
+
+from .snapshot import Dependency, JobView
+
+
+def dep_ids(job: dict) -> list[int]:
+    return [parse_dependency(d)[1] for d in job["dependencies"]]
+
+
+def job_view(j: dict) -> JobView:
+    return JobView(
+        id=j["id"], owner=j["owner"], group=j["group"], state=j["state"],
+        priority=j["priority"], submit_time=j["submit_time"], gpus=j["gpus"],
+        gpu_type=j["gpu_type"], gpu_memory_mb=j["gpu_memory_mb"], cpus=j["cpus"],
+        memory_mb=j["memory_mb"] or 0, time_limit_s=j["time_limit_s"],
+        dependencies=tuple(Dependency(*parse_dependency(d)) for d in j["dependencies"]),
+        partition=j["partition"], eligible_time=j["eligible_time"], node=j["node"],
+        gpu_indices=tuple(j["gpu_indices"] or ()), start_time=j["start_time"])
