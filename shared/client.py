@@ -37,12 +37,16 @@ class Client:
     """A connection to labqd. Thread-safe: calls are serialised on the one connection."""
 
     def __init__(self, socket_path: Path, timeout: float = 30.0):
+        self.socket_path = Path(socket_path)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._connect()
+
+    def _connect(self) -> None:
         import rpyc
         from rpyc.utils.factory import unix_connect
-        self.socket_path = Path(socket_path)
-        self._lock = threading.Lock()
         config = {"allow_public_attrs": False, "allow_pickle": False,
-                  "sync_request_timeout": timeout}
+                  "sync_request_timeout": self.timeout}
         try:
             self._conn = unix_connect(str(self.socket_path), service=rpyc.VoidService,
                                       config=config)
@@ -54,6 +58,25 @@ class Client:
         self._methods: dict[str, Any] = {}
 
     # -- plumbing --------------------------------------------------------------------------
+    def reconnect(self, within: float = 30.0) -> None:
+        """Connect again (after labqd restarted), trying for up to `within` seconds."""
+        deadline = time.monotonic() + within
+        delay = 0.1
+        with self._lock:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            while True:
+                try:
+                    self._connect()
+                    return
+                except DaemonUnavailable:
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(2.0, delay * 2)
+
     def close(self) -> None:
         try:
             self._conn.close()
@@ -165,9 +188,17 @@ class Client:
                 break
         return b"".join(chunks).decode("utf-8", "replace")
 
-    def follow_bytes(self, job_id: int, offset: int = 0, poll: float = 5.0) -> Iterator[bytes]:
+    def follow_bytes(self, job_id: int, offset: int = 0, poll: float = 5.0,
+                     reconnect_within: float = 60.0) -> Iterator[bytes]:
+        """Log bytes as they come; rides out a labqd restart of up to `reconnect_within` s."""
         while True:
-            data, offset, done = self.read_log(job_id, offset, wait=poll)
+            try:
+                data, offset, done = self.read_log(job_id, offset, wait=poll)
+            except DaemonUnavailable:
+                if reconnect_within <= 0:
+                    raise
+                self.reconnect(reconnect_within)
+                continue
             if data:
                 yield data
             elif done:

@@ -60,3 +60,29 @@ def test_local_node_without_driver_says_so_once(tmp_path):
         d.close()
     lines = [line for line in d.log().splitlines() if "no GPUs detected" in line]
     assert len(lines) == 1 and "nvml" in lines[0] and "nvidia-smi" in lines[0]
+
+
+def test_follow_rides_out_a_daemon_restart(tmp_path):
+    import threading
+    gate = tmp_path / "gate"
+    d = Daemon(tmp_path / "d", {"daemon": {"local_node": True},
+                                "node": [{"name": "here", "local": True,
+                                          "job_root": str(tmp_path / "jobs")}]})
+    d.start(wait_nodes=1)
+    try:
+        with d.client() as q:
+            job = q.submit(["bash", "-c", f"echo before; while [ ! -e {gate} ]; do sleep 0.05;"
+                            " done; echo after"], cwd=str(tmp_path), export_env=False)
+        got = []
+        follower = d.client()
+        t = threading.Thread(target=lambda: got.extend(follower.follow(job.id)), daemon=True)
+        t.start()
+        wait_for(lambda: "".join(got) == "before\n", what="first line")
+        d.stop()
+        d.start(wait_nodes=1)
+        gate.write_text("")
+        t.join(30)
+        assert not t.is_alive() and "".join(got) == "before\nafter\n"
+        follower.close()
+    finally:
+        d.close()
