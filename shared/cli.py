@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import sys
@@ -155,6 +156,16 @@ def cmd_events(q, a) -> int:
 def cmd_logs(q, a) -> int:
     job_id = _ids([a.id])[0]
     out = sys.stdout.buffer
+    if a.json:  # one JSON object per chunk: {"id", "offset", "data"}
+        offset = 0
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        chunks = q.follow_bytes(job_id) if a.follow else iter(
+            lambda: q.read_log(job_id, offset)[0], b"")
+        for chunk in chunks:
+            print(json.dumps({"id": job_id, "offset": offset, "data": decoder.decode(chunk)}),
+                  flush=True)
+            offset += len(chunk)
+        return 0
     if a.follow:
         for chunk in q.follow_bytes(job_id):
             out.write(chunk)
@@ -400,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p = add("events", cmd_events, "a job's state history")
     p.add_argument("id")
-    p = add("logs", cmd_logs, "print a job's output; -f follows it while it runs",
-            json_flag=False)
+    p = add("logs", cmd_logs, "print a job's output; -f follows it while it runs; --json "
+            "prints one JSON object per chunk")
     p.add_argument("id")
     p.add_argument("--follow", "-f", action="store_true")
     for name, fn, help_ in (("cancel", cmd_cancel, "cancel jobs"),

@@ -2,6 +2,8 @@
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +105,27 @@ def test_errors_are_clear_and_typed(run, tmp_path):
     r = subprocess.run([LABQ, "--socket", str(tmp_path / "none.sock"), "ls"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "no labqd answers" in r.stderr
+
+
+def test_logs_json(run):
+    job_id = run("submit", "--", "bash", "-c", "echo one; echo two").stdout.strip()
+    run("wait", job_id)
+    chunks = [json.loads(line) for line in run("logs", "--json", job_id).stdout.splitlines()]
+    assert "".join(c["data"] for c in chunks) == "one\ntwo\n"
+    assert all(c["id"] == int(job_id) for c in chunks) and chunks[0]["offset"] == 0
+    followed = [json.loads(line) for line in
+                run("logs", "--json", "-f", job_id).stdout.splitlines()]
+    assert "".join(c["data"] for c in followed) == "one\ntwo\n"
+
+
+def test_readme_python_example_runs_as_written(cluster, tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    (tmp_path / "train.py").write_text("import os\nprint('training on GPU',"
+                                       " os.environ['CUDA_VISIBLE_DEVICES'])\n")
+    (tmp_path / "example.py").write_text(block)
+    r = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True,
+                       text=True, env=cluster.env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("training on GPU ") and lines[-1] == "COMPLETED 0"
