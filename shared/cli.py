@@ -333,8 +333,8 @@ def cmd_whoami(q, a) -> int:
     return 0
 
 
-def cmd_tui(q, a) -> int:
-    q.close()
+def cmd_tui(a) -> int:
+    # the UI connects by itself and keeps retrying, so it starts even while labqd is down
     from labq.tui.app import run
     return run(socket=a.socket)
 
@@ -462,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.cmd == "group" and a.action == "set" and not a.group:
         ap.error("group set needs a group name")
+    if a.cmd == "tui":
+        return cmd_tui(a)
     try:
         with connect(a.socket) as q:
             return a.fn(q, a)
