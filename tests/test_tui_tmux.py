@@ -65,3 +65,36 @@ def test_labq_tui_in_tmux_shows_the_queue_and_quits_on_q(daemon, tmp_path):
             time.sleep(0.1)
     finally:
         subprocess.run(tmux + ["kill-server"], capture_output=True)
+
+
+def test_labq_tui_starts_while_labqd_is_down_and_connects_when_it_comes(tmp_path):
+    d = Daemon(tmp_path / "d", CONFIG)
+    tmux = ["tmux", "-L", f"labq-test2-{os.getpid()}"]
+    session = "labq-tui-down"
+    command = (f"env -u COLUMNS -u LINES LABQ_SOCKET={shlex.quote(str(d.socket))} "
+               f"{shutil.which('labq')} tui")
+
+    def wait_screen(text: str, present: bool = True, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            shown = subprocess.run(tmux + ["capture-pane", "-p", "-t", session],
+                                   capture_output=True, text=True).stdout
+            if (text in shown) == present:
+                return shown
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} {'never appeared' if present else 'stayed'}:"
+                                     f"\n{shown}")
+            time.sleep(0.1)
+
+    subprocess.run(tmux + ["new-session", "-d", "-s", session, "-x", "160", "-y", "48",
+                           command], check=True)
+    try:
+        wait_screen("disconnected from labqd")
+        d.start(wait_nodes=1)
+        with d.client() as q:
+            q.submit(["true"], name="arrived-later", hold=True, cwd=str(tmp_path))
+        wait_screen("arrived-later")
+        wait_screen("disconnected from labqd", present=False)
+    finally:
+        subprocess.run(tmux + ["kill-server"], capture_output=True)
+        d.close()
