@@ -28,6 +28,7 @@ from .fairshare import Run
 from .logcopy import LogCopies
 from .nodectl import NodeControl, run_key
 from .nodes import NodeLink
+from .policy import PlanMemo
 from .snapshot import JobView
 from .views import dep_ids, job_view
 
@@ -57,6 +58,7 @@ class Core(NodeControl, FairControl):
         # the scheduler's view of every active job, kept current on each change, and the ids
         # of running ones, so a scheduler pass does not walk the whole queue in Python
         self.views: dict[int, JobView] = {i: job_view(j) for i, j in self.active.items()}
+        self.plan_memo = PlanMemo()  # lets the policy keep its grouping between passes
         self.running: set[int] = {i for i, j in self.active.items()
                                   if j["state"] == S.RUNNING.value}
         self.nodes: dict = {}

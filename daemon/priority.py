@@ -13,14 +13,16 @@ Ties go to the earlier submit, then the lower id.
 Pending jobs are kept in classes of jobs that differ only in age: same group, user, user
 priority, partition and request. Within a class priority order is age order, so the policy merges
 the heads of the classes instead of sorting every job, and once the head of a class cannot start
-none behind it can either. The replay simulator keeps a PendingQueue alive across events.
+none behind it can either. The replay simulator keeps a PendingQueue alive across events; `plan`
+keeps its classes in pending.py (also across plans, with a memo).
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from itertools import islice
 from operator import attrgetter, le, lt
 
+from .placement import shape_of
 from .snapshot import JobView, PolicyConfig
 
 _REQUEST = ("group", "owner", "priority", "partition", "gpus", "gpu_type", "gpu_memory_mb",
@@ -51,6 +53,30 @@ def time_limit(job: JobView, config: PolicyConfig) -> float:
     return config.default_time_limit_s if job.time_limit_s is None else job.time_limit_s
 
 
+def getter(fields: tuple[str, ...]):
+    """job -> the tuple of these fields; what attrgetter(*fields) does, faster on CPython
+    3.11 (attribute loads in a function are specialised, attrgetter's are not)."""
+    if not all(f.isidentifier() for f in fields):
+        raise ValueError(fields)
+    return eval("lambda j: (" + "".join(f"j.{f}, " for f in fields) + ")")
+
+
+def class_fields(config: PolicyConfig) -> tuple[str, ...]:
+    """The JobView fields that make up a job's class under this config."""
+    return _REQUEST + (("time_limit_s",) if config.weight_short else ())
+
+
+def class_constant(head: JobView, config: PolicyConfig, fairshare: float,
+                   largest_node_gpus: int) -> float:
+    """The part of the priority that every member of `head`'s class shares."""
+    p = config.weight_fairshare * fairshare + config.weight_priority * user_factor(head.priority)
+    if config.weight_size:
+        p += config.weight_size * size_factor(head.gpus, largest_node_gpus)
+    if config.weight_short:
+        p += config.weight_short * short_factor(head.time_limit_s, config)
+    return p
+
+
 class JobClass:
     __slots__ = ("key", "head", "members", "_list")
 
@@ -69,15 +95,19 @@ class JobClass:
     def __len__(self) -> int:
         return len(self.members) if self.members is not None else len(self._list)
 
+    ordered = jobs
+
+    @property
+    def shape(self) -> tuple:
+        return shape_of(self.head)
+
+    def tl_counts(self) -> Counter:
+        """How many members have each time_limit_s (None included)."""
+        return Counter(j.time_limit_s for j in self.jobs())
+
     def constant(self, config: PolicyConfig, fairshare: float, largest_node_gpus: int) -> float:
         """The part of the priority every member shares."""
-        h = self.head
-        p = config.weight_fairshare * fairshare + config.weight_priority * user_factor(h.priority)
-        if config.weight_size:
-            p += config.weight_size * size_factor(h.gpus, largest_node_gpus)
-        if config.weight_short:
-            p += config.weight_short * short_factor(h.time_limit_s, config)
-        return p
+        return class_constant(self.head, config, fairshare, largest_node_gpus)
 
 
 class PendingQueue:
@@ -87,8 +117,7 @@ class PendingQueue:
     sorts. A job's class depends on the config (size and short factors split classes)."""
 
     def __init__(self, config: PolicyConfig):
-        fields = _REQUEST + (("time_limit_s",) if config.weight_short else ())
-        self._key = attrgetter(*fields)
+        self._key = getter(class_fields(config))
         self.classes: dict[tuple, JobClass] = {}
         self.cpu_only = 0  # members asking for no GPU: they may fit when no GPU is free
 

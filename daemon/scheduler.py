@@ -52,7 +52,7 @@ def build_snapshot(core: Core, now: float) -> Snapshot:
     acc.advance(running, core.ended_runs, now)
     core.ended_runs = []
     return Snapshot(nodes=nodes, jobs=jobs, ended=ended, group_usage=acc.group_usage,
-                    user_usage=acc.user_usage, config=core.policy_config)
+                    user_usage=acc.user_usage, config=core.policy_config, memo=core.plan_memo)
 
 
 class Scheduler:
@@ -98,11 +98,15 @@ class Scheduler:
         # the policy runs without the lock: submits and reads go on meanwhile, and the plan
         # is checked against the state it finds when applied
         plan = policy.plan(snap, now)
-        # estimates are a courtesy: on a huge queue they are refreshed every interval only
-        if len(snap.jobs) < 5000 or now - self.estimated_at >= self.interval_s:
+        # estimates beyond the reservation are a courtesy: refreshed every pass on a lab's
+        # queue, every interval on a big one, and left to the reservation on a huge one
+        n = len(snap.jobs)
+        if n < 5000 or (n < 20000 and now - self.estimated_at >= self.interval_s):
             self.expected = estimate(snap, plan, now)
-            self.expected.update(plan.estimates)  # the reservation itself is the plan's word
             self.estimated_at = now
+        elif n >= 20000:
+            self.expected = {}
+        self.expected.update(plan.estimates)  # the reservation itself is the plan's word
         with core.lock:
             for job_id, why in plan.cancels:
                 job = core.active.get(job_id)

@@ -2,6 +2,7 @@
 replay simulator from a trace. Nothing here reads a clock, a file or a database."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -95,6 +96,11 @@ class Snapshot:
     group_usage: dict[str, float] = field(default_factory=dict)
     user_usage: dict[tuple[str, str], float] = field(default_factory=dict)
     config: PolicyConfig = field(default_factory=PolicyConfig)
+    # a policy.PlanMemo the daemon passes on every pass (the same object each time) so that a
+    # plan costs in proportion to what changed; None plans from scratch. Either way the plan is
+    # the same. With a memo, an unchanged job must be the same JobView object as in the
+    # previous snapshot and a changed job a new object: JobViews are never modified.
+    memo: object | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -107,11 +113,12 @@ class Start:
 @dataclass
 class Plan:
     starts: list[Start] = field(default_factory=list)
-    # a reason for every PENDING or HELD job not started
-    reasons: dict[int, str] = field(default_factory=dict)
+    # a reason for every PENDING or HELD job not started; plan() returns a read-only mapping
+    # computed on access (planmaps.py): look jobs up, iterate only to see them all
+    reasons: Mapping[int, str] = field(default_factory=dict)
     # expected start time for pending jobs the plan could place in time
     estimates: dict[int, float] = field(default_factory=dict)
     # jobs to cancel with a reason (a dependency that can never be met)
     cancels: list[tuple[int, str]] = field(default_factory=list)
-    # the computed priority of every PENDING job
-    priorities: dict[int, float] = field(default_factory=dict)
+    # the computed priority of every PENDING job (a read-only mapping, as reasons)
+    priorities: Mapping[int, float] = field(default_factory=dict)

@@ -429,3 +429,109 @@ def test_estimates_skip_jobs_that_wait_for_other_reasons():
     snap = Snapshot([node], [held, never])
     p = plan(snap, 10.0)
     assert estimate(snap, p, 10.0) == {}
+
+
+# -- a memo between plans gives the plan a fresh one gives ---------------------------------------
+
+def _same_plan(a, b):
+    assert a.starts == b.starts
+    assert a.reasons == b.reasons and dict(a.reasons) == dict(b.reasons)
+    assert len(a.reasons) == len(b.reasons)
+    assert a.priorities == b.priorities and dict(a.priorities) == dict(b.priorities)
+    assert len(a.priorities) == len(b.priorities)
+    assert a.estimates == b.estimates and a.cancels == b.cancels
+    for jid in dict(b.reasons):
+        assert jid in a.reasons and a.reasons.get(jid) == b.reasons[jid]
+
+
+def _draw_job(data, jid, now, ids):
+    deps = ()
+    if ids and data.draw(st.integers(0, 9)) == 0:
+        deps = (Dependency(data.draw(st.sampled_from(["afterok", "afterany"])),
+                           data.draw(st.sampled_from(ids + [7777, 8888]))),)
+    submit = now - data.draw(st.sampled_from([5.0, 600.0, DAY, 3 * DAY, 9 * DAY]))
+    elig = data.draw(st.sampled_from([None, None, submit, now - 2 * DAY, now - 10.0]))
+    return JobView(jid, data.draw(st.sampled_from(["a", "b"])), "lab",
+                   data.draw(st.sampled_from(["PENDING"] * 5 + ["HELD"])),
+                   data.draw(st.sampled_from([1, 5, 9])), submit,
+                   gpus=data.draw(st.sampled_from([0, 1, 2, 4, 8])),
+                   time_limit_s=data.draw(st.sampled_from([None, 600.0, 3600.0, DAY])),
+                   dependencies=deps, eligible_time=elig)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data())
+def test_memo_plans_like_a_fresh_plan(data):
+    from dataclasses import replace
+    from labq.daemon.policy import PlanMemo
+    nodes = [node("n1", gpus=4), node("n2", gpus=8, gtype="V100")]
+    cfg = PolicyConfig(
+        max_age_s=data.draw(st.sampled_from([DAY, 7 * DAY])),
+        backfill=data.draw(st.booleans()),
+        limits=Limits(user_gpus=data.draw(st.sampled_from([None, 6]))))
+    now = NOW
+    jobs = []
+    for k in range(data.draw(st.integers(0, 30))):
+        jobs.append(_draw_job(data, k + 1, now, [j.id for j in jobs]))
+    next_id = 1000
+    memo = PlanMemo()
+    earlier = []
+    for _ in range(data.draw(st.integers(2, 8))):
+        free = {n.name: set(range(len(n.gpus))) for n in nodes}
+        for j in jobs:
+            if j.state == "RUNNING":
+                free[j.node] -= set(j.gpu_indices)
+        views = [replace(n, free_gpus=frozenset(free[n.name])) for n in nodes]
+        snapshot = Snapshot(views, list(jobs), ended={7777: "COMPLETED", 8888: "FAILED"},
+                            group_usage={"lab": 10.0}, config=cfg, memo=memo)
+        p = plan(snapshot, now)
+        fresh = plan(replace(snapshot, memo=None), now)
+        _same_plan(p, fresh)
+        earlier.append((p, fresh))
+        # the next pass: starts applied, some jobs end, held, released or changed, new ones
+        starts = {s.job: s for s in p.starts}
+        nxt = []
+        for j in jobs:
+            op = data.draw(st.integers(0, 19))
+            if j.id in starts:
+                s = starts[j.id]
+                j = replace(j, state="RUNNING", node=s.node, gpu_indices=s.gpus, start_time=now)
+            elif op == 0:
+                continue  # ended, cancelled
+            elif op == 1 and j.state == "PENDING":
+                j = replace(j, state="HELD")
+            elif op == 2 and j.state == "HELD":
+                j = replace(j, state="PENDING", eligible_time=now)
+            elif op == 3 and j.state == "PENDING":
+                j = replace(j, priority=data.draw(st.sampled_from([1, 5, 9])))
+            nxt.append(j)
+        for _ in range(data.draw(st.integers(0, 4))):
+            next_id += 1
+            nxt.append(_draw_job(data, next_id, now, [j.id for j in nxt]))
+        if data.draw(st.integers(0, 9)) == 0:
+            nxt.reverse()  # any order will do, at a cost
+        jobs = nxt
+        now += data.draw(st.sampled_from([0.0, 1.0, 3600.0, DAY]))
+    assert memo.fresh_builds == 1  # it followed every change
+    for p, fresh in earlier:  # and later passes did not change earlier plans
+        _same_plan(p, fresh)
+
+
+def test_schedule_on_a_kept_queue_matches_plan():
+    from labq.daemon.placement import Cluster
+    from labq.daemon.policy import schedule
+    from labq.daemon.priority import PendingQueue
+    r = running("n", range(6), NOW - 100, 1000)
+    queued = [job(gpus=g, owner=f"u{k % 3}", submit=NOW - 50 * k,
+                  time_limit_s=[600.0, 7200.0, None][k % 3]) for k, g in
+              enumerate([4, 1, 2, 4, 1, 8, 2] * 4)]
+    s = snap([node("n", free=(6, 7)), node("m", free=range(3))], [r] + queued)
+    p = plan(s, NOW)
+    cluster = Cluster(s.nodes, s.config.limits)
+    cluster.add_running(r, r.start_time + r.time_limit_s)
+    queue = PendingQueue.build(queued, NOW, s.config)
+    fs = fairshare.factors({}, {}, {}, {}, {(j.group, j.owner) for j in queued})
+    q = schedule(cluster, queue, NOW, s.config, fs)
+    assert q.starts == p.starts and q.estimates == p.estimates
+    assert dict(q.reasons) == dict(p.reasons) and dict(q.priorities) == dict(p.priorities)
+    assert {x.job for x in p.starts} and set(p.reasons.values()) >= {"Resources", "Priority"}
