@@ -106,11 +106,17 @@ def factors(group_usage: Mapping[str, float], user_usage: Mapping[tuple[str, str
     for g, u in list(user_shares) + list(user_usage) + list(pairs):
         users.setdefault(g, set()).add(u)
     out = {}
+    per_group: dict[str, tuple[float, float, float]] = {}  # factor, users' shares, usage
     for g, u in pairs:
-        fg = _factor(group_usage.get(g, 0.0), total_usage, group_shares.get(g, 1.0), total_share)
-        members = users.get(g, ())
-        u_share = sum(user_shares.get((g, m), 1.0) for m in members) or 1.0
-        u_usage = sum(user_usage.get((g, m), 0.0) for m in members)
+        known = per_group.get(g)
+        if known is None:
+            members = users.get(g, ())
+            known = per_group[g] = (
+                _factor(group_usage.get(g, 0.0), total_usage, group_shares.get(g, 1.0),
+                        total_share),
+                sum(user_shares.get((g, m), 1.0) for m in members) or 1.0,
+                sum(user_usage.get((g, m), 0.0) for m in members))
+        fg, u_share, u_usage = known
         fu = _factor(user_usage.get((g, u), 0.0), u_usage, user_shares.get((g, u), 1.0), u_share)
         out[(g, u)] = fg * fu
     return out
