@@ -98,10 +98,11 @@ class Scheduler:
         # the policy runs without the lock: submits and reads go on meanwhile, and the plan
         # is checked against the state it finds when applied
         plan = policy.plan(snap, now)
-        # estimates beyond the reservation are a courtesy: refreshed every pass on a lab's
-        # queue, every interval on a big one, and left to the reservation on a huge one
+        # estimates beyond the reservation are a courtesy: refreshed at most every second on
+        # a lab's queue, every interval on a big one, and left to the reservation on a huge one
         n = len(snap.jobs)
-        if n < 5000 or (n < 20000 and now - self.estimated_at >= self.interval_s):
+        since = now - self.estimated_at
+        if (n < 5000 and (since >= 1.0 or plan.starts)) or (n < 20000 and since >= self.interval_s):
             self.expected = estimate(snap, plan, now)
             self.estimated_at = now
         elif n >= 20000:
