@@ -29,6 +29,16 @@ class _Eligible:
         self.class_no = class_no  # class -> its number in the plan
         self.count = count
 
+    def locate(self, job_id):
+        """(job, class number) of an eligible job, else None."""
+        e = self.extra.get(job_id) if self.extra else None
+        if e is not None:
+            return e
+        e = self.index.get(job_id)
+        if e is None or e[1] is None:
+            return None
+        return e[0], self.class_no[e[1]]
+
     def jobs(self):
         for j, c in self.index.values():
             if c is not None:
@@ -67,16 +77,10 @@ class PlanReasons(Mapping):
         r = self._heads.get(job_id)
         if r is not None:
             return r
-        elig = self._elig
-        e = elig.extra.get(job_id) if elig.extra else None
-        if e is None:
-            e = elig.index.get(job_id)
-            if e is None or e[1] is None:
-                return default
-            j = e[0]
-            n = elig.class_no[e[1]]
-        else:
-            j, n = e
+        found = self._elig.locate(job_id)
+        if found is None:
+            return default
+        j, n = found
         if n in self._filtered:
             tl = self._default_tl if j.time_limit_s is None else j.time_limit_s
             if tl > self._window:
@@ -129,16 +133,10 @@ class PlanPriorities(Mapping):
         p = self._frozen.get(job_id)
         if p is not None:
             return p
-        elig = self._elig
-        e = elig.extra.get(job_id) if elig.extra else None
-        if e is None:
-            e = elig.index.get(job_id)
-            if e is None or e[1] is None:
-                return default
-            j = e[0]
-            n = elig.class_no[e[1]]
-        else:
-            j, n = e
+        found = self._elig.locate(job_id)
+        if found is None:
+            return default
+        j, n = found
         t = j.submit_time if j.eligible_time is None else j.eligible_time
         now = self._now
         return self._consts[n] + self._wa * (

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import sshnodes
-from sshnodes import SSHD, SshNode, _keygen, _signal_all, make_user_key, write_known_hosts
+from sshnodes import (SSHD, SshNode, _keygen, _signal_all, alive, make_user_key,
+                      write_known_hosts)
 
 AGENT_MARK = b"labq-agent"
 
@@ -30,15 +31,6 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 # -- processes ----------------------------------------------------------------------------
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rindex(b")") + 2:].split()[0] != b"Z"
-
-
 def _cmdline(pid: int) -> list[bytes]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -91,6 +91,7 @@ from typing import Iterable, Iterator, Sequence
 
 __all__ = [
     "H100_CSV",
+    "alive",
     "NVIDIA_SMI_QUERY",
     "NodeSet",
     "SshNode",
@@ -250,7 +251,8 @@ def _signal_all(pids: Iterable[int], sig: int) -> None:
             pass
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -471,7 +473,7 @@ class SshNode:
         while True:
             if self.proc is not None:
                 self.proc.poll()  # reap the listener
-            left = {p for p in pids | self._node_pids() if _alive(p)}
+            left = {p for p in pids | self._node_pids() if alive(p)}
             if not left:
                 break
             now = time.monotonic()
