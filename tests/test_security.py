@@ -113,3 +113,25 @@ def test_malformed_requests_get_typed_errors(local_daemon):
         assert "bad JSON" in conn.root.call("ping", "{not json")
     finally:
         conn.close()
+
+
+def test_system_socket_is_shared_with_its_group_only(tmp_path):
+    import grp
+    import pwd
+    uid, gid = ensure_user("labqtest")
+    d = Daemon(tmp_path, {"daemon": {"local_node": True, "socket_group": "labqtest"}})
+    d.start(wait_nodes=1)
+    try:
+        st = os.stat(d.socket)
+        assert stat.S_IMODE(st.st_mode) == 0o660 and grp.getgrgid(st.st_gid).gr_name == "labqtest"
+
+        def whoami():
+            try:
+                return labq.connect(d.socket).whoami()["user"]
+            except DaemonUnavailable as e:
+                return e.code
+        assert as_user(uid, gid, whoami) == "labqtest"  # a member of the socket's group
+        nobody = pwd.getpwnam("nobody")
+        assert as_user(nobody.pw_uid, nobody.pw_gid, whoami) == "UNAVAILABLE"
+    finally:
+        d.close()
