@@ -314,6 +314,8 @@ class Core(NodeControl, FairControl):
                  max_bytes: int) -> tuple[bytes, int, bool]:
         row = self._owned(caller, job_id)
         max_bytes = max(1, min(max_bytes, 4 << 20))
+        if offset < 0:  # that many bytes before the current end: start a long log at its tail
+            offset = max(0, self.logs.size(row["id"]) + offset)
         deadline = time.monotonic() + max(0.0, min(wait, 30.0))
         while True:
             done = row["id"] not in self.active

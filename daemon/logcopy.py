@@ -96,6 +96,9 @@ class LogCopies:
         with self.lock:
             self.changed.notify_all()
 
+    def size(self, job: int) -> int:
+        return self._size(job)
+
     def read(self, job: int, offset: int, max_bytes: int) -> bytes:
         try:
             with open(self.path(job), "rb") as f:

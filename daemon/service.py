@@ -121,7 +121,7 @@ class LabqService(rpyc.Service):
 
     def exposed_read_log(self, job_id, offset, wait, max_bytes):
         try:
-            if type(job_id) is not int or type(offset) is not int or offset < 0 or \
+            if type(job_id) is not int or type(offset) is not int or \
                     type(wait) not in (int, float) or type(max_bytes) is not int:
                 raise ValidationError("read_log takes (id, offset, wait, max_bytes) numbers")
             data, new_offset, done = self.core.read_log(self.caller, job_id, offset,

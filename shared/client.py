@@ -172,7 +172,8 @@ class Client:
     # -- logs ------------------------------------------------------------------------------
     def read_log(self, job_id: int, offset: int = 0, wait: float = 0.0,
                  max_bytes: int = 1 << 20) -> tuple[bytes, int, bool]:
-        """Bytes from `offset`; the new offset; whether the log is complete (job ended)."""
+        """Bytes from `offset` (negative: that many bytes before the end); the offset after
+        them; whether the log is complete (job ended)."""
         data, new_offset, done, error = self._remote("read_log", int(job_id), int(offset),
                                                      float(wait), int(max_bytes))
         if error:

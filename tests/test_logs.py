@@ -86,3 +86,20 @@ def test_follow_rides_out_a_daemon_restart(tmp_path):
         follower.close()
     finally:
         d.close()
+
+
+def test_read_log_from_the_tail(tmp_path):
+    d = Daemon(tmp_path / "d", {"daemon": {"local_node": True}})
+    d.start(wait_nodes=1)
+    try:
+        with d.client() as q:
+            job = q.submit(["bash", "-c", "for i in $(seq 1000); do echo line $i; done"],
+                           cwd=str(tmp_path))
+            q.wait(job.id, timeout=30)
+            whole = q.logs(job.id).encode()
+            data, offset, done = q.read_log(job.id, -20)
+            assert data == whole[-20:] and offset == len(whole)
+            data, offset, _ = q.read_log(job.id, -10 ** 9)  # more than there is: the start
+            assert data == whole and offset == len(whole)
+    finally:
+        d.close()

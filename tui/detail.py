@@ -32,6 +32,7 @@ from .format import command_text, gpus_text, score_text, start_text, state_text
 
 FLUSH_S = 0.1
 MAX_LINES = 10_000
+TAIL_BYTES = 2 << 20  # where a long log starts: enough for MAX_LINES lines of most output
 # what one batch may carry: beyond this only the tail matters, the widget keeps MAX_LINES
 MAX_BATCH_CHARS = 4 << 20
 READ_WAIT_S = 0.5
@@ -65,10 +66,12 @@ def keep_tail(text: str) -> str:
 
 def follow_log(job_id: int, socket: Path, factory: ClientFactory, post, stop: threading.Event,
                monotonic=time.monotonic) -> None:
-    """Read the log from the start until the job has ended, posting batches."""
+    """Read the log from near its end until the job has ended, posting batches."""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    offset, pending, last_post = 0, [], monotonic()
+    # a long log starts at its tail: the view keeps MAX_LINES lines anyway
+    offset, pending, last_post = -TAIL_BYTES, [], monotonic()
     size, backoff, client = 0, BACKOFF_START_S, None
+    start_skipped = None
 
     def flush(done: bool = False) -> None:
         nonlocal pending, size, last_post
@@ -97,6 +100,12 @@ def follow_log(job_id: int, socket: Path, factory: ClientFactory, post, stop: th
                 flush()
                 post(LogTrouble(job_id, e.message))
                 return
+            if start_skipped is None:
+                start_skipped = offset - len(data)
+                if start_skipped > 0:
+                    pending.append(f"[labq: {start_skipped} earlier bytes not shown; "
+                                   f"`labq logs {job_id}` prints them]\n")
+                    data = data.split(b"\n", 1)[-1]  # from the first whole line
             if data:
                 text = decoder.decode(data)
                 pending.append(text)
