@@ -10,6 +10,7 @@ from pathlib import Path
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
@@ -114,6 +115,12 @@ class LabqApp(App):
 
     # -- what the poller reports -----------------------------------------------------------
     def on_snapshot(self, msg: Snapshot) -> None:
+        try:
+            self._apply_snapshot(msg)
+        except NoMatches:
+            pass  # the poll landed while the app was shutting down: nothing left to show
+
+    def _apply_snapshot(self, msg: Snapshot) -> None:
         first = self.me is None
         self.me = msg.me
         self.jobs = {j.id: j for j in msg.jobs}
@@ -131,7 +138,8 @@ class LabqApp(App):
 
     def on_usage_report(self, msg: UsageReport) -> None:
         self.usage = msg.usage
-        self.query_one(UsageView).set_usage(msg.usage)
+        for view in self.query(UsageView):
+            view.set_usage(msg.usage)
         if self.admin is not None:
             self.admin.set_usage(msg.usage)
 

@@ -282,5 +282,6 @@ class QueueView(Vertical):
         parts = [f"{n} {s.lower()}" for s, n in sorted(counts.items())]
         scope = f"jobs of {t.only_user}" if t.only_user else "all users' jobs"
         filt = f"  filter: {t.query_text}" if t.query_text else ""
-        self.query_one("#queue-summary", Static).update(
-            f" {t.row_count} shown ({scope}): {', '.join(parts) or 'none'}{filt}")
+        # a poll can land while the screen is being torn down (quit, user switch)
+        for summary in self.query("#queue-summary").results(Static):
+            summary.update(f" {t.row_count} shown ({scope}): {', '.join(parts) or 'none'}{filt}")
