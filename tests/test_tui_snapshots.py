@@ -77,8 +77,11 @@ def test_job_detail(daemon, snap_compare):
         await pilot.press("enter")  # the cursor starts on job 1
         app = pilot.app
         await until(pilot, lambda: isinstance(app.screen, JobDetailScreen)
-                    and app.screen.log_done and len(app.screen.events) == 3)
-        await pilot.pause(0.3)
+                    and app.screen.log_done and len(app.screen.events) == 3
+                    and app.screen.query_one("#detail-events").row_count == 3)
+        # the history table sizes its columns on the next layout; give a busy machine time
+        await pilot.wait_for_scheduled_animations()
+        await pilot.pause(1.0)
     assert snap_compare(make_app(daemon.socket), terminal_size=SIZE, run_before=run_before)
 
 

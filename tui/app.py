@@ -10,7 +10,6 @@ from pathlib import Path
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
@@ -115,12 +114,8 @@ class LabqApp(App):
 
     # -- what the poller reports -----------------------------------------------------------
     def on_snapshot(self, msg: Snapshot) -> None:
-        try:
-            self._apply_snapshot(msg)
-        except NoMatches:
-            pass  # the poll landed while the app was shutting down: nothing left to show
-
-    def _apply_snapshot(self, msg: Snapshot) -> None:
+        if not self.query(QueueTable) or not self.query(NodesView):
+            return  # not composed yet, or shutting down: the next poll brings it all again
         first = self.me is None
         self.me = msg.me
         self.jobs = {j.id: j for j in msg.jobs}
