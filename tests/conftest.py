@@ -29,12 +29,9 @@ def cluster(tmp_path_factory):
             "daemon": {"socket_mode": "0666", "kill_grace": "2s", "heartbeat": "1s"},
             "node": entries + [unknown],
         })
-        d.start(wait_nodes=2)
         d.nodes = ns
-        try:
+        with d.start(wait_nodes=2):
             yield d
-        finally:
-            d.close()
 
 
 @pytest.fixture

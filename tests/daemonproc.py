@@ -128,6 +128,12 @@ class Daemon:
         self.stop()
         shutil.rmtree(self.sockdir, ignore_errors=True)
 
+    def __enter__(self) -> "Daemon":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout

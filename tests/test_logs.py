@@ -14,12 +14,9 @@ def capped(tmp_path_factory):
         entries[0]["job_root"] = str(base / "jobs")
         d = Daemon(base / "daemon", {"daemon": {"log_copy_max": "1M", "heartbeat": "1s"},
                                      "node": entries})
-        d.start(wait_nodes=1)
         d.ns = ns
-        try:
+        with d.start(wait_nodes=1):
             yield d
-        finally:
-            d.close()
 
 
 def test_big_log_is_capped_with_a_mark(capped, tmp_path):

@@ -28,11 +28,8 @@ def fair(tmp_path_factory):
             "groups": {"capped": {"max_gpus": 2}},
             "node": entries,
         })
-        d.start(wait_nodes=1)
-        try:
+        with d.start(wait_nodes=1):
             yield d
-        finally:
-            d.close()
 
 
 @pytest.fixture
