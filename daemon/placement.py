@@ -25,8 +25,17 @@ def gpu_matches(slot: GpuSlot, job: JobView) -> bool:
     return True
 
 
+def runs_owner(node, job: JobView) -> bool:
+    """The node's agent may run jobs of the job's owner."""
+    if node.only_uid is not None and node.only_uid != job.owner_uid:
+        return False
+    return node.root_ok or job.owner_uid != 0
+
+
 def could_ever_fit(node, job: JobView) -> bool:
     """The node, empty, could run the job (whatever its state)."""
+    if not runs_owner(node, job):
+        return False
     if job.cpus > node.cpus or job.memory_mb > node.memory_mb:
         return False
     if job.gpus <= 0:
@@ -36,15 +45,24 @@ def could_ever_fit(node, job: JobView) -> bool:
 
 def shape_of(job: JobView) -> tuple:
     """What placement depends on; jobs with equal shapes fit in the same places."""
-    return (job.gpus, job.gpu_type, job.gpu_memory_mb, job.cpus, job.memory_mb)
+    return (job.gpus, job.gpu_type, job.gpu_memory_mb, job.cpus, job.memory_mb, job.owner_uid)
+
+
+class _AnyOwner:
+    """A node's resources with its owner restriction lifted: could it fit, account aside?"""
+
+    def __init__(self, ns):
+        self.cpus, self.memory_mb, self.gpus = ns.cpus, ns.memory_mb, ns.gpus
+        self.only_uid, self.root_ok = None, True
 
 
 class NodeState:
     __slots__ = ("idx", "name", "state", "up", "cpus", "memory_mb", "gpus", "slots", "free",
-                 "free_cpus", "free_mem", "running")
+                 "free_cpus", "free_mem", "running", "only_uid", "root_ok")
 
     def __init__(self, idx: int, name: str, state: str, cpus: int, memory_mb: int,
-                 gpus: tuple[GpuSlot, ...], free: Iterable[int], free_cpus: int, free_mem: int):
+                 gpus: tuple[GpuSlot, ...], free: Iterable[int], free_cpus: int, free_mem: int,
+                 only_uid: int | None = None, root_ok: bool = True):
         self.idx = idx
         self.name = name
         self.state = state
@@ -56,6 +74,8 @@ class NodeState:
         self.free = set(free)
         self.free_cpus = free_cpus
         self.free_mem = free_mem
+        self.only_uid = only_uid
+        self.root_ok = root_ok
         # job id -> (end by its time limit, gpu indices, cpus, memory)
         self.running: dict[int, tuple[float, tuple[int, ...], int, int]] = {}
 
@@ -64,11 +84,13 @@ class Cluster:
     def __init__(self, nodes: Iterable[NodeView], limits: Limits | None = None):
         self.limits = limits or Limits()
         self.nodes: list[NodeState] = []
+        self.restricted = False  # some node runs only some owners' jobs
         self.by_name: dict[str, NodeState] = {}
         for n in nodes:
             ns = NodeState(len(self.nodes), n.name, n.state, n.cpus, n.memory_mb, n.gpus,
-                           n.free_gpus, n.free_cpus, n.free_memory_mb)
+                           n.free_gpus, n.free_cpus, n.free_memory_mb, n.only_uid, n.root_ok)
             self.nodes.append(ns)
+            self.restricted = self.restricted or n.only_uid is not None or not n.root_ok
             self.by_name[n.name] = ns
         self.max_gpus = max((len(n.gpus) for n in self.nodes), default=0)
         # up nodes by free GPU count; dicts keep a stable order
@@ -151,12 +173,17 @@ class Cluster:
 
     # -- questions -----------------------------------------------------------------------
     def feasibility(self, job: JobView) -> str | None:
-        """None if some up node could ever run the job, else NodeDown or NoNodeFits."""
+        """None if some up node could ever run the job, else NodeDown, NoNodeFits or
+        NoNodeForUser (nodes would fit, but none may run jobs as the job's owner)."""
         shape = shape_of(job)
         verdict = self._feasible.get(shape, "")
         if verdict == "":
             verdict = "NoNodeFits"
             for ns in self.nodes:
+                if verdict == "NoNodeFits" and self.restricted and not runs_owner(ns, job):
+                    if could_ever_fit(_AnyOwner(ns), job):
+                        verdict = "NoNodeForUser"
+                    continue
                 if could_ever_fit(ns, job):
                     if ns.up:
                         verdict = None
@@ -182,6 +209,8 @@ class Cluster:
             for i in self.buckets[k]:
                 ns = nodes[i]
                 if cpus > ns.free_cpus or mem > ns.free_mem:
+                    continue
+                if self.restricted and not runs_owner(ns, job):
                     continue
                 on_reserved = avoid is not None and i == avoid.node
                 if on_reserved and (cpus > avoid.spare_cpus or mem > avoid.spare_mem):

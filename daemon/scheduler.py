@@ -39,7 +39,8 @@ def build_snapshot(core: Core, now: float) -> Snapshot:
         slots = tuple(GpuSlot(g["index"], g["type"], g["memory_mb"] or 0) for g in n.gpus)
         nodes.append(NodeView(name=n.name, state=state, cpus=n.cpus, memory_mb=n.memory_mb,
                               gpus=slots, free_gpus=frozenset(g.index for g in slots) - u[0],
-                              free_cpus=n.cpus - u[1], free_memory_mb=n.memory_mb - u[2]))
+                              free_cpus=n.cpus - u[1], free_memory_mb=n.memory_mb - u[2],
+                              only_uid=n.only_uid, root_ok=n.root_ok))
     ended = {}
     for t in {t for deps in core.dep_edges.values() for t in deps}:
         if t not in core.active:

@@ -23,6 +23,10 @@ class NodeView:
     free_gpus: frozenset[int]
     free_cpus: int
     free_memory_mb: int
+    # whose jobs the node's agent may run: None = anyone's (a root agent, or a shared account);
+    # else only this uid's (an agent that is not root runs its own account's jobs alone)
+    only_uid: int | None = None
+    root_ok: bool = True  # False where the agent refuses root's jobs (the head node's agent)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class JobView:
     partition: str = "default"
     # when the last dependency was satisfied or the job was released; age counts from here
     eligible_time: float | None = None
+    owner_uid: int = -1  # the owner's Unix uid; -1 in the replay, where no node cares
     # RUNNING jobs only
     node: str | None = None
     gpu_indices: tuple[int, ...] = ()

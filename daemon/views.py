@@ -13,6 +13,7 @@ def dep_ids(job: dict) -> list[int]:
 def job_view(j: dict) -> JobView:
     return JobView(
         id=j["id"], owner=j["owner"], group=j["group"], state=j["state"],
+        owner_uid=-1 if j.get("owner_uid") is None else j["owner_uid"],
         priority=j["priority"], submit_time=j["submit_time"], gpus=j["gpus"],
         gpu_type=j["gpu_type"], gpu_memory_mb=j["gpu_memory_mb"], cpus=j["cpus"],
         memory_mb=j["memory_mb"] or 0, time_limit_s=j["time_limit_s"],
