@@ -18,7 +18,8 @@ class Caller:
     admin: bool
 
     def may_touch(self, job: dict) -> bool:
-        return self.admin or job["owner"] == self.user
+        # by uid: a name can be reused by a new account, or be a number another user has
+        return self.admin or job.get("owner_uid") == self.uid
 
 
 def peer_uid(sock: socket.socket) -> int:

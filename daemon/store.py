@@ -19,7 +19,7 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 from labq.errors import StorageError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
 
 db = pw.DatabaseProxy()
@@ -47,6 +47,7 @@ class Meta(Base):
 class Job(Base):
     id = AutoIncrementField()  # AUTOINCREMENT: an id is never handed out twice
     owner = pw.CharField(index=True)
+    owner_uid = pw.IntegerField(null=True)  # ownership is by uid; the name is for display
     group = pw.CharField()
     name = pw.CharField()
     command = JSONField()
@@ -73,6 +74,9 @@ class Job(Base):
     node = pw.CharField(null=True)
     gpu_indices = JSONField(default=list)
     restarts = pw.IntegerField(default=0)
+
+
+_NO_ENV = [f for f in Job._meta.sorted_fields if f.name != "env"]
 
 
 class JobEvent(Base):
@@ -142,8 +146,24 @@ def _migrate_2(database: pw.Database) -> None:
     database.execute_sql('CREATE INDEX IF NOT EXISTS "job_end_time" ON "job" ("end_time")')
 
 
+def _migrate_3(database: pw.Database) -> None:
+    import pwd
+    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
+    if "owner_uid" in cols:  # a new database: version 1 made the table as it is today
+        return
+    database.execute_sql('ALTER TABLE "job" ADD COLUMN "owner_uid" INTEGER')
+    # jobs from before owners were kept by uid: the account that has the name now. A name that
+    # no longer exists keeps NULL, and such jobs can only be touched by admins.
+    for (owner,) in database.execute_sql('SELECT DISTINCT "owner" FROM "job"').fetchall():
+        try:
+            uid = pwd.getpwnam(owner).pw_uid
+        except KeyError:
+            continue
+        database.execute_sql('UPDATE "job" SET "owner_uid" = ? WHERE "owner" = ?', (uid, owner))
+
+
 # version -> function bringing the schema from version-1 up to it; never edit a released one
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
 
 
 class ForeignDatabase(Exception):
@@ -273,8 +293,10 @@ class Store:
 
     def job_rows(self, *, states: list[str] | None = None, owner: str | None = None,
                  ids: list[int] | None = None, limit: int | None = None,
-                 newest_first: bool = True) -> list[dict[str, Any]]:
-        q = Job.select()
+                 newest_first: bool = True, with_env: bool = True) -> list[dict[str, Any]]:
+        # listings leave the environment in the database: it is the biggest column, and a
+        # listing must never show it
+        q = Job.select() if with_env else Job.select(*_NO_ENV)
         if states:
             q = q.where(Job.state.in_(states))
         if owner:

@@ -97,14 +97,26 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
     old = pw.SqliteDatabase(str(path))
     st.db.initialize(old)
     st._migrate_1(old)
+    # the first release kept owners by name only
+    old.execute_sql('ALTER TABLE "job" DROP COLUMN "owner_uid"')
     old.execute_sql(f"PRAGMA application_id = {st.APPLICATION_ID}")
     st.Meta.insert_many([{"key": "schema_version", "value": "1"},
                          {"key": "cluster_id", "value": "abc"}]).execute()
-    st.Job.insert(**job_fields(gpus=0)).execute()
+    for owner in ("alice", "root"):
+        fields = job_fields(gpus=0, owner=owner)
+        fields.pop("owner_uid", None)
+        for name, f in st.Job._meta.fields.items():
+            if name not in fields and name != "owner_uid" and f.default is not None:
+                fields[name] = f.default() if callable(f.default) else f.default
+        cols = ", ".join(f'"{k}"' for k in fields)
+        old.execute_sql(f'INSERT INTO "job" ({cols}) VALUES ({", ".join("?" * len(fields))})',
+                        [st.Job._meta.fields[k].db_value(v) for k, v in fields.items()])
     old.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 2
+    assert s.schema_version == st.SCHEMA_VERSION == 3
     assert s.cluster_id == "abc" and s.job_row(1)["owner"] == "alice"
+    # owners become uids where the account exists; a name nobody has now stays unowned
+    assert s.job_row(1)["owner_uid"] is None and s.job_row(2)["owner_uid"] == 0
     assert s.db.table_exists("dynamic_node") and s.db.table_exists("group_setting")
     assert s.integrity_check() == "ok"
     s.close()
