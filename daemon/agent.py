@@ -323,10 +323,13 @@ class Agent:
             return {"ok": False, "code": "exists", "error": "job %s already launched here" % job}
         spec = {"argv": list(req["argv"]), "env": dict(req["env"]), "cwd": req["cwd"],
                 "time_limit_s": req.get("time_limit_s"), "user": req.get("user")}
-        if spec["user"] and os.geteuid() != 0:
-            os.rmdir(jobdir)
-            return {"ok": False, "code": "error",
-                    "error": "run_as_owner needs the node's agent to run as root"}
+        if os.geteuid() != 0:
+            if req.get("uid") != os.geteuid() and not req.get("shared"):
+                os.rmdir(jobdir)
+                return {"ok": False, "code": "account",
+                        "error": "this node's agent runs as uid %d and runs no one else's jobs"
+                                 % os.geteuid()}
+            spec["user"] = None
         write_json(os.path.join(jobdir, "spec.json"), spec)
         spawn_shepherd(jobdir, spec, float(req.get("grace_s", 10)))
         with self.watch_lock:
@@ -440,7 +443,13 @@ class Agent:
     def serve(self):
         source, gpus, notes = probe_gpus()
         self.gpu_source = source
+        import pwd
+        try:
+            me = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            me = str(os.geteuid())
         hello = {"ev": "hello", "protocol": PROTOCOL, "node": self.node, "pid": os.getpid(),
+                 "euid": os.geteuid(), "user": me,
                  "gpu_source": source, "gpus": gpus, "gpu_notes": notes}
         hello.update(probe_host())
         self.send(hello)

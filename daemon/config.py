@@ -138,7 +138,8 @@ NODE = TABLE({
     "name": STR, "host": STR, "port": INT(1, 65535), "user": STR, "identity_file": PATHV,
     "known_hosts": PATHV, "local": BOOL, "gpus": LIST(GPU), "gpu_indices": LIST(INT(0, 1023)),
     "cpus": INT(1, 1 << 16), "memory": SIZE_MB, "python": STR, "job_root": STR,
-    "ssh_config": PATHV, "enabled": BOOL, "run_as_owner": BOOL,
+    "ssh_config": PATHV, "enabled": BOOL, "shared_account": BOOL,
+    "agent_socket": PATHV,
 }, required=("name",))
 GROUP = TABLE({"share": NUM(0, 1e9), "max_gpus": INT(0, 1 << 20),
                "max_gpus_by_type": MAP(INT(0, 1 << 20)), "users": MAP(NUM(0, 1e9))})
@@ -149,6 +150,8 @@ SCHEMA = TABLE({
         "kill_grace": DURATION, "heartbeat": DURATION, "node_timeout": DURATION,
         "requeue_grace": DURATION, "local_node": BOOL, "log_level": ONE_OF(
             "debug", "info", "warning", "error"),
+        "max_connections_per_user": INT(1, 1 << 16), "max_connections": INT(1, 1 << 20),
+        "idle_timeout": DURATION,
     }),
     "scheduler": TABLE({
         "weight_age": NUM(0, 1e9), "weight_fairshare": NUM(0, 1e9),
@@ -161,6 +164,7 @@ SCHEMA = TABLE({
         "user_max_jobs": INT(0, 1 << 30), "user_max_gpus": INT(0, 1 << 30),
         "user_max_pending": INT(0, 1 << 30), "job_max_gpus": INT(0, 1 << 20),
         "job_max_time": DURATION, "partition_user_max_jobs": MAP(INT(0, 1 << 30)),
+        "job_max_pids": INT(16, 1 << 22),
     }),
     "groups": MAP(GROUP),
     "node": LIST(NODE),
@@ -184,7 +188,8 @@ class NodeConfig:
     python: str = "python3"
     job_root: str = "~/.local/state/labq-node"
     enabled: bool = True
-    run_as_owner: bool = False
+    shared_account: bool = False
+    agent_socket: Path | None = None
 
 
 @dataclass
@@ -201,6 +206,9 @@ class Config:
     node_timeout_s: int = 30
     requeue_grace_s: int = 60
     log_level: str = "info"
+    max_connections_per_user: int = 64
+    max_connections: int = 1024
+    idle_timeout_s: int = 3600
     nodes: list[NodeConfig] = field(default_factory=list)
     scheduler: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
@@ -234,6 +242,9 @@ def load(path: Path | None) -> Config:
         node_timeout_s=max(2, d.get("node_timeout", 30)),
         requeue_grace_s=d.get("requeue_grace", 60),
         log_level=d.get("log_level", "info"),
+        max_connections_per_user=d.get("max_connections_per_user", 64),
+        max_connections=d.get("max_connections", 1024),
+        idle_timeout_s=max(1, d.get("idle_timeout", 3600)),
         scheduler=data.get("scheduler", {}),
         limits=data.get("limits", {}),
         groups=data.get("groups", {}),
@@ -268,7 +279,8 @@ def node_config(n: dict, where: str) -> NodeConfig:
         gpus=n.get("gpus"), gpu_indices=n.get("gpu_indices"), cpus=n.get("cpus"),
         memory_mb=n.get("memory"), python=n.get("python", "python3"),
         job_root=n.get("job_root", "~/.local/state/labq-node"),
-        enabled=n.get("enabled", True), run_as_owner=n.get("run_as_owner", False))
+        enabled=n.get("enabled", True), shared_account=n.get("shared_account", False),
+        agent_socket=n.get("agent_socket"))
 
 
 def find_config(cli_path: str | None) -> Path | None:

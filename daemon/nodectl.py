@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,13 @@ class NodeInfo:
     down_since: float | None = None  # monotonic time the link was lost
     job_root: str = ""
     dynamic: bool = False
+    # the agent's account, and whose jobs it may run (see accounts())
+    agent_uid: int | None = None
+    agent_user: str | None = None
+    only_uid: int | None = None
+    root_ok: bool = True
+    accounts: str = ""  # in words, for `labq nodes`
+    containment: str | None = None
 
 
 def run_key(job: dict) -> str:
@@ -98,6 +106,8 @@ class NodeControl:
                             "cpu_percent": n.stats.get("cpu_percent"),
                             "memory_used_mb": n.stats.get("memory_used_mb"),
                             "gpu_source": n.gpu_source, "gpus": gpus,
+                            "runs_jobs_of": n.accounts or None,
+                            "containment": n.containment,
                             "running_jobs": sorted(running.get(n.name, [])),
                             "last_seen": n.last_seen})
             return out
@@ -134,6 +144,10 @@ class NodeControl:
             ncfg = self.dynamic_node_config(entry)
         except ConfigError as e:
             raise ValidationError(str(e), {"field": e.path}) from None
+        if ncfg.local and caller.uid not in (0, os.geteuid()):
+            # the local agent runs as labqd's account: a node added by another admin would
+            # hand them that account (or root)
+            raise PermissionDenied("only root or labqd's own account may add the local node")
         with self.lock:
             if ncfg.name in self.nodes:
                 raise ValidationError(f"node {ncfg.name!r} exists already", {"field": "name"})
@@ -219,12 +233,43 @@ class NodeControl:
                      "; ".join(hello.get("gpu_notes", [])) or "none found")
         return detected, hello.get("gpu_source", "none")
 
+    def serves_others(self) -> bool:
+        """Other users than labqd's own account may reach this daemon."""
+        return bool(self.cfg.socket_group) or bool(self.cfg.socket_mode & 0o066)
+
+    def accounts(self, link: NodeLink, hello: dict) -> tuple[int | None, bool, str]:
+        """(only_uid, root_ok, words): whose jobs the node's agent runs, as in Slurm: a root
+        agent runs each job as its owner; an agent that is not root runs only its own account's
+        jobs, or everyone's as that account where the node says shared_account = true, but
+        never as labqd's own account while labqd serves other users (a job would then own
+        labqd's database, keys and processes)."""
+        uid = hello.get("euid")
+        user = hello.get("user") or str(uid)
+        if uid is None:
+            return -2, False, "nobody (the agent did not say which account it runs as)"
+        if uid == 0:
+            root_ok = bool(hello.get("root_jobs", not link.cfg.agent_socket))
+            return None, root_ok, ("every user, as themselves" if root_ok else
+                                   "every user but root, as themselves")
+        if link.cfg.shared_account:
+            if uid == os.geteuid() and self.serves_others():
+                return uid, False, (f"only {user}: shared_account is refused for labqd's own "
+                                    "account while labqd serves other users")
+            return None, False, f"every user, all as {user} (shared_account)"
+        return uid, False, f"only {user} (the agent is not root)"
+
     def node_up(self, link: NodeLink, hello: dict, agent_jobs: list[dict]) -> None:
         gpus, source = self._node_gpus(link, hello)
+        only_uid, root_ok, words = self.accounts(link, hello)
         with self.lock:
             node = self.nodes.get(link.name)
             if node is None:
                 return
+            node.agent_uid, node.agent_user = hello.get("euid"), hello.get("user")
+            node.only_uid, node.root_ok, node.accounts = only_uid, root_ok, words
+            node.containment = hello.get("containment") or "none"
+            if hello.get("containment_note"):
+                node.containment += " (" + hello["containment_note"] + ")"
             node.cpus = link.cfg.cpus or hello.get("cpus", 1)
             node.memory_mb = link.cfg.memory_mb or hello.get("memory_mb", 0)
             node.gpus, node.gpu_source = gpus, source
@@ -448,4 +493,6 @@ class NodeControl:
                                      end_time=time.time())
         link.request("launch", reply, job=key, argv=argv, env=self.launch_env(job),
                      cwd=job["cwd"], time_limit_s=remaining, grace_s=self.cfg.kill_grace_s,
-                     user=job["owner"] if link.cfg.run_as_owner else None)
+                     user=job["owner"], uid=job["owner_uid"], memory_mb=job["memory_mb"],
+                     pids_max=self.cfg.limits.get("job_max_pids"),
+                     shared=link.cfg.shared_account)

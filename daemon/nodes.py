@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -63,6 +64,40 @@ class PipeTransport:
 
     def kill(self) -> None:
         self.proc.kill()
+
+
+class SocketTransport:
+    """The head node's root agent, started by systemd per connection on a socket that only
+    labqd's account may open (systemd/labq-agent.socket): labqd itself stays unprivileged."""
+
+    def __init__(self, path: Path, args: dict):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.settimeout(10)
+            self.sock.connect(str(path))
+            self.sock.settimeout(None)
+        except OSError as e:
+            self.sock.close()
+            raise ssh.SshFailed(f"cannot reach the node agent's socket {path}: "
+                                f"{e.strerror or e}") from None
+        self.rfile = self.sock.makefile("rb")
+        # what the systemd unit cannot know: which cluster and node this agent serves
+        self.write((json.dumps(args) + "\n").encode())
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def readline(self) -> bytes:
+        return self.rfile.readline()
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    kill = close
 
 
 class SshTransport:
@@ -169,6 +204,9 @@ class NodeLink:
     # -- connection loop -------------------------------------------------------------------
     def _open(self):
         args = ["--root", self.cfg.job_root, "--cluster", self.cluster, "--node", self.name]
+        if self.cfg.local and self.cfg.agent_socket:
+            return SocketTransport(self.cfg.agent_socket, {"cluster": self.cluster,
+                                                           "node": self.name})
         if self.cfg.local:
             return PipeTransport([sys.executable, "-u", agent_module.__file__, *args])
         target = ssh.resolve(self.cfg.host, port=self.cfg.port, user=self.cfg.user,
@@ -185,6 +223,8 @@ class NodeLink:
 
     def _handshake(self, t) -> tuple[dict, list[dict]]:
         hello = json.loads(t.readline() or b"null")
+        if isinstance(hello, dict) and hello.get("ev") == "refused":
+            raise ssh.SshFailed(f"the agent refused to start: {hello.get('error')}")
         if not isinstance(hello, dict) or hello.get("ev") != "hello":
             raise ssh.SshFailed(f"agent did not start (got {hello!r}); is python3 on the node?")
         t.write(b'{"op":"list","id":0}\n')

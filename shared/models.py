@@ -102,6 +102,10 @@ class Node:
     gpus: list[Gpu] = field(default_factory=list)
     running_jobs: list[int] = field(default_factory=list)
     last_seen: float | None = None
+    # whose jobs the node runs, and as whom, in words (a root agent: everyone, as themselves)
+    runs_jobs_of: str | None = None
+    # how a job is kept together and limited: cgroup2, cgroup1 or none (process group only)
+    containment: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Node":

@@ -1,0 +1,211 @@
+"""Who runs jobs as whom, tried as different Unix users with the real CLI and a real labqd.
+
+A job runs as the user who submitted it on a node whose agent is root; an agent that is not
+root runs only its own account's jobs, and never everyone's as labqd's own account."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from daemonproc import Daemon, to_toml, wait_for
+from sshnodes import add_user_to_group, ensure_group, ensure_user
+from userkit import User, cli_venv
+
+
+@pytest.fixture(scope="module")
+def venv():
+    return cli_venv()
+
+
+@pytest.fixture(scope="module")
+def root_daemon(tmp_path_factory):
+    ensure_group("labqadm")
+    base = tmp_path_factory.mktemp("trust")
+    d = Daemon(base, {"daemon": {"local_node": True, "socket_mode": "0666",
+                                 "admin_group": "labqadm", "kill_grace": "1s"}})
+    with d.start(wait_nodes=1):
+        yield d
+
+
+def users(venv, socket, *names, **env):
+    return [User(n, venv, socket, env) for n in names]
+
+
+def job_id(out: str) -> str:
+    return out.strip().splitlines()[-1]
+
+
+def test_a_job_runs_as_its_owner_not_as_root(root_daemon, venv):
+    alice, = users(venv, root_daemon.socket, "labqtest")
+    jid = job_id(alice.ok("submit", "--", "bash", "-c", "id -un; id -u; head -2 /etc/shadow"))
+    assert alice.labq("wait", jid).returncode == 1  # head cannot read the file
+    log = alice.ok("logs", jid)
+    assert log.splitlines()[:2] == ["labqtest", str(alice.uid)]
+    assert "Permission denied" in log and "root:" not in log
+    shown = json.loads(alice.ok("show", "--json", jid))
+    assert shown["state"] == "FAILED" and shown["owner"] == "labqtest"
+
+
+def test_nodes_say_whose_jobs_they_run(root_daemon, venv):
+    bob, = users(venv, root_daemon.socket, "labqtest2")
+    nodes = json.loads(bob.ok("nodes", "--json"))
+    assert nodes[0]["runs_jobs_of"] == "every user, as themselves"
+    assert nodes[0]["containment"]
+
+
+def test_another_users_job_is_out_of_reach(root_daemon, venv):
+    alice, bob = users(venv, root_daemon.socket, "labqtest", "labqtest2")
+    jid = job_id(alice.ok("submit", "--hold", "--env", "SECRET=hunter2", "--", "true"))
+    for verb in ("cancel", "release", "logs"):
+        r = bob.labq(verb, jid)
+        assert r.returncode != 0 and "belongs to labqtest" in r.stderr, (verb, r.stderr)
+    assert "hunter2" not in bob.ok("show", "--json", jid)
+    assert json.loads(alice.ok("show", "--json", jid))["state"] == "HELD"
+    alice.ok("cancel", jid)
+
+
+def test_only_root_or_labqd_itself_adds_the_local_node(root_daemon, venv):
+    bob, = users(venv, root_daemon.socket, "labqadmin1")
+    add_user_to_group("labqadmin1", "labqadm")
+    assert json.loads(bob.ok("whoami", "--json"))["admin"]
+    r = bob.labq("node", "add", "mine", "--local")
+    assert r.returncode != 0 and "only root or labqd's own account" in r.stderr
+    assert [n["name"] for n in json.loads(bob.ok("nodes", "--json"))] != ["mine"]
+    assert "mine" not in {n["name"] for n in json.loads(bob.ok("nodes", "--json"))}
+
+
+# -- labqd as an unprivileged account ------------------------------------------------------
+class UserDaemon:
+    """labqd run by a non-root account from the shared venv, its state in that account's home,
+    its socket open to every local user."""
+
+    def __init__(self, venv: Path, account: str, node_extra: dict):
+        self.account = User(account, venv)
+        self.dir = Path(tempfile.mkdtemp(prefix="labqd-", dir="/var/tmp"))
+        os.chown(self.dir, self.account.uid, self.account.gid)
+        self.socket = self.dir / "labq.sock"
+        os.chmod(self.dir, 0o755)
+        config = {"daemon": {"socket": str(self.socket), "socket_mode": "0666",
+                             "database": str(self.dir / "state" / "labq.db")},
+                  "node": [dict({"name": "box", "local": True,
+                                 "job_root": str(self.dir / "jobs")}, **node_extra)]}
+        cfg = self.dir / "labq.toml"
+        cfg.write_text(to_toml(config))
+        os.chmod(cfg, 0o644)
+        self.log = open(self.dir / "labqd.log", "wb")
+        self.proc = subprocess.Popen(
+            ["setpriv", f"--reuid={self.account.uid}", f"--regid={self.account.gid}",
+             "--init-groups", "--", str(venv / "bin" / "labqd"), "--config", str(cfg)],
+            env=self.account.env(), cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.socket.exists() or self.proc.poll() is not None, 30,
+                 what="labqd's socket")
+        assert self.proc.poll() is None, (self.dir / "labqd.log").read_text()
+
+    def close(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(20)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _reason(user, jid):
+    return json.loads(user.ok("show", "--json", jid))["reason"]
+
+
+def test_an_agent_that_is_not_root_runs_its_own_accounts_jobs_only(venv):
+    d = UserDaemon(venv, "labqsvc", {})
+    try:
+        svc = User("labqsvc", venv, d.socket)
+        alice, = users(venv, d.socket, "labqtest", LABQ_DAEMON_USER="labqsvc")
+        wait_for(lambda: json.loads(svc.ok("nodes", "--json"))[0]["state"] == "up", 30,
+                 what="the node")
+        node = json.loads(alice.ok("nodes", "--json"))[0]
+        assert node["runs_jobs_of"] == "only labqsvc (the agent is not root)"
+        theirs = job_id(alice.ok("submit", "--", "id", "-un"))
+        wait_for(lambda: _reason(alice, theirs) == "NoNodeForUser", 20, what="the reason")
+        own = job_id(svc.ok("submit", "--", "id", "-un"))
+        svc.ok("wait", own)
+        assert svc.ok("logs", own).strip() == "labqsvc"
+        assert json.loads(alice.ok("show", "--json", theirs))["state"] == "PENDING"
+    finally:
+        d.close()
+
+
+def test_shared_account_is_never_labqds_own_while_it_serves_others(venv):
+    d = UserDaemon(venv, "labqsvc", {"shared_account": True})
+    try:
+        alice, = users(venv, d.socket, "labqtest", LABQ_DAEMON_USER="labqsvc")
+        wait_for(lambda: json.loads(alice.ok("nodes", "--json"))[0]["state"] == "up", 30,
+                 what="the node")
+        node = json.loads(alice.ok("nodes", "--json"))[0]
+        assert "shared_account is refused for labqd's own account" in node["runs_jobs_of"]
+        theirs = job_id(alice.ok("submit", "--", "cat", str(d.dir / "state" / "labq.db")))
+        wait_for(lambda: _reason(alice, theirs) == "NoNodeForUser", 20, what="the reason")
+    finally:
+        d.close()
+
+
+# -- the client trusts only a daemon it may trust -------------------------------------------
+def test_the_default_socket_of_a_user_is_in_their_own_home(venv):
+    alice = User("labqtest", venv)
+    r = subprocess.run(["setpriv", f"--reuid={alice.uid}", f"--regid={alice.gid}",
+                        "--init-groups", "--", str(venv / "bin" / "python"), "-c",
+                        "from labq.paths import daemon_socket; print(daemon_socket())"],
+                       env=alice.env(), capture_output=True, text=True, cwd="/")
+    assert r.stdout.strip() == f"{alice.home}/.local/state/labq/labq.sock"
+
+
+def test_a_squatted_socket_gets_nothing(venv, tmp_path):
+    alice, mallory = users(venv, None, "labqtest", "labqtest2")
+    trap = Path(tempfile.mkdtemp(prefix="labq-squat-"))
+    os.chown(trap, mallory.uid, mallory.gid)
+    os.chmod(trap, 0o755)
+    got = trap / "got"
+    listener = ("import socket,os,sys\n"
+                "s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); os.chmod(sys.argv[1],0o777)\n"
+                "s.listen(5); s.settimeout(20)\n"
+                "c,_=s.accept(); c.settimeout(3)\n"
+                "data=b''\n"
+                "try:\n"
+                "    while True:\n"
+                "        b=c.recv(65536)\n"
+                "        if not b: break\n"
+                "        data+=b\n"
+                "except Exception: pass\n"
+                "open(sys.argv[2],'wb').write(data)\n")
+    fake = subprocess.Popen(["setpriv", f"--reuid={mallory.uid}", f"--regid={mallory.gid}",
+                             "--init-groups", "--", "/usr/bin/python3", "-c", listener,
+                             str(trap / "labq.sock"), str(got)])
+    try:
+        wait_for(lambda: (trap / "labq.sock").exists(), 10, what="the fake socket")
+        r = alice.labq("submit", "--", "true",
+                       env=alice.env(LABQ_SOCKET=str(trap / "labq.sock"), API_KEY="s3cret"))
+        assert r.returncode != 0 and "refusing to talk" in r.stderr
+        fake.wait(15)
+        assert got.read_bytes() == b""
+    finally:
+        fake.kill()
+        shutil.rmtree(trap, ignore_errors=True)
+
+
+def test_an_unreachable_system_socket_is_a_clear_message(venv):
+    alice = User("labqtest", venv)
+    run_dir = Path("/run/labq")
+    made = not run_dir.exists()
+    if made:
+        run_dir.mkdir(mode=0o750)
+    try:
+        if os.stat(run_dir).st_mode & 0o005:
+            pytest.fail("/run/labq is open to others on this machine; cannot try it here")
+        r = alice.labq("ls")
+        assert r.returncode != 0
+        assert "permission denied" in r.stderr and "socket_group" in r.stderr
+        assert "Traceback" not in r.stderr
+    finally:
+        if made:
+            run_dir.rmdir()
