@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 from labq.errors import (InvalidState, NotFound, PermissionDenied, QuotaExceeded,
@@ -34,6 +35,13 @@ from .views import dep_ids, job_view
 
 log = logging.getLogger("labqd")
 S = JobState
+WAITING = (S.PENDING, S.HELD)
+# a user's PENDING and HELD jobs at most, unless limits.user_max_pending says otherwise: a
+# runaway submit loop fills the queue, not labqd's memory
+DEFAULT_USER_MAX_PENDING = 10_000
+# transitions made under one hold of the lock: a request that changes thousands of jobs lets
+# others in between chunks
+CHUNK = 256
 
 
 class Core(NodeControl, FairControl):
@@ -61,6 +69,9 @@ class Core(NodeControl, FairControl):
         self.plan_memo = PlanMemo()  # lets the policy keep its grouping between passes
         self.running: set[int] = {i for i, j in self.active.items()
                                   if j["state"] == S.RUNNING.value}
+        # owner uid -> jobs PENDING or HELD, so the submit limit costs O(1), not O(queue)
+        self.waiting: Counter[int] = Counter(j["owner_uid"] for j in self.active.values()
+                                             if j["state"] != S.RUNNING.value)
         self.nodes: dict = {}
         self.links: dict[str, NodeLink] = {}
         self.ended_runs: list = []  # runs that ended since the last usage accrual
@@ -108,6 +119,8 @@ class Core(NodeControl, FairControl):
         if src == S.RUNNING and job["start_time"]:
             self.ended_runs.append(Run(job["group"], job["owner"], len(job["gpu_indices"]),
                                        job["cpus"], job["start_time"], now))
+        if (src in WAITING) != (dst in WAITING):
+            self.waiting[job["owner_uid"]] += 1 if dst in WAITING else -1
         job.update(fields)
         self.running.discard(job["id"])
         if dst == S.RUNNING:
@@ -147,7 +160,8 @@ class Core(NodeControl, FairControl):
             if cycle:
                 raise ValidationError("dependencies: would form a cycle "
                                       + " -> ".join(map(str, cycle)), {"field": "dependencies"})
-            row = dict(spec, owner=caller.user, group=group, submit_time=now,
+            row = dict(spec, owner=caller.user, owner_uid=caller.uid, group=group,
+                       submit_time=now,
                        state=(S.HELD if hold else S.PENDING).value,
                        reason="Held" if hold else None, gpu_indices=[], restarts=0,
                        eligible_time=None if deps else now)
@@ -155,6 +169,7 @@ class Core(NodeControl, FairControl):
             for key in ("exit_code", "signal", "start_time", "end_time", "node"):
                 row.setdefault(key, None)
             self.active[row["id"]] = row
+            self.waiting[caller.uid] += 1
             self.views[row["id"]] = job_view(row)
             if deps:
                 self.dep_edges[row["id"]] = deps
@@ -172,14 +187,12 @@ class Core(NodeControl, FairControl):
             raise QuotaExceeded(f"time limit above the largest allowed, {lim['job_max_time']} s "
                                 "(limits.job_max_time)",
                                 {"limit": "job_max_time", "value": lim["job_max_time"]})
-        if "user_max_pending" in lim:
-            with self.lock:
-                n = sum(1 for j in self.active.values()
-                        if j["owner"] == caller.user and j["state"] != S.RUNNING.value)
-            if n >= lim["user_max_pending"]:
-                raise QuotaExceeded(f"{caller.user} already has {n} pending jobs, the most "
-                                    "allowed (limits.user_max_pending)",
-                                    {"limit": "user_max_pending", "value": n})
+        most = lim.get("user_max_pending", DEFAULT_USER_MAX_PENDING)
+        n = self.waiting[caller.uid]
+        if n >= most:
+            raise QuotaExceeded(f"{caller.user} already has {n} pending jobs, the most "
+                                "allowed (limits.user_max_pending)",
+                                {"limit": "user_max_pending", "value": n})
 
     def _ended_state(self, job_id: int) -> str | None:
         if job_id in self.ended_states:
@@ -223,13 +236,18 @@ class Core(NodeControl, FairControl):
     def jobs(self, caller: Caller, states=None, user=None, limit=None,
              include_ended=True, with_env=False) -> list[dict]:
         want = set(states or [])
+        rows = []
         with self.lock:
-            rows = [self._with_plan(j) for j in self.active.values()]
-        rows = [r for r in rows if (not want or r["state"] in want) and
-                (not user or r["owner"] == user)]
+            # active jobs are kept in id order: with a limit, walk from the newest and stop
+            for j in reversed(self.active.values()):
+                if (not want or j["state"] in want) and (not user or j["owner"] == user):
+                    rows.append(self._with_plan(j))
+                    if limit and len(rows) >= limit:
+                        break
         if include_ended and (not want or want & {s.value for s in FINAL}):
             ended = self.store.job_rows(states=sorted(want & {s.value for s in FINAL}) or
-                                        [s.value for s in FINAL], owner=user, limit=limit)
+                                        [s.value for s in FINAL], owner=user, limit=limit,
+                                        with_env=with_env)
             rows += ended
         rows.sort(key=lambda r: r["id"])
         if limit:
@@ -242,21 +260,21 @@ class Core(NodeControl, FairControl):
 
     def cancel(self, caller: Caller, ids: list[int], reason: str | None) -> list[dict]:
         rows = [self._owned(caller, i) for i in ids]  # check all before changing any
-        out = []
-        with self.lock:
-            for row in rows:
-                job = self.active.get(row["id"])
-                if job is None:
-                    out.append(row)  # already ended: cancelling is a no-op, as in scancel
-                    continue
-                why = f"cancelled by {caller.user}" + (f": {reason}" if reason else "")
-                if job["state"] == S.RUNNING.value:
-                    self.cancel_requests[job["id"]] = why
-                    link = self.links.get(job["node"])
-                    if link is not None:
-                        link.request("cancel", job=run_key(job), reason="cancel")
-                else:
-                    self._transition(job, S.CANCELLED, caller.user, why, end_time=time.time())
+        why = f"cancelled by {caller.user}" + (f": {reason}" if reason else "")
+        for start in range(0, len(rows), CHUNK):
+            with self.lock:
+                for row in rows[start:start + CHUNK]:
+                    job = self.active.get(row["id"])
+                    if job is None:
+                        continue  # already ended: cancelling is a no-op, as in scancel
+                    if job["state"] == S.RUNNING.value:
+                        self.cancel_requests[job["id"]] = why
+                        link = self.links.get(job["node"])
+                        if link is not None:
+                            link.request("cancel", job=run_key(job), reason="cancel")
+                    else:
+                        self._transition(job, S.CANCELLED, caller.user, why,
+                                         end_time=time.time())
         # a running job ends once its process group is gone; wait a moment for it
         deadline = time.monotonic() + self.cfg.kill_grace_s + 2
         with self.changed:
@@ -285,11 +303,15 @@ class Core(NodeControl, FairControl):
                 if row["state"] != src.value:
                     raise InvalidState(f"job {row['id']} is {row['state']}, not {src.value}",
                                        {"id": row["id"], "state": row["state"]})
-            for row in rows:
-                job = self.active[row["id"]]
-                extra = {"eligible_time": time.time()} if dst == S.PENDING else {}
-                self._transition(job, dst, caller.user, f"{verb} {caller.user}"
-                                 if dst == S.HELD else None, **extra)
+        for start in range(0, len(rows), CHUNK):
+            with self.lock:
+                for row in rows[start:start + CHUNK]:
+                    job = self.active.get(row["id"])
+                    if job is None or job["state"] != src.value:
+                        continue  # changed while an earlier chunk was made
+                    extra = {"eligible_time": time.time()} if dst == S.PENDING else {}
+                    self._transition(job, dst, caller.user, f"{verb} {caller.user}"
+                                     if dst == S.HELD else None, **extra)
         return [self.view(caller, self.job_row(r["id"])) for r in rows]
 
     def wait(self, caller: Caller, ids: list[int], timeout: float) -> list[dict]:

@@ -39,9 +39,9 @@ def entries_for(ns: NodeSet, base: Path, cpus: int = 1) -> list[dict]:
 
 @contextmanager
 def running_daemon(workdir: Path, entries: list[dict], wait_nodes: int | None = None,
-                   **daemon_opts):
+                   limits: dict | None = None, **daemon_opts):
     d = Daemon(workdir, {"daemon": {**TIMING, "local_node": False, **daemon_opts},
-                         "node": entries})
+                         "node": entries, "limits": limits or {}})
     try:
         d.start(wait_nodes=len(entries) if wait_nodes is None else wait_nodes)
         yield d
@@ -471,7 +471,9 @@ print(json.dumps(ids))
 
 def test_twenty_clients_submitting_concurrently(tmp_path):
     clients, per_client = 20, 1000
-    with running_daemon(tmp_path / "daemon", [], wait_nodes=0, log_level="info") as d:
+    # one user submits them all: lift the default cap on a user's pending jobs
+    with running_daemon(tmp_path / "daemon", [], wait_nodes=0, log_level="info",
+                        limits={"user_max_pending": 100_000}) as d:
         t0 = time.monotonic()
         procs = [subprocess.Popen([sys.executable, "-c", SUBMITTER, str(d.socket), str(c),
                                    str(per_client)], stdout=subprocess.PIPE,
