@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import stat
 import sys
 import threading
 
@@ -42,7 +44,11 @@ def run(cfg) -> int:
     from .scheduler import Scheduler
     from .server import AlreadyRunning, make_server
     from .store import ForeignDatabase, Store
+    # whatever umask labqd was started with, its database, log copies and keys are its own:
+    # they hold every job's environment
+    os.umask(0o077)
     try:
+        private_dirs(cfg)
         store = Store(cfg.database)
     except ForeignDatabase as e:
         log.error("%s", e)
@@ -77,6 +83,12 @@ def run(cfg) -> int:
     notify("READY=1")
     try:
         server.start()
+        if not stopping.is_set():
+            log.error("the server loop ended without a stop being asked for")
+            return 1
+    except Exception:
+        log.exception("the server loop failed")
+        return 1
     finally:
         core.stop()
         try:
@@ -86,6 +98,34 @@ def run(cfg) -> int:
         store.close()
         log.info("labqd stopped")
     return 0
+
+
+def private_dirs(cfg) -> None:
+    """Create the state directories 0700; tighten the files of an older labqd, and say so."""
+    for d in {cfg.state_dir, cfg.database.parent}:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # only labqd's own directories: a database configured into a shared directory leaves
+    # that directory's mode alone
+    for path in [cfg.state_dir, cfg.state_dir / "logs"]:
+        _tighten(path, 0o700)
+    for suffix in ("", "-wal", "-shm"):
+        _tighten(cfg.database.with_name(cfg.database.name + suffix), 0o600)
+    logs = cfg.state_dir / "logs"
+    if logs.is_dir():
+        for f in logs.iterdir():
+            _tighten(f, 0o600)
+
+
+def _tighten(path, mode: int) -> None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+        log.warning("%s was readable by others (mode %o); made it %o", path,
+                    stat.S_IMODE(st.st_mode), mode)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(path, mode)
 
 
 if __name__ == "__main__":

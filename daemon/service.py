@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import rpyc
 
-from labq.errors import InternalError, LabqError, ValidationError
+from labq.errors import InternalError, LabqError, RateLimited, ValidationError
 
 from .core import Core
 from .identity import Caller, caller_for_uid, peer_uid
@@ -133,3 +133,16 @@ class LabqService(rpyc.Service):
             log.exception("read_log failed")
             return (b"", 0, False, json.dumps(InternalError("labqd failed reading the log")
                                               .to_wire()))
+
+
+class RefusingService(rpyc.Service):
+    """What a connection over its user's limit talks to: every request gets RATE_LIMITED."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+    def exposed_call(self, op, args_json):
+        return json.dumps({"ok": False, "error": RateLimited(self.why).to_wire()})
+
+    def exposed_read_log(self, job_id, offset, wait, max_bytes):
+        return (b"", 0, False, json.dumps(RateLimited(self.why).to_wire()))
