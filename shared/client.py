@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import DaemonUnavailable, LabqError, from_wire
 from .models import Event, Job, Node
+from .paths import SYSTEM_SOCKET
 from .spec import submit_request
 
 # variables that describe the submitting session rather than the job's needs
@@ -26,6 +27,54 @@ def exported_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     environ = dict(os.environ if environ is None else environ)
     return {k: v for k, v in environ.items()
             if not any(k == p or (p.endswith("_") and k.startswith(p)) for p in _SESSION_ENV)}
+
+
+def _open_socket(path: Path):
+    """A connected unix socket to labqd, after checking who listens on it: root, oneself, or
+    the owner of the socket's directory (the system daemon's account). Nothing is sent before
+    that check, so a program squatting on a socket path never sees a submit's environment."""
+    import socket
+    import struct
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except PermissionError:
+        sock.close()
+        raise DaemonUnavailable(
+            f"you may not connect to labqd at {path}: permission denied. The system daemon's "
+            "socket is open to one group (daemon.socket_group): ask the admin to add you to "
+            "it, or start a daemon of your own with `labqd`", {"socket": str(path)}) from None
+    except OSError as e:
+        sock.close()
+        raise DaemonUnavailable(
+            f"no labqd answers at {path} ({e.strerror or e}); start it with `labqd` or set "
+            "LABQ_SOCKET", {"socket": str(path)}) from None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    if uid not in _trusted_uids():
+        sock.close()
+        raise DaemonUnavailable(
+            f"refusing to talk to the program listening on {path}: it runs as uid {uid}, "
+            f"which is neither root, you, nor the system daemon's account (the owner of "
+            f"{SYSTEM_SOCKET.parent}); if it is a labqd you trust, set LABQ_DAEMON_USER to "
+            "its account", {"socket": str(path), "uid": uid})
+    return sock
+
+
+def _trusted_uids() -> set[int]:
+    import pwd
+    trusted = {0, os.geteuid()}
+    try:
+        trusted.add(os.stat(SYSTEM_SOCKET.parent).st_uid)
+    except OSError:
+        pass
+    name = os.environ.get("LABQ_DAEMON_USER")
+    if name:
+        try:
+            trusted.add(pwd.getpwnam(name).pw_uid)
+        except KeyError:
+            raise DaemonUnavailable(f"LABQ_DAEMON_USER names no account: {name!r}") from None
+    return trusted
 
 
 def connect(socket: str | os.PathLike | None = None, timeout: float = 30.0) -> "Client":
@@ -44,16 +93,15 @@ class Client:
 
     def _connect(self) -> None:
         import rpyc
-        from rpyc.utils.factory import unix_connect
+        from rpyc.core.channel import Channel
+        from rpyc.core.stream import SocketStream
+        from rpyc.utils.factory import connect_channel
         config = {"allow_public_attrs": False, "allow_pickle": False,
                   "sync_request_timeout": self.timeout}
-        try:
-            self._conn = unix_connect(str(self.socket_path), service=rpyc.VoidService,
-                                      config=config)
-        except OSError as e:
-            raise DaemonUnavailable(
-                f"no labqd answers at {self.socket_path} ({e.strerror or e}); start it with "
-                "`labqd` or set LABQ_SOCKET", {"socket": str(self.socket_path)}) from None
+        sock = _open_socket(self.socket_path)
+        # labqd refuses compressed frames (a small one can inflate to gigabytes)
+        self._conn = connect_channel(Channel(SocketStream(sock), compress=False),
+                                     service=rpyc.VoidService, config=config)
         # each attribute access on a netref is a round trip: look the methods up once
         self._methods: dict[str, Any] = {}
 
