@@ -5,6 +5,7 @@ import argparse
 import codecs
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -16,6 +17,28 @@ from .spec import MAX_GPUS
 from .units import format_duration, format_size_mb, parse_duration_s, parse_size_mb
 
 
+# C0 controls, DEL and C1 controls (ESC and CSI start every ANSI sequence, so escaping them
+# defuses all of those), and the Unicode line breaks and bidi overrides, which also rearrange
+# what a terminal shows. Names, commands and reasons are whatever another user typed.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNPRINTABLE_IN_LINES = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(m: re.Match) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def printable(value: object, lines: bool = False) -> str:
+    """`value` as text that cannot move the cursor, restyle or retitle a terminal: control
+    characters appear as Python writes them in a string literal (ESC as `\\x1b`). `lines`
+    keeps newlines and tabs, for text that is meant to span lines."""
+    pattern = _UNPRINTABLE_IN_LINES if lines else _UNPRINTABLE
+    return pattern.sub(_escape_one, str(value))
+
+
 def _job_json(job: Job) -> dict[str, Any]:
     return job.to_dict()
 
@@ -24,7 +47,8 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def _table(rows: list[list[str]], header: list[str]) -> None:
+def _table(rows: list[list[Any]], header: list[str]) -> None:
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for row in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -139,7 +163,7 @@ def cmd_show(q, a) -> int:
         ("restarts", job.restarts),
     ]
     for k, v in fields:
-        print(f"{k:>13}: {v}")
+        print(f"{k:>13}: {printable(v)}")
     return 0
 
 
@@ -187,7 +211,7 @@ def _many(q, a, fn) -> int:
         _print_json([_job_json(j) for j in jobs])
     else:
         for j in jobs:
-            print(f"{j.id} {j.state.value}" + (f" ({j.reason})" if j.reason else ""))
+            print(f"{j.id} {j.state.value}" + (f" ({printable(j.reason)})" if j.reason else ""))
     return 0
 
 
@@ -199,7 +223,7 @@ def cmd_wait(q, a) -> int:
     try:
         jobs = q.wait(*_ids(a.ids), timeout=a.timeout)
     except TimeoutError as e:
-        print(f"labq: {e}", file=sys.stderr)
+        print(f"labq: {printable(e)}", file=sys.stderr)
         return 124
     if a.json:
         _print_json([_job_json(j) for j in jobs])
@@ -249,7 +273,7 @@ def cmd_node(q, a) -> int:
     if a.json:
         _print_json(node)
     else:
-        print(f"{node['name']} {node['state']}")
+        print(printable(f"{node['name']} {node['state']}"))
     return 0
 
 
@@ -329,7 +353,8 @@ def cmd_whoami(q, a) -> int:
     if a.json:
         _print_json(info)
     else:
-        print(f"{info['user']} (group {info['group']}){' admin' if info['admin'] else ''}")
+        print(printable(f"{info['user']} (group {info['group']})")
+              + (" admin" if info["admin"] else ""))
     return 0
 
 
@@ -468,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         with connect(a.socket) as q:
             return a.fn(q, a)
     except LabqError as e:
-        print(f"labq: {e}", file=sys.stderr)
+        print(f"labq: {printable(e)}", file=sys.stderr)
         if e.details and os.environ.get("LABQ_DEBUG"):
             print(json.dumps(e.details), file=sys.stderr)
         return 1

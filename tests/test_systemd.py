@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
 EXAMPLE = UNITS / "labq.toml"
 
-SYSTEM_EXEC = "ExecStart=/usr/local/bin/labqd"
+SYSTEM_EXEC = "ExecStart=/opt/labq/venv/bin/labqd"
 USER_EXEC = "ExecStart=%h/.local/bin/labqd"
 # what systemd prints for a key it does not know, a value it cannot parse, a missing binary
 VERIFY_PROBLEMS = re.compile(r"Unknown (key|section|lvalue)|Failed|ignoring|not executable|"
@@ -106,7 +106,7 @@ def test_unit_keeps_jobs_alive_and_waits_for_ready(unit):
         assert s.get("RuntimeDirectory") == ["labq"]
         assert s.get("RuntimeDirectoryMode") == ["0755"]
         assert s.get("ConfigurationDirectory") == ["labq"]
-        assert s.get("ExecStart") == ["/usr/local/bin/labqd --config /etc/labq/labq.toml"]
+        assert s.get("ExecStart") == ["/opt/labq/venv/bin/labqd --config /etc/labq/labq.toml"]
         # local jobs inherit the sandbox: they must still be able to write home and /tmp
         assert s.get("ProtectSystem", ["no"])[-1] != "strict"
         assert s.get("ProtectHome", ["no"])[-1] in ("no", "false")

@@ -13,6 +13,7 @@ from labq import Node
 
 from .clock import Clock
 from .data import Usage
+from .format import plain
 from .queue import QueueTable
 
 ACTIVE_FILTER = "state:pending,held,running"
@@ -55,11 +56,11 @@ class AdminNodes(DataTable):
                    ", ".join(map(str, n.running_jobs)) or "-")
             old = self._rows.get(n.name)
             if old is None:
-                self.add_row(*row, key=n.name)
+                self.add_row(*map(plain, row), key=n.name)
             elif old != row:
                 for key, a, b in zip(("name", "state", "reason", "jobs"), old, row):
                     if a != b:
-                        self.update_cell(n.name, key, b)
+                        self.update_cell(n.name, key, plain(b))
             self._rows[n.name] = row
         for name in [k for k in self._rows if k not in seen]:
             self.remove_row(name)
@@ -106,7 +107,7 @@ class AdminGroups(DataTable):
         cursor = self.cursor_row
         self.clear()
         for g in groups:
-            self.add_row(g["group"], _fmt(g.get("share")), _fmt(g.get("max_gpus"), 0),
+            self.add_row(plain(g["group"]), _fmt(g.get("share")), _fmt(g.get("max_gpus"), 0),
                          _fmt(g.get("gpus_in_use"), 0), _fmt(g.get("fairshare"), 3),
                          key=g["group"])
         if self.row_count:
@@ -165,8 +166,8 @@ class AdminView(Vertical):
         note = self.query_one("#admin-groups-note", Static)
         table = self.query_one(AdminGroups)
         if usage.groups is None:
-            note.update("Group settings are not available from this labqd: "
-                        f"{usage.groups_error}")
+            note.update(plain("Group settings are not available from this labqd: "
+                              f"{usage.groups_error}"))
             note.display = True
             table.display = False
             return

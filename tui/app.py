@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from labq import Job
+from labq.cli import printable
 from labq.errors import LabqError
 from labq.paths import client_socket
 
@@ -23,6 +24,7 @@ from .confirm import AskScreen, ConfirmScreen
 from .data import (ClientFactory, Connection, ConnectionChanged, Poller, PollSettings,
                    Snapshot, Usage, UsageReport, default_factory)
 from .detail import JobDetailScreen
+from .format import plain
 from .help import HelpScreen
 from .nodes import NodesView
 from .queue import QueueTable, QueueView
@@ -75,7 +77,7 @@ class LabqApp(App):
     # -- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(f"connecting to labqd at {self.socket}…", id="banner")
+        yield Static(plain(f"connecting to labqd at {self.socket}…"), id="banner")
         with TabbedContent(id="tabs", initial="queue"):
             with TabPane("Queue [1]", id="queue"):
                 yield QueueView(self.clock, id="queue-view")
@@ -109,7 +111,7 @@ class LabqApp(App):
 
     def _update_subtitle(self) -> None:
         who = "connecting" if self.me is None else \
-            self.me["user"] + (" (admin)" if self.is_admin else "")
+            printable(self.me["user"]) + (" (admin)" if self.is_admin else "")
         self.sub_title = f"{who} · {'my jobs' if self.mine else 'all jobs'}"
 
     # -- what the poller reports -----------------------------------------------------------
@@ -143,11 +145,12 @@ class LabqApp(App):
         if msg.connected and not msg.error:
             banner.display = False
         elif msg.connected:
-            banner.update(f"labqd at {self.socket}: {msg.error}")
+            banner.update(plain(f"labqd at {self.socket}: {msg.error}"))
             banner.set_class(False, "-down")
             banner.display = True
         else:
-            banner.update(f"disconnected from labqd at {self.socket} — retrying ({msg.error})")
+            banner.update(plain(f"disconnected from labqd at {self.socket} — retrying "
+                                f"({msg.error})"))
             banner.set_class(True, "-down")
             banner.display = True
         self.connected = msg.connected
@@ -207,7 +210,7 @@ class LabqApp(App):
         table.upsert(job)
         table.select_job(job.id)
         table.focus()
-        self.notify(f"submitted job {job.id} ({job.name})", timeout=3)
+        self.notify(printable(f"submitted job {job.id} ({job.name})"), timeout=3, markup=False)
         self.refresh_now()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -258,8 +261,8 @@ class LabqApp(App):
         try:
             [after] = self.conn.run(lambda q: getattr(q, action)(job.id))
         except LabqError as e:
-            self.call_from_thread(self.notify, e.message, title=f"{action} failed",
-                                  severity="error")
+            self.call_from_thread(self.notify, printable(e.message), title=f"{action} failed",
+                                  severity="error", markup=False)
             return
         self.call_from_thread(self.notify, f"job {after.id} is {after.state.value}",
                               timeout=3)
@@ -270,10 +273,10 @@ class LabqApp(App):
         try:
             self.conn.run(lambda q: q.call(op, **args))
         except LabqError as e:
-            self.call_from_thread(self.notify, e.message, title=f"{op} failed",
-                                  severity="error")
+            self.call_from_thread(self.notify, printable(e.message), title=f"{op} failed",
+                                  severity="error", markup=False)
             return
-        self.call_from_thread(self.notify, done, timeout=3)
+        self.call_from_thread(self.notify, printable(done), timeout=3, markup=False)
         self.poller.refresh_usage()
 
     def on_admin_nodes_node_action(self, msg: AdminNodes.NodeAction) -> None:

@@ -7,6 +7,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Static
 
+from .format import plain
+
 
 class ConfirmScreen(ModalScreen[bool]):
     # "no" holds the focus from the first frame, so an enter typed ahead cannot confirm
@@ -17,6 +19,7 @@ class ConfirmScreen(ModalScreen[bool]):
     ]
 
     def __init__(self, question: str, yes: str = "Yes", no: str = "No") -> None:
+        """`question` is shown as written, never as markup: it names jobs and nodes."""
         super().__init__()
         self.question = question
         self.yes = yes
@@ -24,7 +27,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-dialog"):
-            yield Static(self.question, id="confirm-question")
+            yield Static(plain(self.question), id="confirm-question")
             with Horizontal(id="confirm-buttons"):
                 yield Button(f"{self.yes} [y]", variant="error", id="confirm-yes")
                 yield Button(f"{self.no} [n]", id="confirm-no")
@@ -49,7 +52,7 @@ class AskScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-dialog"):
-            yield Static(self.question, id="confirm-question")
+            yield Static(plain(self.question), id="confirm-question")
             yield Input(value=self.value, id="ask-input")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

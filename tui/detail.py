@@ -23,12 +23,13 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Log, Static
 
 from labq import Event, Job, JobState
+from labq.cli import printable
 from labq.errors import DaemonUnavailable, LabqError
 from labq.units import format_duration, format_size_mb
 
 from .clock import Clock
 from .data import BACKOFF_MAX_S, BACKOFF_START_S, ClientFactory, Connection
-from .format import command_text, gpus_text, score_text, start_text, state_text
+from .format import command_text, gpus_text, log_text, plain, score_text, start_text, state_text
 
 FLUSH_S = 0.1
 MAX_LINES = 10_000
@@ -107,11 +108,11 @@ def follow_log(job_id: int, socket: Path, factory: ClientFactory, post, stop: th
                                    f"`labq logs {job_id}` prints them]\n")
                     data = data.split(b"\n", 1)[-1]  # from the first whole line
             if data:
-                text = decoder.decode(data)
+                text = log_text(decoder.decode(data))
                 pending.append(text)
                 size += len(text)
             if done:
-                pending.append(decoder.decode(b"", final=True))
+                pending.append(log_text(decoder.decode(b"", final=True)))
                 flush(done=True)
                 return
             if pending and (monotonic() - last_post >= FLUSH_S or size > MAX_BATCH_CHARS):
@@ -247,8 +248,8 @@ class JobDetailScreen(Screen):
         self.job = job
         c = self.clock
         self.query_one("#detail-title", Static).update(Text.assemble(
-            (f" Job {job.id} ", "bold reverse"), " ", (job.name, "bold"), "  ",
-            state_text(job.state), f"  {job.owner} ({job.group})"))
+            (f" Job {job.id} ", "bold reverse"), " ", (printable(job.name), "bold"), "  ",
+            state_text(job.state), printable(f"  {job.owner} ({job.group})")))
         spec = Table.grid(padding=(0, 1))
         spec.add_column(style="bold", justify="right")
         spec.add_column()
@@ -276,7 +277,7 @@ class JobDetailScreen(Screen):
             ("restarts", str(job.restarts)),
         ]
         for k, v in rows:
-            spec.add_row(k, v)
+            spec.add_row(k, plain(v))
         self.query_one("#detail-spec", Static).update(spec)
         if events is not None:
             self._show_events(events)
@@ -292,7 +293,7 @@ class JobDetailScreen(Screen):
             table.clear()
             shown = 0
         for row in rows[shown:]:
-            table.add_row(*row)
+            table.add_row(*map(plain, row))
         self._shown_events = rows
         self.events = events
 
@@ -318,7 +319,7 @@ class JobDetailScreen(Screen):
             text += f"  match {self._match_at + 1}/{len(self._matches)}"
         if trouble:
             text += f"  [{trouble}]"
-        self.query_one("#detail-log-title", Static).update(text)
+        self.query_one("#detail-log-title", Static).update(plain(text))
 
     def action_log_end(self) -> None:
         self.query_one(JobLog).jump_to_end()
@@ -339,8 +340,8 @@ class JobDetailScreen(Screen):
         if self._matches:
             self.action_next_match()
         else:
-            self.notify(f"{event.value!r} is not in the log" if needle else "empty search",
-                        severity="warning")
+            self.notify(printable(f"{event.value!r} is not in the log") if needle
+                        else "empty search", severity="warning", markup=False)
             self._update_log_title()
 
     def on_key(self, event) -> None:

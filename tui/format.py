@@ -1,11 +1,19 @@
-"""How jobs read in tables: one place, so the queue, the admin list and the detail agree."""
+"""How jobs read in tables: one place, so the queue, the admin list and the detail agree.
+
+Everything a user or a node chose (names, commands, owners, groups, reasons, hosts, error
+messages, log lines) reaches a widget through `plain` or `log_text`: as a `Text`, never as a
+string that Textual or Rich would parse as markup (a job named `[/]` would otherwise stop every
+other user's UI), and with control characters shown, not sent to the terminal.
+"""
 from __future__ import annotations
 
+import re
 import shlex
 
 from rich.text import Text
 
 from labq import Job, JobState
+from labq.cli import printable
 
 from .clock import Clock
 
@@ -19,6 +27,23 @@ STATE_STYLE = {
     JobState.TIMEOUT: "red",
     JobState.NODE_FAIL: "red",
 }
+
+
+def plain(value: object, style: str = "") -> Text:
+    """Text shown exactly as given: no markup, control characters escaped."""
+    return Text(printable(value), style=style)
+
+
+# colour and style sequences only decorate a log; every other escape sequence is shown
+_SGR = re.compile("\x1b\\[[0-9;:]*m")
+
+
+def log_text(text: str) -> str:
+    """A job's output for the log view: a progress bar's carriage returns start new lines
+    (the widget has no way to rewrite one), colours are dropped, and any other control
+    character is shown escaped. `labq logs` still prints the bytes as they are."""
+    text = _SGR.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    return printable(text, lines=True)
 
 
 def state_text(state: JobState) -> Text:

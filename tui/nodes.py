@@ -10,9 +10,11 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from labq import Node
+from labq.cli import printable
 from labq.units import format_size_mb
 
 from .bars import bar
+from .format import plain
 
 NODE_STATE_STYLE = {"up": "bold green", "drain": "bold yellow", "down": "bold red",
                     "connecting": "cyan", "refused": "bold red"}
@@ -31,10 +33,11 @@ def _pct(value: float | None) -> str:
 def render_node(node: Node, live_stats: bool = True) -> Group:
     """`live_stats=False` leaves out what the node measures (CPU %, memory in use, GPU
     utilisation), which changes from one second to the next."""
-    head = Text.assemble((f" {node.name} ", "bold reverse"), "  ", node.host, "  ",
-                         (node.state.upper(), NODE_STATE_STYLE.get(node.state, "")),
-                         (f"  {node.reason}" if node.reason else "", "italic"),
-                         f"  gpus via {node.gpu_source or '-'}",
+    head = Text.assemble((printable(f" {node.name} "), "bold reverse"), "  ",
+                         printable(node.host), "  ",
+                         (printable(node.state.upper()), NODE_STATE_STYLE.get(node.state, "")),
+                         (printable(f"  {node.reason}") if node.reason else "", "italic"),
+                         printable(f"  gpus via {node.gpu_source or '-'}"),
                          f"  jobs: {', '.join(map(str, node.running_jobs)) or '-'}")
     grid = Table.grid(padding=(0, 1))
     for _ in range(4):
@@ -58,7 +61,7 @@ def render_node(node: Node, live_stats: bool = True) -> Group:
         holder = Text(f"job {g.job}", style="bold cyan") if g.job is not None \
             else Text("free", style="dim")
         grid.add_row(
-            f"GPU{g.index} {g.type}"[:28],
+            plain(f"GPU{g.index} {g.type}"[:28]),
             Text.assemble("util ", bar(None if util is None else util / 100, 12), " ",
                           _pct(util).rjust(4)),
             Text.assemble("mem ", bar(_frac(gmem, g.memory_mb), 12), " ",

@@ -20,7 +20,7 @@ from labq import Job
 
 from . import filtering
 from .clock import Clock
-from .format import gpus_text, start_text, state_text, status_text
+from .format import gpus_text, plain, start_text, state_text, status_text
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class QueueTable(DataTable):
             return state_text(job.state)
         if COLUMN_KEYS[index] in ("id", "gpus", "priority"):
             return Text(text, justify="right")
-        return text
+        return plain(text)
 
     def _sort(self) -> None:
         col = COLUMNS[COLUMN_KEYS.index(self.sort_column)]
@@ -282,6 +282,7 @@ class QueueView(Vertical):
         parts = [f"{n} {s.lower()}" for s, n in sorted(counts.items())]
         scope = f"jobs of {t.only_user}" if t.only_user else "all users' jobs"
         filt = f"  filter: {t.query_text}" if t.query_text else ""
+        line = plain(f" {t.row_count} shown ({scope}): {', '.join(parts) or 'none'}{filt}")
         # a poll can land while the screen is being torn down (quit, user switch)
         for summary in self.query("#queue-summary").results(Static):
-            summary.update(f" {t.row_count} shown ({scope}): {', '.join(parts) or 'none'}{filt}")
+            summary.update(line)

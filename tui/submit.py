@@ -15,6 +15,7 @@ from labq import Job
 from labq.errors import LabqError
 
 from .data import Connection
+from .format import plain
 
 # (input id, label, placeholder, client.submit keyword)
 FIELDS = (
@@ -124,7 +125,7 @@ class SubmitScreen(ModalScreen[Job | None]):
         field = DETAIL_FIELD.get(field, field).split(".")[0]
         if field and self.query(f"#f-{field}"):
             self.query_one(f"#f-{field}", Input).add_class("-invalid")
-        self.query_one("#submit-error", Static).update(error.message)
+        self.query_one("#submit-error", Static).update(plain(error.message))
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -12,6 +12,7 @@ from textual.widgets import Static
 from .bars import bar, sparkline
 from .clock import Clock
 from .data import Usage
+from .format import plain
 
 PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "red")
 
@@ -37,7 +38,7 @@ def render_usage(data: dict, clock: Clock | None = None) -> Group:
     for i, group in enumerate(sorted(hours)):
         color = PALETTE[i % len(PALETTE)]
         values = [hours[group].get(d, 0.0) for d in days]
-        chart.add_row(Text(group, style=f"bold {color}"), Text(sparkline(values, top),
+        chart.add_row(plain(group, style=f"bold {color}"), Text(sparkline(values, top),
                       style=color), "", f"{sum(values):.1f} h")
         for d, v in zip(days, values):
             chart.add_row("", Text(clock.day(d), style="dim"), bar(v / top if top else 0.0, 30,
@@ -50,10 +51,10 @@ def render_usage(data: dict, clock: Clock | None = None) -> Group:
     for u in data.get("users") or []:
         users[u["group"]].append(u)
     for g in data.get("groups") or []:
-        shares.add_row(Text(g["group"], style="bold"), "", f"{g['gpu_hours']:.1f}",
+        shares.add_row(plain(g["group"], style="bold"), "", f"{g['gpu_hours']:.1f}",
                        _num(g.get("share")), _num(g.get("fairshare"), 3))
         for u in sorted(users.get(g["group"], []), key=lambda u: u["user"]):
-            shares.add_row("", u["user"], f"{u['gpu_hours']:.1f}", "",
+            shares.add_row("", plain(u["user"]), f"{u['gpu_hours']:.1f}", "",
                            _num(u.get("fairshare"), 3))
     parts += [Text(""), shares]
     return Group(*parts)
@@ -79,4 +80,4 @@ class UsageView(VerticalScroll):
             body.update(render_usage(usage.data, self.clock))
         else:
             body.update(Text.assemble(("Usage is not available from this labqd", "bold"),
-                                      f"\n\nlabqd answered: {usage.error}"))
+                                      "\n\n", plain(f"labqd answered: {usage.error}")))
