@@ -248,9 +248,10 @@ def cmd_nodes(q, a) -> int:
                      f"{format_size_mb(n.free_memory_mb)}/{format_size_mb(n.memory_mb)}",
                      f"{len(n.gpus) - busy}/{len(n.gpus)}",
                      ", ".join(f"{c}x {t}" for t, c in types.items()) or "-",
-                     n.gpu_source or "-", n.reason or ""])
+                     n.gpu_source or "-", (n.containment or "-").split(" (")[0],
+                     (n.runs_jobs_of or "-").split(" (")[0], n.reason or ""])
     _table(rows, ["NODE", "HOST", "STATE", "CPUS", "MEMORY", "GPUS", "GPU TYPES", "SOURCE",
-                  "REASON"])
+                  "CONTAINMENT", "RUNS JOBS OF", "REASON"])
     return 0
 
 
