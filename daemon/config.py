@@ -5,6 +5,7 @@ silently ignored. The fully commented example lives in systemd/labq.toml.
 """
 from __future__ import annotations
 
+import grp
 import os
 import socket
 import tomllib
@@ -81,12 +82,27 @@ def PATHV(path: str, v: Any) -> Path:
 
 
 def MODE(path: str, v: Any) -> int:
-    try:
-        mode = int(STR(path, v), 8)
-    except ValueError:
-        raise ConfigError(path, f"must be an octal mode like \"0660\", got {v!r}") from None
-    if mode & ~0o777 or not mode & 0o600 == 0o600:
-        raise ConfigError(path, "must be a permission mode that lets the owner read and write")
+    """A socket's permission bits. Connecting to a unix socket takes write permission, so each
+    class either may connect (rw) or may not (nothing); anything else is a typo waiting to
+    surprise. How the mode goes with socket_group is checked in load()."""
+    s = STR(path, v)
+    if not s or len(s) > 4 or any(c not in "01234567" for c in s):
+        raise ConfigError(path, f"must be an octal mode like \"0660\", got {v!r}")
+    mode = int(s, 8)
+    if mode & ~0o777:
+        raise ConfigError(path, f"{v!r} sets setuid, setgid or sticky bits, which mean nothing "
+                          "on a socket; use \"0600\", \"0660\" or \"0666\"")
+    if mode & 0o111:
+        raise ConfigError(path, f"{v!r} sets execute bits, which mean nothing on a socket "
+                          "(connecting takes read and write); use \"0600\", \"0660\" or \"0666\"")
+    if mode & 0o600 != 0o600:
+        raise ConfigError(path, f"{v!r} must let the owner (labqd's user) read and write")
+    for who, bits in (("group", mode >> 3 & 7), ("others", mode & 7)):
+        if bits not in (0, 6):
+            raise ConfigError(path, f"{v!r} gives {who} {bits:o}; give them read and write "
+                              "(6: may connect) or nothing (0)")
+    if mode & 0o007 and not mode & 0o070:
+        raise ConfigError(path, f"{v!r} gives others more than the group")
     return mode
 
 
@@ -208,30 +224,38 @@ class Config:
     source: Path | None = None
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError("", f"config file {path} does not exist") from None
+    except OSError as e:  # unreadable, a directory, ...
+        raise ConfigError("", f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path} is not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:  # its message gives line and column, not the text
+        raise ConfigError("", f"{path} is not valid TOML: {e}") from None
+
+
 def load(path: Path | None) -> Config:
     """Read and check the config; `path` None means embedded defaults."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError("", f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError("", f"{path} is not valid TOML: {e}") from None
+    raw = _read_config(path) if path is not None else {}
     data = SCHEMA("", raw)
     d = data.get("daemon", {})
     sdir = d.get("state_dir") or (d["database"].parent if "database" in d else state_dir())
     cfg = Config(
         socket=d.get("socket") or daemon_socket(),
-        socket_mode=d.get("socket_mode", 0o660 if "socket_group" in d else 0o600),
+        socket_mode=_socket_mode(d),
         socket_group=d.get("socket_group"),
         database=d.get("database") or sdir / "labq.db",
         state_dir=sdir,
         admin_group=d.get("admin_group"),
         log_copy_max_bytes=d.get("log_copy_max", 64) << 20,
         kill_grace_s=d.get("kill_grace", 10),
-        heartbeat_s=max(1, d.get("heartbeat", 5)),
-        node_timeout_s=max(2, d.get("node_timeout", 30)),
+        heartbeat_s=d.get("heartbeat", 5),
+        node_timeout_s=d.get("node_timeout", 30),
         requeue_grace_s=d.get("requeue_grace", 60),
         log_level=d.get("log_level", "info"),
         scheduler=data.get("scheduler", {}),
@@ -239,17 +263,70 @@ def load(path: Path | None) -> Config:
         groups=data.get("groups", {}),
         source=Path(path) if path else None,
     )
+    _check_timing(d, cfg)
+    if cfg.scheduler.get("interval") == 0:
+        raise ConfigError("scheduler.interval", "must be at least 1s (0 would make the "
+                          "scheduler spin)")
     nodes = data.get("node", [])
-    seen = set()
+    seen: dict[str, int] = {}
+    first_local = None
     for i, n in enumerate(nodes):
+        where = f"node[{i}]"
         if n["name"] in seen:
-            raise ConfigError(f"node[{i}].name", f"duplicate node name {n['name']!r}")
-        seen.add(n["name"])
-        cfg.nodes.append(node_config(n, f"node[{i}]"))
-    if d.get("local_node", not nodes) and not any(n.local for n in cfg.nodes):
+            raise ConfigError(f"{where}.name", f"duplicate node name {n['name']!r}")
+        seen[n["name"]] = i
+        ncfg = node_config(n, where)
+        if ncfg.local:
+            if first_local is not None:
+                raise ConfigError(f"{where}.local", f"node[{first_local}] is the local machine "
+                                  "already; there is one local node at most")
+            if d.get("local_node") is True:
+                raise ConfigError("daemon.local_node", f"{where} ({ncfg.name}) is the local "
+                                  "machine already; remove local_node or that entry")
+            first_local = i
+        cfg.nodes.append(ncfg)
+    if d.get("local_node", not nodes) and first_local is None:
         cfg.nodes.insert(0, NodeConfig(name=socket.gethostname().split(".")[0] or "local",
                                        local=True))
     return cfg
+
+
+def _socket_mode(d: dict) -> int:
+    group = d.get("socket_group")
+    if group is not None:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ConfigError("daemon.socket_group", f"there is no group {group!r} on this "
+                              "machine") from None
+    if "socket_mode" not in d:
+        return 0o660 if group is not None else 0o600
+    mode = d["socket_mode"]
+    if group is None and mode & 0o070 and not mode & 0o007:
+        # the socket would keep labqd's primary group, which nobody chose for this
+        raise ConfigError("daemon.socket_mode", f"\"{mode:04o}\" opens the socket to a group, "
+                          "but socket_group names none; set socket_group, or use \"0600\" "
+                          "(labqd's user only) or \"0666\" (every local user)")
+    if group is not None and not mode & 0o070:
+        raise ConfigError("daemon.socket_mode", f"\"{mode:04o}\" keeps socket_group "
+                          f"{group!r} out; give the group read and write (\"0660\")")
+    # A world-accessible socket ("0666") is allowed when asked for: connecting grants nothing
+    # by itself, labqd decides every request from the caller's uid (SO_PEERCRED) and bounds
+    # what each uid may send. It is never a default, since it lets every local account reach
+    # the API at all.
+    return mode
+
+
+def _check_timing(d: dict, cfg: Config) -> None:
+    if cfg.heartbeat_s < 1:
+        raise ConfigError("daemon.heartbeat", "must be at least 1s")
+    if cfg.node_timeout_s < 2:
+        raise ConfigError("daemon.node_timeout", "must be at least 2s")
+    if cfg.heartbeat_s >= cfg.node_timeout_s:
+        # every node would count as lost between two pings
+        key = "daemon.heartbeat" if "heartbeat" in d else "daemon.node_timeout"
+        raise ConfigError(key, f"heartbeat ({cfg.heartbeat_s}s) must be shorter than "
+                          f"node_timeout ({cfg.node_timeout_s}s)")
 
 
 def node_config(n: dict, where: str) -> NodeConfig:

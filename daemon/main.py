@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.check_config:
-        print(f"socket    {cfg.socket} (mode {cfg.socket_mode:o})\n"
+        group = f", group {cfg.socket_group}" if cfg.socket_group else ""
+        print(f"socket    {cfg.socket} (mode {cfg.socket_mode:04o}{group})\n"
               f"database  {cfg.database}\nstate dir {cfg.state_dir}")
         for n in cfg.nodes:
             print(f"node      {n.name} ({'local' if n.local else n.host})")
