@@ -122,13 +122,18 @@ def LIST(item: Callable[[str, Any], Any]) -> Callable[[str, Any], list]:
     return check
 
 
-def TABLE(schema: dict[str, Callable], required: tuple[str, ...] = ()) -> Callable:
+def TABLE(schema: dict[str, Callable], required: tuple[str, ...] = (),
+          removed: dict[str, str] | None = None) -> Callable:
+    """`removed` maps keys that older versions took to why they are gone: an old config gets
+    told what to do instead of "unknown key", and the key is not offered as a known one."""
     def check(path: str, v: Any) -> dict:
         if not isinstance(v, dict):
             raise ConfigError(path, f"must be a table, got {type(v).__name__}")
         out = {}
         for key, val in v.items():
             sub = f"{path}.{key}" if path else key
+            if removed and key in removed:
+                raise ConfigError(sub, removed[key])
             if key not in schema:
                 raise ConfigError(sub, f"unknown key (known here: {', '.join(sorted(schema))})")
             out[key] = schema[key](sub, val)
@@ -154,8 +159,11 @@ NODE = TABLE({
     "name": STR, "host": STR, "port": INT(1, 65535), "user": STR, "identity_file": PATHV,
     "known_hosts": PATHV, "local": BOOL, "gpus": LIST(GPU), "gpu_indices": LIST(INT(0, 1023)),
     "cpus": INT(1, 1 << 16), "memory": SIZE_MB, "python": STR, "job_root": STR,
-    "ssh_config": PATHV, "enabled": BOOL, "run_as_owner": BOOL,
-}, required=("name",))
+    "ssh_config": PATHV, "enabled": BOOL, "shared_account": BOOL, "agent_socket": PATHV,
+}, required=("name",), removed={
+    "run_as_owner": "run_as_owner is gone: a node whose agent runs as root always runs jobs as "
+                    "their owners; remove the key",
+})
 GROUP = TABLE({"share": NUM(0, 1e9), "max_gpus": INT(0, 1 << 20),
                "max_gpus_by_type": MAP(INT(0, 1 << 20)), "users": MAP(NUM(0, 1e9))})
 SCHEMA = TABLE({
@@ -200,7 +208,12 @@ class NodeConfig:
     python: str = "python3"
     job_root: str = "~/.local/state/labq-node"
     enabled: bool = True
-    run_as_owner: bool = False
+    # a non-root agent runs only its own account's jobs, unless this lets it run everyone's
+    # as that account
+    shared_account: bool = False
+    # the socket of a root agent that systemd starts (local node only); labqd then connects
+    # there instead of spawning the agent itself
+    agent_socket: Path | None = None
 
 
 @dataclass
@@ -222,6 +235,10 @@ class Config:
     limits: dict[str, Any] = field(default_factory=dict)
     groups: dict[str, dict] = field(default_factory=dict)
     source: Path | None = None
+    @property
+    def serves_others(self) -> bool:
+        """Whether users other than labqd's own may connect to the socket."""
+        return bool(self.socket_mode & 0o077)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -284,6 +301,7 @@ def load(path: Path | None) -> Config:
                 raise ConfigError("daemon.local_node", f"{where} ({ncfg.name}) is the local "
                                   "machine already; remove local_node or that entry")
             first_local = i
+        check_node(ncfg, cfg, where)
         cfg.nodes.append(ncfg)
     if d.get("local_node", not nodes) and first_local is None:
         cfg.nodes.insert(0, NodeConfig(name=socket.gethostname().split(".")[0] or "local",
@@ -338,6 +356,16 @@ def node_config(n: dict, where: str) -> NodeConfig:
     if "gpus" in n and "gpu_indices" in n:
         raise ConfigError(f"{where}.gpu_indices", "give either gpus (declare) or "
                           "gpu_indices (restrict detected GPUs), not both")
+    if "agent_socket" in n:
+        if not n.get("local"):
+            raise ConfigError(f"{where}.agent_socket", "is for the local node only (local = "
+                              "true); remote nodes are reached over SSH")
+        if not n["agent_socket"].is_absolute():
+            raise ConfigError(f"{where}.agent_socket", "must be an absolute path")
+        if n.get("shared_account"):
+            raise ConfigError(f"{where}.shared_account", "is for nodes whose agent is not "
+                              "root; the agent on agent_socket runs as root and runs every "
+                              "job as its owner")
     return NodeConfig(
         name=n["name"], local=n.get("local", False), host=n.get("host"), port=n.get("port"),
         user=n.get("user"), identity_file=n.get("identity_file"),
@@ -345,7 +373,18 @@ def node_config(n: dict, where: str) -> NodeConfig:
         gpus=n.get("gpus"), gpu_indices=n.get("gpu_indices"), cpus=n.get("cpus"),
         memory_mb=n.get("memory"), python=n.get("python", "python3"),
         job_root=n.get("job_root", "~/.local/state/labq-node"),
-        enabled=n.get("enabled", True), run_as_owner=n.get("run_as_owner", False))
+        enabled=n.get("enabled", True), shared_account=n.get("shared_account", False),
+        agent_socket=n.get("agent_socket"))
+
+
+def check_node(ncfg: NodeConfig, cfg: Config, where: str) -> None:
+    """What a node may be given how labqd itself is set up."""
+    if ncfg.local and ncfg.shared_account and ncfg.agent_socket is None and cfg.serves_others:
+        # the local agent runs as labqd's own account, which holds labqd's database and keys:
+        # other users' jobs must never run as it
+        raise ConfigError(f"{where}.shared_account", "would run other users' jobs as labqd's "
+                          "own account on the local node; give the local node a root agent "
+                          "(agent_socket) instead")
 
 
 def find_config(cli_path: str | None) -> Path | None:

@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"socket    {cfg.socket} (mode {cfg.socket_mode:04o}{group})\n"
               f"database  {cfg.database}\nstate dir {cfg.state_dir}")
         for n in cfg.nodes:
-            print(f"node      {n.name} ({'local' if n.local else n.host})")
+            how = f" via {n.agent_socket}" if n.agent_socket else ""
+            shared = " shared account" if n.shared_account else ""
+            print(f"node      {n.name} ({'local' if n.local else n.host}){how}{shared}")
         return 0
     return run(cfg)
 

@@ -2,6 +2,7 @@
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +64,8 @@ def check_config(path, prefix=()):
 
 NODE_A = '[[node]]\nname = "a"\nhost = "h"\n'
 LOCAL = '[[node]]\nname = "{}"\nlocal = true\n'
+GONE = ("run_as_owner is gone: a node whose agent runs as root always runs jobs as their "
+        "owners; remove the key")
 
 
 @pytest.mark.parametrize("text,key,why", [
@@ -93,6 +96,17 @@ LOCAL = '[[node]]\nname = "{}"\nlocal = true\n'
      "at least 2s"),
     ('[scheduler]\ninterval = 0\n', "scheduler.interval", "at least 1s"),
     ('[scheduler]\ninterval = "0s"\n', "scheduler.interval", "at least 1s"),
+    (NODE_A + "run_as_owner = true\n", "node[0].run_as_owner", GONE),
+    (NODE_A + "run_as_owner = false\n", "node[0].run_as_owner", GONE),
+    (NODE_A + 'agent_socket = "/run/labq-agent/agent.sock"\n', "node[0].agent_socket",
+     "local node only"),
+    (LOCAL.format("a") + 'agent_socket = "agent.sock"\n', "node[0].agent_socket",
+     "absolute path"),
+    (LOCAL.format("a") + 'agent_socket = "/run/a.sock"\nshared_account = true\n',
+     "node[0].shared_account", "runs as root"),
+    ('[daemon]\nsocket_mode = "0666"\n' + LOCAL.format("a") + "shared_account = true\n",
+     "node[0].shared_account", "as labqd's own account"),
+    (NODE_A + 'shared_account = "yes"\n', "node[0].shared_account", "true or false"),
 ])
 def test_check_config_refuses_and_names_the_key(tmp_path, text, key, why):
     r = check_config(write(tmp_path, text))
@@ -107,11 +121,24 @@ def test_check_config_refuses_and_names_the_key(tmp_path, text, key, why):
     ('[daemon]\nsocket_group = "root"\n', "mode 0660, group root)"),
     ('[daemon]\nsocket_group = "root"\nsocket_mode = "0666"\n', "mode 0666, group root)"),
     ('[daemon]\nheartbeat = "1s"\nnode_timeout = "2s"\n', "node "),
+    (LOCAL.format("head") + 'agent_socket = "/run/labq-agent/agent.sock"\n',
+     "head (local) via /run/labq-agent/agent.sock"),
+    # a per-user daemon serves only its user: sharing its account is that user's business
+    (LOCAL.format("head") + "shared_account = true\n", "head (local) shared account"),
+    (NODE_A + "shared_account = true\n", "a (h) shared account"),
 ])
 def test_check_config_accepts(tmp_path, text, shown):
     r = check_config(write(tmp_path, text))
     assert r.returncode == 0, r.stderr
     assert shown in r.stdout, r.stdout
+
+
+def test_new_node_keys_reach_the_node_config(tmp_path):
+    cfg = load(write(tmp_path, LOCAL.format("head") + 'agent_socket = "/run/x/agent.sock"\n'
+                     + NODE_A + "shared_account = true\n"))
+    head, a = cfg.nodes
+    assert (head.agent_socket, head.shared_account) == (Path("/run/x/agent.sock"), False)
+    assert (a.agent_socket, a.shared_account) == (None, True)
 
 
 def test_heartbeat_and_timeout_are_taken_as_given(tmp_path):
