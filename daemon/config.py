@@ -235,6 +235,9 @@ class Config:
     limits: dict[str, Any] = field(default_factory=dict)
     groups: dict[str, dict] = field(default_factory=dict)
     source: Path | None = None
+    # where files named by nodes added through the API must lie; see confine_node_paths()
+    config_dir: Path | None = None
+
     @property
     def serves_others(self) -> bool:
         """Whether users other than labqd's own may connect to the socket."""
@@ -254,6 +257,11 @@ def _read_config(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:  # its message gives line and column, not the text
         raise ConfigError("", f"{path} is not valid TOML: {e}") from None
+
+
+def default_config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "labq"
 
 
 def load(path: Path | None) -> Config:
@@ -279,6 +287,8 @@ def load(path: Path | None) -> Config:
         limits=data.get("limits", {}),
         groups=data.get("groups", {}),
         source=Path(path) if path else None,
+        config_dir=(Path(os.path.realpath(path)).parent if path
+                    else Path(os.path.realpath(default_config_dir()))),
     )
     _check_timing(d, cfg)
     if cfg.scheduler.get("interval") == 0:
@@ -385,6 +395,32 @@ def check_node(ncfg: NodeConfig, cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}.shared_account", "would run other users' jobs as labqd's "
                           "own account on the local node; give the local node a root agent "
                           "(agent_socket) instead")
+
+
+NODE_FILE_KEYS = ("ssh_config", "identity_file", "known_hosts")
+
+
+def confine_node_paths(ncfg: NodeConfig, config_dir: Path, where: str = "node") -> dict:
+    """The files a node names, resolved, if they all lie inside labqd's config directory.
+
+    labqd reads these files with its own rights; a node added through the API would otherwise
+    let a non-root admin have it read any file it can (keys, /etc/shadow). The config directory
+    is written only by whoever controls labqd anyway. Returns {key: resolved path}; using the
+    resolved paths keeps a link swapped in later from redirecting labqd elsewhere.
+    """
+    base = Path(os.path.realpath(config_dir))
+    out = {}
+    for key in NODE_FILE_KEYS:
+        given = getattr(ncfg, key)
+        if given is None:
+            continue
+        real = Path(os.path.realpath(given))
+        if real == base or not real.is_relative_to(base):
+            raise ConfigError(f"{where}.{key}", f"a node added while labqd runs may name only "
+                              f"files inside labqd's config directory {base}, after following "
+                              f"links and '..' (got {str(given)!r})")
+        out[key] = real
+    return out
 
 
 def find_config(cli_path: str | None) -> Path | None:

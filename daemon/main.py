@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         group = f", group {cfg.socket_group}" if cfg.socket_group else ""
         print(f"socket    {cfg.socket} (mode {cfg.socket_mode:04o}{group})\n"
-              f"database  {cfg.database}\nstate dir {cfg.state_dir}")
+              f"database  {cfg.database}\nstate dir {cfg.state_dir}\n"
+              f"config dir {cfg.config_dir} (files of nodes added at run time live here)")
         for n in cfg.nodes:
             how = f" via {n.agent_socket}" if n.agent_socket else ""
             shared = " shared account" if n.shared_account else ""

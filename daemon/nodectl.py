@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from labq.errors import InvalidState, LabqError, NotFound, PermissionDenied, Val
 from labq.states import JobState
 
 from . import store as st
-from .config import NODE, ConfigError, NodeConfig, node_config
+from .config import (NODE, ConfigError, NodeConfig, check_node, confine_node_paths,
+                     node_config)
 from .nodes import NodeLink
 
 log = logging.getLogger("labqd")
@@ -132,6 +134,17 @@ class NodeControl:
             raise ValidationError("node: must be a mapping like a [[node]] config entry")
         try:
             ncfg = self.dynamic_node_config(entry)
+            check_node(ncfg, self.cfg, "node")
+            # root and labqd's own user can read every file labqd can; anyone else may only
+            # point it at files in its config directory
+            if caller.uid not in (0, os.geteuid()):
+                if ncfg.agent_socket is not None:
+                    raise ConfigError("node.agent_socket", "is set in labqd's config file only")
+                resolved = confine_node_paths(ncfg, self.cfg.config_dir, "node")
+                for key, path in resolved.items():
+                    setattr(ncfg, key, path)
+                # kept resolved, so that a restart reads the very files checked here
+                entry = dict(entry, **{k: str(p) for k, p in resolved.items()})
         except ConfigError as e:
             raise ValidationError(str(e), {"field": e.path}) from None
         with self.lock:

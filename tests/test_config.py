@@ -139,6 +139,7 @@ def test_new_node_keys_reach_the_node_config(tmp_path):
     head, a = cfg.nodes
     assert (head.agent_socket, head.shared_account) == (Path("/run/x/agent.sock"), False)
     assert (a.agent_socket, a.shared_account) == (None, True)
+    assert cfg.config_dir == Path(os.path.realpath(tmp_path))
 
 
 def test_heartbeat_and_timeout_are_taken_as_given(tmp_path):
