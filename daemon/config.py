@@ -5,6 +5,7 @@ silently ignored. The fully commented example lives in systemd/labq.toml.
 """
 from __future__ import annotations
 
+import grp
 import os
 import socket
 import tomllib
@@ -81,12 +82,27 @@ def PATHV(path: str, v: Any) -> Path:
 
 
 def MODE(path: str, v: Any) -> int:
-    try:
-        mode = int(STR(path, v), 8)
-    except ValueError:
-        raise ConfigError(path, f"must be an octal mode like \"0660\", got {v!r}") from None
-    if mode & ~0o777 or not mode & 0o600 == 0o600:
-        raise ConfigError(path, "must be a permission mode that lets the owner read and write")
+    """A socket's permission bits. Connecting to a unix socket takes write permission, so each
+    class either may connect (rw) or may not (nothing); anything else is a typo waiting to
+    surprise. How the mode goes with socket_group is checked in load()."""
+    s = STR(path, v)
+    if not s or len(s) > 4 or any(c not in "01234567" for c in s):
+        raise ConfigError(path, f"must be an octal mode like \"0660\", got {v!r}")
+    mode = int(s, 8)
+    if mode & ~0o777:
+        raise ConfigError(path, f"{v!r} sets setuid, setgid or sticky bits, which mean nothing "
+                          "on a socket; use \"0600\", \"0660\" or \"0666\"")
+    if mode & 0o111:
+        raise ConfigError(path, f"{v!r} sets execute bits, which mean nothing on a socket "
+                          "(connecting takes read and write); use \"0600\", \"0660\" or \"0666\"")
+    if mode & 0o600 != 0o600:
+        raise ConfigError(path, f"{v!r} must let the owner (labqd's user) read and write")
+    for who, bits in (("group", mode >> 3 & 7), ("others", mode & 7)):
+        if bits not in (0, 6):
+            raise ConfigError(path, f"{v!r} gives {who} {bits:o}; give them read and write "
+                              "(6: may connect) or nothing (0)")
+    if mode & 0o007 and not mode & 0o070:
+        raise ConfigError(path, f"{v!r} gives others more than the group")
     return mode
 
 
@@ -106,13 +122,18 @@ def LIST(item: Callable[[str, Any], Any]) -> Callable[[str, Any], list]:
     return check
 
 
-def TABLE(schema: dict[str, Callable], required: tuple[str, ...] = ()) -> Callable:
+def TABLE(schema: dict[str, Callable], required: tuple[str, ...] = (),
+          removed: dict[str, str] | None = None) -> Callable:
+    """`removed` maps keys that older versions took to why they are gone: an old config gets
+    told what to do instead of "unknown key", and the key is not offered as a known one."""
     def check(path: str, v: Any) -> dict:
         if not isinstance(v, dict):
             raise ConfigError(path, f"must be a table, got {type(v).__name__}")
         out = {}
         for key, val in v.items():
             sub = f"{path}.{key}" if path else key
+            if removed and key in removed:
+                raise ConfigError(sub, removed[key])
             if key not in schema:
                 raise ConfigError(sub, f"unknown key (known here: {', '.join(sorted(schema))})")
             out[key] = schema[key](sub, val)
@@ -138,9 +159,11 @@ NODE = TABLE({
     "name": STR, "host": STR, "port": INT(1, 65535), "user": STR, "identity_file": PATHV,
     "known_hosts": PATHV, "local": BOOL, "gpus": LIST(GPU), "gpu_indices": LIST(INT(0, 1023)),
     "cpus": INT(1, 1 << 16), "memory": SIZE_MB, "python": STR, "job_root": STR,
-    "ssh_config": PATHV, "enabled": BOOL, "shared_account": BOOL,
-    "agent_socket": PATHV,
-}, required=("name",))
+    "ssh_config": PATHV, "enabled": BOOL, "shared_account": BOOL, "agent_socket": PATHV,
+}, required=("name",), removed={
+    "run_as_owner": "run_as_owner is gone: a node whose agent runs as root always runs jobs as "
+                    "their owners; remove the key",
+})
 GROUP = TABLE({"share": NUM(0, 1e9), "max_gpus": INT(0, 1 << 20),
                "max_gpus_by_type": MAP(INT(0, 1 << 20)), "users": MAP(NUM(0, 1e9))})
 SCHEMA = TABLE({
@@ -188,7 +211,11 @@ class NodeConfig:
     python: str = "python3"
     job_root: str = "~/.local/state/labq-node"
     enabled: bool = True
+    # a non-root agent runs only its own account's jobs, unless this lets it run everyone's
+    # as that account
     shared_account: bool = False
+    # the socket of a root agent that systemd starts (local node only); labqd then connects
+    # there instead of spawning the agent itself
     agent_socket: Path | None = None
 
 
@@ -214,32 +241,52 @@ class Config:
     limits: dict[str, Any] = field(default_factory=dict)
     groups: dict[str, dict] = field(default_factory=dict)
     source: Path | None = None
+    # where files named by nodes added through the API must lie; see confine_node_paths()
+    config_dir: Path | None = None
+
+    @property
+    def serves_others(self) -> bool:
+        """Whether users other than labqd's own may connect to the socket."""
+        return bool(self.socket_mode & 0o077)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError("", f"config file {path} does not exist") from None
+    except OSError as e:  # unreadable, a directory, ...
+        raise ConfigError("", f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path} is not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:  # its message gives line and column, not the text
+        raise ConfigError("", f"{path} is not valid TOML: {e}") from None
+
+
+def default_config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "labq"
 
 
 def load(path: Path | None) -> Config:
     """Read and check the config; `path` None means embedded defaults."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError("", f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError("", f"{path} is not valid TOML: {e}") from None
+    raw = _read_config(path) if path is not None else {}
     data = SCHEMA("", raw)
     d = data.get("daemon", {})
     sdir = d.get("state_dir") or (d["database"].parent if "database" in d else state_dir())
     cfg = Config(
         socket=d.get("socket") or daemon_socket(),
-        socket_mode=d.get("socket_mode", 0o660 if "socket_group" in d else 0o600),
+        socket_mode=_socket_mode(d),
         socket_group=d.get("socket_group"),
         database=d.get("database") or sdir / "labq.db",
         state_dir=sdir,
         admin_group=d.get("admin_group"),
         log_copy_max_bytes=d.get("log_copy_max", 64) << 20,
         kill_grace_s=d.get("kill_grace", 10),
-        heartbeat_s=max(1, d.get("heartbeat", 5)),
-        node_timeout_s=max(2, d.get("node_timeout", 30)),
+        heartbeat_s=d.get("heartbeat", 5),
+        node_timeout_s=d.get("node_timeout", 30),
         requeue_grace_s=d.get("requeue_grace", 60),
         log_level=d.get("log_level", "info"),
         max_connections_per_user=d.get("max_connections_per_user", 64),
@@ -249,18 +296,74 @@ def load(path: Path | None) -> Config:
         limits=data.get("limits", {}),
         groups=data.get("groups", {}),
         source=Path(path) if path else None,
+        config_dir=(Path(os.path.realpath(path)).parent if path
+                    else Path(os.path.realpath(default_config_dir()))),
     )
+    _check_timing(d, cfg)
+    if cfg.scheduler.get("interval") == 0:
+        raise ConfigError("scheduler.interval", "must be at least 1s (0 would make the "
+                          "scheduler spin)")
     nodes = data.get("node", [])
-    seen = set()
+    seen: dict[str, int] = {}
+    first_local = None
     for i, n in enumerate(nodes):
+        where = f"node[{i}]"
         if n["name"] in seen:
-            raise ConfigError(f"node[{i}].name", f"duplicate node name {n['name']!r}")
-        seen.add(n["name"])
-        cfg.nodes.append(node_config(n, f"node[{i}]"))
-    if d.get("local_node", not nodes) and not any(n.local for n in cfg.nodes):
+            raise ConfigError(f"{where}.name", f"duplicate node name {n['name']!r}")
+        seen[n["name"]] = i
+        ncfg = node_config(n, where)
+        if ncfg.local:
+            if first_local is not None:
+                raise ConfigError(f"{where}.local", f"node[{first_local}] is the local machine "
+                                  "already; there is one local node at most")
+            if d.get("local_node") is True:
+                raise ConfigError("daemon.local_node", f"{where} ({ncfg.name}) is the local "
+                                  "machine already; remove local_node or that entry")
+            first_local = i
+        check_node(ncfg, cfg, where)
+        cfg.nodes.append(ncfg)
+    if d.get("local_node", not nodes) and first_local is None:
         cfg.nodes.insert(0, NodeConfig(name=socket.gethostname().split(".")[0] or "local",
                                        local=True))
     return cfg
+
+
+def _socket_mode(d: dict) -> int:
+    group = d.get("socket_group")
+    if group is not None:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ConfigError("daemon.socket_group", f"there is no group {group!r} on this "
+                              "machine") from None
+    if "socket_mode" not in d:
+        return 0o660 if group is not None else 0o600
+    mode = d["socket_mode"]
+    if group is None and mode & 0o070 and not mode & 0o007:
+        # the socket would keep labqd's primary group, which nobody chose for this
+        raise ConfigError("daemon.socket_mode", f"\"{mode:04o}\" opens the socket to a group, "
+                          "but socket_group names none; set socket_group, or use \"0600\" "
+                          "(labqd's user only) or \"0666\" (every local user)")
+    if group is not None and not mode & 0o070:
+        raise ConfigError("daemon.socket_mode", f"\"{mode:04o}\" keeps socket_group "
+                          f"{group!r} out; give the group read and write (\"0660\")")
+    # A world-accessible socket ("0666") is allowed when asked for: connecting grants nothing
+    # by itself, labqd decides every request from the caller's uid (SO_PEERCRED) and bounds
+    # what each uid may send. It is never a default, since it lets every local account reach
+    # the API at all.
+    return mode
+
+
+def _check_timing(d: dict, cfg: Config) -> None:
+    if cfg.heartbeat_s < 1:
+        raise ConfigError("daemon.heartbeat", "must be at least 1s")
+    if cfg.node_timeout_s < 2:
+        raise ConfigError("daemon.node_timeout", "must be at least 2s")
+    if cfg.heartbeat_s >= cfg.node_timeout_s:
+        # every node would count as lost between two pings
+        key = "daemon.heartbeat" if "heartbeat" in d else "daemon.node_timeout"
+        raise ConfigError(key, f"heartbeat ({cfg.heartbeat_s}s) must be shorter than "
+                          f"node_timeout ({cfg.node_timeout_s}s)")
 
 
 def node_config(n: dict, where: str) -> NodeConfig:
@@ -272,6 +375,16 @@ def node_config(n: dict, where: str) -> NodeConfig:
     if "gpus" in n and "gpu_indices" in n:
         raise ConfigError(f"{where}.gpu_indices", "give either gpus (declare) or "
                           "gpu_indices (restrict detected GPUs), not both")
+    if "agent_socket" in n:
+        if not n.get("local"):
+            raise ConfigError(f"{where}.agent_socket", "is for the local node only (local = "
+                              "true); remote nodes are reached over SSH")
+        if not n["agent_socket"].is_absolute():
+            raise ConfigError(f"{where}.agent_socket", "must be an absolute path")
+        if n.get("shared_account"):
+            raise ConfigError(f"{where}.shared_account", "is for nodes whose agent is not "
+                              "root; the agent on agent_socket runs as root and runs every "
+                              "job as its owner")
     return NodeConfig(
         name=n["name"], local=n.get("local", False), host=n.get("host"), port=n.get("port"),
         user=n.get("user"), identity_file=n.get("identity_file"),
@@ -281,6 +394,42 @@ def node_config(n: dict, where: str) -> NodeConfig:
         job_root=n.get("job_root", "~/.local/state/labq-node"),
         enabled=n.get("enabled", True), shared_account=n.get("shared_account", False),
         agent_socket=n.get("agent_socket"))
+
+
+def check_node(ncfg: NodeConfig, cfg: Config, where: str) -> None:
+    """What a node may be given how labqd itself is set up."""
+    if ncfg.local and ncfg.shared_account and ncfg.agent_socket is None and cfg.serves_others:
+        # the local agent runs as labqd's own account, which holds labqd's database and keys:
+        # other users' jobs must never run as it
+        raise ConfigError(f"{where}.shared_account", "would run other users' jobs as labqd's "
+                          "own account on the local node; give the local node a root agent "
+                          "(agent_socket) instead")
+
+
+NODE_FILE_KEYS = ("ssh_config", "identity_file", "known_hosts")
+
+
+def confine_node_paths(ncfg: NodeConfig, config_dir: Path, where: str = "node") -> dict:
+    """The files a node names, resolved, if they all lie inside labqd's config directory.
+
+    labqd reads these files with its own rights; a node added through the API would otherwise
+    let a non-root admin have it read any file it can (keys, /etc/shadow). The config directory
+    is written only by whoever controls labqd anyway. Returns {key: resolved path}; using the
+    resolved paths keeps a link swapped in later from redirecting labqd elsewhere.
+    """
+    base = Path(os.path.realpath(config_dir))
+    out = {}
+    for key in NODE_FILE_KEYS:
+        given = getattr(ncfg, key)
+        if given is None:
+            continue
+        real = Path(os.path.realpath(given))
+        if real == base or not real.is_relative_to(base):
+            raise ConfigError(f"{where}.{key}", f"a node added while labqd runs may name only "
+                              f"files inside labqd's config directory {base}, after following "
+                              f"links and '..' (got {str(given)!r})")
+        out[key] = real
+    return out
 
 
 def find_config(cli_path: str | None) -> Path | None:

@@ -31,10 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.check_config:
-        print(f"socket    {cfg.socket} (mode {cfg.socket_mode:o})\n"
-              f"database  {cfg.database}\nstate dir {cfg.state_dir}")
+        group = f", group {cfg.socket_group}" if cfg.socket_group else ""
+        print(f"socket    {cfg.socket} (mode {cfg.socket_mode:04o}{group})\n"
+              f"database  {cfg.database}\nstate dir {cfg.state_dir}\n"
+              f"config dir {cfg.config_dir} (files of nodes added at run time live here)")
         for n in cfg.nodes:
-            print(f"node      {n.name} ({'local' if n.local else n.host})")
+            how = f" via {n.agent_socket}" if n.agent_socket else ""
+            shared = " shared account" if n.shared_account else ""
+            print(f"node      {n.name} ({'local' if n.local else n.host}){how}{shared}")
         return 0
     return run(cfg)
 

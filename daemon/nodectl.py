@@ -17,7 +17,8 @@ from labq.errors import InvalidState, LabqError, NotFound, PermissionDenied, Val
 from labq.states import JobState
 
 from . import store as st
-from .config import NODE, ConfigError, NodeConfig, node_config
+from .config import (NODE, ConfigError, NodeConfig, check_node, confine_node_paths,
+                     node_config)
 from .nodes import NodeLink
 
 log = logging.getLogger("labqd")
@@ -142,6 +143,17 @@ class NodeControl:
             raise ValidationError("node: must be a mapping like a [[node]] config entry")
         try:
             ncfg = self.dynamic_node_config(entry)
+            check_node(ncfg, self.cfg, "node")
+            # root and labqd's own user can read every file labqd can; anyone else may only
+            # point it at files in its config directory
+            if caller.uid not in (0, os.geteuid()):
+                if ncfg.agent_socket is not None:
+                    raise ConfigError("node.agent_socket", "is set in labqd's config file only")
+                resolved = confine_node_paths(ncfg, self.cfg.config_dir, "node")
+                for key, path in resolved.items():
+                    setattr(ncfg, key, path)
+                # kept resolved, so that a restart reads the very files checked here
+                entry = dict(entry, **{k: str(p) for k, p in resolved.items()})
         except ConfigError as e:
             raise ValidationError(str(e), {"field": e.path}) from None
         if ncfg.local and caller.uid not in (0, os.geteuid()):
@@ -233,10 +245,6 @@ class NodeControl:
                      "; ".join(hello.get("gpu_notes", [])) or "none found")
         return detected, hello.get("gpu_source", "none")
 
-    def serves_others(self) -> bool:
-        """Other users than labqd's own account may reach this daemon."""
-        return bool(self.cfg.socket_group) or bool(self.cfg.socket_mode & 0o066)
-
     def accounts(self, link: NodeLink, hello: dict) -> tuple[int | None, bool, str]:
         """(only_uid, root_ok, words): whose jobs the node's agent runs, as in Slurm: a root
         agent runs each job as its owner; an agent that is not root runs only its own account's
@@ -252,7 +260,7 @@ class NodeControl:
             return None, root_ok, ("every user, as themselves" if root_ok else
                                    "every user but root, as themselves")
         if link.cfg.shared_account:
-            if uid == os.geteuid() and self.serves_others():
+            if uid == os.geteuid() and self.cfg.serves_others:
                 return uid, False, (f"only {user}: shared_account is refused for labqd's own "
                                     "account while labqd serves other users")
             return None, False, f"every user, all as {user} (shared_account)"

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import labq
+from sshnodes import ensure_group
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
@@ -124,6 +125,7 @@ def _check_config(path: Path) -> subprocess.CompletedProcess:
 
 
 def test_example_config_loads():
+    ensure_group("labq-users")  # the example's socket_group must exist for it to load
     res = _check_config(EXAMPLE)
     assert res.returncode == 0, res.stderr
     assert "/run/labq/labq.sock" in res.stdout

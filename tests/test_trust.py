@@ -137,17 +137,26 @@ def test_an_agent_that_is_not_root_runs_its_own_accounts_jobs_only(venv):
 
 
 def test_shared_account_is_never_labqds_own_while_it_serves_others(venv):
-    d = UserDaemon(venv, "labqsvc", {"shared_account": True})
+    # the local agent of an unprivileged labqd is labqd's own account: labqd refuses to start
+    svc = User("labqsvc", venv)
+    d = Path(tempfile.mkdtemp(prefix="labqd-", dir="/var/tmp"))
     try:
-        alice, = users(venv, d.socket, "labqtest", LABQ_DAEMON_USER="labqsvc")
-        wait_for(lambda: json.loads(alice.ok("nodes", "--json"))[0]["state"] == "up", 30,
-                 what="the node")
-        node = json.loads(alice.ok("nodes", "--json"))[0]
-        assert "shared_account is refused for labqd's own account" in node["runs_jobs_of"]
-        theirs = job_id(alice.ok("submit", "--", "cat", str(d.dir / "state" / "labq.db")))
-        wait_for(lambda: _reason(alice, theirs) == "NoNodeForUser", 20, what="the reason")
+        os.chown(d, svc.uid, svc.gid)
+        cfg = d / "labq.toml"
+        cfg.write_text(to_toml({
+            "daemon": {"socket": str(d / "labq.sock"), "socket_mode": "0666",
+                       "database": str(d / "state" / "labq.db")},
+            "node": [{"name": "box", "local": True, "shared_account": True}]}))
+        os.chmod(cfg, 0o644)
+        r = subprocess.run(["setpriv", f"--reuid={svc.uid}", f"--regid={svc.gid}",
+                            "--init-groups", "--", str(venv / "bin" / "labqd"), "--config",
+                            str(cfg)], env=svc.env(), capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2
+        assert "shared_account" in r.stderr and "labqd's own account" in r.stderr
+        assert not (d / "labq.sock").exists()
     finally:
-        d.close()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # -- the client trusts only a daemon it may trust -------------------------------------------
