@@ -1120,13 +1120,18 @@ def _alive(pid):
         return False
     try:
         os.kill(int(pid), 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     except (TypeError, ValueError):
         return False
+    try:  # a zombie waiting for its reaper is gone all the same
+        with open("/proc/%d/stat" % int(pid), "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2:].split()[0] != b"Z"
+    except (OSError, ValueError, IndexError):
+        return True
 
 
 def take_lock(directory):
