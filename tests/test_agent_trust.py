@@ -356,19 +356,33 @@ def test_pids_limit(base, agents, tester):
     assert_clean(base / "jobs", "1.0", [a])
 
 
-def test_forget_and_lost_run_remove_a_leftover_cgroup(base, agents, tester):
-    ag = agents(base / "jobs")
+def start_and_orphan(ag, root, tester):
+    """A run whose shepherd was killed: its job and a detached child carry on unsupervised."""
     a = sleep_tag()
     assert ag.launch("1.0", ["bash", "-c", f"setsid sleep {a} & sleep {a}"],
                      uid=tester.pw_uid, user=tester.pw_name)["ok"]
     wait_for(lambda: len(tagged(a)) == 2, what="the sleeps")
-    shepherd = json.loads((run_dir(base / "jobs", "1.0") / "pid").read_text())["shepherd"]
-    os.kill(shepherd, signal.SIGKILL)  # the run's supervisor dies: the run is lost
+    shepherd = json.loads((run_dir(root, "1.0") / "pid").read_text())["shepherd"]
+    os.kill(shepherd, signal.SIGKILL)
     wait_for(lambda: not alive(shepherd), what="the shepherd to die")
-    dirs = run_cgroups(base / "jobs", "1.0")
-    ex = ag.wait_exit("1.0")
-    assert ex["reason"] == "lost"
+    return a, run_cgroups(root, "1.0")
+
+
+@pytest.mark.parametrize("containment", ["auto", "none"])
+def test_lost_run_kills_all_of_the_job(base, agents, tester, containment):
+    ag = agents(base / "jobs", "--containment", containment)
+    a, dirs = start_and_orphan(ag, base / "jobs", tester)
+    assert ag.wait_exit("1.0")["reason"] == "lost"
     assert_clean(base / "jobs", "1.0", [a])
     assert ag.request("forget", job="1.0")["ok"]
     assert not run_dir(base / "jobs", "1.0").exists()
+    assert not any(os.path.exists(d) for d in dirs)
+
+
+def test_forget_removes_a_leftover_cgroup(base, agents, tester):
+    ag = agents(base / "jobs")
+    a, dirs = start_and_orphan(ag, base / "jobs", tester)
+    assert ag.request("forget", job="1.0")["ok"]
+    assert not run_dir(base / "jobs", "1.0").exists()
+    wait_for(lambda: not tagged(a), 5, "the orphaned job to end")
     assert not any(os.path.exists(d) for d in dirs)
