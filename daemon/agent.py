@@ -502,14 +502,7 @@ class Containment:
         """Make the run's cgroup with its limits; returns its record (None without cgroups)."""
         if self.kind == "none":
             return None
-        if self.kind == "cgroup2":
-            d = os.path.join(self.parents[""], key)
-            rec = {"kind": "cgroup2", "dirs": [d], "memory": d, "freezer": d}
-        else:
-            rec = {"kind": "cgroup1", "memory": os.path.join(self.parents["memory"], key),
-                   "pids": os.path.join(self.parents["pids"], key),
-                   "freezer": os.path.join(self.parents["freezer"], key)}
-            rec["dirs"] = sorted(set((rec["memory"], rec["pids"], rec["freezer"])))
+        rec = self.record(key)
         if any(os.path.isdir(d) for d in rec["dirs"]):
             cg_destroy(rec)  # a leftover of a run this key named before: not ours to keep
         made = []
@@ -540,6 +533,31 @@ class Containment:
                 except OSError:
                     pass
             raise
+        return rec
+
+
+    def leftovers(self, known):
+        """Run cgroups under this agent's parents whose run is not in `known`: a launch makes
+        the run's directory before its cgroup, so these are remains of runs already
+        forgotten (their shepherd killed with the machine's processes, say)."""
+        if self.kind == "none":
+            return []
+        names = set()
+        for parent in set(self.parents.values()):
+            try:
+                names.update(n for n in os.listdir(parent) if _is_key(n))
+            except OSError:
+                pass
+        return [self.record(name) for name in sorted(names - set(known))]
+
+    def record(self, key):
+        if self.kind == "cgroup2":
+            d = os.path.join(self.parents[""], key)
+            return {"kind": "cgroup2", "dirs": [d], "memory": d, "freezer": d}
+        rec = {"kind": "cgroup1", "memory": os.path.join(self.parents["memory"], key),
+               "pids": os.path.join(self.parents["pids"], key),
+               "freezer": os.path.join(self.parents["freezer"], key)}
+        rec["dirs"] = sorted(set((rec["memory"], rec["pids"], rec["freezer"])))
         return rec
 
 
@@ -1188,6 +1206,9 @@ def main(argv=None):
                                     opts.get("--containment", "auto"))
     agent = Agent(directory, cluster, node, containment, bool(opts.get("--no-root-jobs")))
     agent.lock_fd = take_lock(agent.dir)
+    runs = [n for n in os.listdir(agent.dir) if _is_key(n) and is_dir(agent.jobdir(n))]
+    for rec in containment.leftovers(runs):
+        cg_destroy(rec)
     agent.serve()
 
 
