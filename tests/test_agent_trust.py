@@ -1,6 +1,7 @@
 """The node agent's trust boundary, against real agent processes: jobs run as their owners, the
 job directory cannot be redirected, and a run is contained (cgroup or marker sweep) so that
 nothing it starts outlives it."""
+import base64
 import json
 import os
 import pwd
@@ -56,7 +57,6 @@ class AgentProc:
             msg = self.next(max(0.01, deadline - time.time()))
             assert msg is not None, "agent ended: %s" % self.p.stderr.read().decode()
             if msg.get("ev") == "log":
-                import base64
                 self.logs[msg["job"]] = self.logs.get(msg["job"], b"") + \
                     base64.b64decode(msg["data"])
             elif msg.get("ev") == "exit":
@@ -386,3 +386,24 @@ def test_forget_removes_a_leftover_cgroup(base, agents, tester):
     assert not run_dir(base / "jobs", "1.0").exists()
     wait_for(lambda: not tagged(a), 5, "the orphaned job to end")
     assert not any(os.path.exists(d) for d in dirs)
+
+
+def test_agent_start_removes_cgroups_of_forgotten_runs(base, agents):
+    ag = agents(base / "jobs")
+    if ag.first["containment"] == "none":
+        pytest.skip("no cgroups on this node")
+    assert ag.launch("1.0", ["true"])["ok"]
+    ag.wait_exit("1.0")
+    parents = [os.path.dirname(d) for d in run_cgroups(base / "jobs", "1.0")]
+    a = sleep_tag()
+    stray = subprocess.Popen(["sleep", a], start_new_session=True)
+    try:
+        for p in parents:  # a run whose directory is gone but whose cgroup still holds a job
+            os.mkdir(os.path.join(p, "99.0"))
+            Path(p, "99.0", "cgroup.procs").write_text(str(stray.pid))
+        ag.close()
+        agents(base / "jobs")
+        assert stray.wait(5) == -signal.SIGKILL
+        assert not any(os.path.exists(os.path.join(p, "99.0")) for p in parents)
+    finally:
+        stray.kill()
