@@ -381,7 +381,7 @@ class NodeControl:
             try:
                 self.logs.append(job["id"], int(msg["offset"]), base64.b64decode(msg["data"]),
                                  link.name, f"{node.job_root}/{self.store.cluster_id}/"
-                                 f"{msg['job']}/log")
+                                 f"{link.name}/{msg['job']}/log")
             except OSError as e:
                 log.error("cannot keep the log of job %d: %s", job["id"], e)
         elif ev == "exit":
@@ -423,6 +423,10 @@ class NodeControl:
                 self._transition(job, S.COMPLETED, "labqd", None, **fields)
             else:
                 detail = f"killed by signal {sig}" if sig else f"exit code {code}"
+                if why == "oom":
+                    mem = job["memory_mb"]
+                    detail = (f"out of memory: killed at its limit of {mem} MiB (--mem)" if mem
+                              else "out of memory: killed by the kernel") + f" ({detail})"
                 self._transition(job, S.FAILED, "labqd", detail, **fields)
         link.request("forget", job=key)
 
@@ -496,9 +500,10 @@ class NodeControl:
             with self.lock:
                 j = self._current(link, key)
                 if j is not None:
-                    self._transition(j, S.FAILED, "labqd",
-                                     f"launch on {link.name} failed: {r.get('error')}",
-                                     end_time=time.time())
+                    why = (f"{link.name} runs no job of {j['owner']}: {r.get('error')}"
+                           if r.get("code") == "account" else
+                           f"launch on {link.name} failed: {r.get('error')}")
+                    self._transition(j, S.FAILED, "labqd", why, end_time=time.time())
         link.request("launch", reply, job=key, argv=argv, env=self.launch_env(job),
                      cwd=job["cwd"], time_limit_s=remaining, grace_s=self.cfg.kill_grace_s,
                      user=job["owner"], uid=job["owner_uid"], memory_mb=job["memory_mb"],

@@ -35,6 +35,10 @@ class LinkClosed(Exception):
     pass
 
 
+class AgentRefused(Exception):
+    """The agent would not start on this node as set up: an admin has to look."""
+
+
 class PipeTransport:
     def __init__(self, argv: list[str]):
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -224,7 +228,8 @@ class NodeLink:
     def _handshake(self, t) -> tuple[dict, list[dict]]:
         hello = json.loads(t.readline() or b"null")
         if isinstance(hello, dict) and hello.get("ev") == "refused":
-            raise ssh.SshFailed(f"the agent refused to start: {hello.get('error')}")
+            # an admin has to fix the node (a job_root another user controls): no retry loop
+            raise AgentRefused(f"the agent refused to start: {hello.get('error')}")
         if not isinstance(hello, dict) or hello.get("ev") != "hello":
             raise ssh.SshFailed(f"agent did not start (got {hello!r}); is python3 on the node?")
         t.write(b'{"op":"list","id":0}\n')
@@ -249,7 +254,7 @@ class NodeLink:
                     self._close_transport()
                     break
                 hello, jobs = self._handshake(t)
-            except ssh.HostKeyRefused as e:
+            except (ssh.HostKeyRefused, AgentRefused) as e:
                 self.refused = str(e)
                 self._close_transport()
                 self._tell("node_refused", str(e))

@@ -76,7 +76,7 @@ def run_records(job_root: str | Path) -> dict[str, dict]:
     """run key -> its pid record ({"pid", "pgid", "shepherd", ...}) under a node's job root."""
     import json
     out = {}
-    for pidfile in Path(job_root).glob("*/*/pid"):
+    for pidfile in Path(job_root).glob("*/*/*/pid"):
         try:
             out[pidfile.parent.name] = json.loads(pidfile.read_text())
         except (OSError, ValueError):

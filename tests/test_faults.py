@@ -122,7 +122,7 @@ def test_daemon_kill9_with_running_and_pending_jobs(tmp_path):
         d.kill9()
         g1.write_text("")  # this job ends while no labqd runs
         exit_rec = wait_for(lambda: [p for p in tmp_path.glob(
-            f"jobs-*/*/{ends_while_down.id}.0/exit")], what="exit record while labqd is down")
+            f"jobs-*/*/*/{ends_while_down.id}.0/exit")], what="exit record while labqd is down")
         assert json.loads(exit_rec[0].read_text())["code"] == 0
         d.start(wait_nodes=2)
         with d.client() as q:
@@ -169,7 +169,7 @@ def test_launch_that_never_started_is_launched_once_after_a_restart(tmp_path):
                         "reason=NULL WHERE id=?", (time.time() - 60, job.id))
             con.commit()
             con.close()
-            run = Path(entries[0]["job_root"]) / cluster / f"{job.id}.0"
+            run = Path(entries[0]["job_root"]) / cluster / "node0" / f"{job.id}.0"
             run.mkdir(parents=True)
             (run / "spec.json").write_text("{}")
             old = time.time() - 120
@@ -346,7 +346,7 @@ def test_link_cut_past_the_grace_requeues_and_kills_the_stale_copy(tmp_path):
         assert any("killed a stale copy (run 0) on a" in (r or "") for r in notes), notes
         assert state_of(q, job.id) == "RUNNING" and q.job(job.id).restarts == 1
         # the stale run's exit is collected and its directory on the node removed
-        wait_for(lambda: not list(tmp_path.glob(f"jobs-a/*/{job.id}.0")), timeout=10,
+        wait_for(lambda: not list(tmp_path.glob(f"jobs-a/*/*/{job.id}.0")), timeout=10,
                  what="stale run directory removed")
         (tmp_path / "gate.1").write_text("")
         [done] = q.wait(job.id, timeout=30)
