@@ -1063,7 +1063,7 @@ class Agent:
         euid = os.geteuid()
         hello = {"ev": "hello", "protocol": PROTOCOL, "node": self.node, "pid": os.getpid(),
                  "gpu_source": source, "gpus": gpus, "gpu_notes": notes,
-                 "euid": euid, "user": _user_name(euid),
+                 "euid": euid, "user": _user_name(euid), "root_jobs": not self.no_root_jobs,
                  "containment": self.containment.kind,
                  "containment_note": self.containment.note}
         hello.update(probe_host())

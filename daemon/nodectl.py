@@ -256,7 +256,7 @@ class NodeControl:
         if uid is None:
             return -2, False, "nobody (the agent did not say which account it runs as)"
         if uid == 0:
-            root_ok = bool(hello.get("root_jobs", not link.cfg.agent_socket))
+            root_ok = bool(hello.get("root_jobs"))
             return None, root_ok, ("every user, as themselves" if root_ok else
                                    "every user but root, as themselves")
         if link.cfg.shared_account:

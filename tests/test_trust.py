@@ -218,3 +218,51 @@ def test_an_unreachable_system_socket_is_a_clear_message(venv):
     finally:
         if made:
             run_dir.rmdir()
+
+
+def test_the_head_nodes_root_agent_behind_a_socket_runs_jobs_as_their_owners(venv):
+    """The systemd deployment: labqd as an unprivileged account reaches a root agent that is
+    started per connection on a socket only that account may open (labq-agent.socket),
+    here by systemd's own socket activator."""
+    svc = User("labqsvc", venv)
+    sockdir = Path(tempfile.mkdtemp(prefix="labq-agent-"))
+    agent_sock = sockdir / "agent.sock"
+    jobs = Path(tempfile.mkdtemp(prefix="labq-node-"))
+    activator = subprocess.Popen(
+        ["systemd-socket-activate", "--accept", "--inetd", "-l", str(agent_sock),
+         str(venv / "bin" / "python"), "-m", "labq.daemon.agent", "--root", str(jobs),
+         "--no-root-jobs", "--from-socket"], stderr=subprocess.DEVNULL)
+    d = None
+    try:
+        wait_for(agent_sock.exists, 10, what="the agent socket")
+        os.chown(agent_sock, svc.uid, svc.gid)  # as SocketUser=labq, SocketMode=0600 do
+        os.chmod(agent_sock, 0o600)
+        os.chmod(sockdir, 0o755)
+        d = UserDaemon(venv, "labqsvc", {"agent_socket": str(agent_sock)})
+        alice, root = users(venv, d.socket, "labqtest", "root", LABQ_DAEMON_USER="labqsvc")
+        wait_for(lambda: json.loads(alice.ok("nodes", "--json"))[0]["state"] == "up", 30,
+                 what="the node")
+        node = json.loads(alice.ok("nodes", "--json"))[0]
+        assert node["runs_jobs_of"] == "every user but root, as themselves"
+        jid = job_id(alice.ok("submit", "--", "bash", "-c", "id -un; id -u"))
+        alice.ok("wait", jid)
+        assert alice.ok("logs", jid).split() == ["labqtest", str(alice.uid)]
+        # root's jobs never run through it: the labq account could submit as anyone's
+        # daemon account, never become root
+        rid = job_id(root.ok("submit", "--", "id", "-un"))
+        wait_for(lambda: _reason(root, rid) == "NoNodeForUser", 20, what="the reason")
+        # nobody else may talk to the agent directly
+        bob = User("labqtest2", venv)
+        r = subprocess.run(["setpriv", f"--reuid={bob.uid}", f"--regid={bob.gid}",
+                            "--init-groups", "--", "/usr/bin/python3", "-c",
+                            "import socket,sys; s=socket.socket(socket.AF_UNIX); "
+                            "s.connect(sys.argv[1])", str(agent_sock)],
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and "Permission denied" in r.stderr
+    finally:
+        if d is not None:
+            d.close()
+        activator.terminate()
+        activator.wait(10)
+        shutil.rmtree(sockdir, ignore_errors=True)
+        shutil.rmtree(jobs, ignore_errors=True)
