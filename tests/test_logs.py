@@ -62,7 +62,7 @@ def test_local_node_without_driver_says_so_once(tmp_path):
 def test_follow_rides_out_a_daemon_restart(tmp_path):
     import threading
     gate = tmp_path / "gate"
-    d = Daemon(tmp_path / "d", {"daemon": {"local_node": True},
+    d = Daemon(tmp_path / "d", {"daemon": {},
                                 "node": [{"name": "here", "local": True,
                                           "job_root": str(tmp_path / "jobs")}]})
     d.start(wait_nodes=1)
