@@ -107,7 +107,8 @@ def _walk(v: Any, depth: int, budget: list[int]) -> None:
                 except UnicodeEncodeError:
                     raise _Bad("holds a key that is not valid Unicode text") from None
                 except _Bad as e:
-                    e.path.append(f".{k[:64]}")
+                    # the path is printed: no escape sequences of the caller's in it
+                    e.path.append("." + CONTROL_CHARS.sub("?", k[:64]))
                     raise
         else:
             for i, x in enumerate(v):
