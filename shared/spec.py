@@ -5,6 +5,7 @@ changes nothing; clients may run it too for early messages.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -17,15 +18,31 @@ MAX_MEMORY_MB = 64 * 1024 * 1024  # 64 TiB
 MAX_GPU_MEMORY_MB = 16 * 1024 * 1024
 MAX_TIME_S = 366 * 86400
 MAX_ARGV = 4096
-MAX_COMMAND_BYTES = 256 * 1024
+# the kernel refuses a single argument over 128 KiB (MAX_ARG_STRLEN), and a `bash -c` string
+# is one argument, so a longer command could be queued but never started
+MAX_COMMAND_BYTES = 128 * 1024
+MAX_ENV_VARS = 4096
 MAX_ENV_BYTES = 1024 * 1024
-MAX_NAME = 128
-MAX_DEPS = 256
+MAX_NAME = 256  # characters
+MAX_CWD_BYTES = 4096  # PATH_MAX
+MAX_DEPS = 100
+MAX_IDENT = 64  # group, partition, user and GPU type names
+MAX_REASON_BYTES = 1024
 DEP_KINDS = ("afterok", "afterany", "afternotok")
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NAME = re.compile(r"^[^\x00-\x1f\x7f]*$")
-_IDENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Bounds of every request, whatever it asks for. SQLite stores signed 64-bit integers; beyond
+# them a value fails deep inside the store instead of at the door.
+MIN_INT, MAX_INT = -(1 << 63), (1 << 63) - 1
+MAX_IDS = 10_000  # job ids in one cancel, hold, release or wait
+MAX_REQUEST_CHARS = 4 << 20  # a request's JSON text
+MAX_DEPTH = 16  # nesting of lists and mappings inside one argument
+MAX_ITEMS = MAX_IDS  # entries of one list or mapping
+MAX_VALUES = 100_000  # values in one request, all arguments together
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_IDENT = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_DEP_ID = re.compile(r"[0-9]{1,19}")
 
 FIELDS = ("command", "name", "cwd", "env", "gpus", "gpu_type", "gpu_memory_mb", "cpus",
           "memory_mb", "time_limit_s", "priority", "dependencies", "group", "partition",
@@ -39,14 +56,94 @@ def _fail(field: str, message: str, value: Any = None) -> ValidationError:
     return ValidationError(f"{field}: {message}", details)
 
 
+def _shown(v: int) -> str:
+    # a 4000-digit number helps no one in a message
+    return str(v) if abs(v) < 10 ** 20 else "a larger number"
+
+
+def utf8_len(field: str, v: str) -> int:
+    """The length of `v` in UTF-8; JSON lets lone surrogates through, but neither SQLite nor
+    exec() can take them."""
+    try:
+        return len(v.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise _fail(field, "is not valid Unicode text (it holds a lone surrogate)") from None
+
+
+class _Bad(Exception):
+    """A bad value deep inside an argument; the path to it is gathered on the way out."""
+
+    def __init__(self, message: str):
+        self.message = message
+        self.path: list[str] = []
+
+
+def _walk(v: Any, depth: int, budget: list[int]) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _Bad(f"the request holds more than {MAX_VALUES} values")
+    t = type(v)
+    if t is str:
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Bad("is not valid Unicode text (it holds a lone surrogate)") from None
+    elif t is int:
+        if not MIN_INT <= v <= MAX_INT:
+            raise _Bad("is out of range (integers must fit in 64 bits)")
+    elif t is float:
+        if not math.isfinite(v):
+            raise _Bad("must be a finite number")
+    elif t is list or t is tuple or t is dict:
+        if depth >= MAX_DEPTH:
+            raise _Bad(f"is nested more than {MAX_DEPTH} levels deep")
+        if len(v) > MAX_ITEMS:
+            raise _Bad(f"has more than {MAX_ITEMS} entries")
+        if t is dict:
+            for k, x in v.items():
+                try:
+                    k.encode("utf-8")
+                    _walk(x, depth + 1, budget)
+                except UnicodeEncodeError:
+                    raise _Bad("holds a key that is not valid Unicode text") from None
+                except _Bad as e:
+                    # the path is printed: no escape sequences of the caller's in it
+                    e.path.append("." + CONTROL_CHARS.sub("?", k[:64]))
+                    raise
+        else:
+            for i, x in enumerate(v):
+                try:
+                    _walk(x, depth + 1, budget)
+                except _Bad as e:
+                    e.path.append(f"[{i}]")
+                    raise
+    elif v is not None and t is not bool:
+        raise _Bad(f"cannot take a {t.__name__}")
+
+
+def check_plain(v: Any, field: str, budget: list[int] | None = None) -> None:
+    """Check a decoded JSON value before anything looks inside it: valid text, integers that
+    fit 64 bits, finite numbers, bounded nesting and size. The error names `field` (the
+    argument) and, when the bad value is deeper, the path to it. `budget` is shared by the
+    arguments of one request."""
+    try:
+        _walk(v, 0, budget if budget is not None else [MAX_VALUES])
+    except _Bad as e:
+        where = (field + "".join(reversed(e.path)))[:200]
+        details = {"field": field}
+        if e.path:
+            details["path"] = where
+        raise ValidationError(f"{where}: {e.message}", details) from None
+
+
 def _int(data: dict, field: str, lo: int, hi: int, default: int | None) -> int | None:
     v = data.get(field, default)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int):
+    if type(v) is not int:  # bool is an int to Python, never to a request
         raise _fail(field, f"must be an integer, got {type(v).__name__}", v)
     if not lo <= v <= hi:
-        raise _fail(field, f"must be between {lo} and {hi}, got {v}", v)
+        raise _fail(field, f"must be between {lo} and {hi}, got {_shown(v)}")
     return v
 
 
@@ -54,8 +151,8 @@ def _text(field: str, v: Any, limit: int) -> str:
     if not isinstance(v, str):
         raise _fail(field, f"must be a string, got {type(v).__name__}", v)
     if "\x00" in v:
-        raise _fail(field, "must not contain NUL bytes")
-    if len(v.encode("utf-8", "surrogateescape")) > limit:
+        raise _fail(field, "must not contain NUL bytes (a program cannot receive them)")
+    if utf8_len(field, v) > limit:
         raise _fail(field, f"is longer than {limit} bytes")
     return v
 
@@ -72,7 +169,8 @@ def _command(v: Any) -> list[str] | str:
     argv = [_text("command", a, MAX_COMMAND_BYTES) for a in v]
     if not argv[0]:
         raise _fail("command", "the program name is empty")
-    if sum(len(a) for a in argv) > MAX_COMMAND_BYTES:
+    # each argument reaches exec() with its terminating NUL
+    if sum(utf8_len("command", a) + 1 for a in argv) > MAX_COMMAND_BYTES:
         raise _fail("command", f"is longer than {MAX_COMMAND_BYTES} bytes")
     return argv
 
@@ -82,13 +180,15 @@ def _env(v: Any) -> dict[str, str]:
         return {}
     if not isinstance(v, dict):
         raise _fail("env", "must be a mapping of names to strings", v)
+    if len(v) > MAX_ENV_VARS:
+        raise _fail("env", f"has more than {MAX_ENV_VARS} variables")
     total = 0
     out = {}
     for k, val in v.items():
-        if not isinstance(k, str) or not _ENV_NAME.match(k):
-            raise _fail("env", f"{k!r} is not a valid variable name", k)
+        if not isinstance(k, str) or not _ENV_NAME.fullmatch(k):
+            raise _fail("env", f"{repr(k)[:80]} is not a valid variable name")
         out[k] = _text(f"env.{k}", val, MAX_ENV_BYTES)
-        total += len(k) + len(val)
+        total += len(k) + utf8_len(f"env.{k}", val) + 2  # NAME=value and its NUL
     if total > MAX_ENV_BYTES:
         raise _fail("env", f"is larger than {MAX_ENV_BYTES} bytes")
     return out
@@ -98,32 +198,38 @@ def parse_dependency(v: Any) -> tuple[str, int]:
     """'afterok:12', '12' (afterok), or ('afterany', 12)."""
     if isinstance(v, (list, tuple)) and len(v) == 2:
         kind, job = v
-    elif isinstance(v, int) and not isinstance(v, bool):
+    elif type(v) is int:
         kind, job = "afterok", v
-    elif isinstance(v, str):
+    elif isinstance(v, str) and len(v) <= 64:
         kind, _, job = v.rpartition(":")
         kind = kind or "afterok"
-        try:
-            job = int(job)
-        except ValueError:
-            raise _fail("dependencies", f"{v!r} is not KIND:ID (e.g. afterok:12)", v) from None
+        # only ASCII digits: int() would also take '1_0', ' 12 ' and other scripts' digits
+        if not _DEP_ID.fullmatch(job):
+            raise _fail("dependencies", f"{v!r} is not KIND:ID (e.g. afterok:12)", v)
+        job = int(job)
     else:
-        raise _fail("dependencies", f"{v!r} is not KIND:ID (e.g. afterok:12)", v)
-    if kind not in DEP_KINDS:
-        raise _fail("dependencies", f"unknown kind {kind!r}; use one of {', '.join(DEP_KINDS)}", v)
-    if isinstance(job, bool) or not isinstance(job, int) or job < 1:
-        raise _fail("dependencies", f"{job!r} is not a job id", v)
+        raise _fail("dependencies", f"{repr(v)[:80]} is not KIND:ID (e.g. afterok:12)", v)
+    if type(kind) is not str or kind not in DEP_KINDS:
+        raise _fail("dependencies", f"unknown kind {repr(kind)[:80]}; use one of "
+                    f"{', '.join(DEP_KINDS)}", v)
+    if type(job) is not int or not 1 <= job <= MAX_INT:
+        raise _fail("dependencies", f"{repr(job)[:80]} is not a job id", v)
     return kind, job
 
 
 def validate_submit(data: Any) -> dict[str, Any]:
     """Return the normalised request or raise ValidationError naming the first bad field."""
     if not isinstance(data, dict):
-        raise ValidationError("the request must be a mapping of fields")
-    unknown = sorted(set(data) - set(FIELDS))
+        raise ValidationError("the request must be a mapping of fields", {"field": "spec"})
+    unknown = sorted(str(k)[:64] for k in set(data) - set(FIELDS))
     if unknown:
-        raise ValidationError(f"unknown field(s): {', '.join(map(str, unknown))}",
-                              {"field": unknown[0], "unknown": unknown})
+        raise ValidationError(f"unknown field(s): {', '.join(map(repr, unknown[:5]))}"
+                              + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""),
+                              {"field": unknown[0], "unknown": unknown[:20]})
+    budget = [MAX_VALUES]
+    for key in FIELDS:
+        if key in data:
+            check_plain(data[key], key, budget)
     if "command" not in data:
         raise _fail("command", "is required")
     out: dict[str, Any] = {"command": _command(data["command"])}
@@ -131,12 +237,15 @@ def validate_submit(data: Any) -> dict[str, Any]:
     if name is None:
         cmd = out["command"]
         name = (cmd[0] if isinstance(cmd, list) else cmd.split()[0]).rsplit("/", 1)[-1]
-        name = name[:MAX_NAME]
-    name = _text("name", name, MAX_NAME)
-    if not _NAME.match(name):
+        name = CONTROL_CHARS.sub("?", name)[:MAX_NAME]
+    name = _text("name", name, 4 * MAX_NAME)
+    if len(name) > MAX_NAME:
+        raise _fail("name", f"is longer than {MAX_NAME} characters")
+    if CONTROL_CHARS.search(name):
         raise _fail("name", "must not contain control characters", name)
     out["name"] = name
-    cwd = _text("cwd", data.get("cwd") or "/", 4096)
+    cwd = data.get("cwd")
+    cwd = _text("cwd", "/" if cwd is None or cwd == "" else cwd, MAX_CWD_BYTES)
     if not cwd.startswith("/"):
         raise _fail("cwd", "must be an absolute path", cwd)
     out["cwd"] = cwd
@@ -145,7 +254,7 @@ def validate_submit(data: Any) -> dict[str, Any]:
     gpu_type = data.get("gpu_type")
     if gpu_type is not None:
         gpu_type = _text("gpu_type", gpu_type, 64).strip()
-        if not _IDENT.match(gpu_type.replace(" ", "_")):
+        if not _IDENT.fullmatch(gpu_type.replace(" ", "_")):
             raise _fail("gpu_type", "must be letters, digits, '.', '_' or '-'", gpu_type)
     out["gpu_type"] = gpu_type or None
     out["gpu_memory_mb"] = _int(data, "gpu_memory_mb", 1, MAX_GPU_MEMORY_MB, None)
@@ -153,7 +262,8 @@ def validate_submit(data: Any) -> dict[str, Any]:
     out["memory_mb"] = _int(data, "memory_mb", 0, MAX_MEMORY_MB, None)
     out["time_limit_s"] = _int(data, "time_limit_s", 1, MAX_TIME_S, None)
     out["priority"] = _int(data, "priority", 1, 10, 5)
-    deps = data.get("dependencies") or []
+    deps = data.get("dependencies")
+    deps = [] if deps is None else deps
     if not isinstance(deps, (list, tuple)):
         raise _fail("dependencies", "must be a list such as ['afterok:12']", deps)
     if len(deps) > MAX_DEPS:
@@ -161,7 +271,7 @@ def validate_submit(data: Any) -> dict[str, Any]:
     out["dependencies"] = sorted({f"{k}:{j}" for k, j in map(parse_dependency, deps)})
     for key in ("group", "partition"):
         v = data.get(key)
-        if v is not None and (not isinstance(v, str) or not _IDENT.match(v)):
+        if v is not None and (not isinstance(v, str) or not _IDENT.fullmatch(v)):
             raise _fail(key, "must be 1-64 letters, digits, '.', '_' or '-'", v)
         out[key] = v
     out["partition"] = out["partition"] or "default"
