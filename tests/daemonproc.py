@@ -173,3 +173,19 @@ def as_user(uid: int, gid: int, fn):
     if "error" in out:
         raise AssertionError("child failed:\n" + out["error"])
     return out["ok"]
+
+
+def raw_connect(path, service=None, config=None, sock=None):
+    """An rpyc connection without the client library, as a script could make one. Frames go
+    uncompressed: labqd refuses compressed ones (rpyc's default above 3,000 bytes)."""
+    import socket as socketmod
+
+    import rpyc
+    from rpyc.core.channel import Channel
+    from rpyc.core.stream import SocketStream
+    from rpyc.utils.factory import connect_channel
+    if sock is None:
+        sock = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_STREAM)
+        sock.connect(str(path))
+    return connect_channel(Channel(SocketStream(sock), compress=False),
+                           service=service or rpyc.VoidService, config=config or {})

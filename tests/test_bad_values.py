@@ -6,10 +6,9 @@ import sqlite3
 
 import pytest
 import rpyc
-from rpyc.utils.factory import unix_connect
 
 from labq.spec import MAX_IDS, MAX_REQUEST_CHARS
-from daemonproc import Daemon
+from daemonproc import Daemon, raw_connect
 
 BIG = 1 << 63  # one past SQLite's largest integer
 NAN = float("nan")
@@ -28,7 +27,7 @@ def daemon(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def conn(daemon):
-    c = unix_connect(str(daemon.socket), service=rpyc.VoidService,
+    c = raw_connect(daemon.socket, service=rpyc.VoidService,
                      config={"allow_pickle": False, "sync_request_timeout": 30})
     yield c
     c.close()

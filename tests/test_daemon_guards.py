@@ -195,3 +195,31 @@ def test_loose_state_from_before_is_tightened_with_a_warning(tmp_path):
     with d.start():
         assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
         assert "was readable by others" in d.log()
+
+
+def test_a_huge_cancel_lets_others_in_between_its_chunks(tmp_path):
+    import threading
+    d = Daemon(tmp_path, {"daemon": {"local_node": False}})
+    with d.start(), d.client() as q:
+        ids = [q.submit(["true"], hold=True, cwd="/", export_env=False).id
+               for _ in range(3000)]
+        served, stop = [], threading.Event()
+
+        def other_user():
+            with d.client() as o:
+                while not stop.is_set():
+                    o.nodes()
+                    served.append(time.monotonic())
+        t = threading.Thread(target=other_user)
+        t.start()
+        time.sleep(0.2)
+        start = time.monotonic()
+        done = q.cancel(*ids)
+        end = time.monotonic()
+        stop.set()
+        t.join()
+        assert {j.state.value for j in done} == {"CANCELLED"} and len(done) == 3000
+        assert any(start < s < end for s in served), "nobody was served during the cancel"
+        # a listing with a limit gives the newest jobs, without the environment
+        last = q.jobs(limit=5)
+        assert [j.id for j in last] == ids[-5:] and all(j.env is None for j in last)

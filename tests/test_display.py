@@ -74,7 +74,7 @@ def jobs(daemon, tmp_path_factory):
         markup = q.submit(f"echo '{MARKUP}' {CONTROL}", name=MARKUP, hold=True, cwd=cwd,
                           export_env=False)
         c1 = q.submit(["true"], name=C1_NAME, hold=True, cwd=cwd, export_env=False)
-        q.cancel(c1.id, reason=CONTROL + SLASH)
+        q.cancel(c1.id, reason=C1_NAME + SLASH)  # C0 controls are refused in reasons
         output = q.submit(["printf", r"\033]0;pwned\007[/] [bold]x[/]\r\nsecond \033[32mgreen"
                           r"\033[0m\n"], name="printer", cwd=cwd, export_env=False)
         q.wait(output.id, timeout=60)
@@ -127,10 +127,10 @@ def test_show_and_events_escape_commands_and_reasons(cli, jobs):
 
     cancelled = cli("show", str(jobs["c1"])).stdout
     assert_safe(cancelled)
-    assert C1_SHOWN in cancelled and CONTROL_SHOWN + SLASH in cancelled
+    assert C1_SHOWN in cancelled and C1_SHOWN + SLASH in cancelled
     events = cli("events", str(jobs["c1"])).stdout
     assert_safe(events)
-    assert f"cancelled by root: {CONTROL_SHOWN}{SLASH}" in events
+    assert f"cancelled by root: {C1_SHOWN}{SLASH}" in events
 
 
 def test_json_output_keeps_the_text_exact(cli, jobs):
@@ -139,16 +139,16 @@ def test_json_output_keeps_the_text_exact(cli, jobs):
     job = json.loads(out)
     assert job["name"] == SLASH and job["command"] == ["echo", CONTROL, SLASH]
     events = json.loads(cli("events", "--json", str(jobs["c1"])).stdout)
-    assert events[-1]["reason"] == f"cancelled by root: {CONTROL}{SLASH}"
+    assert events[-1]["reason"] == f"cancelled by root: {C1_NAME}{SLASH}"
 
 
 def test_cancel_prints_the_reason_escaped(cli, daemon, tmp_path):
     with daemon.client() as q:
         job = q.submit(["true"], name="to-cancel", hold=True, cwd=str(tmp_path),
                        export_env=False)
-    out = cli("cancel", "--reason", CONTROL, str(job.id)).stdout
+    out = cli("cancel", "--reason", C1_NAME, str(job.id)).stdout
     assert_safe(out)
-    assert CONTROL_SHOWN in out
+    assert C1_SHOWN in out
 
 
 def test_an_error_message_is_escaped(cli):
@@ -284,7 +284,7 @@ def test_tui_queue_detail_and_dialogs_show_the_text_as_written(daemon, jobs):
         app.open_job(table.jobs[jobs["c1"]])
         await until(pilot, lambda: isinstance(app.screen, JobDetailScreen), "the detail")
         await until(pilot, lambda: "CANCELLED" in screen_text(app)
-                    and f"cancelled by root: {CONTROL_SHOWN}" in screen_text(app),
+                    and f"cancelled by root: {C1_SHOWN}" in screen_text(app),
                     "the state history")
         assert_safe(screen_text(app))
         await pilot.press("escape")

@@ -20,11 +20,9 @@ import pytest
 import rpyc
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from rpyc.core.stream import SocketStream
-from rpyc.utils.factory import connect_stream
 
 from labq.errors import _BY_CODE
-from daemonproc import Daemon
+from daemonproc import Daemon, raw_connect
 from sshnodes import ensure_user
 
 CALLS = 10_000
@@ -62,7 +60,7 @@ def connect_as(uid: int, gid: int, path) -> rpyc.Connection:
         os.waitpid(pid, 0)
     assert fds, "the other user could not connect"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=fds[0])
-    return connect_stream(SocketStream(sock), service=rpyc.VoidService,
+    return raw_connect(None, sock=sock, service=rpyc.VoidService,
                           config={"allow_pickle": False, "sync_request_timeout": 120})
 
 

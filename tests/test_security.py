@@ -4,11 +4,10 @@ import stat
 
 import pytest
 import rpyc
-from rpyc.utils.factory import unix_connect
 
 import labq
 from labq.errors import DaemonUnavailable
-from daemonproc import Daemon, as_user
+from daemonproc import Daemon, as_user, raw_connect
 from sshnodes import ensure_user
 
 
@@ -21,7 +20,7 @@ def local_daemon(tmp_path_factory):
 
 
 def raw(d):
-    return unix_connect(str(d.socket), service=rpyc.VoidService,
+    return raw_connect(d.socket, service=rpyc.VoidService,
                         config={"allow_pickle": False, "sync_request_timeout": 10})
 
 
@@ -73,7 +72,7 @@ def test_netrefs_are_refused_without_being_touched(local_daemon):
 
     class Client(rpyc.Service):
         pass
-    conn = unix_connect(str(local_daemon.socket), service=Client,
+    conn = raw_connect(local_daemon.socket, service=Client,
                         config={"allow_public_attrs": True, "allow_all_attrs": True})
     try:
         reply = conn.root.call(Trap(), "{}")

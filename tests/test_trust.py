@@ -266,3 +266,29 @@ def test_the_head_nodes_root_agent_behind_a_socket_runs_jobs_as_their_owners(ven
         activator.wait(10)
         shutil.rmtree(sockdir, ignore_errors=True)
         shutil.rmtree(jobs, ignore_errors=True)
+
+
+def test_two_nodes_on_one_account_keep_apart(tmp_path):
+    """Two [[node]] entries reaching one host and account (one box split by GPU) used to share
+    a run directory: their agents evicted each other and killed each other's runs."""
+    from sshnodes import NodeSet
+    with NodeSet(tmp_path / "nodes", names=["box"]) as ns:
+        e = ns.config_entries()[0]
+        left = dict(e, name="left", job_root=str(tmp_path / "jobs"))
+        right = dict(e, name="right", job_root=str(tmp_path / "jobs"))
+        d = Daemon(tmp_path / "d", {"daemon": {"heartbeat": "1s", "node_timeout": "3s"},
+                                    "node": [left, right]})
+        with d.start(wait_nodes=2):
+            with d.client() as q:
+                jobs = [q.submit(["sleep", "3"], cwd="/", export_env=False) for _ in range(4)]
+                wait_for(lambda: {q.job(j.id).node for j in jobs} == {"left", "right"}, 20,
+                         what="runs on both nodes")
+            d.stop()
+            d.start(wait_nodes=2)
+            with d.client() as q:
+                done = q.wait(*[j.id for j in jobs], timeout=60)
+                assert {j.state.value for j in done} == {"COMPLETED"}
+                assert {n.state for n in q.nodes()} == {"up"}
+                assert not any("stale" in (e.reason or "") for j in jobs
+                               for e in q.events(j.id))
+        assert "link closed" not in d.log()
