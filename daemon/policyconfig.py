@@ -52,7 +52,7 @@ def check_group_settings(args: dict[str, Any]) -> dict[str, Any]:
     for key in ("share", "max_gpus"):
         if key in args:
             v = args[key]
-            if v is not None and (type(v) not in (int, float) or v < 0 or v > 1e9 or
+            if v is not None and (type(v) not in (int, float) or not 0 <= v <= 1e9 or
                                   (key == "max_gpus" and type(v) is not int)):
                 raise ValidationError(f"{key}: must be a non-negative "
                                       f"{'integer' if key == 'max_gpus' else 'number'}",
@@ -63,8 +63,8 @@ def check_group_settings(args: dict[str, Any]) -> dict[str, Any]:
             v = args[key]
             if type(v) is not dict or any(type(k) is not str or type(x) not in
                                           (kind if isinstance(kind, tuple) else (kind,))
-                                          or x < 0 for k, x in v.items()):
-                raise ValidationError(f"{key}: must map names to non-negative numbers",
+                                          or not 0 <= x <= 1e9 for k, x in v.items()):
+                raise ValidationError(f"{key}: must map names to numbers from 0 to 1e9",
                                       {"field": key})
             out[key] = dict(v)
     if not out:

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import DaemonUnavailable, LabqError, from_wire
+from .errors import DaemonUnavailable, LabqError, ValidationError, from_wire
 from .models import Event, Job, Node
 from .paths import SYSTEM_SOCKET
-from .spec import submit_request
+from .spec import MAX_REQUEST_CHARS, submit_request
 
 # variables that describe the submitting session rather than the job's needs
 _SESSION_ENV = ("LABQ_", "SSH_", "DISPLAY", "TERM", "TMUX", "XDG_RUNTIME_DIR", "XDG_SESSION",
@@ -152,7 +152,12 @@ class Client:
 
     def call(self, op: str, **args: Any) -> Any:
         """Send one request of the shared vocabulary; return its result or raise its error."""
-        reply = json.loads(self._remote("call", op, json.dumps(args)))
+        text = json.dumps(args)  # ASCII: as many bytes as characters
+        if len(text) > MAX_REQUEST_CHARS:
+            # labqd would refuse it too, or drop the connection once it passes its frame cap
+            raise ValidationError(f"the request is {len(text)} bytes, more than labqd takes "
+                                  f"({MAX_REQUEST_CHARS})", {"field": "args_json"})
+        reply = json.loads(self._remote("call", op, text))
         if not reply.get("ok"):
             raise from_wire(reply.get("error") or {})
         return reply.get("result")
