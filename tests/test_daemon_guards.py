@@ -223,3 +223,27 @@ def test_a_huge_cancel_lets_others_in_between_its_chunks(tmp_path):
         # a listing with a limit gives the newest jobs, without the environment
         last = q.jobs(limit=5)
         assert [j.id for j in last] == ids[-5:] and all(j.env is None for j in last)
+
+
+def test_by_default_a_user_may_queue_ten_thousand_jobs_and_no_more(tmp_path):
+    from labq.daemon.core import DEFAULT_USER_MAX_PENDING
+    uid, gid = ensure_user("labqtest")
+    other_uid, other_gid = ensure_user("labqtest2")
+    d = Daemon(tmp_path, {"daemon": {"local_node": False, "socket_mode": "0666"}})
+    with d.start():
+        def flood():
+            with labq.connect(d.socket) as q:
+                n = 0
+                try:
+                    while n <= DEFAULT_USER_MAX_PENDING:
+                        q.submit(["true"], hold=True, cwd="/", export_env=False)
+                        n += 1
+                except labq.errors.QuotaExceeded as e:
+                    return [n, e.details.get("limit")]
+            return [n, None]
+
+        def one():
+            with labq.connect(d.socket) as q:
+                return q.submit(["true"], hold=True, cwd="/", export_env=False).state.value
+        assert as_user(uid, gid, flood) == [10_000, "user_max_pending"]
+        assert as_user(other_uid, other_gid, one) == "HELD"  # the cap is each user's own

@@ -552,7 +552,8 @@ def test_full_disk_gives_a_clear_error_and_the_daemon_survives(tmp_path):
             assert q.job(running.id).state.value == "RUNNING"
             assert node_state(q, "node0") == "up" and agent_pids(root) == [agent]
             filler.unlink()
-            wait_for(lambda: q.job(running.id).state.value == "COMPLETED", timeout=15,
+            # generous: SQLite may first wait out its busy timeout (10 s) on the full disk
+            wait_for(lambda: q.job(running.id).state.value == "COMPLETED", timeout=45,
                      what="the end recorded after space came back")
             after = q.submit(["true"], hold=True, export_env=False)
             assert q.job(after.id).state.value == "HELD"
