@@ -7,14 +7,12 @@ stop the UI), and control characters (ESC sequences that clear the screen or set
 title, BEL, CR) must show escaped, never reach the terminal. Only `labq logs` prints a job's
 output as it is: that is what it is for.
 """
-import asyncio
 import contextlib
 import io
 import json
 import re
 import shutil
 import subprocess
-import time
 from argparse import Namespace
 
 import pytest
@@ -31,6 +29,7 @@ from labq.tui.nodes import render_node
 from labq.tui.queue import QueueTable
 from labq.tui.usage import render_usage
 from sshnodes import ensure_user
+from tuikit import drive, screen_text, until
 
 LABQ = shutil.which("labq")
 SIZE = (200, 50)
@@ -217,25 +216,6 @@ def test_log_text_drops_colours_and_shows_other_escapes():
 
 
 # -- the terminal UI -------------------------------------------------------------------------
-def screen_text(app) -> str:
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
-
-
-async def until(pilot, predicate, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; the screen shows:\n"
-                                 + screen_text(pilot.app))
-        await pilot.pause(0.05)
-
-
-def drive(app: LabqApp, scenario) -> None:
-    async def main():
-        async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.me is not None, "the first poll")
-            await scenario(pilot)
-    asyncio.run(main())
 
 
 def test_tui_queue_detail_and_dialogs_show_the_text_as_written(daemon, jobs):
@@ -301,7 +281,7 @@ def test_tui_queue_detail_and_dialogs_show_the_text_as_written(daemon, jobs):
         assert_safe(screen_text(app))
         assert "[/] [bold]x[/]" in screen_text(app)
 
-    drive(app, scenario)
+    drive(app, scenario, SIZE)
 
 
 def test_tui_usage_and_nodes_render_hostile_names():

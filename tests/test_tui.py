@@ -15,6 +15,7 @@ from labq.tui.queue import QueueTable
 from labq.tui.submit import SubmitScreen
 from labq.tui.usage import render_usage
 from sshnodes import ensure_user
+from tuikit import drive, screen_text, until
 
 SIZE = (160, 48)
 LOCAL_NODE = {
@@ -36,26 +37,6 @@ def local(tmp_path_factory):
         d.close()
 
 
-def screen_text(app) -> str:
-    """The characters on the terminal, as the user sees them."""
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
-
-
-async def until(pilot, predicate, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; the screen shows:\n"
-                                 + screen_text(pilot.app))
-        await pilot.pause(0.05)
-
-
-def drive(app: LabqApp, scenario) -> None:
-    async def main():
-        async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.me is not None, "the first poll")
-            await scenario(pilot)
-    asyncio.run(main())
 
 
 def table_names(app) -> list[str]:
@@ -133,7 +114,7 @@ def test_submit_follow_log_and_cancel_with_confirmation(cluster, tmp_path):
                                        for line in screen_text(app).splitlines()),
                     "CANCELLED in the queue")
 
-    drive(app, scenario)
+    drive(app, scenario, SIZE)
 
 
 def test_submit_form_shows_the_error_inline_and_stays_open(cluster, tmp_path):
@@ -161,7 +142,7 @@ def test_submit_form_shows_the_error_inline_and_stays_open(cluster, tmp_path):
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, SubmitScreen), "form closed")
 
-    drive(app, scenario)
+    drive(app, scenario, SIZE)
     with cluster.client() as q:
         assert not [j for j in q.jobs() if j.command == "true"]
 
@@ -205,7 +186,7 @@ def test_a_fast_log_is_batched_capped_and_searchable(local, tmp_path):
         await pilot.press("G")
         assert log.follow
 
-    drive(app, scenario)
+    drive(app, scenario, SIZE)
 
 
 # -- the queue: filter, mine/all, live updates ----------------------------------------------
@@ -248,7 +229,7 @@ def test_filter_and_mine_toggle(local, tmp_path):
         await until(pilot, lambda: "other-user" in table_names(app), "all users again")
         assert "all jobs" in screen_text(app)
 
-    drive(app, scenario)
+    drive(app, scenario, SIZE)
     with local.client() as q:
         q.cancel(other, *[j.id for j in q.jobs(states=["HELD"])
                           if j.name in ("alpha-one", "beta-two")])
@@ -290,7 +271,7 @@ def test_live_updates_keep_the_cursor_and_sort(local, tmp_path):
         assert table_names(app) == sorted(table_names(app))
         assert table.current_job.id == target.id
 
-    drive(app, scenario)
+    drive(app, scenario, SIZE)
     with local.client() as q:
         q.cancel(*ids)
 
@@ -318,7 +299,7 @@ def test_thousands_of_jobs_update_only_what_changed(local, tmp_path):
         table.set_jobs(jobs)
         assert set(updates) == {str(changed.id)}
 
-    drive(app, scenario)
+    drive(app, scenario, SIZE)
     with local.client() as q:
         held = [j.id for j in q.jobs(states=["HELD"]) if j.name.startswith("bulk-")]
         for i in range(0, len(held), 500):
@@ -347,7 +328,7 @@ def test_banner_shows_while_labqd_is_down_and_goes_when_it_is_back(tmp_path):
             assert "disconnected" not in screen_text(app)
             await until(pilot, lambda: "after-restart" in table_names(app), "new data")
 
-        drive(app, scenario)
+        drive(app, scenario, SIZE)
     finally:
         d.close()
 
@@ -402,7 +383,7 @@ def test_admin_drains_and_resumes_a_node(local):
         held = q.submit(["sleep", "60"], name="admin-held", hold=True, cwd="/tmp",
                         export_env=False)
     try:
-        drive(app, scenario)
+        drive(app, scenario, SIZE)
     finally:
         with local.client() as q:
             q.cancel(held.id)

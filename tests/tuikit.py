@@ -1,0 +1,28 @@
+"""Driving the real TUI app in memory with Textual's pilot."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+def screen_text(app) -> str:
+    """The characters on the terminal, as the user sees them."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+async def until(pilot, predicate, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; the screen shows:\n"
+                                 + screen_text(pilot.app))
+        await pilot.pause(0.05)
+
+
+def drive(app, scenario, size: tuple[int, int]) -> None:
+    """Run `scenario(pilot)` once the app has had its first poll of labqd."""
+    async def main():
+        async with app.run_test(size=size) as pilot:
+            await until(pilot, lambda: app.me is not None, "the first poll")
+            await scenario(pilot)
+    asyncio.run(main())
