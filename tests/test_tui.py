@@ -289,10 +289,8 @@ def test_thousands_of_jobs_update_only_what_changed(local, tmp_path):
         updates = []
         original = table.update_cell
         table.update_cell = lambda *a, **k: (updates.append(a[0]), original(*a, **k))
-        started = time.perf_counter()
         table.set_jobs(jobs)
-        assert time.perf_counter() - started < 0.5
-        assert updates == []
+        assert updates == []  # nothing changed, nothing is redrawn
         changed = jobs[100]
         from dataclasses import replace
         jobs[100] = replace(changed, state=labq.JobState.CANCELLED, reason="test")
