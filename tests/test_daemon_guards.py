@@ -247,3 +247,25 @@ def test_by_default_a_user_may_queue_ten_thousand_jobs_and_no_more(tmp_path):
                 return q.submit(["true"], hold=True, cwd="/", export_env=False).state.value
         assert as_user(uid, gid, flood) == [10_000, "user_max_pending"]
         assert as_user(other_uid, other_gid, one) == "HELD"  # the cap is each user's own
+
+
+def test_labqd_exits_non_zero_when_it_stops_unasked(tmp_path):
+    """Restart=on-failure brings labqd back only if it says it failed: a server loop that ends
+    without a stop being asked for (here its listening socket is shut down under it) exits 1."""
+    import sys
+    d = Daemon(tmp_path, {"daemon": {"local_node": False}})
+    d.config_path.write_text(__import__("daemonproc").to_toml(d.config))
+    code = ("import sys, threading\n"
+            "import labq.daemon.server as server\n"
+            "from labq.daemon.main import main\n"
+            "made = server.make_server\n"
+            "def make(core):\n"
+            "    srv = made(core)\n"
+            "    threading.Timer(1.0, srv.listener.shutdown, (2,)).start()\n"
+            "    return srv\n"
+            "server.make_server = make\n"
+            "sys.exit(main(['--config', sys.argv[1]]))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(d.config_path)], env=d.env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "without a stop being asked for" in r.stderr
