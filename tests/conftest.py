@@ -10,6 +10,18 @@ from sshnodes import H100_CSV, NodeSet  # noqa: E402
 
 A100X4 = [{"type": "A100", "memory_mb": 81920}] * 4
 
+# modules whose tests run in-process in milliseconds (pure logic, parsers, a SQLite file, a
+# config check); every other test starts real processes (labqd, sshd, agents, users' CLIs)
+# and is marked slow, so `pytest -m "not slow"` is the inner loop
+FAST_MODULES = {"test_policy", "test_policy_reference", "test_units", "test_store",
+                "test_agent_probe", "test_layers", "test_config", "test_protocol"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__ not in FAST_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
