@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import random
 import shlex
 import socket
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from . import agent as agent_module
 from . import ssh
@@ -132,8 +133,22 @@ class SshTransport:
     kill = close
 
 
+class LinkEvents(Protocol):
+    """What a link tells the daemon. Called on the link's own threads."""
+
+    def node_up(self, link: "NodeLink", hello: dict, jobs: list[dict]) -> None: ...
+
+    def node_down(self, link: "NodeLink", why: str) -> None: ...
+
+    def node_refused(self, link: "NodeLink", why: str) -> None: ...
+
+    def node_event(self, link: "NodeLink", msg: dict) -> None: ...
+
+    def node_stats(self, link: "NodeLink", reply: dict) -> None: ...
+
+
 class NodeLink:
-    def __init__(self, cfg: NodeConfig, cluster: str, core, *, heartbeat_s: float,
+    def __init__(self, cfg: NodeConfig, cluster: str, core: LinkEvents, *, heartbeat_s: float,
                  timeout_s: float):
         self.cfg = cfg
         self.name = cfg.name
@@ -146,6 +161,9 @@ class NodeLink:
         self.last_heard = 0.0
         self._next_id = 0
         self._pending: dict[int, Callable[[dict], None]] = {}
+        # requests wait here for the link's writer thread: a caller (often holding the job
+        # lock) never blocks on a stalled channel
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # ask for an immediate reconnect
@@ -184,13 +202,22 @@ class NodeLink:
             rid = self._next_id
             if callback:
                 self._pending[rid] = callback
-            try:
-                t.write((json.dumps(dict(kw, op=op, id=rid)) + "\n").encode())
-            except Exception as e:
-                self._pending.pop(rid, None)
-                log.warning("node %s: send failed: %s", self.name, e)
-                return False
+            self._outbox.put((json.dumps(dict(kw, op=op, id=rid)) + "\n").encode())
         return True
+
+    def _write_loop(self, t, outbox: "queue.SimpleQueue[bytes | None]") -> None:
+        """Send queued requests in order until the connection ends; a failed write closes it,
+        and the reader then fails what is pending."""
+        while True:
+            data = outbox.get()
+            if data is None or self.transport is not t:
+                return
+            try:
+                t.write(data)
+            except Exception as e:
+                log.warning("node %s: send failed: %s", self.name, e)
+                self._close_transport()
+                return
 
     def call(self, op: str, timeout: float = 30.0, **kw: Any) -> dict:
         done = threading.Event()
@@ -257,11 +284,11 @@ class NodeLink:
             except (ssh.HostKeyRefused, AgentRefused) as e:
                 self.refused = str(e)
                 self._close_transport()
-                self._tell("node_refused", str(e))
+                self._tell(self.core.node_refused, str(e))
                 continue
             except Exception as e:
                 self._close_transport()
-                self._tell("node_down", f"connect failed: {e}")
+                self._tell(self.core.node_down, f"connect failed: {e}")
                 # exponential backoff with jitter, capped at 60 s
                 self._wake.wait(backoff * random.uniform(0.7, 1.3))
                 self._wake.clear()
@@ -269,6 +296,10 @@ class NodeLink:
                 continue
             backoff = 0.5
             self.last_heard = time.monotonic()
+            outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+            self._outbox = outbox  # nothing queued for an earlier connection is sent here
+            threading.Thread(target=self._write_loop, args=(t, outbox), daemon=True,
+                             name=f"node-{self.name}-writer").start()
             self.connected = True
             hb = threading.Thread(target=self._heartbeat, args=(t,), daemon=True)
             hb.start()
@@ -282,22 +313,23 @@ class NodeLink:
             self._close_transport()
             with self._lock:
                 pending, self._pending = self._pending, {}
+                self._outbox.put(None)  # the writer ends
             for cb in pending.values():
                 try:
                     cb({"ok": False, "code": "down", "error": why})
                 except Exception:
                     log.exception("callback failed")
             if not self._stop.is_set():
-                self._tell("node_down", why)
+                self._tell(self.core.node_down, why)
                 self._wake.wait(0.2)
                 self._wake.clear()
 
-    def _tell(self, what: str, why: str) -> None:
-        """Report to the core; a failure there must not end this link's thread."""
+    def _tell(self, event: Callable[["NodeLink", str], None], why: str) -> None:
+        """Report to the daemon; a failure there must not end this link's thread."""
         try:
-            getattr(self.core, what)(self, why)
+            event(self, why)
         except Exception:
-            log.exception("node %s: %s callback failed", self.name, what)
+            log.exception("node %s: %s failed", self.name, event.__name__)
 
     def _close_transport(self) -> None:
         with self._lock:
