@@ -76,17 +76,17 @@ class Core(NodeControl, FairControl):
         self.links: dict[str, NodeLink] = {}
         self.ended_runs: list = []  # runs that ended since the last usage accrual
         self._stopping = False
-        self.group_overrides = {r.group: r.settings for r in st.GroupSetting.select()}
+        self.group_overrides = store.group_settings()
         self.policy_config = policyconfig.build(cfg, self.group_overrides)
         self.accounting = Accounting(self.policy_config.usage_half_life_s,
                                      self.policy_config.cpu_weight)
         self.accounting.load(time.time())
-        self._drained = {n.name: n.drained for n in st.Node.select()}
+        self._drained = store.drained_nodes()
         for ncfg in cfg.nodes:
             if ncfg.enabled:
                 self._add_node(ncfg)
-        for row in st.DynamicNode.select():
-            self._add_node(self.dynamic_node_config(row.entry))
+        for entry in store.dynamic_nodes():
+            self._add_node(self.dynamic_node_config(entry))
 
     def start(self) -> None:
         for link in self.links.values():
@@ -107,15 +107,7 @@ class Core(NodeControl, FairControl):
                                {"id": job["id"], "state": src.value})
         now = fields.pop("when", None) or time.time()
         fields.update(state=dst.value, reason=reason)
-        with self.store.write():
-            st.Job.update(**fields).where(st.Job.id == job["id"]).execute()
-            self.store.add_event(job["id"], who, src.value, dst.value, reason, now)
-            if dst != S.RUNNING:
-                st.Allocation.delete().where(st.Allocation.job == job["id"]).execute()
-            if dst == S.RUNNING:
-                st.Allocation.insert_many([{"job": job["id"], "node": fields["node"],
-                                            "gpu_index": g} for g in fields["gpu_indices"]]
-                                          ).execute()
+        self.store.record_transition(job["id"], fields, who, src.value, dst.value, reason, now)
         if src == S.RUNNING and job["start_time"]:
             self.ended_runs.append(Run(job["group"], job["owner"], len(job["gpu_indices"]),
                                        job["cpus"], job["start_time"], now))
@@ -197,10 +189,10 @@ class Core(NodeControl, FairControl):
     def _ended_state(self, job_id: int) -> str | None:
         if job_id in self.ended_states:
             return self.ended_states[job_id]
-        row = st.Job.select(st.Job.state).where(st.Job.id == job_id).first()
-        if row is not None and JobState(row.state) in FINAL:
-            self.ended_states[job_id] = row.state
-            return row.state
+        state = self.store.job_state(job_id)
+        if state is not None and JobState(state) in FINAL:
+            self.ended_states[job_id] = state
+            return state
         return None
 
     def job_row(self, job_id: Any) -> dict:

@@ -9,7 +9,6 @@ from labq.errors import InvalidState, PermissionDenied, ValidationError
 from labq.states import JobState
 
 from . import policyconfig
-from . import store as st
 from .accounting import usage_report
 from .fairshare import factors
 from .identity import Caller
@@ -30,10 +29,8 @@ class FairControl:
                 raise InvalidState(f"job {row['id']} is {row['state']}; only pending or held "
                                    "jobs can change priority",
                                    {"id": row["id"], "state": row["state"]})
-            with self.store.write():
-                st.Job.update(priority=priority).where(st.Job.id == job["id"]).execute()
-                self.store.add_event(job["id"], caller.user, job["state"], job["state"],
-                                     f"priority {job['priority']} -> {priority}")
+            self.store.record_priority(job["id"], job["state"], caller.user, job["priority"],
+                                       priority)
             job["priority"] = priority
             self.views[job["id"]] = job_view(job)
         self.wake.set()
@@ -49,8 +46,7 @@ class FairControl:
             merged = dict(self.group_overrides.get(group, {}))
             for k, v in changes.items():
                 merged[k] = {**merged.get(k, {}), **v} if isinstance(v, dict) else v
-            with self.store.write():
-                st.GroupSetting.replace(group=group, settings=merged).execute()
+            self.store.save_group_settings(group, merged)
             self.group_overrides[group] = merged
             self.policy_config = policyconfig.build(self.cfg, self.group_overrides)
         self.wake.set()

@@ -16,7 +16,6 @@ from typing import Any
 from labq.errors import InvalidState, LabqError, NotFound, PermissionDenied, ValidationError
 from labq.states import JobState
 
-from . import store as st
 from .config import (NODE, ConfigError, NodeConfig, check_node, confine_node_paths,
                      node_config)
 from .nodes import NodeLink
@@ -127,8 +126,7 @@ class NodeControl:
             raise PermissionDenied("draining and resuming nodes is for admins")
         with self.lock:
             node = self._node_or_404(name)
-            with self.store.write():
-                st.Node.update(drained=drained).where(st.Node.name == name).execute()
+            self.store.set_drained(name, drained)
             node.drained = drained
             self._drained[name] = drained
             if not drained:
@@ -165,8 +163,7 @@ class NodeControl:
                 raise ValidationError(f"node {ncfg.name!r} exists already", {"field": "name"})
             if ncfg.local and any(self.links[n].cfg.local for n in self.links):
                 raise ValidationError("the local machine is a node already", {"field": "local"})
-            with self.store.write():
-                st.DynamicNode.replace(name=ncfg.name, entry=entry).execute()
+            self.store.add_dynamic_node(ncfg.name, entry)
             self._drained.pop(ncfg.name, None)
             link = self._add_node(ncfg, dynamic=True)
             self._set_node(ncfg.name, state="connecting", reason=None)
@@ -185,10 +182,7 @@ class NodeControl:
                                    "end (or cancel them) first", {"node": name, "jobs": busy})
             link = self.links.pop(name)
             del self.nodes[name]
-            with self.store.write():
-                for model, col in ((st.DynamicNode, st.DynamicNode.name),
-                                   (st.Node, st.Node.name), (st.Gpu, st.Gpu.node)):
-                    model.delete().where(col == name).execute()
+            self.store.forget_node(name)
         link.stop()
         self.wake.set()
         return {"name": name, "removed": True, "from_config": not node.dynamic}
@@ -221,11 +215,10 @@ class NodeControl:
             for k, v in fields.items():
                 setattr(node, k, v)
             try:
-                with self.store.write():
-                    st.Node.insert(name=name, host=node.host, state=node.state,
-                                   reason=node.reason, drained=node.drained, cpus=node.cpus,
-                                   memory_mb=node.memory_mb, gpu_source=node.gpu_source,
-                                   last_seen=node.last_seen).on_conflict_replace().execute()
+                self.store.save_node(name, host=node.host, state=node.state,
+                                     reason=node.reason, drained=node.drained, cpus=node.cpus,
+                                     memory_mb=node.memory_mb, gpu_source=node.gpu_source,
+                                     last_seen=node.last_seen)
             except LabqError as e:  # a full disk must not take the node link down with it
                 log.error("cannot record the state of node %s: %s", name, e.message)
         self.wake.set()
@@ -284,10 +277,7 @@ class NodeControl:
             node.last_seen = time.time()
             node.down_since = None
             try:
-                with self.store.write():
-                    st.Gpu.delete().where(st.Gpu.node == link.name).execute()
-                    if gpus:
-                        st.Gpu.insert_many([dict(g, node=link.name) for g in gpus]).execute()
+                self.store.save_gpus(link.name, gpus)
             except LabqError as e:  # a full disk must not keep the node from coming up
                 log.error("cannot record the GPUs of node %s: %s", link.name, e.message)
             self._set_node(link.name, state="up", reason=None)

@@ -286,6 +286,65 @@ class Store:
     def update_job(self, job_id: int, **fields: Any) -> None:
         Job.update(**fields).where(Job.id == job_id).execute()
 
+    def record_transition(self, job_id: int, fields: dict[str, Any], who: str, src: str,
+                          dst: str, reason: str | None, when: float) -> None:
+        """A job's new state, its event row and its GPU allocation, in one transaction."""
+        with self.write():
+            Job.update(**fields).where(Job.id == job_id).execute()
+            self.add_event(job_id, who, src, dst, reason, when)
+            Allocation.delete().where(Allocation.job == job_id).execute()
+            if dst == "RUNNING" and fields.get("gpu_indices"):
+                Allocation.insert_many([{"job": job_id, "node": fields["node"], "gpu_index": g}
+                                        for g in fields["gpu_indices"]]).execute()
+
+    def record_priority(self, job_id: int, state: str, who: str, old: int, new: int) -> None:
+        with self.write():
+            Job.update(priority=new).where(Job.id == job_id).execute()
+            self.add_event(job_id, who, state, state, f"priority {old} -> {new}")
+
+    def job_state(self, job_id: int) -> str | None:
+        row = Job.select(Job.state).where(Job.id == job_id).first()
+        return None if row is None else row.state
+
+    # -- nodes and groups ----------------------------------------------------------------
+    def drained_nodes(self) -> dict[str, bool]:
+        return {n.name: n.drained for n in Node.select()}
+
+    def set_drained(self, name: str, drained: bool) -> None:
+        with self.write():
+            Node.update(drained=drained).where(Node.name == name).execute()
+
+    def save_node(self, name: str, **fields: Any) -> None:
+        with self.write():
+            Node.insert(name=name, **fields).on_conflict_replace().execute()
+
+    def save_gpus(self, node: str, gpus: list[dict[str, Any]]) -> None:
+        with self.write():
+            Gpu.delete().where(Gpu.node == node).execute()
+            if gpus:
+                Gpu.insert_many([dict(g, node=node) for g in gpus]).execute()
+
+    def dynamic_nodes(self) -> list[dict[str, Any]]:
+        """Config entries of the nodes added while labqd ran."""
+        return [row.entry for row in DynamicNode.select()]
+
+    def add_dynamic_node(self, name: str, entry: dict[str, Any]) -> None:
+        with self.write():
+            DynamicNode.replace(name=name, entry=entry).execute()
+
+    def forget_node(self, name: str) -> None:
+        with self.write():
+            for model, col in ((DynamicNode, DynamicNode.name), (Node, Node.name),
+                               (Gpu, Gpu.node)):
+                model.delete().where(col == name).execute()
+
+    def group_settings(self) -> dict[str, dict[str, Any]]:
+        return {r.group: r.settings for r in GroupSetting.select()}
+
+    def save_group_settings(self, group: str, settings: dict[str, Any]) -> None:
+        with self.write():
+            GroupSetting.replace(group=group, settings=settings).execute()
+
     # -- reads -----------------------------------------------------------------------------
     def job_row(self, job_id: int) -> dict[str, Any] | None:
         row = Job.select().where(Job.id == job_id).dicts().first()
