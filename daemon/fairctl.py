@@ -1,40 +1,36 @@
-"""The fair-share side of the daemon: priority changes, group shares and limits set by admins,
-and the usage report. Mixed into Core; uses its lock, store, active jobs and views."""
+"""Fair share: the policy's settings (config plus the admins' group changes), the decayed
+usage, the group listing and the usage report."""
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
-from labq.errors import InvalidState, PermissionDenied, ValidationError
+from labq.errors import PermissionDenied, ValidationError
 from labq.states import JobState
 
 from . import policyconfig
-from .accounting import usage_report
+from . import store as st
+from .accounting import Accounting, usage_report
 from .fairshare import factors
 from .identity import Caller
-from .views import job_view
+from .jobtable import JobTable
 
 S = JobState
 
 
-class FairControl:
-    def set_priority(self, caller: Caller, job_id: Any, priority: Any) -> dict:
-        if type(priority) is not int or not 1 <= priority <= 10:
-            raise ValidationError("priority: must be an integer from 1 to 10",
-                                  {"field": "priority"})
-        row = self._owned(caller, job_id)
-        with self.lock:
-            job = self.active.get(row["id"])
-            if job is None or job["state"] == S.RUNNING.value:
-                raise InvalidState(f"job {row['id']} is {row['state']}; only pending or held "
-                                   "jobs can change priority",
-                                   {"id": row["id"], "state": row["state"]})
-            self.store.record_priority(job["id"], job["state"], caller.user, job["priority"],
-                                       priority)
-            job["priority"] = priority
-            self.views[job["id"]] = job_view(job)
-        self.wake.set()
-        return self.view(caller, self.job_row(row["id"]))
+class FairShare:
+    def __init__(self, cfg, store: st.Store, jobs: JobTable, wake: threading.Event):
+        self.cfg = cfg
+        self.store = store
+        self.jobs = jobs
+        self.lock = jobs.lock
+        self.wake = wake
+        self.group_overrides = store.group_settings()
+        self.policy_config = policyconfig.build(cfg, self.group_overrides)
+        self.accounting = Accounting(self.policy_config.usage_half_life_s,
+                                     self.policy_config.cpu_weight)
+        self.accounting.load(time.time())
 
     def set_group(self, caller: Caller, group: Any, changes: dict) -> dict:
         if not caller.admin:
@@ -57,7 +53,7 @@ class FairControl:
             pc = self.policy_config
             gpus_in_use: dict[str, int] = {}
             pairs = set()
-            for j in self.active.values():
+            for j in self.jobs.active.values():
                 pairs.add((j["group"], j["owner"]))
                 if j["state"] == S.RUNNING.value:
                     gpus_in_use[j["group"]] = gpus_in_use.get(j["group"], 0) + len(

@@ -66,7 +66,7 @@ def run(cfg) -> int:
     except (AlreadyRunning, OSError, KeyError) as e:
         log.error("cannot listen on %s: %s", cfg.socket, e)
         return 1
-    scheduler = Scheduler(core, cfg.scheduler.get("interval", 5))
+    scheduler = Scheduler(core.jobs, core.nodes, core.fair, cfg.scheduler.get("interval", 5))
     stopping = threading.Event()
 
     def on_term(signum, frame):
@@ -83,7 +83,7 @@ def run(cfg) -> int:
     core.wake.set()
     server._listen()  # accept from here on; READY=1 only once a client can connect
     log.info("labqd listening on %s (database %s, %d node(s))", cfg.socket, cfg.database,
-             len(core.nodes))
+             len(core.nodes.nodes))
     notify("READY=1")
     try:
         server.start()

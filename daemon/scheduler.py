@@ -13,7 +13,9 @@ from labq.states import JobState
 
 from . import policy
 from .estimates import estimate
-from .core import Core
+from .fairctl import FairShare
+from .jobtable import JobTable
+from .registry import NodeRegistry
 from .fairshare import Run
 from .snapshot import GpuSlot, NodeView, Snapshot
 
@@ -22,18 +24,19 @@ S = JobState
 RUNNING, PENDING = S.RUNNING.value, S.PENDING.value
 
 
-def build_snapshot(core: Core, now: float) -> Snapshot:
-    """Called with core.lock held. The core keeps a view of every active job up to date, so
-    this costs O(nodes + running jobs), not O(queue)."""
-    jobs = list(core.views.values())
+def build_snapshot(table: JobTable, registry: NodeRegistry, fair: FairShare,
+                   now: float) -> Snapshot:
+    """Called with the job lock held. The job table keeps a view of every active job up to
+    date, so this costs O(nodes + running jobs), not O(queue)."""
+    jobs = list(table.views.values())
     used: dict[str, list] = {}
-    for view in core.running_views():
+    for view in table.running_views():
         u = used.setdefault(view.node, [set(), 0, 0])
         u[0].update(view.gpu_indices)
         u[1] += view.cpus
         u[2] += view.memory_mb
     nodes = []
-    for n in core.nodes.values():
+    for n in registry.nodes.values():
         u = used.get(n.name, [set(), 0, 0])
         state = "drain" if n.drained else ("up" if n.state == "up" else "down")
         slots = tuple(GpuSlot(g["index"], g["type"], g["memory_mb"] or 0) for g in n.gpus)
@@ -42,23 +45,24 @@ def build_snapshot(core: Core, now: float) -> Snapshot:
                               free_cpus=n.cpus - u[1], free_memory_mb=n.memory_mb - u[2],
                               only_uid=n.only_uid, root_ok=n.root_ok))
     ended = {}
-    for t in {t for deps in core.dep_edges.values() for t in deps}:
-        if t not in core.active:
-            s = core._ended_state(t)
+    for t in {t for deps in table.dep_edges.values() for t in deps}:
+        if t not in table.active:
+            s = table.ended_state(t)
             if s is not None:
                 ended[t] = s
     running = [Run(v.group, v.owner, len(v.gpu_indices), v.cpus, v.start_time)
-               for v in core.running_views() if v.start_time]
-    acc = core.accounting
-    acc.advance(running, core.ended_runs, now)
-    core.ended_runs = []
+               for v in table.running_views() if v.start_time]
+    acc = fair.accounting
+    acc.advance(running, table.ended_runs, now)
+    table.ended_runs = []
     return Snapshot(nodes=nodes, jobs=jobs, ended=ended, group_usage=acc.group_usage,
-                    user_usage=acc.user_usage, config=core.policy_config, memo=core.plan_memo)
+                    user_usage=acc.user_usage, config=fair.policy_config, memo=table.plan_memo)
 
 
 class Scheduler:
-    def __init__(self, core: Core, interval_s: float = 15.0):
-        self.core = core
+    def __init__(self, jobs: JobTable, nodes: NodeRegistry, fair: FairShare,
+                 interval_s: float = 15.0):
+        self.jobs, self.nodes, self.fair = jobs, nodes, fair
         self.interval_s = interval_s
         self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
         self.passes = 0
@@ -69,19 +73,19 @@ class Scheduler:
         self.thread.start()
 
     def _run(self) -> None:
-        core = self.core
+        jobs = self.jobs
         last_start, last_cost = 0.0, 0.0
-        while not core._stopping:
-            deadline = core.check_nodes()
-            core.wake.wait(self.interval_s if deadline is None
+        while not jobs.stopping:
+            deadline = self.nodes.check_nodes()
+            jobs.wake.wait(self.interval_s if deadline is None
                            else min(self.interval_s, deadline + 0.05))
             # a burst of submits is served by one pass, not one pass per submit, and the
             # scheduler never takes more than about half of the daemon's time
             gap = last_start + max(0.005, 3 * last_cost) - time.monotonic()
             if gap > 0:
                 time.sleep(gap)
-            core.wake.clear()
-            if core._stopping:
+            jobs.wake.clear()
+            if jobs.stopping:
                 return
             last_start = time.monotonic()
             try:
@@ -92,10 +96,10 @@ class Scheduler:
             last_cost = time.monotonic() - last_start
 
     def run_once(self) -> None:
-        core = self.core
+        jobs = self.jobs
         now = time.time()
-        with core.lock:
-            snap = build_snapshot(core, now)
+        with jobs.lock:
+            snap = build_snapshot(jobs, self.nodes, self.fair, now)
         # the policy runs without the lock: submits and reads go on meanwhile, and the plan
         # is checked against the state it finds when applied
         plan = policy.plan(snap, now)
@@ -109,20 +113,19 @@ class Scheduler:
         elif n >= 20000:
             self.expected = {}
         self.expected.update(plan.estimates)  # the reservation itself is the plan's word
-        with core.lock:
+        with jobs.lock:
             for job_id, why in plan.cancels:
-                job = core.active.get(job_id)
+                job = jobs.active.get(job_id)
                 if job is not None and job["state"] != RUNNING:
-                    core._transition(job, S.CANCELLED, "labqd", why, end_time=time.time())
+                    jobs.transition(job, S.CANCELLED, "labqd", why, end_time=time.time())
             for start in plan.starts:
-                job = core.active.get(start.job)
-                node = core.nodes.get(start.node)
+                job = jobs.active.get(start.job)
+                node = self.nodes.nodes.get(start.node)
                 if (job is None or job["state"] != PENDING or node is None
                         or node.state != "up" or node.drained):
                     continue
-                core.start_job(job, start.node, start.gpus)
+                self.nodes.start_job(job, start.node, start.gpus)
             # pending reasons and priorities are read from the latest plan when shown; they
             # are stored with a job only when it changes state
-            core.reasons, core.priorities = plan.reasons, plan.priorities
-            core.estimates = {k: v for k, v in self.expected.items() if k in core.active}
+            jobs.set_plan(plan.reasons, plan.priorities, self.expected)
             self.passes += 1

@@ -6,6 +6,7 @@ every result crosses as JSON text or a tuple of bytes and numbers.
 from __future__ import annotations
 
 import json
+import os
 import logging
 import time
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from labq.states import JobState
 
 from .config import ConfigError
 from .core import Core
+from .registry import NodeRegistry
 from .identity import Caller, caller_for_uid, peer_uid
 
 log = logging.getLogger("labqd.service")
@@ -152,7 +154,7 @@ def _node_entry(args: dict) -> dict:
     if type(name) is str and len(name) > MAX_NODE_NAME:
         raise _bad("node.name", f"must be at most {MAX_NODE_NAME} characters")
     try:
-        ncfg = Core.dynamic_node_config(entry)
+        ncfg = NodeRegistry.dynamic_node_config(entry)
     except ConfigError as e:  # its message quotes the entry: keep a long one short
         raise ValidationError(str(e)[:500], {"field": e.path[:200]}) from None
     if ncfg.memory_mb is not None and not 0 <= ncfg.memory_mb <= MAX_MEMORY_MB:
@@ -184,35 +186,35 @@ class LabqService(rpyc.Service):
         self.core = core
         self.caller: Caller | None = None
         self.handlers: dict[str, Callable[[dict], Any]] = {
-            "ping": lambda a: {"time": time.time(), "pid": core.pid(),
+            "ping": lambda a: {"time": time.time(), "pid": os.getpid(),
                                "cluster": core.store.cluster_id},
             "whoami": lambda a: {"user": self.caller.user, "uid": self.caller.uid,
                                  "group": self.caller.group, "admin": self.caller.admin,
                                  "groups": sorted(self.caller.groups)},
-            "submit": lambda a: core.view(self.caller, core.submit(self.caller, a.get("spec"))),
-            "job": lambda a: core.view(self.caller, core.job_row(_id(a))),
+            "submit": lambda a: core.jobs.view(self.caller, core.jobs.submit(self.caller, a.get("spec"))),
+            "job": lambda a: core.jobs.view(self.caller, core.jobs.job_row(_id(a))),
             "jobs": self._jobs,
-            "events": lambda a: core.events(self.caller, core.job_row(_id(a))["id"]),
-            "cancel": lambda a: core.cancel(self.caller, _ids(a),
+            "events": lambda a: core.jobs.events(self.caller, core.jobs.job_row(_id(a))["id"]),
+            "cancel": lambda a: core.jobs.cancel(self.caller, _ids(a),
                                             _opt_text(a, "reason", MAX_REASON_BYTES)),
-            "hold": lambda a: core.hold(self.caller, _ids(a)),
-            "release": lambda a: core.release(self.caller, _ids(a)),
-            "wait": lambda a: core.wait(self.caller, _ids(a),
+            "hold": lambda a: core.jobs.hold(self.caller, _ids(a)),
+            "release": lambda a: core.jobs.release(self.caller, _ids(a)),
+            "wait": lambda a: core.jobs.wait(self.caller, _ids(a),
                                         _number(a, "timeout", 10.0, 0.0, MAX_WAIT_S)),
-            "nodes": lambda a: core.node_list(),
-            "node_drain": lambda a: core.set_drain(self.caller, _name(a, "name", MAX_NODE_NAME),
+            "nodes": lambda a: core.nodes.node_list(),
+            "node_drain": lambda a: core.nodes.set_drain(self.caller, _name(a, "name", MAX_NODE_NAME),
                                                    True),
-            "node_resume": lambda a: core.set_drain(self.caller,
+            "node_resume": lambda a: core.nodes.set_drain(self.caller,
                                                     _name(a, "name", MAX_NODE_NAME), False),
-            "node_add": lambda a: core.node_add(self.caller, _node_entry(a)),
-            "node_remove": lambda a: core.node_remove(self.caller,
+            "node_add": lambda a: core.nodes.node_add(self.caller, _node_entry(a)),
+            "node_remove": lambda a: core.nodes.node_remove(self.caller,
                                                       _name(a, "name", MAX_NODE_NAME)),
-            "job_priority": lambda a: core.set_priority(self.caller, _id(a),
+            "job_priority": lambda a: core.jobs.set_priority(self.caller, _id(a),
                                                         _int(a, "priority", 1, 10)),
-            "group_set": lambda a: core.set_group(self.caller, _name(a, "group"),
+            "group_set": lambda a: core.fair.set_group(self.caller, _name(a, "group"),
                                                   _group_changes(a)),
-            "groups": lambda a: core.groups(),
-            "usage": lambda a: core.usage(self.caller, _days(a)),
+            "groups": lambda a: core.fair.groups(),
+            "usage": lambda a: core.fair.usage(self.caller, _days(a)),
         }
 
     def on_connect(self, conn) -> None:
@@ -230,7 +232,7 @@ class LabqService(rpyc.Service):
         limit = a.get("limit")
         if limit is not None and (type(limit) is not int or not 1 <= limit <= MAX_INT):
             raise _bad("limit", "must be a positive integer")
-        return self.core.jobs(self.caller, states=states or None,
+        return self.core.jobs.list_jobs(self.caller, states=states or None,
                               user=_opt_text(a, "user", MAX_IDENT), limit=limit,
                               include_ended=_flag(a, "include_ended", True),
                               with_env=_flag(a, "with_env", False))
@@ -278,7 +280,7 @@ class LabqService(rpyc.Service):
                     raise _bad(key, f"read_log takes (id, offset, wait, max_bytes); {key} must "
                                f"be a{'n integer' if kinds == (int,) else ' number'} from "
                                f"{lo:g} to {hi:g}")
-            data, new_offset, done = self.core.read_log(self.caller, job_id, offset,
+            data, new_offset, done = self.core.jobs.read_log(self.caller, job_id, offset,
                                                         float(wait), max_bytes)
             return (data, new_offset, done, "")
         except LabqError as e:

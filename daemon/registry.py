@@ -1,4 +1,5 @@
-"""The node side of the daemon's state: link callbacks, reconciliation, requeue, admin control.
+"""The node registry: every node's live view and link, link events, reconciliation, requeue,
+starting runs and the admin's node requests. Jobs change only through the job table.
 
 A run of a job on a node is keyed "<id>.<restarts>", so a requeued job's new run never meets
 what an earlier run left on a node, and a stale copy is recognised as such.
@@ -18,6 +19,8 @@ from labq.states import JobState
 
 from .config import (NODE, ConfigError, NodeConfig, check_node, confine_node_paths,
                      node_config)
+from . import store as st
+from .jobtable import JobTable
 from .nodes import NodeLink
 
 log = logging.getLogger("labqd")
@@ -58,8 +61,36 @@ def parse_key(key: str) -> tuple[int, int]:
     return int(job), int(run or 0)
 
 
-class NodeControl:
-    """Mixed into Core; uses its lock, store, active jobs and _transition."""
+class NodeRegistry:
+    """Implements the links' LinkEvents and the job table's RunControl."""
+
+    def __init__(self, cfg, store: st.Store, jobs: JobTable, wake: threading.Event):
+        self.cfg = cfg
+        self.store = store
+        self.jobs = jobs
+        self.lock = jobs.lock  # one lock: a node's state and its jobs change together
+        self.wake = wake
+        self.nodes: dict[str, NodeInfo] = {}
+        self.links: dict[str, NodeLink] = {}
+        self._drained = store.drained_nodes()
+        for ncfg in cfg.nodes:
+            if ncfg.enabled:
+                self._add_node(ncfg)
+        for entry in store.dynamic_nodes():
+            self._add_node(self.dynamic_node_config(entry))
+
+    def start(self) -> None:
+        for link in self.links.values():
+            link.start()
+
+    def stop(self) -> None:
+        for link in self.links.values():
+            link.stop()
+
+    def cancel_run(self, job: dict) -> None:
+        link = self.links.get(job["node"])
+        if link is not None:
+            link.request("cancel", job=run_key(job), reason="cancel")
 
     # -- building ----------------------------------------------------------------------------
     def _add_node(self, ncfg: NodeConfig, dynamic: bool = False) -> NodeLink:
@@ -81,7 +112,7 @@ class NodeControl:
             holders: dict[tuple[str, int], int] = {}
             running: dict[str, list[int]] = {}
             used: dict[str, list[int]] = {}
-            for j in self.active.values():
+            for j in self.jobs.active.values():
                 if j["state"] == S.RUNNING.value:
                     running.setdefault(j["node"], []).append(j["id"])
                     u = used.setdefault(j["node"], [0, 0])
@@ -175,7 +206,7 @@ class NodeControl:
             raise PermissionDenied("removing nodes is for admins")
         with self.lock:
             node = self._node_or_404(name)
-            busy = [j["id"] for j in self.active.values()
+            busy = [j["id"] for j in self.jobs.active.values()
                     if j["state"] == S.RUNNING.value and j["node"] == name]
             if busy:
                 raise InvalidState(f"node {name} still runs jobs {busy}; drain it and let them "
@@ -289,7 +320,7 @@ class NodeControl:
     def _reconcile(self, link: NodeLink, found: dict[str, dict]) -> None:
         """Match the runs the agent has with what the store says runs there."""
         mine = set()
-        for job in list(self.active.values()):
+        for job in list(self.jobs.active.values()):
             if job["state"] != S.RUNNING.value or job["node"] != link.name:
                 continue
             key = run_key(job)
@@ -304,7 +335,7 @@ class NodeControl:
                 self._launch(link, job)
             elif info is not None:
                 self._watch(link, job)
-                if job["id"] in self.cancel_requests:
+                if job["id"] in self.jobs.cancel_requests:
                     link.request("cancel", job=key, reason="cancel")
             else:
                 # labqd stopped between recording the start and the launch reaching the
@@ -326,7 +357,7 @@ class NodeControl:
                 link.request("forget", job=key)
 
     def _note(self, job_id: int, text: str) -> None:
-        row = self.active.get(job_id) or self.store.job_row(job_id)
+        row = self.jobs.active.get(job_id) or self.store.job_row(job_id)
         if row is None:
             return
         try:
@@ -336,7 +367,7 @@ class NodeControl:
             log.error("cannot record event for job %d: %s", job_id, e.message)
 
     def _watch(self, link: NodeLink, job: dict) -> None:
-        offset = self.logs.resume_offset(job["id"])
+        offset = self.jobs.logs.resume_offset(job["id"])
         link.request("watch", job=run_key(job), offset=1 << 62 if offset is None else offset)
 
     def node_stats(self, link: NodeLink, reply: dict) -> None:
@@ -355,7 +386,7 @@ class NodeControl:
     def _current(self, link: NodeLink, key: str) -> dict | None:
         """The active job whose current run on this node `key` names, if any."""
         job_id, run = parse_key(key)
-        job = self.active.get(job_id)
+        job = self.jobs.active.get(job_id)
         if (job is None or job["state"] != S.RUNNING.value or job["node"] != link.name
                 or job["restarts"] != run):
             return None
@@ -369,7 +400,7 @@ class NodeControl:
                 return  # output of a stale copy
             node = self.nodes[link.name]
             try:
-                self.logs.append(job["id"], int(msg["offset"]), base64.b64decode(msg["data"]),
+                self.jobs.logs.append(job["id"], int(msg["offset"]), base64.b64decode(msg["data"]),
                                  link.name, f"{node.job_root}/{self.store.cluster_id}/"
                                  f"{link.name}/{msg['job']}/log")
             except OSError as e:
@@ -401,39 +432,39 @@ class NodeControl:
             code, sig, why = msg.get("code"), msg.get("signal"), msg.get("reason")
             end = msg.get("end") or time.time()
             fields = dict(exit_code=code, signal=sig, end_time=end, when=end)
-            if job_id in self.cancel_requests:
-                self._transition(job, S.CANCELLED, "labqd", self.cancel_requests[job_id],
+            if job_id in self.jobs.cancel_requests:
+                self.jobs.transition(job, S.CANCELLED, "labqd", self.jobs.cancel_requests[job_id],
                                  **fields)
             elif why == "timeout":
-                self._transition(job, S.TIMEOUT, "labqd",
+                self.jobs.transition(job, S.TIMEOUT, "labqd",
                                  f"time limit of {job['time_limit_s']} s reached", **fields)
             elif why == "lost":
                 self._lost(job, f"its supervisor on {link.name} vanished (node rebooted?)")
             elif code == 0:
-                self._transition(job, S.COMPLETED, "labqd", None, **fields)
+                self.jobs.transition(job, S.COMPLETED, "labqd", None, **fields)
             else:
                 detail = f"killed by signal {sig}" if sig else f"exit code {code}"
                 if why == "oom":
                     mem = job["memory_mb"]
                     detail = (f"out of memory: killed at its limit of {mem} MiB (--mem)" if mem
                               else "out of memory: killed by the kernel") + f" ({detail})"
-                self._transition(job, S.FAILED, "labqd", detail, **fields)
+                self.jobs.transition(job, S.FAILED, "labqd", detail, **fields)
         link.request("forget", job=key)
 
     def _lost(self, job: dict, why: str) -> None:
         """A run is gone with its node: requeue it (same id) or end it NODE_FAIL."""
-        cancelled = self.cancel_requests.get(job["id"])
+        cancelled = self.jobs.cancel_requests.get(job["id"])
         if cancelled:
             # cancelled while its node was unreachable: end it, never start it again
-            self._transition(job, S.CANCELLED, "labqd", f"{cancelled} ({why})",
+            self.jobs.transition(job, S.CANCELLED, "labqd", f"{cancelled} ({why})",
                              end_time=time.time())
         elif job["requeue"]:
-            self._transition(job, S.PENDING, "labqd", f"requeued: {why}",
+            self.jobs.transition(job, S.PENDING, "labqd", f"requeued: {why}",
                              restarts=job["restarts"] + 1, node=None, gpu_indices=[],
                              start_time=None, eligible_time=time.time())
-            self.logs.new_run(job["id"], job["restarts"], why)
+            self.jobs.logs.new_run(job["id"], job["restarts"], why)
         else:
-            self._transition(job, S.NODE_FAIL, "labqd", why, end_time=time.time())
+            self.jobs.transition(job, S.NODE_FAIL, "labqd", why, end_time=time.time())
 
     def check_nodes(self) -> float | None:
         """Requeue the runs of nodes down longer than the grace period; return the seconds
@@ -446,7 +477,7 @@ class NodeControl:
                 if node.state not in ("down", "refused") or node.down_since is None:
                     continue
                 left = node.down_since + grace - now
-                running = [j for j in self.active.values()
+                running = [j for j in self.jobs.active.values()
                            if j["state"] == S.RUNNING.value and j["node"] == node.name]
                 if left > 0:
                     if running:
@@ -460,7 +491,7 @@ class NodeControl:
 
     # -- starting runs -----------------------------------------------------------------------
     def start_job(self, job: dict, node: str, gpus: tuple[int, ...]) -> None:
-        self._transition(job, S.RUNNING, "labqd", None, node=node, gpu_indices=list(gpus),
+        self.jobs.transition(job, S.RUNNING, "labqd", None, node=node, gpu_indices=list(gpus),
                          start_time=time.time(), exit_code=None, signal=None, end_time=None)
         self._launch(self.links[node], job)
 
@@ -493,7 +524,7 @@ class NodeControl:
                     why = (f"{link.name} runs no job of {j['owner']}: {r.get('error')}"
                            if r.get("code") == "account" else
                            f"launch on {link.name} failed: {r.get('error')}")
-                    self._transition(j, S.FAILED, "labqd", why, end_time=time.time())
+                    self.jobs.transition(j, S.FAILED, "labqd", why, end_time=time.time())
         link.request("launch", reply, job=key, argv=argv, env=self.launch_env(job),
                      cwd=job["cwd"], time_limit_s=remaining, grace_s=self.cfg.kill_grace_s,
                      user=job["owner"], uid=job["owner_uid"], memory_mb=job["memory_mb"],

@@ -1,0 +1,365 @@
+"""The job table: the active jobs, the lock that guards them, and the rules that change them.
+
+Active jobs (PENDING, HELD, RUNNING) live in memory as dict rows mirroring the store; every
+change goes through `transition`, one store transaction that also writes the event row.
+Request handlers, the node registry and the scheduler call in here; nothing here knows about
+RPyC or about how a node is reached (a running job is stopped through `RunControl`).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any, Protocol
+
+from labq.errors import (InvalidState, NotFound, PermissionDenied, QuotaExceeded,
+                         ValidationError)
+from labq.spec import parse_dependency, validate_submit
+from labq.states import FINAL, JobState, allowed
+
+from . import store as st
+from .config import Config
+from .dependencies import find_cycle
+from .fairshare import Run
+from .identity import Caller
+from .logcopy import LogCopies
+from .policy import PlanMemo
+from .snapshot import JobView
+from .views import dep_ids, job_view
+
+log = logging.getLogger("labqd")
+S = JobState
+WAITING = (S.PENDING, S.HELD)
+# a user's PENDING and HELD jobs at most, unless limits.user_max_pending says otherwise: a
+# runaway submit loop fills the queue, not labqd's memory
+DEFAULT_USER_MAX_PENDING = 10_000
+# transitions made under one hold of the lock: a request that changes thousands of jobs lets
+# others in between chunks
+CHUNK = 256
+
+
+class RunControl(Protocol):
+    """How the job table stops a running job: the node registry asks the job's node."""
+
+    def cancel_run(self, job: dict) -> None: ...
+
+
+class JobTable:
+    def __init__(self, cfg: Config, store: st.Store, logs: LogCopies, wake: threading.Event):
+        self.cfg = cfg
+        self.store = store
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)  # any job changed state
+        self.wake = wake  # the scheduler should run
+        self.logs = logs
+        self.runs: RunControl | None = None  # set once the node registry exists
+        self.stopping = False
+        self.active: dict[int, dict] = {r["id"]: r for r in store.job_rows(
+            states=[s.value for s in (S.PENDING, S.HELD, S.RUNNING)], newest_first=False)}
+        self.ended_states: dict[int, str] = {}  # cache for dependency checks
+        self.cancel_requests: dict[int, str] = {}  # running job -> who asked
+        # the latest plan's figures: job -> computed priority, job -> expected start
+        self.priorities: dict[int, float] = {}
+        self.estimates: dict[int, float] = {}
+        # active job -> the jobs it waits on
+        self.dep_edges: dict[int, list[int]] = {i: dep_ids(j) for i, j in self.active.items()
+                                                if j["dependencies"]}
+        self.reasons: dict[int, str] = {}  # the latest plan's pending reasons
+        # the scheduler's view of every active job, kept current on each change, and the ids
+        # of running ones, so a scheduler pass does not walk the whole queue in Python
+        self.views: dict[int, JobView] = {i: job_view(j) for i, j in self.active.items()}
+        self.plan_memo = PlanMemo()  # lets the policy keep its grouping between passes
+        self.running: set[int] = {i for i, j in self.active.items()
+                                  if j["state"] == S.RUNNING.value}
+        # owner uid -> jobs PENDING or HELD, so the submit limit costs O(1), not O(queue)
+        self.waiting: Counter[int] = Counter(j["owner_uid"] for j in self.active.values()
+                                             if j["state"] != S.RUNNING.value)
+        self.ended_runs: list[Run] = []  # runs that ended since the last usage accrual
+
+    def set_plan(self, reasons, priorities, estimates: dict[int, float]) -> None:
+        """The latest plan's figures, read when a job is shown (called with the lock held)."""
+        self.reasons, self.priorities = reasons, priorities
+        self.estimates = {k: v for k, v in estimates.items() if k in self.active}
+
+    # -- transitions -----------------------------------------------------------------------
+    def transition(self, job: dict, dst: JobState, who: str, reason: str | None,
+                    **fields: Any) -> None:
+        src = JobState(job["state"])
+        if not allowed(src, dst):
+            raise InvalidState(f"job {job['id']} is {src.value}; it cannot become {dst.value}",
+                               {"id": job["id"], "state": src.value})
+        now = fields.pop("when", None) or time.time()
+        fields.update(state=dst.value, reason=reason)
+        self.store.record_transition(job["id"], fields, who, src.value, dst.value, reason, now)
+        if src == S.RUNNING and job["start_time"]:
+            self.ended_runs.append(Run(job["group"], job["owner"], len(job["gpu_indices"]),
+                                       job["cpus"], job["start_time"], now))
+        if (src in WAITING) != (dst in WAITING):
+            self.waiting[job["owner_uid"]] += 1 if dst in WAITING else -1
+        job.update(fields)
+        self.running.discard(job["id"])
+        if dst == S.RUNNING:
+            self.running.add(job["id"])
+        if dst in FINAL:
+            self.views.pop(job["id"], None)
+        else:
+            self.views[job["id"]] = job_view(job)
+        if dst in FINAL:
+            self.active.pop(job["id"], None)
+            self.dep_edges.pop(job["id"], None)
+            self.cancel_requests.pop(job["id"], None)
+            self.ended_states[job["id"]] = dst.value
+            self.logs.notify()
+        self.wake.set()
+        self.changed.notify_all()
+
+    # -- jobs: requests --------------------------------------------------------------------
+    def submit(self, caller: Caller, raw: Any) -> dict:
+        spec = validate_submit(raw)
+        group = spec.pop("group") or caller.group
+        if group != caller.group and group not in caller.groups and not caller.admin:
+            raise PermissionDenied(f"{caller.user} is not a member of group {group!r}",
+                                   {"group": group})
+        self._check_submit_limits(caller, spec)
+        hold = spec.pop("hold")
+        now = time.time()
+        with self.lock:
+            deps = [parse_dependency(d)[1] for d in spec["dependencies"]]
+            missing = [d for d in deps if d not in self.active and self.ended_state(d) is None]
+            if missing:
+                raise ValidationError(f"dependencies: no job {', '.join(map(str, missing))}",
+                                      {"field": "dependencies", "missing": missing})
+            # ids are handed out after the dependencies are checked to exist, so a new job
+            # cannot close a cycle today; the check guards any future way of adding edges
+            cycle = find_cycle(self.dep_edges, 0, deps) if deps else None
+            if cycle:
+                raise ValidationError("dependencies: would form a cycle "
+                                      + " -> ".join(map(str, cycle)), {"field": "dependencies"})
+            row = dict(spec, owner=caller.user, owner_uid=caller.uid, group=group,
+                       submit_time=now,
+                       state=(S.HELD if hold else S.PENDING).value,
+                       reason="Held" if hold else None, gpu_indices=[], restarts=0,
+                       eligible_time=None if deps else now)
+            row["id"] = self.store.insert_job(row, caller.user)
+            for key in ("exit_code", "signal", "start_time", "end_time", "node"):
+                row.setdefault(key, None)
+            self.active[row["id"]] = row
+            self.waiting[caller.uid] += 1
+            self.views[row["id"]] = job_view(row)
+            if deps:
+                self.dep_edges[row["id"]] = deps
+        if not hold:  # a held job changes no one's plan until it is released
+            self.wake.set()
+        return row
+
+    def _check_submit_limits(self, caller: Caller, spec: dict) -> None:
+        lim = self.cfg.limits
+        if "job_max_gpus" in lim and spec["gpus"] > lim["job_max_gpus"]:
+            raise QuotaExceeded(f"a job may ask for at most {lim['job_max_gpus']} GPUs "
+                                f"(limits.job_max_gpus); this one asks for {spec['gpus']}",
+                                {"limit": "job_max_gpus", "value": lim["job_max_gpus"]})
+        if "job_max_time" in lim and (spec["time_limit_s"] or 0) > lim["job_max_time"]:
+            raise QuotaExceeded(f"time limit above the largest allowed, {lim['job_max_time']} s "
+                                "(limits.job_max_time)",
+                                {"limit": "job_max_time", "value": lim["job_max_time"]})
+        most = lim.get("user_max_pending", DEFAULT_USER_MAX_PENDING)
+        n = self.waiting[caller.uid]
+        if n >= most:
+            raise QuotaExceeded(f"{caller.user} already has {n} pending jobs, the most "
+                                "allowed (limits.user_max_pending)",
+                                {"limit": "user_max_pending", "value": n})
+
+    def ended_state(self, job_id: int) -> str | None:
+        if job_id in self.ended_states:
+            return self.ended_states[job_id]
+        state = self.store.job_state(job_id)
+        if state is not None and JobState(state) in FINAL:
+            self.ended_states[job_id] = state
+            return state
+        return None
+
+    def job_row(self, job_id: Any) -> dict:
+        if type(job_id) is not int:
+            raise ValidationError("id: must be an integer", {"field": "id"})
+        with self.lock:
+            job = self.active.get(job_id)
+            if job is not None:
+                return self._with_plan(job)
+        row = self.store.job_row(job_id)
+        if row is None:
+            raise NotFound(f"no job {job_id}", {"id": job_id})
+        return row
+
+    def running_views(self) -> list[JobView]:
+        return [self.views[i] for i in self.running]
+
+    def _with_plan(self, job: dict) -> dict:
+        out = dict(job, priority_score=self.priorities.get(job["id"]),
+                   estimated_start=self.estimates.get(job["id"]))
+        if job["state"] != S.RUNNING.value:
+            out["reason"] = self.reasons.get(job["id"], job["reason"])
+        return out
+
+    def view(self, caller: Caller, row: dict) -> dict:
+        out = {k: v for k, v in row.items()}
+        if not caller.may_touch(row):
+            out["env"] = None
+        out.setdefault("priority_score", None)
+        out.setdefault("estimated_start", None)
+        return out
+
+    def list_jobs(self, caller: Caller, states=None, user=None, limit=None,
+             include_ended=True, with_env=False) -> list[dict]:
+        want = set(states or [])
+        rows = []
+        with self.lock:
+            # active jobs are kept in id order: with a limit, walk from the newest and stop
+            for j in reversed(self.active.values()):
+                if (not want or j["state"] in want) and (not user or j["owner"] == user):
+                    rows.append(self._with_plan(j))
+                    if limit and len(rows) >= limit:
+                        break
+        if include_ended and (not want or want & {s.value for s in FINAL}):
+            ended = self.store.job_rows(states=sorted(want & {s.value for s in FINAL}) or
+                                        [s.value for s in FINAL], owner=user, limit=limit,
+                                        with_env=with_env)
+            rows += ended
+        rows.sort(key=lambda r: r["id"])
+        if limit:
+            rows = rows[-limit:]
+        out = [self.view(caller, r) for r in rows]
+        if not with_env:  # a listing stays small; `job` gives the environment
+            for r in out:
+                r["env"] = None
+        return out
+
+    def cancel(self, caller: Caller, ids: list[int], reason: str | None) -> list[dict]:
+        rows = self._owned_many(caller, ids)  # check all before changing any
+        why = f"cancelled by {caller.user}" + (f": {reason}" if reason else "")
+        for start in range(0, len(rows), CHUNK):
+            with self.lock:
+                for row in rows[start:start + CHUNK]:
+                    job = self.active.get(row["id"])
+                    if job is None:
+                        continue  # already ended: cancelling is a no-op, as in scancel
+                    if job["state"] == S.RUNNING.value:
+                        self.cancel_requests[job["id"]] = why
+                        if self.runs is not None:
+                            self.runs.cancel_run(job)
+                    else:
+                        self.transition(job, S.CANCELLED, caller.user, why,
+                                         end_time=time.time())
+        # a running job ends once its process group is gone; wait a moment for it
+        deadline = time.monotonic() + self.cfg.kill_grace_s + 2
+        with self.changed:
+            while (any(r["id"] in self.active for r in rows)
+                   and time.monotonic() < deadline and not self.stopping):
+                self.changed.wait(0.2)
+        return [self.view(caller, r) for r in self._rows([r["id"] for r in rows])]
+
+    def _rows(self, ids: list[int]) -> list[dict]:
+        """Many jobs at once: active ones from memory, the rest in one query."""
+        with self.lock:
+            found = {i: self._with_plan(self.active[i]) for i in ids if i in self.active}
+        rest = [i for i in ids if i not in found]
+        for chunk in range(0, len(rest), 900):  # SQLite's bound on variables per statement
+            for row in self.store.job_rows(ids=rest[chunk:chunk + 900], with_env=False):
+                found[row["id"]] = row
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise NotFound(f"no job {', '.join(map(str, missing[:10]))}"
+                           + (" …" if len(missing) > 10 else ""), {"id": missing[0]})
+        return [found[i] for i in ids]
+
+    def _owned_many(self, caller: Caller, ids: list[int]) -> list[dict]:
+        rows = self._rows(ids)
+        for row in rows:
+            if not caller.may_touch(row):
+                raise PermissionDenied(f"job {row['id']} belongs to {row['owner']}",
+                                       {"id": row["id"], "owner": row["owner"]})
+        return rows
+
+    def _owned(self, caller: Caller, job_id: Any) -> dict:
+        row = self.job_row(job_id)
+        if not caller.may_touch(row):
+            raise PermissionDenied(f"job {job_id} belongs to {row['owner']}",
+                                   {"id": job_id, "owner": row["owner"]})
+        return row
+
+    def hold(self, caller: Caller, ids: list[int]) -> list[dict]:
+        return self._hold_release(caller, ids, S.PENDING, S.HELD, "held by")
+
+    def release(self, caller: Caller, ids: list[int]) -> list[dict]:
+        return self._hold_release(caller, ids, S.HELD, S.PENDING, "released by")
+
+    def _hold_release(self, caller, ids, src, dst, verb) -> list[dict]:
+        rows = self._owned_many(caller, ids)
+        with self.lock:
+            for row in rows:
+                if row["state"] != src.value:
+                    raise InvalidState(f"job {row['id']} is {row['state']}, not {src.value}",
+                                       {"id": row["id"], "state": row["state"]})
+        for start in range(0, len(rows), CHUNK):
+            with self.lock:
+                for row in rows[start:start + CHUNK]:
+                    job = self.active.get(row["id"])
+                    if job is None or job["state"] != src.value:
+                        continue  # changed while an earlier chunk was made
+                    extra = {"eligible_time": time.time()} if dst == S.PENDING else {}
+                    self.transition(job, dst, caller.user, f"{verb} {caller.user}"
+                                     if dst == S.HELD else None, **extra)
+        return [self.view(caller, r) for r in self._rows([r["id"] for r in rows])]
+
+    def wait(self, caller: Caller, ids: list[int], timeout: float) -> list[dict]:
+        self._rows(ids)  # NotFound early
+        deadline = time.monotonic() + max(0.0, min(timeout, 60.0))
+        with self.changed:
+            while any(i in self.active for i in ids) and not self.stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.changed.wait(left)
+        return [self.view(caller, r) for r in self._rows(ids)]
+
+    def set_priority(self, caller: Caller, job_id: Any, priority: Any) -> dict:
+        if type(priority) is not int or not 1 <= priority <= 10:
+            raise ValidationError("priority: must be an integer from 1 to 10",
+                                  {"field": "priority"})
+        row = self._owned(caller, job_id)
+        with self.lock:
+            job = self.active.get(row["id"])
+            if job is None or job["state"] == S.RUNNING.value:
+                raise InvalidState(f"job {row['id']} is {row['state']}; only pending or held "
+                                   "jobs can change priority",
+                                   {"id": row["id"], "state": row["state"]})
+            self.store.record_priority(job["id"], job["state"], caller.user, job["priority"],
+                                       priority)
+            job["priority"] = priority
+            self.views[job["id"]] = job_view(job)
+        self.wake.set()
+        return self.view(caller, self.job_row(row["id"]))
+
+    def events(self, caller: Caller, job_id: int) -> list[dict]:
+        self.job_row(job_id)
+        return [{"job": e["job"], "time": e["time"], "who": e["who"],
+                 "from_state": e["from_state"], "to_state": e["to_state"],
+                 "reason": e["reason"]} for e in self.store.events(job_id)]
+
+    def read_log(self, caller: Caller, job_id: int, offset: int, wait: float,
+                 max_bytes: int) -> tuple[bytes, int, bool]:
+        row = self._owned(caller, job_id)
+        max_bytes = max(1, min(max_bytes, 4 << 20))
+        if offset < 0:  # that many bytes before the current end: start a long log at its tail
+            offset = max(0, self.logs.size(row["id"]) + offset)
+        deadline = time.monotonic() + max(0.0, min(wait, 30.0))
+        while True:
+            done = row["id"] not in self.active
+            data = self.logs.read(row["id"], offset, max_bytes)
+            if data or done:
+                return data, offset + len(data), done and not data
+            left = deadline - time.monotonic()
+            if left <= 0 or self.stopping:
+                return b"", offset, False
+            self.logs.wait(row["id"], offset, left)
+
