@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any, ClassVar, TypedDict, get_args, get_origin
+from typing import Any, ClassVar, Self, TypedDict, get_args, get_origin
 
 from .errors import ValidationError
 from .models import Event, Job, Node
@@ -140,7 +140,7 @@ class Request:
             cls.reply = reply
 
     @classmethod
-    def from_wire(cls, args: dict[str, Any]):
+    def from_wire(cls, args: dict[str, Any]) -> Self:
         """The request from its decoded JSON arguments, checked; ValidationError names the
         first bad field. Arguments it does not know are ignored, never looked into."""
         known = {f.name: args[f.name] for f in fields(cls) if f.name in args}
@@ -151,7 +151,7 @@ class Request:
         return cls.parse(known)
 
     @classmethod
-    def parse(cls, args: dict[str, Any]):
+    def parse(cls, args: dict[str, Any]) -> Self:
         """The typed checks, on arguments already known to be plain JSON values."""
         return cls()
 
@@ -179,7 +179,6 @@ class PingRequest(Request, op=Op.PING, reply=PingReply):
 @dataclass(frozen=True)
 class WhoamiRequest(Request, op=Op.WHOAMI, reply=WhoamiReply):
     pass
-
 
 
 # -- jobs -------------------------------------------------------------------------------------
