@@ -2,10 +2,6 @@
 settings an admin changed at run time (stored in the database) on top."""
 from __future__ import annotations
 
-from typing import Any
-
-from labq.errors import ValidationError
-
 from .config import Config
 from .snapshot import Limits, PolicyConfig
 
@@ -45,29 +41,3 @@ def build(cfg: Config, overrides: dict[str, dict]) -> PolicyConfig:
     pc.cancel_unsatisfiable = s.get("unsatisfiable_dependency", "cancel") == "cancel"
     return pc
 
-
-def check_group_settings(args: dict[str, Any]) -> dict[str, Any]:
-    """Validate an admin's group change: share >= 0, limits >= 0 or None to clear."""
-    out: dict[str, Any] = {}
-    for key in ("share", "max_gpus"):
-        if key in args:
-            v = args[key]
-            if v is not None and (type(v) not in (int, float) or not 0 <= v <= 1e9 or
-                                  (key == "max_gpus" and type(v) is not int)):
-                raise ValidationError(f"{key}: must be a non-negative "
-                                      f"{'integer' if key == 'max_gpus' else 'number'}",
-                                      {"field": key})
-            out[key] = v
-    for key, kind in (("max_gpus_by_type", int), ("users", (int, float))):
-        if key in args:
-            v = args[key]
-            if type(v) is not dict or any(type(k) is not str or type(x) not in
-                                          (kind if isinstance(kind, tuple) else (kind,))
-                                          or not 0 <= x <= 1e9 for k, x in v.items()):
-                raise ValidationError(f"{key}: must map names to numbers from 0 to 1e9",
-                                      {"field": key})
-            out[key] = dict(v)
-    if not out:
-        raise ValidationError("nothing to change: give share, max_gpus, max_gpus_by_type or "
-                              "users", {"field": "share"})
-    return out

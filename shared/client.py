@@ -13,6 +13,12 @@ from typing import Any
 from .errors import DaemonUnavailable, LabqError, ValidationError, from_wire
 from .models import Event, Job, Node
 from .paths import SYSTEM_SOCKET
+from .protocol import (GROUP_SETTINGS, CancelRequest, EventsRequest, GroupReply, GroupSetRequest,
+                       GroupsRequest, HoldRequest, JobPriorityRequest, JobRequest, JobsRequest,
+                       NodeAddRequest, NodeDict, NodeDrainRequest, NodeRemovedReply,
+                       NodeRemoveRequest, NodeResumeRequest, NodesRequest, Op, PingReply,
+                       PingRequest, ReadLogRequest, ReleaseRequest, Request, SubmitRequest,
+                       UsageReply, UsageRequest, WaitRequest, WhoamiReply, WhoamiRequest)
 from .spec import MAX_REQUEST_CHARS, submit_request
 
 # variables that describe the submitting session rather than the job's needs
@@ -75,6 +81,14 @@ def _trusted_uids() -> set[int]:
         except KeyError:
             raise DaemonUnavailable(f"LABQ_DAEMON_USER names no account: {name!r}") from None
     return trusted
+
+
+def sends(op: Op):
+    """Marks the client method that sends `op`; tests check every Op has one."""
+    def mark(method):
+        method.op = op
+        return method
+    return mark
 
 
 def connect(socket: str | os.PathLike | None = None, timeout: float = 30.0) -> "Client":
@@ -150,8 +164,17 @@ class Client:
                 raise DaemonUnavailable(f"lost the connection to labqd: {e or type(e).__name__}",
                                         {"socket": str(self.socket_path)}) from None
 
-    def call(self, op: str, **args: Any) -> Any:
-        """Send one request of the shared vocabulary; return its result or raise its error."""
+    def call(self, op: Op | str, **args: Any) -> Any:
+        """Send one request by name with arguments as given, unchecked; return its result as
+        it came (plain JSON values) or raise its error. The methods below are the typed way;
+        this is for what they do not cover."""
+        return self._send(op.value if isinstance(op, Op) else op, args)
+
+    def request(self, req: Request) -> Any:
+        """Send one typed request; return its reply as its type says (a Job, [Node]...)."""
+        return req.read_reply(self._send(req.op.value, req.to_wire()))
+
+    def _send(self, op: str, args: dict[str, Any]) -> Any:
         text = json.dumps(args)  # ASCII: as many bytes as characters
         if len(text) > MAX_REQUEST_CHARS:
             # labqd would refuse it too, or drop the connection once it passes its frame cap
@@ -163,6 +186,7 @@ class Client:
         return reply.get("result")
 
     # -- jobs ------------------------------------------------------------------------------
+    @sends(Op.SUBMIT)
     def submit(self, command: list[str] | tuple[str, ...] | str, *, gpus: int = 0,
                gpu_type: str | None = None, gpu_memory: int | str | None = None,
                cpus: int = 1, memory: int | str | None = None,
@@ -179,56 +203,67 @@ class Client:
         """
         full_env = exported_env() if export_env else {}
         full_env.update(env or {})
-        req = submit_request(command, gpus=gpus, gpu_type=gpu_type, gpu_memory_mb=gpu_memory,
-                             cpus=cpus, memory=memory, time_limit=time_limit, name=name,
-                             priority=priority, after=after, cwd=cwd or os.getcwd(),
-                             env=full_env, group=group, partition=partition, hold=hold,
-                             requeue=requeue)
-        return Job.from_dict(self.call("submit", spec=req))
+        spec = submit_request(command, gpus=gpus, gpu_type=gpu_type, gpu_memory_mb=gpu_memory,
+                              cpus=cpus, memory=memory, time_limit=time_limit, name=name,
+                              priority=priority, after=after, cwd=cwd or os.getcwd(),
+                              env=full_env, group=group, partition=partition, hold=hold,
+                              requeue=requeue)
+        return self.request(SubmitRequest(spec=spec))
 
+    @sends(Op.JOB)
     def job(self, job_id: int) -> Job:
-        return Job.from_dict(self.call("job", id=job_id))
+        return self.request(JobRequest(id=job_id))
 
+    @sends(Op.JOBS)
     def jobs(self, *, states: list[str] | None = None, user: str | None = None,
              limit: int | None = None, include_ended: bool = True,
              with_env: bool = False) -> list[Job]:
         """Jobs, oldest first; `env` is only filled with with_env=True (yours only)."""
-        res = self.call("jobs", states=states, user=user, limit=limit,
-                        include_ended=include_ended, with_env=with_env)
-        return [Job.from_dict(j) for j in res]
+        return self.request(JobsRequest(states=states, user=user, limit=limit,
+                                        include_ended=include_ended, with_env=with_env))
 
+    @sends(Op.EVENTS)
     def events(self, job_id: int) -> list[Event]:
-        return [Event.from_dict(e) for e in self.call("events", id=job_id)]
+        return self.request(EventsRequest(id=job_id))
 
+    @sends(Op.CANCEL)
     def cancel(self, *job_ids: int, reason: str | None = None) -> list[Job]:
-        return [Job.from_dict(j) for j in self.call("cancel", ids=list(job_ids), reason=reason)]
+        return self.request(CancelRequest(ids=list(job_ids), reason=reason))
 
+    @sends(Op.HOLD)
     def hold(self, *job_ids: int) -> list[Job]:
-        return [Job.from_dict(j) for j in self.call("hold", ids=list(job_ids))]
+        return self.request(HoldRequest(ids=list(job_ids)))
 
+    @sends(Op.RELEASE)
     def release(self, *job_ids: int) -> list[Job]:
-        return [Job.from_dict(j) for j in self.call("release", ids=list(job_ids))]
+        return self.request(ReleaseRequest(ids=list(job_ids)))
 
+    @sends(Op.WAIT)
     def wait(self, *job_ids: int, timeout: float | None = None) -> list[Job]:
         """Block until every job has ended; return them. Raises TimeoutError on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = 10.0 if deadline is None else min(10.0, deadline - time.monotonic())
-            res = self.call("wait", ids=list(job_ids), timeout=max(0.0, left))
-            jobs = [Job.from_dict(j) for j in res]
+            jobs = self.request(WaitRequest(ids=list(job_ids), timeout=max(0.0, left)))
             if all(j.finished for j in jobs):
                 return jobs
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"jobs still active after {timeout} s: "
                                    + " ".join(str(j.id) for j in jobs if not j.finished))
 
+    @sends(Op.JOB_PRIORITY)
+    def set_priority(self, job_id: int, priority: int) -> Job:
+        """Change a pending or held job's priority (1-10)."""
+        return self.request(JobPriorityRequest(id=job_id, priority=priority))
+
     # -- logs ------------------------------------------------------------------------------
+    @sends(Op.READ_LOG)
     def read_log(self, job_id: int, offset: int = 0, wait: float = 0.0,
                  max_bytes: int = 1 << 20) -> tuple[bytes, int, bool]:
         """Bytes from `offset` (negative: that many bytes before the end); the offset after
         them; whether the log is complete (job ended)."""
-        data, new_offset, done, error = self._remote("read_log", int(job_id), int(offset),
-                                                     float(wait), int(max_bytes))
+        req = ReadLogRequest(id=job_id, offset=offset, wait=wait, max_bytes=max_bytes)
+        data, new_offset, done, error = self._remote("read_log", *req.to_args())
         if error:
             raise from_wire(json.loads(error))
         return bytes(data), int(new_offset), bool(done)
@@ -269,43 +304,53 @@ class Client:
         if tail:
             yield tail
 
-    def set_priority(self, job_id: int, priority: int) -> Job:
-        """Change a pending or held job's priority (1-10)."""
-        return Job.from_dict(self.call("job_priority", id=job_id, priority=priority))
-
     # -- cluster ---------------------------------------------------------------------------
+    @sends(Op.NODES)
     def nodes(self) -> list[Node]:
-        return [Node.from_dict(n) for n in self.call("nodes")]
+        return self.request(NodesRequest())
 
-    def drain(self, name: str) -> dict[str, Any]:
+    @sends(Op.NODE_DRAIN)
+    def drain(self, name: str) -> NodeDict:
         """Admin: finish running jobs on a node, start no new ones there."""
-        return self.call("node_drain", name=name)
+        return self.request(NodeDrainRequest(name=name))
 
-    def resume(self, name: str) -> dict[str, Any]:
-        return self.call("node_resume", name=name)
+    @sends(Op.NODE_RESUME)
+    def resume(self, name: str) -> NodeDict:
+        return self.request(NodeResumeRequest(name=name))
 
-    def add_node(self, **entry: Any) -> dict[str, Any]:
+    @sends(Op.NODE_ADD)
+    def add_node(self, **entry: Any) -> NodeDict:
         """Admin: add a node while labqd runs; `entry` takes the keys of a [[node]] entry."""
-        return self.call("node_add", node=entry)
+        return self.request(NodeAddRequest(node=entry))
 
-    def remove_node(self, name: str) -> dict[str, Any]:
-        return self.call("node_remove", name=name)
+    @sends(Op.NODE_REMOVE)
+    def remove_node(self, name: str) -> NodeRemovedReply:
+        return self.request(NodeRemoveRequest(name=name))
 
     # -- fair share ------------------------------------------------------------------------
-    def groups(self) -> list[dict[str, Any]]:
+    @sends(Op.GROUPS)
+    def groups(self) -> list[GroupReply]:
         """Every group's share, limits, GPUs in use, decayed usage and fair-share factor."""
-        return self.call("groups")
+        return self.request(GroupsRequest())
 
-    def set_group(self, group: str, **settings: Any) -> dict[str, Any]:
+    @sends(Op.GROUP_SET)
+    def set_group(self, group: str, **settings: Any) -> GroupReply:
         """Admin: share=, max_gpus=, max_gpus_by_type={type: n}, users={user: share}."""
-        return self.call("group_set", group=group, **settings)
+        unknown = sorted(set(settings) - set(GROUP_SETTINGS))
+        if unknown:
+            raise ValidationError(f"no group setting {unknown[0]!r}; they are "
+                                  + ", ".join(GROUP_SETTINGS), {"field": unknown[0]})
+        return self.request(GroupSetRequest(group=group, **settings))
 
-    def usage(self, days: float = 30) -> dict[str, Any]:
+    @sends(Op.USAGE)
+    def usage(self, days: float = 30) -> UsageReply:
         """GPU-hours per group, user and day over the last `days`, with fair-share factors."""
-        return self.call("usage", days=days)
+        return self.request(UsageRequest(days=days))
 
-    def whoami(self) -> dict[str, Any]:
-        return self.call("whoami")
+    @sends(Op.WHOAMI)
+    def whoami(self) -> WhoamiReply:
+        return self.request(WhoamiRequest())
 
-    def ping(self) -> dict[str, Any]:
-        return self.call("ping")
+    @sends(Op.PING)
+    def ping(self) -> PingReply:
+        return self.request(PingRequest())

@@ -1,4 +1,6 @@
-"""The submit request: what a client may send, checked field by field.
+"""The submit request: what a client may send, checked field by field; and the checks every
+request's arguments share (plain JSON values, ids, names, numbers) that labq.protocol's
+request types are built from.
 
 The daemon runs `validate_submit` on every request before touching its store, so a bad request
 changes nothing; clients may run it too for early messages.
@@ -134,6 +136,74 @@ def check_plain(v: Any, field: str, budget: list[int] | None = None) -> None:
         if e.path:
             details["path"] = where
         raise ValidationError(f"{where}: {e.message}", details) from None
+
+
+# -- single arguments of other requests (labq.protocol's) -----------------------------------
+def arg_error(key: str, message: str) -> ValidationError:
+    return ValidationError(f"{key}: {message}", {"field": key})
+
+
+def check_id(args: dict, key: str = "id") -> int:
+    v = args.get(key)
+    if type(v) is not int or not 1 <= v <= MAX_INT:
+        raise arg_error(key, "must be a job id (a positive integer)")
+    return v
+
+
+def check_ids(args: dict) -> list[int]:
+    ids = args.get("ids")
+    if type(ids) is not list or not ids:
+        raise arg_error("ids", "must be a non-empty list of job ids")
+    if len(ids) > MAX_IDS:
+        raise arg_error("ids", f"at most {MAX_IDS} job ids per request")
+    if any(type(i) is not int or not 1 <= i <= MAX_INT for i in ids):
+        raise arg_error("ids", "must be a non-empty list of job ids")
+    return list(dict.fromkeys(ids))  # each job once, in the order given
+
+
+def check_text(args: dict, key: str, limit: int, *, what: str = "a string") -> str | None:
+    """A string of at most `limit` UTF-8 bytes, free of control characters: these end up in
+    other people's terminals (queue listings, event histories)."""
+    v = args.get(key)
+    if v is None:
+        return None
+    if type(v) is not str:
+        raise arg_error(key, f"must be {what}")
+    if utf8_len(key, v) > limit:
+        raise arg_error(key, f"is longer than {limit} bytes")
+    if CONTROL_CHARS.search(v):
+        raise arg_error(key, "must not contain control characters")
+    return v
+
+
+def check_name(args: dict, key: str, limit: int = MAX_IDENT) -> str:
+    v = check_text(args, key, limit, what="a name")
+    if not v:
+        raise arg_error(key, "must be a name")
+    return v
+
+
+def check_number(args: dict, key: str, default: float, lo: float, hi: float) -> float:
+    v = args.get(key, default)
+    if type(v) not in (int, float) or not lo <= v <= hi:  # NaN is never in range
+        raise arg_error(key, f"must be a number from {lo:g} to {hi:g}")
+    return float(v)
+
+
+def check_int(args: dict, key: str, lo: int, hi: int) -> int:
+    v = args.get(key)
+    if type(v) is not int or not lo <= v <= hi:
+        raise arg_error(key, f"must be an integer from {lo} to {hi}")
+    return v
+
+
+def check_flag(args: dict, key: str, default: bool) -> bool:
+    v = args.get(key)
+    if v is None:
+        return default
+    if type(v) is not bool:
+        raise arg_error(key, "must be true or false")
+    return v
 
 
 def _int(data: dict, field: str, lo: int, hi: int, default: int | None) -> int | None:

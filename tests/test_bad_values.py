@@ -296,7 +296,7 @@ def test_a_slip_past_validation_is_still_the_callers_error():
     unexpected failure is INTERNAL without a traceback on the wire."""
     from labq.daemon.service import LabqService
 
-    class Core:
+    class Jobs:  # a job table whose lookups fail deep inside
         def view(self, caller, row):
             return row
 
@@ -304,6 +304,9 @@ def test_a_slip_past_validation_is_still_the_callers_error():
             raise {1: OverflowError("int too big"), 2: RecursionError("deep"),
                    3: UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates"),
                    4: KeyError("bug")}[job_id]
+
+    class Core:
+        jobs = Jobs()
 
     service = LabqService(Core())
     for job_id, code in ((1, "VALIDATION_ERROR"), (2, "VALIDATION_ERROR"),

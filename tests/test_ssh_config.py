@@ -64,12 +64,12 @@ def test_alias_and_proxyjump_reach_the_node(aliased):
 
 def test_jobs_run_through_the_jump_host(aliased, tmp_path):
     with aliased.client() as q:
-        q.call("node_drain", name="alias")
+        q.drain("alias")
         try:
             job = q.submit(["bash", "-c", "echo via $LABQ_NODE"], gpus=1, cwd=str(tmp_path))
             [done] = q.wait(job.id, timeout=30)
         finally:
-            q.call("node_resume", name="alias")
+            q.resume("alias")
         assert done.state.value == "COMPLETED" and done.node == "jumped"
         assert q.logs(job.id) == "via jumped\n"
 

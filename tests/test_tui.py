@@ -373,7 +373,7 @@ def test_admin_drains_and_resumes_a_node(local):
         app.screen.query_one("Input").value = "2.5"
         await pilot.press("enter")
         with local.client() as q:
-            await until(pilot, lambda: q.call("groups")[0]["share"] == 2.5, "share 2.5")
+            await until(pilot, lambda: q.groups()[0]["share"] == 2.5, "share 2.5")
         await until(pilot, lambda: any(l.split()[:2] == ["root", "2.5"]
                                        for l in screen_text(app).splitlines()), "2.5 shown")
 

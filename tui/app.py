@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from textual import work
@@ -13,10 +13,12 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
+import labq
 from labq import Job
 from labq.cli import printable
 from labq.errors import LabqError
 from labq.paths import client_socket
+from labq.protocol import Op
 
 from .admin import AdminGroups, AdminNodes, AdminView
 from .clock import Clock
@@ -238,8 +240,8 @@ class LabqApp(App):
             self.push_screen(AskScreen(f"New priority for job {job.id} ({job.name}), 1-10:",
                                        str(job.priority)),
                              lambda v: v is not None and self.request(
-                                 f"job {job.id} priority set", "job_priority", id=job.id,
-                                 priority=_number(v, int)))
+                                 f"job {job.id} priority set", Op.JOB_PRIORITY,
+                                 lambda q: q.set_priority(job.id, _number(v, int))))
         else:
             self.job_request(msg.action, job)
 
@@ -269,11 +271,12 @@ class LabqApp(App):
         self.refresh_now()
 
     @work(thread=True, group="actions")
-    def request(self, done: str, op: str, **args) -> None:
+    def request(self, done: str, op: Op, send: Callable[[labq.Client], object]) -> None:
+        """Send one request through `send`; say `done`, or why `op` failed."""
         try:
-            self.conn.run(lambda q: q.call(op, **args))
+            self.conn.run(send)
         except LabqError as e:
-            self.call_from_thread(self.notify, printable(e.message), title=f"{op} failed",
+            self.call_from_thread(self.notify, printable(e.message), title=f"{op.value} failed",
                                   severity="error", markup=False)
             return
         self.call_from_thread(self.notify, printable(done), timeout=3, markup=False)
@@ -284,17 +287,20 @@ class LabqApp(App):
             self.push_screen(ConfirmScreen(f"Drain node {msg.node}? Running jobs go on; "
                                            "no new jobs start there.", yes="Drain"),
                              lambda yes: yes and self.request(
-                                 f"node {msg.node} draining", "node_drain", name=msg.node))
+                                 f"node {msg.node} draining", Op.NODE_DRAIN,
+                                 lambda q: q.drain(msg.node)))
         else:
-            self.request(f"node {msg.node} resumed", "node_resume", name=msg.node)
+            self.request(f"node {msg.node} resumed", Op.NODE_RESUME,
+                         lambda q: q.resume(msg.node))
 
     def on_admin_groups_group_action(self, msg: AdminGroups.GroupAction) -> None:
         what = {"share": ("fair-share weight", float), "max_gpus": ("GPU limit", int)}
         label, kind = what[msg.setting]
         self.push_screen(AskScreen(f"New {label} for group {msg.group}:"),
                          lambda v: v is not None and self.request(
-                             f"group {msg.group} {label} set", "group_set", group=msg.group,
-                             **{msg.setting: _number(v, kind)}))
+                             f"group {msg.group} {label} set", Op.GROUP_SET,
+                             lambda q: q.set_group(msg.group,
+                                                   **{msg.setting: _number(v, kind)})))
 
 
 def _number(text: str, kind: type) -> int | float | str:

@@ -143,13 +143,13 @@ class Poller:
 def fetch_usage(q: labq.Client, days: int = 14) -> Usage:
     out = Usage()
     try:
-        out.data = q.call("usage", days=days)
+        out.data = q.usage(days=days)
     except DaemonUnavailable:
         raise
     except LabqError as e:
         out.error = e.message
     try:
-        out.groups = q.call("groups")
+        out.groups = q.groups()
     except DaemonUnavailable:
         raise
     except LabqError as e:

@@ -1,0 +1,135 @@
+"""One handler per request (pueue's message_handler): `handler(core, caller, req)` with the
+request already checked by labq.protocol; it calls the core and returns plain values.
+HANDLERS at the end maps every Op to its handler."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+from labq.errors import ValidationError
+from labq.protocol import (CancelRequest, EventsRequest, GroupReply, GroupSetRequest,
+                           GroupsRequest, HoldRequest, JobPriorityRequest, JobRequest,
+                           JobsRequest, NodeAddRequest, NodeDict, NodeDrainRequest,
+                           NodeRemovedReply, NodeRemoveRequest, NodeResumeRequest,
+                           NodesRequest, Op, PingReply, PingRequest, ReadLogRequest,
+                           ReleaseRequest, SubmitRequest, UsageReply, UsageRequest,
+                           WaitRequest, WhoamiReply, WhoamiRequest)
+from labq.spec import MAX_MEMORY_MB, arg_error
+
+from .config import ConfigError
+from .core import Core
+from .identity import Caller
+from .registry import NodeRegistry
+
+
+# -- session ----------------------------------------------------------------------------------
+def ping(core: Core, caller: Caller, req: PingRequest) -> PingReply:
+    # the cluster id tells a client that a restarted labqd is still the same queue
+    return {"time": time.time(), "pid": os.getpid(), "cluster": core.store.cluster_id}
+
+
+def whoami(core: Core, caller: Caller, req: WhoamiRequest) -> WhoamiReply:
+    return {"user": caller.user, "uid": caller.uid, "group": caller.group,
+            "admin": caller.admin, "groups": sorted(caller.groups)}
+
+
+# -- jobs -------------------------------------------------------------------------------------
+def submit(core: Core, caller: Caller, req: SubmitRequest) -> dict:
+    return core.jobs.view(caller, core.jobs.submit(caller, req.spec))
+
+
+def job(core: Core, caller: Caller, req: JobRequest) -> dict:
+    return core.jobs.view(caller, core.jobs.job_row(req.id))
+
+
+def jobs(core: Core, caller: Caller, req: JobsRequest) -> list[dict]:
+    return core.jobs.list_jobs(caller, states=req.states, user=req.user, limit=req.limit,
+                               include_ended=req.include_ended, with_env=req.with_env)
+
+
+def events(core: Core, caller: Caller, req: EventsRequest) -> list[dict]:
+    return core.jobs.events(caller, core.jobs.job_row(req.id)["id"])  # NOT_FOUND for no such job
+
+
+def cancel(core: Core, caller: Caller, req: CancelRequest) -> list[dict]:
+    return core.jobs.cancel(caller, req.ids, req.reason)
+
+
+def hold(core: Core, caller: Caller, req: HoldRequest) -> list[dict]:
+    return core.jobs.hold(caller, req.ids)
+
+
+def release(core: Core, caller: Caller, req: ReleaseRequest) -> list[dict]:
+    return core.jobs.release(caller, req.ids)
+
+
+def wait(core: Core, caller: Caller, req: WaitRequest) -> list[dict]:
+    return core.jobs.wait(caller, req.ids, req.timeout)
+
+
+def job_priority(core: Core, caller: Caller, req: JobPriorityRequest) -> dict:
+    return core.jobs.set_priority(caller, req.id, req.priority)
+
+
+def read_log(core: Core, caller: Caller, req: ReadLogRequest) -> tuple[bytes, int, bool]:
+    return core.jobs.read_log(caller, req.id, req.offset, req.wait, req.max_bytes)
+
+
+# -- nodes ------------------------------------------------------------------------------------
+def nodes(core: Core, caller: Caller, req: NodesRequest) -> list[dict]:
+    return core.nodes.node_list()
+
+
+def node_drain(core: Core, caller: Caller, req: NodeDrainRequest) -> NodeDict:
+    return core.nodes.set_drain(caller, req.name, True)
+
+
+def node_resume(core: Core, caller: Caller, req: NodeResumeRequest) -> NodeDict:
+    return core.nodes.set_drain(caller, req.name, False)
+
+
+def node_add(core: Core, caller: Caller, req: NodeAddRequest) -> NodeDict:
+    _check_as_config(core, req.node)
+    return core.nodes.node_add(caller, req.node)
+
+
+def node_remove(core: Core, caller: Caller, req: NodeRemoveRequest) -> NodeRemovedReply:
+    return core.nodes.node_remove(caller, req.name)
+
+
+def _check_as_config(core: Core, entry: dict) -> None:
+    """The entry read as the config file's [[node]] entries are, with a request's bounds on
+    what the config file leaves open: labq.protocol knows no config, so this part is here."""
+    try:
+        ncfg = NodeRegistry.dynamic_node_config(entry)
+    except ConfigError as e:  # its message quotes the entry: keep a long one short
+        raise ValidationError(str(e)[:500], {"field": e.path[:200]}) from None
+    if ncfg.memory_mb is not None and not 0 <= ncfg.memory_mb <= MAX_MEMORY_MB:
+        raise arg_error("node.memory", f"must be at most {MAX_MEMORY_MB} MiB")
+
+
+# -- fair share -------------------------------------------------------------------------------
+def groups(core: Core, caller: Caller, req: GroupsRequest) -> list[GroupReply]:
+    return core.fair.groups()
+
+
+def group_set(core: Core, caller: Caller, req: GroupSetRequest) -> GroupReply:
+    return core.fair.set_group(caller, req.group, req.changes())
+
+
+def usage(core: Core, caller: Caller, req: UsageRequest) -> UsageReply:
+    return core.fair.usage(caller, req.days)
+
+
+Handler = Callable[[Core, Caller, Any], Any]
+
+HANDLERS: dict[Op, Handler] = {
+    Op.PING: ping, Op.WHOAMI: whoami,
+    Op.SUBMIT: submit, Op.JOB: job, Op.JOBS: jobs, Op.EVENTS: events, Op.CANCEL: cancel,
+    Op.HOLD: hold, Op.RELEASE: release, Op.WAIT: wait, Op.JOB_PRIORITY: job_priority,
+    Op.READ_LOG: read_log,
+    Op.NODES: nodes, Op.NODE_DRAIN: node_drain, Op.NODE_RESUME: node_resume,
+    Op.NODE_ADD: node_add, Op.NODE_REMOVE: node_remove,
+    Op.GROUPS: groups, Op.GROUP_SET: group_set, Op.USAGE: usage,
+}

@@ -1,0 +1,226 @@
+"""One vocabulary of requests: every operation has a request type, a handler in labqd and a
+client method; requests survive the trip to wire arguments and back; the TUI and the CLI
+send nothing by a bare name."""
+import ast
+import inspect
+import json
+import subprocess
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import pytest
+
+from labq import Client, Job, Node
+from labq.errors import ValidationError
+from labq.protocol import (REQUESTS, UNSET, CancelRequest, EventsRequest, GroupSetRequest,
+                           GroupsRequest, HoldRequest, JobPriorityRequest, JobRequest,
+                           JobsRequest, NodeAddRequest, NodeDrainRequest, NodeRemoveRequest,
+                           NodeResumeRequest, NodesRequest, Op, PingRequest, ReadLogRequest,
+                           ReleaseRequest, SubmitRequest, UsageRequest, WaitRequest,
+                           WhoamiRequest, request_type)
+from labq.spec import validate_submit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EXAMPLES = [
+    PingRequest(), WhoamiRequest(), NodesRequest(), GroupsRequest(),
+    SubmitRequest(spec=validate_submit({"command": ["python", "train.py"], "gpus": 2,
+                                        "env": {"A": "b"}, "dependencies": ["afterany:3", 4],
+                                        "cwd": "/tmp", "hold": True})),
+    SubmitRequest(spec=validate_submit({"command": "echo hi; sleep 1"})),
+    JobRequest(id=7), EventsRequest(id=(1 << 63) - 1),
+    JobsRequest(), JobsRequest(states=["RUNNING", "HELD"], user="alice", limit=5,
+                               include_ended=False, with_env=True),
+    CancelRequest(ids=[1, 2]), CancelRequest(ids=[3], reason="superseded by 4"),
+    HoldRequest(ids=[5]), ReleaseRequest(ids=[5, 6]),
+    WaitRequest(ids=[3]), WaitRequest(ids=[3, 9], timeout=2.5),
+    JobPriorityRequest(id=4, priority=9),
+    NodeDrainRequest(name="gpu1"), NodeResumeRequest(name="gpu1"),
+    NodeRemoveRequest(name="gpu-2.lab"),
+    NodeAddRequest(node={"name": "n2", "host": "n2.lab", "port": 22,
+                         "gpus": [{"type": "A100", "memory_mb": 81920}]}),
+    GroupSetRequest(group="vision", share=2.0),
+    GroupSetRequest(group="vision", max_gpus=None, max_gpus_by_type={"A100": 2},
+                    users={"alice": 1.5, "bob": 1}),
+    UsageRequest(), UsageRequest(days=7.5),
+    ReadLogRequest(id=3), ReadLogRequest(id=3, offset=-100, wait=1.0, max_bytes=4096),
+]
+
+
+def test_every_op_has_a_request_type():
+    assert set(REQUESTS) == set(Op)
+    for op, kind in REQUESTS.items():
+        assert kind.op is op
+    assert {type(r).op for r in EXAMPLES} == set(Op), "an example of every request"
+
+
+def test_every_op_has_a_handler_taking_its_request():
+    from labq.daemon.handlers import HANDLERS
+    assert set(HANDLERS) == set(Op)
+    for op, handler in HANDLERS.items():
+        params = list(inspect.signature(handler).parameters.values())
+        assert [p.name for p in params] == ["core", "caller", "req"], handler
+        assert params[2].annotation in (REQUESTS[op].__name__, REQUESTS[op]), handler
+
+
+def client_methods() -> dict[Op, str]:
+    out: dict[Op, str] = {}
+    for name, member in vars(Client).items():
+        op = getattr(member, "op", None)
+        if op is not None:
+            assert op not in out, f"{op} is sent by {out[op]} and {name}"
+            out[op] = name
+    return out
+
+
+def test_every_op_has_a_client_method():
+    assert set(client_methods()) == set(Op)
+
+
+class Recorder(Client):
+    """A client that records what it would send instead of sending it."""
+
+    def __init__(self, reply):
+        self.sent = []
+        self.reply = reply
+
+    def _remote(self, method, *args):
+        self.sent.append((method, args))
+        if method == "read_log":
+            return (b"x", 1, True, "")
+        return json.dumps({"ok": True, "result": self.reply})
+
+
+JOB = {"id": 1, "owner": "a", "group": "a", "name": "n", "command": ["true"],
+       "state": "HELD"}
+NODE = {"name": "n", "host": "h", "state": "up"}
+CALLS = {
+    Op.PING: (lambda q: q.ping(), {}), Op.WHOAMI: (lambda q: q.whoami(), {}),
+    Op.SUBMIT: (lambda q: q.submit(["true"], export_env=False), JOB),
+    Op.JOB: (lambda q: q.job(1), JOB), Op.JOBS: (lambda q: q.jobs(), [JOB]),
+    Op.EVENTS: (lambda q: q.events(1), []), Op.CANCEL: (lambda q: q.cancel(1), [JOB]),
+    Op.HOLD: (lambda q: q.hold(1), [JOB]), Op.RELEASE: (lambda q: q.release(1), [JOB]),
+    Op.WAIT: (lambda q: q.wait(1), [dict(JOB, state="COMPLETED")]),
+    Op.JOB_PRIORITY: (lambda q: q.set_priority(1, 3), JOB),
+    Op.READ_LOG: (lambda q: q.read_log(1), None),
+    Op.NODES: (lambda q: q.nodes(), [NODE]), Op.NODE_DRAIN: (lambda q: q.drain("n"), NODE),
+    Op.NODE_RESUME: (lambda q: q.resume("n"), NODE),
+    Op.NODE_ADD: (lambda q: q.add_node(name="n", host="h"), NODE),
+    Op.NODE_REMOVE: (lambda q: q.remove_node("n"), {}),
+    Op.GROUPS: (lambda q: q.groups(), []), Op.GROUP_SET: (lambda q: q.set_group("g", share=1), {}),
+    Op.USAGE: (lambda q: q.usage(3), {}),
+}
+
+
+@pytest.mark.parametrize("op", list(Op), ids=[o.value for o in Op])
+def test_each_client_method_sends_its_op_as_a_plain_string(op):
+    call, reply = CALLS[op]
+    q = Recorder(reply)
+    result = call(q)
+    [(method, args)] = q.sent
+    if op is Op.READ_LOG:
+        assert method == "read_log" and [type(a) for a in args] == [int, int, float, int]
+        return
+    assert method == "call" and args[0] == op.value and type(args[0]) is str
+    # what was sent reads back as the request type's own arguments
+    assert request_type(args[0]).from_wire(json.loads(args[1])).op is op
+    if isinstance(reply, list) and reply:  # jobs and nodes come back as models
+        assert all(isinstance(r, (Job, Node)) for r in result)
+
+
+def test_call_takes_an_op_or_a_name_and_returns_the_plain_result():
+    q = Recorder([JOB])
+    assert q.call(Op.JOBS, limit=1) == [JOB]
+    assert q.call("jobs") == [JOB]
+    assert [a[0] for _, a in q.sent] == ["jobs", "jobs"]
+    assert all(type(a[0]) is str for _, a in q.sent)
+
+
+def test_set_group_refuses_an_unknown_setting_before_sending():
+    q = Recorder({})
+    with pytest.raises(ValidationError, match="max_gpu"):
+        q.set_group("g", max_gpu=3)
+    assert q.sent == []
+
+
+@pytest.mark.parametrize("req", EXAMPLES, ids=lambda r: type(r).__name__)
+def test_round_trip_through_the_wire(req):
+    wire = json.loads(json.dumps(req.to_wire()))  # as labqd receives it
+    assert type(req).from_wire(wire) == req
+    assert set(wire) <= {f.name for f in fields(req)}
+
+
+def test_read_log_round_trips_as_positional_arguments():
+    req = ReadLogRequest(id=3, offset=-100, wait=1.0, max_bytes=4096)
+    assert ReadLogRequest.from_args(*req.to_args()) == req
+
+
+def test_defaults_are_what_an_absent_argument_means():
+    for kind in REQUESTS.values():
+        required = [f for f in fields(kind) if f.default is MISSING]
+        if not required and kind is not ReadLogRequest:
+            assert kind.from_wire({}) == kind(), kind
+
+
+def test_group_set_sends_only_the_settings_given():
+    assert GroupSetRequest(group="g", max_gpus=None).to_wire() == {"group": "g",
+                                                                  "max_gpus": None}
+    assert GroupSetRequest.from_wire({"group": "g", "share": 3}).users is UNSET
+
+
+def test_unknown_arguments_are_ignored():
+    assert JobRequest.from_wire({"id": 3, "junk": float("nan")}) == JobRequest(id=3)
+
+
+@pytest.mark.parametrize("op,args,field", [
+    (Op.JOB, {"id": True}, "id"), (Op.JOB, {}, "id"),
+    (Op.CANCEL, {"ids": [1, 1 << 63]}, "ids"), (Op.CANCEL, {"ids": [1], "reason": "a\x1b"},
+                                                "reason"),
+    (Op.JOBS, {"states": ["RUNING"]}, "states"), (Op.WAIT, {"ids": [1], "timeout": -1},
+                                                  "timeout"),
+    (Op.JOB_PRIORITY, {"id": 1, "priority": 11}, "priority"),
+    (Op.NODE_DRAIN, {"name": ""}, "name"), (Op.NODE_ADD, {"node": {"host": "a\n"}},
+                                            "node.host"),
+    (Op.GROUP_SET, {"group": "g"}, "share"), (Op.GROUP_SET, {"group": "g", "max_gpus": 1.5},
+                                              "max_gpus"),
+    (Op.GROUP_SET, {"group": "g", "users": {"": 1}}, "users"),
+    (Op.USAGE, {"days": 0}, "days"), (Op.SUBMIT, {"spec": {"command": []}}, "command"),
+])
+def test_refusals_name_the_field(op, args, field):
+    with pytest.raises(ValidationError) as e:
+        REQUESTS[op].from_wire(args)
+    assert e.value.details["field"] == field
+
+
+def test_read_log_is_not_a_json_request():
+    for name in ("read_log", "drop_tables", "o" * 100):
+        with pytest.raises(ValidationError, match="unknown request") as e:
+            request_type(name)
+        assert len(e.value.details["op"]) <= 67
+
+
+def test_protocol_is_standard_library_only():
+    code = "import sys, labq.protocol; print(' '.join(sorted(sys.modules)))"
+    mods = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True).stdout.split())
+    assert not {m.split(".")[0] for m in mods} & {"textual", "peewee", "paramiko", "rpyc"}
+
+
+def calls_by_name(path: Path) -> list[str]:
+    """`x.call("name", ...)` in a source file: a request sent by a bare string."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [f"{path.relative_to(ROOT)}:{node.lineno}" for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "call" and node.args
+            and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)]
+
+
+def test_tui_and_cli_send_requests_through_client_methods():
+    sources = sorted((ROOT / "tui").glob("*.py")) + [ROOT / "shared" / "cli.py"]
+    assert len(sources) > 5
+    found = [hit for path in sources for hit in calls_by_name(path)]
+    assert found == []
+    # the scan finds what it looks for: this file sends by name on purpose
+    assert calls_by_name(ROOT / "tests" / "test_protocol.py")
+
