@@ -25,6 +25,9 @@ from .nodes import NodeLink
 
 log = logging.getLogger("labqd")
 S = JobState
+# a run directory without a started shepherd after this long was left by an agent that died
+# mid-launch
+LAUNCH_GRACE_S = 30
 
 
 @dataclass
@@ -326,13 +329,18 @@ class NodeRegistry:
             key = run_key(job)
             mine.add(key)
             info = found.get(key)
-            if info is not None and not info.get("started") and info.get("age", 0) > 30:
-                # the run's directory was made but its shepherd never started (the agent died
-                # in between): nothing of it runs, so launch it afresh
-                log.warning("job %d: the launch on %s never started; launching again",
-                            job["id"], link.name)
-                link.request("forget", job=key)
-                self._launch(link, job)
+            if info is not None and not info.get("started"):
+                age = info.get("age", 0)
+                if age > LAUNCH_GRACE_S:
+                    self._relaunch(link, job)
+                else:
+                    # a shepherd may still be on its way up; look again once it surely
+                    # would have written its pid
+                    self._watch(link, job)
+                    timer = threading.Timer(LAUNCH_GRACE_S - age + 1, self._recheck_launch,
+                                            (link, key))
+                    timer.daemon = True
+                    timer.start()
             elif info is not None:
                 self._watch(link, job)
                 if job["id"] in self.jobs.cancel_requests:
@@ -355,6 +363,23 @@ class NodeRegistry:
                 self._note(job_id, f"killed a stale copy (run {run}) on {link.name}")
             else:
                 link.request("forget", job=key)
+
+    def _relaunch(self, link: NodeLink, job: dict) -> None:
+        """The run's directory was made but its shepherd never started (the agent died in
+        between): nothing of it runs, so launch it afresh."""
+        log.warning("job %d: the launch on %s never started; launching again", job["id"],
+                    link.name)
+        link.request("forget", job=run_key(job))
+        self._launch(link, job)
+
+    def _recheck_launch(self, link: NodeLink, key: str) -> None:
+        def listed(reply: dict) -> None:
+            info = {j["job"]: j for j in reply.get("jobs", [])}.get(key)
+            with self.lock:
+                job = self._current(link, key)
+                if job is not None and info is not None and not info.get("started"):
+                    self._relaunch(link, job)
+        link.request("list", listed)
 
     def _note(self, job_id: int, text: str) -> None:
         row = self.jobs.active.get(job_id) or self.store.job_row(job_id)
