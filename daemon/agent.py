@@ -53,7 +53,7 @@ def parse_nvidia_smi(text):
         if len(parts) < 3 or not parts[0].isdigit():
             continue
 
-        def num(i):
+        def num(i, parts=parts):
             try:
                 return int(float(parts[i]))
             except (IndexError, ValueError):
@@ -247,7 +247,7 @@ def prepare_dir(root, cluster, node):
         except FileExistsError:
             pass  # made by an earlier agent, or by someone else: checked below either way
         except OSError as e:
-            raise Refused("cannot create job_root %s: %s" % (path, e.strerror))
+            raise Refused("cannot create job_root %s: %s" % (path, e.strerror)) from None
         _check_own_dir(path, euid)
     return path
 
@@ -286,7 +286,8 @@ def _check_ancestors(path, euid, depth=0):
             except FileExistsError:
                 pass
             except OSError as e:
-                raise Refused("cannot create job_root's parent %s: %s" % (nxt, e.strerror))
+                raise Refused("cannot create job_root's parent %s: %s"
+                              % (nxt, e.strerror)) from None
             st = os.lstat(nxt)
         if stat.S_ISLNK(st.st_mode):
             _check_ancestor(nxt, st, euid)
@@ -721,7 +722,7 @@ def resolve_account(spec, no_root_jobs):
                 pw = pwd.getpwuid(uid)
             except KeyError:
                 raise Refusal("labq: uid %d (%s) has no account on this node; refusing"
-                              % (uid, spec.get("user")))
+                              % (uid, spec.get("user"))) from None
             if spec.get("user") and pw.pw_name != spec["user"]:
                 raise Refusal("labq: uid %d is %s on this node, not %s; refusing"
                               % (uid, pw.pw_name, spec["user"]))
@@ -729,7 +730,8 @@ def resolve_account(spec, no_root_jobs):
         try:
             pw = pwd.getpwnam(spec["user"])
         except KeyError as e:
-            raise Refusal("labq: cannot run as user %r on this node: %s" % (spec["user"], e))
+            raise Refusal("labq: cannot run as user %r on this node: %s"
+                          % (spec["user"], e)) from None
     run_uid = pw.pw_uid if pw else euid
     if no_root_jobs and run_uid == 0:
         raise Refusal("labq: this node's agent runs no jobs as root (--no-root-jobs); refusing")
@@ -1170,7 +1172,7 @@ def take_lock(directory):
             except (ValueError, OSError):
                 pass
             if time.time() > deadline:
-                raise SystemExit("another labq agent holds %s" % path)
+                raise SystemExit("another labq agent holds %s" % path) from None
             time.sleep(0.1)
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -1199,7 +1201,7 @@ def _names_from_stdin():
         first = json.loads(sys.stdin.buffer.readline(4096) or b"null")
         names = (first["cluster"], first["node"])
     except (ValueError, TypeError, KeyError):
-        raise Refused("the first line must be {\"cluster\": ..., \"node\": ...}")
+        raise Refused("the first line must be {\"cluster\": ..., \"node\": ...}") from None
     for name in names:
         if not (isinstance(name, str) and 0 < len(name) <= 64 and name[0] not in ".-"
                 and all(c.isalnum() and c.isascii() or c in "._-" for c in name)):
@@ -1218,7 +1220,7 @@ def main(argv=None):
     except (Refused, OSError) as e:
         sys.stdout.buffer.write((json.dumps({"ev": "refused", "error": str(e)}) + "\n").encode())
         sys.stdout.buffer.flush()
-        raise SystemExit(3)
+        raise SystemExit(3) from None
     containment = Containment.probe("labq-%s-%s" % (cluster, node),
                                     opts.get("--containment", "auto"))
     agent = Agent(directory, cluster, node, containment, bool(opts.get("--no-root-jobs")))

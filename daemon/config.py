@@ -9,9 +9,10 @@ import grp
 import os
 import socket
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from labq.paths import daemon_socket, state_dir
 from labq.units import parse_duration_s, parse_size_mb
@@ -65,7 +66,8 @@ def DURATION(path: str, v: Any) -> int:
         # a bare number is seconds here (Slurm's bare minutes would surprise in a config)
         return parse_duration_s(v + "s" if v.strip().isdigit() else v, path)
     except Exception:
-        raise ConfigError(path, f"cannot read {v!r} as a duration (e.g. '30s', '2h', '7d')") from None
+        raise ConfigError(path, f"cannot read {v!r} as a duration "
+                          "(e.g. '30s', '2h', '7d')") from None
 
 
 def SIZE_MB(path: str, v: Any) -> int:

@@ -1,7 +1,7 @@
 """Job dependencies with Slurm's meaning: afterok, afterany, afternotok."""
 from __future__ import annotations
 
-from typing import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 
 from .snapshot import Dependency
 

@@ -12,7 +12,8 @@ lifts all its users; within a group the lighter user goes first. Both parts are 
 from __future__ import annotations
 
 import math
-from typing import Hashable, Iterable, Mapping, NamedTuple
+from collections.abc import Hashable, Iterable, Mapping
+from typing import NamedTuple
 
 _LN2 = math.log(2.0)
 

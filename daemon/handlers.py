@@ -5,16 +5,39 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from labq.errors import ValidationError
-from labq.protocol import (CancelRequest, EventsRequest, GroupReply, GroupSetRequest,
-                           GroupsRequest, HoldRequest, JobPriorityRequest, JobRequest,
-                           JobsRequest, NodeAddRequest, NodeDict, NodeDrainRequest,
-                           NodeRemovedReply, NodeRemoveRequest, NodeResumeRequest,
-                           NodesRequest, Op, PingReply, PingRequest, ReadLogRequest,
-                           ReleaseRequest, SubmitRequest, UsageReply, UsageRequest,
-                           WaitRequest, WhoamiReply, WhoamiRequest)
+from labq.protocol import (
+    CancelRequest,
+    EventsRequest,
+    GroupReply,
+    GroupSetRequest,
+    GroupsRequest,
+    HoldRequest,
+    JobPriorityRequest,
+    JobRequest,
+    JobsRequest,
+    NodeAddRequest,
+    NodeDict,
+    NodeDrainRequest,
+    NodeRemovedReply,
+    NodeRemoveRequest,
+    NodeResumeRequest,
+    NodesRequest,
+    Op,
+    PingReply,
+    PingRequest,
+    ReadLogRequest,
+    ReleaseRequest,
+    SubmitRequest,
+    UsageReply,
+    UsageRequest,
+    WaitRequest,
+    WhoamiReply,
+    WhoamiRequest,
+)
 from labq.spec import MAX_MEMORY_MB, arg_error
 
 from .config import ConfigError

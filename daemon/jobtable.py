@@ -13,8 +13,7 @@ import time
 from collections import Counter
 from typing import Any, Protocol
 
-from labq.errors import (InvalidState, NotFound, PermissionDenied, QuotaExceeded,
-                         ValidationError)
+from labq.errors import InvalidState, NotFound, PermissionDenied, QuotaExceeded, ValidationError
 from labq.spec import parse_dependency, validate_submit
 from labq.states import FINAL, JobState, allowed
 

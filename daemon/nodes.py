@@ -16,8 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from . import agent as agent_module
 from . import ssh
@@ -136,15 +137,15 @@ class SshTransport:
 class LinkEvents(Protocol):
     """What a link tells the daemon. Called on the link's own threads."""
 
-    def node_up(self, link: "NodeLink", hello: dict, jobs: list[dict]) -> None: ...
+    def node_up(self, link: NodeLink, hello: dict, jobs: list[dict]) -> None: ...
 
-    def node_down(self, link: "NodeLink", why: str) -> None: ...
+    def node_down(self, link: NodeLink, why: str) -> None: ...
 
-    def node_refused(self, link: "NodeLink", why: str) -> None: ...
+    def node_refused(self, link: NodeLink, why: str) -> None: ...
 
-    def node_event(self, link: "NodeLink", msg: dict) -> None: ...
+    def node_event(self, link: NodeLink, msg: dict) -> None: ...
 
-    def node_stats(self, link: "NodeLink", reply: dict) -> None: ...
+    def node_stats(self, link: NodeLink, reply: dict) -> None: ...
 
 
 class NodeLink:
@@ -205,7 +206,7 @@ class NodeLink:
             self._outbox.put((json.dumps(dict(kw, op=op, id=rid)) + "\n").encode())
         return True
 
-    def _write_loop(self, t, outbox: "queue.SimpleQueue[bytes | None]") -> None:
+    def _write_loop(self, t, outbox: queue.SimpleQueue[bytes | None]) -> None:
         """Send queued requests in order until the connection ends; a failed write closes it,
         and the reader then fails what is pending."""
         while True:
@@ -324,7 +325,7 @@ class NodeLink:
                 self._wake.wait(0.2)
                 self._wake.clear()
 
-    def _tell(self, event: Callable[["NodeLink", str], None], why: str) -> None:
+    def _tell(self, event: Callable[[NodeLink, str], None], why: str) -> None:
         """Report to the daemon; a failure there must not end this link's thread."""
         try:
             event(self, why)

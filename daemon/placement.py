@@ -11,7 +11,7 @@ applies starts and finishes to it, which is why starts are recorded here directl
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .snapshot import GpuSlot, JobView, Limits, NodeView
 

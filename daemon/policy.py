@@ -33,8 +33,14 @@ from .limits import quota_reason
 from .pending import JobIndex, JobState, PClass, PlanMemo, t0_of
 from .placement import Cluster, could_ever_fit, gpu_matches, shape_of  # noqa: F401 (public)
 from .planmaps import OPEN, PlanPriorities, PlanReasons, _Eligible
-from .priority import (PendingQueue, class_constant, short_factor, size_factor, time_limit,
-                       user_factor)
+from .priority import (
+    PendingQueue,
+    class_constant,
+    short_factor,
+    size_factor,
+    time_limit,
+    user_factor,
+)
 from .snapshot import JobView, Plan, PolicyConfig, Snapshot, Start
 
 __all__ = ["plan", "schedule", "gpu_matches", "could_ever_fit", "PlanMemo"]

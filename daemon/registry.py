@@ -17,9 +17,8 @@ from typing import Any
 from labq.errors import InvalidState, LabqError, NotFound, PermissionDenied, ValidationError
 from labq.states import JobState
 
-from .config import (NODE, ConfigError, NodeConfig, check_node, confine_node_paths,
-                     node_config)
 from . import store as st
+from .config import NODE, ConfigError, NodeConfig, check_node, confine_node_paths, node_config
 from .jobtable import JobTable
 from .nodes import NodeLink
 

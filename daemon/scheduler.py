@@ -14,9 +14,9 @@ from labq.states import JobState
 from . import policy
 from .estimates import estimate
 from .fairctl import FairShare
+from .fairshare import Run
 from .jobtable import JobTable
 from .registry import NodeRegistry
-from .fairshare import Run
 from .snapshot import GpuSlot, NodeView, Snapshot
 
 log = logging.getLogger("labqd.scheduler")

@@ -74,7 +74,7 @@ class GuardedServer(ThreadedServer):
         while self.active:
             try:
                 sock, _addr = self.listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError as e:
                 if not self.active:

@@ -17,7 +17,6 @@ import hashlib
 import io
 import logging
 import os
-import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +95,8 @@ def _ssh_config_entry(path: Path, host: str) -> dict:
 
     def lines():
         nonlocal lineno
-        for lineno, line in enumerate(text.splitlines(), 1):
+        # the line number is kept outside so that a parse error can name it
+        for lineno, line in enumerate(text.splitlines(), 1):  # noqa: B007
             yield line
     try:
         parsed.parse(lines())
@@ -274,7 +274,7 @@ def connect(target: Target, *, ssh_config: Path | None = None,
         if why.startswith("Indecipherable protocol version"):
             why = "it does not answer as an SSH server"  # paramiko quotes what it did send
         raise SshFailed(f"ssh to {target.hostname}:{target.port} failed: {why}") from None
-    except (OSError, socket.timeout, EOFError) as e:
+    except (TimeoutError, OSError, EOFError) as e:
         client.close()
         if jump_client is not None:
             jump_client.close()

@@ -10,9 +10,10 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import peewee as pw
 from playhouse.sqlite_ext import AutoIncrementField
@@ -178,7 +179,8 @@ def _check_file(path: Path) -> None:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             app_id = con.execute("PRAGMA application_id").fetchone()[0]
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = {r[0] for r in
+                      con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             check = con.execute("PRAGMA quick_check").fetchone()[0]
         finally:
             con.close()

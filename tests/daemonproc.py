@@ -82,7 +82,7 @@ class Daemon:
         env.pop("NOTIFY_SOCKET", None)
         return env
 
-    def start(self, wait_nodes: int = 0, timeout: float = 30.0) -> "Daemon":
+    def start(self, wait_nodes: int = 0, timeout: float = 30.0) -> Daemon:
         self.config_path.write_text(to_toml(self.config))
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([shutil.which("labqd"), "--config", str(self.config_path)],
@@ -128,7 +128,7 @@ class Daemon:
         self.stop()
         shutil.rmtree(self.sockdir, ignore_errors=True)
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Daemon:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import sshnodes
-from sshnodes import (SSHD, SshNode, _keygen, _signal_all, alive, make_user_key,
-                      write_known_hosts)
+from sshnodes import SSHD, SshNode, _keygen, _signal_all, alive, make_user_key, write_known_hosts
 
 AGENT_MARK = b"labq-agent"
 

@@ -86,8 +86,8 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 __all__ = [
     "H100_CSV",
@@ -129,7 +129,7 @@ H100_CSV = (
 )
 
 _READY_TIMEOUT = 10.0
-_live_nodes: "set[SshNode]" = set()
+_live_nodes: set[SshNode] = set()
 _live_lock = threading.Lock()
 
 
@@ -163,7 +163,7 @@ def make_user_key(base_dir: Path) -> Path:
     return key
 
 
-def write_known_hosts(path: Path, nodes: Iterable["SshNode"]) -> Path:
+def write_known_hosts(path: Path, nodes: Iterable[SshNode]) -> Path:
     """Write a known_hosts file holding the host key lines of ``nodes``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sshd_version() -> tuple[int, int]:
     out = subprocess.run([SSHD, "-V"], capture_output=True, text=True)
     m = re.search(r"OpenSSH_(\d+)\.(\d+)", out.stdout + out.stderr)
@@ -433,7 +433,7 @@ class SshNode:
             f"{timeout:.0f}s ({last_err}):\n{self.log_text()}"
         )
 
-    def start(self) -> "SshNode":
+    def start(self) -> SshNode:
         """Start sshd (same port, same host key); no-op when already running."""
         if self.running:
             return self
@@ -442,7 +442,7 @@ class SshNode:
         self._wait_ready()
         return self
 
-    def restart(self) -> "SshNode":
+    def restart(self) -> SshNode:
         """Stop (if running) and start again on the same port with the same host key."""
         self.stop()
         return self.start()
@@ -650,7 +650,7 @@ class NodeSet:
         self.user_key: Path | None = None
         self.known_hosts: Path = self.base_dir / "known_hosts"
 
-    def __enter__(self) -> "NodeSet":
+    def __enter__(self) -> NodeSet:
         try:
             self.user_key = make_user_key(self.base_dir)
             for name, csv in zip(self.names, self._csvs):

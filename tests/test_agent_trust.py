@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sshnodes import alive, ensure_user, run_as
 
 AGENT = str(Path(__file__).resolve().parent.parent / "daemon" / "agent.py")
@@ -160,7 +159,7 @@ def sleep_tag():
 
 def assert_clean(root, job, tags):
     for t in tags:
-        wait_for(lambda: not tagged(t), 5, f"processes with {t} to end")
+        wait_for(lambda t=t: not tagged(t), 5, f"processes with {t} to end")
     for d in run_cgroups(root, job):
         assert not os.path.exists(d), f"run cgroup {d} left behind"
 

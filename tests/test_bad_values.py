@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 import rpyc
+from daemonproc import Daemon, raw_connect
 
 from labq.spec import MAX_IDS, MAX_REQUEST_CHARS
-from daemonproc import Daemon, raw_connect
 
 BIG = 1 << 63  # one past SQLite's largest integer
 NAN = float("nan")
@@ -21,7 +21,8 @@ def daemon(tmp_path_factory):
     d = Daemon(tmp_path_factory.mktemp("badvalues"), {"daemon": {"local_node": True}})
     with d.start(wait_nodes=1):
         with d.client() as q:
-            d.held = [q.submit(["true"], hold=True, env={"K": "v"}, export_env=False).id for _ in range(2)]
+            d.held = [q.submit(["true"], hold=True, env={"K": "v"}, export_env=False).id
+                      for _ in range(2)]
         yield d
 
 

@@ -8,10 +8,10 @@ import time
 
 import psutil
 import pytest
-
-import labq
 from daemonproc import Daemon, as_user, wait_for
 from sshnodes import ensure_user
+
+import labq
 
 HEADER = struct.Struct("!LB")  # rpyc's frame header: length, compressed
 
@@ -41,7 +41,7 @@ def _closed_by_peer(s: socket.socket, within: float = 5.0) -> bool:
             if s.recv(65536) == b"":
                 return True
         return False
-    except socket.timeout:
+    except TimeoutError:
         return False
     except ConnectionResetError:
         return True

@@ -16,9 +16,11 @@ import subprocess
 from argparse import Namespace
 
 import pytest
+from daemonproc import Daemon, as_user
+from sshnodes import ensure_user
+from tuikit import drive, screen_text, until
 
 import labq
-from daemonproc import Daemon, as_user
 from labq.cli import cmd_group, cmd_nodes, cmd_usage, printable
 from labq.models import Gpu, Node
 from labq.tui.app import LabqApp
@@ -28,8 +30,6 @@ from labq.tui.format import log_text
 from labq.tui.nodes import render_node
 from labq.tui.queue import QueueTable
 from labq.tui.usage import render_usage
-from sshnodes import ensure_user
-from tuikit import drive, screen_text, until
 
 LABQ = shutil.which("labq")
 SIZE = (200, 50)

@@ -17,12 +17,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from daemonproc import Daemon, wait_for
+from faultkit import (
+    agent_pids,
+    alive,
+    crash_node,
+    executions,
+    integrity,
+    kill_runs,
+    mark_cmd,
+    query,
+    run_records,
+    start_netns_node,
+)
+from sshnodes import NodeSet, start_node
 
 from labq.errors import InvalidState, StorageError
-from daemonproc import Daemon, wait_for
-from faultkit import (agent_pids, alive, crash_node, executions, integrity, kill_runs,
-                      mark_cmd, query, run_records, start_netns_node)
-from sshnodes import NodeSet, start_node
 
 TIMING = {"heartbeat": "1s", "node_timeout": "3s", "requeue_grace": "3s", "kill_grace": "2s"}
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
@@ -480,7 +490,7 @@ def test_twenty_clients_submitting_concurrently(tmp_path):
                                   stderr=subprocess.PIPE, text=True) for c in range(clients)]
         outs = [p.communicate(timeout=300) for p in procs]
         elapsed = time.monotonic() - t0
-        for p, (out, err) in zip(procs, outs):
+        for p, (_out, err) in zip(procs, outs):
             assert p.returncode == 0, err[-2000:]
         ids = [i for out, _ in outs for i in json.loads(out)]
         total = clients * per_client

@@ -18,13 +18,13 @@ import uuid
 
 import pytest
 import rpyc
+from daemonproc import Daemon, raw_connect
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-
-from labq.errors import _BY_CODE
-from daemonproc import Daemon, raw_connect
-from labq.daemon.server import MAX_FRAME
 from sshnodes import ensure_user
+
+from labq.daemon.server import MAX_FRAME
+from labq.errors import _BY_CODE
 
 CALLS = 10_000
 PER_EXAMPLE = 50

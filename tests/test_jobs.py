@@ -5,11 +5,11 @@ import time
 from pathlib import Path
 
 import pytest
+from daemonproc import as_user, wait_for
+from sshnodes import ensure_user
 
 import labq
 from labq.errors import PermissionDenied, ValidationError
-from daemonproc import as_user, wait_for
-from sshnodes import ensure_user
 
 
 def sh(script: str) -> list[str]:

@@ -1,7 +1,6 @@
 """labqd's log copies: capped with a clear mark, readable after the node is gone; and the
 local node's GPU detection saying once that there are none."""
 import pytest
-
 from daemonproc import Daemon, wait_for
 from sshnodes import NodeSet
 

@@ -13,13 +13,20 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from daemonproc import Daemon, as_user, wait_for
+from sshnodes import (
+    SSH_KEYGEN,
+    add_user_to_group,
+    ensure_group,
+    ensure_user,
+    make_user_key,
+    start_node,
+    write_known_hosts,
+)
 
 import labq
 from labq.cli import main as labq_main  # imported here: the forked users cannot read /root
 from labq.errors import LabqError
-from daemonproc import Daemon, as_user, wait_for
-from sshnodes import (SSH_KEYGEN, add_user_to_group, ensure_group, ensure_user, make_user_key,
-                      start_node, write_known_hosts)
 
 ADMIN, ADMINS, OTHER = "labqadmin", "labqadmins", "labqtest"
 SECRET = "root:$y$j9T$S3CRETsalt$S3CREThash0123456789:19700:0:99999:7:::"

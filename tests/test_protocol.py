@@ -13,12 +13,32 @@ import pytest
 
 from labq import Client, Job, Node
 from labq.errors import ValidationError
-from labq.protocol import (REQUESTS, UNSET, CancelRequest, EventsRequest, GroupSetRequest,
-                           GroupsRequest, HoldRequest, JobPriorityRequest, JobRequest,
-                           JobsRequest, NodeAddRequest, NodeDrainRequest, NodeRemoveRequest,
-                           NodeResumeRequest, NodesRequest, Op, PingRequest, ReadLogRequest,
-                           ReleaseRequest, SubmitRequest, UsageRequest, WaitRequest,
-                           WhoamiRequest, request_type)
+from labq.protocol import (
+    REQUESTS,
+    UNSET,
+    CancelRequest,
+    EventsRequest,
+    GroupSetRequest,
+    GroupsRequest,
+    HoldRequest,
+    JobPriorityRequest,
+    JobRequest,
+    JobsRequest,
+    NodeAddRequest,
+    NodeDrainRequest,
+    NodeRemoveRequest,
+    NodeResumeRequest,
+    NodesRequest,
+    Op,
+    PingRequest,
+    ReadLogRequest,
+    ReleaseRequest,
+    SubmitRequest,
+    UsageRequest,
+    WaitRequest,
+    WhoamiRequest,
+    request_type,
+)
 from labq.spec import validate_submit
 
 ROOT = Path(__file__).resolve().parents[1]

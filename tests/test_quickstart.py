@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sshnodes import ensure_user
 
 ROOT = Path(__file__).resolve().parent.parent

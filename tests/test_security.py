@@ -4,11 +4,11 @@ import stat
 
 import pytest
 import rpyc
+from daemonproc import Daemon, as_user, raw_connect
+from sshnodes import ensure_user
 
 import labq
 from labq.errors import DaemonUnavailable
-from daemonproc import Daemon, as_user, raw_connect
-from sshnodes import ensure_user
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import subprocess
 
 import paramiko
 import pytest
-
 from daemonproc import Daemon, wait_for
-from labq.daemon.ssh import fingerprint
 from sshnodes import SSH_KEYGEN, make_user_key, start_node, write_known_hosts
+
+from labq.daemon.ssh import fingerprint
 
 
 @pytest.fixture(scope="module")

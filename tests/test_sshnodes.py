@@ -17,12 +17,13 @@ from sshnodes import (  # noqa: E402
     H100_CSV,
     NVIDIA_SMI_QUERY,
     NodeSet,
+    add_user_to_group,
     ensure_group,
     ensure_user,
-    add_user_to_group,
     run_as,
     write_known_hosts,
 )
+
 
 def connect(node, key: Path, known_hosts: Path, user: str = "root") -> paramiko.SSHClient:
     client = paramiko.SSHClient()

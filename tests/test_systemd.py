@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
+from sshnodes import ensure_group
 
 import labq
-from sshnodes import ensure_group
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
@@ -227,7 +227,7 @@ def _expect(ns: socket.socket, want: str, proc: subprocess.Popen, log: Path,
         ns.settimeout(min(0.5, left))
         try:
             data = ns.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             if proc.poll() is not None and want != "STOPPING=1":
                 pytest.fail(f"labqd exited with {proc.returncode} before sending {want}; "
                             f"its log:\n{log.read_text()}")

@@ -8,13 +8,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-
 from daemonproc import Daemon, to_toml, wait_for
-from sshnodes import add_user_to_group, ensure_group, ensure_user
+from sshnodes import add_user_to_group, ensure_group
 from userkit import User, cli_venv
 
 
@@ -176,7 +174,8 @@ def test_a_squatted_socket_gets_nothing(venv, tmp_path):
     os.chmod(trap, 0o755)
     got = trap / "got"
     listener = ("import socket,os,sys\n"
-                "s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); os.chmod(sys.argv[1],0o777)\n"
+                "s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])\n"
+                "os.chmod(sys.argv[1], 0o777)\n"
                 "s.listen(5); s.settimeout(20)\n"
                 "c,_=s.accept(); c.settimeout(3)\n"
                 "data=b''\n"

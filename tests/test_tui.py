@@ -5,17 +5,17 @@ import sys
 import time
 
 import pytest
+from daemonproc import Daemon, as_user
+from sshnodes import ensure_user
+from tuikit import drive, screen_text, until
 
 import labq
-from daemonproc import Daemon, as_user
 from labq.tui.app import LabqApp
 from labq.tui.confirm import ConfirmScreen
 from labq.tui.detail import JobDetailScreen, JobLog
 from labq.tui.queue import QueueTable
 from labq.tui.submit import SubmitScreen
 from labq.tui.usage import render_usage
-from sshnodes import ensure_user
-from tuikit import drive, screen_text, until
 
 SIZE = (160, 48)
 LOCAL_NODE = {

@@ -9,8 +9,8 @@ leaves out what nodes measure from second to second.
 import time
 
 import pytest
-
 from daemonproc import Daemon, wait_for
+
 from labq.tui.app import LabqApp
 from labq.tui.clock import FrozenClock
 from labq.tui.detail import JobDetailScreen

@@ -6,7 +6,6 @@ import subprocess
 import time
 
 import pytest
-
 from daemonproc import Daemon
 
 CONFIG = {"daemon": {"local_node": False, "heartbeat": "1s"},

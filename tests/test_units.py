@@ -1,7 +1,7 @@
 """Pure unit tests: request validation, size and duration parsing, the state table."""
 import pytest
 
-from labq.errors import ValidationError, from_wire, NotFound
+from labq.errors import NotFound, ValidationError, from_wire
 from labq.spec import parse_dependency, submit_request, validate_submit
 from labq.states import FINAL, TRANSITIONS, JobState, allowed
 from labq.units import format_duration, parse_duration_s, parse_size_mb
