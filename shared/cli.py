@@ -8,13 +8,17 @@ import os
 import re
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from . import connect
 from .errors import LabqError
 from .models import Job
 from .spec import MAX_GPUS
 from .units import format_duration, format_size_mb, parse_duration_s, parse_size_mb
+
+if TYPE_CHECKING:
+    from .client import Client
 
 
 # C0 controls, DEL and C1 controls (ESC and CSI start every ANSI sequence, so escaping them
@@ -26,7 +30,7 @@ _UNPRINTABLE_IN_LINES = re.compile(
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def _escape_one(m: re.Match) -> str:
+def _escape_one(m: re.Match[str]) -> str:
     c = m.group()
     return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
 
@@ -88,7 +92,7 @@ def _status_text(job: Job, now: float) -> str:
 
 
 # -- commands ------------------------------------------------------------------------------
-def cmd_submit(q, a) -> int:
+def cmd_submit(q: Client, a: argparse.Namespace) -> int:
     if a.wrap is not None:
         if a.command:
             raise SystemExit("labq: give either --wrap STRING or -- CMD ARGS, not both")
@@ -99,13 +103,13 @@ def cmd_submit(q, a) -> int:
             command = command[1:]
         if not command:
             raise SystemExit("labq: nothing to run; usage: labq submit [options] -- CMD ARGS...")
-    env = {}
+    env: dict[str, str] = {}
     for item in a.env or []:
         k, sep, v = item.partition("=")
         if not sep:
             raise SystemExit(f"labq: --env takes NAME=VALUE, got {item!r}")
         env[k] = v
-    after = []
+    after: list[int | str] = []
     for dep in a.after or []:
         after.extend(d for d in dep.split(",") if d)
     job = q.submit(command, gpus=a.gpus, gpu_type=a.gpu_type, gpu_memory=a.gpu_mem,
@@ -120,7 +124,7 @@ def cmd_submit(q, a) -> int:
     return 0
 
 
-def cmd_ls(q, a) -> int:
+def cmd_ls(q: Client, a: argparse.Namespace) -> int:
     states = [s.upper() for s in a.state.split(",")] if a.state else None
     user = a.user or (q.whoami()["user"] if a.mine else None)
     jobs = q.jobs(states=states, user=user, include_ended=a.all or bool(states),
@@ -138,7 +142,7 @@ def cmd_ls(q, a) -> int:
     return 0
 
 
-def cmd_show(q, a) -> int:
+def cmd_show(q: Client, a: argparse.Namespace) -> int:
     job = q.job(_ids([a.id])[0])
     if a.json:
         _print_json(_job_json(job))
@@ -167,7 +171,7 @@ def cmd_show(q, a) -> int:
     return 0
 
 
-def cmd_events(q, a) -> int:
+def cmd_events(q: Client, a: argparse.Namespace) -> int:
     events = q.events(_ids([a.id])[0])
     if a.json:
         _print_json([e.__dict__ for e in events])
@@ -177,7 +181,7 @@ def cmd_events(q, a) -> int:
     return 0
 
 
-def cmd_logs(q, a) -> int:
+def cmd_logs(q: Client, a: argparse.Namespace) -> int:
     job_id = _ids([a.id])[0]
     out = sys.stdout.buffer
     if a.json:  # one JSON object per chunk: {"id", "offset", "data"}
@@ -205,7 +209,7 @@ def cmd_logs(q, a) -> int:
     return 0
 
 
-def _many(q, a, fn) -> int:
+def _many(q: Client, a: argparse.Namespace, fn: Callable[..., list[Job]]) -> int:
     jobs = fn(*_ids(a.ids))
     if a.json:
         _print_json([_job_json(j) for j in jobs])
@@ -215,11 +219,11 @@ def _many(q, a, fn) -> int:
     return 0
 
 
-def cmd_cancel(q, a) -> int:
+def cmd_cancel(q: Client, a: argparse.Namespace) -> int:
     return _many(q, a, lambda *ids: q.cancel(*ids, reason=a.reason))
 
 
-def cmd_wait(q, a) -> int:
+def cmd_wait(q: Client, a: argparse.Namespace) -> int:
     try:
         jobs = q.wait(*_ids(a.ids), timeout=a.timeout)
     except TimeoutError as e:
@@ -233,7 +237,7 @@ def cmd_wait(q, a) -> int:
     return 0 if all(j.state.value == "COMPLETED" for j in jobs) else 1
 
 
-def cmd_nodes(q, a) -> int:
+def cmd_nodes(q: Client, a: argparse.Namespace) -> int:
     nodes = q.nodes()
     if a.json:
         _print_json([{**n.__dict__, "gpus": [g.__dict__ for g in n.gpus]} for n in nodes])
@@ -255,7 +259,8 @@ def cmd_nodes(q, a) -> int:
     return 0
 
 
-def cmd_node(q, a) -> int:
+def cmd_node(q: Client, a: argparse.Namespace) -> int:
+    node: dict[str, Any]  # Node's fields as a mapping, or what a removal answers
     if a.action == "add":
         entry = {"name": a.name}
         if a.local:
@@ -267,7 +272,7 @@ def cmd_node(q, a) -> int:
             entry["gpus"] = [_gpu_decl(g) for g in a.gpu]
         node = q.add_node(**entry)
     elif a.action == "remove":
-        node = q.remove_node(a.name)
+        node = dict(q.remove_node(a.name))
         node.setdefault("state", "removed")
     else:
         node = q.drain(a.name) if a.action == "drain" else q.resume(a.name)
@@ -287,7 +292,7 @@ def _gpu_decl(text: str) -> dict[str, Any]:
     return decl
 
 
-def cmd_priority(q, a) -> int:
+def cmd_priority(q: Client, a: argparse.Namespace) -> int:
     job = q.set_priority(_ids([a.id])[0], a.priority)
     if a.json:
         _print_json(_job_json(job))
@@ -296,8 +301,8 @@ def cmd_priority(q, a) -> int:
     return 0
 
 
-def _kv(items: list[str] | None, what: str, cast) -> dict[str, Any]:
-    out = {}
+def _kv(items: list[str] | None, what: str, cast: Callable[[str], Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for item in items or []:
         k, sep, v = item.partition("=")
         if not sep:
@@ -309,7 +314,7 @@ def _kv(items: list[str] | None, what: str, cast) -> dict[str, Any]:
     return out
 
 
-def cmd_group(q, a) -> int:
+def cmd_group(q: Client, a: argparse.Namespace) -> int:
     if a.action == "set":
         settings: dict[str, Any] = {}
         if a.share is not None:
@@ -335,7 +340,7 @@ def cmd_group(q, a) -> int:
     return 0
 
 
-def cmd_usage(q, a) -> int:
+def cmd_usage(q: Client, a: argparse.Namespace) -> int:
     rep = q.usage(days=a.days)
     if a.json:
         _print_json(rep)
@@ -349,7 +354,7 @@ def cmd_usage(q, a) -> int:
     return 0
 
 
-def cmd_whoami(q, a) -> int:
+def cmd_whoami(q: Client, a: argparse.Namespace) -> int:
     info = q.whoami()
     if a.json:
         _print_json(info)
@@ -359,14 +364,15 @@ def cmd_whoami(q, a) -> int:
     return 0
 
 
-def cmd_tui(a) -> int:
+def cmd_tui(a: argparse.Namespace) -> int:
     # the UI connects by itself and keeps retrying, so it starts even while labqd is down
     from labq.tui.app import run
-    return run(socket=a.socket)
+    status: int = run(socket=a.socket)  # typed int; mypy does not follow labq.tui from here
+    return status
 
 
 # -- parser --------------------------------------------------------------------------------
-def _positive_int(lo: int, hi: int):
+def _positive_int(lo: int, hi: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -378,8 +384,8 @@ def _positive_int(lo: int, hi: int):
     return parse
 
 
-def _checked(fn, what):
-    def parse(text: str):
+def _checked(fn: Callable[[str, str], object], what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
         try:
             fn(text, what)
         except LabqError as e:
@@ -394,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "own daemon, else the system daemon)")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    def add(name, fn, help_, json_flag=True):
+    def add(name: str, fn: Callable[..., int], help_: str,
+            json_flag: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
         if json_flag:
@@ -492,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_tui(a)
     try:
         with connect(a.socket) as q:
-            return a.fn(q, a)
+            fn: Callable[[Client, argparse.Namespace], int] = a.fn
+            return fn(q, a)
     except LabqError as e:
         print(f"labq: {printable(e)}", file=sys.stderr)
         if e.details and os.environ.get("LABQ_DEBUG"):

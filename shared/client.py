@@ -6,9 +6,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .errors import DaemonUnavailable, LabqError, ValidationError, from_wire
 from .models import Event, Job, Node
@@ -20,6 +20,9 @@ from .protocol import (GROUP_SETTINGS, CancelRequest, EventsRequest, GroupReply,
                        PingRequest, ReadLogRequest, ReleaseRequest, Request, SubmitRequest,
                        UsageReply, UsageRequest, WaitRequest, WhoamiReply, WhoamiRequest)
 from .spec import MAX_REQUEST_CHARS, submit_request
+
+if TYPE_CHECKING:
+    import socket as _socket
 
 # variables that describe the submitting session rather than the job's needs
 _SESSION_ENV = ("LABQ_", "SSH_", "DISPLAY", "TERM", "TMUX", "XDG_RUNTIME_DIR", "XDG_SESSION",
@@ -35,7 +38,7 @@ def exported_env(environ: dict[str, str] | None = None) -> dict[str, str]:
             if not any(k == p or (p.endswith("_") and k.startswith(p)) for p in _SESSION_ENV)}
 
 
-def _open_socket(path: Path):
+def _open_socket(path: Path) -> _socket.socket:
     """A connected unix socket to labqd, after checking who listens on it: root, oneself, or
     the owner of the socket's directory (the system daemon's account). Nothing is sent before
     that check, so a program squatting on a socket path never sees a submit's environment."""
@@ -83,15 +86,18 @@ def _trusted_uids() -> set[int]:
     return trusted
 
 
-def sends(op: Op):
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def sends(op: Op) -> Callable[[_Method], _Method]:
     """Marks the client method that sends `op`; tests check every Op has one."""
-    def mark(method):
-        method.op = op
+    def mark(method: _Method) -> _Method:
+        setattr(method, "op", op)  # a function's own attribute, which its type does not name
         return method
     return mark
 
 
-def connect(socket: str | os.PathLike | None = None, timeout: float = 30.0) -> "Client":
+def connect(socket: str | os.PathLike[str] | None = None, timeout: float = 30.0) -> "Client":
     from .paths import client_socket
     return Client(Path(socket) if socket else client_socket(), timeout)
 
@@ -99,7 +105,7 @@ def connect(socket: str | os.PathLike | None = None, timeout: float = 30.0) -> "
 class Client:
     """A connection to labqd. Thread-safe: calls are serialised on the one connection."""
 
-    def __init__(self, socket_path: Path, timeout: float = 30.0):
+    def __init__(self, socket_path: Path, timeout: float = 30.0) -> None:
         self.socket_path = Path(socket_path)
         self.timeout = timeout
         self._lock = threading.Lock()
@@ -148,10 +154,10 @@ class Client:
     def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _remote(self, method: str, *args):
+    def _remote(self, method: str, *args: Any) -> Any:
         with self._lock:
             try:
                 fn = self._methods.get(method)
@@ -172,6 +178,7 @@ class Client:
 
     def request(self, req: Request) -> Any:
         """Send one typed request; return its reply as its type says (a Job, [Node]...)."""
+        # the methods below cast this to the type their request's `reply` names
         return req.read_reply(self._send(req.op.value, req.to_wire()))
 
     def _send(self, op: str, args: dict[str, Any]) -> Any:
@@ -191,7 +198,7 @@ class Client:
                gpu_type: str | None = None, gpu_memory: int | str | None = None,
                cpus: int = 1, memory: int | str | None = None,
                time_limit: int | str | None = None, name: str | None = None,
-               priority: int = 5, after: list[int | str] | tuple = (),
+               priority: int = 5, after: list[int | str] | tuple[int | str, ...] = (),
                cwd: str | None = None, env: dict[str, str] | None = None,
                export_env: bool = True, group: str | None = None,
                partition: str | None = None, hold: bool = False, requeue: bool = True) -> Job:
@@ -208,35 +215,36 @@ class Client:
                               priority=priority, after=after, cwd=cwd or os.getcwd(),
                               env=full_env, group=group, partition=partition, hold=hold,
                               requeue=requeue)
-        return self.request(SubmitRequest(spec=spec))
+        return cast(Job, self.request(SubmitRequest(spec=spec)))
 
     @sends(Op.JOB)
     def job(self, job_id: int) -> Job:
-        return self.request(JobRequest(id=job_id))
+        return cast(Job, self.request(JobRequest(id=job_id)))
 
     @sends(Op.JOBS)
     def jobs(self, *, states: list[str] | None = None, user: str | None = None,
              limit: int | None = None, include_ended: bool = True,
              with_env: bool = False) -> list[Job]:
         """Jobs, oldest first; `env` is only filled with with_env=True (yours only)."""
-        return self.request(JobsRequest(states=states, user=user, limit=limit,
-                                        include_ended=include_ended, with_env=with_env))
+        return cast(list[Job], self.request(JobsRequest(
+            states=states, user=user, limit=limit, include_ended=include_ended,
+            with_env=with_env)))
 
     @sends(Op.EVENTS)
     def events(self, job_id: int) -> list[Event]:
-        return self.request(EventsRequest(id=job_id))
+        return cast(list[Event], self.request(EventsRequest(id=job_id)))
 
     @sends(Op.CANCEL)
     def cancel(self, *job_ids: int, reason: str | None = None) -> list[Job]:
-        return self.request(CancelRequest(ids=list(job_ids), reason=reason))
+        return cast(list[Job], self.request(CancelRequest(ids=list(job_ids), reason=reason)))
 
     @sends(Op.HOLD)
     def hold(self, *job_ids: int) -> list[Job]:
-        return self.request(HoldRequest(ids=list(job_ids)))
+        return cast(list[Job], self.request(HoldRequest(ids=list(job_ids))))
 
     @sends(Op.RELEASE)
     def release(self, *job_ids: int) -> list[Job]:
-        return self.request(ReleaseRequest(ids=list(job_ids)))
+        return cast(list[Job], self.request(ReleaseRequest(ids=list(job_ids))))
 
     @sends(Op.WAIT)
     def wait(self, *job_ids: int, timeout: float | None = None) -> list[Job]:
@@ -244,7 +252,8 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = 10.0 if deadline is None else min(10.0, deadline - time.monotonic())
-            jobs = self.request(WaitRequest(ids=list(job_ids), timeout=max(0.0, left)))
+            jobs = cast(list[Job], self.request(WaitRequest(ids=list(job_ids),
+                                                            timeout=max(0.0, left))))
             if all(j.finished for j in jobs):
                 return jobs
             if deadline is not None and time.monotonic() >= deadline:
@@ -254,7 +263,7 @@ class Client:
     @sends(Op.JOB_PRIORITY)
     def set_priority(self, job_id: int, priority: int) -> Job:
         """Change a pending or held job's priority (1-10)."""
-        return self.request(JobPriorityRequest(id=job_id, priority=priority))
+        return cast(Job, self.request(JobPriorityRequest(id=job_id, priority=priority)))
 
     # -- logs ------------------------------------------------------------------------------
     @sends(Op.READ_LOG)
@@ -307,31 +316,31 @@ class Client:
     # -- cluster ---------------------------------------------------------------------------
     @sends(Op.NODES)
     def nodes(self) -> list[Node]:
-        return self.request(NodesRequest())
+        return cast(list[Node], self.request(NodesRequest()))
 
     @sends(Op.NODE_DRAIN)
     def drain(self, name: str) -> NodeDict:
         """Admin: finish running jobs on a node, start no new ones there."""
-        return self.request(NodeDrainRequest(name=name))
+        return cast(NodeDict, self.request(NodeDrainRequest(name=name)))
 
     @sends(Op.NODE_RESUME)
     def resume(self, name: str) -> NodeDict:
-        return self.request(NodeResumeRequest(name=name))
+        return cast(NodeDict, self.request(NodeResumeRequest(name=name)))
 
     @sends(Op.NODE_ADD)
     def add_node(self, **entry: Any) -> NodeDict:
         """Admin: add a node while labqd runs; `entry` takes the keys of a [[node]] entry."""
-        return self.request(NodeAddRequest(node=entry))
+        return cast(NodeDict, self.request(NodeAddRequest(node=entry)))
 
     @sends(Op.NODE_REMOVE)
     def remove_node(self, name: str) -> NodeRemovedReply:
-        return self.request(NodeRemoveRequest(name=name))
+        return cast(NodeRemovedReply, self.request(NodeRemoveRequest(name=name)))
 
     # -- fair share ------------------------------------------------------------------------
     @sends(Op.GROUPS)
     def groups(self) -> list[GroupReply]:
         """Every group's share, limits, GPUs in use, decayed usage and fair-share factor."""
-        return self.request(GroupsRequest())
+        return cast(list[GroupReply], self.request(GroupsRequest()))
 
     @sends(Op.GROUP_SET)
     def set_group(self, group: str, **settings: Any) -> GroupReply:
@@ -340,17 +349,17 @@ class Client:
         if unknown:
             raise ValidationError(f"no group setting {unknown[0]!r}; they are "
                                   + ", ".join(GROUP_SETTINGS), {"field": unknown[0]})
-        return self.request(GroupSetRequest(group=group, **settings))
+        return cast(GroupReply, self.request(GroupSetRequest(group=group, **settings)))
 
     @sends(Op.USAGE)
     def usage(self, days: float = 30) -> UsageReply:
         """GPU-hours per group, user and day over the last `days`, with fair-share factors."""
-        return self.request(UsageRequest(days=days))
+        return cast(UsageReply, self.request(UsageRequest(days=days)))
 
     @sends(Op.WHOAMI)
     def whoami(self) -> WhoamiReply:
-        return self.request(WhoamiRequest())
+        return cast(WhoamiReply, self.request(WhoamiRequest()))
 
     @sends(Op.PING)
     def ping(self) -> PingReply:
-        return self.request(PingRequest())
+        return cast(PingReply, self.request(PingRequest()))

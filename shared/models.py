@@ -3,17 +3,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .states import JobState
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 
 @cache
-def _names(cls) -> frozenset[str]:
+def _names(cls: type[DataclassInstance]) -> frozenset[str]:
     return frozenset(f.name for f in fields(cls))
 
 
-def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
+def _known(cls: type[DataclassInstance], data: dict[str, Any]) -> dict[str, Any]:
     """Fields this version knows; a newer daemon may send more."""
     names = _names(cls)
     return {k: v for k, v in data.items() if k in names}

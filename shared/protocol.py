@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any, ClassVar, Self, TypedDict, get_args, get_origin
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypedDict, get_args, get_origin
 
 from .errors import ValidationError
 from .models import Event, Job, Node
@@ -20,6 +20,9 @@ from .spec import (CONTROL_CHARS, MAX_IDENT, MAX_INT, MAX_REASON_BYTES, MAX_VALU
                    check_flag, check_id, check_ids, check_int, check_name, check_number,
                    check_plain, check_text, validate_submit)
 from .states import JobState
+
+if TYPE_CHECKING:
+    from dataclasses import Field
 
 
 class Op(str, Enum):
@@ -128,6 +131,8 @@ class Request:
     reply: ClassVar[Any] = dict
     # arguments whose checking `parse` does itself, naming deeper fields (a submit's spec)
     unwalked: ClassVar[frozenset[str]] = frozenset()
+    if TYPE_CHECKING:  # each request type is a dataclass, which is what fields() needs
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     def __init_subclass__(cls, op: Op | None = None, reply: Any = None, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -188,7 +193,7 @@ class SubmitRequest(Request, op=Op.SUBMIT, reply=Job):
     unwalked = frozenset({"spec"})  # validate_submit walks it, naming the spec's own fields
 
     @classmethod
-    def parse(cls, args):
+    def parse(cls, args: dict[str, Any]) -> Self:
         return cls(spec=validate_submit(args.get("spec")))
 
 
@@ -197,7 +202,7 @@ class JobRequest(Request, op=Op.JOB, reply=Job):
     id: int
 
     @classmethod
-    def parse(cls, args):
+    def parse(cls, args: dict[str, Any]) -> Self:
         return cls(id=check_id(args))
 
 
@@ -206,7 +211,7 @@ class EventsRequest(Request, op=Op.EVENTS, reply=list[Event]):
     id: int
 
     @classmethod
-    def parse(cls, args):
+    def parse(cls, args: dict[str, Any]) -> Self:
         return cls(id=check_id(args))
 
 
@@ -219,7 +224,7 @@ class JobsRequest(Request, op=Op.JOBS, reply=list[Job]):
     with_env: bool = False  # `env` is otherwise left out of a listing
 
     @classmethod
-    def parse(cls, args):
+    def parse(cls, args: dict[str, Any]) -> Self:
         states = args.get("states")
         if states is not None:
             if type(states) is not list or len(states) > 4 * len(_STATES) or any(
@@ -241,7 +246,7 @@ class CancelRequest(Request, op=Op.CANCEL, reply=list[Job]):
     reason: str | None = None  # shown in the job's events and the queue
 
     @classmethod
-    def parse(cls, args):
+    def parse(cls, args: dict[str, Any]) -> Self:
         return cls(ids=check_ids(args), reason=check_text(args, "reason", MAX_REASON_BYTES))
 
 
@@ -250,7 +255,7 @@ class HoldRequest(Request, op=Op.HOLD, reply=list[Job]):
     ids: list[int]
 
     @classmethod
-    def parse(cls, args):
+    def parse(cls, args: dict[str, Any]) -> Self:
         return cls(ids=check_ids(args))
 
 
@@ -259,7 +264,7 @@ class ReleaseRequest(Request, op=Op.RELEASE, reply=list[Job]):
     ids: list[int]
 
     @classmethod
-    def parse(cls, args):
+    def parse(cls, args: dict[str, Any]) -> Self:
         return cls(ids=check_ids(args))
 
 
@@ -269,7 +274,7 @@ class WaitRequest(Request, op=Op.WAIT, reply=list[Job]):
     timeout: float = 10.0  # labqd answers after at most a minute whatever this says
 
     @classmethod
-    def parse(cls, args):
+    def parse(cls, args: dict[str, Any]) -> Self:
         return cls(ids=check_ids(args),
                    timeout=check_number(args, "timeout", 10.0, 0.0, MAX_WAIT_S))
 
@@ -280,7 +285,7 @@ class JobPriorityRequest(Request, op=Op.JOB_PRIORITY, reply=Job):
     priority: int  # 1-10
 
     @classmethod
-    def parse(cls, args):
+    def parse(cls, args: dict[str, Any]) -> Self:
         return cls(id=check_id(args), priority=check_int(args, "priority", 1, 10))
 
 
@@ -293,11 +298,11 @@ class ReadLogRequest(Request, op=Op.READ_LOG, reply=tuple[bytes, int, bool]):
     max_bytes: int = 1 << 20
 
     @classmethod
-    def from_wire(cls, args):
+    def from_wire(cls, args: dict[str, Any]) -> Self:
         return cls.from_args(*(args.get(f.name) for f in fields(cls)))
 
     @classmethod
-    def from_args(cls, id_: Any, offset: Any, wait: Any, max_bytes: Any):
+    def from_args(cls, id_: Any, offset: Any, wait: Any, max_bytes: Any) -> Self:
         # no walk into the values: they come as RPyC arguments, where anything not a plain
         # number is a netref, so type() is looked at before anything else
         for key, v, kinds, lo, hi in (("id", id_, (int,), 1, MAX_INT),
@@ -326,7 +331,7 @@ class _NodeNamed(Request):
     name: str
 
     @classmethod
-    def parse(cls, args):
+    def parse(cls, args: dict[str, Any]) -> Self:
         return cls(name=check_name(args, "name", MAX_NODE_NAME))
 
 
@@ -352,7 +357,7 @@ class NodeAddRequest(Request, op=Op.NODE_ADD, reply=NodeDict):
     node: dict[str, Any]
 
     @classmethod
-    def parse(cls, args):
+    def parse(cls, args: dict[str, Any]) -> Self:
         entry = args.get("node")
         if type(entry) is not dict:
             raise arg_error("node", "must be a mapping like a [[node]] config entry")
@@ -371,6 +376,7 @@ def _node_texts(v: Any, path: str) -> None:
     elif type(v) is list or type(v) is dict:
         if len(v) > MAX_NODE_ENTRIES:
             raise ValidationError(f"{path}: too many entries", {"field": path})
+        k: Any  # a mapping's key (a string: the request was walked) or a list's index
         for k, x in (v.items() if type(v) is dict else enumerate(v)):
             _node_texts(x, f"{path}.{k[:64]}" if type(v) is dict else f"{path}[{k}]")
 
@@ -395,7 +401,7 @@ class GroupSetRequest(Request, op=Op.GROUP_SET, reply=GroupReply):
     users: dict[str, float] | Unset = UNSET  # users' weights in the group, merged likewise
 
     @classmethod
-    def parse(cls, args):
+    def parse(cls, args: dict[str, Any]) -> Self:
         group = check_name(args, "group")
         changes = {k: args[k] for k in GROUP_SETTINGS if k in args}
         _group_entries(changes)
@@ -408,7 +414,7 @@ class GroupSetRequest(Request, op=Op.GROUP_SET, reply=GroupReply):
         return {"group": self.group, **self.changes()}
 
 
-def _group_entries(changes: dict) -> None:
+def _group_entries(changes: dict[str, Any]) -> None:
     """Bounds on the mappings, before their values are looked at."""
     for key, lo, hi, kinds in (("max_gpus_by_type", 0, MAX_GPUS_BY_TYPE, (int,)),
                                ("users", 0, MAX_GROUP_VALUE, (int, float))):
@@ -460,7 +466,7 @@ class UsageRequest(Request, op=Op.USAGE, reply=UsageReply):
     days: float = 30  # GPU-hours over the last this many days
 
     @classmethod
-    def parse(cls, args):
+    def parse(cls, args: dict[str, Any]) -> Self:
         v = args.get("days", 30)
         if type(v) not in (int, float) or not 0 < v <= MAX_DAYS:
             raise arg_error("days", f"must be a number of days above 0 and at most {MAX_DAYS}")

@@ -143,14 +143,14 @@ def arg_error(key: str, message: str) -> ValidationError:
     return ValidationError(f"{key}: {message}", {"field": key})
 
 
-def check_id(args: dict, key: str = "id") -> int:
+def check_id(args: dict[str, Any], key: str = "id") -> int:
     v = args.get(key)
     if type(v) is not int or not 1 <= v <= MAX_INT:
         raise arg_error(key, "must be a job id (a positive integer)")
     return v
 
 
-def check_ids(args: dict) -> list[int]:
+def check_ids(args: dict[str, Any]) -> list[int]:
     ids = args.get("ids")
     if type(ids) is not list or not ids:
         raise arg_error("ids", "must be a non-empty list of job ids")
@@ -161,7 +161,7 @@ def check_ids(args: dict) -> list[int]:
     return list(dict.fromkeys(ids))  # each job once, in the order given
 
 
-def check_text(args: dict, key: str, limit: int, *, what: str = "a string") -> str | None:
+def check_text(args: dict[str, Any], key: str, limit: int, *, what: str = "a string") -> str | None:
     """A string of at most `limit` UTF-8 bytes, free of control characters: these end up in
     other people's terminals (queue listings, event histories)."""
     v = args.get(key)
@@ -176,28 +176,28 @@ def check_text(args: dict, key: str, limit: int, *, what: str = "a string") -> s
     return v
 
 
-def check_name(args: dict, key: str, limit: int = MAX_IDENT) -> str:
+def check_name(args: dict[str, Any], key: str, limit: int = MAX_IDENT) -> str:
     v = check_text(args, key, limit, what="a name")
     if not v:
         raise arg_error(key, "must be a name")
     return v
 
 
-def check_number(args: dict, key: str, default: float, lo: float, hi: float) -> float:
+def check_number(args: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
     v = args.get(key, default)
     if type(v) not in (int, float) or not lo <= v <= hi:  # NaN is never in range
         raise arg_error(key, f"must be a number from {lo:g} to {hi:g}")
     return float(v)
 
 
-def check_int(args: dict, key: str, lo: int, hi: int) -> int:
+def check_int(args: dict[str, Any], key: str, lo: int, hi: int) -> int:
     v = args.get(key)
     if type(v) is not int or not lo <= v <= hi:
         raise arg_error(key, f"must be an integer from {lo} to {hi}")
     return v
 
 
-def check_flag(args: dict, key: str, default: bool) -> bool:
+def check_flag(args: dict[str, Any], key: str, default: bool) -> bool:
     v = args.get(key)
     if v is None:
         return default
@@ -206,7 +206,7 @@ def check_flag(args: dict, key: str, default: bool) -> bool:
     return v
 
 
-def _int(data: dict, field: str, lo: int, hi: int, default: int | None) -> int | None:
+def _int(data: dict[str, Any], field: str, lo: int, hi: int, default: int | None) -> int | None:
     v = data.get(field, default)
     if v is None:
         return None
@@ -353,9 +353,14 @@ def validate_submit(data: Any) -> dict[str, Any]:
     return out
 
 
-def submit_request(command, *, gpus=0, gpu_type=None, gpu_memory_mb=None, cpus=1, memory=None,
-                   time_limit=None, name=None, priority=5, after=(), cwd=None, env=None,
-                   group=None, partition=None, hold=False, requeue=True) -> dict[str, Any]:
+def submit_request(command: list[str] | tuple[str, ...] | str, *, gpus: int = 0,
+                   gpu_type: str | None = None, gpu_memory_mb: int | str | None = None,
+                   cpus: int = 1, memory: int | str | None = None,
+                   time_limit: int | str | None = None, name: str | None = None,
+                   priority: int = 5, after: list[int | str] | tuple[int | str, ...] = (),
+                   cwd: str | None = None, env: dict[str, str] | None = None,
+                   group: str | None = None, partition: str | None = None,
+                   hold: bool = False, requeue: bool = True) -> dict[str, Any]:
     """Build a request from friendly arguments ('16G', '2h', [12, 'afterany:13'])."""
     req: dict[str, Any] = {"command": list(command) if isinstance(command, tuple) else command,
                            "gpus": gpus, "cpus": cpus, "priority": priority, "hold": hold,
