@@ -13,12 +13,37 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from .errors import DaemonUnavailable, LabqError, ValidationError, from_wire
 from .models import Event, Job, Node
 from .paths import SYSTEM_SOCKET
-from .protocol import (GROUP_SETTINGS, CancelRequest, EventsRequest, GroupReply, GroupSetRequest,
-                       GroupsRequest, HoldRequest, JobPriorityRequest, JobRequest, JobsRequest,
-                       NodeAddRequest, NodeDict, NodeDrainRequest, NodeRemovedReply,
-                       NodeRemoveRequest, NodeResumeRequest, NodesRequest, Op, PingReply,
-                       PingRequest, ReadLogRequest, ReleaseRequest, Request, SubmitRequest,
-                       UsageReply, UsageRequest, WaitRequest, WhoamiReply, WhoamiRequest)
+from .protocol import (
+    GROUP_SETTINGS,
+    CancelRequest,
+    EventsRequest,
+    GroupReply,
+    GroupSetRequest,
+    GroupsRequest,
+    HoldRequest,
+    JobPriorityRequest,
+    JobRequest,
+    JobsRequest,
+    NodeAddRequest,
+    NodeDict,
+    NodeDrainRequest,
+    NodeRemovedReply,
+    NodeRemoveRequest,
+    NodeResumeRequest,
+    NodesRequest,
+    Op,
+    PingReply,
+    PingRequest,
+    ReadLogRequest,
+    ReleaseRequest,
+    Request,
+    SubmitRequest,
+    UsageReply,
+    UsageRequest,
+    WaitRequest,
+    WhoamiReply,
+    WhoamiRequest,
+)
 from .spec import MAX_REQUEST_CHARS, submit_request
 
 if TYPE_CHECKING:
@@ -92,12 +117,12 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 def sends(op: Op) -> Callable[[_Method], _Method]:
     """Marks the client method that sends `op`; tests check every Op has one."""
     def mark(method: _Method) -> _Method:
-        setattr(method, "op", op)  # a function's own attribute, which its type does not name
+        method.op = op  # a function's own attribute, which its type does not name
         return method
     return mark
 
 
-def connect(socket: str | os.PathLike[str] | None = None, timeout: float = 30.0) -> "Client":
+def connect(socket: str | os.PathLike[str] | None = None, timeout: float = 30.0) -> Client:
     from .paths import client_socket
     return Client(Path(socket) if socket else client_socket(), timeout)
 
@@ -151,7 +176,7 @@ class Client:
         except Exception:
             pass
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -55,7 +55,7 @@ class Job:
     estimated_start: float | None = None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Job":
+    def from_dict(cls, data: dict[str, Any]) -> Job:
         d = _known(cls, data)
         d["state"] = JobState(d["state"])
         return cls(**d)
@@ -85,7 +85,7 @@ class Gpu:
     job: int | None = None  # the job holding it
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Gpu":
+    def from_dict(cls, data: dict[str, Any]) -> Gpu:
         return cls(**_known(cls, data))
 
 
@@ -111,7 +111,7 @@ class Node:
     containment: str | None = None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Node":
+    def from_dict(cls, data: dict[str, Any]) -> Node:
         d = _known(cls, data)
         d["gpus"] = [Gpu.from_dict(g) for g in d.get("gpus", [])]
         return cls(**d)
@@ -127,5 +127,5 @@ class Event:
     reason: str | None = None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Event":
+    def from_dict(cls, data: dict[str, Any]) -> Event:
         return cls(**_known(cls, data))

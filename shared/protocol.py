@@ -16,9 +16,23 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypedDict, get_args, get_
 
 from .errors import ValidationError
 from .models import Event, Job, Node
-from .spec import (CONTROL_CHARS, MAX_IDENT, MAX_INT, MAX_REASON_BYTES, MAX_VALUES, arg_error,
-                   check_flag, check_id, check_ids, check_int, check_name, check_number,
-                   check_plain, check_text, validate_submit)
+from .spec import (
+    CONTROL_CHARS,
+    MAX_IDENT,
+    MAX_INT,
+    MAX_REASON_BYTES,
+    MAX_VALUES,
+    arg_error,
+    check_flag,
+    check_id,
+    check_ids,
+    check_int,
+    check_name,
+    check_number,
+    check_plain,
+    check_text,
+    validate_submit,
+)
 from .states import JobState
 
 if TYPE_CHECKING:
@@ -119,7 +133,7 @@ def read_reply(kind: Any, value: Any) -> Any:
 
 
 # -- requests -------------------------------------------------------------------------------
-REQUESTS: dict[Op, type["Request"]] = {}
+REQUESTS: dict[Op, type[Request]] = {}
 # what exposed_call answers: all but read_log
 _CALLED = frozenset(o.value for o in Op if o is not Op.READ_LOG)
 
