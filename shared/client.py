@@ -117,7 +117,8 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 def sends(op: Op) -> Callable[[_Method], _Method]:
     """Marks the client method that sends `op`; tests check every Op has one."""
     def mark(method: _Method) -> _Method:
-        method.op = op  # a function's own attribute, which its type does not name
+        # a function's own attribute, which its type does not name
+        setattr(method, "op", op)  # noqa: B010
         return method
     return mark
 
