@@ -157,7 +157,7 @@ class NodeLink:
         self.core = core
         self.heartbeat_s = heartbeat_s
         self.timeout_s = timeout_s
-        self.transport = None
+        self.transport: PipeTransport | SocketTransport | SshTransport | None = None
         self.connected = False
         self.last_heard = 0.0
         self._next_id = 0

@@ -371,7 +371,7 @@ class Store:
 
     def events(self, job_id: int) -> list[dict[str, Any]]:
         return list(JobEvent.select().where(JobEvent.job == job_id)
-                    .order_by(JobEvent.id).dicts())
+                    .order_by(JobEvent._meta.primary_key).dicts())
 
     def integrity_check(self) -> str:
         return self.db.execute_sql("PRAGMA integrity_check").fetchone()[0]
