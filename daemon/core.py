@@ -22,15 +22,15 @@ from . import policyconfig
 from . import store as st
 from .accounting import Accounting
 from .config import Config
-from .dependencies import find_cycle
+from .policy.dependencies import find_cycle
 from .fairctl import FairControl
 from .identity import Caller
-from .fairshare import Run
+from .policy.fairshare import Run
 from .logcopy import LogCopies
 from .nodectl import NodeControl, run_key
 from .nodes import NodeLink
 from .policy import PlanMemo
-from .snapshot import JobView
+from .policy import JobView
 from .views import dep_ids, job_view
 
 log = logging.getLogger("labqd")

@@ -11,7 +11,7 @@ from labq.states import JobState
 from . import policyconfig
 from . import store as st
 from .accounting import usage_report
-from .fairshare import factors
+from .policy.fairshare import factors
 from .identity import Caller
 from .views import job_view
 

@@ -7,7 +7,7 @@ from typing import Any
 from labq.errors import ValidationError
 
 from .config import Config
-from .snapshot import Limits, PolicyConfig
+from .policy import Limits, PolicyConfig
 
 GROUP_KEYS = {"share", "max_gpus", "max_gpus_by_type", "users"}
 

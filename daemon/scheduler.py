@@ -12,10 +12,10 @@ import time
 from labq.states import JobState
 
 from . import policy
-from .estimates import estimate
+from .policy import estimate
 from .core import Core
-from .fairshare import Run
-from .snapshot import GpuSlot, NodeView, Snapshot
+from .policy.fairshare import Run
+from .policy import GpuSlot, NodeView, Snapshot
 
 log = logging.getLogger("labqd.scheduler")
 S = JobState

@@ -35,11 +35,9 @@ import sys
 import time
 from dataclasses import replace
 
-from . import fairshare
-from .placement import Cluster
-from .policy import schedule
-from .priority import PendingQueue
-from .snapshot import GpuSlot, JobView, NodeView, PolicyConfig
+from .policy import GpuSlot, JobView, NodeView, PolicyConfig, fairshare, schedule
+from .policy.placement import Cluster
+from .policy.priority import PendingQueue
 from .trace import GPUS_PER_NODE, TraceJob, load_trace
 
 POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle")

@@ -8,11 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labq.daemon import fairshare
-from labq.daemon.dependencies import find_cycle
-from labq.daemon.policy import could_ever_fit, gpu_matches, plan
-from labq.daemon.snapshot import (Dependency, GpuSlot, JobView, Limits, NodeView, PolicyConfig,
-                                  Snapshot)
+from labq.daemon.policy import (Dependency, GpuSlot, JobView, Limits, NodeView, PolicyConfig,
+                               Snapshot, could_ever_fit, fairshare, gpu_matches, plan)
+from labq.daemon.policy.dependencies import find_cycle
 
 NOW = 1_000_000.0
 DAY = 86400.0
@@ -401,7 +399,7 @@ def test_every_pending_job_has_priority_and_reason():
 
 # -- start estimates beyond the reservation ---------------------------------------------------
 def test_estimates_follow_time_limits_in_priority_order():
-    from labq.daemon.estimates import estimate
+    from labq.daemon.policy import estimate
     now = 1000.0
     node = NodeView("n", "up", 16, 64000, tuple(GpuSlot(i, "A100", 40960) for i in range(4)),
                     frozenset(), 12, 64000)
@@ -421,7 +419,7 @@ def test_estimates_follow_time_limits_in_priority_order():
 
 
 def test_estimates_skip_jobs_that_wait_for_other_reasons():
-    from labq.daemon.estimates import estimate
+    from labq.daemon.policy import estimate
     node = NodeView("n", "up", 16, 64000, (GpuSlot(0, "A100", 40960),), frozenset({0}), 16,
                     64000)
     held = JobView(1, "u", "g", "HELD", 5, 0.0, gpus=1)
@@ -518,9 +516,9 @@ def test_memo_plans_like_a_fresh_plan(data):
 
 
 def test_schedule_on_a_kept_queue_matches_plan():
-    from labq.daemon.placement import Cluster
     from labq.daemon.policy import schedule
-    from labq.daemon.priority import PendingQueue
+    from labq.daemon.policy.placement import Cluster
+    from labq.daemon.policy.priority import PendingQueue
     r = running("n", range(6), NOW - 100, 1000)
     queued = [job(gpus=g, owner=f"u{k % 3}", submit=NOW - 50 * k,
                   time_limit_s=[600.0, 7200.0, None][k % 3]) for k, g in

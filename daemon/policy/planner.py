@@ -10,7 +10,7 @@ and walks the queue in priority order:
 The queue is made of classes of jobs that differ only in age (priority.py), so the walk merges
 the heads of the classes and settles a whole class at once when its head cannot start. The
 plan's reasons and priorities are mappings computed on access from what the walk decided per
-class (planmaps.py), so a plan costs in proportion to the classes and the starts, not the jobs.
+class (reasons.py), so a plan costs in proportion to the classes and the starts, not the jobs.
 
 With `Snapshot.memo` (a PlanMemo the daemon passes on every pass) the sorted-out jobs and the
 classes are kept between plans and only the jobs that changed are applied (pending.py); the plan
@@ -31,13 +31,11 @@ from .backfill import Reservation, reserve
 from .dependencies import MET, NEVER, dependency_status
 from .limits import quota_reason
 from .pending import JobIndex, JobState, PClass, PlanMemo, t0_of
-from .placement import Cluster, could_ever_fit, gpu_matches, shape_of  # noqa: F401 (public)
-from .planmaps import OPEN, PlanPriorities, PlanReasons, _Eligible
+from .placement import Cluster, shape_of
+from .reasons import OPEN, PlanPriorities, PlanReasons, _Eligible
 from .priority import (PendingQueue, class_constant, short_factor, size_factor, time_limit,
                        user_factor)
 from .snapshot import JobView, Plan, PolicyConfig, Snapshot, Start
-
-__all__ = ["plan", "schedule", "gpu_matches", "could_ever_fit", "PlanMemo"]
 
 
 def plan(snapshot: Snapshot, now: float) -> Plan:

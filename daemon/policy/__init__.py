@@ -1,0 +1,26 @@
+"""The scheduling policy: a pure function from a snapshot of the cluster and the queue to a plan.
+
+    plan(snapshot, now) -> Plan(starts, reasons, priorities, estimates, cancels)
+
+No I/O, no clock reads, no database: the daemon builds the snapshot from its store and passes
+`now`; the replay simulator (labq.daemon.sim) builds one from a trace. The modules:
+
+- snapshot: what the policy sees and what it answers (JobView, NodeView, Snapshot, Plan, ...)
+- planner: `plan`, and `schedule` for a cluster and queue the caller keeps (the simulator)
+- priority: the multifactor priority, and the simulator's queue of pending jobs in classes
+- pending: the active jobs sorted out for a plan, kept between plans by a PlanMemo
+- placement, limits, backfill: best fit, the limits that make a job wait, EASY backfill
+- reasons: the plan's pending reasons and priorities, computed on access
+- fairshare, dependencies, estimates: usage and its factor, afterok/afterany/afternotok, and the
+  expected start of waiting jobs
+"""
+from .estimates import estimate
+from .pending import PlanMemo
+from .placement import could_ever_fit, gpu_matches
+from .planner import plan, schedule
+from .snapshot import (Dependency, GpuSlot, JobView, Limits, NodeView, Plan, PolicyConfig,
+                       Snapshot, Start)
+
+__all__ = ["plan", "schedule", "estimate", "PlanMemo", "Snapshot", "JobView", "NodeView",
+           "GpuSlot", "Start", "Plan", "PolicyConfig", "Limits", "Dependency", "gpu_matches",
+           "could_ever_fit"]
