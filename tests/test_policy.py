@@ -518,7 +518,7 @@ def test_memo_plans_like_a_fresh_plan(data):
 def test_schedule_on_a_kept_queue_matches_plan():
     from labq.daemon.policy import schedule
     from labq.daemon.policy.placement import Cluster
-    from labq.daemon.policy.priority import PendingQueue
+    from labq.daemon.policy.queue import PendingQueue
     r = running("n", range(6), NOW - 100, 1000)
     queued = [job(gpus=g, owner=f"u{k % 3}", submit=NOW - 50 * k,
                   time_limit_s=[600.0, 7200.0, None][k % 3]) for k, g in
@@ -527,7 +527,7 @@ def test_schedule_on_a_kept_queue_matches_plan():
     p = plan(s, NOW)
     cluster = Cluster(s.nodes, s.config.limits)
     cluster.add_running(r, r.start_time + r.time_limit_s)
-    queue = PendingQueue.build(queued, NOW, s.config)
+    queue = PendingQueue(s.config, NOW, queued)
     fs = fairshare.factors({}, {}, {}, {}, {(j.group, j.owner) for j in queued})
     q = schedule(cluster, queue, NOW, s.config, fs)
     assert q.starts == p.starts and q.estimates == p.estimates

@@ -7,15 +7,15 @@ No I/O, no clock reads, no database: the daemon builds the snapshot from its sto
 
 - snapshot: what the policy sees and what it answers (JobView, NodeView, Snapshot, Plan, ...)
 - planner: `plan`, and `schedule` for a cluster and queue the caller keeps (the simulator)
-- priority: the multifactor priority, and the simulator's queue of pending jobs in classes
-- pending: the active jobs sorted out for a plan, kept between plans by a PlanMemo
+- priority: the multifactor priority; queue: pending jobs in classes, each in priority order
+- memo: the active jobs sorted out for a plan, kept between plans by a PlanMemo
 - placement, limits, backfill: best fit, the limits that make a job wait, EASY backfill
 - reasons: the plan's pending reasons and priorities, computed on access
 - fairshare, dependencies, estimates: usage and its factor, afterok/afterany/afternotok, and the
   expected start of waiting jobs
 """
 from .estimates import estimate
-from .pending import PlanMemo
+from .memo import PlanMemo
 from .placement import could_ever_fit, gpu_matches
 from .planner import plan, schedule
 from .snapshot import (Dependency, GpuSlot, JobView, Limits, NodeView, Plan, PolicyConfig,

@@ -30,11 +30,11 @@ from . import fairshare
 from .backfill import Reservation, reserve
 from .dependencies import MET, NEVER, dependency_status
 from .limits import quota_reason
-from .pending import JobIndex, JobState, PClass, PlanMemo, t0_of
+from .memo import ActiveJobs, JobIndex, PlanMemo
 from .placement import Cluster, shape_of
 from .reasons import OPEN, PlanPriorities, PlanReasons, _Eligible
-from .priority import (PendingQueue, class_constant, short_factor, size_factor, time_limit,
-                       user_factor)
+from .priority import class_constant, short_factor, size_factor, time_limit, user_factor
+from .queue import JobClass, PendingQueue, t0_of
 from .snapshot import JobView, Plan, PolicyConfig, Snapshot, Start
 
 
@@ -48,7 +48,7 @@ def plan(snapshot: Snapshot, now: float) -> Plan:
                 return _plan(memo.state(snapshot.jobs, now, snapshot.config), snapshot, now)
             finally:
                 memo._lock.release()
-    return _plan(JobState(snapshot.jobs, now, snapshot.config), snapshot, now)
+    return _plan(ActiveJobs(snapshot.jobs, now, snapshot.config), snapshot, now)
 
 
 class _Active:
@@ -62,7 +62,7 @@ class _Active:
         return self.lookup(job_id) is not None
 
 
-def _plan(st: JobState, snapshot: Snapshot, now: float) -> Plan:
+def _plan(st: ActiveJobs, snapshot: Snapshot, now: float) -> Plan:
     """The plan for the jobs in `st` (which is only read)."""
     cfg = snapshot.config
     out = Plan()
@@ -94,12 +94,13 @@ def _plan(st: JobState, snapshot: Snapshot, now: float) -> Plan:
     for j in st.running.values():
         cluster.add_running(j, (j.start_time or now) + time_limit(j, cfg))
 
-    keyf = st.keyf
-    classes = list(st.classes.values())
-    cpu_only = st.cpu_only
+    queue = st.queue
+    keyf = queue.key
+    classes = list(queue.classes.values())
+    cpu_only = queue.cpu_only
     alias: dict = {}
     if extra:
-        classes, cpu_only, alias = _with_extra(st, classes, extra, now - cfg.max_age_s)
+        classes, cpu_only, alias = _with_extra(queue, classes, extra, now - cfg.max_age_s)
     pairs = {(c.head.group, c.head.owner) for c in classes}
     pairs.update((j.group, j.owner) for j in frozen)
     fs = fairshare.factors(snapshot.group_usage, snapshot.user_usage, cfg.group_shares,
@@ -107,7 +108,7 @@ def _plan(st: JobState, snapshot: Snapshot, now: float) -> Plan:
     heads: dict[int, str] = {}
     # with a memo the shapes' time limits are kept up to date cheaply, and let the walk stop
     # early; without one, counting them would cost more than it saves
-    shapes = st.shapes() if st.kept else None
+    shapes = queue.shapes() if st.kept else None
     if extra and shapes is not None:
         shapes = {s: Counter(t) for s, t in shapes.items()}
         for j in extra:
@@ -131,12 +132,12 @@ def _plan(st: JobState, snapshot: Snapshot, now: float) -> Plan:
     for c, merged in alias.items():
         class_no[c] = class_no[merged]
     extra_no = {j.id: (j, class_no[alias[keyf(j)]]) for j in extra}
-    elig = _Eligible(st.index(), extra_no, class_no, st.eligible + len(extra))
+    elig = _Eligible(st.index(), extra_no, class_no, queue.eligible + len(extra))
     _outputs(out, walk, elig, fixed, frozen_prio, heads, now, cfg, cluster)
     return out
 
 
-def _with_extra(st: JobState, classes: list, extra: list[JobView], floor: float):
+def _with_extra(queue: PendingQueue, classes: list, extra: list[JobView], floor: float):
     """The walk's classes with the pending jobs whose dependencies are met merged in (into
     copies: the state is not changed)."""
     def order(j: JobView) -> tuple:
@@ -144,7 +145,7 @@ def _with_extra(st: JobState, classes: list, extra: list[JobView], floor: float)
 
     by_key: dict[tuple, list[JobView]] = {}
     for j in extra:
-        by_key.setdefault(st.keyf(j), []).append(j)
+        by_key.setdefault(queue.key(j), []).append(j)
     out = []
     alias: dict = {}  # the state's class -> its copy with jobs merged in; key -> that copy
     for c in classes:
@@ -153,13 +154,13 @@ def _with_extra(st: JobState, classes: list, extra: list[JobView], floor: float)
             lst = list(c.ordered())
             for j in add:
                 insort(lst, j, key=order)
-            alias[c] = alias[c.key] = PClass(c.key, c.head, lst, [])
+            alias[c] = alias[c.key] = JobClass(c.key, c.head, lst, [])
             c = alias[c]
         out.append(c)
     for key, add in by_key.items():
-        alias[key] = PClass(key, add[0], sorted(add, key=order), [])
+        alias[key] = JobClass(key, add[0], sorted(add, key=order), [])
         out.append(alias[key])
-    return out, st.cpu_only + sum(1 for j in extra if j.gpus <= 0), alias
+    return out, queue.cpu_only + sum(1 for j in extra if j.gpus <= 0), alias
 
 
 
@@ -173,7 +174,7 @@ def _walk(cluster: Cluster, classes: list, now: float, config: PolicyConfig,
           heads: dict, lazy: bool = True, shapes: dict | None = None) -> _Walk:
     """Start what can start now, recording the starts in `cluster` and `starts`.
 
-    `classes` are PClass or JobClass objects. Reasons that are not the verdict of their class
+    `classes` are JobClass objects. Reasons that are not the verdict of their class
     go into `heads`. With `full`, the classes the walk did not finish get a verdict (OPEN with
     `lazy`: the cluster, left as it is, answers when asked); without it the walk stops as
     soon as nothing more can start.
