@@ -37,7 +37,7 @@ from dataclasses import replace
 
 from .policy import GpuSlot, JobView, NodeView, PolicyConfig, fairshare, schedule
 from .policy.placement import Cluster
-from .policy.queue import PendingQueue
+from .policy.queue import PendingQueue, age_floor
 from .trace import GPUS_PER_NODE, TraceJob, load_trace
 
 POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle")
@@ -133,7 +133,7 @@ def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
                 dirty.append(p)
             i += 1
         for p in dirty:
-            p.queue.advance(t - cfg.max_age_s)
+            p.queue.advance(age_floor(cfg, t))
             fs = {}
             if use_fs and len(p.queue.classes) > 1:
                 fs = fairshare.factors(usage, {}, cfg.group_shares, {},

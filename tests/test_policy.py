@@ -103,6 +103,15 @@ def test_ties_go_to_earlier_submit_then_lower_id():
     assert [s.job for s in p.starts] == [900]
 
 
+def test_without_age_weight_ties_go_by_submit_even_after_a_release():
+    # released from a hold: it has an eligible time, but age counts for nothing
+    released = job(submit=NOW - 100, eligible_time=NOW - 10)
+    later = job(submit=NOW - 50)
+    p = plan(snap([node("n", gpus=1)], [later, released], weight_age=0), NOW)
+    assert [s.job for s in p.starts] == [released.id]
+    assert p.priorities[released.id] == p.priorities[later.id]
+
+
 # -- fair-share --------------------------------------------------------------------------------
 
 def test_fairshare_prefers_group_under_its_share():

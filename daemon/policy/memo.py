@@ -18,7 +18,7 @@ from itertools import islice, repeat
 from operator import attrgetter
 
 from .priority import class_key
-from .queue import PendingQueue
+from .queue import PendingQueue, age_floor
 from .snapshot import JobView, PolicyConfig
 
 ID = attrgetter("id")
@@ -96,7 +96,7 @@ class ActiveJobs:
         is left unusable) when a fresh state is needed instead."""
         if class_key(config) is not self.queue.key:
             return False
-        floor = now - config.max_age_s
+        floor = age_floor(config, now)
         if floor < self.queue.floor:
             return False
         limit = max(1000, len(jobs) // 8)

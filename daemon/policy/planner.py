@@ -57,7 +57,7 @@ def _plan(st: ActiveJobs, snapshot: Snapshot, now: float) -> Plan:
         cluster.add_running(j, (j.start_time or now) + time_limit(j, cfg))
     classes, cpu_only, alias = list(queue.classes.values()), queue.cpu_only, {}
     if extra:
-        classes, cpu_only, alias = _with_extra(queue, classes, extra, now - cfg.max_age_s)
+        classes, cpu_only, alias = _with_extra(queue, classes, extra)
     pairs = {(c.head.group, c.head.owner) for c in classes}
     pairs.update((j.group, j.owner) for j in frozen)
     fs = fairshare.factors(snapshot.group_usage, snapshot.user_usage, cfg.group_shares,
@@ -80,9 +80,11 @@ def _plan(st: ActiveJobs, snapshot: Snapshot, now: float) -> Plan:
     return out
 
 
-def _with_extra(queue: PendingQueue, classes: list, extra: list[JobView], floor: float):
+def _with_extra(queue: PendingQueue, classes: list, extra: list[JobView]):
     """The walk's classes with the pending jobs whose dependencies are met merged in (into
     copies: the queue is not changed)."""
+    floor = queue.floor
+
     def order(j: JobView) -> tuple:
         return (max(floor, t0_of(j)), j.submit_time, j.id)
 

@@ -6,7 +6,8 @@ the classes instead of sorting every job, and once the head of a class cannot st
 it can either.
 
 Order within a class: (max(floor, t0), submit time, id), where t0 is the eligible time, else the
-submit time, and the age floor is now - max_age_s (ages saturate at max_age_s). A class keeps
+submit time, and the age floor is now - max_age_s (ages saturate at max_age_s; see age_floor
+for a weight of 0). A class keeps
 its members whose t0 is at or before the floor in `sat`, sorted by (submit, id), and the rest in
 `fresh`, sorted by (t0, submit, id); priority order is `sat` followed by `fresh`. As time passes
 the floor rises and members move from the front of `fresh` into `sat` (`advance`).
@@ -28,6 +29,12 @@ from .snapshot import JobView, PolicyConfig
 TIME_LIMIT = attrgetter("time_limit_s")
 SUBMIT_ORDER = attrgetter("submit_time", "id")
 INF = float("inf")
+
+
+def age_floor(config: PolicyConfig, now: float) -> float:
+    """The t0 at or before which ages are saturated. With no weight on age every job counts as
+    saturated: jobs of a class then tie on priority and go by submit time, then id."""
+    return now - config.max_age_s if config.weight_age else INF
 
 
 def t0_of(job: JobView) -> float:
@@ -78,7 +85,7 @@ class PendingQueue:
 
     def __init__(self, config: PolicyConfig, now: float, jobs: list[JobView] = ()):
         self.key = class_key(config)
-        self.floor = now - config.max_age_s
+        self.floor = age_floor(config, now)
         self.classes: dict[tuple, JobClass] = {}
         self.eligible = 0  # members of the classes
         self.cpu_only = 0  # members asking for no GPU: they may fit when no GPU is free
@@ -192,8 +199,8 @@ class PendingQueue:
             c.head = c.sat[0] if c.sat else c.fresh[0]
 
     def advance(self, floor: float) -> None:
-        """Raise the age floor to `floor` (now - max_age_s): members whose t0 it passed move
-        from `fresh` into `sat`."""
+        """Raise the age floor to `floor` (age_floor(config, now)): members whose t0 it passed
+        move from `fresh` into `sat`."""
         if floor <= self.floor:
             return
         self.floor = floor
