@@ -255,6 +255,17 @@ def test_no_node_fits():
     assert not could_ever_fit(node("n"), a)
 
 
+def test_a_job_without_a_uid_does_not_hold_back_the_same_users_job_with_one():
+    # a node whose agent runs uid 1000's jobs only; the older job is from before uids were kept
+    mine = NodeView("mine", "up", 8, 64000, (GpuSlot(0, "A100", 40960),), frozenset({0}), 8,
+                    64000, only_uid=1000)
+    legacy = job(owner_uid=-1, submit=NOW - 100)
+    current = job(owner_uid=1000, submit=NOW - 50)
+    p = plan(snap([mine], [legacy, current]), NOW)
+    assert [s.job for s in p.starts] == [current.id]
+    assert p.reasons[legacy.id] == "NoNodeForUser"
+
+
 def test_held_reason():
     h = job(state="HELD")
     p = plan(snap([node("n")], [h]), NOW)
