@@ -295,6 +295,17 @@ def test_backfill_long_job_may_use_what_the_reservation_leaves():
     assert started(p)[long.id].node == "n2"
 
 
+def test_long_jobs_share_what_the_reservation_leaves_on_its_node():
+    r = running("n", range(4), NOW - 100, 1100, cpus=8)  # ends at NOW + 1000
+    top = job(gpus=4, cpus=12, submit=NOW - 500)  # reserved: GPUs 0-3 and 12 CPUs at NOW + 1000
+    long = [job(gpus=1, cpus=3, submit=NOW - 10, time_limit_s=7200) for _ in range(2)]
+    p = plan(snap([node("n", free=range(4, 8), cpus=16, free_cpus=8)], [r, top] + long), NOW)
+    assert p.estimates == {top.id: NOW + 1000}
+    # the first keeps 1 of the 4 spare CPUs free; the second would leave the reservation short
+    assert [s.job for s in p.starts] == [long[0].id]
+    assert p.reasons[long[1].id] == "Priority"
+
+
 def test_no_backfill_when_switched_off():
     r = running("n", range(6), NOW - 100, 1000)
     top = job(gpus=4, submit=NOW - 500)
