@@ -3,12 +3,14 @@
     plan(snapshot, now) -> Plan(starts, reasons, priorities, estimates, cancels)
 
 No I/O, no clock reads, no database: the daemon builds the snapshot from its store and passes
-`now`; the replay simulator (labq.daemon.sim) builds one from a trace. The modules:
+`now`; the replay simulator (labq.daemon.sim, outside the package because it reads trace files
+and times itself) keeps a cluster and a queue across events and calls `schedule`. The modules:
 
 - snapshot: what the policy sees and what it answers (JobView, NodeView, Snapshot, Plan, ...)
 - planner: `plan`, and `schedule` for a cluster and queue the caller keeps (the simulator)
 - priority: the multifactor priority; queue: pending jobs in classes, each in priority order
 - memo: the active jobs sorted out for a plan, kept between plans by a PlanMemo
+- walk: the walk down the queue in priority order: placement, reservation, backfill
 - placement, limits, backfill: best fit, the limits that make a job wait, EASY backfill
 - reasons: the plan's pending reasons and priorities, computed on access
 - fairshare, dependencies, estimates: usage and its factor, afterok/afterany/afternotok, and the
