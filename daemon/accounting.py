@@ -7,9 +7,9 @@ from collections import defaultdict
 
 from labq.states import JobState
 
-from . import fairshare
 from . import store as st
-from .fairshare import Run
+from .policy import fairshare
+from .policy.fairshare import Run
 
 
 class Accounting:

@@ -899,6 +899,7 @@ class Agent:
         self.node = node
         self.containment = containment or Containment("none", "not probed")
         self.no_root_jobs = no_root_jobs
+        self.lock_fd = None  # the agent lock, held for the agent's life
         self.out_lock = threading.Lock()
         self.watch_lock = threading.Lock()
         self.watched = {}  # job id -> log offset to stream from

@@ -12,9 +12,9 @@ from labq.states import JobState
 from . import policyconfig
 from . import store as st
 from .accounting import Accounting, usage_report
-from .fairshare import factors
 from .identity import Caller
 from .jobtable import JobTable
+from .policy.fairshare import factors
 
 S = JobState
 

@@ -19,12 +19,11 @@ from labq.states import FINAL, JobState, allowed
 
 from . import store as st
 from .config import Config
-from .dependencies import find_cycle
-from .fairshare import Run
 from .identity import Caller
 from .logcopy import LogCopies
-from .policy import PlanMemo
-from .snapshot import JobView
+from .policy import JobView, PlanMemo
+from .policy.dependencies import find_cycle
+from .policy.fairshare import Run
 from .views import dep_ids, job_view
 
 log = logging.getLogger("labqd")

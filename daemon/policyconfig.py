@@ -3,7 +3,7 @@ settings an admin changed at run time (stored in the database) on top."""
 from __future__ import annotations
 
 from .config import Config
-from .snapshot import Limits, PolicyConfig
+from .policy import Limits, PolicyConfig
 
 GROUP_KEYS = {"share", "max_gpus", "max_gpus_by_type", "users"}
 

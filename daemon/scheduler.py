@@ -12,12 +12,11 @@ import time
 from labq.states import JobState
 
 from . import policy
-from .estimates import estimate
 from .fairctl import FairShare
-from .fairshare import Run
 from .jobtable import JobTable
+from .policy import GpuSlot, NodeView, Snapshot, estimate
+from .policy.fairshare import Run
 from .registry import NodeRegistry
-from .snapshot import GpuSlot, NodeView, Snapshot
 
 log = logging.getLogger("labqd.scheduler")
 S = JobState

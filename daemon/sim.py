@@ -35,11 +35,9 @@ import sys
 import time
 from dataclasses import replace
 
-from . import fairshare
-from .placement import Cluster
-from .policy import schedule
-from .priority import PendingQueue
-from .snapshot import GpuSlot, JobView, NodeView, PolicyConfig
+from .policy import GpuSlot, JobView, NodeView, PolicyConfig, fairshare, schedule
+from .policy.placement import Cluster
+from .policy.queue import PendingQueue, age_floor
 from .trace import GPUS_PER_NODE, TraceJob, load_trace
 
 POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle")
@@ -71,7 +69,7 @@ class _Partition:
 
     def __init__(self, nodes: list[NodeView], config: PolicyConfig):
         self.cluster = Cluster(nodes, config.limits)
-        self.queue = PendingQueue(config)
+        self.queue = PendingQueue(config, 0.0)
         self.busy = {n.name: set() for n in nodes}  # independent check on double allocation
 
 
@@ -135,6 +133,7 @@ def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
                 dirty.append(p)
             i += 1
         for p in dirty:
+            p.queue.advance(age_floor(cfg, t))
             fs = {}
             if use_fs and len(p.queue.classes) > 1:
                 fs = fairshare.factors(usage, {}, cfg.group_shares, {},
@@ -143,7 +142,7 @@ def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
             plan = schedule(p.cluster, p.queue, t, cfg, fs, full=False)
             for s in plan.starts:
                 view = views[s.job - 1]
-                p.queue.discard(view)
+                p.queue.remove(view)
                 held = p.busy[s.node]
                 if held.intersection(s.gpus) or len(s.gpus) != view.gpus:
                     violations += 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from labq.spec import parse_dependency
 
-from .snapshot import Dependency, JobView
+from .policy import Dependency, JobView
 
 
 def dep_ids(job: dict) -> list[int]:

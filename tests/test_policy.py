@@ -8,11 +8,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labq.daemon import fairshare
-from labq.daemon.dependencies import find_cycle
-from labq.daemon.policy import could_ever_fit, gpu_matches, plan
-from labq.daemon.snapshot import (Dependency, GpuSlot, JobView, Limits, NodeView, PolicyConfig,
-                                  Snapshot)
+from labq.daemon.policy import (
+    Dependency,
+    GpuSlot,
+    JobView,
+    Limits,
+    NodeView,
+    PolicyConfig,
+    Snapshot,
+    could_ever_fit,
+    fairshare,
+    gpu_matches,
+    plan,
+)
+from labq.daemon.policy.dependencies import find_cycle
 
 NOW = 1_000_000.0
 DAY = 86400.0
@@ -103,6 +112,15 @@ def test_ties_go_to_earlier_submit_then_lower_id():
     assert [s.job for s in p.starts] == [902]
     p = plan(snap([node("n", gpus=1)], [b, a], weight_age=0), NOW)
     assert [s.job for s in p.starts] == [900]
+
+
+def test_without_age_weight_ties_go_by_submit_even_after_a_release():
+    # released from a hold: it has an eligible time, but age counts for nothing
+    released = job(submit=NOW - 100, eligible_time=NOW - 10)
+    later = job(submit=NOW - 50)
+    p = plan(snap([node("n", gpus=1)], [later, released], weight_age=0), NOW)
+    assert [s.job for s in p.starts] == [released.id]
+    assert p.priorities[released.id] == p.priorities[later.id]
 
 
 # -- fair-share --------------------------------------------------------------------------------
@@ -248,6 +266,17 @@ def test_no_node_fits():
     assert not could_ever_fit(node("n"), a)
 
 
+def test_a_job_without_a_uid_does_not_hold_back_the_same_users_job_with_one():
+    # a node whose agent runs uid 1000's jobs only; the older job is from before uids were kept
+    mine = NodeView("mine", "up", 8, 64000, (GpuSlot(0, "A100", 40960),), frozenset({0}), 8,
+                    64000, only_uid=1000)
+    legacy = job(owner_uid=-1, submit=NOW - 100)
+    current = job(owner_uid=1000, submit=NOW - 50)
+    p = plan(snap([mine], [legacy, current]), NOW)
+    assert [s.job for s in p.starts] == [current.id]
+    assert p.reasons[legacy.id] == "NoNodeForUser"
+
+
 def test_held_reason():
     h = job(state="HELD")
     p = plan(snap([node("n")], [h]), NOW)
@@ -275,6 +304,17 @@ def test_backfill_long_job_may_use_what_the_reservation_leaves():
     p = plan(snap([node("n1", free=()), node("n2", free=range(4), gtype="A100")],
                   [r, top, long]), NOW)
     assert started(p)[long.id].node == "n2"
+
+
+def test_long_jobs_share_what_the_reservation_leaves_on_its_node():
+    r = running("n", range(4), NOW - 100, 1100, cpus=8)  # ends at NOW + 1000
+    top = job(gpus=4, cpus=12, submit=NOW - 500)  # reserved: GPUs 0-3 and 12 CPUs at NOW + 1000
+    long = [job(gpus=1, cpus=3, submit=NOW - 10, time_limit_s=7200) for _ in range(2)]
+    p = plan(snap([node("n", free=range(4, 8), cpus=16, free_cpus=8)], [r, top] + long), NOW)
+    assert p.estimates == {top.id: NOW + 1000}
+    # the first keeps 1 of the 4 spare CPUs free; the second would leave the reservation short
+    assert [s.job for s in p.starts] == [long[0].id]
+    assert p.reasons[long[1].id] == "Priority"
 
 
 def test_no_backfill_when_switched_off():
@@ -401,7 +441,7 @@ def test_every_pending_job_has_priority_and_reason():
 
 # -- start estimates beyond the reservation ---------------------------------------------------
 def test_estimates_follow_time_limits_in_priority_order():
-    from labq.daemon.estimates import estimate
+    from labq.daemon.policy import estimate
     now = 1000.0
     node = NodeView("n", "up", 16, 64000, tuple(GpuSlot(i, "A100", 40960) for i in range(4)),
                     frozenset(), 12, 64000)
@@ -421,7 +461,7 @@ def test_estimates_follow_time_limits_in_priority_order():
 
 
 def test_estimates_skip_jobs_that_wait_for_other_reasons():
-    from labq.daemon.estimates import estimate
+    from labq.daemon.policy import estimate
     node = NodeView("n", "up", 16, 64000, (GpuSlot(0, "A100", 40960),), frozenset({0}), 16,
                     64000)
     held = JobView(1, "u", "g", "HELD", 5, 0.0, gpus=1)
@@ -463,6 +503,7 @@ def _draw_job(data, jid, now, ids):
 @given(st.data())
 def test_memo_plans_like_a_fresh_plan(data):
     from dataclasses import replace
+
     from labq.daemon.policy import PlanMemo
     nodes = [node("n1", gpus=4), node("n2", gpus=8, gtype="V100")]
     cfg = PolicyConfig(
@@ -518,9 +559,9 @@ def test_memo_plans_like_a_fresh_plan(data):
 
 
 def test_schedule_on_a_kept_queue_matches_plan():
-    from labq.daemon.placement import Cluster
     from labq.daemon.policy import schedule
-    from labq.daemon.priority import PendingQueue
+    from labq.daemon.policy.placement import Cluster
+    from labq.daemon.policy.queue import PendingQueue
     r = running("n", range(6), NOW - 100, 1000)
     queued = [job(gpus=g, owner=f"u{k % 3}", submit=NOW - 50 * k,
                   time_limit_s=[600.0, 7200.0, None][k % 3]) for k, g in
@@ -529,7 +570,7 @@ def test_schedule_on_a_kept_queue_matches_plan():
     p = plan(s, NOW)
     cluster = Cluster(s.nodes, s.config.limits)
     cluster.add_running(r, r.start_time + r.time_limit_s)
-    queue = PendingQueue.build(queued, NOW, s.config)
+    queue = PendingQueue(s.config, NOW, queued)
     fs = fairshare.factors({}, {}, {}, {}, {(j.group, j.owner) for j in queued})
     q = schedule(cluster, queue, NOW, s.config, fs)
     assert q.starts == p.starts and q.estimates == p.estimates

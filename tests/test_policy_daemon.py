@@ -5,11 +5,11 @@ import os
 import subprocess
 
 import pytest
+from daemonproc import Daemon, as_user, wait_for
+from sshnodes import NodeSet, ensure_user
 
 import labq
 from labq.errors import InvalidState, PermissionDenied, QuotaExceeded, ValidationError
-from daemonproc import Daemon, as_user, wait_for
-from sshnodes import NodeSet, ensure_user
 
 GPUS = [{"type": "A100", "memory_mb": 40960}] * 4
 

@@ -45,7 +45,7 @@ def test_invariants(trace, policy):
     assert r["jobs"] == len(dense)
     recs = r["records"]
     by_id = {j.id: j for j in dense}
-    for jid, (submit, start, finish, gpus) in recs.items():
+    for jid, (submit, start, finish, _gpus) in recs.items():
         assert start is not None and finish is not None
         assert submit <= start <= finish
         assert finish - start == pytest.approx(by_id[jid].duration)

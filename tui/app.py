@@ -23,8 +23,17 @@ from labq.protocol import Op
 from .admin import AdminGroups, AdminNodes, AdminView
 from .clock import Clock
 from .confirm import AskScreen, ConfirmScreen
-from .data import (ClientFactory, Connection, ConnectionChanged, Poller, PollSettings,
-                   Snapshot, Usage, UsageReport, default_factory)
+from .data import (
+    ClientFactory,
+    Connection,
+    ConnectionChanged,
+    Poller,
+    PollSettings,
+    Snapshot,
+    Usage,
+    UsageReport,
+    default_factory,
+)
 from .detail import JobDetailScreen
 from .format import plain
 from .help import HelpScreen

@@ -22,8 +22,7 @@ import sys
 import time
 from dataclasses import replace
 
-from labq.daemon.policy import PlanMemo, plan
-from labq.daemon.snapshot import GpuSlot, JobView, NodeView, PolicyConfig, Snapshot
+from labq.daemon.policy import GpuSlot, JobView, NodeView, PlanMemo, PolicyConfig, Snapshot, plan
 
 NOW = 1_000_000.0
 

@@ -32,9 +32,10 @@ def runs_owner(node, job: JobView) -> bool:
     return node.root_ok or job.owner_uid != 0
 
 
-def could_ever_fit(node, job: JobView) -> bool:
-    """The node, empty, could run the job (whatever its state)."""
-    if not runs_owner(node, job):
+def could_ever_fit(node, job: JobView, any_owner: bool = False) -> bool:
+    """The node, empty, could run the job (whatever its state); with `any_owner`, whoever's
+    job it is."""
+    if not any_owner and not runs_owner(node, job):
         return False
     if job.cpus > node.cpus or job.memory_mb > node.memory_mb:
         return False
@@ -48,15 +49,9 @@ def shape_of(job: JobView) -> tuple:
     return (job.gpus, job.gpu_type, job.gpu_memory_mb, job.cpus, job.memory_mb, job.owner_uid)
 
 
-class _AnyOwner:
-    """A node's resources with its owner restriction lifted: could it fit, account aside?"""
-
-    def __init__(self, ns):
-        self.cpus, self.memory_mb, self.gpus = ns.cpus, ns.memory_mb, ns.gpus
-        self.only_uid, self.root_ok = None, True
-
-
 class NodeState:
+    """A NodeView while a plan is made: what is free on it and what runs there until when,
+    changed by the plan's starts (and the simulator's finishes)."""
     __slots__ = ("idx", "name", "state", "up", "cpus", "memory_mb", "gpus", "slots", "free",
                  "free_cpus", "free_mem", "running", "only_uid", "root_ok")
 
@@ -181,7 +176,7 @@ class Cluster:
             verdict = "NoNodeFits"
             for ns in self.nodes:
                 if verdict == "NoNodeFits" and self.restricted and not runs_owner(ns, job):
-                    if could_ever_fit(_AnyOwner(ns), job):
+                    if could_ever_fit(ns, job, any_owner=True):
                         verdict = "NoNodeForUser"
                     continue
                 if could_ever_fit(ns, job):

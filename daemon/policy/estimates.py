@@ -17,7 +17,9 @@ from .snapshot import JobView, Plan, Snapshot
 WAITING_REASONS = {"Resources", "Priority"}  # reasons that end when resources free up
 
 
-class _Node:
+class _Timeline:
+    """When each GPU of one node, and enough of its CPUs, will be free in the shadow schedule."""
+
     def __init__(self, view, now: float):
         self.view = view
         self.gpu_free = {g.index: now for g in view.gpus}  # GPU index -> free from
@@ -57,7 +59,7 @@ def estimate(snapshot: Snapshot, plan: Plan, now: float, limit: int | None = Non
         total_gpus = sum(len(n.gpus) for n in snapshot.nodes)
         limit = min(1000, max(20, 40000 // max(1, total_gpus)))
     default = snapshot.config.default_time_limit_s
-    nodes = {n.name: _Node(n, now) for n in snapshot.nodes if n.state == "up"}
+    nodes = {n.name: _Timeline(n, now) for n in snapshot.nodes if n.state == "up"}
     if not nodes:
         return {}
 

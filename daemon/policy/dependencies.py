@@ -67,3 +67,46 @@ def find_cycle(edges: Mapping[int, Iterable[int]], new_job_id: int,
                 parent[nxt] = node
                 stack.append(nxt)
     return None
+
+
+class _Active:
+    """Ids of the active jobs, for dependency checks, from a lookup by id."""
+    __slots__ = ("lookup",)
+
+    def __init__(self, lookup):
+        self.lookup = lookup
+
+    def __contains__(self, job_id) -> bool:
+        return self.lookup(job_id) is not None
+
+
+def sort_out(others: Iterable, lookup, ended: Mapping[int, str], cancel_unsatisfiable: bool):
+    """Held jobs and pending jobs with dependencies, sorted out for a plan.
+
+    Returns (reasons of those that wait, the pending ones among them, eligible, cancels):
+    a job whose dependency can never be met waits for DependencyNeverSatisfied (and is
+    cancelled when `cancel_unsatisfiable`), else a held job for Held, else a job with a
+    dependency not yet met for Dependency; a pending job whose dependencies are all met is
+    eligible. A waiting pending job keeps a priority, without age. `lookup` finds an active job
+    by id (None if there is none)."""
+    fixed: dict[int, str] = {}
+    frozen: list = []
+    eligible: list = []
+    cancels: list[tuple[int, str]] = []
+    active = _Active(lookup)
+    for j in others:
+        status = dependency_status(j.dependencies, active, ended) if j.dependencies else MET
+        if status == NEVER:
+            fixed[j.id] = "DependencyNeverSatisfied"
+            if cancel_unsatisfiable:
+                cancels.append((j.id, "DependencyNeverSatisfied"))
+        elif j.state == "HELD":
+            fixed[j.id] = "Held"
+        elif status == MET:
+            eligible.append(j)
+        else:
+            fixed[j.id] = "Dependency"
+        if j.state == "PENDING" and status != MET:
+            frozen.append(j)
+    cancels.sort()
+    return fixed, frozen, eligible, cancels

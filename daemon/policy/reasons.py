@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .limits import quota_reason
-from .pending import JobIndex
+from .memo import JobIndex
 
 _MISSING = object()
 OPEN = object()  # a class's verdict that the plan's final cluster gives when asked

@@ -119,7 +119,7 @@ class Start:
 class Plan:
     starts: list[Start] = field(default_factory=list)
     # a reason for every PENDING or HELD job not started; plan() returns a read-only mapping
-    # computed on access (planmaps.py): look jobs up, iterate only to see them all
+    # computed on access (reasons.py): look jobs up, iterate only to see them all
     reasons: Mapping[int, str] = field(default_factory=dict)
     # expected start time for pending jobs the plan could place in time
     estimates: dict[int, float] = field(default_factory=dict)

@@ -1,0 +1,306 @@
+"""The walk down the queue: what starts now, in priority order, and why the rest waits.
+
+The queue is made of classes of jobs that differ only in age (queue.py), each in priority
+order. The walk keeps a heap of the class heads by priority and takes them in turn:
+- placement: a job over a limit, or that no node could ever run, waits with that reason and
+  blocks nobody; otherwise it starts on the best-fitting node if it can;
+- reservation: the first job that cannot start is held for (reason Resources) and gets the
+  backfill reservation (backfill.py);
+- backfill: after that, lower-priority jobs start only where they cannot delay the reservation,
+  or not at all when backfill is off (reason Priority).
+Once the head of a class cannot start, none behind it can either: the class gets a verdict for
+all its members, so the walk costs in proportion to the classes and the starts, not the jobs.
+
+Until the next start the walk remembers, by shape (placement.shape_of), where a job would fit
+and which limit stands in the way, since placement depends on the shape only (unless per-type
+limits look at the group).
+"""
+from __future__ import annotations
+
+import heapq
+from itertools import islice
+
+from .backfill import Reservation, reserve
+from .limits import quota_reason
+from .placement import Cluster
+from .priority import short_factor, size_factor, time_limit, user_factor
+from .queue import JobClass
+from .reasons import OPEN
+from .snapshot import JobView, PolicyConfig, Start
+
+_WAITS = object()  # the job's class was settled while placing it
+
+
+class Walk:
+    """One walk over `classes`, recording the starts in `cluster`, `starts` and the reasons
+    that are not the verdict of their class in `heads`.
+
+    With `full`, the classes the walk did not finish get a verdict (OPEN with `lazy`: the
+    cluster, left as it is, answers when asked); without it the walk stops as soon as nothing
+    more can start. `shapes` (the members' time limits by shape, over all classes) lets the walk
+    stop once the reservation is made and no shape can start anything any more: then every
+    class left waits for a limit or for Priority, which the cluster tells as well then as later.
+
+    What the plan reads afterwards: `consts` (per class, the part of the priority its members
+    share), `verdicts`, `filtered` (classes cut by backfill), `res_job`, `res`, `window` and
+    `open_reason`."""
+
+    def __init__(self, cluster: Cluster, classes: list[JobClass], now: float,
+                 config: PolicyConfig, fairshare_factors: dict, cpu_only: int, full: bool,
+                 starts: list, heads: dict, lazy: bool = True, shapes: dict | None = None):
+        self.cluster, self.classes, self.now, self.config = cluster, classes, now, config
+        self.cpu_only, self.full, self.lazy, self.shapes = cpu_only, full, lazy, shapes
+        self.starts, self.heads = starts, heads
+        self.default_tl = config.default_time_limit_s
+        self.weight_age = config.weight_age
+        self.inv_age = 1.0 / config.max_age_s if config.max_age_s > 0 else 0.0
+        self.floor = now - config.max_age_s
+        self._queue_heads(fairshare_factors)
+        self.pos = [0] * len(classes)  # per class, the member the walk is at
+        self.verdicts: list = [None] * len(classes)
+        # classes cut by backfill -> how many members not yet walked fit in the window: only
+        # these are walked further; the others wait (reason Priority)
+        self.short_left: dict[int, int] = {}
+        self.res: Reservation | None = None
+        self.res_job: JobView | None = None
+        self.res_done = False  # reservation computed (it may be None)
+        self.window = 0.0
+        self.failed_now: set[tuple] = set()  # shapes that fit nowhere now: resources only shrink
+        self.failed_bf: set[tuple] = set()  # shapes that fit nowhere clear of the reservation
+        self.fits: dict[tuple, tuple] | None = None if cluster._type_limits else {}
+        self.blocked: dict[tuple, str | None] = {}  # limit in the way, by what limits look at
+        self.settle = shapes is not None and self.fits is not None and lazy
+        self.unsettled = set(shapes) if self.settle else set()  # shapes that might still start
+        self.settled_bf: set[tuple] = set()  # settled while the best fit is on the reserved node
+        self.open_reason = "Resources"
+        self.filtered: frozenset = frozenset()
+
+    def _queue_heads(self, fairshare_factors: dict) -> None:
+        """The constant part of each class's priority, and a heap of the class heads:
+        (-priority, submit, id, class no.).
+
+        class_constant and _priority, inlined: this runs over every class on every plan, and
+        the calls cost a tenth of a warm plan on a big queue. The sums are the same, in the
+        same order, so that priorities are equal to the last bit."""
+        cfg, max_gpus, fs = self.config, self.cluster.max_gpus, fairshare_factors.get
+        wf, wp, ws, wsh = (cfg.weight_fairshare, cfg.weight_priority, cfg.weight_size,
+                           cfg.weight_short)
+        wa, floor, now, inv_age = self.weight_age, self.floor, self.now, self.inv_age
+        user_f: dict[int, float] = {}
+        self.lists = lists = []
+        self.consts = consts = []
+        self.heap = heap = []
+        for n, c in enumerate(self.classes):
+            h = c.head
+            uf = user_f.get(h.priority)
+            if uf is None:
+                uf = user_f[h.priority] = user_factor(h.priority)
+            const = wf * fs((h.group, h.owner), 1.0) + wp * uf
+            if ws:
+                const += ws * size_factor(h.gpus, max_gpus)
+            if wsh:
+                const += wsh * short_factor(h.time_limit_s, cfg)
+            lst = c.ordered()
+            lists.append(lst)
+            consts.append(const)
+            j = lst[0]
+            t0 = j.submit_time if j.eligible_time is None else j.eligible_time
+            age = 1.0 if t0 <= floor else max(0.0, now - t0) * inv_age
+            heap.append((-(const + wa * age), j.submit_time, j.id, n))
+        heapq.heapify(heap)
+
+    def _priority(self, const: float, job: JobView) -> float:
+        t0 = job.submit_time if job.eligible_time is None else job.eligible_time
+        age = 1.0 if t0 <= self.floor else max(0.0, self.now - t0) * self.inv_age
+        return const + self.weight_age * age
+
+    def _push(self, n: int) -> None:
+        """Put class `n` back on the heap at the member the walk is at."""
+        j = self.lists[n][self.pos[n]]
+        heapq.heappush(self.heap, (-self._priority(self.consts[n], j), j.submit_time, j.id, n))
+
+    def _settle(self, n: int, job: JobView, reason: str, verdict: str) -> None:
+        """`job`, the head of class `n`, waits for `reason`, and the members behind it for
+        `verdict`; the class is not walked further."""
+        self.heads[job.id] = reason
+        self.pos[n] += 1
+        self.verdicts[n] = verdict
+
+    # -- the walk --------------------------------------------------------------------------
+    def run(self) -> Walk:
+        heap, backfill = self.heap, self.config.backfill
+        while heap and not self._nothing_more():
+            n = heapq.heappop(heap)[3]
+            job = self.lists[n][self.pos[n]]
+            placed = self._place(n, job)
+            if placed is _WAITS:
+                continue
+            if self.res_job is None:
+                if placed is None:
+                    self._hold_for(n, job)
+                    if not backfill:
+                        break
+                    continue
+            elif placed is None:
+                self._settle(n, job, "Priority", "Priority")
+                continue
+            else:
+                placed = self._backfill(n, job, placed)
+                if placed is None:
+                    continue
+            self._start(n, job, placed)
+        self._close()
+        return self
+
+    def _nothing_more(self) -> bool:
+        """Nothing more can start (once there is a reservation, or when only starts are
+        wanted): no GPU is free and no job left asks for none, or no shape can start."""
+        if self.res_job is None and self.full:
+            return False
+        if self.cluster.total_free == 0 and not self.cpu_only:
+            return True
+        return self.res_job is not None and self.settle and not self.unsettled
+
+    # -- placement -------------------------------------------------------------------------
+    def _place(self, n: int, job: JobView):
+        """(node index, GPUs) where `job` fits now, None, or _WAITS when a limit (or no node)
+        makes its class wait."""
+        cluster, shape = self.cluster, self.classes[n].shape
+        key = (shape, job.group, job.owner, job.partition)
+        why = self.blocked.get(key, OPEN)
+        if why is OPEN:
+            why = self.blocked[key] = cluster.feasibility(job) or quota_reason(cluster, job)
+        if why:
+            if self.settle and cluster._feasible.get(shape):
+                self.unsettled.discard(shape)  # no node could ever run it
+            self._settle(n, job, why, why)
+            return _WAITS
+        if shape in self.failed_now:
+            return None
+        fits = self.fits
+        placed = fits.get(shape) if fits is not None else None
+        if placed is None:
+            placed = cluster.best_fit(job)
+            if placed is not None and fits is not None:
+                fits[shape] = placed
+        if placed is None:
+            if cluster.type_blocked:
+                self._settle(n, job, "QuotaGroupGPUType", "QuotaGroupGPUType")
+                return _WAITS
+            if not cluster._type_limits:
+                self.failed_now.add(shape)
+                self.unsettled.discard(shape)
+        return placed
+
+    def _start(self, n: int, job: JobView, placed: tuple) -> None:
+        node_idx, gpus = placed
+        self.cluster.start(job, node_idx, gpus, self.now + time_limit(job, self.config))
+        if self.fits:
+            self.fits.clear()
+        if self.settled_bf:
+            self.unsettled.update(self.settled_bf)
+            self.settled_bf.clear()
+        self.blocked.clear()
+        self.starts.append(Start(job.id, self.cluster.nodes[node_idx].name, gpus))
+        if job.gpus <= 0:
+            self.cpu_only -= 1
+        p = self.pos[n] + 1
+        left = self.short_left.get(n)
+        if left is not None:
+            self.short_left[n] = left = left - 1
+            p = self._next_short(n, p) if left > 0 else len(self.lists[n])
+        self.pos[n] = p
+        if p < len(self.lists[n]):
+            self._push(n)
+
+    # -- reservation -----------------------------------------------------------------------
+    def _hold_for(self, n: int, job: JobView) -> None:
+        """The first job that cannot start: the reservation is for it (made when a later job
+        could start, or at the end); its class waits behind it."""
+        self.res_job = job
+        self._settle(n, job, "Resources", "Priority")
+
+    def _reserve(self) -> Reservation | None:
+        if not self.res_done:
+            self.res, self.res_done = reserve(self.cluster, self.res_job, self.now), True
+            if self.res is not None:
+                self.window = self.res.time - self.now
+        return self.res
+
+    # -- backfill --------------------------------------------------------------------------
+    def _backfill(self, n: int, job: JobView, placed: tuple) -> tuple | None:
+        """Where `job` may start without delaying the reservation, or None."""
+        res = self._reserve()
+        if res is None or placed[0] != res.node:
+            return placed
+        if res.allows(self.now, self._limit(job)):
+            return placed
+        shape = self.classes[n].shape
+        placed = None if shape in self.failed_bf else self.cluster.best_fit(job, avoid=res)
+        if placed is None:
+            self._cut(n, job, shape)
+            return None
+        if placed[0] == res.node:
+            res.took(job.cpus, job.memory_mb)
+        return placed
+
+    def _cut(self, n: int, job: JobView, shape: tuple) -> None:
+        """No member of class `n` that outlasts the reservation can start now: they wait
+        (reason Priority); the walk goes on with the members that end in time."""
+        self.failed_bf.add(shape)
+        if self.settle and not self.res.allows(self.now, self._shortest(shape)):
+            # no job of this shape ends in time; all would go on the reserved node (until the
+            # next start)
+            self.unsettled.discard(shape)
+            self.settled_bf.add(shape)
+        self.heads[job.id] = "Priority"
+        left = self._short_members_left(n)
+        self.short_left[n] = left
+        if left > 0:
+            self.pos[n] = self._next_short(n, self.pos[n] + 1)
+            self._push(n)
+        else:
+            self.pos[n] = len(self.lists[n])
+
+    def _limit(self, job: JobView) -> float:
+        return self.default_tl if job.time_limit_s is None else job.time_limit_s
+
+    def _shortest(self, shape: tuple) -> float:
+        """The shortest time limit of any queued job of this shape."""
+        dtl = self.default_tl
+        return min(((dtl if t is None else t) for t, k in self.shapes[shape].items() if k),
+                   default=float("inf"))
+
+    def _short_members_left(self, n: int) -> int:
+        """Members of class `n` after the one the walk is at whose limit fits the window."""
+        dtl, window = self.default_tl, self.window
+        left = sum(k for t, k in self.classes[n].tl_counts().items()
+                   if k and (dtl if t is None else t) <= window)
+        if left:
+            for j in islice(self.lists[n], self.pos[n] + 1):
+                if (dtl if j.time_limit_s is None else j.time_limit_s) <= window:
+                    left -= 1
+        return left
+
+    def _next_short(self, n: int, q: int) -> int:
+        """The first member of class `n` from `q` on whose limit fits the window."""
+        lst, dtl, window = self.lists[n], self.default_tl, self.window
+        while (dtl if lst[q].time_limit_s is None else lst[q].time_limit_s) > window:
+            q += 1
+        return q
+
+    # -- the end ---------------------------------------------------------------------------
+    def _close(self) -> None:
+        """Verdicts for the classes the walk did not reach the end of."""
+        self.open_reason = "Priority" if self.res_job is not None else "Resources"
+        if self.full:
+            if self.res_job is not None and not self.res_done:
+                self.res = reserve(self.cluster, self.res_job, self.now)
+            for _, _, _, n in self.heap:
+                if self.lazy:
+                    self.verdicts[n] = OPEN
+                else:
+                    job = self.lists[n][self.pos[n]]
+                    why = self.cluster.feasibility(job) or quota_reason(self.cluster, job)
+                    self.verdicts[n] = why or self.open_reason
+        self.filtered = frozenset(self.short_left)

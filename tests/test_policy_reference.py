@@ -1,0 +1,217 @@
+"""plan() against a plain reference planner (policy_reference.py) on random small snapshots,
+planned from scratch and with a memo over several passes: the same starts, reasons,
+priorities, reservation and cancels."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from policy_reference import reference_plan
+
+from labq.daemon.policy import (
+    Dependency,
+    GpuSlot,
+    JobView,
+    Limits,
+    NodeView,
+    PlanMemo,
+    PolicyConfig,
+    Snapshot,
+    plan,
+)
+
+NOW = 1_000_000.0
+
+
+def assert_same(p, ref):
+    assert p.starts == ref.starts
+    assert dict(p.reasons) == ref.reasons
+    assert dict(p.priorities) == pytest.approx(ref.priorities, rel=1e-12, abs=1e-9)
+    assert p.estimates == ref.estimates
+    assert p.cancels == ref.cancels
+
+
+@st.composite
+def configs(draw):
+    limits = Limits(
+        group_gpus=draw(st.sampled_from([{}, {"g1": 4}, {"g0": 2, "g1": 8}])),
+        group_gpu_type=draw(st.sampled_from([{}, {}, {("g0", "A100"): 3}])),
+        user_jobs=draw(st.sampled_from([None, None, 2, 4])),
+        user_gpus=draw(st.sampled_from([None, None, 6])),
+        partition_user_jobs=draw(st.sampled_from([{}, {"debug": 1}])))
+    # powers of two keep ages exact, so that ties stay ties in both planners
+    return PolicyConfig(
+        weight_age=draw(st.sampled_from([0.0, 1000.0])),
+        weight_fairshare=draw(st.sampled_from([0.0, 10000.0])),
+        weight_priority=draw(st.sampled_from([0.0, 1000.0])),
+        weight_size=draw(st.sampled_from([0.0, 0.0, 500.0])),
+        weight_short=draw(st.sampled_from([0.0, 0.0, 300.0])),
+        max_age_s=draw(st.sampled_from([4096.0, 65536.0])),
+        default_time_limit_s=draw(st.sampled_from([3600.0, 86400.0])),
+        limits=limits, backfill=draw(st.booleans()) or draw(st.booleans()),
+        cancel_unsatisfiable=draw(st.booleans()))
+
+
+@st.composite
+def nodes(draw):
+    out = []
+    for i in range(draw(st.integers(1, 4))):
+        gpus = draw(st.sampled_from([0, 2, 4, 4, 8, 8]))
+        gtype = draw(st.sampled_from(["A100", "V100", "NVIDIA H100"]))
+        slots = tuple(GpuSlot(k, gtype, draw(st.sampled_from([16000, 80000])))
+                      for k in range(gpus))
+        cpus = draw(st.sampled_from([8, 32]))
+        out.append(NodeView(f"n{i}", draw(st.sampled_from(["up"] * 8 + ["down", "drain"])),
+                            cpus, 64000, slots, frozenset(range(gpus)), cpus, 64000,
+                            only_uid=draw(st.sampled_from([None] * 5 + [1000])),
+                            root_ok=draw(st.sampled_from([True, True, True, False]))))
+    return out
+
+
+def draw_job(data, jid, now, ids, jobs=()):
+    """A random job; often a twin of an earlier one (the same but for its times and id)."""
+    d = data.draw
+    if jobs and d(st.booleans()):
+        twin = d(st.sampled_from(list(jobs)))
+        submit = now - d(st.sampled_from([1.0, 100.0, 3000.0, 50000.0, 200000.0]))
+        # an owner's uid may differ between jobs: -1 on rows older than the uid column
+        uid = twin.owner_uid if d(st.integers(0, 3)) else d(st.sampled_from([-1, 0, 1000]))
+        return replace(twin, id=jid, state=d(st.sampled_from(["PENDING"] * 6 + ["HELD"])),
+                       submit_time=submit, dependencies=(), node=None, gpu_indices=(),
+                       start_time=None, owner_uid=uid,
+                       eligible_time=d(st.sampled_from([None, None, submit + 1, now - 10])))
+    deps = ()
+    if ids and d(st.integers(0, 6)) == 0:
+        deps = tuple(Dependency(d(st.sampled_from(["afterok", "afterany", "afternotok"])),
+                                d(st.sampled_from(ids + [9001, 9002, 9003])))
+                     for _ in range(d(st.integers(1, 2))))
+    submit = now - d(st.sampled_from([1.0, 100.0, 3000.0, 50000.0, 200000.0]))
+    return JobView(
+        jid, d(st.sampled_from(["a", "b", "c"])), d(st.sampled_from(["g0", "g1"])),
+        d(st.sampled_from(["PENDING"] * 6 + ["HELD"])), d(st.sampled_from([1, 5, 9])), submit,
+        gpus=d(st.sampled_from([0, 1, 1, 1, 2, 2, 4, 8, 9])),
+        gpu_type=d(st.sampled_from([None] * 6 + ["a100", "v100"])),
+        gpu_memory_mb=d(st.sampled_from([None] * 6 + [40000])),
+        cpus=d(st.sampled_from([1, 1, 4, 16])),
+        memory_mb=d(st.sampled_from([0, 1000, 16000, 70000])),
+        time_limit_s=d(st.sampled_from([None, 600.0, 3600.0, 7200.0, 86400.0])),
+        dependencies=deps, partition=d(st.sampled_from(["default", "default", "debug"])),
+        eligible_time=d(st.sampled_from([None, None, submit + 1, now - 10])),
+        owner_uid=d(st.sampled_from([1000, 1001, 0])))
+
+
+def snapshot_of(node_list, jobs, ended, config, memo) -> Snapshot:
+    """Nodes' free resources as the running jobs leave them."""
+    used = {n.name: [set(), 0, 0] for n in node_list}
+    for j in jobs:
+        if j.state == "RUNNING" and j.node in used:
+            u = used[j.node]
+            u[0].update(j.gpu_indices)
+            u[1] += j.cpus
+            u[2] += j.memory_mb
+    views = [replace(n, free_gpus=frozenset(range(len(n.gpus))) - used[n.name][0],
+                     free_cpus=n.cpus - used[n.name][1],
+                     free_memory_mb=n.memory_mb - used[n.name][2]) for n in node_list]
+    return Snapshot(views, list(jobs), ended=dict(ended),
+                    group_usage={"g0": 100.0, "g1": 300.0}, user_usage={("g0", "a"): 50.0},
+                    config=config, memo=memo)
+
+
+def next_jobs(data, jobs, p, now, ended, next_id):
+    """The next pass: starts applied, some running jobs end, held jobs released, new jobs."""
+    starts = {s.job: s for s in p.starts}
+    cancelled = {jid for jid, _ in p.cancels}
+    out = []
+    for j in jobs:
+        op = data.draw(st.integers(0, 9))
+        if j.id in starts:
+            s = starts[j.id]
+            j = replace(j, state="RUNNING", node=s.node, gpu_indices=s.gpus, start_time=now)
+        elif j.id in cancelled:
+            ended[j.id] = "CANCELLED"
+            continue
+        elif j.state == "RUNNING" and op < 3:
+            ended[j.id] = data.draw(st.sampled_from(["COMPLETED", "FAILED"]))
+            continue
+        elif j.state == "HELD" and op < 3:
+            j = replace(j, state="PENDING", eligible_time=now)
+        out.append(j)
+    for _ in range(data.draw(st.integers(0, 4))):
+        next_id += 1
+        out.append(draw_job(data, next_id, now, [j.id for j in out], out))
+    return out, next_id
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_plan_agrees_with_the_reference(data):
+    config = data.draw(configs())
+    node_list = data.draw(nodes())
+    jobs = []
+    for k in range(data.draw(st.integers(0, 25))):
+        jobs.append(draw_job(data, k + 1, NOW, [j.id for j in jobs], jobs))
+    ended = {9001: "COMPLETED", 9002: "FAILED", 9003: "CANCELLED"}
+    memo = PlanMemo()
+    now, next_id = NOW, 1000
+    for _ in range(data.draw(st.integers(1, 5))):
+        snap = snapshot_of(node_list, jobs, ended, config, memo)
+        ref = reference_plan(snap, now)
+        with_memo = plan(snap, now)
+        assert_same(with_memo, ref)
+        assert_same(plan(replace(snap, memo=None), now), ref)
+        jobs, next_id = next_jobs(data, jobs, with_memo, now, ended, next_id)
+        now += data.draw(st.sampled_from([0.0, 1.0, 600.0, 7200.0]))
+
+
+def busy_cluster(data):
+    """Nodes of one GPU type, partly taken by running jobs that reach their limits at various
+    times: what reservations and backfill are about."""
+    d = data.draw
+    node_list, jobs = [], []
+    for i in range(d(st.integers(1, 3))):
+        gpus, cpus = d(st.sampled_from([4, 8])), d(st.sampled_from([8, 16]))
+        node_list.append(NodeView(f"n{i}", "up", cpus, 64000,
+                                  tuple(GpuSlot(k, "A100", 80000) for k in range(gpus)),
+                                  frozenset(range(gpus)), cpus, 64000))
+        free, cpus_left = list(range(gpus)), cpus
+        while free and d(st.integers(0, 2)):
+            take, c = min(len(free), d(st.sampled_from([1, 1, 2, 4]))), d(st.sampled_from([1, 4]))
+            if c > cpus_left:
+                break
+            jobs.append(JobView(len(jobs) + 1, "u", "g", "RUNNING", 5, NOW - 5000, gpus=take,
+                                cpus=c, time_limit_s=d(st.sampled_from([600.0, 3600.0, 7200.0])),
+                                node=f"n{i}", gpu_indices=tuple(free[:take]),
+                                start_time=NOW - d(st.sampled_from([0.0, 300.0, 3000.0]))))
+            free, cpus_left = free[take:], cpus_left - c
+    for _ in range(d(st.integers(1, 14))):
+        jobs.append(JobView(len(jobs) + 1, d(st.sampled_from(["u", "v"])), "g", "PENDING",
+                            d(st.sampled_from([1, 5, 9])),
+                            NOW - d(st.sampled_from([1.0, 100.0, 3000.0])),
+                            gpus=d(st.sampled_from([0, 1, 1, 2, 3, 4, 8])),
+                            cpus=d(st.sampled_from([1, 2, 4, 8])),
+                            memory_mb=d(st.sampled_from([0, 16000, 32000])),
+                            time_limit_s=d(st.sampled_from([None, 300.0, 900.0, 3600.0,
+                                                            7200.0]))))
+    return node_list, jobs
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.data())
+def test_reservations_and_backfill_agree_with_the_reference(data):
+    config = PolicyConfig(weight_age=data.draw(st.sampled_from([0.0, 1000.0])),
+                          weight_size=data.draw(st.sampled_from([0.0, 500.0])),
+                          weight_short=data.draw(st.sampled_from([0.0, 300.0])),
+                          max_age_s=4096.0, default_time_limit_s=3600.0)
+    node_list, jobs = busy_cluster(data)
+    memo = PlanMemo()
+    now, next_id, ended = NOW, 1000, {}
+    for _ in range(data.draw(st.integers(1, 4))):
+        snap = snapshot_of(node_list, jobs, ended, config, memo)
+        ref = reference_plan(snap, now)
+        with_memo = plan(snap, now)
+        assert_same(with_memo, ref)
+        assert_same(plan(replace(snap, memo=None), now), ref)
+        jobs, next_id = next_jobs(data, jobs, with_memo, now, ended, next_id)
+        now += data.draw(st.sampled_from([0.0, 300.0, 900.0]))
