@@ -11,6 +11,7 @@ import codecs
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from rich.table import Table
 from rich.text import Text
@@ -28,6 +29,9 @@ from labq.errors import DaemonUnavailable, LabqError
 from labq.units import format_duration, format_size_mb
 
 from .clock import Clock
+
+if TYPE_CHECKING:  # the app imports this screen
+    from .app import LabqApp
 from .data import BACKOFF_MAX_S, BACKOFF_START_S, ClientFactory, Connection
 from .format import command_text, gpus_text, log_text, plain, score_text, start_text, state_text
 
@@ -370,4 +374,4 @@ class JobDetailScreen(Screen):
         self.app.pop_screen()
 
     def action_cancel(self) -> None:
-        self.app.confirm_cancel(self.job)
+        cast("LabqApp", self.app).confirm_cancel(self.job)
