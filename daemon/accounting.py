@@ -20,15 +20,13 @@ class Accounting:
         self.user_usage: dict[tuple[str, str], float] = {}
         self.t = time.time()
 
-    def load(self, now: float) -> None:
+    def load(self, store: st.Store, now: float) -> None:
         """Every run that ended within ~20 half-lives, or still runs, charged up to now."""
         horizon = now - 20 * self.half_life_s
-        q = (st.Job.select(st.Job.group, st.Job.owner, st.Job.gpu_indices, st.Job.cpus,
-                           st.Job.start_time, st.Job.end_time, st.Job.state)
-             .where(st.Job.start_time.is_null(False) &
-                    (st.Job.end_time.is_null() | (st.Job.end_time > horizon))))
-        runs = [Run(j.group, j.owner, len(j.gpu_indices or []), j.cpus, j.start_time,
-                    j.end_time if j.state != JobState.RUNNING.value else None) for j in q]
+        runs = [Run(j["group"], j["owner"], len(j["gpu_indices"] or []), j["cpus"],
+                    j["start_time"],
+                    j["end_time"] if j["state"] != JobState.RUNNING.value else None)
+                for j in store.runs_since(horizon)]
         # requeued runs are not in the table (the row moved on); they are a rounding error
         self.group_usage, self.user_usage = fairshare.accrue_runs(
             {}, {}, runs, horizon, now, self.half_life_s, self.cpu_weight)
@@ -43,27 +41,25 @@ class Accounting:
         self.t = now
 
 
-def usage_report(since: float, now: float) -> tuple[list[dict], list[dict], list[dict]]:
+def usage_report(store: st.Store, since: float,
+                 now: float) -> tuple[list[dict], list[dict], list[dict]]:
     """GPU-hours per group, per user and per group and day over [since, now]."""
-    q = (st.Job.select(st.Job.group, st.Job.owner, st.Job.gpu_indices, st.Job.start_time,
-                       st.Job.end_time)
-         .where(st.Job.start_time.is_null(False) &
-                (st.Job.end_time.is_null() | (st.Job.end_time > since))))
     groups: dict[str, float] = defaultdict(float)
     users: dict[tuple[str, str], float] = defaultdict(float)
     series: dict[tuple[str, str], float] = defaultdict(float)
-    for j in q:
-        gpus = len(j.gpu_indices or [])
-        a, b = max(since, j.start_time), min(now, j.end_time or now)
+    for j in store.runs_since(since):
+        gpus = len(j["gpu_indices"] or [])
+        a, b = max(since, j["start_time"]), min(now, j["end_time"] or now)
         if b <= a or not gpus:
             continue
-        groups[j.group] += gpus * (b - a) / 3600
-        users[(j.group, j.owner)] += gpus * (b - a) / 3600
+        groups[j["group"]] += gpus * (b - a) / 3600
+        users[(j["group"], j["owner"])] += gpus * (b - a) / 3600
         t = a
         while t < b:  # split across local days
             day_end = _next_midnight(t)
             seg = min(b, day_end) - t
-            series[(j.group, time.strftime("%Y-%m-%d", time.localtime(t)))] += gpus * seg / 3600
+            day = time.strftime("%Y-%m-%d", time.localtime(t))
+            series[(j["group"], day)] += gpus * seg / 3600
             t = day_end
     return ([{"group": g, "gpu_hours": round(h, 4)} for g, h in sorted(groups.items())],
             [{"group": g, "user": u, "gpu_hours": round(h, 4)}

@@ -30,7 +30,7 @@ class FairShare:
         self.policy_config = policyconfig.build(cfg, self.group_overrides)
         self.accounting = Accounting(self.policy_config.usage_half_life_s,
                                      self.policy_config.cpu_weight)
-        self.accounting.load(time.time())
+        self.accounting.load(store, time.time())
 
     def set_group(self, caller: Caller, group: Any, changes: dict) -> dict:
         if not caller.admin:
@@ -74,7 +74,7 @@ class FairShare:
             raise ValidationError("days: must be a number of days from 1 to 3660",
                                   {"field": "days"})
         now = time.time()
-        groups, users, series = usage_report(now - days * 86400, now)
+        groups, users, series = usage_report(self.store, now - days * 86400, now)
         with self.lock:
             pc = self.policy_config
             acc = self.accounting

@@ -304,6 +304,14 @@ class Store:
             Job.update(priority=new).where(Job.id == job_id).execute()
             self.add_event(job_id, who, state, state, f"priority {old} -> {new}")
 
+    def runs_since(self, since: float) -> list[dict[str, Any]]:
+        """Jobs that started and had not ended by `since`: what fair-share usage counts."""
+        q = (Job.select(Job.group, Job.owner, Job.gpu_indices, Job.cpus, Job.start_time,
+                        Job.end_time, Job.state)
+             .where(Job.start_time.is_null(False) &
+                    (Job.end_time.is_null() | (Job.end_time > since))))
+        return list(q.dicts())
+
     def job_state(self, job_id: int) -> str | None:
         row = Job.select(Job.state).where(Job.id == job_id).first()
         return None if row is None else row.state
