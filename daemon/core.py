@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 
 from . import store as st
+from .clock import SYSTEM, Clock
 from .config import Config
 from .fairctl import FairShare
 from .jobtable import JobTable
@@ -17,14 +18,15 @@ from .registry import NodeRegistry
 
 
 class Core:
-    def __init__(self, cfg: Config, store: st.Store):
+    def __init__(self, cfg: Config, store: st.Store, clock: Clock = SYSTEM):
         self.cfg = cfg
         self.store = store
+        self.clock = clock
         self.wake = threading.Event()  # something changed: the scheduler should run
         logs = LogCopies(cfg.state_dir / "logs", cfg.log_copy_max_bytes)
-        self.jobs = JobTable(cfg, store, logs, self.wake)
+        self.jobs = JobTable(cfg, store, logs, self.wake, clock)
         self.fair = FairShare(cfg, store, self.jobs, self.wake)
-        self.nodes = NodeRegistry(cfg, store, self.jobs, self.wake)
+        self.nodes = NodeRegistry(cfg, store, self.jobs, self.wake, clock)
         self.jobs.runs = self.nodes
 
     def start(self) -> None:

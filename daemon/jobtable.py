@@ -18,6 +18,7 @@ from labq.spec import parse_dependency, validate_submit
 from labq.states import FINAL, JobState, allowed
 
 from . import store as st
+from .clock import SYSTEM, Clock
 from .config import Config
 from .identity import Caller
 from .logcopy import LogCopies
@@ -44,8 +45,10 @@ class RunControl(Protocol):
 
 
 class JobTable:
-    def __init__(self, cfg: Config, store: st.Store, logs: LogCopies, wake: threading.Event):
+    def __init__(self, cfg: Config, store: st.Store, logs: LogCopies, wake: threading.Event,
+                 clock: Clock = SYSTEM):
         self.cfg = cfg
+        self.clock = clock
         self.store = store
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)  # any job changed state
@@ -87,7 +90,7 @@ class JobTable:
         if not allowed(src, dst):
             raise InvalidState(f"job {job['id']} is {src.value}; it cannot become {dst.value}",
                                {"id": job["id"], "state": src.value})
-        now = fields.pop("when", None) or time.time()
+        now = fields.pop("when", None) or self.clock.time()
         fields.update(state=dst.value, reason=reason)
         self.store.record_transition(job["id"], fields, who, src.value, dst.value, reason, now)
         if src == S.RUNNING and job["start_time"]:
@@ -121,7 +124,7 @@ class JobTable:
                                    {"group": group})
         self._check_submit_limits(caller, spec)
         hold = spec.pop("hold")
-        now = time.time()
+        now = self.clock.time()
         with self.lock:
             deps = [parse_dependency(d)[1] for d in spec["dependencies"]]
             missing = [d for d in deps if d not in self.active and self.ended_state(d) is None]
@@ -247,7 +250,7 @@ class JobTable:
                             self.runs.cancel_run(job)
                     else:
                         self.transition(job, S.CANCELLED, caller.user, why,
-                                         end_time=time.time())
+                                         end_time=self.clock.time())
         # a running job ends once its process group is gone; wait a moment for it
         deadline = time.monotonic() + self.cfg.kill_grace_s + 2
         with self.changed:
@@ -304,7 +307,7 @@ class JobTable:
                     job = self.active.get(row["id"])
                     if job is None or job["state"] != src.value:
                         continue  # changed while an earlier chunk was made
-                    extra = {"eligible_time": time.time()} if dst == S.PENDING else {}
+                    extra = {"eligible_time": self.clock.time()} if dst == S.PENDING else {}
                     self.transition(job, dst, caller.user, f"{verb} {caller.user}"
                                      if dst == S.HELD else None, **extra)
         return [self.view(caller, r) for r in self._rows([r["id"] for r in rows])]

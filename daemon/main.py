@@ -66,7 +66,8 @@ def run(cfg) -> int:
     except (AlreadyRunning, OSError, KeyError) as e:
         log.error("cannot listen on %s: %s", cfg.socket, e)
         return 1
-    scheduler = Scheduler(core.jobs, core.nodes, core.fair, cfg.scheduler.get("interval", 5))
+    scheduler = Scheduler(core.jobs, core.nodes, core.fair, cfg.scheduler.get("interval", 5),
+                          core.clock)
     stopping = threading.Event()
 
     def on_term(signum, frame):

@@ -10,7 +10,6 @@ import base64
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,7 @@ from labq.errors import InvalidState, LabqError, NotFound, PermissionDenied, Val
 from labq.states import JobState
 
 from . import store as st
+from .clock import SYSTEM, Clock
 from .config import NODE, ConfigError, NodeConfig, check_node, confine_node_paths, node_config
 from .jobtable import JobTable
 from .nodes import NodeLink
@@ -66,8 +66,10 @@ def parse_key(key: str) -> tuple[int, int]:
 class NodeRegistry:
     """Implements the links' LinkEvents and the job table's RunControl."""
 
-    def __init__(self, cfg, store: st.Store, jobs: JobTable, wake: threading.Event):
+    def __init__(self, cfg, store: st.Store, jobs: JobTable, wake: threading.Event,
+                 clock: Clock = SYSTEM):
         self.cfg = cfg
+        self.clock = clock
         self.store = store
         self.jobs = jobs
         self.lock = jobs.lock  # one lock: a node's state and its jobs change together
@@ -227,7 +229,7 @@ class NodeRegistry:
         if node is not None and node.down_since is None:
             # refused at the first connect (labqd restarted meanwhile): its runs must still
             # be requeued once the grace period has passed
-            node.down_since = time.monotonic()
+            node.down_since = self.clock.monotonic()
         self._set_node(link.name, state="refused", reason=why)
 
     def node_down(self, link: NodeLink, why: str) -> None:
@@ -237,7 +239,7 @@ class NodeRegistry:
         if node.state != "down" or node.reason != why:
             log.warning("node %s down: %s", link.name, why)
         if node.down_since is None:
-            node.down_since = time.monotonic()
+            node.down_since = self.clock.monotonic()
         self._set_node(link.name, state="down", reason=why)
 
     def _set_node(self, name: str, **fields: Any) -> None:
@@ -307,7 +309,7 @@ class NodeRegistry:
             node.cpus = link.cfg.cpus or hello.get("cpus", 1)
             node.memory_mb = link.cfg.memory_mb or hello.get("memory_mb", 0)
             node.gpus, node.gpu_source = gpus, source
-            node.last_seen = time.time()
+            node.last_seen = self.clock.time()
             node.down_since = None
             try:
                 self.store.save_gpus(link.name, gpus)
@@ -405,7 +407,7 @@ class NodeRegistry:
         elif "gpus" in node.stats:
             stats["gpus"] = node.stats["gpus"]
         node.stats = stats
-        node.last_seen = time.time()
+        node.last_seen = self.clock.time()
 
     def _current(self, link: NodeLink, key: str) -> dict | None:
         """The active job whose current run on this node `key` names, if any."""
@@ -454,7 +456,7 @@ class NodeRegistry:
                 return
             job_id = job["id"]
             code, sig, why = msg.get("code"), msg.get("signal"), msg.get("reason")
-            end = msg.get("end") or time.time()
+            end = msg.get("end") or self.clock.time()
             fields = dict(exit_code=code, signal=sig, end_time=end, when=end)
             if job_id in self.jobs.cancel_requests:
                 self.jobs.transition(job, S.CANCELLED, "labqd", self.jobs.cancel_requests[job_id],
@@ -481,20 +483,20 @@ class NodeRegistry:
         if cancelled:
             # cancelled while its node was unreachable: end it, never start it again
             self.jobs.transition(job, S.CANCELLED, "labqd", f"{cancelled} ({why})",
-                             end_time=time.time())
+                             end_time=self.clock.time())
         elif job["requeue"]:
             self.jobs.transition(job, S.PENDING, "labqd", f"requeued: {why}",
                              restarts=job["restarts"] + 1, node=None, gpu_indices=[],
-                             start_time=None, eligible_time=time.time())
+                             start_time=None, eligible_time=self.clock.time())
             self.jobs.logs.new_run(job["id"], job["restarts"], why)
         else:
-            self.jobs.transition(job, S.NODE_FAIL, "labqd", why, end_time=time.time())
+            self.jobs.transition(job, S.NODE_FAIL, "labqd", why, end_time=self.clock.time())
 
     def check_nodes(self) -> float | None:
         """Requeue the runs of nodes down longer than the grace period; return the seconds
         until the next such deadline (None if no node is down)."""
         grace = self.cfg.requeue_grace_s
-        now = time.monotonic()
+        now = self.clock.monotonic()
         nearest = None
         with self.lock:
             for node in self.nodes.values():
@@ -516,7 +518,7 @@ class NodeRegistry:
     # -- starting runs -----------------------------------------------------------------------
     def start_job(self, job: dict, node: str, gpus: tuple[int, ...]) -> None:
         self.jobs.transition(job, S.RUNNING, "labqd", None, node=node, gpu_indices=list(gpus),
-                         start_time=time.time(), exit_code=None, signal=None, end_time=None)
+                         start_time=self.clock.time(), exit_code=None, signal=None, end_time=None)
         self._launch(self.links[node], job)
 
     def launch_env(self, job: dict) -> dict[str, str]:
@@ -536,7 +538,7 @@ class NodeRegistry:
             # (in seconds with a fraction: truncating to whole seconds cut up to a second
             # off every limit, half of a 2 s one)
             remaining = max(1.0, round(job["time_limit_s"]
-                                       - (time.time() - job["start_time"]), 3))
+                                       - (self.clock.time() - job["start_time"]), 3))
         key = run_key(job)
 
         def reply(r: dict) -> None:
@@ -548,7 +550,7 @@ class NodeRegistry:
                     why = (f"{link.name} runs no job of {j['owner']}: {r.get('error')}"
                            if r.get("code") == "account" else
                            f"launch on {link.name} failed: {r.get('error')}")
-                    self.jobs.transition(j, S.FAILED, "labqd", why, end_time=time.time())
+                    self.jobs.transition(j, S.FAILED, "labqd", why, end_time=self.clock.time())
         link.request("launch", reply, job=key, argv=argv, env=self.launch_env(job),
                      cwd=job["cwd"], time_limit_s=remaining, grace_s=self.cfg.kill_grace_s,
                      user=job["owner"], uid=job["owner_uid"], memory_mb=job["memory_mb"],

@@ -12,6 +12,7 @@ import time
 from labq.states import JobState
 
 from . import policy
+from .clock import SYSTEM, Clock
 from .fairctl import FairShare
 from .jobtable import JobTable
 from .policy import GpuSlot, NodeView, Snapshot, estimate
@@ -60,8 +61,9 @@ def build_snapshot(table: JobTable, registry: NodeRegistry, fair: FairShare,
 
 class Scheduler:
     def __init__(self, jobs: JobTable, nodes: NodeRegistry, fair: FairShare,
-                 interval_s: float = 15.0):
+                 interval_s: float = 15.0, clock: Clock = SYSTEM):
         self.jobs, self.nodes, self.fair = jobs, nodes, fair
+        self.clock = clock
         self.interval_s = interval_s
         self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
         self.passes = 0
@@ -96,7 +98,7 @@ class Scheduler:
 
     def run_once(self) -> None:
         jobs = self.jobs
-        now = time.time()
+        now = self.clock.time()
         with jobs.lock:
             snap = build_snapshot(jobs, self.nodes, self.fair, now)
         # the policy runs without the lock: submits and reads go on meanwhile, and the plan
@@ -116,7 +118,7 @@ class Scheduler:
             for job_id, why in plan.cancels:
                 job = jobs.active.get(job_id)
                 if job is not None and job["state"] != RUNNING:
-                    jobs.transition(job, S.CANCELLED, "labqd", why, end_time=time.time())
+                    jobs.transition(job, S.CANCELLED, "labqd", why, end_time=self.clock.time())
             for start in plan.starts:
                 job = jobs.active.get(start.job)
                 node = self.nodes.nodes.get(start.node)
