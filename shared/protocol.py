@@ -265,7 +265,8 @@ class CancelRequest(Request, op=Op.CANCEL, reply=list[Job]):
 
 
 @dataclass(frozen=True)
-class HoldRequest(Request, op=Op.HOLD, reply=list[Job]):
+class _JobsByIdRequest(Request):
+    """A request that names jobs and nothing else."""
     ids: list[int]
 
     @classmethod
@@ -274,12 +275,13 @@ class HoldRequest(Request, op=Op.HOLD, reply=list[Job]):
 
 
 @dataclass(frozen=True)
-class ReleaseRequest(Request, op=Op.RELEASE, reply=list[Job]):
-    ids: list[int]
+class HoldRequest(_JobsByIdRequest, op=Op.HOLD, reply=list[Job]):
+    pass
 
-    @classmethod
-    def parse(cls, args: dict[str, Any]) -> Self:
-        return cls(ids=check_ids(args))
+
+@dataclass(frozen=True)
+class ReleaseRequest(_JobsByIdRequest, op=Op.RELEASE, reply=list[Job]):
+    pass
 
 
 @dataclass(frozen=True)
