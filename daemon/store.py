@@ -20,7 +20,7 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 from labq.errors import StorageError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
 
 db = pw.DatabaseProxy()
@@ -75,9 +75,15 @@ class Job(Base):
     node = pw.CharField(null=True)
     gpu_indices = JSONField(default=list)
     restarts = pw.IntegerField(default=0)
+    # the queue's change counter when the job last changed: what a poll asks for with
+    # changed_since (version 4)
+    seq = pw.IntegerField(null=True)
 
 
 _NO_ENV = [f for f in Job._meta.sorted_fields if f.name != "env"]
+# what labqd keeps in memory for an active job (labq.daemon.activejob.HOT)
+_HOT = [f for f in Job._meta.sorted_fields if f.name not in ("name", "command", "cwd", "env",
+                                                             "seq")]
 
 
 class JobEvent(Base):
@@ -163,8 +169,24 @@ def _migrate_3(database: pw.Database) -> None:
         database.execute_sql('UPDATE "job" SET "owner_uid" = ? WHERE "owner" = ?', (uid, owner))
 
 
+def _migrate_4(database: pw.Database) -> None:
+    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
+    if "seq" not in cols:
+        database.execute_sql('ALTER TABLE "job" ADD COLUMN "seq" INTEGER')
+    # jobs from before: changed in id order, all before anything new
+    database.execute_sql('UPDATE "job" SET "seq" = "id" WHERE "seq" IS NULL')
+    # a listing walks one of these in id order (SQLite appends the rowid, which is the id) and
+    # stops at its page: one user's jobs in a state, and every change since a poll
+    database.execute_sql('CREATE INDEX IF NOT EXISTS "job_owner_state" ON "job" ("owner", "state")')
+    database.execute_sql('CREATE INDEX IF NOT EXISTS "job_seq" ON "job" ("seq")')
+
+
 # version -> function bringing the schema from version-1 up to it; never edit a released one
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4}
+
+
+# (job id, changed fields, who, from state, to state, reason, when): one job's transition
+Transition = tuple[int, dict[str, Any], str, str, str, "str | None", float]
 
 
 class ForeignDatabase(Exception):
@@ -207,6 +229,9 @@ class Store:
         self._sql_cache: dict[tuple, str] = {}
         self._migrate()
         self.cluster_id = self._meta("cluster_id")
+        # the last change counter handed out; advanced inside each write
+        self.seq: int = self.db.execute_sql('SELECT MAX("seq") FROM "job"').fetchone()[0] or 0
+        self.committed_seq = self.seq  # the last one a reader can see
 
     # -- schema ----------------------------------------------------------------------------
     def _meta(self, key: str, default: str | None = None) -> str | None:
@@ -242,6 +267,8 @@ class Store:
             try:
                 with self.db.atomic():
                     yield
+                if self.db.transaction_depth() == 0:  # the outermost write: committed
+                    self.committed_seq = self.seq
             except (pw.OperationalError, sqlite3.OperationalError) as e:
                 # a COMMIT that fails on a full disk makes SQLite roll back by itself; peewee's
                 # ROLLBACK then fails with "no transaction is active", which hides the cause
@@ -278,30 +305,42 @@ class Store:
         self._insert(JobEvent, {"job": job, "time": when or time.time(), "who": who,
                                 "from_state": src, "to_state": dst, "reason": reason})
 
+    def _next_seq(self) -> int:
+        self.seq += 1  # called inside a write, under its lock
+        return self.seq
+
     def insert_job(self, fields: dict[str, Any], who: str) -> int:
         with self.write():
+            fields["seq"] = self._next_seq()
             job_id = self._insert(Job, fields)
             self.add_event(job_id, who, None, fields["state"], fields.get("reason"),
                            fields["submit_time"])
         return job_id
 
     def update_job(self, job_id: int, **fields: Any) -> None:
-        Job.update(**fields).where(Job.id == job_id).execute()
+        Job.update(**fields, seq=self._next_seq()).where(Job.id == job_id).execute()
 
     def record_transition(self, job_id: int, fields: dict[str, Any], who: str, src: str,
                           dst: str, reason: str | None, when: float) -> None:
         """A job's new state, its event row and its GPU allocation, in one transaction."""
+        self.record_transitions([(job_id, fields, who, src, dst, reason, when)])
+
+    def record_transitions(self, changes: list[Transition]) -> None:
+        """Many jobs' transitions (a scheduler pass's starts) in one transaction: one commit
+        instead of one per job, and none of them if any fails."""
         with self.write():
-            Job.update(**fields).where(Job.id == job_id).execute()
-            self.add_event(job_id, who, src, dst, reason, when)
-            Allocation.delete().where(Allocation.job == job_id).execute()
-            if dst == "RUNNING" and fields.get("gpu_indices"):
-                Allocation.insert_many([{"job": job_id, "node": fields["node"], "gpu_index": g}
-                                        for g in fields["gpu_indices"]]).execute()
+            for job_id, fields, who, src, dst, reason, when in changes:
+                Job.update(**fields, seq=self._next_seq()).where(Job.id == job_id).execute()
+                self.add_event(job_id, who, src, dst, reason, when)
+                Allocation.delete().where(Allocation.job == job_id).execute()
+                if dst == "RUNNING" and fields.get("gpu_indices"):
+                    Allocation.insert_many([{"job": job_id, "node": fields["node"],
+                                             "gpu_index": g}
+                                            for g in fields["gpu_indices"]]).execute()
 
     def record_priority(self, job_id: int, state: str, who: str, old: int, new: int) -> None:
         with self.write():
-            Job.update(priority=new).where(Job.id == job_id).execute()
+            Job.update(priority=new, seq=self._next_seq()).where(Job.id == job_id).execute()
             self.add_event(job_id, who, state, state, f"priority {old} -> {new}")
 
     def runs_since(self, since: float) -> list[dict[str, Any]]:
@@ -376,6 +415,48 @@ class Store:
         if limit:
             q = q.limit(limit)
         return list(q.dicts())
+
+    def active_rows(self, states: list[str]) -> list[dict[str, Any]]:
+        """Jobs in these states, oldest first, without the fields labqd leaves on disk."""
+        return list(Job.select(*_HOT).where(Job.state.in_(states)).order_by(Job.id).dicts())
+
+    def cold_fields(self, job_id: int) -> dict[str, Any]:
+        """What a launch needs besides what labqd keeps in memory."""
+        row = (Job.select(Job.name, Job.command, Job.cwd, Job.env).where(Job.id == job_id)
+               .dicts().first())
+        return row or {}
+
+    def job_page(self, *, states: list[str] | None = None, where: dict[str, Any] | None = None,
+                 after_id: int | None = None, changed_since: int | None = None,
+                 limit: int | None = None, newest_first: bool = False,
+                 with_env: bool = False) -> list[dict[str, Any]]:
+        """One page of a listing, read through an index in id order so that it costs what it
+        returns, not the size of the queue.
+
+        `where` holds column equality filters (owner, ...). With `after_id` the page is the
+        first `limit` jobs past it; with `changed_since`, the jobs changed since that change
+        counter, in the order they changed; else the oldest (or newest) `limit`."""
+        cols = Job._meta.sorted_fields if with_env else _NO_ENV
+        q = Job.select(*cols)
+        for name, value in (where or {}).items():
+            q = q.where(getattr(Job, name) == value)
+        if changed_since is not None:
+            q = q.where(Job.seq > changed_since).order_by(Job.seq)
+            if states:
+                q = q.where(Job.state.in_(states))
+            return list((q.limit(limit) if limit else q).dicts())
+        if after_id is not None:
+            q = q.where(Job.id > after_id)
+        q = q.order_by(Job.id.desc() if newest_first else Job.id)
+        if limit:
+            q = q.limit(limit)
+        if not states:
+            return list(q.dicts())
+        # one walk per state, each along its (state, id) index, merged: an IN over the states
+        # would make SQLite sort every matching row before it can stop at the page's end
+        rows = [r for s in states for r in q.where(Job.state == s).dicts()]
+        rows.sort(key=lambda r: r["id"], reverse=newest_first)
+        return rows[:limit] if limit else rows
 
     def events(self, job_id: int) -> list[dict[str, Any]]:
         return list(JobEvent.select().where(JobEvent.job == job_id)

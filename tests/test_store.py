@@ -113,10 +113,67 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
                         [st.Job._meta.fields[k].db_value(v) for k, v in fields.items()])
     old.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 3
+    assert s.schema_version == st.SCHEMA_VERSION == 4
     assert s.cluster_id == "abc" and s.job_row(1)["owner"] == "alice"
     # owners become uids where the account exists; a name nobody has now stays unowned
     assert s.job_row(1)["owner_uid"] is None and s.job_row(2)["owner_uid"] == 0
     assert s.db.table_exists("dynamic_node") and s.db.table_exists("group_setting")
+    # every old job counts as changed before anything new, so a first poll sees them all
+    assert [r["seq"] for r in s.job_page(changed_since=0)] == [1, 2] and s.seq == 2
     assert s.integrity_check() == "ok"
     s.close()
+
+
+def _queue(s):
+    """Jobs 1-12: alice and bob in turn, every third one RUNNING, job 12 COMPLETED."""
+    for i in range(1, 13):
+        s.insert_job(job_fields(owner="alice" if i % 2 else "bob",
+                                state="COMPLETED" if i == 12 else
+                                "RUNNING" if i % 3 == 0 else "PENDING"), "x")
+
+
+def test_pages_walk_the_queue_in_id_order_each_job_once(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    _queue(s)
+    seen, after = [], 0
+    while True:
+        page = s.job_page(states=["PENDING", "RUNNING"], after_id=after, limit=4)
+        seen += [r["id"] for r in page]
+        if len(page) < 4:
+            break
+        after = page[-1]["id"]
+    assert seen == list(range(1, 12))  # the last page ends exactly at a boundary: 11 = 4+4+3
+    assert [r["id"] for r in s.job_page(after_id=8, limit=100)] == [9, 10, 11, 12]
+    assert s.job_page(after_id=12, limit=5) == []
+    # without a cursor a limit keeps the newest
+    assert [r["id"] for r in s.job_page(limit=3, newest_first=True)] == [12, 11, 10]
+
+
+def test_pages_filter_by_state_and_owner_and_never_carry_the_environment(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    _queue(s)
+    bob_running = s.job_page(states=["RUNNING"], where={"owner": "bob"}, after_id=0)
+    assert [r["id"] for r in bob_running] == [6]
+    assert [r["id"] for r in s.job_page(states=["COMPLETED", "PENDING"], after_id=9,
+                                        limit=2)] == [10, 11]
+    assert all("env" not in r for r in s.job_page(after_id=0))
+    assert s.job_page(after_id=0, limit=1, with_env=True)[0]["env"] == {}
+
+
+def test_changes_come_in_the_order_they_were_made(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    _queue(s)
+    mark = s.committed_seq
+    assert s.job_page(changed_since=mark) == []
+    s.record_transitions([(5, {"state": "HELD"}, "alice", "PENDING", "HELD", None, 1.0),
+                          (2, {"state": "HELD"}, "bob", "PENDING", "HELD", None, 1.0)])
+    s.record_priority(7, "PENDING", "alice", 5, 9)
+    changed = s.job_page(changed_since=mark)
+    assert [r["id"] for r in changed] == [5, 2, 7] and s.committed_seq == changed[-1]["seq"]
+    assert [r["id"] for r in s.job_page(changed_since=mark, where={"owner": "bob"})] == [2]
+    # one pass's transitions are one transaction: a bad one leaves the others unwritten
+    with pytest.raises(Exception):
+        s.record_transitions([(1, {"state": "HELD"}, "x", "PENDING", "HELD", None, 1.0),
+                              (3, {"no_such_column": 1}, "x", "RUNNING", "FAILED", None, 1.0)])
+    assert s.job_row(1)["state"] == "PENDING" and len(s.events(1)) == 1
+    assert s.job_page(changed_since=changed[-1]["seq"]) == []
