@@ -49,7 +49,8 @@ from .registry import NodeRegistry
 # -- session ----------------------------------------------------------------------------------
 def ping(core: Core, caller: Caller, req: PingRequest) -> PingReply:
     # the cluster id tells a client that a restarted labqd is still the same queue
-    return {"time": time.time(), "pid": os.getpid(), "cluster": core.store.cluster_id}
+    return {"time": time.time(), "pid": os.getpid(), "cluster": core.store.cluster_id,
+            "seq": core.store.committed_seq}
 
 
 def whoami(core: Core, caller: Caller, req: WhoamiRequest) -> WhoamiReply:
@@ -67,7 +68,8 @@ def job(core: Core, caller: Caller, req: JobRequest) -> dict:
 
 
 def jobs(core: Core, caller: Caller, req: JobsRequest) -> list[dict]:
-    return core.jobs.list_jobs(caller, states=req.states, user=req.user, limit=req.limit,
+    return core.jobs.list_jobs(caller, states=req.states, where=req.filters(), limit=req.limit,
+                               after_id=req.after_id, changed_since=req.changed_since,
                                include_ended=req.include_ended, with_env=req.with_env)
 
 

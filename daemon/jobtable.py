@@ -1,7 +1,9 @@
 """The job table: the active jobs, the lock that guards them, and the rules that change them.
 
-Active jobs (PENDING, HELD, RUNNING) live in memory as dict rows mirroring the store; every
-change goes through `transition`, one store transaction that also writes the event row.
+Active jobs (PENDING, HELD, RUNNING) live in memory as ActiveJob rows holding the fields that
+scheduling reads; the rest (environment, command) stays in the store, which is also what
+listings read, a page at a time. Every change goes through `transition` (or, for a scheduler
+pass, `transition_many`): one store transaction that also writes the event rows.
 Request handlers, the node registry and the scheduler call in here; nothing here knows about
 RPyC or about how a node is reached (a running job is stopped through `RunControl`).
 """
@@ -18,6 +20,7 @@ from labq.spec import parse_dependency, validate_submit
 from labq.states import FINAL, JobState, allowed
 
 from . import store as st
+from .activejob import ActiveJob
 from .clock import SYSTEM, Clock
 from .config import Config
 from .identity import Caller
@@ -30,6 +33,8 @@ from .views import dep_ids, job_view
 log = logging.getLogger("labqd")
 S = JobState
 WAITING = (S.PENDING, S.HELD)
+ACTIVE_STATES = [s.value for s in (S.PENDING, S.HELD, S.RUNNING)]
+FINAL_STATES = {s.value for s in FINAL}
 # a user's PENDING and HELD jobs at most, unless limits.user_max_pending says otherwise: a
 # runaway submit loop fills the queue, not labqd's memory
 DEFAULT_USER_MAX_PENDING = 10_000
@@ -41,7 +46,11 @@ CHUNK = 256
 class RunControl(Protocol):
     """How the job table stops a running job: the node registry asks the job's node."""
 
-    def cancel_run(self, job: dict) -> None: ...
+    def cancel_run(self, job: ActiveJob) -> None: ...
+
+
+# one job's change for transition_many: the job, its new state, who, why, fields to set
+Change = tuple[ActiveJob, JobState, str, "str | None", dict[str, Any]]
 
 
 class JobTable:
@@ -56,8 +65,8 @@ class JobTable:
         self.logs = logs
         self.runs: RunControl | None = None  # set once the node registry exists
         self.stopping = False
-        self.active: dict[int, dict] = {r["id"]: r for r in store.job_rows(
-            states=[s.value for s in (S.PENDING, S.HELD, S.RUNNING)], newest_first=False)}
+        self.active: dict[int, ActiveJob] = {r["id"]: ActiveJob(r)
+                                             for r in store.active_rows(ACTIVE_STATES)}
         self.ended_states: dict[int, str] = {}  # cache for dependency checks
         self.cancel_requests: dict[int, str] = {}  # running job -> who asked
         # the latest plan's figures: job -> computed priority, job -> expected start
@@ -84,15 +93,31 @@ class JobTable:
         self.estimates = {k: v for k, v in estimates.items() if k in self.active}
 
     # -- transitions -----------------------------------------------------------------------
-    def transition(self, job: dict, dst: JobState, who: str, reason: str | None,
-                    **fields: Any) -> None:
-        src = JobState(job["state"])
-        if not allowed(src, dst):
-            raise InvalidState(f"job {job['id']} is {src.value}; it cannot become {dst.value}",
-                               {"id": job["id"], "state": src.value})
-        now = fields.pop("when", None) or self.clock.time()
-        fields.update(state=dst.value, reason=reason)
-        self.store.record_transition(job["id"], fields, who, src.value, dst.value, reason, now)
+    def transition(self, job: ActiveJob, dst: JobState, who: str, reason: str | None,
+                   **fields: Any) -> None:
+        self.transition_many([(job, dst, who, reason, fields)])
+
+    def transition_many(self, changes: list[Change]) -> None:
+        """Several jobs' transitions, written in one store transaction and then applied in
+        memory; if any is not allowed or the write fails, none happens."""
+        rows: list[st.Transition] = []
+        for job, dst, who, reason, fields in changes:
+            src = JobState(job["state"])
+            if not allowed(src, dst):
+                raise InvalidState(f"job {job['id']} is {src.value}; it cannot become "
+                                   f"{dst.value}", {"id": job["id"], "state": src.value})
+            now = fields.pop("when", None) or self.clock.time()
+            fields.update(state=dst.value, reason=reason)
+            rows.append((job["id"], fields, who, src.value, dst.value, reason, now))
+        self.store.record_transitions(rows)
+        for (job, dst, _who, _reason, fields), row in zip(changes, rows, strict=True):
+            self._applied(job, JobState(row[3]), dst, fields, row[6])
+        self.wake.set()
+        self.changed.notify_all()
+
+    def _applied(self, job: ActiveJob, src: JobState, dst: JobState, fields: dict[str, Any],
+                 now: float) -> None:
+        """The in-memory side of a transition the store has recorded."""
         if src == S.RUNNING and job["start_time"]:
             self.ended_runs.append(Run(job["group"], job["owner"], len(job["gpu_indices"]),
                                        job["cpus"], job["start_time"], now))
@@ -112,8 +137,6 @@ class JobTable:
             self.cancel_requests.pop(job["id"], None)
             self.ended_states[job["id"]] = dst.value
             self.logs.notify()
-        self.wake.set()
-        self.changed.notify_all()
 
     # -- jobs: requests --------------------------------------------------------------------
     def submit(self, caller: Caller, raw: Any) -> dict:
@@ -145,7 +168,7 @@ class JobTable:
             row["id"] = self.store.insert_job(row, caller.user)
             for key in ("exit_code", "signal", "start_time", "end_time", "node"):
                 row.setdefault(key, None)
-            self.active[row["id"]] = row
+            self.active[row["id"]] = ActiveJob(row)
             self.waiting[caller.uid] += 1
             self.views[row["id"]] = job_view(row)
             if deps:
@@ -183,24 +206,23 @@ class JobTable:
     def job_row(self, job_id: Any) -> dict:
         if type(job_id) is not int:
             raise ValidationError("id: must be an integer", {"field": "id"})
-        with self.lock:
-            job = self.active.get(job_id)
-            if job is not None:
-                return self._with_plan(job)
+        # the store has every field and is written before memory changes, under the lock
         row = self.store.job_row(job_id)
         if row is None:
             raise NotFound(f"no job {job_id}", {"id": job_id})
-        return row
+        return self._with_plan(row)
 
     def running_views(self) -> list[JobView]:
         return [self.views[i] for i in self.running]
 
-    def _with_plan(self, job: dict) -> dict:
-        out = dict(job, priority_score=self.priorities.get(job["id"]),
-                   estimated_start=self.estimates.get(job["id"]))
-        if job["state"] != S.RUNNING.value:
-            out["reason"] = self.reasons.get(job["id"], job["reason"])
-        return out
+    def _with_plan(self, row: dict) -> dict:
+        """A stored row with the latest plan's figures, if the job is active."""
+        job_id, active = row["id"], row["state"] in ACTIVE_STATES
+        row["priority_score"] = self.priorities.get(job_id) if active else None
+        row["estimated_start"] = self.estimates.get(job_id) if active else None
+        if active and row["state"] != S.RUNNING.value:
+            row["reason"] = self.reasons.get(job_id, row["reason"])
+        return row
 
     def view(self, caller: Caller, row: dict) -> dict:
         out = {k: v for k, v in row.items()}
@@ -210,31 +232,33 @@ class JobTable:
         out.setdefault("estimated_start", None)
         return out
 
-    def list_jobs(self, caller: Caller, states=None, user=None, limit=None,
-             include_ended=True, with_env=False) -> list[dict]:
-        want = set(states or [])
-        rows = []
+    def list_jobs(self, caller: Caller, states: list[str] | None = None,
+                  where: dict[str, Any] | None = None, limit: int | None = None,
+                  after_id: int | None = None, changed_since: int | None = None,
+                  include_ended: bool = True, with_env: bool = False) -> list[dict]:
+        """One page: past `after_id` oldest first, changed since `changed_since` in the order
+        of change, or else the newest `limit` (oldest first)."""
+        want = list(states or [])
+        if not include_ended:
+            want = [s for s in (want or ACTIVE_STATES) if s not in FINAL_STATES]
+            if not want:
+                return []
+        newest = after_id is None and changed_since is None and limit is not None
+        rows = self.store.job_page(states=want or None, where=where, after_id=after_id,
+                                   changed_since=changed_since, limit=limit,
+                                   newest_first=newest, with_env=with_env)
+        if newest:
+            rows.reverse()
         with self.lock:
-            # active jobs are kept in id order: with a limit, walk from the newest and stop
-            for j in reversed(self.active.values()):
-                if (not want or j["state"] in want) and (not user or j["owner"] == user):
-                    rows.append(self._with_plan(j))
-                    if limit and len(rows) >= limit:
-                        break
-        if include_ended and (not want or want & {s.value for s in FINAL}):
-            ended = self.store.job_rows(states=sorted(want & {s.value for s in FINAL}) or
-                                        [s.value for s in FINAL], owner=user, limit=limit,
-                                        with_env=with_env)
-            rows += ended
-        rows.sort(key=lambda r: r["id"])
-        if limit:
-            rows = rows[-limit:]
-        out = [self.view(caller, r) for r in rows]
-        if not with_env:  # a listing stays small; `job` gives the environment
-            for r in out:
+            out = [self.view(caller, self._with_plan(r)) for r in rows]
+        for r in out:
+            # a listing shows the queue, not what others run or with which secrets; `job`
+            # gives the owner the environment
+            if not with_env:
                 r["env"] = None
+            if not caller.may_touch(r):
+                r.update(command=[], cwd="", env=None)
         return out
-
     def cancel(self, caller: Caller, ids: list[int], reason: str | None) -> list[dict]:
         rows = self._owned_many(caller, ids)  # check all before changing any
         why = f"cancelled by {caller.user}" + (f": {reason}" if reason else "")
@@ -260,18 +284,17 @@ class JobTable:
         return [self.view(caller, r) for r in self._rows([r["id"] for r in rows])]
 
     def _rows(self, ids: list[int]) -> list[dict]:
-        """Many jobs at once: active ones from memory, the rest in one query."""
-        with self.lock:
-            found = {i: self._with_plan(self.active[i]) for i in ids if i in self.active}
-        rest = [i for i in ids if i not in found]
-        for chunk in range(0, len(rest), 900):  # SQLite's bound on variables per statement
-            for row in self.store.job_rows(ids=rest[chunk:chunk + 900], with_env=False):
+        """Many jobs at once, in one query per 900 (SQLite's bound on variables)."""
+        found = {}
+        for chunk in range(0, len(ids), 900):
+            for row in self.store.job_rows(ids=ids[chunk:chunk + 900], with_env=False):
                 found[row["id"]] = row
         missing = [i for i in ids if i not in found]
         if missing:
             raise NotFound(f"no job {', '.join(map(str, missing[:10]))}"
                            + (" …" if len(missing) > 10 else ""), {"id": missing[0]})
-        return [found[i] for i in ids]
+        with self.lock:
+            return [self._with_plan(found[i]) for i in ids]
 
     def _owned_many(self, caller: Caller, ids: list[int]) -> list[dict]:
         rows = self._rows(ids)

@@ -517,9 +517,16 @@ class NodeRegistry:
 
     # -- starting runs -----------------------------------------------------------------------
     def start_job(self, job: dict, node: str, gpus: tuple[int, ...]) -> None:
-        self.jobs.transition(job, S.RUNNING, "labqd", None, node=node, gpu_indices=list(gpus),
-                         start_time=self.clock.time(), exit_code=None, signal=None, end_time=None)
-        self._launch(self.links[node], job)
+        self.jobs.transition(job, S.RUNNING, "labqd", None, **self.start_fields(node, gpus))
+        self.launch(job)
+
+    def start_fields(self, node: str, gpus: tuple[int, ...]) -> dict:
+        """What a start sets; the scheduler records a pass's starts together, then launches."""
+        return dict(node=node, gpu_indices=list(gpus), start_time=self.clock.time(),
+                    exit_code=None, signal=None, end_time=None)
+
+    def launch(self, job: dict) -> None:
+        self._launch(self.links[job["node"]], job)
 
     def launch_env(self, job: dict) -> dict[str, str]:
         env = dict(job["env"] or {})
@@ -530,6 +537,8 @@ class NodeRegistry:
         return env
 
     def _launch(self, link: NodeLink, job: dict) -> None:
+        # labqd keeps a job's command and environment on disk only (labq.daemon.activejob)
+        job = dict(job, **self.store.cold_fields(job["id"]))
         cmd = job["command"]
         argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         remaining = None

@@ -12,9 +12,10 @@ import time
 from labq.states import JobState
 
 from . import policy
+from .activejob import ActiveJob
 from .clock import SYSTEM, Clock
 from .fairctl import FairShare
-from .jobtable import JobTable
+from .jobtable import Change, JobTable
 from .policy import GpuSlot, NodeView, Snapshot, estimate
 from .policy.fairshare import Run
 from .registry import NodeRegistry
@@ -115,18 +116,35 @@ class Scheduler:
             self.expected = {}
         self.expected.update(plan.estimates)  # the reservation itself is the plan's word
         with jobs.lock:
-            for job_id, why in plan.cancels:
-                job = jobs.active.get(job_id)
-                if job is not None and job["state"] != RUNNING:
-                    jobs.transition(job, S.CANCELLED, "labqd", why, end_time=self.clock.time())
-            for start in plan.starts:
-                job = jobs.active.get(start.job)
-                node = self.nodes.nodes.get(start.node)
-                if (job is None or job["state"] != PENDING or node is None
-                        or node.state != "up" or node.drained):
-                    continue
-                self.nodes.start_job(job, start.node, start.gpus)
+            self._apply(plan)
             # pending reasons and priorities are read from the latest plan when shown; they
             # are stored with a job only when it changes state
             jobs.set_plan(plan.reasons, plan.priorities, self.expected)
             self.passes += 1
+
+    def _apply(self, plan: policy.Plan) -> None:
+        """The plan's cancels and starts, as one store transaction; then the launches, once
+        the starts are on disk (called with the job lock held)."""
+        jobs = self.jobs
+        changes: list[Change] = []
+        seen: set[int] = set()  # one change per job, or the second would be checked stale
+        for job_id, why in plan.cancels:
+            job = jobs.active.get(job_id)
+            if job is not None and job["state"] != RUNNING and job_id not in seen:
+                seen.add(job_id)
+                changes.append((job, S.CANCELLED, "labqd", why, {"end_time": self.clock.time()}))
+        started: list[ActiveJob] = []
+        for start in plan.starts:
+            job = jobs.active.get(start.job)
+            node = self.nodes.nodes.get(start.node)
+            if (job is None or job["state"] != PENDING or node is None
+                    or node.state != "up" or node.drained or start.job in seen):
+                continue
+            seen.add(start.job)
+            changes.append((job, S.RUNNING, "labqd", None,
+                            self.nodes.start_fields(start.node, start.gpus)))
+            started.append(job)
+        if changes:
+            jobs.transition_many(changes)
+        for job in started:
+            self.nodes.launch(job)

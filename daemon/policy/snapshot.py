@@ -35,7 +35,7 @@ class Dependency:
     job: int
 
 
-@dataclass
+@dataclass(slots=True)  # one per active job: 100k of them must stay small
 class JobView:
     id: int
     owner: str

@@ -1,0 +1,62 @@
+"""An active job as labqd keeps it in memory: the fields scheduling and the hot paths read.
+
+The environment, the command, the working directory and the name stay in the database and are
+read when a job is shown or launched (`COLD`): with the exported environment they are most of
+a job's bytes, and a queue of 100k held jobs must not hold them all. Slots instead of a dict
+keep each job a few hundred bytes; the mapping methods let the rest of the daemon read it as
+the row it mirrors.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+HOT = ("id", "owner", "owner_uid", "group", "gpus", "gpu_type", "gpu_memory_mb", "cpus",
+       "memory_mb", "time_limit_s", "priority", "dependencies", "partition", "requeue",
+       "state", "exit_code", "signal", "reason", "submit_time", "eligible_time", "start_time",
+       "end_time", "node", "gpu_indices", "restarts")
+COLD = ("name", "command", "cwd", "env")
+# repeated in every job: one string object each, not one per job
+_SHARED = ("owner", "group", "partition", "state", "node", "gpu_type")
+
+
+class ActiveJob:
+    __slots__ = HOT
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        for k in HOT:
+            v = row.get(k)
+            if k in _SHARED and type(v) is str:
+                v = sys.intern(v)
+            object.__setattr__(self, k, v)
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in _SHARED and type(value) is str:
+            value = sys.intern(value)
+        setattr(self, key, value)  # AttributeError for a cold field: it is never kept here
+
+    def __contains__(self, key: object) -> bool:
+        return key in HOT
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default) if key in HOT else default
+
+    def update(self, fields: dict[str, Any]) -> None:
+        for k, v in fields.items():
+            self[k] = v
+
+    def keys(self) -> tuple[str, ...]:
+        return HOT
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(HOT)
+
+    def dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in HOT}
