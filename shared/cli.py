@@ -8,7 +8,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import connect
@@ -51,11 +51,16 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def _table(rows: list[list[Any]], header: list[str]) -> None:
+def _table(rows: list[list[Any]], header: list[str],
+           at_least: list[int] | None = None) -> list[int]:
+    """Print rows under a header (none if empty); return the column widths used."""
     rows = [[printable(c) for c in row] for row in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for row in [header, *rows]:
+    lines = [header, *rows] if header else rows
+    widths = [max(len(str(x)) for x in col) for col in zip(*lines)]
+    widths = [max(w, m) for w, m in zip(widths, at_least or widths)]
+    for row in lines:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    return widths
 
 
 def _ids(text_ids: list[str]) -> list[int]:
@@ -124,22 +129,44 @@ def cmd_submit(q: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+LS_HEADER = ["ID", "NAME", "USER", "GROUP", "STATE", "GPUS", "NODE", "PRIO", "REASON/TIME"]
+LS_PAGE = 500  # jobs per request: the first page shows at once however long the queue
+
+
 def cmd_ls(q: Client, a: argparse.Namespace) -> int:
     states = [s.upper() for s in a.state.split(",")] if a.state else None
     user = a.user or (q.whoami()["user"] if a.mine else None)
-    jobs = q.jobs(states=states, user=user, include_ended=a.all or bool(states),
-                  limit=a.limit)
+    pages = _ls_pages(q.iter_jobs(page=min(LS_PAGE, a.limit or LS_PAGE), states=states,
+                                  user=user, include_ended=a.all or bool(states)), a.limit)
     if a.json:
-        _print_json([_job_json(j) for j in jobs])
+        _print_json([_job_json(j) for page in pages for j in page])
         return 0
-    now = time.time()
-    rows = [[j.id, j.name[:24], j.owner, j.group, j.state.value,
-             j.gpus if not j.gpu_type else f"{j.gpus}:{j.gpu_type}", j.node or "-",
-             f"{j.priority_score:.0f}" if j.priority_score is not None else j.priority,
-             _status_text(j, now)] for j in jobs]
-    _table(rows, ["ID", "NAME", "USER", "GROUP", "STATE", "GPUS", "NODE", "PRIO",
-                  "REASON/TIME"])
+    widths: list[int] = []
+    for page in pages:
+        now = time.time()
+        rows = [[j.id, j.name[:24], j.owner, j.group, j.state.value,
+                 j.gpus if not j.gpu_type else f"{j.gpus}:{j.gpu_type}", j.node or "-",
+                 f"{j.priority_score:.0f}" if j.priority_score is not None else j.priority,
+                 _status_text(j, now)] for j in page]
+        # each page is printed as it comes, its columns at least as wide as the last page's
+        widths = _table(rows, [] if widths else LS_HEADER, widths)
+        sys.stdout.flush()
+    if not widths:
+        _table([], LS_HEADER)
     return 0
+
+
+def _ls_pages(pages: Iterator[list[Job]], limit: int | None) -> Iterator[list[Job]]:
+    """Pages until `limit` jobs (the first ones of the queue) have been shown."""
+    left = limit
+    for page in pages:
+        if left is not None:
+            page = page[:left]
+            left -= len(page)
+        if page:
+            yield page
+        if left == 0:
+            return
 
 
 def cmd_show(q: Client, a: argparse.Namespace) -> int:
@@ -434,11 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER)
 
     p = add("ls", cmd_ls, "list jobs (active ones; --all adds ended jobs)")
-    p.add_argument("--all", "-a", action="store_true")
+    p.add_argument("--all", "-a", action="store_true",
+                   help="every job, ended ones too, streamed a page at a time")
     p.add_argument("--mine", "-m", action="store_true")
     p.add_argument("--user", "-u")
     p.add_argument("--state", "-s", help="comma-separated states, e.g. running,pending")
-    p.add_argument("--limit", "-n", type=_positive_int(1, 1 << 30))
+    p.add_argument("--limit", "-n", type=_positive_int(1, 1 << 30),
+                   help="show the first N jobs of the queue")
 
     p = add("show", cmd_show, "show one job")
     p.add_argument("id")

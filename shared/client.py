@@ -249,12 +249,30 @@ class Client:
 
     @sends(Op.JOBS)
     def jobs(self, *, states: list[str] | None = None, user: str | None = None,
-             limit: int | None = None, include_ended: bool = True,
+             limit: int | None = None, after_id: int | None = None,
+             changed_since: int | None = None, include_ended: bool = True,
              with_env: bool = False) -> list[Job]:
-        """Jobs, oldest first; `env` is only filled with with_env=True (yours only)."""
+        """One page of jobs, oldest first: past `after_id` when given, else the newest
+        `limit` (all without one). `changed_since=seq` gives the jobs changed after that
+        Job.seq instead, in the order they changed. `env` is only filled with with_env=True
+        (yours only); another user's command and environment are never listed."""
         return cast(list[Job], self.request(JobsRequest(
-            states=states, user=user, limit=limit, include_ended=include_ended,
-            with_env=with_env)))
+            states=states, user=user, limit=limit, after_id=after_id,
+            changed_since=changed_since, include_ended=include_ended, with_env=with_env)))
+
+    def iter_jobs(self, *, page: int = 500, states: list[str] | None = None,
+                  user: str | None = None, include_ended: bool = True) -> Iterator[list[Job]]:
+        """Every job, oldest first, a page at a time: each job exactly once, also while jobs
+        are being submitted (they come last)."""
+        after = 0
+        while True:
+            jobs = self.jobs(states=states, user=user, limit=page, after_id=after,
+                             include_ended=include_ended)
+            if jobs:
+                yield jobs
+            if len(jobs) < page:
+                return
+            after = jobs[-1].id
 
     @sends(Op.EVENTS)
     def events(self, job_id: int) -> list[Event]:

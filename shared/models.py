@@ -28,7 +28,7 @@ class Job:
     owner: str
     group: str
     name: str
-    command: list[str] | str
+    command: list[str] | str  # empty in a listing of another user's job
     state: JobState
     cwd: str = ""
     env: dict[str, str] | None = None  # only the owner and admins see it
@@ -53,6 +53,8 @@ class Job:
     restarts: int = 0
     priority_score: float | None = None
     estimated_start: float | None = None
+    # the queue's change counter when this job last changed: `jobs(changed_since=...)`
+    seq: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:

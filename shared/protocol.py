@@ -82,6 +82,7 @@ class PingReply(TypedDict):
     time: float
     pid: int
     cluster: str
+    seq: int  # the queue's change counter: what `jobs(changed_since=...)` counts from
 
 
 class WhoamiReply(TypedDict):
@@ -231,11 +232,19 @@ class EventsRequest(Request, op=Op.EVENTS, reply=list[Event]):
 
 @dataclass(frozen=True)
 class JobsRequest(Request, op=Op.JOBS, reply=list[Job]):
+    """One page of jobs. With `after_id`: the first `limit` past that id, oldest first (pass
+    the last id of a page to get the next). With `changed_since`: the jobs that changed after
+    that change counter (a Job's `seq`), in the order they changed. With neither: the newest
+    `limit`, oldest first. Filters narrow any of them; each is one field here, listed in
+    FILTERS with the column it matches."""
     states: list[str] | None = None  # any state when None
     user: str | None = None
-    limit: int | None = None  # the newest this many
+    limit: int | None = None
+    after_id: int | None = None
+    changed_since: int | None = None
     include_ended: bool = True
     with_env: bool = False  # `env` is otherwise left out of a listing
+    FILTERS: ClassVar[dict[str, str]] = {"user": "owner"}  # field -> the job's column
 
     @classmethod
     def parse(cls, args: dict[str, Any]) -> Self:
@@ -245,13 +254,24 @@ class JobsRequest(Request, op=Op.JOBS, reply=list[Job]):
                     type(s) is not str or s.upper() not in _STATES for s in states):
                 raise arg_error("states", "must be a list of state names: "
                                 + ", ".join(_STATES))
-            states = [s.upper() for s in states]
-        limit = args.get("limit")
-        if limit is not None and (type(limit) is not int or not 1 <= limit <= MAX_INT):
-            raise arg_error("limit", "must be a positive integer")
+            states = list(dict.fromkeys(s.upper() for s in states))
+        counts = {}
+        for key, lo in (("limit", 1), ("after_id", 0), ("changed_since", 0)):
+            v = args.get(key)
+            if v is not None and (type(v) is not int or not lo <= v <= MAX_INT):
+                raise arg_error(key, "must be a positive integer" if lo else
+                                "must be an integer of 0 or more")
+            counts[key] = v
+        if counts["after_id"] is not None and counts["changed_since"] is not None:
+            raise arg_error("after_id", "give after_id or changed_since, not both")
         return cls(states=states or None, user=check_text(args, "user", MAX_IDENT),
-                   limit=limit, include_ended=check_flag(args, "include_ended", True),
-                   with_env=check_flag(args, "with_env", False))
+                   include_ended=check_flag(args, "include_ended", True),
+                   with_env=check_flag(args, "with_env", False), **counts)
+
+    def filters(self) -> dict[str, Any]:
+        """The filters given, by the column each matches."""
+        return {col: getattr(self, f) for f, col in self.FILTERS.items()
+                if getattr(self, f) is not None}
 
 
 @dataclass(frozen=True)
