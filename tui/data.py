@@ -22,6 +22,7 @@ BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 2.0
 # ended jobs shown below the active ones; the full history is a `labq ls --all` away
 RECENT_ENDED = 200
+SWEEP_PAGE = 500  # jobs per request once the first poll has read the queue
 USAGE_EVERY_S = 15.0
 
 
@@ -84,6 +85,7 @@ class Poller:
         self.stop = threading.Event()
         self._client: labq.Client | None = None
         self._me: dict[str, Any] | None = None
+        self._view = QueueView()
         self._connected: bool | None = None
         self._next_usage = 0.0
 
@@ -112,9 +114,9 @@ class Poller:
         q = self._client
         if self._me is None:
             self._me = q.whoami()
+            self._view = QueueView()
         # everyone's jobs: "mine" is a view over them, so toggling it needs no round trip
-        jobs = q.jobs(include_ended=False)
-        jobs += q.jobs(states=[s.value for s in FINAL], limit=RECENT_ENDED)
+        jobs = self._view.poll(q)
         nodes = q.nodes()
         if self._connected is not True:
             self._connected = True
@@ -138,6 +140,53 @@ class Poller:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class QueueView:
+    """The jobs the queue screen shows, kept current at the cost of what changed.
+
+    The first poll reads the active jobs a page at a time and the latest ended ones; each poll
+    after that asks only for the jobs changed since the last one (`changed_since`), plus one
+    page of the active queue in turn, so that pending reasons and priorities, which change
+    with every plan and not with the job, stay fresh without reading the whole queue."""
+
+    def __init__(self) -> None:
+        self.active: dict[int, Job] = {}
+        self.ended: dict[int, Job] = {}
+        self.seq: int | None = None  # the daemon's change counter as of the last poll
+        self.sweep_after = 0  # where the next page of the refresh starts
+
+    def poll(self, q: labq.Client) -> list[Job]:
+        if self.seq is None:
+            # read the counter first: what changes while the pages are read comes next poll
+            self.seq = q.ping()["seq"]
+            for page in q.iter_jobs(include_ended=False):
+                self._take(page)
+            self._take(q.jobs(states=[s.value for s in FINAL], limit=RECENT_ENDED))
+        else:
+            while True:
+                changed = q.jobs(changed_since=self.seq, limit=SWEEP_PAGE)
+                self._take(changed)
+                if changed:
+                    self.seq = max(self.seq, *(j.seq or 0 for j in changed))
+                if len(changed) < SWEEP_PAGE:
+                    break
+            page = q.jobs(include_ended=False, after_id=self.sweep_after, limit=SWEEP_PAGE)
+            self._take(page)
+            self.sweep_after = page[-1].id if len(page) == SWEEP_PAGE else 0
+        return sorted(self.active.values(), key=lambda j: j.id) + sorted(
+            self.ended.values(), key=lambda j: j.id)
+
+    def _take(self, jobs: list[Job]) -> None:
+        for j in jobs:
+            if j.finished:
+                self.active.pop(j.id, None)
+                self.ended[j.id] = j
+            else:
+                self.active[j.id] = j
+        if len(self.ended) > RECENT_ENDED:
+            for old in sorted(self.ended)[:len(self.ended) - RECENT_ENDED]:
+                del self.ended[old]
 
 
 def fetch_usage(q: labq.Client, days: int = 14) -> Usage:
