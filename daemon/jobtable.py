@@ -76,9 +76,14 @@ class JobTable:
         self.dep_edges: dict[int, list[int]] = {i: dep_ids(j) for i, j in self.active.items()
                                                 if j["dependencies"]}
         self.reasons: dict[int, str] = {}  # the latest plan's pending reasons
-        # the scheduler's view of every active job, kept current on each change, and the ids
-        # of running ones, so a scheduler pass does not walk the whole queue in Python
-        self.views: dict[int, JobView] = {i: job_view(j) for i, j in self.active.items()}
+        # the scheduler's view of every pending and running job, kept current on each change,
+        # and the ids of running ones, so a scheduler pass does not walk the whole queue in
+        # Python. Held jobs' views are kept apart: a pass looks only at those that dependencies
+        # tie to the others, so 100k held jobs cost a pass nothing
+        self.views: dict[int, JobView] = {}
+        self.held: dict[int, JobView] = {}
+        for j in self.active.values():
+            self._set_view(j)
         self.plan_memo = PlanMemo()  # lets the policy keep its grouping between passes
         self.running: set[int] = {i for i, j in self.active.items()
                                   if j["state"] == S.RUNNING.value}
@@ -127,10 +132,7 @@ class JobTable:
         self.running.discard(job["id"])
         if dst == S.RUNNING:
             self.running.add(job["id"])
-        if dst in FINAL:
-            self.views.pop(job["id"], None)
-        else:
-            self.views[job["id"]] = job_view(job)
+        self._set_view(job)
         if dst in FINAL:
             self.active.pop(job["id"], None)
             self.dep_edges.pop(job["id"], None)
@@ -170,7 +172,7 @@ class JobTable:
                 row.setdefault(key, None)
             self.active[row["id"]] = ActiveJob(row)
             self.waiting[caller.uid] += 1
-            self.views[row["id"]] = job_view(row)
+            self._set_view(self.active[row["id"]])
             if deps:
                 self.dep_edges[row["id"]] = deps
         if not hold:  # a held job changes no one's plan until it is released
@@ -212,6 +214,20 @@ class JobTable:
             raise NotFound(f"no job {job_id}", {"id": job_id})
         return self._with_plan(row)
 
+    def _set_view(self, job: ActiveJob) -> None:
+        self.views.pop(job["id"], None)
+        self.held.pop(job["id"], None)
+        if job["state"] == S.HELD.value:
+            self.held[job["id"]] = job_view(job)
+        elif job["state"] in ACTIVE_STATES:
+            self.views[job["id"]] = job_view(job)
+
+    def held_views(self, targets: set[int]) -> list[JobView]:
+        """The held jobs a plan must see: those with dependencies (which may never be met)
+        and those other jobs depend on (which are not yet met). The rest wait for Held."""
+        ids = targets.union(self.dep_edges)
+        return [self.held[i] for i in ids if i in self.held]
+
     def running_views(self) -> list[JobView]:
         return [self.views[i] for i in self.running]
 
@@ -220,7 +236,9 @@ class JobTable:
         job_id, active = row["id"], row["state"] in ACTIVE_STATES
         row["priority_score"] = self.priorities.get(job_id) if active else None
         row["estimated_start"] = self.estimates.get(job_id) if active else None
-        if active and row["state"] != S.RUNNING.value:
+        if row["state"] == S.HELD.value:  # not every held job is in the plan
+            row["reason"] = self.reasons.get(job_id, "Held")
+        elif row["state"] == S.PENDING.value:
             row["reason"] = self.reasons.get(job_id, row["reason"])
         return row
 
@@ -360,7 +378,7 @@ class JobTable:
             self.store.record_priority(job["id"], job["state"], caller.user, job["priority"],
                                        priority)
             job["priority"] = priority
-            self.views[job["id"]] = job_view(job)
+            self._set_view(job)
         self.wake.set()
         return self.view(caller, self.job_row(row["id"]))
 

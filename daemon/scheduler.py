@@ -27,9 +27,11 @@ RUNNING, PENDING = S.RUNNING.value, S.PENDING.value
 
 def build_snapshot(table: JobTable, registry: NodeRegistry, fair: FairShare,
                    now: float) -> Snapshot:
-    """Called with the job lock held. The job table keeps a view of every active job up to
-    date, so this costs O(nodes + running jobs), not O(queue)."""
-    jobs = list(table.views.values())
+    """Called with the job lock held. The job table keeps a view of every pending and running
+    job up to date, so this costs O(nodes + running jobs + dependencies), not O(queue); held
+    jobs come in only where a dependency ties them to the rest."""
+    targets = {t for deps in table.dep_edges.values() for t in deps}
+    jobs = list(table.views.values()) + table.held_views(targets)
     used: dict[str, list] = {}
     for view in table.running_views():
         u = used.setdefault(view.node, [set(), 0, 0])
@@ -46,7 +48,7 @@ def build_snapshot(table: JobTable, registry: NodeRegistry, fair: FairShare,
                               free_cpus=n.cpus - u[1], free_memory_mb=n.memory_mb - u[2],
                               only_uid=n.only_uid, root_ok=n.root_ok))
     ended = {}
-    for t in {t for deps in table.dep_edges.values() for t in deps}:
+    for t in targets:
         if t not in table.active:
             s = table.ended_state(t)
             if s is not None:
