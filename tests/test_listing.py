@@ -148,3 +148,38 @@ def test_bad_listing_arguments_are_refused_by_name(daemon, alice):
         assert q.ping()  # nothing broke
     r = alice.labq("ls", "--limit", "0")
     assert r.returncode != 0 and "limit" in r.stderr
+
+
+def test_the_tui_reads_the_queue_once_then_only_what_changed(daemon, alice):
+    from labq.tui.data import SWEEP_PAGE, QueueView
+    asked: list[dict] = []
+
+    class Counting:
+        """The real client, noting what each jobs() call asked for."""
+
+        def __init__(self, q):
+            self.q = q
+
+        def __getattr__(self, name):
+            return getattr(self.q, name)
+
+        def jobs(self, **kw):
+            out = self.q.jobs(**kw)
+            asked.append(dict(kw, got=len(out)))
+            return out
+
+    a, b = held(alice, "true"), held(alice, "true")
+    view = QueueView()
+    with daemon.client() as q:
+        spy = Counting(q)
+        first = {j.id: j for j in view.poll(spy)}
+        assert first[a].state.value == "HELD" and first[b].state.value == "HELD"
+        asked.clear()
+        q.cancel(a)
+        c = held(alice, "true")
+        now = {j.id: j for j in view.poll(spy)}
+        assert now[a].state.value == "CANCELLED" and now[c].state.value == "HELD"
+        # what changed, and one page of the queue for fresh reasons; nothing else
+        assert [k.get("changed_since") is not None for k in asked] == [True, False]
+        assert asked[0]["got"] == 2 and asked[1]["limit"] == SWEEP_PAGE
+        q.cancel(b, c)
