@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # peewee logs every statement at debug, and job reads and listings come from the database:
+    # at debug level that would bury what labqd itself has to say
+    logging.getLogger("peewee").setLevel(max(logging.INFO, logging.getLogger().level))
     if args.check_config:
         group = f", group {cfg.socket_group}" if cfg.socket_group else ""
         print(f"socket    {cfg.socket} (mode {cfg.socket_mode:04o}{group})\n"
