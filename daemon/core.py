@@ -14,7 +14,7 @@ from .config import Config
 from .fairctl import FairShare
 from .jobtable import JobTable
 from .logcopy import LogCopies
-from .registry import NodeRegistry
+from .nodes.registry import NodeRegistry
 
 
 class Core:

@@ -43,7 +43,7 @@ from labq.spec import MAX_MEMORY_MB, arg_error
 from .config import ConfigError
 from .core import Core
 from .identity import Caller
-from .registry import NodeRegistry
+from .nodes.registry import NodeRegistry
 
 
 # -- session ----------------------------------------------------------------------------------

@@ -15,9 +15,9 @@ from . import policy
 from .clock import SYSTEM, Clock
 from .fairctl import FairShare
 from .jobtable import JobTable
+from .nodes.registry import NodeRegistry
 from .policy import GpuSlot, NodeView, Snapshot, estimate
 from .policy.fairshare import Run
-from .registry import NodeRegistry
 
 log = logging.getLogger("labqd.scheduler")
 S = JobState

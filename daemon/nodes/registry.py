@@ -16,11 +16,11 @@ from typing import Any
 from labq.errors import InvalidState, LabqError, NotFound, PermissionDenied, ValidationError
 from labq.states import JobState
 
-from . import store as st
-from .clock import SYSTEM, Clock
-from .config import NODE, ConfigError, NodeConfig, check_node, confine_node_paths, node_config
-from .jobtable import JobTable
-from .nodes import NodeLink
+from .. import store as st
+from ..clock import SYSTEM, Clock
+from ..config import NODE, ConfigError, NodeConfig, check_node, confine_node_paths, node_config
+from ..jobtable import JobTable
+from .link import NodeLink
 
 log = logging.getLogger("labqd")
 S = JobState
