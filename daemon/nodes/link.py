@@ -11,10 +11,10 @@ import logging
 import queue
 import random
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..clock import SYSTEM, Clock
 from ..config import NodeConfig
 from . import ssh
 from .transport import (
@@ -51,14 +51,15 @@ class LinkEvents(Protocol):
 
 class NodeLink:
     def __init__(self, cfg: NodeConfig, cluster: str, core: LinkEvents, *, heartbeat_s: float,
-                 timeout_s: float):
+                 timeout_s: float, clock: Clock = SYSTEM):
         self.cfg = cfg
+        self.clock = clock
         self.name = cfg.name
         self.cluster = cluster
         self.core = core
         self.heartbeat_s = heartbeat_s
         self.timeout_s = timeout_s
-        self.transport: PipeTransport | SocketTransport | SshTransport | None = None
+        self.transport: Transport | None = None
         self.connected = False
         self.last_heard = 0.0
         self._next_id = 0
@@ -195,7 +196,7 @@ class NodeLink:
                 backoff = min(60.0, backoff * 2)
                 continue
             backoff = 0.5
-            self.last_heard = time.monotonic()
+            self.last_heard = self.clock.monotonic()
             outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
             self._outbox = outbox  # nothing queued for an earlier connection is sent here
             threading.Thread(target=self._write_loop, args=(t, outbox), daemon=True,
@@ -245,7 +246,7 @@ class NodeLink:
             line = t.readline()
             if not line:
                 return
-            self.last_heard = time.monotonic()
+            self.last_heard = self.clock.monotonic()
             msg = json.loads(line)
             if "re" in msg:
                 with self._lock:
@@ -259,7 +260,7 @@ class NodeLink:
         """Ping on the agent channel; a silent link is closed so the reader loop ends."""
         n = 0
         while self.transport is t and self.connected and not self._stop.is_set():
-            if time.monotonic() - self.last_heard > self.timeout_s:
+            if self.clock.monotonic() - self.last_heard > self.timeout_s:
                 log.warning("node %s: no answer for %.0f s, closing the link", self.name,
                             self.timeout_s)
                 self._close_transport()
