@@ -3,6 +3,7 @@ import base64
 import json
 import os
 import pwd
+import select
 import shutil
 import signal
 import sys
@@ -10,12 +11,14 @@ import threading
 import time
 
 from .cgroups import Containment, cg_destroy, cg_exists, sweep_marker
+from .ends import announce_end, open_ends_socket, read_ends, wake_shepherd
 from .files import is_dir, is_run_key, lsize, open_nofollow, read_json, write_json, write_text
 from .probe import CpuMeter, meminfo, probe_gpus, probe_host
 from .shepherd import killpg_quiet, spawn_shepherd
 
 PROTOCOL = 1
 POLL_S = 0.02
+SCAN_S = 1.0
 CHUNK = 256 * 1024
 
 
@@ -78,6 +81,7 @@ class Agent:
         spawn_shepherd(jobdir, spec, float(req.get("grace_s", 10)), self.no_root_jobs)
         with self.watch_lock:
             self.watched[job] = 0
+        announce_end(self.dir, "")  # wakes the monitor: a new log to follow
         return {"ok": True}
 
     def op_list(self, req):
@@ -108,6 +112,7 @@ class Agent:
         with self.watch_lock:
             self.watched[job] = int(req.get("offset", 0))
             self.exit_sent.discard(job)
+        announce_end(self.dir, job)  # it may have ended already: look now
         return {"ok": True}
 
     def op_cancel(self, req):
@@ -115,6 +120,7 @@ class Agent:
         if not is_dir(jobdir):
             return {"ok": False, "code": "unknown", "error": "no job %s here" % req["job"]}
         write_text(os.path.join(jobdir, "cancel"), str(req.get("reason", "cancel")))
+        wake_shepherd(jobdir)
         return {"ok": True}
 
     def op_forget(self, req):
@@ -146,47 +152,83 @@ class Agent:
 
     # loops -----------------------------------------------------------------------------
     def monitor(self):
-        """Stream new log bytes of watched jobs, then their exit record once drained."""
-        checked = {}  # job -> when its shepherd was last seen alive
+        """Stream new log bytes of watched jobs, then their exit record once drained.
+
+        An end wakes this loop at once (a datagram from the shepherd); logs of running jobs
+        are read every POLL_S while they write, less often while they are quiet; every
+        SCAN_S each watched run's directory is checked as well, for ends nobody announced
+        (a shepherd killed, an agent restarted)."""
+        ends = open_ends_socket(self.dir)
+        files = {}  # job -> open log file
+        last_scan, quiet = 0.0, 0
+        due = set()  # announced ends not reported yet
         while True:
             with self.watch_lock:
                 items = list(self.watched.items())
+            if ends is not None:
+                due |= read_ends(ends)
+            now = time.time()
+            scan = now - last_scan >= SCAN_S
+            if scan:
+                last_scan = now
             busy = False
             for job, offset in items:
-                jobdir = self.jobdir(job)
-                data = b""
-                try:
-                    with os.fdopen(open_nofollow(os.path.join(jobdir, "log"), os.O_RDONLY),
-                                   "rb") as f:
-                        f.seek(offset)
-                        data = f.read(CHUNK)
-                except OSError:
-                    pass
-                if data:
+                if self._stream(job, offset, files):
                     busy = True
-                    with self.watch_lock:
-                        if self.watched.get(job) != offset:
-                            continue  # re-watched meanwhile
-                        self.watched[job] = offset + len(data)
-                    self.send({"ev": "log", "job": job, "offset": offset,
-                               "data": base64.b64encode(data).decode()})
-                    continue
-                if job in self.exit_sent:
-                    continue
-                ex = read_json(os.path.join(jobdir, "exit"))
-                if ex is None and time.time() - checked.get(job, 0) > 1.0:
-                    # a shepherd killed on its own (OOM killer, kill -9) writes no record
-                    checked[job] = time.time()
-                    pid = read_json(os.path.join(jobdir, "pid"))
-                    if pid is not None:
-                        ex = lost_run(jobdir, job, pid)
-                if ex is not None:
-                    with self.watch_lock:
-                        self.exit_sent.add(job)
-                    ex.update(ev="exit", job=job, log_size=offset)
-                    self.send(ex)
-            if not busy:
-                time.sleep(POLL_S)
+                elif job not in self.exit_sent and (scan or job in due):
+                    if self._report_exit(job, offset, files, lost_check=scan):
+                        due.discard(job)
+            due &= {job for job, _ in items}
+            for job in list(files):
+                if job not in self.watched:
+                    files.pop(job).close()
+            quiet = 0 if busy else min(quiet + 1, 5)
+            if busy:
+                continue
+            timeout = POLL_S * (1 + quiet) if items else SCAN_S
+            if ends is not None:
+                select.select([ends], [], [], timeout)
+            else:
+                time.sleep(min(timeout, POLL_S))
+
+    def _stream(self, job, offset, files):
+        """Send the next chunk of a job's log; False when there is nothing new."""
+        f = files.get(job)
+        try:
+            if f is None:
+                f = files[job] = os.fdopen(
+                    open_nofollow(os.path.join(self.jobdir(job), "log"), os.O_RDONLY), "rb")
+            f.seek(offset)
+            data = f.read(CHUNK)
+        except (OSError, ValueError):
+            return False
+        if not data:
+            return False
+        with self.watch_lock:
+            if self.watched.get(job) != offset:
+                return True  # re-watched meanwhile
+            self.watched[job] = offset + len(data)
+        self.send({"ev": "log", "job": job, "offset": offset,
+                   "data": base64.b64encode(data).decode()})
+        return True
+
+    def _report_exit(self, job, offset, files, lost_check):
+        jobdir = self.jobdir(job)
+        ex = read_json(os.path.join(jobdir, "exit"))
+        if ex is None and lost_check:
+            # a shepherd killed on its own (OOM killer, kill -9) writes no record
+            pid = read_json(os.path.join(jobdir, "pid"))
+            if pid is not None:
+                ex = lost_run(jobdir, job, pid)
+        if ex is None:
+            return False
+        if self._stream(job, offset, files):
+            return False  # written after the last read: drain first, report on the next turn
+        with self.watch_lock:
+            self.exit_sent.add(job)
+        ex.update(ev="exit", job=job, log_size=offset)
+        self.send(ex)
+        return True
 
     def serve(self):
         source, gpus, notes = probe_gpus()

@@ -2,10 +2,12 @@
 import errno
 import os
 import pwd
+import select
 import signal
 import time
 
 from .cgroups import cg_join, cg_kill, cg_oom, cg_remove, cg_signal, sweep_marker
+from .ends import announce_end, make_wake_fifo
 from .files import open_nofollow, read_text, write_json
 
 
@@ -54,6 +56,9 @@ def _become(account):
         raise OSError(errno.EPERM, "the switch to %s did not take" % name)
 
 
+SAFETY_S = 5.0
+
+
 # -- the shepherd (runs in its own session, forked from the agent) --------------------------
 def shepherd(jobdir, spec, grace_s, no_root_jobs=False):
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -70,6 +75,7 @@ def shepherd(jobdir, spec, grace_s, no_root_jobs=False):
     env = dict(spec["env"])
     if spec.get("marker"):
         env["LABQ_RUN_MARKER"] = spec["marker"]
+    wake = _listen(jobdir)
     pid = os.fork()
     if pid == 0:  # the job
         try:
@@ -125,33 +131,7 @@ def shepherd(jobdir, spec, grace_s, no_root_jobs=False):
         elif spec.get("marker"):
             sweep_marker(spec["marker"], run_uid)
 
-    limit = spec.get("time_limit_s")
-    deadline = start + limit if limit else None
-    stop_reason, kill_at, status = None, None, None
-    cancel_path = os.path.join(jobdir, "cancel")
-    while status is None:
-        done, st = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status = st
-            break
-        now = time.time()
-        if stop_reason is None:
-            if os.path.lexists(cancel_path):
-                try:
-                    stop_reason = read_text(cancel_path, 64).strip() or "cancel"
-                except OSError:
-                    stop_reason = "cancel"
-            elif deadline is not None and now >= deadline:
-                stop_reason = "timeout"
-            if stop_reason:
-                killpg_quiet(pid, signal.SIGTERM)
-                if cg:
-                    cg_signal(cg, signal.SIGTERM)
-                kill_at = now + grace_s
-        elif kill_at is not None and now >= kill_at:
-            kill_all()
-            kill_at = None
-        time.sleep(0.05)
+    status, stop_reason = _supervise(pid, jobdir, spec, start, grace_s, kill_all, wake)
     # the job's leader is gone; whatever it started, detached or not, goes with it
     kill_all()
     oom = False
@@ -167,6 +147,69 @@ def shepherd(jobdir, spec, grace_s, no_root_jobs=False):
     write_json(os.path.join(jobdir, "exit"),
                {"code": code, "signal": sig, "reason": stop_reason or ("oom" if oom else "exit"),
                 "end": time.time(), "start": start})
+    announce_end(*os.path.split(jobdir.rstrip("/")))
+
+
+def _listen(jobdir):
+    """What wakes the shepherd: SIGCHLD (through a wakeup pipe) and the agent's FIFO."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    os.set_blocking(r, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, not SIG_IGN: waitpid must see
+    signal.set_wakeup_fd(w)
+    fds = [r]
+    fifo = make_wake_fifo(jobdir)
+    if fifo is not None:
+        fds.append(fifo)
+    return fds
+
+
+def _drain(fds):
+    for fd in fds:
+        try:
+            while os.read(fd, 512):
+                pass
+        except OSError:
+            pass
+
+
+def _supervise(pid, jobdir, spec, start, grace_s, kill_all, wake):
+    """Wait for the job without polling: the job's end, a cancel, the time limit or the end of
+    the grace period wakes it. A wait never lasts more than SAFETY_S, a net under all three."""
+    limit = spec.get("time_limit_s")
+    deadline = start + limit if limit else None
+    stop_reason, kill_at = None, None
+    cancel_path = os.path.join(jobdir, "cancel")
+    while True:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return st, stop_reason
+        now = time.time()
+        if stop_reason is None:
+            if os.path.lexists(cancel_path):
+                try:
+                    stop_reason = read_text(cancel_path, 64).strip() or "cancel"
+                except OSError:
+                    stop_reason = "cancel"
+            elif deadline is not None and now >= deadline:
+                stop_reason = "timeout"
+            if stop_reason:
+                killpg_quiet(pid, signal.SIGTERM)
+                if spec.get("cgroup"):
+                    cg_signal(spec["cgroup"], signal.SIGTERM)
+                kill_at = now + grace_s
+        elif kill_at is not None and now >= kill_at:
+            kill_all()
+            kill_at = None
+        timeout = SAFETY_S
+        for t in (deadline if stop_reason is None else None, kill_at):
+            if t is not None:
+                timeout = min(timeout, max(0.0, t - now))
+        try:
+            select.select(wake, [], [], timeout)
+        except InterruptedError:
+            pass
+        _drain(wake)
 
 
 def killpg_quiet(pgid, sig):
