@@ -77,48 +77,8 @@ def shepherd(jobdir, spec, grace_s, no_root_jobs=False):
         env["LABQ_RUN_MARKER"] = spec["marker"]
     wake = _listen(jobdir)
     pid = os.fork()
-    if pid == 0:  # the job
-        try:
-            os.setsid()
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
-                        signal.SIGHUP):
-                try:
-                    signal.signal(sig, signal.SIG_DFL)
-                except (ValueError, OSError):
-                    pass
-            os.dup2(devnull, 0)
-            os.dup2(log, 1)
-            os.dup2(log, 2)
-            if refusal:
-                os.write(2, (refusal + "\n").encode())
-                os._exit(126)
-            if cg:  # joined while still root, so nothing the job forks can leave it
-                try:
-                    cg_join(cg, os.getpid())
-                except OSError as e:
-                    os.write(2, ("labq: cannot enter the run's cgroup: %s\n" % e).encode())
-                    os._exit(126)
-            if account:
-                try:
-                    _become(account)
-                except OSError as e:
-                    os.write(2, ("labq: cannot run as user %r on this node: %s\n"
-                                 % (account[0], e)).encode())
-                    os._exit(126)
-            try:
-                os.chdir(spec["cwd"])
-            except OSError as e:
-                os.write(2, ("labq: cannot enter working directory %r: %s\n"
-                             % (spec["cwd"], e.strerror)).encode())
-                os._exit(1)
-            argv = spec["argv"]
-            try:
-                os.execvpe(argv[0], argv, env)
-            except OSError as e:
-                os.write(2, ("labq: cannot run %r: %s\n" % (argv[0], e.strerror)).encode())
-                os._exit(127 if e.errno == errno.ENOENT else 126)
-        finally:
-            os._exit(127)
+    if pid == 0:
+        _exec_job(spec, env, account, refusal, devnull, log)
     start = time.time()
     run_uid = account[1] if account else os.geteuid()
     write_json(os.path.join(jobdir, "pid"), {"pid": pid, "pgid": pid, "start": start,
@@ -148,6 +108,52 @@ def shepherd(jobdir, spec, grace_s, no_root_jobs=False):
                {"code": code, "signal": sig, "reason": stop_reason or ("oom" if oom else "exit"),
                 "end": time.time(), "start": start})
     announce_end(*os.path.split(jobdir.rstrip("/")))
+
+
+def _exec_job(spec, env, account, refusal, devnull, log):
+    """In the forked child: become the job (never returns)."""
+    cg = spec.get("cgroup")
+    try:
+        os.setsid()
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
+                    signal.SIGHUP):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (ValueError, OSError):
+                pass
+        os.dup2(devnull, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        if refusal:
+            os.write(2, (refusal + "\n").encode())
+            os._exit(126)
+        if cg:  # joined while still root, so nothing the job forks can leave it
+            try:
+                cg_join(cg, os.getpid())
+            except OSError as e:
+                os.write(2, ("labq: cannot enter the run's cgroup: %s\n" % e).encode())
+                os._exit(126)
+        if account:
+            try:
+                _become(account)
+            except OSError as e:
+                os.write(2, ("labq: cannot run as user %r on this node: %s\n"
+                             % (account[0], e)).encode())
+                os._exit(126)
+        try:
+            os.chdir(spec["cwd"])
+        except OSError as e:
+            os.write(2, ("labq: cannot enter working directory %r: %s\n"
+                         % (spec["cwd"], e.strerror)).encode())
+            os._exit(1)
+        argv = spec["argv"]
+        try:
+            os.execvpe(argv[0], argv, env)
+        except OSError as e:
+            os.write(2, ("labq: cannot run %r: %s\n" % (argv[0], e.strerror)).encode())
+            os._exit(127 if e.errno == errno.ENOENT else 126)
+    finally:
+        os._exit(127)
 
 
 def _listen(jobdir):
