@@ -155,12 +155,12 @@ class Agent:
         """Stream new log bytes of watched jobs, then their exit record once drained.
 
         An end wakes this loop at once (a datagram from the shepherd); logs of running jobs
-        are read every POLL_S while they write, less often while they are quiet; every
+        are read every POLL_S (output reaches labqd promptly: a node may die any moment); every
         SCAN_S each watched run's directory is checked as well, for ends nobody announced
         (a shepherd killed, an agent restarted)."""
         ends = open_ends_socket(self.dir)
         files = {}  # job -> open log file
-        last_scan, quiet = 0.0, 0
+        last_scan = 0.0
         due = set()  # announced ends not reported yet
         while True:
             with self.watch_lock:
@@ -182,10 +182,9 @@ class Agent:
             for job in list(files):
                 if job not in self.watched:
                     files.pop(job).close()
-            quiet = 0 if busy else min(quiet + 1, 5)
             if busy:
                 continue
-            timeout = POLL_S * (1 + quiet) if items else SCAN_S
+            timeout = POLL_S if items else SCAN_S
             if ends is not None:
                 select.select([ends], [], [], timeout)
             else:
