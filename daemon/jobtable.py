@@ -44,6 +44,14 @@ class RunControl(Protocol):
     def cancel_run(self, job: dict) -> None: ...
 
 
+class Notifier(Protocol):
+    """What messages a job's change sends: they are written with the change itself."""
+
+    wake: threading.Event  # set once the messages are written
+
+    def for_change(self, job: dict, dst: JobState, now: float) -> list[dict]: ...
+
+
 class JobTable:
     def __init__(self, cfg: Config, store: st.Store, logs: LogCopies, wake: threading.Event,
                  clock: Clock = SYSTEM):
@@ -55,6 +63,7 @@ class JobTable:
         self.wake = wake  # the scheduler should run
         self.logs = logs
         self.runs: RunControl | None = None  # set once the node registry exists
+        self.notifier: Notifier | None = None
         self.stopping = False
         self.active: dict[int, dict] = {r["id"]: r for r in store.job_rows(
             states=[s.value for s in (S.PENDING, S.HELD, S.RUNNING)], newest_first=False)}
@@ -92,7 +101,12 @@ class JobTable:
                                {"id": job["id"], "state": src.value})
         now = fields.pop("when", None) or self.clock.time()
         fields.update(state=dst.value, reason=reason)
-        self.store.record_transition(job["id"], fields, who, src.value, dst.value, reason, now)
+        notices = (self.notifier.for_change(dict(job, **fields), dst, now)
+                   if self.notifier is not None else [])
+        self.store.record_transition(job["id"], fields, who, src.value, dst.value, reason, now,
+                                     notices)
+        if notices and self.notifier is not None:
+            self.notifier.wake.set()
         if src == S.RUNNING and job["start_time"]:
             self.ended_runs.append(Run(job["group"], job["owner"], len(job["gpu_indices"]),
                                        job["cpus"], job["start_time"], now))

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import connect
+from . import clinotify, completion, connect, userconfig
 from .errors import LabqError
 from .models import Job
 from .spec import MAX_GPUS
@@ -116,7 +116,8 @@ def cmd_submit(q: Client, a: argparse.Namespace) -> int:
                    cpus=a.cpus, memory=a.mem, time_limit=a.time, name=a.name,
                    priority=a.priority, after=after, cwd=a.chdir, env=env,
                    export_env=not a.no_export, group=a.group, partition=a.partition,
-                   hold=a.hold, requeue=not a.no_requeue)
+                   hold=a.hold, requeue=not a.no_requeue,
+                   notify=userconfig.submit_notify(a.notify))
     if a.json:
         _print_json(_job_json(job))
     else:
@@ -165,6 +166,7 @@ def cmd_show(q: Client, a: argparse.Namespace) -> int:
         ("gpu indices", ",".join(map(str, job.gpu_indices)) or "-"),
         ("exit code", "-" if job.exit_code is None else job.exit_code),
         ("restarts", job.restarts),
+        ("notify", job.notify or "-"),
     ]
     for k, v in fields:
         print(f"{k:>13}: {printable(v)}")
@@ -431,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-requeue", action="store_true",
                    help="fail instead of requeueing if the node is lost")
     p.add_argument("--wrap", help="a shell command string run with bash -c")
+    p.add_argument("--notify", choices=["end", "fail", "all", "none"],
+                   help="tell me when the job ends, ends other than COMPLETED, or starts and "
+                   "ends (default: [submit] notify in ~/.config/labq/config.toml)")
     p.add_argument("command", nargs=argparse.REMAINDER)
 
     p = add("ls", cmd_ls, "list jobs (active ones; --all adds ended jobs)")
@@ -486,17 +491,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("usage", cmd_usage, "GPU-hours per group and user, and fair-share factors")
     p.add_argument("--days", type=float, default=30)
     add("whoami", cmd_whoami, "who labqd thinks you are")
+    clinotify.add_parser(add("notify", clinotify.cmd_notify, "where your notifications go: "
+                             "show, set webhook|mail VALUE, unset webhook|mail"))
     add("tui", cmd_tui, "the terminal UI", json_flag=False)
+    add("completion", cmd_completion, "print the shell completion script",
+        json_flag=False).add_argument("shell", choices=completion.SHELLS)
     return ap
+
+
+def cmd_completion(a: argparse.Namespace) -> int:
+    print(completion.script(a.shell), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
-    a = ap.parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["__complete"]:  # what the completion scripts run; not a command of users
+        return completion.run(ap, args[1:])
+    a = ap.parse_args(args)
     if a.cmd == "group" and a.action == "set" and not a.group:
         ap.error("group set needs a group name")
     if a.cmd == "tui":
         return cmd_tui(a)
+    if a.cmd == "completion":
+        return cmd_completion(a)
     try:
         with connect(a.socket) as q:
             fn: Callable[[Client, argparse.Namespace], int] = a.fn

@@ -31,6 +31,9 @@ from .protocol import (
     NodeRemoveRequest,
     NodeResumeRequest,
     NodesRequest,
+    NotifySetRequest,
+    NotifySettingsReply,
+    NotifyShowRequest,
     Op,
     PingReply,
     PingRequest,
@@ -227,12 +230,14 @@ class Client:
                priority: int = 5, after: list[int | str] | tuple[int | str, ...] = (),
                cwd: str | None = None, env: dict[str, str] | None = None,
                export_env: bool = True, group: str | None = None,
-               partition: str | None = None, hold: bool = False, requeue: bool = True) -> Job:
+               partition: str | None = None, hold: bool = False, requeue: bool = True,
+               notify: str | None = None) -> Job:
         """Queue a command: an argv list, or a string run with `bash -c`.
 
         The job gets the caller's environment (minus session variables) unless export_env is
         False; `env` entries are added on top. Memory takes MiB or '16G'; time_limit takes
-        seconds or '2h' / '1-00:00:00'; after takes ids (afterok) or 'afterany:ID'.
+        seconds or '2h' / '1-00:00:00'; after takes ids (afterok) or 'afterany:ID'; notify
+        ('end', 'fail' or 'all') tells the owner through the channels labqd's admin enabled.
         """
         full_env = exported_env() if export_env else {}
         full_env.update(env or {})
@@ -240,7 +245,7 @@ class Client:
                               cpus=cpus, memory=memory, time_limit=time_limit, name=name,
                               priority=priority, after=after, cwd=cwd or os.getcwd(),
                               env=full_env, group=group, partition=partition, hold=hold,
-                              requeue=requeue)
+                              requeue=requeue, notify=notify)
         return cast(Job, self.request(SubmitRequest(spec=spec)))
 
     @sends(Op.JOB)
@@ -381,6 +386,19 @@ class Client:
     def usage(self, days: float = 30) -> UsageReply:
         """GPU-hours per group, user and day over the last `days`, with fair-share factors."""
         return cast(UsageReply, self.request(UsageRequest(days=days)))
+
+    # -- notifications ---------------------------------------------------------------------
+    @sends(Op.NOTIFY_SHOW)
+    def notify_settings(self, user: str | None = None) -> NotifySettingsReply:
+        """Where your notifications go, and the channels labqd's admin enabled."""
+        return cast(NotifySettingsReply, self.request(NotifyShowRequest(user=user)))
+
+    @sends(Op.NOTIFY_SET)
+    def set_notify(self, channel: str, value: str | None, *,
+                   user: str | None = None) -> NotifySettingsReply:
+        """Send your notifications' `channel` ('webhook' or 'mail') to `value`; None clears."""
+        return cast(NotifySettingsReply, self.request(NotifySetRequest(
+            channel=channel, value=value, user=user)))
 
     @sends(Op.WHOAMI)
     def whoami(self) -> WhoamiReply:
