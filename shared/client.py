@@ -8,9 +8,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
-from .errors import DaemonUnavailable, LabqError, ValidationError, from_wire
+from .errors import DaemonUnavailable, InternalError, LabqError, ValidationError, from_wire
+from .follow import STDERR, STDOUT, Detached, InterruptsRecorded, Sink
 from .models import Event, Job, Node
 from .paths import SYSTEM_SOCKET
 from .protocol import (
@@ -141,18 +142,9 @@ class Client:
         self._connect()
 
     def _connect(self) -> None:
-        import rpyc
-        from rpyc.core.channel import Channel
-        from rpyc.core.stream import SocketStream
-        from rpyc.utils.factory import connect_channel
-        config = {"allow_public_attrs": False, "allow_pickle": False,
-                  "sync_request_timeout": self.timeout}
-        sock = _open_socket(self.socket_path)
-        # labqd refuses compressed frames (a small one can inflate to gigabytes)
-        self._conn = connect_channel(Channel(SocketStream(sock), compress=False),
-                                     service=rpyc.VoidService, config=config)
-        # each attribute access on a netref is a round trip: look the methods up once
-        self._methods: dict[str, Any] = {}
+        # rpyc's wire, spoken by labq.wire: a command need not import rpyc (see there)
+        from .wire import Connection
+        self._conn = Connection(_open_socket(self.socket_path), self.timeout)
 
     # -- plumbing --------------------------------------------------------------------------
     def reconnect(self, within: float = 30.0) -> None:
@@ -187,15 +179,18 @@ class Client:
         self.close()
 
     def _remote(self, method: str, *args: Any) -> Any:
+        from .wire import RemoteError
         with self._lock:
             try:
-                fn = self._methods.get(method)
-                if fn is None:
-                    fn = self._methods[method] = getattr(self._conn.root, method)
-                return fn(*args)
+                if self._conn.in_call:  # a call cut off by Ctrl-C left it out of step
+                    self._conn.close()
+                    self._connect()
+                return self._conn.call(method, *args)
             except LabqError:
                 raise
-            except (EOFError, OSError, TimeoutError) as e:
+            except RemoteError as e:
+                raise InternalError(f"labqd refused the call: {e}") from None
+            except (EOFError, OSError) as e:  # WireError is an EOFError; timeouts are OSError
                 raise DaemonUnavailable(f"lost the connection to labqd: {e or type(e).__name__}",
                                         {"socket": str(self.socket_path)}) from None
 
@@ -343,6 +338,60 @@ class Client:
         tail = decoder.decode(b"", final=True)
         if tail:
             yield tail
+
+    # -- run: submit, follow, wait, as srun does -----------------------------------------
+    def run(self, command: list[str] | tuple[str, ...] | str, *,
+            stdout: IO[Any] | None = None, stderr: IO[Any] | None = None,
+            **options: Any) -> Job:
+        """Submit `command` with submit's options, write its output to `stdout` (default
+        sys.stdout) while it runs, and return the job once it has ended.
+
+        Ctrl-C (KeyboardInterrupt) cancels the job and goes on following it to its end; a
+        second one raises `labq.Detached`, and the job ends without anyone waiting."""
+        with InterruptsRecorded() as interrupts:
+            job = self.submit(command, **options)
+        return self.attach(job.id, stdout=stdout, stderr=stderr,
+                           interrupted=interrupts.count > 0)
+
+    def attach(self, job_id: int, *, stdout: IO[Any] | None = None,
+               stderr: IO[Any] | None = None, offset: int = 0, interrupted: bool = False,
+               on_interrupt: Callable[[int], None] | None = None, poll: float = 5.0) -> Job:
+        """Follow a job's output into `stdout` from `offset` until it has ended; return the
+        ended job. Ctrl-C as in `run`; `interrupted` says one came already, so the job is
+        cancelled first; `on_interrupt(job_id)` is called before each cancel is sent."""
+        import sys
+        sinks = {STDOUT: Sink(stdout or sys.stdout), STDERR: Sink(stderr or sys.stderr)}
+        cancel_sent = cancel_taken = False
+        while True:
+            try:
+                if interrupted and not cancel_sent:
+                    cancel_sent = True  # before the call: another Ctrl-C in it detaches
+                    if on_interrupt is not None:
+                        on_interrupt(job_id)
+                    self._cancel_interrupted(job_id)
+                    cancel_taken = True
+                for stream, data in self._output(job_id, offset, poll):
+                    sinks[stream].write(data)
+                    offset += len(data)
+                break
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise Detached(job_id, cancel_taken) from None
+                interrupted = True
+        for sink in sinks.values():
+            sink.close()
+        return self.job(job_id)
+
+    def _cancel_interrupted(self, job_id: int) -> None:
+        # the interrupted call may have stopped half way through its reply: _remote then
+        # sends the cancel over a fresh connection
+        self.cancel(job_id, reason="interrupted (Ctrl-C)")
+
+    def _output(self, job_id: int, offset: int, poll: float) -> Iterator[tuple[str, bytes]]:
+        """(stream, bytes) until the job has ended. The node keeps stdout and stderr in one
+        log, so all of it is STDOUT until a log says which stream a chunk came from."""
+        for data in self.follow_bytes(job_id, offset, poll):
+            yield STDOUT, data
 
     # -- cluster ---------------------------------------------------------------------------
     @sends(Op.NODES)

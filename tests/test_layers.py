@@ -20,6 +20,13 @@ def test_client_library_and_cli_import_no_heavy_parts():
     assert not mods & {"textual", "peewee", "paramiko", "labq.daemon", "labq.tui"}
 
 
+def test_the_cli_imports_only_what_a_submit_needs():
+    # a `labq` command pays for every module it imports before it does anything
+    mods = imported_after("import labq.cli")
+    assert not mods & {"textual", "rich", "rpyc", "peewee", "paramiko", "ssl", "logging",
+                       "asyncio", "labq.tui", "labq.daemon"}
+
+
 def test_daemon_does_not_import_the_tui():
     mods = imported_after("import labq.daemon.main, labq.daemon.core, labq.daemon.scheduler, "
                           "labq.daemon.service, labq.daemon.sim")

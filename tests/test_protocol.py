@@ -261,3 +261,19 @@ def test_tui_and_cli_send_requests_through_client_methods():
     # the scan finds what it looks for: this file sends by name on purpose
     assert calls_by_name(ROOT / "tests" / "test_protocol.py")
 
+
+
+def test_the_clients_wire_encodes_values_as_rpyc_does():
+    from rpyc.core import brine
+
+    from labq import wire
+    values = [None, True, False, 0, -48, 159, 160, -49, 1 << 70, -(1 << 63), 1.5, "", "é" * 300,
+              b"", b"ab", b"x" * 70000, (), (1, "a", b"b", None), tuple(range(300)),
+              ("call", '{"ids": [1]}'), (5, 0, 5.0, 1 << 20)]
+    for v in values:
+        assert wire.dump(v) == brine.dump(v), v
+        assert wire.load(brine.dump(v)) == v
+    with pytest.raises(wire.WireError):
+        wire.load(brine.dump(frozenset({1})))  # never sent by labqd, so never read
+    with pytest.raises(TypeError):
+        wire.dump([1])
