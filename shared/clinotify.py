@@ -19,7 +19,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_notify(q: Client, a: argparse.Namespace) -> int:
-    from .cli import printable
+    from .text import printable
     if a.action == "show":
         info = q.notify_settings(a.user)
     else:
