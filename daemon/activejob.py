@@ -15,10 +15,10 @@ from typing import Any
 HOT = ("id", "owner", "owner_uid", "group", "gpus", "gpu_type", "gpu_memory_mb", "cpus",
        "memory_mb", "time_limit_s", "priority", "dependencies", "partition", "requeue",
        "state", "exit_code", "signal", "reason", "submit_time", "eligible_time", "start_time",
-       "end_time", "node", "gpu_indices", "restarts")
+       "end_time", "node", "gpu_indices", "restarts", "notify")
 COLD = ("name", "command", "cwd", "env")
 # repeated in every job: one string object each, not one per job
-_SHARED = ("owner", "group", "partition", "state", "node", "gpu_type")
+_SHARED = ("owner", "group", "partition", "state", "node", "gpu_type", "notify")
 
 
 class ActiveJob:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import grp
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable
@@ -168,6 +169,17 @@ NODE = TABLE({
 })
 GROUP = TABLE({"share": NUM(0, 1e9), "max_gpus": INT(0, 1 << 20),
                "max_gpus_by_type": MAP(INT(0, 1 << 20)), "users": MAP(NUM(0, 1e9))})
+# what the admin's notification command may name; see labq.daemon.channels
+NOTIFY_FIELDS = ("id", "name", "user", "state", "exit_code", "node", "runtime")
+NOTIFY = TABLE({
+    "retry_base": DURATION, "retry_max": DURATION, "max_attempts": INT(1, 1000),
+    "mail": TABLE({"sendmail": PATHV, "smtp_host": STR, "smtp_port": INT(1, 65535),
+                   "starttls": BOOL, "username": STR, "password_file": PATHV, "from": STR,
+                   "domain": STR, "timeout": DURATION}),
+    "webhook": TABLE({"allow_hosts": LIST(STR), "timeout": DURATION},
+                     required=("allow_hosts",)),
+    "command": TABLE({"argv": LIST(STR), "timeout": DURATION}, required=("argv",)),
+})
 SCHEMA = TABLE({
     "daemon": TABLE({
         "socket": PATHV, "socket_mode": MODE, "socket_group": STR, "database": PATHV,
@@ -193,6 +205,7 @@ SCHEMA = TABLE({
     }),
     "groups": MAP(GROUP),
     "node": LIST(NODE),
+    "notify": NOTIFY,
 })
 
 
@@ -242,6 +255,7 @@ class Config:
     scheduler: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
     groups: dict[str, dict] = field(default_factory=dict)
+    notify: dict[str, Any] = field(default_factory=dict)  # [notify], checked by _check_notify
     source: Path | None = None
     # where files named by nodes added through the API must lie; see confine_node_paths()
     config_dir: Path | None = None
@@ -297,11 +311,13 @@ def load(path: Path | None) -> Config:
         scheduler=data.get("scheduler", {}),
         limits=data.get("limits", {}),
         groups=data.get("groups", {}),
+        notify=data.get("notify", {}),
         source=Path(path) if path else None,
         config_dir=(Path(os.path.realpath(path)).parent if path
                     else Path(os.path.realpath(default_config_dir()))),
     )
     _check_timing(d, cfg)
+    _check_notify(cfg.notify)
     if cfg.scheduler.get("interval") == 0:
         raise ConfigError("scheduler.interval", "must be at least 1s (0 would make the "
                           "scheduler spin)")
@@ -354,6 +370,31 @@ def _socket_mode(d: dict) -> int:
     # what each uid may send. It is never a default, since it lets every local account reach
     # the API at all.
     return mode
+
+
+def _check_notify(n: dict) -> None:
+    mail = n.get("mail")
+    if mail is not None and ("sendmail" in mail) == ("smtp_host" in mail):
+        raise ConfigError("notify.mail", "give either sendmail (the local MTA's sendmail "
+                          "program) or smtp_host (a relay), one of them")
+    if mail is not None and "password_file" in mail and "username" not in mail:
+        raise ConfigError("notify.mail.password_file", "needs notify.mail.username")
+    hosts = n.get("webhook", {}).get("allow_hosts", [])
+    for i, h in enumerate(hosts):
+        if not h or " " in h or "/" in h:
+            raise ConfigError(f"notify.webhook.allow_hosts[{i}]", f"{h!r} is not a host name "
+                              "(a name like hooks.slack.com, or *.example.org for its "
+                              "subdomains)")
+    cmd = n.get("command")
+    if cmd is not None:
+        if not cmd["argv"] or not os.path.isabs(cmd["argv"][0]):
+            raise ConfigError("notify.command.argv", "must start with the program's absolute "
+                              "path")
+        for i, arg in enumerate(cmd["argv"]):
+            for name in re.findall(r"\{([^{}]*)\}", arg):
+                if name not in NOTIFY_FIELDS:
+                    raise ConfigError(f"notify.command.argv[{i}]", f"unknown field {{{name}}}; "
+                                      f"known: {', '.join('{' + f + '}' for f in NOTIFY_FIELDS)}")
 
 
 def _check_timing(d: dict, cfg: Config) -> None:

@@ -1,4 +1,5 @@
-"""labqd's parts, made and wired once: the job table, the node registry, fair share.
+"""labqd's parts, made and wired once: the job table, the node registry, fair share,
+notifications.
 
 Each part owns its state and offers a narrow interface; request handlers and the scheduler
 receive the parts they need. They share one lock, the job table's, because a job's state and
@@ -14,7 +15,8 @@ from .config import Config
 from .fairctl import FairShare
 from .jobtable import JobTable
 from .logcopy import LogCopies
-from .registry import NodeRegistry
+from .nodes.registry import NodeRegistry
+from .notices import Notices
 
 
 class Core:
@@ -28,13 +30,17 @@ class Core:
         self.fair = FairShare(cfg, store, self.jobs, self.wake)
         self.nodes = NodeRegistry(cfg, store, self.jobs, self.wake, clock)
         self.jobs.runs = self.nodes
+        self.notices = Notices(cfg, store, clock)
+        self.jobs.notifier = self.notices
 
     def start(self) -> None:
+        self.notices.start()
         self.nodes.start()
 
     def stop(self) -> None:
         self.jobs.stopping = True
         self.nodes.stop()
+        self.notices.stop()
         self.wake.set()
         with self.jobs.changed:  # waiters see the stop at once
             self.jobs.changed.notify_all()

@@ -26,6 +26,9 @@ from labq.protocol import (
     NodeRemoveRequest,
     NodeResumeRequest,
     NodesRequest,
+    NotifySetRequest,
+    NotifySettingsReply,
+    NotifyShowRequest,
     Op,
     PingReply,
     PingRequest,
@@ -43,7 +46,7 @@ from labq.spec import MAX_MEMORY_MB, arg_error
 from .config import ConfigError
 from .core import Core
 from .identity import Caller
-from .registry import NodeRegistry
+from .nodes.registry import NodeRegistry
 
 
 # -- session ----------------------------------------------------------------------------------
@@ -147,6 +150,15 @@ def usage(core: Core, caller: Caller, req: UsageRequest) -> UsageReply:
     return core.fair.usage(caller, req.days)
 
 
+# -- notifications ----------------------------------------------------------------------------
+def notify_show(core: Core, caller: Caller, req: NotifyShowRequest) -> NotifySettingsReply:
+    return core.notices.show(caller, req.user)
+
+
+def notify_set(core: Core, caller: Caller, req: NotifySetRequest) -> NotifySettingsReply:
+    return core.notices.set(caller, req.channel, req.value, req.user)
+
+
 Handler = Callable[[Core, Caller, Any], Any]
 
 HANDLERS: dict[Op, Handler] = {
@@ -157,4 +169,5 @@ HANDLERS: dict[Op, Handler] = {
     Op.NODES: nodes, Op.NODE_DRAIN: node_drain, Op.NODE_RESUME: node_resume,
     Op.NODE_ADD: node_add, Op.NODE_REMOVE: node_remove,
     Op.GROUPS: groups, Op.GROUP_SET: group_set, Op.USAGE: usage,
+    Op.NOTIFY_SHOW: notify_show, Op.NOTIFY_SET: notify_set,
 }

@@ -53,6 +53,14 @@ class RunControl(Protocol):
 Change = tuple[ActiveJob, JobState, str, "str | None", dict[str, Any]]
 
 
+class Notifier(Protocol):
+    """What messages a job's change sends: they are written with the change itself."""
+
+    wake: threading.Event  # set once the messages are written
+
+    def for_change(self, job: dict, dst: JobState, now: float) -> list[dict]: ...
+
+
 class JobTable:
     def __init__(self, cfg: Config, store: st.Store, logs: LogCopies, wake: threading.Event,
                  clock: Clock = SYSTEM):
@@ -64,6 +72,7 @@ class JobTable:
         self.wake = wake  # the scheduler should run
         self.logs = logs
         self.runs: RunControl | None = None  # set once the node registry exists
+        self.notifier: Notifier | None = None
         self.stopping = False
         self.active: dict[int, ActiveJob] = {r["id"]: ActiveJob(r)
                                              for r in store.active_rows(ACTIVE_STATES)}
@@ -103,8 +112,9 @@ class JobTable:
         self.transition_many([(job, dst, who, reason, fields)])
 
     def transition_many(self, changes: list[Change]) -> None:
-        """Several jobs' transitions, written in one store transaction and then applied in
-        memory; if any is not allowed or the write fails, none happens."""
+        """Several jobs' transitions, written in one store transaction with the messages they
+        send, and then applied in memory; if any is not allowed or the write fails, none
+        happens."""
         rows: list[st.Transition] = []
         for job, dst, who, reason, fields in changes:
             src = JobState(job["state"])
@@ -113,12 +123,23 @@ class JobTable:
                                    f"{dst.value}", {"id": job["id"], "state": src.value})
             now = fields.pop("when", None) or self.clock.time()
             fields.update(state=dst.value, reason=reason)
-            rows.append((job["id"], fields, who, src.value, dst.value, reason, now))
+            rows.append((job["id"], fields, who, src.value, dst.value, reason, now,
+                         self._notices(job, dst, fields, now)))
         self.store.record_transitions(rows)
+        if self.notifier is not None and any(row[7] for row in rows):
+            self.notifier.wake.set()
         for (job, dst, _who, _reason, fields), row in zip(changes, rows, strict=True):
             self._applied(job, JobState(row[3]), dst, fields, row[6])
         self.wake.set()
         self.changed.notify_all()
+
+    def _notices(self, job: ActiveJob, dst: JobState, fields: dict[str, Any],
+                 now: float) -> list[dict]:
+        if self.notifier is None or not job["notify"]:
+            return []
+        # a message names the job: the name is one of the fields kept on disk
+        name = self.store.cold_fields(job["id"]).get("name")
+        return self.notifier.for_change(dict(job, **fields, name=name), dst, now)
 
     def _applied(self, job: ActiveJob, src: JobState, dst: JobState, fields: dict[str, Any],
                  now: float) -> None:

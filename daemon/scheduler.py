@@ -16,9 +16,9 @@ from .activejob import ActiveJob
 from .clock import SYSTEM, Clock
 from .fairctl import FairShare
 from .jobtable import Change, JobTable
+from .nodes.registry import NodeRegistry
 from .policy import GpuSlot, NodeView, Snapshot, estimate
 from .policy.fairshare import Run
-from .registry import NodeRegistry
 
 log = logging.getLogger("labqd.scheduler")
 S = JobState
@@ -108,10 +108,11 @@ class Scheduler:
         # is checked against the state it finds when applied
         plan = policy.plan(snap, now)
         # estimates beyond the reservation are a courtesy: refreshed at most every second on
-        # a lab's queue, every interval on a big one, and left to the reservation on a huge one
+        # a lab's queue (not on every pass of a burst of short jobs), every interval on a big
+        # one, and left to the reservation on a huge one
         n = len(snap.jobs)
         since = now - self.estimated_at
-        if (n < 5000 and (since >= 1.0 or plan.starts)) or (n < 20000 and since >= self.interval_s):
+        if (n < 5000 and since >= 1.0) or (n < 20000 and since >= self.interval_s):
             self.expected = estimate(snap, plan, now)
             self.estimated_at = now
         elif n >= 20000:

@@ -27,6 +27,8 @@ PROTOCOL_CONFIG = {
     "allow_exposed_attrs": True, "import_custom_exceptions": False,
     "instantiate_custom_exceptions": False, "include_local_traceback": False,
     "sync_request_timeout": 60,
+    # labq.wire, the client's side, speaks the protocol without thread binding
+    "bind_threads": False,
 }
 
 

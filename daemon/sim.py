@@ -73,98 +73,118 @@ class _Partition:
         self.busy = {n.name: set() for n in nodes}  # independent check on double allocation
 
 
+class _Replay:
+    """One policy's replay: the event loop's state, so each step is a small method."""
+
+    def __init__(self, jobs: list[TraceJob], vcs: dict[str, int], policy: str):
+        self.jobs, self.vcs = jobs, vcs
+        self.cfg = cfg = policy_config(policy, vcs)
+        oracle = policy == "sjf-oracle"
+        self.views = [JobView(j.id, j.vc, j.vc, "PENDING", 5, j.submit, gpus=j.gpus,
+                              time_limit_s=j.duration if oracle else j.time_limit)
+                      for j in jobs]
+        if policy == "vc-fifo":
+            self.parts = {vc: _Partition(_nodes(vc, g), cfg) for vc, g in vcs.items()}
+            self.part_of = {j.id: self.parts[j.vc] for j in jobs}
+        else:
+            whole = _Partition([n for vc, g in vcs.items() for n in _nodes(vc, g)], cfg)
+            self.parts = {"": whole}
+            self.part_of = {j.id: whole for j in jobs}
+        self.total_gpus = sum(vcs.values())
+        self.by_id = {j.id: j for j in jobs}
+        self.use_fs = cfg.weight_fairshare != 0
+        self.usage: dict[str, float] = {}
+        self.rates: dict[str, float] = {}
+        self.last_t = 0.0
+        self.start: dict[int, float] = {}
+        self.finish: dict[int, float] = {}
+        self.ends: list[tuple[float, int]] = []
+        self.busy_total = 0
+        self.timeline: list[tuple[float, int]] = []
+        self.violations = 0
+
+    def run(self, record: bool) -> None:
+        jobs, i, n = self.jobs, 0, len(self.jobs)
+        while i < n or self.ends:
+            t = self.ends[0][0] if self.ends else jobs[i].submit
+            if i < n and jobs[i].submit < t:
+                t = jobs[i].submit
+            if self.use_fs and t > self.last_t:
+                self.usage = fairshare.accrue(self.usage, self.rates, t - self.last_t,
+                                              self.cfg.usage_half_life_s)
+                self.last_t = t
+            dirty = self._finish_due(t)
+            while i < n and jobs[i].submit <= t:
+                p = self.part_of[jobs[i].id]
+                p.queue.add(self.views[i])
+                if p not in dirty:
+                    dirty.append(p)
+                i += 1
+            for p in dirty:
+                self._schedule(p, t)
+            if self.busy_total > self.total_gpus:
+                self.violations += 1
+            if record:
+                self.timeline.append((t, self.busy_total))
+            parts = self.parts.values()
+            if not self.ends and i < n and not any(len(p.cluster.jobs) for p in parts) and \
+                    any(p.queue.classes for p in parts):
+                # nothing runs and nothing can start: a job no node can hold would wait forever
+                break
+
+    def _finish_due(self, t: float) -> list[_Partition]:
+        dirty: list[_Partition] = []
+        while self.ends and self.ends[0][0] <= t:
+            _, jid = heapq.heappop(self.ends)
+            p = self.part_of[jid]
+            node = p.cluster.nodes[p.cluster.jobs[jid][1]].name
+            gpus = p.cluster.jobs[jid][2]
+            p.cluster.finish(jid)
+            p.busy[node].difference_update(gpus)
+            self.busy_total -= len(gpus)
+            self.finish[jid] = t
+            if self.use_fs:
+                self.rates[self.by_id[jid].vc] -= len(gpus)
+            if p.queue.classes and p not in dirty:
+                dirty.append(p)
+        return dirty
+
+    def _schedule(self, p: _Partition, t: float) -> None:
+        cfg = self.cfg
+        p.queue.advance(age_floor(cfg, t))
+        fs = {}
+        if self.use_fs and len(p.queue.classes) > 1:
+            fs = fairshare.factors(self.usage, {}, cfg.group_shares, {},
+                                   {(c.head.group, c.head.owner)
+                                    for c in p.queue.classes.values()})
+        plan = schedule(p.cluster, p.queue, t, cfg, fs, full=False)
+        for s in plan.starts:
+            view = self.views[s.job - 1]
+            p.queue.remove(view)
+            held = p.busy[s.node]
+            if held.intersection(s.gpus) or len(s.gpus) != view.gpus:
+                self.violations += 1
+            held.update(s.gpus)
+            self.busy_total += len(s.gpus)
+            self.start[s.job] = t
+            heapq.heappush(self.ends, (t + self.by_id[s.job].duration, s.job))
+            if self.use_fs:
+                self.rates[view.group] = self.rates.get(view.group, 0.0) + len(s.gpus)
+
+
 def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
              record: bool = False) -> dict:
     """Replay `jobs` under one policy; figures as in the module docstring.
 
     With `record`, also returns per job (submit, start, finish, gpus) and the number of busy
     GPUs after every instant, for checking invariants."""
-    cfg = policy_config(policy, vcs)
-    oracle = policy == "sjf-oracle"
-    views = [JobView(j.id, j.vc, j.vc, "PENDING", 5, j.submit, gpus=j.gpus,
-                     time_limit_s=j.duration if oracle else j.time_limit) for j in jobs]
-    if policy == "vc-fifo":
-        parts = {vc: _Partition(_nodes(vc, g), cfg) for vc, g in vcs.items()}
-        part_of = {j.id: parts[j.vc] for j in jobs}
-    else:
-        whole = _Partition([n for vc, g in vcs.items() for n in _nodes(vc, g)], cfg)
-        parts = {"": whole}
-        part_of = {j.id: whole for j in jobs}
-    total_gpus = sum(vcs.values())
-    by_id = {j.id: j for j in jobs}
-
-    use_fs = cfg.weight_fairshare != 0
-    usage: dict[str, float] = {}
-    rates: dict[str, float] = {}
-    last_t = 0.0
-
-    start: dict[int, float] = {}
-    finish: dict[int, float] = {}
-    ends: list[tuple[float, int]] = []
-    busy_total = 0
-    timeline: list[tuple[float, int]] = []
-    violations = 0
-    i, n = 0, len(jobs)
-    while i < n or ends:
-        t = ends[0][0] if ends else jobs[i].submit
-        if i < n and jobs[i].submit < t:
-            t = jobs[i].submit
-        if use_fs and t > last_t:
-            usage = fairshare.accrue(usage, rates, t - last_t, cfg.usage_half_life_s)
-            last_t = t
-        dirty = []
-        while ends and ends[0][0] <= t:
-            _, jid = heapq.heappop(ends)
-            p = part_of[jid]
-            node = p.cluster.nodes[p.cluster.jobs[jid][1]].name
-            gpus = p.cluster.jobs[jid][2]
-            p.cluster.finish(jid)
-            p.busy[node].difference_update(gpus)
-            busy_total -= len(gpus)
-            finish[jid] = t
-            if use_fs:
-                rates[by_id[jid].vc] -= len(gpus)
-            if p.queue.classes and p not in dirty:
-                dirty.append(p)
-        while i < n and jobs[i].submit <= t:
-            p = part_of[jobs[i].id]
-            p.queue.add(views[i])
-            if p not in dirty:
-                dirty.append(p)
-            i += 1
-        for p in dirty:
-            p.queue.advance(age_floor(cfg, t))
-            fs = {}
-            if use_fs and len(p.queue.classes) > 1:
-                fs = fairshare.factors(usage, {}, cfg.group_shares, {},
-                                       {(c.head.group, c.head.owner)
-                                        for c in p.queue.classes.values()})
-            plan = schedule(p.cluster, p.queue, t, cfg, fs, full=False)
-            for s in plan.starts:
-                view = views[s.job - 1]
-                p.queue.remove(view)
-                held = p.busy[s.node]
-                if held.intersection(s.gpus) or len(s.gpus) != view.gpus:
-                    violations += 1
-                held.update(s.gpus)
-                busy_total += len(s.gpus)
-                start[s.job] = t
-                heapq.heappush(ends, (t + by_id[s.job].duration, s.job))
-                if use_fs:
-                    rates[view.group] = rates.get(view.group, 0.0) + len(s.gpus)
-        if busy_total > total_gpus:
-            violations += 1
-        if record:
-            timeline.append((t, busy_total))
-        if not ends and i < n and not any(len(p.cluster.jobs) for p in parts.values()) and \
-                any(p.queue.classes for p in parts.values()):
-            # nothing runs and nothing can start: a job no node can hold would wait forever
-            break
-    result = _metrics(jobs, vcs, start, finish, total_gpus)
-    result["violations"] = violations
+    r = _Replay(jobs, vcs, policy)
+    r.run(record)
+    result = _metrics(jobs, vcs, r.start, r.finish, r.total_gpus)
+    result["violations"] = r.violations
     if record:
-        result["timeline"] = timeline
-        result["records"] = {j.id: (j.submit, start.get(j.id), finish.get(j.id), j.gpus)
+        result["timeline"] = r.timeline
+        result["records"] = {j.id: (j.submit, r.start.get(j.id), r.finish.get(j.id), j.gpus)
                              for j in jobs}
     return result
 

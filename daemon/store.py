@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 from labq.errors import StorageError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
 
 db = pw.DatabaseProxy()
@@ -75,8 +75,9 @@ class Job(Base):
     node = pw.CharField(null=True)
     gpu_indices = JSONField(default=list)
     restarts = pw.IntegerField(default=0)
+    notify = pw.CharField(null=True)  # end, fail or all (labq.spec.NOTIFY_WHEN)
     # the queue's change counter when the job last changed: what a poll asks for with
-    # changed_since (version 4)
+    # changed_since (version 5)
     seq = pw.IntegerField(null=True)
 
 
@@ -140,6 +141,30 @@ class GroupSetting(Base):
     settings = JSONField()
 
 
+class NotifySetting(Base):
+    """Where a user's notifications go, set with `labq notify set`."""
+    uid = pw.IntegerField(primary_key=True)
+    user = pw.CharField()
+    webhook = pw.TextField(null=True)
+    mail = pw.TextField(null=True)
+
+
+class Notification(Base):
+    """One message to send on one channel; written in the transaction of the job's change,
+    so a change is never without its messages, whatever stops labqd afterwards."""
+    id = pw.AutoField()
+    job = pw.IntegerField(index=True)
+    channel = pw.CharField()  # mail, webhook, command
+    target = pw.TextField(null=True)  # the address or URL as it was when the job changed
+    payload = JSONField()  # id, name, user, state, exit_code, node, runtime, event
+    status = pw.CharField(index=True)  # pending, sending, sent, failed
+    attempts = pw.IntegerField(default=0)
+    next_try = pw.DoubleField()
+    created = pw.DoubleField()
+    done_time = pw.DoubleField(null=True)
+    error = pw.TextField(null=True)
+
+
 TABLES_V1 = [Meta, Job, JobEvent, Node, Gpu, Allocation]
 
 
@@ -171,6 +196,13 @@ def _migrate_3(database: pw.Database) -> None:
 
 def _migrate_4(database: pw.Database) -> None:
     cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
+    if "notify" not in cols:
+        database.execute_sql('ALTER TABLE "job" ADD COLUMN "notify" VARCHAR(255)')
+    database.create_tables([NotifySetting, Notification])
+
+
+def _migrate_5(database: pw.Database) -> None:
+    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
     if "seq" not in cols:
         database.execute_sql('ALTER TABLE "job" ADD COLUMN "seq" INTEGER')
     # jobs from before: changed in id order, all before anything new
@@ -182,11 +214,13 @@ def _migrate_4(database: pw.Database) -> None:
 
 
 # version -> function bringing the schema from version-1 up to it; never edit a released one
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4}
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5}
 
 
-# (job id, changed fields, who, from state, to state, reason, when): one job's transition
-Transition = tuple[int, dict[str, Any], str, str, str, "str | None", float]
+# (job id, changed fields, who, from state, to state, reason, when, notifications to send):
+# one job's transition
+Transition = tuple[int, dict[str, Any], str, str, str, "str | None", float,
+                   Sequence[dict[str, Any]]]
 
 
 class ForeignDatabase(Exception):
@@ -321,15 +355,20 @@ class Store:
         Job.update(**fields, seq=self._next_seq()).where(Job.id == job_id).execute()
 
     def record_transition(self, job_id: int, fields: dict[str, Any], who: str, src: str,
-                          dst: str, reason: str | None, when: float) -> None:
-        """A job's new state, its event row and its GPU allocation, in one transaction."""
-        self.record_transitions([(job_id, fields, who, src, dst, reason, when)])
+                          dst: str, reason: str | None, when: float,
+                          notices: Sequence[dict[str, Any]] = ()) -> None:
+        """A job's new state, its event row, its GPU allocation and the notifications it
+        sends, in one transaction."""
+        self.record_transitions([(job_id, fields, who, src, dst, reason, when, notices)])
 
     def record_transitions(self, changes: list[Transition]) -> None:
         """Many jobs' transitions (a scheduler pass's starts) in one transaction: one commit
         instead of one per job, and none of them if any fails."""
         with self.write():
-            for job_id, fields, who, src, dst, reason, when in changes:
+            for job_id, fields, who, src, dst, reason, when, notices in changes:
+                for n in notices:
+                    self._insert(Notification, dict(n, job=job_id, status="pending",
+                                                    next_try=when, created=when))
                 Job.update(**fields, seq=self._next_seq()).where(Job.id == job_id).execute()
                 self.add_event(job_id, who, src, dst, reason, when)
                 Allocation.delete().where(Allocation.job == job_id).execute()
@@ -393,6 +432,59 @@ class Store:
     def save_group_settings(self, group: str, settings: dict[str, Any]) -> None:
         with self.write():
             GroupSetting.replace(group=group, settings=settings).execute()
+
+    # -- notifications ---------------------------------------------------------------------
+    def notify_settings(self) -> dict[int, dict[str, Any]]:
+        return {r["uid"]: r for r in NotifySetting.select().dicts()}
+
+    def save_notify_setting(self, uid: int, user: str, **fields: Any) -> None:
+        with self.write():
+            NotifySetting.insert(uid=uid, user=user, **fields).on_conflict(
+                conflict_target=[NotifySetting.uid],
+                update={NotifySetting.user: user, **{getattr(NotifySetting, k): v
+                                                     for k, v in fields.items()}}).execute()
+
+    def notifications_due(self, now: float, limit: int = 50) -> list[dict[str, Any]]:
+        return list(Notification.select().where((Notification.status == "pending")
+                                                & (Notification.next_try <= now))
+                    .order_by(Notification.next_try, Notification.id).limit(limit).dicts())
+
+    def next_notification_time(self) -> float | None:
+        row = (Notification.select(pw.fn.MIN(Notification.next_try).alias("t"))
+               .where(Notification.status == "pending").dicts().first())
+        return row["t"] if row else None
+
+    def notifications(self, job_id: int) -> list[dict[str, Any]]:
+        return list(Notification.select().where(Notification.job == job_id)
+                    .order_by(Notification.id).dicts())
+
+    def claim_notification(self, nid: int) -> bool:
+        """Mark it being sent; False if it was not pending. Sending happens only after this
+        is committed, so a message is never sent twice, whenever labqd stops."""
+        with self.write():
+            return bool(Notification.update(status="sending", attempts=Notification.attempts + 1)
+                        .where((Notification.id == nid) & (Notification.status == "pending"))
+                        .execute())
+
+    def finish_notification(self, nid: int, status: str, when: float, *,
+                            error: str | None = None, next_try: float | None = None,
+                            event: tuple[int, str, str] | None = None) -> None:
+        """Sent, failed for good, or back to pending for another try at `next_try`; `event`
+        (job, state, reason) goes into the job's history in the same transaction."""
+        fields: dict[str, Any] = {"status": status, "error": error}
+        if next_try is not None:
+            fields["next_try"] = next_try
+        if status in ("sent", "failed"):
+            fields["done_time"] = when
+        with self.write():
+            Notification.update(**fields).where(Notification.id == nid).execute()
+            if event is not None:
+                job, state, reason = event
+                self.add_event(job, "labqd", state, state, reason, when)
+
+    def unfinished_sends(self) -> list[dict[str, Any]]:
+        """Messages a stopped labqd was sending: whether they left is unknown."""
+        return list(Notification.select().where(Notification.status == "sending").dicts())
 
     # -- reads -----------------------------------------------------------------------------
     def job_row(self, job_id: int) -> dict[str, Any] | None:

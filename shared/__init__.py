@@ -9,8 +9,10 @@
 from . import errors
 from .client import Client, connect
 from .errors import LabqError
+from .follow import Detached
 from .models import Event, Gpu, Job, Node
 from .states import JobState
 
-__all__ = ["Client", "Event", "Gpu", "Job", "JobState", "LabqError", "Node", "connect", "errors"]
+__all__ = ["Client", "Detached", "Event", "Gpu", "Job", "JobState", "LabqError", "Node", "connect",
+           "errors"]
 __version__ = "0.1.0"

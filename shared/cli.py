@@ -5,42 +5,21 @@ import argparse
 import codecs
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import connect
+from . import clinotify, completion, connect, userconfig
+from .clifollow import run_job
 from .errors import LabqError
 from .models import Job
 from .spec import MAX_GPUS
+from .text import printable
 from .units import format_duration, format_size_mb, parse_duration_s, parse_size_mb
 
 if TYPE_CHECKING:
     from .client import Client
-
-
-# C0 controls, DEL and C1 controls (ESC and CSI start every ANSI sequence, so escaping them
-# defuses all of those), and the Unicode line breaks and bidi overrides, which also rearrange
-# what a terminal shows. Names, commands and reasons are whatever another user typed.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_UNPRINTABLE_IN_LINES = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_one(m: re.Match[str]) -> str:
-    c = m.group()
-    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-
-
-def printable(value: object, lines: bool = False) -> str:
-    """`value` as text that cannot move the cursor, restyle or retitle a terminal: control
-    characters appear as Python writes them in a string literal (ESC as `\\x1b`). `lines`
-    keeps newlines and tabs, for text that is meant to span lines."""
-    pattern = _UNPRINTABLE_IN_LINES if lines else _UNPRINTABLE
-    return pattern.sub(_escape_one, str(value))
 
 
 def _job_json(job: Job) -> dict[str, Any]:
@@ -97,7 +76,8 @@ def _status_text(job: Job, now: float) -> str:
 
 
 # -- commands ------------------------------------------------------------------------------
-def cmd_submit(q: Client, a: argparse.Namespace) -> int:
+def _submit_args(a: argparse.Namespace, usage: str) -> tuple[list[str] | str, dict[str, Any]]:
+    """The command and Client.submit's options from `labq submit` or `labq run` arguments."""
     if a.wrap is not None:
         if a.command:
             raise SystemExit("labq: give either --wrap STRING or -- CMD ARGS, not both")
@@ -107,7 +87,7 @@ def cmd_submit(q: Client, a: argparse.Namespace) -> int:
         if command and command[0] == "--":
             command = command[1:]
         if not command:
-            raise SystemExit("labq: nothing to run; usage: labq submit [options] -- CMD ARGS...")
+            raise SystemExit(f"labq: nothing to run; usage: {usage}")
     env: dict[str, str] = {}
     for item in a.env or []:
         k, sep, v = item.partition("=")
@@ -117,16 +97,25 @@ def cmd_submit(q: Client, a: argparse.Namespace) -> int:
     after: list[int | str] = []
     for dep in a.after or []:
         after.extend(d for d in dep.split(",") if d)
-    job = q.submit(command, gpus=a.gpus, gpu_type=a.gpu_type, gpu_memory=a.gpu_mem,
-                   cpus=a.cpus, memory=a.mem, time_limit=a.time, name=a.name,
-                   priority=a.priority, after=after, cwd=a.chdir, env=env,
-                   export_env=not a.no_export, group=a.group, partition=a.partition,
-                   hold=a.hold, requeue=not a.no_requeue)
+    return command, dict(
+        gpus=a.gpus, gpu_type=a.gpu_type, gpu_memory=a.gpu_mem, cpus=a.cpus, memory=a.mem,
+        time_limit=a.time, name=a.name, priority=a.priority, after=after, cwd=a.chdir,
+        env=env, export_env=not a.no_export, group=a.group, partition=a.partition,
+        hold=a.hold, requeue=not a.no_requeue, notify=userconfig.submit_notify(a.notify))
+
+
+def cmd_submit(q: Client, a: argparse.Namespace) -> int:
+    command, options = _submit_args(a, "labq submit [options] -- CMD ARGS...")
+    job = q.submit(command, **options)
     if a.json:
         _print_json(_job_json(job))
     else:
         print(job.id)
     return 0
+
+
+def cmd_run(q: Client, a: argparse.Namespace) -> int:
+    return run_job(q, *_submit_args(a, "labq run [options] -- CMD ARGS..."))
 
 
 LS_HEADER = ["ID", "NAME", "USER", "GROUP", "STATE", "GPUS", "NODE", "PRIO", "REASON/TIME"]
@@ -192,6 +181,7 @@ def cmd_show(q: Client, a: argparse.Namespace) -> int:
         ("gpu indices", ",".join(map(str, job.gpu_indices)) or "-"),
         ("exit code", "-" if job.exit_code is None else job.exit_code),
         ("restarts", job.restarts),
+        ("notify", job.notify or "-"),
     ]
     for k, v in fields:
         print(f"{k:>13}: {printable(v)}")
@@ -421,21 +411,8 @@ def _checked(fn: Callable[[str, str], object], what: str) -> Callable[[str], str
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="labq", description="GPU job queue for research labs.")
-    ap.add_argument("--socket", help="labqd's socket (default: $LABQ_SOCKET, else the user's "
-                    "own daemon, else the system daemon)")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-
-    def add(name: str, fn: Callable[..., int], help_: str,
-            json_flag: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(fn=fn)
-        if json_flag:
-            p.add_argument("--json", action="store_true", help="print JSON")
-        return p
-
-    p = add("submit", cmd_submit, "queue a command: labq submit [options] -- CMD ARGS...")
+def _submit_options(p: argparse.ArgumentParser) -> None:
+    """What `labq submit` and `labq run` both take."""
     p.add_argument("--gpus", "-G", type=_positive_int(0, MAX_GPUS), default=0)
     p.add_argument("--gpu-type", help="e.g. A100 (matches the GPU name, case-insensitive)")
     p.add_argument("--gpu-mem", type=_checked(parse_size_mb, "gpu memory"),
@@ -458,7 +435,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-requeue", action="store_true",
                    help="fail instead of requeueing if the node is lost")
     p.add_argument("--wrap", help="a shell command string run with bash -c")
+    p.add_argument("--notify", choices=["end", "fail", "all", "none"],
+                   help="tell me when the job ends, ends other than COMPLETED, or starts and "
+                   "ends (default: [submit] notify in ~/.config/labq/config.toml)")
     p.add_argument("command", nargs=argparse.REMAINDER)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="labq", description="GPU job queue for research labs.")
+    ap.add_argument("--socket", help="labqd's socket (default: $LABQ_SOCKET, else the user's "
+                    "own daemon, else the system daemon)")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[..., int], help_: str,
+            json_flag: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(fn=fn)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    _submit_options(add("submit", cmd_submit,
+                        "queue a command: labq submit [options] -- CMD ARGS..."))
+    _submit_options(add("run", cmd_run, "run a command and follow it, as srun does: its "
+                        "output comes here, labq exits with its exit code, Ctrl-C cancels it",
+                        json_flag=False))
 
     p = add("ls", cmd_ls, "list jobs (active ones; --all adds ended jobs)")
     p.add_argument("--all", "-a", action="store_true",
@@ -515,17 +516,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("usage", cmd_usage, "GPU-hours per group and user, and fair-share factors")
     p.add_argument("--days", type=float, default=30)
     add("whoami", cmd_whoami, "who labqd thinks you are")
+    clinotify.add_parser(add("notify", clinotify.cmd_notify, "where your notifications go: "
+                             "show, set webhook|mail VALUE, unset webhook|mail"))
     add("tui", cmd_tui, "the terminal UI", json_flag=False)
+    add("completion", cmd_completion, "print the shell completion script",
+        json_flag=False).add_argument("shell", choices=completion.SHELLS)
     return ap
+
+
+def cmd_completion(a: argparse.Namespace) -> int:
+    print(completion.script(a.shell), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
-    a = ap.parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["__complete"]:  # what the completion scripts run; not a command of users
+        return completion.run(ap, args[1:])
+    a = ap.parse_args(args)
     if a.cmd == "group" and a.action == "set" and not a.group:
         ap.error("group set needs a group name")
     if a.cmd == "tui":
         return cmd_tui(a)
+    if a.cmd == "completion":
+        return cmd_completion(a)
     try:
         with connect(a.socket) as q:
             fn: Callable[[Client, argparse.Namespace], int] = a.fn

@@ -8,9 +8,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
-from .errors import DaemonUnavailable, LabqError, ValidationError, from_wire
+from .errors import DaemonUnavailable, InternalError, LabqError, ValidationError, from_wire
+from .follow import STDERR, STDOUT, Detached, InterruptsRecorded, Sink
 from .models import Event, Job, Node
 from .paths import SYSTEM_SOCKET
 from .protocol import (
@@ -31,6 +32,9 @@ from .protocol import (
     NodeRemoveRequest,
     NodeResumeRequest,
     NodesRequest,
+    NotifySetRequest,
+    NotifySettingsReply,
+    NotifyShowRequest,
     Op,
     PingReply,
     PingRequest,
@@ -138,18 +142,9 @@ class Client:
         self._connect()
 
     def _connect(self) -> None:
-        import rpyc
-        from rpyc.core.channel import Channel
-        from rpyc.core.stream import SocketStream
-        from rpyc.utils.factory import connect_channel
-        config = {"allow_public_attrs": False, "allow_pickle": False,
-                  "sync_request_timeout": self.timeout}
-        sock = _open_socket(self.socket_path)
-        # labqd refuses compressed frames (a small one can inflate to gigabytes)
-        self._conn = connect_channel(Channel(SocketStream(sock), compress=False),
-                                     service=rpyc.VoidService, config=config)
-        # each attribute access on a netref is a round trip: look the methods up once
-        self._methods: dict[str, Any] = {}
+        # rpyc's wire, spoken by labq.wire: a command need not import rpyc (see there)
+        from .wire import Connection
+        self._conn = Connection(_open_socket(self.socket_path), self.timeout)
 
     # -- plumbing --------------------------------------------------------------------------
     def reconnect(self, within: float = 30.0) -> None:
@@ -184,15 +179,18 @@ class Client:
         self.close()
 
     def _remote(self, method: str, *args: Any) -> Any:
+        from .wire import RemoteError
         with self._lock:
             try:
-                fn = self._methods.get(method)
-                if fn is None:
-                    fn = self._methods[method] = getattr(self._conn.root, method)
-                return fn(*args)
+                if self._conn.in_call:  # a call cut off by Ctrl-C left it out of step
+                    self._conn.close()
+                    self._connect()
+                return self._conn.call(method, *args)
             except LabqError:
                 raise
-            except (EOFError, OSError, TimeoutError) as e:
+            except RemoteError as e:
+                raise InternalError(f"labqd refused the call: {e}") from None
+            except (EOFError, OSError) as e:  # WireError is an EOFError; timeouts are OSError
                 raise DaemonUnavailable(f"lost the connection to labqd: {e or type(e).__name__}",
                                         {"socket": str(self.socket_path)}) from None
 
@@ -227,12 +225,14 @@ class Client:
                priority: int = 5, after: list[int | str] | tuple[int | str, ...] = (),
                cwd: str | None = None, env: dict[str, str] | None = None,
                export_env: bool = True, group: str | None = None,
-               partition: str | None = None, hold: bool = False, requeue: bool = True) -> Job:
+               partition: str | None = None, hold: bool = False, requeue: bool = True,
+               notify: str | None = None) -> Job:
         """Queue a command: an argv list, or a string run with `bash -c`.
 
         The job gets the caller's environment (minus session variables) unless export_env is
         False; `env` entries are added on top. Memory takes MiB or '16G'; time_limit takes
-        seconds or '2h' / '1-00:00:00'; after takes ids (afterok) or 'afterany:ID'.
+        seconds or '2h' / '1-00:00:00'; after takes ids (afterok) or 'afterany:ID'; notify
+        ('end', 'fail' or 'all') tells the owner through the channels labqd's admin enabled.
         """
         full_env = exported_env() if export_env else {}
         full_env.update(env or {})
@@ -240,7 +240,7 @@ class Client:
                               cpus=cpus, memory=memory, time_limit=time_limit, name=name,
                               priority=priority, after=after, cwd=cwd or os.getcwd(),
                               env=full_env, group=group, partition=partition, hold=hold,
-                              requeue=requeue)
+                              requeue=requeue, notify=notify)
         return cast(Job, self.request(SubmitRequest(spec=spec)))
 
     @sends(Op.JOB)
@@ -357,6 +357,60 @@ class Client:
         if tail:
             yield tail
 
+    # -- run: submit, follow, wait, as srun does -----------------------------------------
+    def run(self, command: list[str] | tuple[str, ...] | str, *,
+            stdout: IO[Any] | None = None, stderr: IO[Any] | None = None,
+            **options: Any) -> Job:
+        """Submit `command` with submit's options, write its output to `stdout` (default
+        sys.stdout) while it runs, and return the job once it has ended.
+
+        Ctrl-C (KeyboardInterrupt) cancels the job and goes on following it to its end; a
+        second one raises `labq.Detached`, and the job ends without anyone waiting."""
+        with InterruptsRecorded() as interrupts:
+            job = self.submit(command, **options)
+        return self.attach(job.id, stdout=stdout, stderr=stderr,
+                           interrupted=interrupts.count > 0)
+
+    def attach(self, job_id: int, *, stdout: IO[Any] | None = None,
+               stderr: IO[Any] | None = None, offset: int = 0, interrupted: bool = False,
+               on_interrupt: Callable[[int], None] | None = None, poll: float = 5.0) -> Job:
+        """Follow a job's output into `stdout` from `offset` until it has ended; return the
+        ended job. Ctrl-C as in `run`; `interrupted` says one came already, so the job is
+        cancelled first; `on_interrupt(job_id)` is called before each cancel is sent."""
+        import sys
+        sinks = {STDOUT: Sink(stdout or sys.stdout), STDERR: Sink(stderr or sys.stderr)}
+        cancel_sent = cancel_taken = False
+        while True:
+            try:
+                if interrupted and not cancel_sent:
+                    cancel_sent = True  # before the call: another Ctrl-C in it detaches
+                    if on_interrupt is not None:
+                        on_interrupt(job_id)
+                    self._cancel_interrupted(job_id)
+                    cancel_taken = True
+                for stream, data in self._output(job_id, offset, poll):
+                    sinks[stream].write(data)
+                    offset += len(data)
+                break
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise Detached(job_id, cancel_taken) from None
+                interrupted = True
+        for sink in sinks.values():
+            sink.close()
+        return self.job(job_id)
+
+    def _cancel_interrupted(self, job_id: int) -> None:
+        # the interrupted call may have stopped half way through its reply: _remote then
+        # sends the cancel over a fresh connection
+        self.cancel(job_id, reason="interrupted (Ctrl-C)")
+
+    def _output(self, job_id: int, offset: int, poll: float) -> Iterator[tuple[str, bytes]]:
+        """(stream, bytes) until the job has ended. The node keeps stdout and stderr in one
+        log, so all of it is STDOUT until a log says which stream a chunk came from."""
+        for data in self.follow_bytes(job_id, offset, poll):
+            yield STDOUT, data
+
     # -- cluster ---------------------------------------------------------------------------
     @sends(Op.NODES)
     def nodes(self) -> list[Node]:
@@ -399,6 +453,19 @@ class Client:
     def usage(self, days: float = 30) -> UsageReply:
         """GPU-hours per group, user and day over the last `days`, with fair-share factors."""
         return cast(UsageReply, self.request(UsageRequest(days=days)))
+
+    # -- notifications ---------------------------------------------------------------------
+    @sends(Op.NOTIFY_SHOW)
+    def notify_settings(self, user: str | None = None) -> NotifySettingsReply:
+        """Where your notifications go, and the channels labqd's admin enabled."""
+        return cast(NotifySettingsReply, self.request(NotifyShowRequest(user=user)))
+
+    @sends(Op.NOTIFY_SET)
+    def set_notify(self, channel: str, value: str | None, *,
+                   user: str | None = None) -> NotifySettingsReply:
+        """Send your notifications' `channel` ('webhook' or 'mail') to `value`; None clears."""
+        return cast(NotifySettingsReply, self.request(NotifySetRequest(
+            channel=channel, value=value, user=user)))
 
     @sends(Op.WHOAMI)
     def whoami(self) -> WhoamiReply:

@@ -51,6 +51,7 @@ class Job:
     node: str | None = None
     gpu_indices: list[int] = field(default_factory=list)
     restarts: int = 0
+    notify: str | None = None  # end, fail or all: when the owner is told
     priority_score: float | None = None
     estimated_start: float | None = None
     # the queue's change counter when this job last changed: `jobs(changed_since=...)`

@@ -10,6 +10,7 @@ Standard library only: users' scripts import it through `labq`.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypedDict, get_args, get_origin
@@ -60,6 +61,8 @@ class Op(str, Enum):
     GROUP_SET = "group_set"
     GROUPS = "groups"
     USAGE = "usage"
+    NOTIFY_SHOW = "notify_show"
+    NOTIFY_SET = "notify_set"
     READ_LOG = "read_log"  # its own call: bytes cross as they are, not inside JSON
 
 
@@ -110,6 +113,14 @@ class UsageReply(TypedDict):
     groups: list[dict[str, Any]]
     users: list[dict[str, Any]]
     series: list[dict[str, Any]]
+
+
+class NotifySettingsReply(TypedDict):
+    user: str
+    webhook: str | None
+    mail: str | None  # the address set; mail goes to `mail_to` (the default when None)
+    mail_to: str | None
+    channels: list[str]  # the channels labqd's admin enabled: mail, webhook, command
 
 
 class NodeRemovedReply(TypedDict):
@@ -507,3 +518,63 @@ class UsageRequest(Request, op=Op.USAGE, reply=UsageReply):
         if type(v) not in (int, float) or not 0 < v <= MAX_DAYS:
             raise arg_error("days", f"must be a number of days above 0 and at most {MAX_DAYS}")
         return cls(days=v)
+
+
+# -- notifications ----------------------------------------------------------------------------
+NOTIFY_CHANNELS = ("webhook", "mail")  # the ones a user sets; the admin's command is not theirs
+MAX_URL = 2048
+MAX_MAIL = 254  # RFC 5321's longest path
+_MAIL = re.compile(r"[^@\s\x00-\x1f\x7f<>(),;:\"\[\]]+@[A-Za-z0-9.-]+")
+
+
+@dataclass(frozen=True)
+class NotifyShowRequest(Request, op=Op.NOTIFY_SHOW, reply=NotifySettingsReply):
+    """One's own notification settings; admins may name another user."""
+    user: str | None = None
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        return cls(user=check_text(args, "user", MAX_IDENT))
+
+
+@dataclass(frozen=True)
+class NotifySetRequest(Request, op=Op.NOTIFY_SET, reply=NotifySettingsReply):
+    """Set or clear (value None) where one's notifications go; admins may name another user.
+    Which webhook hosts are allowed is labqd's config, so labqd checks that part."""
+    channel: str
+    value: str | None = None
+    user: str | None = None
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        channel = args.get("channel")
+        if type(channel) is not str or channel not in NOTIFY_CHANNELS:
+            raise arg_error("channel", f"must be one of {', '.join(NOTIFY_CHANNELS)}")
+        limit = MAX_URL if channel == "webhook" else MAX_MAIL
+        value = check_text(args, "value", limit)
+        if value is not None:
+            if " " in value:
+                raise arg_error("value", "must not hold spaces")
+            if channel == "webhook":
+                check_webhook_url(value)
+            elif not _MAIL.fullmatch(value):
+                raise arg_error("value", f"{value[:80]!r} is not a mail address like "
+                                "name@example.org")
+        return cls(channel=channel, value=value or None,
+                   user=check_text(args, "user", MAX_IDENT))
+
+
+def check_webhook_url(url: str) -> str:
+    """The URL's host, lower case, if it is an http(s) URL with one; else ValidationError."""
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 -- raises ValueError on a port out of range
+    except ValueError as e:
+        raise arg_error("value", f"not a URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise arg_error("value", "a webhook must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise arg_error("value", "a webhook URL must not carry a user name or password")
+    return host.lower()

@@ -31,6 +31,9 @@ MAX_DEPS = 100
 MAX_IDENT = 64  # group, partition, user and GPU type names
 MAX_REASON_BYTES = 1024
 DEP_KINDS = ("afterok", "afterany", "afternotok")
+# when a job's owner hears of it (Slurm's --mail-type): when it ends, only when it ends other
+# than COMPLETED, or when it starts and when it ends
+NOTIFY_WHEN = ("end", "fail", "all")
 
 # Bounds of every request, whatever it asks for. SQLite stores signed 64-bit integers; beyond
 # them a value fails deep inside the store instead of at the door.
@@ -48,7 +51,7 @@ _DEP_ID = re.compile(r"[0-9]{1,19}")
 
 FIELDS = ("command", "name", "cwd", "env", "gpus", "gpu_type", "gpu_memory_mb", "cpus",
           "memory_mb", "time_limit_s", "priority", "dependencies", "group", "partition",
-          "hold", "requeue")
+          "hold", "requeue", "notify")
 
 
 def _fail(field: str, message: str, value: Any = None) -> ValidationError:
@@ -350,6 +353,10 @@ def validate_submit(data: Any) -> dict[str, Any]:
         if not isinstance(v, bool):
             raise _fail(key, "must be true or false", v)
         out[key] = v
+    notify = data.get("notify")
+    if notify is not None and (type(notify) is not str or notify not in NOTIFY_WHEN):
+        raise _fail("notify", f"must be one of {', '.join(NOTIFY_WHEN)}", notify)
+    out["notify"] = notify
     return out
 
 
@@ -360,7 +367,8 @@ def submit_request(command: list[str] | tuple[str, ...] | str, *, gpus: int = 0,
                    priority: int = 5, after: list[int | str] | tuple[int | str, ...] = (),
                    cwd: str | None = None, env: dict[str, str] | None = None,
                    group: str | None = None, partition: str | None = None,
-                   hold: bool = False, requeue: bool = True) -> dict[str, Any]:
+                   hold: bool = False, requeue: bool = True,
+                   notify: str | None = None) -> dict[str, Any]:
     """Build a request from friendly arguments ('16G', '2h', [12, 'afterany:13'])."""
     req: dict[str, Any] = {"command": list(command) if isinstance(command, tuple) else command,
                            "gpus": gpus, "cpus": cpus, "priority": priority, "hold": hold,
@@ -377,7 +385,8 @@ def submit_request(command: list[str] | tuple[str, ...] | str, *, gpus: int = 0,
         req["name"] = name
     if after:
         req["dependencies"] = [a if isinstance(a, str) else f"afterok:{a}" for a in after]
-    for key, val in (("cwd", cwd), ("env", env), ("group", group), ("partition", partition)):
+    for key, val in (("cwd", cwd), ("env", env), ("group", group), ("partition", partition),
+                     ("notify", notify)):
         if val is not None:
             req[key] = val
     return req

@@ -1,5 +1,5 @@
 """Parsing of real-format nvidia-smi output by the node agent."""
-from labq.daemon.agent import parse_nvidia_smi
+from labq.daemon.nodes.agent.probe import parse_nvidia_smi
 
 A100_SMI = """0, NVIDIA A100-SXM4-80GB, 81920, 4, 0, GPU-5b0a1c4e-2f3d-4c5b-9a8e-7d6c5b4a3f21
 1, NVIDIA A100-SXM4-80GB, 81920, 40960, 97, GPU-6c1b2d5f-3e4a-4d6c-8b9f-8e7d6c5b4a32

@@ -2,6 +2,7 @@
 job directory cannot be redirected, and a run is contained (cgroup or marker sweep) so that
 nothing it starts outlives it."""
 import base64
+import hashlib
 import json
 import os
 import pwd
@@ -18,7 +19,22 @@ from pathlib import Path
 import pytest
 from sshnodes import alive, ensure_user, run_as
 
-AGENT = str(Path(__file__).resolve().parent.parent / "daemon" / "agent.py")
+from labq.daemon.nodes.transport import agent_program
+
+
+def agent_file() -> str:
+    """The program labqd sends to nodes, as a file any test account can run."""
+    data = agent_program()
+    path = Path(f"/var/tmp/labq-test-agent-{hashlib.sha256(data).hexdigest()[:16]}.py")
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}")
+        tmp.write_bytes(data)
+        tmp.chmod(0o644)
+        tmp.rename(path)
+    return str(path)
+
+
+AGENT = agent_file()
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else shutil.which("python3")
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C"}
 

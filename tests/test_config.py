@@ -162,3 +162,30 @@ def test_a_directory_is_no_config(tmp_path):
     r = check_config(tmp_path)
     assert r.returncode == 2
     assert r.stderr == f"labqd: config error: cannot read {tmp_path}: Is a directory\n"
+
+
+@pytest.mark.parametrize("text, where", [
+    ('[notify.mail]\nfrom = "a@b"\n', "notify.mail"),
+    ('[notify.mail]\nsendmail = "/usr/sbin/sendmail"\nsmtp_host = "relay"\n', "notify.mail"),
+    ('[notify.webhook]\nallow_hosts = ["https://x/"]\n', "notify.webhook.allow_hosts[0]"),
+    ('[notify.webhook]\ntimeout = "5s"\n', "notify.webhook.allow_hosts"),
+    ('[notify.command]\nargv = ["hook", "{id}"]\n', "notify.command.argv"),
+    ('[notify.command]\nargv = ["/bin/hook", "{id}", "{env}"]\n', "notify.command.argv[2]"),
+    ('[notify]\nmax_attempts = 0\n', "notify.max_attempts"),
+])
+def test_bad_notify_settings_name_the_key(tmp_path, text, where):
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, text))
+    assert str(e.value).startswith(where + ":")
+
+
+def test_the_notify_command_gets_each_value_as_its_own_argument():
+    from labq.daemon.channels import command_argv, host_allowed
+    payload = {"id": 7, "name": "x; rm -rf / $(id) {user}", "user": "alice",
+               "state": "FAILED", "exit_code": None, "node": "n1", "runtime": 12}
+    assert command_argv(["/bin/hook", "{id}", "--name={name}", "{exit_code}", "{user}"],
+                        payload) == ["/bin/hook", "7", "--name=x; rm -rf / $(id) {user}", "",
+                                     "alice"]
+    assert host_allowed("a.lab.org", ["*.lab.org"]) and not host_allowed("lab.org.evil",
+                                                                          ["*.lab.org"])
+    assert not host_allowed("evillab.org", ["*.lab.org"])

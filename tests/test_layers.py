@@ -20,6 +20,13 @@ def test_client_library_and_cli_import_no_heavy_parts():
     assert not mods & {"textual", "peewee", "paramiko", "labq.daemon", "labq.tui"}
 
 
+def test_the_cli_imports_only_what_a_submit_needs():
+    # a `labq` command pays for every module it imports before it does anything
+    mods = imported_after("import labq.cli")
+    assert not mods & {"textual", "rich", "rpyc", "peewee", "paramiko", "ssl", "logging",
+                       "asyncio", "labq.tui", "labq.daemon"}
+
+
 def test_daemon_does_not_import_the_tui():
     mods = imported_after("import labq.daemon.main, labq.daemon.core, labq.daemon.scheduler, "
                           "labq.daemon.service, labq.daemon.sim")
@@ -32,16 +39,24 @@ def test_policy_is_pure():
 
 
 def test_node_agent_uses_the_standard_library_only():
-    tree = ast.parse((ROOT / "daemon" / "agent.py").read_text())
-    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
-             for a in n.names}
-    names |= {n.module.split(".")[0] for n in ast.walk(tree)
-              if isinstance(n, ast.ImportFrom) and n.module}
+    names = set()
+    for f in (ROOT / "daemon" / "nodes" / "agent").glob("*.py"):
+        tree = ast.parse(f.read_text())
+        names |= {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                  for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree)
+                  if isinstance(n, ast.ImportFrom) and n.module and not n.level}
     optional = {"psutil", "pynvml"}  # imported inside try blocks, used when present
     assert names - optional <= set(sys.stdlib_module_names)
-    # and it runs from its source alone, as labqd sends it over SSH
-    r = subprocess.run([sys.executable, "-I", "-c",
-                        "src=open(%r).read(); exec(compile(src, 'agent', 'exec'), "
-                        "{'__name__': 'agent'}); print('ok')" % str(ROOT / "daemon" / "agent.py")],
-                       capture_output=True, text=True)
-    assert r.stdout.strip() == "ok", r.stderr
+    # and it runs from the bundle alone, as labqd sends it over SSH: isolated (-I), outside
+    # the repository, with no labq installed on the path
+    from labq.daemon.nodes.transport import BOOTSTRAP, agent_program
+    program = agent_program()
+    r = subprocess.run([sys.executable, "-I", "-c", BOOTSTRAP, "--help"], cwd="/",
+                       input=b"%d\n" % len(program) + program, capture_output=True)
+    assert b"Traceback" not in r.stderr, r.stderr.decode()
+    probe = program.replace(b"from labq_agent.main import main\nmain()\n",
+                            b"from labq_agent.probe import parse_nvidia_smi\nprint('ok')\n")
+    r = subprocess.run([sys.executable, "-I", "-c", BOOTSTRAP], cwd="/",
+                       input=b"%d\n" % len(probe) + probe, capture_output=True, text=False)
+    assert r.stdout.decode().strip() == "ok", r.stderr.decode()

@@ -29,6 +29,8 @@ from labq.protocol import (
     NodeRemoveRequest,
     NodeResumeRequest,
     NodesRequest,
+    NotifySetRequest,
+    NotifyShowRequest,
     Op,
     PingRequest,
     ReadLogRequest,
@@ -65,6 +67,11 @@ EXAMPLES = [
                     users={"alice": 1.5, "bob": 1}),
     UsageRequest(), UsageRequest(days=7.5),
     ReadLogRequest(id=3), ReadLogRequest(id=3, offset=-100, wait=1.0, max_bytes=4096),
+    NotifyShowRequest(), NotifyShowRequest(user="alice"),
+    NotifySetRequest(channel="webhook", value="https://hooks.slack.com/services/T/B/x"),
+    NotifySetRequest(channel="mail", value="alice@lab.example.org", user="alice"),
+    NotifySetRequest(channel="webhook"),
+    SubmitRequest(spec=validate_submit({"command": ["true"], "notify": "fail"})),
 ]
 
 
@@ -130,6 +137,8 @@ CALLS = {
     Op.NODE_REMOVE: (lambda q: q.remove_node("n"), {}),
     Op.GROUPS: (lambda q: q.groups(), []), Op.GROUP_SET: (lambda q: q.set_group("g", share=1), {}),
     Op.USAGE: (lambda q: q.usage(3), {}),
+    Op.NOTIFY_SHOW: (lambda q: q.notify_settings(), {}),
+    Op.NOTIFY_SET: (lambda q: q.set_notify("webhook", "http://127.0.0.1:9/h"), {}),
 }
 
 
@@ -206,6 +215,14 @@ def test_unknown_arguments_are_ignored():
                                               "max_gpus"),
     (Op.GROUP_SET, {"group": "g", "users": {"": 1}}, "users"),
     (Op.USAGE, {"days": 0}, "days"), (Op.SUBMIT, {"spec": {"command": []}}, "command"),
+    (Op.SUBMIT, {"spec": {"command": ["true"], "notify": "always"}}, "notify"),
+    (Op.NOTIFY_SET, {"channel": "sms", "value": "1"}, "channel"),
+    (Op.NOTIFY_SET, {"channel": "webhook", "value": "file:///etc/passwd"}, "value"),
+    (Op.NOTIFY_SET, {"channel": "webhook", "value": "http://u:pw@h/x"}, "value"),
+    (Op.NOTIFY_SET, {"channel": "webhook", "value": "http://h:99999/x"}, "value"),
+    (Op.NOTIFY_SET, {"channel": "mail", "value": "not an address"}, "value"),
+    (Op.NOTIFY_SET, {"channel": "mail", "value": "a@b\r\nBcc: c@d"}, "value"),
+    (Op.NOTIFY_SHOW, {"user": 3}, "user"),
 ])
 def test_refusals_name_the_field(op, args, field):
     with pytest.raises(ValidationError) as e:
@@ -244,3 +261,19 @@ def test_tui_and_cli_send_requests_through_client_methods():
     # the scan finds what it looks for: this file sends by name on purpose
     assert calls_by_name(ROOT / "tests" / "test_protocol.py")
 
+
+
+def test_the_clients_wire_encodes_values_as_rpyc_does():
+    from rpyc.core import brine
+
+    from labq import wire
+    values = [None, True, False, 0, -48, 159, 160, -49, 1 << 70, -(1 << 63), 1.5, "", "é" * 300,
+              b"", b"ab", b"x" * 70000, (), (1, "a", b"b", None), tuple(range(300)),
+              ("call", '{"ids": [1]}'), (5, 0, 5.0, 1 << 20)]
+    for v in values:
+        assert wire.dump(v) == brine.dump(v), v
+        assert wire.load(brine.dump(v)) == v
+    with pytest.raises(wire.WireError):
+        wire.load(brine.dump(frozenset({1})))  # never sent by labqd, so never read
+    with pytest.raises(TypeError):
+        wire.dump([1])

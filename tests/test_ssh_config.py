@@ -8,7 +8,7 @@ import pytest
 from daemonproc import Daemon, wait_for
 from sshnodes import SSH_KEYGEN, make_user_key, start_node, write_known_hosts
 
-from labq.daemon.ssh import fingerprint
+from labq.daemon.nodes.ssh import fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -99,6 +99,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
     st._migrate_1(old)
     # the first release kept owners by name only
     old.execute_sql('ALTER TABLE "job" DROP COLUMN "owner_uid"')
+    old.execute_sql('ALTER TABLE "job" DROP COLUMN "notify"')  # and had no notifications
     old.execute_sql(f"PRAGMA application_id = {st.APPLICATION_ID}")
     st.Meta.insert_many([{"key": "schema_version", "value": "1"},
                          {"key": "cluster_id", "value": "abc"}]).execute()
@@ -106,21 +107,47 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
         fields = job_fields(gpus=0, owner=owner)
         fields.pop("owner_uid", None)
         for name, f in st.Job._meta.fields.items():
-            if name not in fields and name != "owner_uid" and f.default is not None:
+            if (name not in fields and name not in ("owner_uid", "notify")
+                    and f.default is not None):
                 fields[name] = f.default() if callable(f.default) else f.default
         cols = ", ".join(f'"{k}"' for k in fields)
         old.execute_sql(f'INSERT INTO "job" ({cols}) VALUES ({", ".join("?" * len(fields))})',
                         [st.Job._meta.fields[k].db_value(v) for k, v in fields.items()])
     old.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 4
+    assert s.schema_version == st.SCHEMA_VERSION == 5
     assert s.cluster_id == "abc" and s.job_row(1)["owner"] == "alice"
     # owners become uids where the account exists; a name nobody has now stays unowned
     assert s.job_row(1)["owner_uid"] is None and s.job_row(2)["owner_uid"] == 0
     assert s.db.table_exists("dynamic_node") and s.db.table_exists("group_setting")
+    assert s.job_row(1)["notify"] is None and s.db.table_exists("notification")
     # every old job counts as changed before anything new, so a first poll sees them all
     assert [r["seq"] for r in s.job_page(changed_since=0)] == [1, 2] and s.seq == 2
     assert s.integrity_check() == "ok"
+    s.close()
+
+
+def test_a_notification_is_claimed_once_and_one_left_sending_is_not_resent(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    job = s.insert_job(job_fields(), "alice")
+    note = {"channel": "webhook", "target": "http://h/x", "payload": {"state": "COMPLETED"}}
+    s.record_transition(job, {"state": "CANCELLED"}, "alice", "PENDING", "CANCELLED", None,
+                        100.0, [note, dict(note, channel="command", target=None)])
+    due = s.notifications_due(100.0)
+    assert [n["channel"] for n in due] == ["webhook", "command"]
+    assert s.notifications_due(99.0) == []
+    first, second = (n["id"] for n in due)
+    assert s.claim_notification(first) and not s.claim_notification(first)
+    s.finish_notification(first, "sent", 101.0)
+    assert s.claim_notification(second)  # and labqd stops while sending it
+    s.close()
+    s = st.Store(tmp_path / "labq.db")
+    assert [n["id"] for n in s.unfinished_sends()] == [second]
+    assert s.notifications_due(1e12) == []
+    s.finish_notification(second, "failed", 102.0, error="stopped",
+                          event=(job, "CANCELLED", "not sent again"))
+    assert s.events(job)[-1]["reason"] == "not sent again"
+    assert {n["status"] for n in s.notifications(job)} == {"sent", "failed"}
     s.close()
 
 
@@ -165,15 +192,16 @@ def test_changes_come_in_the_order_they_were_made(tmp_path):
     _queue(s)
     mark = s.committed_seq
     assert s.job_page(changed_since=mark) == []
-    s.record_transitions([(5, {"state": "HELD"}, "alice", "PENDING", "HELD", None, 1.0),
-                          (2, {"state": "HELD"}, "bob", "PENDING", "HELD", None, 1.0)])
+    s.record_transitions([(5, {"state": "HELD"}, "alice", "PENDING", "HELD", None, 1.0, ()),
+                          (2, {"state": "HELD"}, "bob", "PENDING", "HELD", None, 1.0, ())])
     s.record_priority(7, "PENDING", "alice", 5, 9)
     changed = s.job_page(changed_since=mark)
     assert [r["id"] for r in changed] == [5, 2, 7] and s.committed_seq == changed[-1]["seq"]
     assert [r["id"] for r in s.job_page(changed_since=mark, where={"owner": "bob"})] == [2]
     # one pass's transitions are one transaction: a bad one leaves the others unwritten
     with pytest.raises(Exception):
-        s.record_transitions([(1, {"state": "HELD"}, "x", "PENDING", "HELD", None, 1.0),
-                              (3, {"no_such_column": 1}, "x", "RUNNING", "FAILED", None, 1.0)])
+        s.record_transitions([(1, {"state": "HELD"}, "x", "PENDING", "HELD", None, 1.0, ()),
+                              (3, {"no_such_column": 1}, "x", "RUNNING", "FAILED", None, 1.0,
+                               ())])
     assert s.job_row(1)["state"] == "PENDING" and len(s.events(1)) == 1
     assert s.job_page(changed_since=changed[-1]["seq"]) == []

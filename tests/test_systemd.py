@@ -158,6 +158,9 @@ def test_example_config_covers_every_key(tmp_path):
         "limits": ("[limits]\nzz_unknown = 1\n", example["limits"]),
         "groups.g": ("[groups.g]\nzz_unknown = 1\n",
                      {k: v for g in example["groups"].values() for k, v in g.items()}),
+        "notify": ("[notify]\nzz_unknown = 1\n", example["notify"]),
+        "notify.webhook": ("[notify.webhook]\nzz_unknown = 1\n", example["notify"]["webhook"]),
+        "notify.command": ("[notify.command]\nzz_unknown = 1\n", example["notify"]["command"]),
         "node[0]": ('[[node]]\nname = "n"\nzz_unknown = 1\n',
                     {k: v for n in example["node"] for k, v in n.items()}),
         "node[0].gpus[0]": ('[[node]]\nname = "n"\nhost = "h"\n'

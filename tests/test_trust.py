@@ -229,7 +229,7 @@ def test_the_head_nodes_root_agent_behind_a_socket_runs_jobs_as_their_owners(ven
     jobs = Path(tempfile.mkdtemp(prefix="labq-node-"))
     activator = subprocess.Popen(
         ["systemd-socket-activate", "--accept", "--inetd", "-l", str(agent_sock),
-         str(venv / "bin" / "python"), "-m", "labq.daemon.agent", "--root", str(jobs),
+         str(venv / "bin" / "python"), "-m", "labq.daemon.nodes.agent", "--root", str(jobs),
          "--no-root-jobs", "--from-socket"], stderr=subprocess.DEVNULL)
     d = None
     try:

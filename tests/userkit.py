@@ -85,6 +85,15 @@ class User:
         return run_as(self.name, [str(self.venv / "bin" / "labq"), *args],
                       env=env or self.env(), cwd=cwd or str(self.home), timeout=timeout)
 
+    def popen(self, *args: str, cwd: str | None = None) -> subprocess.Popen:
+        """The real `labq` as this user, left running: its pid is labq's own (setpriv execs
+        it), so a signal sent to it reaches labq as a Ctrl-C in a terminal would."""
+        pw = pwd.getpwnam(self.name)
+        return subprocess.Popen(
+            ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
+             str(self.venv / "bin" / "labq"), *args], env=self.env(), cwd=cwd or str(self.home),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
     def ok(self, *args: str, **kw) -> str:
         r = self.labq(*args, **kw)
         if r.returncode != 0:

@@ -10,57 +10,23 @@ import base64
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 from labq.errors import InvalidState, LabqError, NotFound, PermissionDenied, ValidationError
 from labq.states import JobState
 
-from . import store as st
-from .clock import SYSTEM, Clock
-from .config import NODE, ConfigError, NodeConfig, check_node, confine_node_paths, node_config
-from .jobtable import JobTable
-from .nodes import NodeLink
+from .. import store as st
+from ..clock import SYSTEM, Clock
+from ..config import NODE, ConfigError, NodeConfig, check_node, confine_node_paths, node_config
+from ..jobtable import JobTable
+from .info import NodeInfo, node_rows, parse_key, run_key
+from .link import NodeLink
 
 log = logging.getLogger("labqd")
 S = JobState
 # a run directory without a started shepherd after this long was left by an agent that died
 # mid-launch
 LAUNCH_GRACE_S = 30
-
-
-@dataclass
-class NodeInfo:
-    name: str
-    host: str
-    state: str = "connecting"  # connecting, up, down, refused
-    reason: str | None = None
-    drained: bool = False
-    cpus: int = 0
-    memory_mb: int = 0
-    gpus: list[dict] = field(default_factory=list)  # index, type, memory_mb, uuid
-    gpu_source: str | None = None
-    stats: dict = field(default_factory=dict)
-    last_seen: float | None = None
-    down_since: float | None = None  # monotonic time the link was lost
-    job_root: str = ""
-    dynamic: bool = False
-    # the agent's account, and whose jobs it may run (see accounts())
-    agent_uid: int | None = None
-    agent_user: str | None = None
-    only_uid: int | None = None
-    root_ok: bool = True
-    accounts: str = ""  # in words, for `labq nodes`
-    containment: str | None = None
-
-
-def run_key(job: dict) -> str:
-    return f"{job['id']}.{job['restarts']}"
-
-
-def parse_key(key: str) -> tuple[int, int]:
-    job, _, run = str(key).partition(".")
-    return int(job), int(run or 0)
 
 
 class NodeRegistry:
@@ -103,7 +69,8 @@ class NodeRegistry:
                                          job_root=ncfg.job_root, dynamic=dynamic)
         link = self.links[ncfg.name] = NodeLink(ncfg, self.store.cluster_id, self,
                                                 heartbeat_s=self.cfg.heartbeat_s,
-                                                timeout_s=self.cfg.node_timeout_s)
+                                                timeout_s=self.cfg.node_timeout_s,
+                                                clock=self.clock)
         return link
 
     @staticmethod
@@ -113,39 +80,7 @@ class NodeRegistry:
     # -- requests ----------------------------------------------------------------------------
     def node_list(self) -> list[dict]:
         with self.lock:
-            holders: dict[tuple[str, int], int] = {}
-            running: dict[str, list[int]] = {}
-            used: dict[str, list[int]] = {}
-            for j in self.jobs.active.values():
-                if j["state"] == S.RUNNING.value:
-                    running.setdefault(j["node"], []).append(j["id"])
-                    u = used.setdefault(j["node"], [0, 0])
-                    u[0] += j["cpus"]
-                    u[1] += j["memory_mb"] or 0
-                    for g in j["gpu_indices"]:
-                        holders[(j["node"], g)] = j["id"]
-            out = []
-            for n in self.nodes.values():
-                stats_gpus = {g["index"]: g for g in n.stats.get("gpus", [])}
-                gpus = []
-                for g in n.gpus:
-                    s = stats_gpus.get(g["index"], {})
-                    gpus.append(dict(g, utilization=s.get("utilization"),
-                                     memory_used_mb=s.get("memory_used_mb"),
-                                     job=holders.get((n.name, g["index"]))))
-                u = used.get(n.name, [0, 0])
-                state = "drain" if n.drained and n.state == "up" else n.state
-                out.append({"name": n.name, "host": n.host, "state": state,
-                            "reason": n.reason, "cpus": n.cpus, "memory_mb": n.memory_mb,
-                            "free_cpus": n.cpus - u[0], "free_memory_mb": n.memory_mb - u[1],
-                            "cpu_percent": n.stats.get("cpu_percent"),
-                            "memory_used_mb": n.stats.get("memory_used_mb"),
-                            "gpu_source": n.gpu_source, "gpus": gpus,
-                            "runs_jobs_of": n.accounts or None,
-                            "containment": n.containment,
-                            "running_jobs": sorted(running.get(n.name, [])),
-                            "last_seen": n.last_seen})
-            return out
+            return node_rows(self.nodes.values(), self.jobs.active.values())
 
     def _node_or_404(self, name: Any) -> NodeInfo:
         node = self.nodes.get(name) if type(name) is str else None

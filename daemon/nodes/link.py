@@ -10,128 +10,29 @@ import json
 import logging
 import queue
 import random
-import shlex
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
-from . import agent as agent_module
+from ..clock import SYSTEM, Clock
+from ..config import NodeConfig
 from . import ssh
-from .config import NodeConfig
+from .transport import (
+    AGENT_BUNDLE,
+    AgentRefused,
+    PipeTransport,
+    SocketTransport,
+    SshTransport,
+    Transport,
+    agent_command,
+    local_agent_argv,
+)
 
 log = logging.getLogger("labqd.nodes")
-AGENT_SOURCE = Path(agent_module.__file__).read_text()
-# the agent's source travels on stdin: nothing is installed on the node, and the agent always
-# matches the daemon's version
-BOOTSTRAP = ("import sys;n=int(sys.stdin.buffer.readline());"
-             "src=sys.stdin.buffer.read(n).decode();"
-             "exec(compile(src,'labq-agent','exec'))")
 
 
 class LinkClosed(Exception):
     pass
-
-
-class AgentRefused(Exception):
-    """The agent would not start on this node as set up: an admin has to look."""
-
-
-class PipeTransport:
-    def __init__(self, argv: list[str]):
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, start_new_session=True)
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
-
-    def _drain_stderr(self):
-        for line in self.proc.stderr:
-            log.warning("agent: %s", line.decode(errors="replace").rstrip())
-
-    def write(self, data: bytes) -> None:
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-
-    def readline(self) -> bytes:
-        return self.proc.stdout.readline()
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-    def kill(self) -> None:
-        self.proc.kill()
-
-
-class SocketTransport:
-    """The head node's root agent, started by systemd per connection on a socket that only
-    labqd's account may open (systemd/labq-agent.socket): labqd itself stays unprivileged."""
-
-    def __init__(self, path: Path, args: dict):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.sock.settimeout(10)
-            self.sock.connect(str(path))
-            self.sock.settimeout(None)
-        except OSError as e:
-            self.sock.close()
-            raise ssh.SshFailed(f"cannot reach the node agent's socket {path}: "
-                                f"{e.strerror or e}") from None
-        self.rfile = self.sock.makefile("rb")
-        # what the systemd unit cannot know: which cluster and node this agent serves
-        self.write((json.dumps(args) + "\n").encode())
-
-    def write(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def readline(self) -> bytes:
-        return self.rfile.readline()
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
-    kill = close
-
-
-class SshTransport:
-    def __init__(self, client, command: str):
-        self.client = client
-        self.chan = client.get_transport().open_session()
-        self.chan.exec_command(command)
-        self.rfile = self.chan.makefile("rb")
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
-
-    def _drain_stderr(self):
-        for line in self.chan.makefile_stderr("rb"):
-            log.warning("agent: %s", line.decode(errors="replace").rstrip())
-
-    def write(self, data: bytes) -> None:
-        self.chan.sendall(data)
-
-    def readline(self) -> bytes:
-        return self.rfile.readline()
-
-    def close(self) -> None:
-        try:
-            self.chan.shutdown_write()
-            self.chan.close()
-        finally:
-            self.client.close()
-
-    kill = close
 
 
 class LinkEvents(Protocol):
@@ -150,14 +51,15 @@ class LinkEvents(Protocol):
 
 class NodeLink:
     def __init__(self, cfg: NodeConfig, cluster: str, core: LinkEvents, *, heartbeat_s: float,
-                 timeout_s: float):
+                 timeout_s: float, clock: Clock = SYSTEM):
         self.cfg = cfg
+        self.clock = clock
         self.name = cfg.name
         self.cluster = cluster
         self.core = core
         self.heartbeat_s = heartbeat_s
         self.timeout_s = timeout_s
-        self.transport: PipeTransport | SocketTransport | SshTransport | None = None
+        self.transport: Transport | None = None
         self.connected = False
         self.last_heard = 0.0
         self._next_id = 0
@@ -240,17 +142,15 @@ class NodeLink:
             return SocketTransport(self.cfg.agent_socket, {"cluster": self.cluster,
                                                            "node": self.name})
         if self.cfg.local:
-            return PipeTransport([sys.executable, "-u", agent_module.__file__, *args])
-        target = ssh.resolve(self.cfg.host, port=self.cfg.port, user=self.cfg.user,
-                             identity_file=self.cfg.identity_file,
-                             known_hosts=self.cfg.known_hosts, ssh_config=self.cfg.ssh_config)
-        client = ssh.connect(target, ssh_config=self.cfg.ssh_config)
-        python = " ".join(shlex.quote(p) for p in shlex.split(self.cfg.python))
-        cmd = (f"exec {python} -u -c {shlex.quote(BOOTSTRAP)} "
-               + " ".join(shlex.quote(a) for a in args))
-        t = SshTransport(client, cmd)
-        src = AGENT_SOURCE.encode()
-        t.write(b"%d\n" % len(src) + src)
+            t: Transport = PipeTransport(local_agent_argv(args))
+        else:
+            target = ssh.resolve(self.cfg.host, port=self.cfg.port, user=self.cfg.user,
+                                 identity_file=self.cfg.identity_file,
+                                 known_hosts=self.cfg.known_hosts,
+                                 ssh_config=self.cfg.ssh_config)
+            client = ssh.connect(target, ssh_config=self.cfg.ssh_config)
+            t = SshTransport(client, agent_command(self.cfg.python, args))
+        t.write(AGENT_BUNDLE)
         return t
 
     def _handshake(self, t) -> tuple[dict, list[dict]]:
@@ -296,7 +196,7 @@ class NodeLink:
                 backoff = min(60.0, backoff * 2)
                 continue
             backoff = 0.5
-            self.last_heard = time.monotonic()
+            self.last_heard = self.clock.monotonic()
             outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
             self._outbox = outbox  # nothing queued for an earlier connection is sent here
             threading.Thread(target=self._write_loop, args=(t, outbox), daemon=True,
@@ -346,7 +246,7 @@ class NodeLink:
             line = t.readline()
             if not line:
                 return
-            self.last_heard = time.monotonic()
+            self.last_heard = self.clock.monotonic()
             msg = json.loads(line)
             if "re" in msg:
                 with self._lock:
@@ -360,7 +260,7 @@ class NodeLink:
         """Ping on the agent channel; a silent link is closed so the reader loop ends."""
         n = 0
         while self.transport is t and self.connected and not self._stop.is_set():
-            if time.monotonic() - self.last_heard > self.timeout_s:
+            if self.clock.monotonic() - self.last_heard > self.timeout_s:
                 log.warning("node %s: no answer for %.0f s, closing the link", self.name,
                             self.timeout_s)
                 self._close_transport()

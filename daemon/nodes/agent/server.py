@@ -1,0 +1,348 @@
+"""The agent: JSON lines on stdin/stdout, launches, watches, reports."""
+import base64
+import json
+import os
+import pwd
+import select
+import shutil
+import signal
+import sys
+import threading
+import time
+
+from .cgroups import Containment, cg_destroy, cg_exists, sweep_marker
+from .ends import announce_end, open_ends_socket, read_ends, wake_shepherd
+from .files import is_dir, is_run_key, lsize, open_nofollow, read_json, write_json, write_text
+from .probe import CpuMeter, meminfo, probe_gpus, probe_host
+from .shepherd import killpg_quiet, spawn_shepherd
+
+PROTOCOL = 1
+POLL_S = 0.02
+SCAN_S = 1.0
+CHUNK = 256 * 1024
+
+
+# -- the agent -------------------------------------------------------------------------------
+class Agent:
+    def __init__(self, directory, cluster, node, containment=None, no_root_jobs=False):
+        self.dir = directory
+        self.cluster = cluster
+        self.node = node
+        self.containment = containment or Containment("none", "not probed")
+        self.no_root_jobs = no_root_jobs
+        self.lock_fd = None  # the agent lock, held for the agent's life
+        self.out_lock = threading.Lock()
+        self.watch_lock = threading.Lock()
+        self.watched = {}  # job id -> log offset to stream from
+        self.exit_sent = set()
+        self.cpu = CpuMeter()
+        self.gpu_source = None
+
+    def send(self, msg):
+        line = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+        with self.out_lock:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+
+    def jobdir(self, key):
+        if not is_run_key(key):
+            raise ValueError("bad job key %r" % (key,))
+        return os.path.join(self.dir, key)
+
+    # requests --------------------------------------------------------------------------
+    def op_launch(self, req):
+        job = req["job"]
+        jobdir = self.jobdir(job)
+        euid = os.geteuid()
+        uid = req.get("uid")
+        if uid is not None and euid != 0 and int(uid) != euid and not req.get("shared"):
+            return {"ok": False, "code": "account",
+                    "error": "this node's agent runs as %s (uid %d): it runs only that "
+                             "account's jobs, not uid %d's" % (_user_name(euid), euid, int(uid))}
+        if uid is None and req.get("user") and euid != 0:
+            return {"ok": False, "code": "error",
+                    "error": "run_as_owner needs the node's agent to run as root"}
+        try:
+            os.mkdir(jobdir, 0o700)  # atomic: a second launch of the same run fails here
+        except FileExistsError:
+            return {"ok": False, "code": "exists", "error": "job %s already launched here" % job}
+        spec = {"argv": list(req["argv"]), "env": dict(req["env"]), "cwd": req["cwd"],
+                "time_limit_s": req.get("time_limit_s"), "user": req.get("user"),
+                "uid": None if uid is None else int(uid), "shared": bool(req.get("shared")),
+                "memory_mb": req.get("memory_mb"), "pids_max": req.get("pids_max"),
+                "marker": "%s/%s/%s" % (self.cluster, self.node, job)}
+        try:
+            spec["cgroup"] = self.containment.create(job, spec["memory_mb"], spec["pids_max"])
+        except OSError as e:
+            shutil.rmtree(jobdir, ignore_errors=True)
+            return {"ok": False, "code": "error",
+                    "error": "cannot make the run's cgroup: %s" % e}
+        write_json(os.path.join(jobdir, "spec.json"), spec)
+        spawn_shepherd(jobdir, spec, float(req.get("grace_s", 10)), self.no_root_jobs)
+        with self.watch_lock:
+            self.watched[job] = 0
+        announce_end(self.dir, "")  # wakes the monitor: a new log to follow
+        return {"ok": True}
+
+    def op_list(self, req):
+        jobs = []
+        for name in os.listdir(self.dir):
+            if not is_run_key(name):
+                continue
+            d = self.jobdir(name)
+            if not is_dir(d):
+                continue
+            pid = read_json(os.path.join(d, "pid"))
+            ex = read_json(os.path.join(d, "exit"))
+            size = lsize(os.path.join(d, "log"))
+            if ex is None and pid is not None:
+                ex = lost_run(d, name, pid)
+            try:
+                age = time.time() - os.lstat(d).st_mtime
+            except OSError:
+                age = 0.0
+            jobs.append({"job": name, "pid": pid, "exit": ex, "log_size": size,
+                         "started": pid is not None or ex is not None, "age": age})
+        return {"ok": True, "jobs": jobs}
+
+    def op_watch(self, req):
+        job = req["job"]
+        if not is_dir(self.jobdir(job)):
+            return {"ok": False, "code": "unknown", "error": "no job %s here" % job}
+        with self.watch_lock:
+            self.watched[job] = int(req.get("offset", 0))
+            self.exit_sent.discard(job)
+        announce_end(self.dir, job)  # it may have ended already: look now
+        return {"ok": True}
+
+    def op_cancel(self, req):
+        jobdir = self.jobdir(req["job"])
+        if not is_dir(jobdir):
+            return {"ok": False, "code": "unknown", "error": "no job %s here" % req["job"]}
+        write_text(os.path.join(jobdir, "cancel"), str(req.get("reason", "cancel")))
+        wake_shepherd(jobdir)
+        return {"ok": True}
+
+    def op_forget(self, req):
+        job = req["job"]
+        with self.watch_lock:
+            self.watched.pop(job, None)
+            self.exit_sent.discard(job)
+        jobdir = self.jobdir(job)
+        spec = read_json(os.path.join(jobdir, "spec.json")) or {}
+        pid = read_json(os.path.join(jobdir, "pid")) or {}
+        if cg_exists(spec.get("cgroup")) and not _alive(pid.get("shepherd")):
+            cg_destroy(spec["cgroup"])  # a live shepherd removes its own on the way out
+        shutil.rmtree(jobdir, ignore_errors=True)
+        return {"ok": True}
+
+    def op_ping(self, req):
+        stats = {"cpu_percent": self.cpu.percent()}
+        try:
+            import psutil
+            vm = psutil.virtual_memory()
+            stats["memory_used_mb"] = (vm.total - vm.available) >> 20
+        except Exception:
+            mi = meminfo()
+            stats["memory_used_mb"] = (mi.get("MemTotal", 0) - mi.get("MemAvailable", 0)) >> 10
+        if req.get("gpus") and self.gpu_source in ("nvml", "nvidia-smi"):
+            source, gpus, _ = probe_gpus(self.gpu_source)
+            stats["gpus"] = gpus
+        return dict(ok=True, time=time.time(), **stats)
+
+    # loops -----------------------------------------------------------------------------
+    def monitor(self):
+        """Stream new log bytes of watched jobs, then their exit record once drained.
+
+        An end wakes this loop at once (a datagram from the shepherd); logs of running jobs
+        are read every POLL_S (output reaches labqd promptly: a node may die any moment); every
+        SCAN_S each watched run's directory is checked as well, for ends nobody announced
+        (a shepherd killed, an agent restarted)."""
+        ends = open_ends_socket(self.dir)
+        files = {}  # job -> open log file
+        last_scan = 0.0
+        due = set()  # announced ends not reported yet
+        while True:
+            with self.watch_lock:
+                items = list(self.watched.items())
+            if ends is not None:
+                due |= read_ends(ends)
+            now = time.time()
+            scan = now - last_scan >= SCAN_S
+            if scan:
+                last_scan = now
+            busy = False
+            for job, offset in items:
+                if self._stream(job, offset, files):
+                    busy = True
+                elif job not in self.exit_sent and (scan or job in due):
+                    if self._report_exit(job, offset, files, lost_check=scan):
+                        due.discard(job)
+            due &= {job for job, _ in items}
+            for job in list(files):
+                if job not in self.watched:
+                    files.pop(job).close()
+            if busy:
+                continue
+            timeout = POLL_S if items else SCAN_S
+            if ends is not None:
+                select.select([ends], [], [], timeout)
+            else:
+                time.sleep(min(timeout, POLL_S))
+
+    def _stream(self, job, offset, files):
+        """Send the next chunk of a job's log; False when there is nothing new."""
+        f = files.get(job)
+        try:
+            if f is None:
+                f = files[job] = os.fdopen(
+                    open_nofollow(os.path.join(self.jobdir(job), "log"), os.O_RDONLY), "rb")
+            f.seek(offset)
+            data = f.read(CHUNK)
+        except (OSError, ValueError):
+            return False
+        if not data:
+            return False
+        with self.watch_lock:
+            if self.watched.get(job) != offset:
+                return True  # re-watched meanwhile
+            self.watched[job] = offset + len(data)
+        self.send({"ev": "log", "job": job, "offset": offset,
+                   "data": base64.b64encode(data).decode()})
+        return True
+
+    def _report_exit(self, job, offset, files, lost_check):
+        jobdir = self.jobdir(job)
+        ex = read_json(os.path.join(jobdir, "exit"))
+        if ex is None and lost_check:
+            # a shepherd killed on its own (OOM killer, kill -9) writes no record
+            pid = read_json(os.path.join(jobdir, "pid"))
+            if pid is not None:
+                ex = lost_run(jobdir, job, pid)
+        if ex is None:
+            return False
+        if self._stream(job, offset, files):
+            return False  # written after the last read: drain first, report on the next turn
+        with self.watch_lock:
+            self.exit_sent.add(job)
+        ex.update(ev="exit", job=job, log_size=offset)
+        self.send(ex)
+        return True
+
+    def serve(self):
+        source, gpus, notes = probe_gpus()
+        self.gpu_source = source
+        euid = os.geteuid()
+        hello = {"ev": "hello", "protocol": PROTOCOL, "node": self.node, "pid": os.getpid(),
+                 "gpu_source": source, "gpus": gpus, "gpu_notes": notes,
+                 "euid": euid, "user": _user_name(euid), "root_jobs": not self.no_root_jobs,
+                 "containment": self.containment.kind,
+                 "containment_note": self.containment.note}
+        hello.update(probe_host())
+        self.send(hello)
+        threading.Thread(target=self.monitor, daemon=True).start()
+        ops = {"launch": self.op_launch, "list": self.op_list, "watch": self.op_watch,
+               "cancel": self.op_cancel, "forget": self.op_forget, "ping": self.op_ping}
+        stdin = sys.stdin.buffer
+        while True:
+            line = stdin.readline()
+            if not line:
+                return  # labqd went away; jobs carry on under their shepherds
+            try:
+                req = json.loads(line)
+                fn = ops.get(req.get("op"))
+                reply = fn(req) if fn else {"ok": False, "code": "bad_op",
+                                            "error": "unknown op %r" % req.get("op")}
+            except Exception as e:
+                req = req if isinstance(req, dict) else {}
+                reply = {"ok": False, "code": "error", "error": "%s: %s" % (type(e).__name__, e)}
+            reply["re"] = req.get("id")
+            self.send(reply)
+
+
+def lost_run(jobdir, key, pid):
+    """The exit record of a run whose shepherd died without writing one (node rebooted, OOM
+    killer), or None while the shepherd lives. The run counts as lost and will be requeued,
+    so what is left of its job, now unsupervised, is killed: never two live copies."""
+    if _alive(pid.get("shepherd")):
+        return None
+    ex = read_json(os.path.join(jobdir, "exit"))
+    if ex is not None:  # written just before the shepherd ended
+        return ex
+    pgid = pid.get("pgid")
+    want = [("LABQ_JOB_ID=%s" % key.partition(".")[0]).encode(),
+            ("LABQ_RESTART_COUNT=%s" % key.partition(".")[2]).encode()]
+    try:
+        with open("/proc/%d/environ" % int(pgid), "rb") as f:
+            env = f.read().split(b"\0")
+        if all(w in env for w in want):  # the group's leader is still this run's job
+            killpg_quiet(int(pgid), signal.SIGKILL)
+    except (OSError, TypeError, ValueError):
+        pass
+    spec = read_json(os.path.join(jobdir, "spec.json")) or {}
+    if cg_exists(spec.get("cgroup")):
+        cg_destroy(spec["cgroup"])
+    elif spec.get("marker"):
+        sweep_marker(spec["marker"], pid.get("uid"))
+    ex = {"code": None, "signal": None, "reason": "lost", "end": time.time(),
+          "start": pid.get("start")}
+    try:
+        write_json(os.path.join(jobdir, "exit"), ex)
+    except OSError:
+        pass
+    return ex
+
+
+
+
+def _user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _alive(pid):
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    except (TypeError, ValueError):
+        return False
+    try:  # a zombie waiting for its reaper is gone all the same
+        with open("/proc/%d/stat" % int(pid), "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2:].split()[0] != b"Z"
+    except (OSError, ValueError, IndexError):
+        return True
+
+
+def take_lock(directory):
+    """One agent per node and cluster: a stale agent from a dead link is told to go."""
+    import fcntl
+    path = os.path.join(directory, "agent.lock")
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+    deadline = time.time() + 10
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            try:
+                old = int(os.pread(fd, 32, 0).decode().strip() or 0)
+                if old and old != os.getpid():
+                    os.kill(old, signal.SIGTERM)
+            except (ValueError, OSError):
+                pass
+            if time.time() > deadline:
+                raise SystemExit("another labq agent holds %s" % path) from None
+            time.sleep(0.1)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+

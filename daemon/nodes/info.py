@@ -1,0 +1,80 @@
+"""A node's live view in the registry, and how `labq nodes` shows it."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from labq.states import JobState
+
+S = JobState
+
+
+@dataclass
+class NodeInfo:
+    name: str
+    host: str
+    state: str = "connecting"  # connecting, up, down, refused
+    reason: str | None = None
+    drained: bool = False
+    cpus: int = 0
+    memory_mb: int = 0
+    gpus: list[dict] = field(default_factory=list)  # index, type, memory_mb, uuid
+    gpu_source: str | None = None
+    stats: dict = field(default_factory=dict)
+    last_seen: float | None = None
+    down_since: float | None = None  # monotonic time the link was lost
+    job_root: str = ""
+    dynamic: bool = False
+    # the agent's account, and whose jobs it may run (see accounts())
+    agent_uid: int | None = None
+    agent_user: str | None = None
+    only_uid: int | None = None
+    root_ok: bool = True
+    accounts: str = ""  # in words, for `labq nodes`
+    containment: str | None = None
+
+
+def run_key(job: dict) -> str:
+    return f"{job['id']}.{job['restarts']}"
+
+
+def parse_key(key: str) -> tuple[int, int]:
+    job, _, run = str(key).partition(".")
+    return int(job), int(run or 0)
+
+
+def node_rows(nodes: Iterable[NodeInfo], active: Iterable[dict]) -> list[dict]:
+    """What `labq nodes` shows: each node with its free resources and who holds its GPUs."""
+    holders: dict[tuple[str, int], int] = {}
+    running: dict[str, list[int]] = {}
+    used: dict[str, list[int]] = {}
+    for j in active:
+        if j["state"] == S.RUNNING.value:
+            running.setdefault(j["node"], []).append(j["id"])
+            u = used.setdefault(j["node"], [0, 0])
+            u[0] += j["cpus"]
+            u[1] += j["memory_mb"] or 0
+            for g in j["gpu_indices"]:
+                holders[(j["node"], g)] = j["id"]
+    out = []
+    for n in nodes:
+        stats_gpus = {g["index"]: g for g in n.stats.get("gpus", [])}
+        gpus = []
+        for g in n.gpus:
+            s = stats_gpus.get(g["index"], {})
+            gpus.append(dict(g, utilization=s.get("utilization"),
+                             memory_used_mb=s.get("memory_used_mb"),
+                             job=holders.get((n.name, g["index"]))))
+        u = used.get(n.name, [0, 0])
+        state = "drain" if n.drained and n.state == "up" else n.state
+        out.append({"name": n.name, "host": n.host, "state": state,
+                    "reason": n.reason, "cpus": n.cpus, "memory_mb": n.memory_mb,
+                    "free_cpus": n.cpus - u[0], "free_memory_mb": n.memory_mb - u[1],
+                    "cpu_percent": n.stats.get("cpu_percent"),
+                    "memory_used_mb": n.stats.get("memory_used_mb"),
+                    "gpu_source": n.gpu_source, "gpus": gpus,
+                    "runs_jobs_of": n.accounts or None,
+                    "containment": n.containment,
+                    "running_jobs": sorted(running.get(n.name, [])),
+                    "last_seen": n.last_seen})
+    return out

@@ -1,0 +1,84 @@
+"""Following a job to its end: where its output goes (the caller's files, byte for byte where
+a file takes bytes), and what Ctrl-C does meanwhile."""
+from __future__ import annotations
+
+import codecs
+import io
+import signal
+import threading
+from types import FrameType
+from typing import IO, Any
+
+# The node keeps stdout and stderr in one log, so every chunk is tagged STDOUT today; a
+# chunk tagged STDERR goes to the caller's error file, should the node ever keep them apart.
+STDOUT = "stdout"
+STDERR = "stderr"
+
+
+class Detached(KeyboardInterrupt):
+    """A second Ctrl-C while a job was followed: the caller stopped waiting for it.
+
+    A KeyboardInterrupt still, so a script that does not catch it stops as on any Ctrl-C;
+    `job_id` says which job was left, and `cancelled` whether labqd took its cancel."""
+
+    def __init__(self, job_id: int, cancelled: bool) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+        self.cancelled = cancelled
+
+
+class Sink:
+    """One file that output is written to: bytes go to a binary file, or to the buffer
+    under a text file (sys.stdout); text, decoded as UTF-8, to any other text file."""
+
+    def __init__(self, file: IO[Any]) -> None:
+        self.file = file
+        self.binary: IO[bytes] | None = None
+        if isinstance(file, (io.RawIOBase, io.BufferedIOBase)):
+            self.binary = file
+        elif isinstance(getattr(file, "buffer", None), io.BufferedIOBase):
+            self.binary = file.buffer  # type: ignore[attr-defined]  # checked above
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data: bytes) -> None:
+        if self.binary is not None:
+            if self.binary is not self.file:
+                self.file.flush()  # text already written to the file goes first
+            self.binary.write(data)
+            self.binary.flush()
+        else:
+            text = self.decoder.decode(data)
+            if text:
+                self.file.write(text)
+                self.file.flush()
+
+    def close(self) -> None:
+        """Write what an incomplete UTF-8 sequence at the end held back (text files)."""
+        if self.binary is None:
+            tail = self.decoder.decode(b"", final=True)
+            if tail:
+                self.file.write(tail)
+                self.file.flush()
+
+
+class InterruptsRecorded:
+    """While a job is being submitted, a Ctrl-C is noted instead of raised: raised half way
+    through the submit, it would leave a job queued that the caller never learns the id of,
+    and so cannot cancel. Only in the main thread, and only over Python's own handler."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._old: Any = None
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+
+    def __enter__(self) -> InterruptsRecorded:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._old = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)

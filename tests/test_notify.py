@@ -1,0 +1,201 @@
+"""Job-end notifications, end to end: a real labqd sends mail to a real SMTP server (aiosmtpd),
+posts to a webhook served here, and runs the admin's command; two Unix users each hear of
+their own jobs only, may not redirect each other's, and a message pending across a restart of
+labqd arrives once."""
+import json
+import os
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from daemonproc import Daemon, wait_for
+from userkit import User, cli_venv
+
+ALICE, BOB = "labqtest", "labqtest2"
+
+
+class Hook:
+    """A webhook receiver: every POST's path and JSON body; `status` is what it answers."""
+
+    def __init__(self):
+        self.got: list[tuple[str, dict]] = []
+        self.status = 200
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if hook.status == 200:
+                    hook.got.append((self.path, json.loads(body)))
+                self.send_response(hook.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def jobs(self, path: str) -> list[tuple[int, str, str]]:
+        return [(b["labq"]["id"], b["labq"]["event"], b["labq"]["state"])
+                for p, b in list(self.got) if p == path]
+
+
+class Sink:
+    """An SMTP server that keeps what it is sent."""
+
+    def __init__(self):
+        self.mails: list[tuple[list[str], str]] = []
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                sink.mails.append((list(envelope.rcpt_tos),
+                                   envelope.content.decode(errors="replace")))
+                return "250 OK"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+
+@pytest.fixture(scope="module")
+def venv():
+    return cli_venv()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, venv):
+    base = tmp_path_factory.mktemp("notify")
+    hook, sink = Hook(), Sink()
+    record = base / "command.jsonl"
+    script = base / "record.py"
+    script.write_text(f"import json, os, sys\nwith open({str(record)!r}, 'a') as f:\n"
+                      "    f.write(json.dumps([sys.argv[1:], os.environ.get('LABQ_NAME')])"
+                      " + '\\n')\n")
+    d = Daemon(base / "d", {
+        "daemon": {"local_node": True, "socket_mode": "0666", "kill_grace": "1s"},
+        "notify": {"retry_base": "1s", "retry_max": "1s", "max_attempts": 50,
+                   "mail": {"smtp_host": "127.0.0.1", "smtp_port": sink.port,
+                            "domain": "lab.test", "from": "labq@lab.test"},
+                   "webhook": {"allow_hosts": ["127.0.0.1"], "timeout": "5s"},
+                   "command": {"argv": [sys.executable, str(script), "{id}", "{name}",
+                                        "{state}", "{exit_code}", "{user}"]}},
+    })
+    alice, bob = User(ALICE, venv, d.socket), User(BOB, venv, d.socket)
+    with d.start(wait_nodes=1):
+        alice.ok("notify", "set", "webhook", f"{hook.url}/alice")
+        bob.ok("notify", "set", "webhook", f"{hook.url}/bob")
+        yield d, hook, sink, record, alice, bob
+    sink.controller.stop()
+    hook.server.shutdown()
+
+
+def submit(user: User, *args: str) -> int:
+    return int(user.ok("submit", *args).strip().splitlines()[-1])
+
+
+def test_each_user_hears_of_their_own_jobs_on_every_channel(env):
+    d, hook, sink, record, alice, bob = env
+    a_ok = submit(alice, "--notify", "end", "--name", "a; $(touch /tmp/pwned) 'x'", "--", "true")
+    b_fail = submit(bob, "--notify", "fail", "--", "false")
+    b_ok = submit(bob, "--notify", "fail", "--", "true")  # succeeded: nothing to tell
+    alice.labq("wait", str(a_ok))
+    bob.labq("wait", str(b_fail), str(b_ok))
+    wait_for(lambda: hook.jobs("/alice") and hook.jobs("/bob"), what="both webhooks")
+    wait_for(lambda: len(sink.mails) >= 2, what="two mails")
+    assert hook.jobs("/alice") == [(a_ok, "end", "COMPLETED")]
+    assert hook.jobs("/bob") == [(b_fail, "end", "FAILED")]
+    body = next(b for p, b in hook.got if p == "/alice")
+    assert body["text"].startswith(f"labq job {a_ok} ") and body["labq"]["user"] == ALICE
+    to = {tuple(rcpt): text for rcpt, text in sink.mails}
+    assert set(to) == {(f"{ALICE}@lab.test",), (f"{BOB}@lab.test",)}
+    assert f"Subject: labq job {b_fail} (false) FAILED" in to[(f"{BOB}@lab.test",)]
+    assert str(a_ok) not in to[(f"{BOB}@lab.test",)].split("Subject")[1].split("\n")[0]
+    # the admin's command got each value as one argument: the job's name went to no shell
+    runs = wait_for(lambda: len(record.read_text().splitlines()) >= 2 and
+                    [json.loads(x) for x in record.read_text().splitlines()],
+                    what="the command's runs")
+    assert [str(a_ok), "a; $(touch /tmp/pwned) 'x'", "COMPLETED", "0", ALICE] in \
+        [argv for argv, _ in runs]
+    assert not Path("/tmp/pwned").exists()
+    assert json.loads(alice.ok("show", "--json", str(a_ok)))["notify"] == "end"
+
+
+def test_bob_cannot_redirect_or_read_alices_notifications(env):
+    d, hook, sink, record, alice, bob = env
+    before = json.loads(alice.ok("notify", "--json"))
+    for args in (("notify", "set", "webhook", f"{hook.url}/bob", "--user", ALICE),
+                 ("notify", "unset", "webhook", "--user", ALICE),
+                 ("notify", "--user", ALICE)):
+        r = bob.labq(*args)
+        assert r.returncode == 1 and "PERMISSION_DENIED" in r.stderr, (args, r.stderr)
+        assert "may not" in r.stderr and ALICE in r.stderr
+    assert json.loads(alice.ok("notify", "--json")) == before
+    assert before["webhook"] == f"{hook.url}/alice"
+
+
+def test_a_webhook_to_a_host_the_admin_did_not_allow_is_refused(env):
+    d, hook, sink, record, alice, bob = env
+    r = alice.labq("notify", "set", "webhook", "https://attacker.example/x")
+    assert r.returncode == 1 and "PERMISSION_DENIED" in r.stderr
+    assert "attacker.example" in r.stderr and "127.0.0.1" in r.stderr
+    r = alice.labq("notify", "set", "webhook", "file:///etc/shadow")
+    assert r.returncode == 1 and "VALIDATION_ERROR" in r.stderr and "http" in r.stderr
+    r = alice.labq("notify", "set", "mail", "x@y\nBcc: z@w")
+    assert r.returncode == 1 and "VALIDATION_ERROR" in r.stderr
+    info = json.loads(alice.ok("notify", "--json"))
+    assert info["webhook"] == f"{hook.url}/alice" and info["mail_to"] == f"{ALICE}@lab.test"
+    r = alice.labq("submit", "--notify", "sometimes", "--", "true")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_the_users_default_applies_and_all_tells_the_start_too(env):
+    d, hook, sink, record, alice, bob = env
+    cfg = alice.home / ".config" / "labq" / "config.toml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text('[submit]\nnotify = "all"\n')
+    for p in (alice.home / ".config", cfg.parent, cfg):
+        os.chown(p, alice.uid, alice.gid)
+    jid = submit(alice, "--", "true")
+    alice.labq("wait", str(jid))
+    wait_for(lambda: len([j for j in hook.jobs("/alice") if j[0] == jid]) == 2,
+             what="start and end")
+    assert sorted(e for j, e, _ in hook.jobs("/alice") if j == jid) == ["end", "start"]
+    none = submit(alice, "--notify", "none", "--", "true")
+    assert json.loads(alice.ok("show", "--json", str(none)))["notify"] is None
+    cfg.write_text('[submit]\nnotify = "sometimes"\n')
+    r = alice.labq("submit", "--", "true")
+    cfg.unlink()
+    assert r.returncode == 1 and "submit.notify must be one of" in r.stderr
+    assert r.stdout == ""  # nothing was queued
+
+
+def test_a_failing_channel_shows_in_events_and_a_restart_delivers_it_once(env):
+    d, hook, sink, record, alice, bob = env
+    hook.status = 500
+    jid = submit(alice, "--notify", "end", "--", "true")
+    alice.labq("wait", str(jid))
+    wait_for(lambda: "notify webhook failed, trying again: webhook answered HTTP 500"
+             in alice.ok("events", str(jid)), what="the failure in the job's events")
+    assert hook.url not in bob.ok("events", str(jid))  # the URL stays alice's
+    d.stop()
+    hook.status = 200
+    d.start(wait_nodes=1)
+    wait_for(lambda: (jid, "end", "COMPLETED") in hook.jobs("/alice"), what="the delivery")
+    # later ones are delivered in order of due time: once they are, the first had its chance
+    # to be sent again, had it been left pending
+    later = submit(alice, "--notify", "end", "--", "true")
+    alice.labq("wait", str(later))
+    wait_for(lambda: (later, "end", "COMPLETED") in hook.jobs("/alice"), what="a later one")
+    threading.Event().wait(2.5)  # past retry_max: a message left pending would be resent
+    assert hook.jobs("/alice").count((jid, "end", "COMPLETED")) == 1
+    assert hook.jobs("/alice").count((later, "end", "COMPLETED")) == 1
