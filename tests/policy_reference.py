@@ -18,11 +18,11 @@ The rules, as `plan()` applies them:
   enough for it, running jobs ending at their time limits; later jobs start only if backfill is
   on and they end by then or keep off the reserved GPUs and what the reserved job needs of the
   node's CPUs and memory; the others wait (Priority);
-- jobs that differ only in age (same group, user and uid, priority, partition and request; and
-  time limit when the short factor counts; and array when it is throttled) are settled together: once one waits, the ones behind it
-  wait for the same reason (the reserved job's twins, and those of a job kept off by backfill,
-  for Priority, except that twins kept off by backfill whose limits end by the reservation are
-  still tried).
+- jobs that differ only in age (same group, user and uid, priority, partition and request;
+  time limit when the short factor counts; array when it is throttled) are settled together:
+  once one waits, the ones behind it wait for the same reason (the reserved job's twins, and
+  those of a job kept off by backfill, for Priority, except that twins kept off by backfill
+  whose limits end by the reservation are still tried).
 """
 from __future__ import annotations
 
