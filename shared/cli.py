@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import connect
+from . import cli_batch, connect
 from .errors import LabqError
 from .models import Job
 from .spec import MAX_GPUS
@@ -93,16 +93,11 @@ def _status_text(job: Job, now: float) -> str:
 
 # -- commands ------------------------------------------------------------------------------
 def cmd_submit(q: Client, a: argparse.Namespace) -> int:
-    if a.wrap is not None:
-        if a.command:
-            raise SystemExit("labq: give either --wrap STRING or -- CMD ARGS, not both")
-        command: list[str] | str = a.wrap
-    else:
-        command = a.command
-        if command and command[0] == "--":
-            command = command[1:]
-        if not command:
-            raise SystemExit("labq: nothing to run; usage: labq submit [options] -- CMD ARGS...")
+    if a.from_file is not None:
+        if a.command or a.wrap is not None or a.array or a.param:
+            raise SystemExit("labq: --from takes its jobs from the file; give no command")
+        return cli_batch.submit_from(q, a)
+    command = _submit_command(a)
     env: dict[str, str] = {}
     for item in a.env or []:
         k, sep, v = item.partition("=")
@@ -112,11 +107,16 @@ def cmd_submit(q: Client, a: argparse.Namespace) -> int:
     after: list[int | str] = []
     for dep in a.after or []:
         after.extend(d for d in dep.split(",") if d)
-    job = q.submit(command, gpus=a.gpus, gpu_type=a.gpu_type, gpu_memory=a.gpu_mem,
-                   cpus=a.cpus, memory=a.mem, time_limit=a.time, name=a.name,
-                   priority=a.priority, after=after, cwd=a.chdir, env=env,
-                   export_env=not a.no_export, group=a.group, partition=a.partition,
-                   hold=a.hold, requeue=not a.no_requeue)
+    options: dict[str, Any] = dict(
+        gpus=a.gpus, gpu_type=a.gpu_type, gpu_memory=a.gpu_mem, cpus=a.cpus, memory=a.mem,
+        time_limit=a.time, name=a.name, priority=a.priority, after=after, cwd=a.chdir,
+        env=env, export_env=not a.no_export, group=a.group, partition=a.partition,
+        hold=a.hold, requeue=not a.no_requeue, experiment=a.experiment, key=a.key)
+    if a.array or a.param:
+        return cli_batch.submit_tasks(q, a, command, options)
+    if a.max_running is not None:
+        raise SystemExit("labq: --max-running is for --array or --param")
+    job = q.submit(command, **options)
     if a.json:
         _print_json(_job_json(job))
     else:
@@ -124,11 +124,28 @@ def cmd_submit(q: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def _submit_command(a: argparse.Namespace) -> list[str] | str:
+    if a.wrap is not None:
+        if a.command:
+            raise SystemExit("labq: give either --wrap STRING or -- CMD ARGS, not both")
+        wrap: str = a.wrap
+        return wrap
+    command: list[str] = a.command
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise SystemExit("labq: nothing to run; usage: labq submit [options] -- CMD ARGS...")
+    return command
+
+
 def cmd_ls(q: Client, a: argparse.Namespace) -> int:
     states = [s.upper() for s in a.state.split(",")] if a.state else None
     user = a.user or (q.whoami()["user"] if a.mine else None)
-    jobs = q.jobs(states=states, user=user, include_ended=a.all or bool(states),
-                  limit=a.limit)
+    if a.experiment and user is None:
+        me = q.whoami()  # an experiment is yours; an admin sees everyone's of that name
+        user = None if me["admin"] else me["user"]
+    jobs = q.jobs(states=states, user=user, include_ended=a.all or bool(states) or
+                  bool(a.experiment), limit=a.limit, experiment=a.experiment)
     if a.json:
         _print_json([_job_json(j) for j in jobs])
         return 0
@@ -210,7 +227,7 @@ def cmd_logs(q: Client, a: argparse.Namespace) -> int:
 
 
 def _many(q: Client, a: argparse.Namespace, fn: Callable[..., list[Job]]) -> int:
-    jobs = fn(*_ids(a.ids))
+    jobs = fn(*_ids(a.ids), experiment=a.experiment) if a.experiment else fn(*_ids(a.ids))
     if a.json:
         _print_json([_job_json(j) for j in jobs])
     else:
@@ -220,12 +237,12 @@ def _many(q: Client, a: argparse.Namespace, fn: Callable[..., list[Job]]) -> int
 
 
 def cmd_cancel(q: Client, a: argparse.Namespace) -> int:
-    return _many(q, a, lambda *ids: q.cancel(*ids, reason=a.reason))
+    return _many(q, a, lambda *ids, **kw: q.cancel(*ids, reason=a.reason, **kw))
 
 
 def cmd_wait(q: Client, a: argparse.Namespace) -> int:
     try:
-        jobs = q.wait(*_ids(a.ids), timeout=a.timeout)
+        jobs = q.wait(*_ids(a.ids), timeout=a.timeout, experiment=a.experiment)
     except TimeoutError as e:
         print(f"labq: {printable(e)}", file=sys.stderr)
         return 124
@@ -422,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", "-d", action="append",
                    help="ID[,ID] (afterok) or afterany:ID / afternotok:ID; repeatable")
     p.add_argument("--chdir", "-D", help="working directory (default: the current one)")
-    p.add_argument("--env", "-e", action="append", help="NAME=VALUE, repeatable")
+    p.add_argument("--env", action="append", help="NAME=VALUE, repeatable")
     p.add_argument("--no-export", action="store_true",
                    help="do not pass the current environment to the job")
     p.add_argument("--group", help="charge this group (default: your primary group)")
@@ -431,6 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-requeue", action="store_true",
                    help="fail instead of requeueing if the node is lost")
     p.add_argument("--wrap", help="a shell command string run with bash -c")
+    p.add_argument("--experiment", "-e", help="file the jobs under this experiment name")
+    p.add_argument("--key", help="refuse the submit if one of your jobs has this key already")
+    p.add_argument("--array", "-a", help="an array of tasks: 0-99, 1,3,5-7, 0-99:2; %%N runs "
+                   "at most N at once")
+    p.add_argument("--param", action="append", metavar="NAME=V1,V2|NAME=A..B",
+                   help="a sweep: one job per combination; {NAME} and {index} are filled in")
+    p.add_argument("--max-running", type=_positive_int(1, 10_000),
+                   help="at most this many tasks of the array or sweep run at once")
+    p.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="one job per row of an .ndjson, .jsonl or .csv file; - for stdin")
+    p.add_argument("--format", choices=["ndjson", "jsonl", "csv"], help="the --from format")
     p.add_argument("command", nargs=argparse.REMAINDER)
 
     p = add("ls", cmd_ls, "list jobs (active ones; --all adds ended jobs)")
@@ -439,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", "-u")
     p.add_argument("--state", "-s", help="comma-separated states, e.g. running,pending")
     p.add_argument("--limit", "-n", type=_positive_int(1, 1 << 30))
+    p.add_argument("--experiment", "-e", help="the jobs of an experiment (yours; an admin: "
+                   "anyone's), ended ones too")
 
     p = add("show", cmd_show, "show one job")
     p.add_argument("id")
@@ -453,11 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
                             ("release", lambda q, a: _many(q, a, q.release),
                              "release held jobs")):
         p = add(name, fn, help_)
-        p.add_argument("ids", nargs="+", metavar="ID")
+        p.add_argument("ids", nargs="*", metavar="ID")
+        p.add_argument("--experiment", "-e", help="every job of an experiment instead")
         if name == "cancel":
             p.add_argument("--reason")
     p = add("wait", cmd_wait, "wait until jobs end; exit 0 only if all COMPLETED")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--experiment", "-e", help="every job of an experiment instead")
     p.add_argument("--timeout", type=float)
     add("nodes", cmd_nodes, "list nodes and their GPUs")
     p = add("node", cmd_node, "admin: drain, resume, add or remove a node")
@@ -485,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user-share", action="append", metavar="USER=SHARE")
     p = add("usage", cmd_usage, "GPU-hours per group and user, and fair-share factors")
     p.add_argument("--days", type=float, default=30)
+    p = add("experiments", cli_batch.cmd_experiments, "experiments: their jobs by state")
+    p.add_argument("--mine", "-m", action="store_true")
+    p.add_argument("--user", "-u")
     add("whoami", cmd_whoami, "who labqd thinks you are")
     add("tui", cmd_tui, "the terminal UI", json_flag=False)
     return ap
@@ -495,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.cmd == "group" and a.action == "set" and not a.group:
         ap.error("group set needs a group name")
+    if a.cmd in ("cancel", "hold", "release", "wait") and not a.ids and not a.experiment:
+        ap.error(f"{a.cmd} needs job ids or --experiment NAME")
     if a.cmd == "tui":
         return cmd_tui(a)
     try:
