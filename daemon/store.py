@@ -330,12 +330,15 @@ class Store:
         if not rows:
             return
         fields = model._meta.fields
-        keys = tuple(sorted(rows[0]))
+        defaults = {name: f.default for name, f in fields.items() if f.default is not None}
+        keys = tuple(sorted(set().union(*rows, defaults)))
         cols = ", ".join(f'"{fields[k].column_name}"' for k in keys)
         sql = (f'INSERT INTO "{model._meta.table_name}" ({cols}) '
                f'VALUES ({", ".join("?" * len(keys))})')
-        convert = [(k, fields[k].db_value) for k in keys]
-        self.db.cursor().executemany(sql, [[f(r[k]) for k, f in convert] for r in rows])
+        convert = [(k, fields[k].db_value, defaults.get(k)) for k in keys]
+        self.db.cursor().executemany(sql, [
+            [f(r[k] if k in r else (d() if callable(d) else d)) for k, f, d in convert]
+            for r in rows])
 
     def job_by_key(self, owner_uid: int | None, key: str) -> int | None:
         row = (Job.select(Job.id).where((Job.owner_uid == owner_uid) & (Job.key == key))
