@@ -183,6 +183,13 @@ def cmd_show(q: Client, a: argparse.Namespace) -> int:
         ("exit code", "-" if job.exit_code is None else job.exit_code),
         ("restarts", job.restarts),
     ]
+    if job.experiment:
+        fields.append(("experiment", job.experiment))
+    if job.array_id is not None:
+        fields.append(("array", f"{job.array_id}[{job.array_index}]"
+                                + (f" %{job.array_limit}" if job.array_limit else "")))
+    if job.params:
+        fields.append(("params", " ".join(f"{k}={v}" for k, v in job.params.items())))
     for k, v in fields:
         print(f"{k:>13}: {printable(v)}")
     return 0
