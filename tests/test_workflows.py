@@ -213,10 +213,12 @@ def test_submit_many_queues_every_valid_row_and_limits_count_tasks(daemon, bob):
                                  {"command": ["true"], "hold": True, "experiment": "many"}])
             out = [r.id if isinstance(r, labq.Job) else [r.code, r.details["row"]]
                    for r in res]
+            mine = len(q.jobs(user="labqwfb", include_ended=False))
             try:
                 q.submit_array(["true"], array="0-99", hold=True)
             except QuotaExceeded as e:
                 out.append(e.code)
+            assert len(q.jobs(user="labqwfb", include_ended=False)) == mine  # none of it
             try:
                 q.submit_array(["true"], array="0-5%x", hold=True)
             except ValidationError as e:
