@@ -71,7 +71,7 @@ def submit_from(q: Client, a: argparse.Namespace) -> int:
                          {"error": {"code": r.code, "message": r.message}})}
                      for n, r in ordered])
     else:
-        from .cli import printable
+        from .text import printable
         for n, r in ordered:
             if isinstance(r, Job):
                 print(r.id)
