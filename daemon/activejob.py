@@ -1,8 +1,9 @@
 """An active job as labqd keeps it in memory: the fields scheduling and the hot paths read.
 
-The environment, the command, the working directory and the name stay in the database and are
-read when a job is shown or launched (`COLD`): with the exported environment they are most of
-a job's bytes, and a queue of 100k held jobs must not hold them all. Slots instead of a dict
+The environment, the command, the working directory, the name, a sweep task's values and the
+idempotency key stay in the database and are read when a job is shown or launched (`COLD`):
+with the exported environment they are most of a job's bytes, and a queue of 100k held jobs
+must not hold them all. Slots instead of a dict
 keep each job a few hundred bytes; the mapping methods let the rest of the daemon read it as
 the row it mirrors.
 """
@@ -15,10 +16,11 @@ from typing import Any
 HOT = ("id", "owner", "owner_uid", "group", "gpus", "gpu_type", "gpu_memory_mb", "cpus",
        "memory_mb", "time_limit_s", "priority", "dependencies", "partition", "requeue",
        "state", "exit_code", "signal", "reason", "submit_time", "eligible_time", "start_time",
-       "end_time", "node", "gpu_indices", "restarts", "notify")
-COLD = ("name", "command", "cwd", "env")
+       "end_time", "node", "gpu_indices", "restarts", "notify", "experiment", "array_id",
+       "array_index", "array_limit")
+COLD = ("name", "command", "cwd", "env", "params", "key")
 # repeated in every job: one string object each, not one per job
-_SHARED = ("owner", "group", "partition", "state", "node", "gpu_type", "notify")
+_SHARED = ("owner", "group", "partition", "state", "node", "gpu_type", "notify", "experiment")
 
 
 class ActiveJob:

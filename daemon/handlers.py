@@ -12,6 +12,8 @@ from labq.errors import ValidationError
 from labq.protocol import (
     CancelRequest,
     EventsRequest,
+    ExperimentReply,
+    ExperimentsRequest,
     GroupReply,
     GroupSetRequest,
     GroupsRequest,
@@ -34,6 +36,8 @@ from labq.protocol import (
     PingRequest,
     ReadLogRequest,
     ReleaseRequest,
+    SubmitArrayRequest,
+    SubmitManyRequest,
     SubmitRequest,
     UsageReply,
     UsageRequest,
@@ -42,11 +46,15 @@ from labq.protocol import (
     WhoamiRequest,
 )
 from labq.spec import MAX_MEMORY_MB, arg_error
+from labq.states import JobState
 
 from .config import ConfigError
 from .core import Core
 from .identity import Caller
 from .nodes.registry import NodeRegistry
+from .workflows import experiment_ids, submit_many, submit_tasks, tasks_view
+
+S = JobState
 
 
 # -- session ----------------------------------------------------------------------------------
@@ -66,6 +74,20 @@ def submit(core: Core, caller: Caller, req: SubmitRequest) -> dict:
     return core.jobs.view(caller, core.jobs.submit(caller, req.spec))
 
 
+def submit_array(core: Core, caller: Caller, req: SubmitArrayRequest) -> list[dict]:
+    params = None if req.params is None else [(n, v) for n, v in req.params]
+    rows = submit_tasks(core.jobs, caller, req.spec, req.array, params, req.max_running)
+    return tasks_view(core.jobs, caller, rows)
+
+
+def submit_many_(core: Core, caller: Caller, req: SubmitManyRequest) -> list[dict]:
+    return submit_many(core.jobs, caller, req.specs, req.defaults)
+
+
+def experiments(core: Core, caller: Caller, req: ExperimentsRequest) -> list[ExperimentReply]:
+    return core.store.experiments(req.user)  # type: ignore[return-value]
+
+
 def job(core: Core, caller: Caller, req: JobRequest) -> dict:
     return core.jobs.view(caller, core.jobs.job_row(req.id))
 
@@ -80,20 +102,30 @@ def events(core: Core, caller: Caller, req: EventsRequest) -> list[dict]:
     return core.jobs.events(caller, core.jobs.job_row(req.id)["id"])  # NOT_FOUND for no such job
 
 
+def _selected(core: Core, caller: Caller, ids: list[int], experiment: str | None,
+              states: tuple[JobState, ...] | None) -> list[int]:
+    """The ids given, or the caller's jobs of the experiment (an admin's: anyone's)."""
+    return ids if experiment is None else experiment_ids(core.jobs, caller, experiment, states)
+
+
 def cancel(core: Core, caller: Caller, req: CancelRequest) -> list[dict]:
-    return core.jobs.cancel(caller, req.ids, req.reason)
+    ids = _selected(core, caller, req.ids, req.experiment, (S.PENDING, S.HELD, S.RUNNING))
+    return core.jobs.cancel(caller, ids, req.reason)
 
 
 def hold(core: Core, caller: Caller, req: HoldRequest) -> list[dict]:
-    return core.jobs.hold(caller, req.ids)
+    return core.jobs.hold(caller, _selected(core, caller, req.ids, req.experiment,
+                                            (S.PENDING,)))
 
 
 def release(core: Core, caller: Caller, req: ReleaseRequest) -> list[dict]:
-    return core.jobs.release(caller, req.ids)
+    return core.jobs.release(caller, _selected(core, caller, req.ids, req.experiment,
+                                               (S.HELD,)))
 
 
 def wait(core: Core, caller: Caller, req: WaitRequest) -> list[dict]:
-    return core.jobs.wait(caller, req.ids, req.timeout)
+    ids = _selected(core, caller, req.ids, req.experiment, None)
+    return core.jobs.wait(caller, ids, req.timeout)
 
 
 def job_priority(core: Core, caller: Caller, req: JobPriorityRequest) -> dict:
@@ -163,7 +195,8 @@ Handler = Callable[[Core, Caller, Any], Any]
 
 HANDLERS: dict[Op, Handler] = {
     Op.PING: ping, Op.WHOAMI: whoami,
-    Op.SUBMIT: submit, Op.JOB: job, Op.JOBS: jobs, Op.EVENTS: events, Op.CANCEL: cancel,
+    Op.SUBMIT: submit, Op.SUBMIT_ARRAY: submit_array, Op.SUBMIT_MANY: submit_many_,
+    Op.EXPERIMENTS: experiments, Op.JOB: job, Op.JOBS: jobs, Op.EVENTS: events, Op.CANCEL: cancel,
     Op.HOLD: hold, Op.RELEASE: release, Op.WAIT: wait, Op.JOB_PRIORITY: job_priority,
     Op.READ_LOG: read_log,
     Op.NODES: nodes, Op.NODE_DRAIN: node_drain, Op.NODE_RESUME: node_resume,

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,9 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 from labq.errors import StorageError
 
-SCHEMA_VERSION = 5
+from .activejob import HOT
+
+SCHEMA_VERSION = 6
 APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
 
 db = pw.DatabaseProxy()
@@ -76,15 +78,21 @@ class Job(Base):
     gpu_indices = JSONField(default=list)
     restarts = pw.IntegerField(default=0)
     notify = pw.CharField(null=True)  # end, fail or all (labq.spec.NOTIFY_WHEN)
+    # schema 5: experiments, arrays and sweeps, idempotency keys
+    experiment = pw.CharField(null=True)
+    array_id = pw.IntegerField(null=True)
+    array_index = pw.IntegerField(null=True)
+    array_limit = pw.IntegerField(null=True)
+    params = JSONField(null=True)
+    key = pw.CharField(null=True)
     # the queue's change counter when the job last changed: what a poll asks for with
-    # changed_since (version 5)
+    # changed_since (version 6)
     seq = pw.IntegerField(null=True)
 
 
 _NO_ENV = [f for f in Job._meta.sorted_fields if f.name != "env"]
 # what labqd keeps in memory for an active job (labq.daemon.activejob.HOT)
-_HOT = [f for f in Job._meta.sorted_fields if f.name not in ("name", "command", "cwd", "env",
-                                                             "seq")]
+_HOT = [f for f in Job._meta.sorted_fields if f.name in HOT]
 
 
 class JobEvent(Base):
@@ -201,7 +209,24 @@ def _migrate_4(database: pw.Database) -> None:
     database.create_tables([NotifySetting, Notification])
 
 
+_V5_COLUMNS = (("experiment", "VARCHAR(255)"), ("array_id", "INTEGER"),
+               ("array_index", "INTEGER"), ("array_limit", "INTEGER"), ("params", "TEXT"),
+               ("key", "VARCHAR(255)"))
+
+
 def _migrate_5(database: pw.Database) -> None:
+    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
+    for name, kind in _V5_COLUMNS:
+        if name not in cols:  # a new database has them from version 1's table
+            database.execute_sql(f'ALTER TABLE "job" ADD COLUMN "{name}" {kind}')
+    database.execute_sql('CREATE INDEX IF NOT EXISTS "job_experiment" ON "job" '
+                         '("experiment", "owner_uid") WHERE "experiment" IS NOT NULL')
+    # a key names one job of its submitter's, ever: a resubmit after a lost reply is refused
+    database.execute_sql('CREATE UNIQUE INDEX IF NOT EXISTS "job_owner_key" ON "job" '
+                         '("owner_uid", "key") WHERE "key" IS NOT NULL')
+
+
+def _migrate_6(database: pw.Database) -> None:
     cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
     if "seq" not in cols:
         database.execute_sql('ALTER TABLE "job" ADD COLUMN "seq" INTEGER')
@@ -214,7 +239,8 @@ def _migrate_5(database: pw.Database) -> None:
 
 
 # version -> function bringing the schema from version-1 up to it; never edit a released one
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5}
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5,
+              6: _migrate_6}
 
 
 # (job id, changed fields, who, from state, to state, reason, when, notifications to send):
@@ -350,6 +376,82 @@ class Store:
             self.add_event(job_id, who, None, fields["state"], fields.get("reason"),
                            fields["submit_time"])
         return job_id
+
+    def insert_jobs(self, make_rows: Callable[[int], list[dict[str, Any]]],
+                    who: str) -> list[dict[str, Any]]:
+        """Many jobs in one transaction, with ids first, first + 1, ...: `make_rows(first)`
+        builds the rows knowing their ids (an array's tasks carry the first one's)."""
+        with self.write():
+            seq = self.db.execute_sql(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'job'").fetchone()
+            first = (seq[0] if seq else 0) + 1
+            rows = make_rows(first)
+            for i, row in enumerate(rows):
+                row["id"] = first + i
+                row["seq"] = self._next_seq()
+            self._insert_many(Job, rows)
+            self._insert_many(JobEvent, [
+                {"job": r["id"], "time": r["submit_time"], "who": who, "from_state": None,
+                 "to_state": r["state"], "reason": r.get("reason")} for r in rows])
+        return rows
+
+    def _insert_many(self, model: type[Base], rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        fields = model._meta.fields
+        defaults = {name: f.default for name, f in fields.items() if f.default is not None}
+        keys = tuple(sorted(set().union(*rows, defaults)))
+        cols = ", ".join(f'"{fields[k].column_name}"' for k in keys)
+        sql = (f'INSERT INTO "{model._meta.table_name}" ({cols}) '
+               f'VALUES ({", ".join("?" * len(keys))})')
+        # peewee's per-value conversion costs more than SQLite's insert; the rows hold plain
+        # values already, and only JSON columns need converting
+        json_keys = [k for k in keys if isinstance(fields[k], JSONField)]
+        plain = all(k in r for r in rows for k in keys)
+        values = []
+        for r in rows:
+            if not plain:
+                r = {k: r[k] if k in r else (d() if callable(d := defaults.get(k)) else d)
+                     for k in keys}
+            if json_keys:
+                r = dict(r)
+                for k in json_keys:
+                    v = r[k]
+                    r[k] = None if v is None else json.dumps(v)
+            values.append([r[k] for k in keys])
+        self.db.cursor().executemany(sql, values)
+
+    def job_by_key(self, owner_uid: int | None, key: str) -> int | None:
+        row = (Job.select(Job.id).where((Job.owner_uid == owner_uid) & (Job.key == key))
+               .first())
+        return None if row is None else row.id
+
+    def experiment_job_ids(self, name: str, owner_uid: int | None) -> list[int]:
+        """Ids of an experiment's jobs, a user's (or everyone's: owner_uid None)."""
+        q = Job.select(Job.id).where(Job.experiment == name)
+        if owner_uid is not None:
+            q = q.where(Job.owner_uid == owner_uid)
+        return [r[0] for r in q.order_by(Job.id).tuples()]
+
+    def experiments(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """Per experiment (and owner): jobs by state, the first submit and the last end."""
+        q = (Job.select(Job.experiment, Job.owner, Job.state, pw.fn.COUNT(Job.id),
+                        pw.fn.MIN(Job.submit_time), pw.fn.MAX(Job.end_time))
+             .where(Job.experiment.is_null(False)))
+        if owner:
+            q = q.where(Job.owner == owner)
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for name, who, state, n, first, last in q.group_by(Job.experiment, Job.owner,
+                                                          Job.state).tuples():
+            e = out.setdefault((who, name), {"name": name, "owner": who, "counts": {},
+                                             "total": 0, "first_submit": first,
+                                             "last_end": None})
+            e["counts"][state] = n
+            e["total"] += n
+            e["first_submit"] = min(e["first_submit"], first)
+            if last is not None and (e["last_end"] is None or last > e["last_end"]):
+                e["last_end"] = last
+        return sorted(out.values(), key=lambda e: (e["first_submit"], e["owner"], e["name"]))
 
     def update_job(self, job_id: int, **fields: Any) -> None:
         Job.update(**fields, seq=self._next_seq()).where(Job.id == job_id).execute()
@@ -493,7 +595,8 @@ class Store:
 
     def job_rows(self, *, states: list[str] | None = None, owner: str | None = None,
                  ids: list[int] | None = None, limit: int | None = None,
-                 newest_first: bool = True, with_env: bool = True) -> list[dict[str, Any]]:
+                 newest_first: bool = True, with_env: bool = True,
+                 experiment: str | None = None) -> list[dict[str, Any]]:
         # listings leave the environment in the database: it is the biggest column, and a
         # listing must never show it
         q = Job.select() if with_env else Job.select(*_NO_ENV)
@@ -503,6 +606,8 @@ class Store:
             q = q.where(Job.owner == owner)
         if ids is not None:
             q = q.where(Job.id.in_(ids))
+        if experiment is not None:
+            q = q.where(Job.experiment == experiment)
         q = q.order_by(Job.id.desc() if newest_first else Job.id)
         if limit:
             q = q.limit(limit)

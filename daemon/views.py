@@ -19,4 +19,5 @@ def job_view(j: dict) -> JobView:
         memory_mb=j["memory_mb"] or 0, time_limit_s=j["time_limit_s"],
         dependencies=tuple(Dependency(*parse_dependency(d)) for d in j["dependencies"]),
         partition=j["partition"], eligible_time=j["eligible_time"], node=j["node"],
-        gpu_indices=tuple(j["gpu_indices"] or ()), start_time=j["start_time"])
+        gpu_indices=tuple(j["gpu_indices"] or ()), start_time=j["start_time"],
+        array_id=j.get("array_id"), array_limit=j.get("array_limit"))

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import clinotify, completion, connect, userconfig
+from . import cli_batch, clinotify, completion, connect, userconfig
 from .clifollow import run_job
 from .errors import LabqError
 from .models import Job
@@ -101,11 +101,20 @@ def _submit_args(a: argparse.Namespace, usage: str) -> tuple[list[str] | str, di
         gpus=a.gpus, gpu_type=a.gpu_type, gpu_memory=a.gpu_mem, cpus=a.cpus, memory=a.mem,
         time_limit=a.time, name=a.name, priority=a.priority, after=after, cwd=a.chdir,
         env=env, export_env=not a.no_export, group=a.group, partition=a.partition,
-        hold=a.hold, requeue=not a.no_requeue, notify=userconfig.submit_notify(a.notify))
+        hold=a.hold, requeue=not a.no_requeue, notify=userconfig.submit_notify(a.notify),
+        experiment=a.experiment, key=a.key)
 
 
 def cmd_submit(q: Client, a: argparse.Namespace) -> int:
+    if a.from_file is not None:
+        if a.command or a.wrap is not None or a.array or a.param:
+            raise SystemExit("labq: --from takes its jobs from the file; give no command")
+        return cli_batch.submit_from(q, a)
     command, options = _submit_args(a, "labq submit [options] -- CMD ARGS...")
+    if a.array or a.param:
+        return cli_batch.submit_tasks(q, a, command, options)
+    if a.max_running is not None:
+        raise SystemExit("labq: --max-running is for --array or --param")
     job = q.submit(command, **options)
     if a.json:
         _print_json(_job_json(job))
@@ -125,8 +134,13 @@ LS_PAGE = 500  # jobs per request: the first page shows at once however long the
 def cmd_ls(q: Client, a: argparse.Namespace) -> int:
     states = [s.upper() for s in a.state.split(",")] if a.state else None
     user = a.user or (q.whoami()["user"] if a.mine else None)
+    if a.experiment and user is None:
+        me = q.whoami()  # an experiment is yours; an admin sees everyone's of that name
+        user = None if me["admin"] else me["user"]
     pages = _ls_pages(q.iter_jobs(page=min(LS_PAGE, a.limit or LS_PAGE), states=states,
-                                  user=user, include_ended=a.all or bool(states)), a.limit)
+                                  user=user, experiment=a.experiment,
+                                  include_ended=a.all or bool(states) or bool(a.experiment)),
+                      a.limit)
     if a.json:
         _print_json([_job_json(j) for page in pages for j in page])
         return 0
@@ -183,6 +197,13 @@ def cmd_show(q: Client, a: argparse.Namespace) -> int:
         ("restarts", job.restarts),
         ("notify", job.notify or "-"),
     ]
+    if job.experiment:
+        fields.append(("experiment", job.experiment))
+    if job.array_id is not None:
+        fields.append(("array", f"{job.array_id}[{job.array_index}]"
+                                + (f" %{job.array_limit}" if job.array_limit else "")))
+    if job.params:
+        fields.append(("params", " ".join(f"{k}={v}" for k, v in job.params.items())))
     for k, v in fields:
         print(f"{k:>13}: {printable(v)}")
     return 0
@@ -227,7 +248,7 @@ def cmd_logs(q: Client, a: argparse.Namespace) -> int:
 
 
 def _many(q: Client, a: argparse.Namespace, fn: Callable[..., list[Job]]) -> int:
-    jobs = fn(*_ids(a.ids))
+    jobs = fn(*_ids(a.ids), experiment=a.experiment) if a.experiment else fn(*_ids(a.ids))
     if a.json:
         _print_json([_job_json(j) for j in jobs])
     else:
@@ -237,12 +258,12 @@ def _many(q: Client, a: argparse.Namespace, fn: Callable[..., list[Job]]) -> int
 
 
 def cmd_cancel(q: Client, a: argparse.Namespace) -> int:
-    return _many(q, a, lambda *ids: q.cancel(*ids, reason=a.reason))
+    return _many(q, a, lambda *ids, **kw: q.cancel(*ids, reason=a.reason, **kw))
 
 
 def cmd_wait(q: Client, a: argparse.Namespace) -> int:
     try:
-        jobs = q.wait(*_ids(a.ids), timeout=a.timeout)
+        jobs = q.wait(*_ids(a.ids), timeout=a.timeout, experiment=a.experiment)
     except TimeoutError as e:
         print(f"labq: {printable(e)}", file=sys.stderr)
         return 124
@@ -426,7 +447,7 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--after", "-d", action="append",
                    help="ID[,ID] (afterok) or afterany:ID / afternotok:ID; repeatable")
     p.add_argument("--chdir", "-D", help="working directory (default: the current one)")
-    p.add_argument("--env", "-e", action="append", help="NAME=VALUE, repeatable")
+    p.add_argument("--env", action="append", help="NAME=VALUE, repeatable")
     p.add_argument("--no-export", action="store_true",
                    help="do not pass the current environment to the job")
     p.add_argument("--group", help="charge this group (default: your primary group)")
@@ -438,7 +459,22 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--notify", choices=["end", "fail", "all", "none"],
                    help="tell me when the job ends, ends other than COMPLETED, or starts and "
                    "ends (default: [submit] notify in ~/.config/labq/config.toml)")
+    p.add_argument("--experiment", "-e", help="file the jobs under this experiment name")
+    p.add_argument("--key", help="refuse the submit if one of your jobs has this key already")
     p.add_argument("command", nargs=argparse.REMAINDER)
+
+
+def _batch_options(p: argparse.ArgumentParser) -> None:
+    """Options of `labq submit` that queue many jobs at once."""
+    p.add_argument("--array", "-a", help="an array of tasks: 0-99, 1,3,5-7, 0-99:2; %%N runs "
+                   "at most N at once")
+    p.add_argument("--param", action="append", metavar="NAME=V1,V2|NAME=A..B",
+                   help="a sweep: one job per combination; {NAME} and {index} are filled in")
+    p.add_argument("--max-running", type=_positive_int(1, 10_000),
+                   help="at most this many tasks of the array or sweep run at once")
+    p.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="one job per row of an .ndjson, .jsonl or .csv file; - for stdin")
+    p.add_argument("--format", choices=["ndjson", "jsonl", "csv"], help="the --from format")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -455,8 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print JSON")
         return p
 
-    _submit_options(add("submit", cmd_submit,
-                        "queue a command: labq submit [options] -- CMD ARGS..."))
+    p = add("submit", cmd_submit, "queue a command: labq submit [options] -- CMD ARGS...")
+    _submit_options(p)
+    _batch_options(p)
     _submit_options(add("run", cmd_run, "run a command and follow it, as srun does: its "
                         "output comes here, labq exits with its exit code, Ctrl-C cancels it",
                         json_flag=False))
@@ -469,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", "-s", help="comma-separated states, e.g. running,pending")
     p.add_argument("--limit", "-n", type=_positive_int(1, 1 << 30),
                    help="show the first N jobs of the queue")
+    p.add_argument("--experiment", "-e", help="the jobs of an experiment (yours; an admin: "
+                   "anyone's), ended ones too")
 
     p = add("show", cmd_show, "show one job")
     p.add_argument("id")
@@ -483,11 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
                             ("release", lambda q, a: _many(q, a, q.release),
                              "release held jobs")):
         p = add(name, fn, help_)
-        p.add_argument("ids", nargs="+", metavar="ID")
+        p.add_argument("ids", nargs="*", metavar="ID")
+        p.add_argument("--experiment", "-e", help="every job of an experiment instead")
         if name == "cancel":
             p.add_argument("--reason")
     p = add("wait", cmd_wait, "wait until jobs end; exit 0 only if all COMPLETED")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--experiment", "-e", help="every job of an experiment instead")
     p.add_argument("--timeout", type=float)
     add("nodes", cmd_nodes, "list nodes and their GPUs")
     p = add("node", cmd_node, "admin: drain, resume, add or remove a node")
@@ -515,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user-share", action="append", metavar="USER=SHARE")
     p = add("usage", cmd_usage, "GPU-hours per group and user, and fair-share factors")
     p.add_argument("--days", type=float, default=30)
+    p = add("experiments", cli_batch.cmd_experiments, "experiments: their jobs by state")
+    p.add_argument("--mine", "-m", action="store_true")
+    p.add_argument("--user", "-u")
     add("whoami", cmd_whoami, "who labqd thinks you are")
     clinotify.add_parser(add("notify", clinotify.cmd_notify, "where your notifications go: "
                              "show, set webhook|mail VALUE, unset webhook|mail"))
@@ -537,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(args)
     if a.cmd == "group" and a.action == "set" and not a.group:
         ap.error("group set needs a group name")
+    if a.cmd in ("cancel", "hold", "release", "wait") and not a.ids and not a.experiment:
+        ap.error(f"{a.cmd} needs job ids or --experiment NAME")
     if a.cmd == "tui":
         return cmd_tui(a)
     if a.cmd == "completion":

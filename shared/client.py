@@ -6,7 +6,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
@@ -18,6 +18,8 @@ from .protocol import (
     GROUP_SETTINGS,
     CancelRequest,
     EventsRequest,
+    ExperimentReply,
+    ExperimentsRequest,
     GroupReply,
     GroupSetRequest,
     GroupsRequest,
@@ -41,6 +43,8 @@ from .protocol import (
     ReadLogRequest,
     ReleaseRequest,
     Request,
+    SubmitArrayRequest,
+    SubmitManyRequest,
     SubmitRequest,
     UsageReply,
     UsageRequest,
@@ -226,13 +230,16 @@ class Client:
                cwd: str | None = None, env: dict[str, str] | None = None,
                export_env: bool = True, group: str | None = None,
                partition: str | None = None, hold: bool = False, requeue: bool = True,
-               notify: str | None = None) -> Job:
+               notify: str | None = None, experiment: str | None = None,
+               key: str | None = None) -> Job:
         """Queue a command: an argv list, or a string run with `bash -c`.
 
         The job gets the caller's environment (minus session variables) unless export_env is
         False; `env` entries are added on top. Memory takes MiB or '16G'; time_limit takes
-        seconds or '2h' / '1-00:00:00'; after takes ids (afterok) or 'afterany:ID'; notify
-        ('end', 'fail' or 'all') tells the owner through the channels labqd's admin enabled.
+        seconds or '2h' / '1-00:00:00'; after takes ids (afterok), 'afterany:ID' or
+        'exp:NAME' (every job of your experiment NAME). A `key` already used by one of your
+        jobs is refused with DuplicateJob, whose details["id"] is that job. notify ('end',
+        'fail' or 'all') tells the owner through the channels labqd's admin enabled.
         """
         full_env = exported_env() if export_env else {}
         full_env.update(env or {})
@@ -240,8 +247,64 @@ class Client:
                               cpus=cpus, memory=memory, time_limit=time_limit, name=name,
                               priority=priority, after=after, cwd=cwd or os.getcwd(),
                               env=full_env, group=group, partition=partition, hold=hold,
-                              requeue=requeue, notify=notify)
+                              requeue=requeue, notify=notify, experiment=experiment,
+                              key=key)
         return cast(Job, self.request(SubmitRequest(spec=spec)))
+
+    @sends(Op.SUBMIT_ARRAY)
+    def submit_array(self, command: list[str] | tuple[str, ...] | str, *,
+                     array: str | None = None,
+                     params: Mapping[str, Iterable[object]] | None = None,
+                     max_running: int | None = None, **options: Any) -> list[Job]:
+        """Queue an array (`array`: Slurm's '0-99', '1,3,5-7', '0-99:2', '%N' = at most N
+        running) or a sweep (`params`: NAME -> values, one job per combination, `{NAME}` and
+        `{index}` filled in the command). `options` are submit's. One job per task, in
+        order; all queued or none."""
+        export_env = options.pop("export_env", True)
+        env = dict(exported_env() if export_env else {}, **(options.pop("env", None) or {}))
+        gpu_memory = options.pop("gpu_memory", None)
+        spec = submit_request(command, env=env, cwd=options.pop("cwd", None) or os.getcwd(),
+                              gpu_memory_mb=gpu_memory, **options)
+        grid = None if params is None else [[k, [str(v) for v in vals]]
+                                            for k, vals in params.items()]
+        return cast(list[Job], self.request(SubmitArrayRequest(
+            spec=spec, array=array, params=grid, max_running=max_running)))
+
+    @sends(Op.SUBMIT_MANY)
+    def submit_many(self, specs: Iterable[Mapping[str, Any]], *,
+                    export_env: bool = True) -> list[Job | LabqError]:
+        """Queue many jobs in one request: every valid row in one transaction, the others
+        refused. One result per row, in order: a Job, or the row's error (its code, message,
+        and details["row"]). Rows take submit's options by their long names (`command` or
+        `wrap`, `gpus`, `gpu_type`, `gpu_mem`, `cpus`, `mem`, `time`, `name`, `priority`,
+        `after`, `group`, `experiment`, `key`, `env`, `hold`, ...)."""
+        from .batchfile import row_spec
+        results: list[Job | LabqError | None] = []
+        sent: list[dict[str, Any]] = []
+        where: list[int] = []
+        for i, row in enumerate(specs):
+            try:
+                sent.append(row_spec(dict(row)))
+                where.append(i)
+                results.append(None)
+            except LabqError as e:
+                e.details["row"] = i
+                results.append(e)
+        if sent:
+            defaults = {"env": exported_env() if export_env else {}, "cwd": os.getcwd()}
+            replies = cast(list[Job | LabqError], self.request(
+                SubmitManyRequest(specs=sent, defaults=defaults)))
+            for k, reply in enumerate(replies):
+                if isinstance(reply, LabqError):
+                    reply.details["row"] = where[k]
+                results[where[k]] = reply
+        return [r for r in results if r is not None]
+
+    @sends(Op.EXPERIMENTS)
+    def experiments(self, user: str | None = None) -> list[ExperimentReply]:
+        """Each experiment (everyone's, or `user`'s): its jobs by state, first submit and
+        last end."""
+        return cast(list[ExperimentReply], self.request(ExperimentsRequest(user=user)))
 
     @sends(Op.JOB)
     def job(self, job_id: int) -> Job:
@@ -251,23 +314,25 @@ class Client:
     def jobs(self, *, states: list[str] | None = None, user: str | None = None,
              limit: int | None = None, after_id: int | None = None,
              changed_since: int | None = None, include_ended: bool = True,
-             with_env: bool = False) -> list[Job]:
+             with_env: bool = False, experiment: str | None = None) -> list[Job]:
         """One page of jobs, oldest first: past `after_id` when given, else the newest
         `limit` (all without one). `changed_since=seq` gives the jobs changed after that
         Job.seq instead, in the order they changed. `env` is only filled with with_env=True
         (yours only); another user's command and environment are never listed."""
         return cast(list[Job], self.request(JobsRequest(
             states=states, user=user, limit=limit, after_id=after_id,
-            changed_since=changed_since, include_ended=include_ended, with_env=with_env)))
+            changed_since=changed_since, include_ended=include_ended, with_env=with_env,
+            experiment=experiment)))
 
     def iter_jobs(self, *, page: int = 500, states: list[str] | None = None,
-                  user: str | None = None, include_ended: bool = True) -> Iterator[list[Job]]:
+                  user: str | None = None, include_ended: bool = True,
+                  experiment: str | None = None) -> Iterator[list[Job]]:
         """Every job, oldest first, a page at a time: each job exactly once, also while jobs
         are being submitted (they come last)."""
         after = 0
         while True:
             jobs = self.jobs(states=states, user=user, limit=page, after_id=after,
-                             include_ended=include_ended)
+                             include_ended=include_ended, experiment=experiment)
             if jobs:
                 yield jobs
             if len(jobs) < page:
@@ -279,25 +344,33 @@ class Client:
         return cast(list[Event], self.request(EventsRequest(id=job_id)))
 
     @sends(Op.CANCEL)
-    def cancel(self, *job_ids: int, reason: str | None = None) -> list[Job]:
-        return cast(list[Job], self.request(CancelRequest(ids=list(job_ids), reason=reason)))
+    def cancel(self, *job_ids: int, reason: str | None = None,
+               experiment: str | None = None) -> list[Job]:
+        """Cancel jobs by id, or every active job of an experiment (yours; an admin's:
+        anyone's)."""
+        return cast(list[Job], self.request(CancelRequest(ids=list(job_ids), reason=reason,
+                                                          experiment=experiment)))
 
     @sends(Op.HOLD)
-    def hold(self, *job_ids: int) -> list[Job]:
-        return cast(list[Job], self.request(HoldRequest(ids=list(job_ids))))
+    def hold(self, *job_ids: int, experiment: str | None = None) -> list[Job]:
+        return cast(list[Job], self.request(HoldRequest(ids=list(job_ids),
+                                                        experiment=experiment)))
 
     @sends(Op.RELEASE)
-    def release(self, *job_ids: int) -> list[Job]:
-        return cast(list[Job], self.request(ReleaseRequest(ids=list(job_ids))))
+    def release(self, *job_ids: int, experiment: str | None = None) -> list[Job]:
+        return cast(list[Job], self.request(ReleaseRequest(ids=list(job_ids),
+                                                           experiment=experiment)))
 
     @sends(Op.WAIT)
-    def wait(self, *job_ids: int, timeout: float | None = None) -> list[Job]:
-        """Block until every job has ended; return them. Raises TimeoutError on timeout."""
+    def wait(self, *job_ids: int, timeout: float | None = None,
+             experiment: str | None = None) -> list[Job]:
+        """Block until every job (or every job of an experiment) has ended; return them.
+        Raises TimeoutError on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = 10.0 if deadline is None else min(10.0, deadline - time.monotonic())
-            jobs = cast(list[Job], self.request(WaitRequest(ids=list(job_ids),
-                                                            timeout=max(0.0, left))))
+            jobs = cast(list[Job], self.request(WaitRequest(
+                ids=list(job_ids), timeout=max(0.0, left), experiment=experiment)))
             if all(j.finished for j in jobs):
                 return jobs
             if deadline is not None and time.monotonic() >= deadline:

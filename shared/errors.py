@@ -48,6 +48,21 @@ class StorageError(LabqError):
     code = "STORAGE_ERROR"
 
 
+class DuplicateJob(LabqError):
+    """A submit's key is already used by one of the submitter's jobs: details["id"] is it."""
+    code = "DUPLICATE_JOB"
+
+
+class BadEncoding(LabqError):
+    """A file of jobs that is not UTF-8 text."""
+    code = "BAD_ENCODING"
+
+
+class BadFormat(LabqError):
+    """A file of jobs in a format labq does not read."""
+    code = "BAD_FORMAT"
+
+
 class DaemonUnavailable(LabqError):
     """No daemon answers on the socket, or the connection to it was lost."""
     code = "UNAVAILABLE"
@@ -59,7 +74,7 @@ class InternalError(LabqError):
 
 _BY_CODE = {cls.code: cls for cls in (
     ValidationError, NotFound, PermissionDenied, InvalidState, QuotaExceeded, RateLimited,
-    StorageError, DaemonUnavailable, InternalError)}
+    StorageError, DaemonUnavailable, InternalError, DuplicateJob, BadEncoding, BadFormat)}
 
 
 def from_wire(data: dict[str, Any]) -> LabqError:

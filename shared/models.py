@@ -56,6 +56,12 @@ class Job:
     estimated_start: float | None = None
     # the queue's change counter when this job last changed: `jobs(changed_since=...)`
     seq: int | None = None
+    experiment: str | None = None
+    array_id: int | None = None  # the first task's id, for every task of an array or sweep
+    array_index: int | None = None
+    array_limit: int | None = None  # at most this many tasks of the array run at once
+    params: dict[str, str] | None = None  # a sweep task's values
+    key: str | None = None  # the submitter's idempotency key; only they and admins see it
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:

@@ -64,6 +64,9 @@ class Op(str, Enum):
     NOTIFY_SHOW = "notify_show"
     NOTIFY_SET = "notify_set"
     READ_LOG = "read_log"  # its own call: bytes cross as they are, not inside JSON
+    SUBMIT_ARRAY = "submit_array"
+    SUBMIT_MANY = "submit_many"
+    EXPERIMENTS = "experiments"
 
 
 MAX_OP = 64  # an unknown request's name is quoted back at most this long
@@ -255,7 +258,9 @@ class JobsRequest(Request, op=Op.JOBS, reply=list[Job]):
     changed_since: int | None = None
     include_ended: bool = True
     with_env: bool = False  # `env` is otherwise left out of a listing
-    FILTERS: ClassVar[dict[str, str]] = {"user": "owner"}  # field -> the job's column
+    experiment: str | None = None
+    # field -> the job column it matches: a filter is one field above and one entry here
+    FILTERS: ClassVar[dict[str, str]] = {"user": "owner", "experiment": "experiment"}
 
     @classmethod
     def parse(cls, args: dict[str, Any]) -> Self:
@@ -277,7 +282,8 @@ class JobsRequest(Request, op=Op.JOBS, reply=list[Job]):
             raise arg_error("after_id", "give after_id or changed_since, not both")
         return cls(states=states or None, user=check_text(args, "user", MAX_IDENT),
                    include_ended=check_flag(args, "include_ended", True),
-                   with_env=check_flag(args, "with_env", False), **counts)
+                   with_env=check_flag(args, "with_env", False),
+                   experiment=check_text(args, "experiment", MAX_IDENT), **counts)
 
     def filters(self) -> dict[str, Any]:
         """The filters given, by the column each matches."""
@@ -285,24 +291,39 @@ class JobsRequest(Request, op=Op.JOBS, reply=list[Job]):
                 if getattr(self, f) is not None}
 
 
+def _ids_or_experiment(args: dict[str, Any]) -> tuple[list[int], str | None]:
+    """Jobs named by id, or every job of an experiment (the caller's; an admin's: anyone's)."""
+    experiment = check_text(args, "experiment", MAX_IDENT)
+    if experiment is not None:
+        if args.get("ids"):
+            raise arg_error("ids", "give either ids or an experiment")
+        return [], experiment
+    return check_ids(args), None
+
+
 @dataclass(frozen=True)
 class CancelRequest(Request, op=Op.CANCEL, reply=list[Job]):
     ids: list[int]
     reason: str | None = None  # shown in the job's events and the queue
+    experiment: str | None = None  # instead of ids
 
     @classmethod
     def parse(cls, args: dict[str, Any]) -> Self:
-        return cls(ids=check_ids(args), reason=check_text(args, "reason", MAX_REASON_BYTES))
+        ids, experiment = _ids_or_experiment(args)
+        return cls(ids=ids, reason=check_text(args, "reason", MAX_REASON_BYTES),
+                   experiment=experiment)
 
 
 @dataclass(frozen=True)
 class _JobsByIdRequest(Request):
-    """A request that names jobs and nothing else."""
+    """A request that names jobs, by id or by experiment, and nothing else."""
     ids: list[int]
+    experiment: str | None = None
 
     @classmethod
     def parse(cls, args: dict[str, Any]) -> Self:
-        return cls(ids=check_ids(args))
+        ids, experiment = _ids_or_experiment(args)
+        return cls(ids=ids, experiment=experiment)
 
 
 @dataclass(frozen=True)
@@ -319,11 +340,13 @@ class ReleaseRequest(_JobsByIdRequest, op=Op.RELEASE, reply=list[Job]):
 class WaitRequest(Request, op=Op.WAIT, reply=list[Job]):
     ids: list[int]
     timeout: float = 10.0  # labqd answers after at most a minute whatever this says
+    experiment: str | None = None  # instead of ids
 
     @classmethod
     def parse(cls, args: dict[str, Any]) -> Self:
-        return cls(ids=check_ids(args),
-                   timeout=check_number(args, "timeout", 10.0, 0.0, MAX_WAIT_S))
+        ids, experiment = _ids_or_experiment(args)
+        return cls(ids=ids, timeout=check_number(args, "timeout", 10.0, 0.0, MAX_WAIT_S),
+                   experiment=experiment)
 
 
 @dataclass(frozen=True)
@@ -578,3 +601,18 @@ def check_webhook_url(url: str) -> str:
     if parts.username is not None or parts.password is not None:
         raise arg_error("value", "a webhook URL must not carry a user name or password")
     return host.lower()
+
+
+# the requests of arrays, sweeps, batches and experiments, registered with the others
+from .protocol_workflows import (  # noqa: E402
+    ExperimentReply as ExperimentReply,
+)
+from .protocol_workflows import (  # noqa: E402
+    ExperimentsRequest as ExperimentsRequest,
+)
+from .protocol_workflows import (  # noqa: E402
+    SubmitArrayRequest as SubmitArrayRequest,
+)
+from .protocol_workflows import (  # noqa: E402
+    SubmitManyRequest as SubmitManyRequest,
+)

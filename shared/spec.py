@@ -48,10 +48,13 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _IDENT = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _DEP_ID = re.compile(r"[0-9]{1,19}")
+# 'exp:NAME' or 'afterany:exp:NAME': every job of the submitter's experiment NAME
+_DEP_EXP = re.compile(r"(?:(after[a-z]+):)?exp:([A-Za-z0-9_.-]{1,64})")
+MAX_KEY_BYTES = 128
 
 FIELDS = ("command", "name", "cwd", "env", "gpus", "gpu_type", "gpu_memory_mb", "cpus",
           "memory_mb", "time_limit_s", "priority", "dependencies", "group", "partition",
-          "hold", "requeue", "notify")
+          "hold", "requeue", "notify", "experiment", "key")
 
 
 def _fail(field: str, message: str, value: Any = None) -> ValidationError:
@@ -290,6 +293,45 @@ def parse_dependency(v: Any) -> tuple[str, int]:
     return kind, job
 
 
+def experiment_dependency(v: Any) -> tuple[str, str] | None:
+    """(kind, experiment name) for 'exp:NAME' or 'KIND:exp:NAME', else None."""
+    m = _DEP_EXP.fullmatch(v) if isinstance(v, str) else None
+    if m is None:
+        return None
+    kind = m.group(1) or "afterok"
+    if kind not in DEP_KINDS:
+        raise _fail("dependencies", f"unknown kind {kind!r}; use one of {', '.join(DEP_KINDS)}")
+    return kind, m.group(2)
+
+
+def _dependencies(deps: Any) -> list[str]:
+    deps = [] if deps is None else deps
+    if not isinstance(deps, (list, tuple)):
+        raise _fail("dependencies", "must be a list such as ['afterok:12']", deps)
+    if len(deps) > MAX_DEPS:
+        raise _fail("dependencies", f"more than {MAX_DEPS}")
+    out = set()
+    for d in deps:
+        exp = experiment_dependency(d)
+        kind, target = exp if exp else parse_dependency(d)
+        out.add(f"{kind}:exp:{target}" if exp else f"{kind}:{target}")
+    return sorted(out)
+
+
+def _workflow_fields(data: dict[str, Any], out: dict[str, Any]) -> None:
+    """The experiment a job belongs to and the submitter's idempotency key."""
+    exp = data.get("experiment")
+    if exp is not None and (not isinstance(exp, str) or not _IDENT.fullmatch(exp)):
+        raise _fail("experiment", "must be 1-64 letters, digits, '.', '_' or '-'", exp)
+    out["experiment"] = exp
+    key = data.get("key")
+    if key is not None:
+        key = _text("key", key, MAX_KEY_BYTES)
+        if not key or CONTROL_CHARS.search(key):
+            raise _fail("key", f"must be 1-{MAX_KEY_BYTES} bytes without control characters")
+    out["key"] = key
+
+
 def validate_submit(data: Any) -> dict[str, Any]:
     """Return the normalised request or raise ValidationError naming the first bad field."""
     if not isinstance(data, dict):
@@ -335,13 +377,8 @@ def validate_submit(data: Any) -> dict[str, Any]:
     out["memory_mb"] = _int(data, "memory_mb", 0, MAX_MEMORY_MB, None)
     out["time_limit_s"] = _int(data, "time_limit_s", 1, MAX_TIME_S, None)
     out["priority"] = _int(data, "priority", 1, 10, 5)
-    deps = data.get("dependencies")
-    deps = [] if deps is None else deps
-    if not isinstance(deps, (list, tuple)):
-        raise _fail("dependencies", "must be a list such as ['afterok:12']", deps)
-    if len(deps) > MAX_DEPS:
-        raise _fail("dependencies", f"more than {MAX_DEPS}")
-    out["dependencies"] = sorted({f"{k}:{j}" for k, j in map(parse_dependency, deps)})
+    out["dependencies"] = _dependencies(data.get("dependencies"))
+    _workflow_fields(data, out)
     for key in ("group", "partition"):
         v = data.get(key)
         if v is not None and (not isinstance(v, str) or not _IDENT.fullmatch(v)):
@@ -368,7 +405,8 @@ def submit_request(command: list[str] | tuple[str, ...] | str, *, gpus: int = 0,
                    cwd: str | None = None, env: dict[str, str] | None = None,
                    group: str | None = None, partition: str | None = None,
                    hold: bool = False, requeue: bool = True,
-                   notify: str | None = None) -> dict[str, Any]:
+                   notify: str | None = None, experiment: str | None = None,
+                   key: str | None = None) -> dict[str, Any]:
     """Build a request from friendly arguments ('16G', '2h', [12, 'afterany:13'])."""
     req: dict[str, Any] = {"command": list(command) if isinstance(command, tuple) else command,
                            "gpus": gpus, "cpus": cpus, "priority": priority, "hold": hold,
@@ -385,8 +423,8 @@ def submit_request(command: list[str] | tuple[str, ...] | str, *, gpus: int = 0,
         req["name"] = name
     if after:
         req["dependencies"] = [a if isinstance(a, str) else f"afterok:{a}" for a in after]
-    for key, val in (("cwd", cwd), ("env", env), ("group", group), ("partition", partition),
-                     ("notify", notify)):
+    for field, val in (("cwd", cwd), ("env", env), ("group", group), ("partition", partition),
+                       ("notify", notify), ("experiment", experiment), ("key", key)):
         if val is not None:
-            req[key] = val
+            req[field] = val
     return req

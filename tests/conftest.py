@@ -14,7 +14,8 @@ A100X4 = [{"type": "A100", "memory_mb": 81920}] * 4
 # config check); every other test starts real processes (labqd, sshd, agents, users' CLIs)
 # and is marked slow, so `pytest -m "not slow"` is the inner loop
 FAST_MODULES = {"test_policy", "test_policy_reference", "test_units", "test_store",
-                "test_agent_probe", "test_layers", "test_config", "test_protocol", "test_registry"}
+                "test_agent_probe", "test_layers", "test_config", "test_protocol", "test_registry",
+                "test_sweep"}
 
 
 def pytest_collection_modifyitems(config, items):

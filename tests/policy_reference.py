@@ -10,18 +10,19 @@ The rules, as `plan()` applies them:
   ties go to the earlier submit, then the lower id;
 - dependencies: one that can never be met -> DependencyNeverSatisfied (and a cancel if so
   configured), else held -> Held, else one not met yet -> Dependency; the rest are eligible;
-- a job that no up node could ever run, or over a limit, waits with that reason;
+- a job that no up node could ever run, or over a limit, waits with that reason; a task of an
+  array with a throttle (%N) waits with ArrayThrottle while N of its tasks run;
 - otherwise best fit: the up node with the fewest free GPUs that fits it (ties: the node that
   has had that many free GPUs the longest), the lowest free GPU indices that match;
 - the first job that cannot start is reserved for (Resources) at the earliest time a node frees
   enough for it, running jobs ending at their time limits; later jobs start only if backfill is
   on and they end by then or keep off the reserved GPUs and what the reserved job needs of the
   node's CPUs and memory; the others wait (Priority);
-- jobs that differ only in age (same group, user and uid, priority, partition and request; and
-  time limit when the short factor counts) are settled together: once one waits, the ones behind it
-  wait for the same reason (the reserved job's twins, and those of a job kept off by backfill,
-  for Priority, except that twins kept off by backfill whose limits end by the reservation are
-  still tried).
+- jobs that differ only in age (same group, user and uid, priority, partition and request;
+  time limit when the short factor counts; array when it is throttled) are settled together:
+  once one waits, the ones behind it wait for the same reason (the reserved job's twins, and
+  those of a job kept off by backfill, for Priority, except that twins kept off by backfill
+  whose limits end by the reservation are still tried).
 """
 from __future__ import annotations
 
@@ -93,8 +94,8 @@ class Reference:
         self.nodes = [Node(n, set(n.free_gpus), n.free_cpus, n.free_memory_mb, i)
                       for i, n in enumerate(snapshot.nodes)]
         self.clock = len(self.nodes)
-        self.group_gpus, self.user_gpus, self.user_jobs, self.part_jobs, self.type_gpus = (
-            {}, {}, {}, {}, {})
+        (self.group_gpus, self.user_gpus, self.user_jobs, self.part_jobs, self.type_gpus,
+         self.array_jobs) = ({}, {}, {}, {}, {}, {})
         for j in snapshot.jobs:
             if j.state == "RUNNING":
                 node = next((n for n in self.nodes if n.view.name == j.node), None)
@@ -112,6 +113,8 @@ class Reference:
         add(self.user_gpus, job.owner, job.gpus)
         add(self.user_jobs, job.owner, 1)
         add(self.part_jobs, (job.partition, job.owner), 1)
+        if job.array_limit:
+            add(self.array_jobs, job.array_id, 1)
         slots = {g.index: g for g in node.view.gpus} if node else {}
         for (g, t) in self.cfg.limits.group_gpu_type:
             if g == job.group:
@@ -139,7 +142,8 @@ class Reference:
     def twins(self, job) -> tuple:
         """What jobs that differ only in age share."""
         key = (job.group, job.owner, job.owner_uid, job.priority, job.partition, job.gpus,
-               job.gpu_type, job.gpu_memory_mb, job.cpus, job.memory_mb)
+               job.gpu_type, job.gpu_memory_mb, job.cpus, job.memory_mb,
+               job.array_id if job.array_limit else None)
         return key + ((job.time_limit_s,) if self.cfg.weight_short else ())
 
     # -- where a job could go ----------------------------------------------------------------
@@ -165,6 +169,8 @@ class Reference:
         cap = lim.partition_user_jobs.get(job.partition)
         if cap is not None and self.part_jobs.get((job.partition, u), 0) + 1 > cap:
             return "QuotaPartitionJobs"
+        if job.array_limit and self.array_jobs.get(job.array_id, 0) + 1 > job.array_limit:
+            return "ArrayThrottle"
         return None
 
     def over_type_limit(self, job, node, gpus) -> bool:

@@ -576,3 +576,20 @@ def test_schedule_on_a_kept_queue_matches_plan():
     assert q.starts == p.starts and q.estimates == p.estimates
     assert dict(q.reasons) == dict(p.reasons) and dict(q.priorities) == dict(p.priorities)
     assert {x.job for x in p.starts} and set(p.reasons.values()) >= {"Resources", "Priority"}
+
+
+def test_an_array_throttle_lets_n_tasks_run_and_the_rest_wait_with_array_throttle():
+    tasks = [job(id=100 + i, submit=NOW - 100 + i, array_id=100, array_limit=2)
+             for i in range(6)]
+    other = job(id=200, submit=NOW)
+    p = plan(snap([node("n1")], tasks + [other]), NOW)
+    # two tasks of the array start; a job outside it still gets a GPU
+    assert sorted(s.job for s in p.starts) == [100, 101, 200]
+    assert {t.id: p.reasons[t.id] for t in tasks[2:]} == {t.id: "ArrayThrottle"
+                                                          for t in tasks[2:]}
+    # with two running, the next pass starts none of the others though GPUs are free
+    now_running = [running("n1", [k], NOW, 3600, id=t.id, array_id=100, array_limit=2)
+                   for k, t in enumerate(tasks[:2])]
+    p2 = plan(snap([node("n1", free=range(2, 8))], now_running + tasks[2:]), NOW + 1)
+    assert p2.starts == []
+    assert p2.reasons[102] == "ArrayThrottle"

@@ -88,6 +88,8 @@ def draw_job(data, jid, now, ids, jobs=()):
                                 d(st.sampled_from(ids + [9001, 9002, 9003])))
                      for _ in range(d(st.integers(1, 2))))
     submit = now - d(st.sampled_from([1.0, 100.0, 3000.0, 50000.0, 200000.0]))
+    # a task of an array: 500 runs one task at a time, 501 two, 502 any number
+    array_id = d(st.sampled_from([None, None, None, 500, 501, 502]))
     return JobView(
         jid, d(st.sampled_from(["a", "b", "c"])), d(st.sampled_from(["g0", "g1"])),
         d(st.sampled_from(["PENDING"] * 6 + ["HELD"])), d(st.sampled_from([1, 5, 9])), submit,
@@ -99,7 +101,8 @@ def draw_job(data, jid, now, ids, jobs=()):
         time_limit_s=d(st.sampled_from([None, 600.0, 3600.0, 7200.0, 86400.0])),
         dependencies=deps, partition=d(st.sampled_from(["default", "default", "debug"])),
         eligible_time=d(st.sampled_from([None, None, submit + 1, now - 10])),
-        owner_uid=d(st.sampled_from([1000, 1001, 0])))
+        owner_uid=d(st.sampled_from([1000, 1001, 0])), array_id=array_id,
+        array_limit={500: 1, 501: 2}.get(array_id or 0))
 
 
 def snapshot_of(node_list, jobs, ended, config, memo) -> Snapshot:

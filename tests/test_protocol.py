@@ -18,6 +18,7 @@ from labq.protocol import (
     UNSET,
     CancelRequest,
     EventsRequest,
+    ExperimentsRequest,
     GroupSetRequest,
     GroupsRequest,
     HoldRequest,
@@ -35,6 +36,8 @@ from labq.protocol import (
     PingRequest,
     ReadLogRequest,
     ReleaseRequest,
+    SubmitArrayRequest,
+    SubmitManyRequest,
     SubmitRequest,
     UsageRequest,
     WaitRequest,
@@ -51,6 +54,17 @@ EXAMPLES = [
                                         "env": {"A": "b"}, "dependencies": ["afterany:3", 4],
                                         "cwd": "/tmp", "hold": True})),
     SubmitRequest(spec=validate_submit({"command": "echo hi; sleep 1"})),
+    SubmitRequest(spec=validate_submit({"command": ["true"], "experiment": "lr-sweep",
+                                        "key": "run-42", "dependencies": ["afterany:exp:a"]})),
+    SubmitArrayRequest(spec=validate_submit({"command": ["prep", "{index}"]}),
+                       array="0-999%16"),
+    SubmitArrayRequest(spec=validate_submit({"command": "train --lr {lr}"}),
+                       params=[["lr", ["1e-3", "3e-4"]], ["seed", ["0", "1"]]], max_running=2),
+    SubmitManyRequest(specs=[{"command": ["true"]}, {"command": []}],
+                      defaults={"env": {"A": "1"}, "cwd": "/tmp"}),
+    ExperimentsRequest(), ExperimentsRequest(user="alice"),
+    JobsRequest(experiment="lr-sweep"), CancelRequest(ids=[], experiment="lr-sweep"),
+    HoldRequest(ids=[], experiment="x"), WaitRequest(ids=[], experiment="x", timeout=1.0),
     JobRequest(id=7), EventsRequest(id=(1 << 63) - 1),
     JobsRequest(), JobsRequest(states=["RUNNING", "HELD"], user="alice", limit=5,
                                include_ended=False, with_env=True),
@@ -139,6 +153,11 @@ CALLS = {
     Op.USAGE: (lambda q: q.usage(3), {}),
     Op.NOTIFY_SHOW: (lambda q: q.notify_settings(), {}),
     Op.NOTIFY_SET: (lambda q: q.set_notify("webhook", "http://127.0.0.1:9/h"), {}),
+    Op.SUBMIT_ARRAY: (lambda q: q.submit_array(["true"], array="0-3%2", export_env=False),
+                      [JOB]),
+    Op.SUBMIT_MANY: (lambda q: q.submit_many([{"command": ["true"]}], export_env=False),
+                     [{"row": 0, "ok": True, "job": JOB}]),
+    Op.EXPERIMENTS: (lambda q: q.experiments(), []),
 }
 
 
@@ -156,6 +175,20 @@ def test_each_client_method_sends_its_op_as_a_plain_string(op):
     assert request_type(args[0]).from_wire(json.loads(args[1])).op is op
     if isinstance(reply, list) and reply:  # jobs and nodes come back as models
         assert all(isinstance(r, (Job, Node)) for r in result)
+
+
+def test_submit_many_answers_a_job_or_an_error_per_row_in_order():
+    from labq.errors import DuplicateJob
+    q = Recorder([{"row": 0, "ok": False, "error": {"code": "DUPLICATE_JOB", "message": "m",
+                                                     "details": {"id": 7}}},
+                  {"row": 1, "ok": True, "job": JOB}])
+    res = q.submit_many([{"command": ["a"]}, {"command": ["b"], "time": "nonsense"},
+                         {"command": "c d", "gpus": "1"}], export_env=False)
+    assert isinstance(res[0], DuplicateJob) and res[0].details == {"id": 7, "row": 0}
+    assert isinstance(res[1], ValidationError) and res[1].details["row"] == 1
+    assert isinstance(res[2], Job)
+    [(_, (_, text))] = q.sent
+    assert [s["command"] for s in json.loads(text)["specs"]] == [["a"], ["c", "d"]]
 
 
 def test_call_takes_an_op_or_a_name_and_returns_the_plain_result():
@@ -223,6 +256,18 @@ def test_unknown_arguments_are_ignored():
     (Op.NOTIFY_SET, {"channel": "mail", "value": "not an address"}, "value"),
     (Op.NOTIFY_SET, {"channel": "mail", "value": "a@b\r\nBcc: c@d"}, "value"),
     (Op.NOTIFY_SHOW, {"user": 3}, "user"),
+    (Op.SUBMIT, {"spec": {"command": ["x"], "key": "a\nb"}}, "key"),
+    (Op.SUBMIT, {"spec": {"command": ["x"], "experiment": "a b"}}, "experiment"),
+    (Op.SUBMIT_ARRAY, {"spec": {"command": ["x"]}, "array": "5-1"}, "array"),
+    (Op.SUBMIT_ARRAY, {"spec": {"command": ["x"]}, "array": "0-20000"}, "array"),
+    (Op.SUBMIT_ARRAY, {"spec": {"command": ["x"]}}, "array"),
+    (Op.SUBMIT_ARRAY, {"spec": {"command": ["x"]}, "params": [["a", ["1"]], ["a", ["2"]]]},
+     "params"),
+    (Op.SUBMIT_ARRAY, {"spec": {"command": ["x"]}, "array": "0-3", "max_running": 0},
+     "max_running"),
+    (Op.SUBMIT_MANY, {"specs": []}, "specs"),
+    (Op.SUBMIT_MANY, {"specs": [{}], "defaults": {"gpus": 1}}, "defaults"),
+    (Op.CANCEL, {"ids": [1], "experiment": "x"}, "ids"), (Op.HOLD, {}, "ids"),
 ])
 def test_refusals_name_the_field(op, args, field):
     with pytest.raises(ValidationError) as e:

@@ -97,9 +97,11 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
     old = pw.SqliteDatabase(str(path))
     st.db.initialize(old)
     st._migrate_1(old)
-    # the first release kept owners by name only
+    # the first release kept owners by name only, and knew no experiments, arrays or keys
     old.execute_sql('ALTER TABLE "job" DROP COLUMN "owner_uid"')
     old.execute_sql('ALTER TABLE "job" DROP COLUMN "notify"')  # and had no notifications
+    for name, _ in st._V5_COLUMNS:
+        old.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
     old.execute_sql(f"PRAGMA application_id = {st.APPLICATION_ID}")
     st.Meta.insert_many([{"key": "schema_version", "value": "1"},
                          {"key": "cluster_id", "value": "abc"}]).execute()
@@ -115,7 +117,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
                         [st.Job._meta.fields[k].db_value(v) for k, v in fields.items()])
     old.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 5
+    assert s.schema_version == st.SCHEMA_VERSION == 6
     assert s.cluster_id == "abc" and s.job_row(1)["owner"] == "alice"
     # owners become uids where the account exists; a name nobody has now stays unowned
     assert s.job_row(1)["owner_uid"] is None and s.job_row(2)["owner_uid"] == 0
@@ -148,6 +150,49 @@ def test_a_notification_is_claimed_once_and_one_left_sending_is_not_resent(tmp_p
                           event=(job, "CANCELLED", "not sent again"))
     assert s.events(job)[-1]["reason"] == "not sent again"
     assert {n["status"] for n in s.notifications(job)} == {"sent", "failed"}
+    s.close()
+
+
+def test_batches_get_consecutive_ids_in_one_transaction_and_keys_stay_unique(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    s.insert_job(job_fields(owner_uid=1000), "alice")
+
+    def tasks(first):
+        return [job_fields(owner_uid=1000, array_id=first, array_index=k, experiment="e",
+                           key="k1" if k == 0 else None) for k in range(3)]
+    rows = s.insert_jobs(tasks, "alice")
+    assert [r["id"] for r in rows] == [2, 3, 4]
+    assert [r["array_id"] for r in s.job_rows(ids=[2, 3, 4], newest_first=False)] == [2, 2, 2]
+    assert [e["to_state"] for e in s.events(4)] == ["PENDING"]
+    assert s.job_by_key(1000, "k1") == 2 and s.job_by_key(1001, "k1") is None
+    assert s.experiment_job_ids("e", 1000) == [2, 3, 4] and s.experiment_job_ids("e", 1) == []
+    [exp] = s.experiments()
+    assert (exp["name"], exp["owner"], exp["counts"], exp["total"]) == (
+        "e", "alice", {"PENDING": 3}, 3)
+    # the same key twice for one owner cannot be written, even past the daemon's check;
+    # and nothing of the failed batch is left
+    with pytest.raises(Exception):
+        s.insert_jobs(lambda first: [job_fields(owner_uid=1000),
+                                     job_fields(owner_uid=1000, key="k1")], "alice")
+    assert s.job_row(5) is None
+    s.insert_job(job_fields(owner_uid=1001, key="k1"), "bob")
+    s.close()
+
+
+def test_a_schema_4_database_gains_the_workflow_columns(tmp_path):
+    path = tmp_path / "labq.db"
+    s = st.Store(path)
+    s.insert_job(job_fields(owner_uid=1000), "alice")
+    for name, _ in st._V5_COLUMNS:
+        s.db.execute_sql('DROP INDEX IF EXISTS "job_experiment"')
+        s.db.execute_sql('DROP INDEX IF EXISTS "job_owner_key"')
+        s.db.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
+    st.Meta.replace(key="schema_version", value="4").execute()
+    s.close()
+    s = st.Store(path)
+    assert s.schema_version == st.SCHEMA_VERSION == 6
+    assert s.job_row(1)["experiment"] is None and s.job_row(1)["key"] is None
+    assert s.integrity_check() == "ok"
     s.close()
 
 

@@ -66,7 +66,7 @@ class NodeLink:
         self._pending: dict[int, Callable[[dict], None]] = {}
         # requests wait here for the link's writer thread: a caller (often holding the job
         # lock) never blocks on a stalled channel
-        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[dict | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # ask for an immediate reconnect
@@ -105,21 +105,30 @@ class NodeLink:
             rid = self._next_id
             if callback:
                 self._pending[rid] = callback
-            self._outbox.put((json.dumps(dict(kw, op=op, id=rid)) + "\n").encode())
+            # encoded by the writer thread: the caller often holds the job lock
+            self._outbox.put(dict(kw, op=op, id=rid))
         return True
 
-    def _write_loop(self, t, outbox: queue.SimpleQueue[bytes | None]) -> None:
-        """Send queued requests in order until the connection ends; a failed write closes it,
-        and the reader then fails what is pending."""
+    def _write_loop(self, t, outbox: queue.SimpleQueue[dict | None]) -> None:
+        """Send queued requests in order until the connection ends, all that are waiting in one
+        write; a failed write closes the link, and the reader then fails what is pending."""
         while True:
-            data = outbox.get()
-            if data is None or self.transport is not t:
-                return
+            batch = [outbox.get()]
+            while len(batch) < 256:
+                try:
+                    batch.append(outbox.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch or self.transport is not t
+            msgs = [m for m in batch[:batch.index(None)] if m] if None in batch else batch
             try:
-                t.write(data)
+                if msgs and self.transport is t:
+                    t.write(b"".join((json.dumps(m) + "\n").encode() for m in msgs))
             except Exception as e:
                 log.warning("node %s: send failed: %s", self.name, e)
                 self._close_transport()
+                return
+            if stop:
                 return
 
     def call(self, op: str, timeout: float = 30.0, **kw: Any) -> dict:
@@ -197,7 +206,7 @@ class NodeLink:
                 continue
             backoff = 0.5
             self.last_heard = self.clock.monotonic()
-            outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+            outbox: queue.SimpleQueue[dict | None] = queue.SimpleQueue()
             self._outbox = outbox  # nothing queued for an earlier connection is sent here
             threading.Thread(target=self._write_loop, args=(t, outbox), daemon=True,
                              name=f"node-{self.name}-writer").start()

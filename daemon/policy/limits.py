@@ -10,7 +10,8 @@ def quota_reason(cluster: Cluster, job: JobView) -> str | None:
     """The first limit that starting `job` now would exceed, as a pending reason.
 
     The per-(group, GPU type) limit depends on which GPUs the job would get, so placement
-    checks it (Cluster.best_fit)."""
+    checks it (Cluster.best_fit). An array's throttle (`--array ...%N`) is the user's own limit
+    on the array's tasks running at once: ArrayThrottle."""
     lim = cluster.limits
     cap = lim.group_gpus.get(job.group)
     if cap is not None and cluster.group_gpus.get(job.group, 0) + job.gpus > cap:
@@ -22,4 +23,6 @@ def quota_reason(cluster: Cluster, job: JobView) -> str | None:
     cap = lim.partition_user_jobs.get(job.partition)
     if cap is not None and cluster.partition_user_jobs.get((job.partition, job.owner), 0) + 1 > cap:
         return "QuotaPartitionJobs"
+    if job.array_limit and cluster.array_jobs.get(job.array_id, 0) + 1 > job.array_limit:
+        return "ArrayThrottle"
     return None

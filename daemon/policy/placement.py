@@ -102,6 +102,7 @@ class Cluster:
         self.user_jobs: dict[str, int] = {}
         self.partition_user_jobs: dict[tuple[str, str], int] = {}
         self.group_type_gpus: dict[tuple[str, str], int] = {}
+        self.array_jobs: dict[int | None, int] = {}  # throttled array -> its tasks running
         self._type_limits: dict[str, list[tuple[str, tuple[str, str]]]] = {}
         for (g, t) in self.limits.group_gpu_type:
             self._type_limits.setdefault(g, []).append((t.lower(), (g, t)))
@@ -117,6 +118,8 @@ class Cluster:
         self.user_jobs[u] = self.user_jobs.get(u, 0) + sign
         pu = (job.partition, u)
         self.partition_user_jobs[pu] = self.partition_user_jobs.get(pu, 0) + sign
+        if job.array_limit:
+            self.array_jobs[job.array_id] = self.array_jobs.get(job.array_id, 0) + sign
         for t, key in self._type_limits.get(g, ()):
             k = sum(1 for s in slots if t in s.type.lower())
             if k:

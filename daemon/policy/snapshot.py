@@ -54,6 +54,10 @@ class JobView:
     # when the last dependency was satisfied or the job was released; age counts from here
     eligible_time: float | None = None
     owner_uid: int = -1  # the owner's Unix uid; -1 in the replay, where no node cares
+    # a task of an array or sweep: at most `array_limit` tasks of `array_id` run at once
+    # (Slurm's %N); no limit when None
+    array_id: int | None = None
+    array_limit: int | None = None
     # RUNNING jobs only
     node: str | None = None
     gpu_indices: tuple[int, ...] = ()

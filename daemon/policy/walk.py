@@ -166,7 +166,7 @@ class Walk:
         """(node index, GPUs) where `job` fits now, None, or _WAITS when a limit (or no node)
         makes its class wait."""
         cluster, shape = self.cluster, self.classes[n].shape
-        key = (shape, job.group, job.owner, job.partition)
+        key = (shape, job.group, job.owner, job.partition, job.array_limit and job.array_id)
         why = self.blocked.get(key, OPEN)
         if why is OPEN:
             why = self.blocked[key] = cluster.feasibility(job) or quota_reason(cluster, job)

@@ -38,10 +38,15 @@ class Agent:
         self.cpu = CpuMeter()
         self.gpu_source = None
 
-    def send(self, msg):
+    def send(self, msg, flush=True):
         line = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
         with self.out_lock:
             sys.stdout.buffer.write(line)
+            if flush:
+                sys.stdout.buffer.flush()
+
+    def flush(self):
+        with self.out_lock:
             sys.stdout.buffer.flush()
 
     def jobdir(self, key):
@@ -179,6 +184,7 @@ class Agent:
                     if self._report_exit(job, offset, files, lost_check=scan):
                         due.discard(job)
             due &= {job for job, _ in items}
+            self.flush()  # what this turn found goes out in one write
             for job in list(files):
                 if job not in self.watched:
                     files.pop(job).close()
@@ -208,7 +214,7 @@ class Agent:
                 return True  # re-watched meanwhile
             self.watched[job] = offset + len(data)
         self.send({"ev": "log", "job": job, "offset": offset,
-                   "data": base64.b64encode(data).decode()})
+                   "data": base64.b64encode(data).decode()}, flush=False)
         return True
 
     def _report_exit(self, job, offset, files, lost_check):
@@ -226,7 +232,7 @@ class Agent:
         with self.watch_lock:
             self.exit_sent.add(job)
         ex.update(ev="exit", job=job, log_size=offset)
-        self.send(ex)
+        self.send(ex, flush=False)
         return True
 
     def serve(self):

@@ -1,0 +1,121 @@
+"""Work that comes in many jobs: arrays and sweeps (one spec, many tasks), batches of specs with
+partial success, and experiments (the jobs a user filed under one name).
+
+Each submit here is one request and one store transaction however many jobs it queues, and
+is checked whole before anything is written: an array is refused whole, a batch row by row.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from labq.errors import LabqError, NotFound, ValidationError
+from labq.spec import validate_submit
+from labq.states import JobState
+from labq.sweep import fill, grid, parse_array, task_env
+
+from .identity import Caller
+from .jobtable import JobTable
+
+S = JobState
+
+
+def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
+                 params: list[tuple[str, list[str]]] | None,
+                 max_running: int | None) -> list[dict]:
+    """An array (`array`: Slurm's syntax) or a sweep (`params`: the grid of their values):
+    one job per task, sharing the first task's id as their array id. Refused whole."""
+    limit: int | None = None
+    if array is not None:
+        indices, limit = parse_array(array)
+        values: list[dict[str, str]] = [{"index": str(i)} for i in indices]
+    else:
+        values = [dict(v, index=str(i)) for i, v in enumerate(grid(params or []))]
+    limit = max_running or limit
+    n = len(values)
+    with table.lock:
+        spec = table.check_spec(caller, spec)
+        table.check_room(caller, n, whole=True)  # part of an array is worth less than none
+        base = table.new_row(caller, spec)
+
+        def make_rows(first: int) -> list[dict]:
+            rows = []
+            for k, v in enumerate(values):
+                row = dict(base, array_id=first, array_index=int(v["index"]),
+                           array_limit=limit, experiment=base["experiment"] or f"array-{first}",
+                           key=base["key"] if k == 0 else None,
+                           command=fill(base["command"], v),
+                           params={p: x for p, x in v.items() if p != "index"} or None)
+                row["env"] = dict(base["env"], LABQ_ARRAY_ID=str(first),
+                                  **task_env(int(v["index"]), row["params"] or {}))
+                rows.append(row)
+            return rows
+        return table.admit(caller, make_rows)
+
+
+def submit_many(table: JobTable, caller: Caller, specs: list[Any],
+                defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every valid spec queued in one transaction; per row, its job or its error."""
+    results: list[dict[str, Any]] = []
+    ready: list[tuple[int, dict]] = []
+    with table.lock:
+        keys: set[str] = set()
+        for i, raw in enumerate(specs):
+            try:
+                if type(raw) is not dict:
+                    raise ValidationError("a row must be a mapping of submit fields",
+                                          {"field": "spec"})
+                merged = dict(defaults, **raw)
+                merged["env"] = dict(defaults.get("env") or {}, **(raw.get("env") or {}))
+                ready.append((i, table.check_spec(caller, validate_submit(merged), keys)))
+            except LabqError as e:
+                results.append({"row": i, "ok": False, "error": e.to_wire()})
+        if ready:
+            try:
+                room = table.check_room(caller, len(ready))
+            except LabqError as e:
+                results += [{"row": i, "ok": False, "error": e.to_wire()} for i, _ in ready]
+                ready = []
+                room = 0
+            for i, _ in ready[room:]:
+                results.append({"row": i, "ok": False, "error": {
+                    "code": "QUOTA_EXCEEDED", "message": "more pending jobs than "
+                    "limits.user_max_pending allows", "details": {"limit": "user_max_pending"}}})
+            ready = ready[:room]
+        if ready:
+            rows = table.admit(caller, lambda first: [table.new_row(caller, s)
+                                                      for _, s in ready])
+            for (i, _), row in zip(ready, rows):
+                results.append({"row": i, "ok": True, "job": table.view(caller, _small(row))})
+    results.sort(key=lambda r: r["row"])
+    return results
+
+
+def _small(row: dict) -> dict:
+    """A job for a reply that holds many: without its environment, as a listing shows it."""
+    out = dict(row, env=None)
+    out.setdefault("priority_score", None)
+    out.setdefault("estimated_start", None)
+    return out
+
+
+def tasks_view(table: JobTable, caller: Caller, rows: list[dict]) -> list[dict]:
+    return [table.view(caller, _small(r)) for r in rows]
+
+
+def experiment_ids(table: JobTable, caller: Caller, name: str,
+                   states: tuple[JobState, ...] | None = None) -> list[int]:
+    """The caller's jobs of an experiment (an admin's: everyone's), those in `states` only
+    when given; NotFound when there are none."""
+    owner = None if caller.admin else caller.uid
+    if states is not None:
+        want = {s.value for s in states}
+        with table.lock:
+            ids = [i for i, j in table.active.items() if j["experiment"] == name
+                   and j["state"] in want and (owner is None or j["owner_uid"] == owner)]
+    else:
+        ids = table.store.experiment_job_ids(name, owner)
+    if not ids:
+        which = "" if states is None else " " + "/".join(s.value for s in states)
+        raise NotFound(f"no{which} jobs {'of yours ' if owner is not None else ''}in "
+                       f"experiment {name!r}", {"experiment": name})
+    return ids
