@@ -228,6 +228,9 @@ def test_pages_filter_by_state_and_owner_and_never_carry_the_environment(tmp_pat
     assert [r["id"] for r in bob_running] == [6]
     assert [r["id"] for r in s.job_page(states=["COMPLETED", "PENDING"], after_id=9,
                                         limit=2)] == [10, 11]
+    s.insert_job(job_fields(owner="bob", experiment="lr-sweep"), "bob")
+    assert [r["id"] for r in s.job_page(where={"experiment": "lr-sweep", "owner": "bob"},
+                                        after_id=0, limit=5)] == [13]
     assert all("env" not in r for r in s.job_page(after_id=0))
     assert s.job_page(after_id=0, limit=1, with_env=True)[0]["env"] == {}
 
