@@ -72,6 +72,8 @@ class JobTable:
         self.logs = logs
         self.runs: RunControl | None = None  # set once the node registry exists
         self.notifier: Notifier | None = None
+        # called with (job, new state, when) on every transition, under the lock (metrics)
+        self.observers: list[Callable[[dict, JobState, float], None]] = []
         self.stopping = False
         self.active: dict[int, dict] = {r["id"]: r for r in store.job_rows(
             states=[s.value for s in (S.PENDING, S.HELD, S.RUNNING)], newest_first=False)}
@@ -115,6 +117,8 @@ class JobTable:
                                      notices)
         if notices and self.notifier is not None:
             self.notifier.wake.set()
+        for observe in self.observers:
+            observe(job, dst, now)
         if src == S.RUNNING and job["start_time"]:
             self.ended_runs.append(Run(job["group"], job["owner"], len(job["gpu_indices"]),
                                        job["cpus"], job["start_time"], now))
