@@ -58,6 +58,7 @@ class TlsServer(GuardedServer):
     def _serve_client(self, sock, credentials):
         try:
             source = sock.getpeername()[0]
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             return
         if not self._begin(source):

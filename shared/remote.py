@@ -142,6 +142,8 @@ def _tls(host: str, port: int, timeout: float) -> ssl.SSLSocket:
     except OSError as e:
         raise DaemonUnavailable(f"no labqd answers at {host}:{port} ({e.strerror or e})",
                                 {"host": host, "port": port}) from None
+    # requests are small and answered at once: Nagle's delay would only add latency
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         return ctx.wrap_socket(raw, server_hostname=host)
     except (OSError, ssl.SSLError) as e:
