@@ -4,12 +4,14 @@ token, a wrong, expired or revoked one, plaintext, a wrong fingerprint, an overs
 before the token, and many failed logins. Also the submit rate, a remote `logs -f` and TUI,
 and /metrics scraped and parsed by prometheus_client's own parser."""
 import json
+import pwd
 import re
 import socket
 import ssl
 import struct
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import pytest
 from daemonproc import Daemon
@@ -51,7 +53,27 @@ def remote(tmp_path_factory):
         yield d
 
 
+USERS = ("labqtest", "labqtest2", "labqtest3", "labqadmin1")
+
+
+def forget_logins():
+    for name in USERS:
+        try:
+            home = Path(pwd.getpwnam(name).pw_dir)
+        except KeyError:  # a user this run did not need
+            continue
+        (home / ".config" / "labq" / "remote.toml").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_logins_left():
+    """A saved login would send these users' later commands (in other tests) over TCP."""
+    yield
+    forget_logins()
+
+
 def person(venv, name, socket=None, **env):
+    assert name in USERS
     u = User(name, venv, socket, env)
     subprocess.run(["rm", "-f", str(u.home / ".config" / "labq" / "remote.toml")], check=True)
     return u
