@@ -156,6 +156,25 @@ def MAP(value: Callable[[str, Any], Any]) -> Callable[[str, Any], dict]:
     return check
 
 
+def ADDRESS(path: str, v: Any) -> tuple[str, int]:
+    """"HOST:PORT" ("[::1]:PORT" for IPv6) to listen on."""
+    s = STR(path, v)
+    host, sep, port = s.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(path, f"must be \"HOST:PORT\" like \"0.0.0.0:7464\", got {v!r}")
+    return host, int(port)
+
+
+def RATE(path: str, v: Any) -> str:
+    from .ratelimit import parse_rate
+    try:
+        parse_rate(STR(path, v))
+    except ValueError as e:
+        raise ConfigError(path, str(e)) from None
+    return v
+
+
 GPU = TABLE({"type": STR, "memory_mb": INT(0, 1 << 24), "index": INT(0, 1023)},
             required=("type",))
 NODE = TABLE({
@@ -188,8 +207,11 @@ SCHEMA = TABLE({
         "requeue_grace": DURATION, "local_node": BOOL, "log_level": ONE_OF(
             "debug", "info", "warning", "error"),
         "max_connections_per_user": INT(1, 1 << 16), "max_connections": INT(1, 1 << 20),
-        "idle_timeout": DURATION,
+        "idle_timeout": DURATION, "listen": ADDRESS, "tls_cert": PATHV, "tls_key": PATHV,
     }),
+    "tokens": TABLE({"max_days": INT(1, 3660), "max_per_user": INT(1, 1000),
+                     "failed_logins": RATE}),
+    "metrics": TABLE({"listen": ADDRESS}),
     "scheduler": TABLE({
         "weight_age": NUM(0, 1e9), "weight_fairshare": NUM(0, 1e9),
         "weight_priority": NUM(0, 1e9), "weight_size": NUM(0, 1e9), "max_age": DURATION,
@@ -201,7 +223,7 @@ SCHEMA = TABLE({
         "user_max_jobs": INT(0, 1 << 30), "user_max_gpus": INT(0, 1 << 30),
         "user_max_pending": INT(0, 1 << 30), "job_max_gpus": INT(0, 1 << 20),
         "job_max_time": DURATION, "partition_user_max_jobs": MAP(INT(0, 1 << 30)),
-        "job_max_pids": INT(16, 1 << 22),
+        "job_max_pids": INT(16, 1 << 22), "submit_rate": RATE,
     }),
     "groups": MAP(GROUP),
     "node": LIST(NODE),
@@ -256,6 +278,12 @@ class Config:
     limits: dict[str, Any] = field(default_factory=dict)
     groups: dict[str, dict] = field(default_factory=dict)
     notify: dict[str, Any] = field(default_factory=dict)  # [notify], checked by _check_notify
+    # remote access (off unless listen is set): TLS on TCP, callers known by their tokens
+    listen: tuple[str, int] | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tokens: dict[str, Any] = field(default_factory=dict)
+    metrics_listen: tuple[str, int] | None = None
     source: Path | None = None
     # where files named by nodes added through the API must lie; see confine_node_paths()
     config_dir: Path | None = None
@@ -312,11 +340,17 @@ def load(path: Path | None) -> Config:
         limits=data.get("limits", {}),
         groups=data.get("groups", {}),
         notify=data.get("notify", {}),
+        listen=d.get("listen"), tls_cert=d.get("tls_cert"), tls_key=d.get("tls_key"),
+        tokens=data.get("tokens", {}), metrics_listen=data.get("metrics", {}).get("listen"),
         source=Path(path) if path else None,
         config_dir=(Path(os.path.realpath(path)).parent if path
                     else Path(os.path.realpath(default_config_dir()))),
     )
     _check_timing(d, cfg)
+    if ("tls_cert" in d) != ("tls_key" in d):
+        raise ConfigError("daemon.tls_key" if "tls_cert" in d else "daemon.tls_cert",
+                          "give both tls_cert and tls_key, or neither (labqd then makes a "
+                          "self-signed pair in its state directory)")
     _check_notify(cfg.notify)
     if cfg.scheduler.get("interval") == 0:
         raise ConfigError("scheduler.interval", "must be at least 1s (0 would make the "

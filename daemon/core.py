@@ -8,6 +8,7 @@ its node's resources change together.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from . import store as st
 from .clock import SYSTEM, Clock
@@ -17,6 +18,8 @@ from .jobtable import JobTable
 from .logcopy import LogCopies
 from .nodes.registry import NodeRegistry
 from .notices import Notices
+from .ratelimit import Rate
+from .tokens import Tokens
 
 
 class Core:
@@ -32,6 +35,10 @@ class Core:
         self.jobs.runs = self.nodes
         self.notices = Notices(cfg, store, clock)
         self.jobs.notifier = self.notices
+        self.tokens = Tokens(cfg, store, clock)
+        # submits per user per minute (limits.submit_rate), over every transport
+        self.submit_rate = Rate.parse(cfg.limits.get("submit_rate"), clock)
+        self.metrics: Any = None  # labq.daemon.metrics.Metrics when [metrics] listen is set
 
     def start(self) -> None:
         self.notices.start()

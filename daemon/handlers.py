@@ -39,6 +39,10 @@ from labq.protocol import (
     SubmitArrayRequest,
     SubmitManyRequest,
     SubmitRequest,
+    TokenCreateRequest,
+    TokenInfo,
+    TokenListRequest,
+    TokenRevokeRequest,
     UsageReply,
     UsageRequest,
     WaitRequest,
@@ -52,7 +56,7 @@ from .config import ConfigError
 from .core import Core
 from .identity import Caller
 from .nodes.registry import NodeRegistry
-from .workflows import experiment_ids, submit_many, submit_tasks, tasks_view
+from .workflows import experiment_ids, submit_many, submit_tasks, task_count, tasks_view
 
 S = JobState
 
@@ -70,17 +74,28 @@ def whoami(core: Core, caller: Caller, req: WhoamiRequest) -> WhoamiReply:
 
 
 # -- jobs -------------------------------------------------------------------------------------
+def _count_submits(core: Core, caller: Caller, n: int) -> None:
+    """limits.submit_rate: a batch or an array counts its rows."""
+    if core.submit_rate is not None:
+        core.submit_rate.take(caller.uid, n, "submits", "limits.submit_rate")
+    if core.metrics is not None:
+        core.metrics.submitted(n)
+
+
 def submit(core: Core, caller: Caller, req: SubmitRequest) -> dict:
+    _count_submits(core, caller, 1)
     return core.jobs.view(caller, core.jobs.submit(caller, req.spec))
 
 
 def submit_array(core: Core, caller: Caller, req: SubmitArrayRequest) -> list[dict]:
     params = None if req.params is None else [(n, v) for n, v in req.params]
+    _count_submits(core, caller, task_count(req.array, params))
     rows = submit_tasks(core.jobs, caller, req.spec, req.array, params, req.max_running)
     return tasks_view(core.jobs, caller, rows)
 
 
 def submit_many_(core: Core, caller: Caller, req: SubmitManyRequest) -> list[dict]:
+    _count_submits(core, caller, len(req.specs))
     return submit_many(core.jobs, caller, req.specs, req.defaults)
 
 
@@ -191,6 +206,19 @@ def notify_set(core: Core, caller: Caller, req: NotifySetRequest) -> NotifySetti
     return core.notices.set(caller, req.channel, req.value, req.user)
 
 
+# -- remote access ----------------------------------------------------------------------------
+def token_create(core: Core, caller: Caller, req: TokenCreateRequest) -> TokenInfo:
+    return core.tokens.create(caller, req.user, req.days, req.note)
+
+
+def token_list(core: Core, caller: Caller, req: TokenListRequest) -> list[TokenInfo]:
+    return core.tokens.list(caller, req.user)
+
+
+def token_revoke(core: Core, caller: Caller, req: TokenRevokeRequest) -> TokenInfo:
+    return core.tokens.revoke(caller, req.id)
+
+
 Handler = Callable[[Core, Caller, Any], Any]
 
 HANDLERS: dict[Op, Handler] = {
@@ -203,4 +231,5 @@ HANDLERS: dict[Op, Handler] = {
     Op.NODE_ADD: node_add, Op.NODE_REMOVE: node_remove,
     Op.GROUPS: groups, Op.GROUP_SET: group_set, Op.USAGE: usage,
     Op.NOTIFY_SHOW: notify_show, Op.NOTIFY_SET: notify_set,
+    Op.TOKEN_CREATE: token_create, Op.TOKEN_LIST: token_list, Op.TOKEN_REVOKE: token_revoke,
 }

@@ -81,6 +81,8 @@ class JobTable:
         self.logs = logs
         self.runs: RunControl | None = None  # set once the node registry exists
         self.notifier: Notifier | None = None
+        # called with (job, new state, when) on every transition, under the lock (metrics)
+        self.observers: list[Callable[[dict, JobState, float], None]] = []
         self.stopping = False
         self.active: dict[int, ActiveJob] = {r["id"]: ActiveJob(r)
                                              for r in store.active_rows(ACTIVE_STATES)}
@@ -152,6 +154,8 @@ class JobTable:
     def _applied(self, job: ActiveJob, src: JobState, dst: JobState, fields: dict[str, Any],
                  now: float) -> None:
         """The in-memory side of a transition the store has recorded."""
+        for observe in self.observers:
+            observe(job, dst, now)
         if src == S.RUNNING and job["start_time"]:
             self.ended_runs.append(Run(job["group"], job["owner"], len(job["gpu_indices"]),
                                        job["cpus"], job["start_time"], now))

@@ -11,6 +11,7 @@ import threading
 
 from .config import ConfigError, find_config, load
 from .notify import notify
+from .watchdog import Watchdog
 
 log = logging.getLogger("labqd")
 
@@ -69,8 +70,11 @@ def run(cfg) -> int:
     except (AlreadyRunning, OSError, KeyError) as e:
         log.error("cannot listen on %s: %s", cfg.socket, e)
         return 1
-    scheduler = Scheduler(core.jobs, core.nodes, core.fair, cfg.scheduler.get("interval", 5),
-                          core.clock)
+    watchdog = Watchdog(core)
+    scheduler = Scheduler(core.jobs, core.nodes, core.fair,
+                          watchdog.loop_wait(cfg.scheduler.get("interval", 5)), core.clock)
+    scheduler.observers.append(watchdog.beat)
+    servers = [server]
     stopping = threading.Event()
 
     def on_term(signum, frame):
@@ -78,10 +82,20 @@ def run(cfg) -> int:
             stopping.set()
             notify("STOPPING=1")
             log.info("stopping on signal %d; running jobs keep running on their nodes", signum)
-            threading.Thread(target=server.close, daemon=True).start()
+            for s in servers:
+                threading.Thread(target=s.close, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    try:
+        extra = start_listeners(core, scheduler)
+    except (OSError, ValueError, ImportError) as e:
+        log.error("cannot listen for remote clients or metrics: %s", e)
+        server.close()
+        return 1
+    servers += extra
+    if core.metrics is not None:
+        core.metrics.servers = servers
     core.start()
     scheduler.start()
     core.wake.set()
@@ -106,6 +120,25 @@ def run(cfg) -> int:
         store.close()
         log.info("labqd stopped")
     return 0
+
+
+def start_listeners(core, scheduler) -> list:
+    """The TLS listener ([daemon] listen) and the metrics endpoint ([metrics] listen), each
+    only when configured; returns the servers to close on stop."""
+    cfg = core.cfg
+    servers = []
+    if cfg.metrics_listen is not None:
+        from .metrics import Metrics
+        core.metrics = Metrics(core)
+        core.jobs.observers.append(core.metrics.changed)
+        scheduler.observers.append(core.metrics.scheduled)
+    if cfg.listen is not None:
+        from .remote import start_tls_server
+        tls = start_tls_server(core)
+        servers.append(tls)
+    if core.metrics is not None:
+        core.metrics.serve(*cfg.metrics_listen)
+    return servers
 
 
 def private_dirs(cfg) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from labq.states import JobState
 
@@ -72,6 +73,9 @@ class Scheduler:
         self.passes = 0
         self.expected: dict[int, float] = {}
         self.estimated_at = 0.0
+        # called after each turn of the loop with the pass's seconds: the watchdog's pings
+        # come from here, so a loop that hangs stops them
+        self.observers: list[Callable[[float], None]] = []
 
     def start(self) -> None:
         self.thread.start()
@@ -98,6 +102,8 @@ class Scheduler:
                 log.exception("scheduler pass failed")
                 time.sleep(1)
             last_cost = time.monotonic() - last_start
+            for observe in self.observers:
+                observe(last_cost)
 
     def run_once(self) -> None:
         jobs = self.jobs

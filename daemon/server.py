@@ -58,6 +58,7 @@ class BoundedChannel(Channel):
 
 
 class GuardedServer(ThreadedServer):
+    transport = "unix"  # what the metrics call its connections
     def __init__(self, *args, max_per_user: int, max_total: int, idle_timeout: float,
                  exempt: set[int], **kwargs):
         super().__init__(*args, **kwargs)
@@ -98,14 +99,18 @@ class GuardedServer(ThreadedServer):
             uid = peer_uid(sock)
         except OSError:
             return
+        self._serve_as(sock, SocketStream(sock), uid, self.service)
+
+    def _serve_as(self, sock, stream, uid: int, service) -> None:
+        """Serve one connection of `uid` with `service`, within the user's connection limit."""
         admitted = self._admit(uid)
         try:
             config = dict(self.protocol_config, credentials=None, logger=self.logger,
                           endpoints=(sock.getsockname(), None))
-            service = self.service if admitted else classpartial(
+            service = service if admitted else classpartial(
                 RefusingService, f"too many connections to labqd from uid {uid} "
                 f"(at most {self.max_per_user} per user); close some and try again")
-            conn = service._connect(BoundedChannel(SocketStream(sock)), config)
+            conn = service._connect(BoundedChannel(stream), config)
             if admitted:
                 self._serve(conn, sock)
             else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import rpyc
 
@@ -33,13 +34,23 @@ PROTOCOL_CONFIG = {
 
 
 class LabqService(rpyc.Service):
-    def __init__(self, core: Core):
+    """`caller` and `token_id` come from the TLS listener, which knows the caller by their
+    token; on the unix socket the caller is the socket's peer."""
+
+    def __init__(self, core: Core, caller: Caller | None = None, token_id: int | None = None):
         self.core = core
-        self.caller: Caller | None = None
+        self.caller = caller
+        self.token_id = token_id
 
     def on_connect(self, conn) -> None:
-        uid = peer_uid(conn._channel.stream.sock)
-        self.caller = caller_for_uid(uid, self.core.cfg.admin_group)
+        if self.caller is None:
+            uid = peer_uid(conn._channel.stream.sock)
+            self.caller = caller_for_uid(uid, self.core.cfg.admin_group)
+
+    def _still_valid(self) -> None:
+        # a token revoked or expired while its connection is open stops working at once
+        if self.token_id is not None:
+            self.core.tokens.check(self.token_id)
 
     def exposed_call(self, op, args_json):
         if type(op) is not str or type(args_json) is not str:
@@ -47,10 +58,14 @@ class LabqService(rpyc.Service):
                 "requests are (name, JSON text)",
                 {"field": "op" if type(op) is not str else "args_json"}).to_wire()})
         name = op if len(op) <= MAX_OP else op[:MAX_OP] + "..."
+        started = time.monotonic()
         try:
+            self._still_valid()
             kind = request_type(op)  # before the text is parsed: that alone has a cost
             req = kind.from_wire(_parse(args_json))
             result = HANDLERS[req.op](self.core, self.caller, req)
+            if self.core.metrics is not None:
+                self.core.metrics.request(req.op.value, time.monotonic() - started)
             return json.dumps({"ok": True, "result": result})
         except LabqError as e:
             return json.dumps({"ok": False, "error": e.to_wire()})
@@ -68,6 +83,7 @@ class LabqService(rpyc.Service):
 
     def exposed_read_log(self, job_id, offset, wait, max_bytes):
         try:
+            self._still_valid()
             req = ReadLogRequest.from_args(job_id, offset, wait, max_bytes)
             data, new_offset, done = HANDLERS[Op.READ_LOG](self.core, self.caller, req)
             return (data, new_offset, done, "")

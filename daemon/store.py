@@ -22,7 +22,7 @@ from labq.errors import StorageError
 
 from .activejob import HOT
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
 
 db = pw.DatabaseProxy()
@@ -173,6 +173,19 @@ class Notification(Base):
     error = pw.TextField(null=True)
 
 
+class Token(Base):
+    """A token for labqd over TCP. Only its secret's SHA-256 is kept."""
+    id = pw.AutoField()
+    uid = pw.IntegerField(index=True)
+    user = pw.CharField()
+    digest = pw.CharField()
+    created = pw.DoubleField()
+    expires = pw.DoubleField()
+    revoked = pw.DoubleField(null=True)
+    last_used = pw.DoubleField(null=True)
+    note = pw.TextField(null=True)
+
+
 TABLES_V1 = [Meta, Job, JobEvent, Node, Gpu, Allocation]
 
 
@@ -238,9 +251,13 @@ def _migrate_6(database: pw.Database) -> None:
     database.execute_sql('CREATE INDEX IF NOT EXISTS "job_seq" ON "job" ("seq")')
 
 
+def _migrate_7(database: pw.Database) -> None:
+    database.create_tables([Token])
+
+
 # version -> function bringing the schema from version-1 up to it; never edit a released one
 MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5,
-              6: _migrate_6}
+              6: _migrate_6, 7: _migrate_7}
 
 
 # (job id, changed fields, who, from state, to state, reason, when, notifications to send):
@@ -658,6 +675,22 @@ class Store:
     def events(self, job_id: int) -> list[dict[str, Any]]:
         return list(JobEvent.select().where(JobEvent.job == job_id)
                     .order_by(JobEvent._meta.primary_key).dicts())
+
+    # -- tokens ----------------------------------------------------------------------------
+    def tokens(self) -> list[dict[str, Any]]:
+        return list(Token.select().order_by(Token.id).dicts())
+
+    def insert_token(self, row: dict[str, Any]) -> int:
+        with self.write():
+            return int(Token.insert(**row).execute())
+
+    def revoke_tokens(self, ids: list[int], when: float) -> None:
+        with self.write():
+            Token.update(revoked=when).where(Token.id.in_(ids), Token.revoked.is_null()).execute()
+
+    def token_used(self, token_id: int, when: float) -> None:
+        with self.write():
+            Token.update(last_used=when).where(Token.id == token_id).execute()
 
     def integrity_check(self) -> str:
         return self.db.execute_sql("PRAGMA integrity_check").fetchone()[0]

@@ -52,6 +52,16 @@ def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
         return table.admit(caller, make_rows)
 
 
+def task_count(array: str | None, params: list[tuple[str, list[str]]] | None) -> int:
+    """How many jobs an array or a sweep makes."""
+    if array is not None:
+        return len(parse_array(array)[0])
+    n = 1
+    for _name, values in params or []:
+        n *= len(values)
+    return n
+
+
 def submit_many(table: JobTable, caller: Caller, specs: list[Any],
                 defaults: dict[str, Any]) -> list[dict[str, Any]]:
     """Every valid spec queued in one transaction; per row, its job or its error."""

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import cli_batch, clinotify, completion, connect, userconfig
+from . import cli_batch, cli_remote, clinotify, completion, connect, userconfig
 from .clifollow import run_job
 from .errors import LabqError
 from .models import Job
@@ -405,7 +405,8 @@ def cmd_whoami(q: Client, a: argparse.Namespace) -> int:
 def cmd_tui(a: argparse.Namespace) -> int:
     # the UI connects by itself and keeps retrying, so it starts even while labqd is down
     from labq.tui.app import run
-    status: int = run(socket=a.socket)  # typed int; mypy does not follow labq.tui from here
+    # typed int; mypy does not follow labq.tui from here
+    status: int = run(socket=a.url or a.socket)
     return status
 
 
@@ -481,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="labq", description="GPU job queue for research labs.")
     ap.add_argument("--socket", help="labqd's socket (default: $LABQ_SOCKET, else the user's "
                     "own daemon, else the system daemon)")
+    ap.add_argument("--url", help="labqd over TCP: labq://HOST:PORT (default: $LABQ_URL, else "
+                    "the last `labq login`)")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[..., int], help_: str,
@@ -562,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("whoami", cmd_whoami, "who labqd thinks you are")
     clinotify.add_parser(add("notify", clinotify.cmd_notify, "where your notifications go: "
                              "show, set webhook|mail VALUE, unset webhook|mail"))
+    cli_remote.add_parsers(add)
     add("tui", cmd_tui, "the terminal UI", json_flag=False)
     add("completion", cmd_completion, "print the shell completion script",
         json_flag=False).add_argument("shell", choices=completion.SHELLS)
@@ -587,8 +591,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_tui(a)
     if a.cmd == "completion":
         return cmd_completion(a)
+    if a.cmd == "login":
+        return cli_remote.cmd_login(a)
     try:
-        with connect(a.socket) as q:
+        with connect(a.url or a.socket) as q:
             fn: Callable[[Client, argparse.Namespace], int] = a.fn
             return fn(q, a)
     except LabqError as e:

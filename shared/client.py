@@ -46,6 +46,10 @@ from .protocol import (
     SubmitArrayRequest,
     SubmitManyRequest,
     SubmitRequest,
+    TokenCreateRequest,
+    TokenInfo,
+    TokenListRequest,
+    TokenRevokeRequest,
     UsageReply,
     UsageRequest,
     WaitRequest,
@@ -56,6 +60,8 @@ from .spec import MAX_REQUEST_CHARS, submit_request
 
 if TYPE_CHECKING:
     import socket as _socket
+
+    from .remote import Remote
 
 # variables that describe the submitting session rather than the job's needs
 _SESSION_ENV = ("LABQ_", "SSH_", "DISPLAY", "TERM", "TMUX", "XDG_RUNTIME_DIR", "XDG_SESSION",
@@ -131,24 +137,53 @@ def sends(op: Op) -> Callable[[_Method], _Method]:
     return mark
 
 
-def connect(socket: str | os.PathLike[str] | None = None, timeout: float = 30.0) -> Client:
+def default_address() -> str | Path:
+    """LABQ_URL, else LABQ_SOCKET, else the URL of the last `labq login`, else one's own
+    daemon's socket or the system daemon's."""
     from .paths import client_socket
-    return Client(Path(socket) if socket else client_socket(), timeout)
+    if os.environ.get("LABQ_URL") or not os.environ.get("LABQ_SOCKET"):
+        from .remote import default_url
+        url = default_url()
+        if url:
+            return url
+    return client_socket()
+
+
+def connect(socket: str | os.PathLike[str] | None = None, timeout: float = 30.0, *,
+            token: str | None = None, fingerprint: str | None = None) -> Client:
+    """labqd on a unix socket (a path), or over TLS (a labq://HOST:PORT URL, with `token` and
+    the certificate's `fingerprint`, else LABQ_TOKEN, LABQ_FINGERPRINT or what `labq login`
+    saved); without either, default_address()."""
+    where = default_address() if socket is None else socket
+    if isinstance(where, str) and where.startswith("labq://"):
+        from .remote import Remote
+        return Client(Path(where), timeout, remote=Remote.resolve(where, token, fingerprint))
+    return Client(Path(where), timeout)
 
 
 class Client:
     """A connection to labqd. Thread-safe: calls are serialised on the one connection."""
 
-    def __init__(self, socket_path: Path, timeout: float = 30.0) -> None:
+    def __init__(self, socket_path: Path, timeout: float = 30.0, *,
+                 remote: Remote | None = None) -> None:
         self.socket_path = Path(socket_path)
+        self.remote = remote  # labqd over TLS; socket_path then only names it
         self.timeout = timeout
         self._lock = threading.Lock()
         self._connect()
 
+    @property
+    def where(self) -> str:
+        return self.remote.url if self.remote is not None else str(self.socket_path)
+
     def _connect(self) -> None:
         # rpyc's wire, spoken by labq.wire: a command need not import rpyc (see there)
         from .wire import Connection
-        self._conn = Connection(_open_socket(self.socket_path), self.timeout)
+        if self.remote is not None:
+            from .remote import open_tls
+            self._conn = Connection(open_tls(self.remote, self.timeout), self.timeout)
+        else:
+            self._conn = Connection(_open_socket(self.socket_path), self.timeout)
 
     # -- plumbing --------------------------------------------------------------------------
     def reconnect(self, within: float = 30.0) -> None:
@@ -196,7 +231,7 @@ class Client:
                 raise InternalError(f"labqd refused the call: {e}") from None
             except (EOFError, OSError) as e:  # WireError is an EOFError; timeouts are OSError
                 raise DaemonUnavailable(f"lost the connection to labqd: {e or type(e).__name__}",
-                                        {"socket": str(self.socket_path)}) from None
+                                        {"socket": self.where}) from None
 
     def call(self, op: Op | str, **args: Any) -> Any:
         """Send one request by name with arguments as given, unchecked; return its result as
@@ -539,6 +574,23 @@ class Client:
         """Send your notifications' `channel` ('webhook' or 'mail') to `value`; None clears."""
         return cast(NotifySettingsReply, self.request(NotifySetRequest(
             channel=channel, value=value, user=user)))
+
+    # -- remote access ---------------------------------------------------------------------
+    @sends(Op.TOKEN_CREATE)
+    def create_token(self, *, user: str | None = None, days: int | None = None,
+                     note: str | None = None) -> TokenInfo:
+        """A token for labqd over TCP: yours, or (admins) `user`'s. Its secret is in the
+        reply's `token`, this once. Beyond labqd's tokens.max_per_user the oldest go."""
+        return cast(TokenInfo, self.request(TokenCreateRequest(user=user, days=days,
+                                                               note=note)))
+
+    @sends(Op.TOKEN_LIST)
+    def tokens(self, user: str | None = None) -> list[TokenInfo]:
+        return cast(list[TokenInfo], self.request(TokenListRequest(user=user)))
+
+    @sends(Op.TOKEN_REVOKE)
+    def revoke_token(self, token_id: int) -> TokenInfo:
+        return cast(TokenInfo, self.request(TokenRevokeRequest(id=token_id)))
 
     @sends(Op.WHOAMI)
     def whoami(self) -> WhoamiReply:

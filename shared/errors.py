@@ -43,6 +43,12 @@ class RateLimited(LabqError):
     code = "RATE_LIMITED"
 
 
+class Unauthenticated(LabqError):
+    """A token that is not valid (unknown, wrong, expired or revoked), or none where one is
+    needed: labqd over TCP knows a caller only by their token."""
+    code = "UNAUTHENTICATED"
+
+
 class StorageError(LabqError):
     """The daemon could not write its state (disk full, read-only file system)."""
     code = "STORAGE_ERROR"
@@ -74,7 +80,8 @@ class InternalError(LabqError):
 
 _BY_CODE = {cls.code: cls for cls in (
     ValidationError, NotFound, PermissionDenied, InvalidState, QuotaExceeded, RateLimited,
-    StorageError, DaemonUnavailable, InternalError, DuplicateJob, BadEncoding, BadFormat)}
+    StorageError, DaemonUnavailable, InternalError, DuplicateJob, BadEncoding, BadFormat,
+    Unauthenticated)}
 
 
 def from_wire(data: dict[str, Any]) -> LabqError:

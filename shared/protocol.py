@@ -67,6 +67,9 @@ class Op(str, Enum):
     SUBMIT_ARRAY = "submit_array"
     SUBMIT_MANY = "submit_many"
     EXPERIMENTS = "experiments"
+    TOKEN_CREATE = "token_create"
+    TOKEN_LIST = "token_list"
+    TOKEN_REVOKE = "token_revoke"
 
 
 MAX_OP = 64  # an unknown request's name is quoted back at most this long
@@ -603,7 +606,20 @@ def check_webhook_url(url: str) -> str:
     return host.lower()
 
 
-# the requests of arrays, sweeps, batches and experiments, registered with the others
+# the requests of arrays, sweeps, batches and experiments, and of remote access (tokens),
+# registered with the others
+from .protocol_tokens import (  # noqa: E402
+    TokenCreateRequest as TokenCreateRequest,
+)
+from .protocol_tokens import (  # noqa: E402
+    TokenInfo as TokenInfo,
+)
+from .protocol_tokens import (  # noqa: E402
+    TokenListRequest as TokenListRequest,
+)
+from .protocol_tokens import (  # noqa: E402
+    TokenRevokeRequest as TokenRevokeRequest,
+)
 from .protocol_workflows import (  # noqa: E402
     ExperimentReply as ExperimentReply,
 )

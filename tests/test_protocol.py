@@ -39,6 +39,9 @@ from labq.protocol import (
     SubmitArrayRequest,
     SubmitManyRequest,
     SubmitRequest,
+    TokenCreateRequest,
+    TokenListRequest,
+    TokenRevokeRequest,
     UsageRequest,
     WaitRequest,
     WhoamiRequest,
@@ -86,6 +89,8 @@ EXAMPLES = [
     NotifySetRequest(channel="mail", value="alice@lab.example.org", user="alice"),
     NotifySetRequest(channel="webhook"),
     SubmitRequest(spec=validate_submit({"command": ["true"], "notify": "fail"})),
+    TokenCreateRequest(), TokenCreateRequest(user="alice", days=7, note="ci runner"),
+    TokenListRequest(), TokenListRequest(user="alice"), TokenRevokeRequest(id=3),
 ]
 
 
@@ -153,6 +158,9 @@ CALLS = {
     Op.USAGE: (lambda q: q.usage(3), {}),
     Op.NOTIFY_SHOW: (lambda q: q.notify_settings(), {}),
     Op.NOTIFY_SET: (lambda q: q.set_notify("webhook", "http://127.0.0.1:9/h"), {}),
+    Op.TOKEN_CREATE: (lambda q: q.create_token(days=2), {}),
+    Op.TOKEN_LIST: (lambda q: q.tokens(), []),
+    Op.TOKEN_REVOKE: (lambda q: q.revoke_token(4), {}),
     Op.SUBMIT_ARRAY: (lambda q: q.submit_array(["true"], array="0-3%2", export_env=False),
                       [JOB]),
     Op.SUBMIT_MANY: (lambda q: q.submit_many([{"command": ["true"]}], export_env=False),

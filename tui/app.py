@@ -16,8 +16,8 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 import labq
 from labq import Job
 from labq.cli import printable
+from labq.client import default_address
 from labq.errors import LabqError
-from labq.paths import client_socket
 from labq.protocol import Op
 
 from .admin import AdminGroups, AdminNodes, AdminView
@@ -68,7 +68,9 @@ class LabqApp(App):
         """`clock` and `live_stats=False` make rendering repeatable (see clock.py, nodes.py);
         `cwd` is the submit form's default directory."""
         super().__init__()
-        self.socket = Path(socket) if socket else client_socket()
+        # a labq:// URL stays text: a Path would fold its "//"
+        self.socket = (socket if isinstance(socket, str) and socket.startswith("labq://")
+                       else Path(socket) if socket else default_address())
         self.factory = client_factory or default_factory
         self.clock = clock or Clock()
         self.live_stats = live_stats
