@@ -14,6 +14,7 @@ import logging
 import pwd
 import secrets
 import threading
+from collections.abc import Iterable
 
 from labq.errors import (
     NotFound,
@@ -61,6 +62,11 @@ class Tokens:
         except KeyError:
             raise NotFound(f"there is no user {user!r} on labqd's machine",
                            {"user": user}) from None
+        if uid == 0:
+            # a token that leaked would run jobs as root on every root agent: root stays local
+            raise PermissionDenied("no token acts as root; make an admin account "
+                                   "(daemon.admin_group) for remote administration",
+                                   {"user": user})
         days = self.max_days if days is None else days
         if days > self.max_days:
             raise ValidationError(f"days: a token lasts at most {self.max_days} days "
@@ -156,7 +162,7 @@ class Tokens:
     def _valid(self, row: dict, now: float) -> bool:
         return row["revoked"] is None and row["expires"] > now
 
-    def _revoke(self, ids: list[int], now: float) -> None:
+    def _revoke(self, ids: Iterable[int], now: float) -> None:
         """Called with the lock held."""
         self.store.revoke_tokens(ids, now)
         for i in ids:

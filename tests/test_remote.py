@@ -21,7 +21,7 @@ from tuikit import drive, until
 from userkit import User, cli_venv
 
 import labq
-from labq.errors import DaemonUnavailable, RateLimited, Unauthenticated
+from labq.errors import DaemonUnavailable, PermissionDenied, RateLimited, Unauthenticated
 
 
 def free_port() -> int:
@@ -132,10 +132,12 @@ def test_an_admin_over_tls_creates_tokens_for_others(remote, venv):
 
 def test_one_token_per_user_and_revocation_reach_open_connections(remote):
     with remote.client() as local:
-        first = local.create_token()["token"]
+        with pytest.raises(PermissionDenied, match="root"):
+            local.create_token()  # root stays local
+        first = local.create_token(user="labqtest")["token"]
         with labq.connect(remote.url, token=first, fingerprint=remote.fingerprint) as q:
-            assert q.whoami()["user"] == "root"
-            second = local.create_token()  # tokens.max_per_user = 1: the first is revoked
+            assert q.whoami()["user"] == "labqtest"
+            second = local.create_token(user="labqtest")  # max_per_user = 1: the first goes
             with pytest.raises(Unauthenticated, match="revoked"):
                 q.jobs()
             with pytest.raises(Unauthenticated, match="revoked"):
@@ -235,7 +237,7 @@ def test_metrics_are_prometheus_text(remote):
 
 def test_the_tui_works_over_tls(remote, monkeypatch):
     with remote.client() as local:
-        tok = local.create_token()["token"]
+        tok = local.create_token(user="labqtest")["token"]
         jid = local.submit(["true"], name="seen-remotely", hold=True, export_env=False,
                            cwd="/tmp").id
     monkeypatch.setenv("LABQ_TOKEN", tok)

@@ -117,7 +117,9 @@ def test_who_may_create_list_and_revoke(parts):
         tokens.create(ALICE, None, 8, None)
     with pytest.raises(NotFound):
         tokens.create(ROOT, "no-such-user-here", 1, None)
-    mine = tokens.create(ROOT, "root", 1, None)
+    with pytest.raises(PermissionDenied, match="no token acts as root"):
+        tokens.create(ROOT, None, 1, None)  # a leaked one would run jobs as root: root stays local
+    mine = tokens.create(ROOT, "nobody", 1, None)
     with pytest.raises(NotFound):
         tokens.revoke(ALICE, mine["id"])  # someone else's: as if it did not exist
     with pytest.raises(PermissionDenied):
