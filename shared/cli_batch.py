@@ -81,7 +81,7 @@ def submit_from(q: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_experiments(q: Client, a: argparse.Namespace) -> int:
-    from .cli import _table, _when
+    from .cli_format import table, when
     user = a.user or (q.whoami()["user"] if a.mine else None)
     exps = q.experiments(user=user)
     if a.json:
@@ -90,7 +90,7 @@ def cmd_experiments(q: Client, a: argparse.Namespace) -> int:
     rows = []
     for e in exps:
         counts = " ".join(f"{s.lower()}={e['counts'][s]}" for s in STATES if e["counts"].get(s))
-        rows.append([e["name"], e["owner"], e["total"], counts, _when(e["first_submit"]),
-                     _when(e["last_end"])])
-    _table(rows, ["EXPERIMENT", "USER", "JOBS", "BY STATE", "FIRST SUBMIT", "LAST END"])
+        rows.append([e["name"], e["owner"], e["total"], counts, when(e["first_submit"]),
+                     when(e["last_end"])])
+    table(rows, ["EXPERIMENT", "USER", "JOBS", "BY STATE", "FIRST SUBMIT", "LAST END"])
     return 0

@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
+from .connection import exported_env, open_socket
 from .errors import DaemonUnavailable, InternalError, LabqError, ValidationError, from_wire
-from .follow import STDERR, STDOUT, Detached, InterruptsRecorded, Sink
+from .follow import InterruptsRecorded, attach
 from .models import Event, Job, Node
-from .paths import SYSTEM_SOCKET
 from .protocol import (
     GROUP_SETTINGS,
     CancelRequest,
@@ -59,71 +59,8 @@ from .protocol import (
 from .spec import MAX_REQUEST_CHARS, submit_request
 
 if TYPE_CHECKING:
-    import socket as _socket
 
     from .remote import Remote
-
-# variables that describe the submitting session rather than the job's needs
-_SESSION_ENV = ("LABQ_", "SSH_", "DISPLAY", "TERM", "TMUX", "XDG_RUNTIME_DIR", "XDG_SESSION",
-                "DBUS_SESSION_BUS_ADDRESS", "PWD", "OLDPWD", "SHLVL", "_", "WINDOWID",
-                "COLUMNS", "LINES", "KITTY_", "WAYLAND_DISPLAY", "NOTIFY_SOCKET", "INVOCATION_ID",
-                "JOURNAL_STREAM")
-
-
-def exported_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The caller's environment minus session-bound variables (Slurm's --export=ALL)."""
-    environ = dict(os.environ if environ is None else environ)
-    return {k: v for k, v in environ.items()
-            if not any(k == p or (p.endswith("_") and k.startswith(p)) for p in _SESSION_ENV)}
-
-
-def _open_socket(path: Path) -> _socket.socket:
-    """A connected unix socket to labqd, after checking who listens on it: root, oneself, or
-    the owner of the socket's directory (the system daemon's account). Nothing is sent before
-    that check, so a program squatting on a socket path never sees a submit's environment."""
-    import socket
-    import struct
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(str(path))
-    except PermissionError:
-        sock.close()
-        raise DaemonUnavailable(
-            f"you may not connect to labqd at {path}: permission denied. The system daemon's "
-            "socket is open to one group (daemon.socket_group): ask the admin to add you to "
-            "it, or start a daemon of your own with `labqd`", {"socket": str(path)}) from None
-    except OSError as e:
-        sock.close()
-        raise DaemonUnavailable(
-            f"no labqd answers at {path} ({e.strerror or e}); start it with `labqd` or set "
-            "LABQ_SOCKET", {"socket": str(path)}) from None
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    if uid not in _trusted_uids():
-        sock.close()
-        raise DaemonUnavailable(
-            f"refusing to talk to the program listening on {path}: it runs as uid {uid}, "
-            f"which is neither root, you, nor the system daemon's account (the owner of "
-            f"{SYSTEM_SOCKET.parent}); if it is a labqd you trust, set LABQ_DAEMON_USER to "
-            "its account", {"socket": str(path), "uid": uid})
-    return sock
-
-
-def _trusted_uids() -> set[int]:
-    import pwd
-    trusted = {0, os.geteuid()}
-    try:
-        trusted.add(os.stat(SYSTEM_SOCKET.parent).st_uid)
-    except OSError:
-        pass
-    name = os.environ.get("LABQ_DAEMON_USER")
-    if name:
-        try:
-            trusted.add(pwd.getpwnam(name).pw_uid)
-        except KeyError:
-            raise DaemonUnavailable(f"LABQ_DAEMON_USER names no account: {name!r}") from None
-    return trusted
-
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -183,7 +120,7 @@ class Client:
             from .remote import open_tls
             self._conn = Connection(open_tls(self.remote, self.timeout), self.timeout)
         else:
-            self._conn = Connection(_open_socket(self.socket_path), self.timeout)
+            self._conn = Connection(open_socket(self.socket_path), self.timeout)
 
     # -- plumbing --------------------------------------------------------------------------
     def reconnect(self, within: float = 30.0) -> None:
@@ -485,39 +422,8 @@ class Client:
         """Follow a job's output into `stdout` from `offset` until it has ended; return the
         ended job. Ctrl-C as in `run`; `interrupted` says one came already, so the job is
         cancelled first; `on_interrupt(job_id)` is called before each cancel is sent."""
-        import sys
-        sinks = {STDOUT: Sink(stdout or sys.stdout), STDERR: Sink(stderr or sys.stderr)}
-        cancel_sent = cancel_taken = False
-        while True:
-            try:
-                if interrupted and not cancel_sent:
-                    cancel_sent = True  # before the call: another Ctrl-C in it detaches
-                    if on_interrupt is not None:
-                        on_interrupt(job_id)
-                    self._cancel_interrupted(job_id)
-                    cancel_taken = True
-                for stream, data in self._output(job_id, offset, poll):
-                    sinks[stream].write(data)
-                    offset += len(data)
-                break
-            except KeyboardInterrupt:
-                if interrupted:
-                    raise Detached(job_id, cancel_taken) from None
-                interrupted = True
-        for sink in sinks.values():
-            sink.close()
-        return self.job(job_id)
-
-    def _cancel_interrupted(self, job_id: int) -> None:
-        # the interrupted call may have stopped half way through its reply: _remote then
-        # sends the cancel over a fresh connection
-        self.cancel(job_id, reason="interrupted (Ctrl-C)")
-
-    def _output(self, job_id: int, offset: int, poll: float) -> Iterator[tuple[str, bytes]]:
-        """(stream, bytes) until the job has ended. The node keeps stdout and stderr in one
-        log, so all of it is STDOUT until a log says which stream a chunk came from."""
-        for data in self.follow_bytes(job_id, offset, poll):
-            yield STDOUT, data
+        return attach(self, job_id, stdout=stdout, stderr=stderr, offset=offset,
+                      interrupted=interrupted, on_interrupt=on_interrupt, poll=poll)
 
     # -- cluster ---------------------------------------------------------------------------
     @sends(Op.NODES)

@@ -6,8 +6,13 @@ import codecs
 import io
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .models import Job
 
 # The node keeps stdout and stderr in one log, so every chunk is tagged STDOUT today; a
 # chunk tagged STDERR goes to the caller's error file, should the node ever keep them apart.
@@ -82,3 +87,41 @@ class InterruptsRecorded:
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
+
+
+def attach(q: Client, job_id: int, *, stdout: IO[Any] | None, stderr: IO[Any] | None,
+           offset: int, interrupted: bool, on_interrupt: Callable[[int], None] | None,
+           poll: float) -> Job:
+    """Client.attach: a job's output into the sinks until it has ended, Ctrl-C cancelling
+    the job once and detaching the second time."""
+    import sys
+    sinks = {STDOUT: Sink(stdout or sys.stdout), STDERR: Sink(stderr or sys.stderr)}
+    cancel_sent = cancel_taken = False
+    while True:
+        try:
+            if interrupted and not cancel_sent:
+                cancel_sent = True  # before the call: another Ctrl-C in it detaches
+                if on_interrupt is not None:
+                    on_interrupt(job_id)
+                # the interrupted call may have stopped half way through its reply: the
+                # client then sends the cancel over a fresh connection
+                q.cancel(job_id, reason="interrupted (Ctrl-C)")
+                cancel_taken = True
+            for stream, data in _output(q, job_id, offset, poll):
+                sinks[stream].write(data)
+                offset += len(data)
+            break
+        except KeyboardInterrupt:
+            if interrupted:
+                raise Detached(job_id, cancel_taken) from None
+            interrupted = True
+    for sink in sinks.values():
+        sink.close()
+    return q.job(job_id)
+
+
+def _output(q: Client, job_id: int, offset: int, poll: float) -> Iterator[tuple[str, bytes]]:
+    """(stream, bytes) until the job has ended. The node keeps stdout and stderr in one log,
+    so all of it is STDOUT until a log says which stream a chunk came from."""
+    for data in q.follow_bytes(job_id, offset, poll):
+        yield STDOUT, data

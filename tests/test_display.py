@@ -21,8 +21,9 @@ from sshnodes import ensure_user
 from tuikit import drive, screen_text, until
 
 import labq
-from labq.cli import cmd_group, cmd_nodes, cmd_usage, printable
+from labq.cli_admin import cmd_group, cmd_nodes, cmd_usage
 from labq.models import Gpu, Node
+from labq.text import printable
 from labq.tui.app import LabqApp
 from labq.tui.confirm import ConfirmScreen
 from labq.tui.detail import JobDetailScreen, JobLog

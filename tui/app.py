@@ -15,10 +15,10 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 import labq
 from labq import Job
-from labq.cli import printable
 from labq.client import default_address
 from labq.errors import LabqError
 from labq.protocol import Op
+from labq.text import printable
 
 from .admin import AdminGroups, AdminNodes, AdminView
 from .clock import Clock

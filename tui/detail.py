@@ -24,8 +24,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Log, Static
 
 from labq import Event, Job, JobState
-from labq.cli import printable
 from labq.errors import DaemonUnavailable, LabqError
+from labq.text import printable
 from labq.units import format_duration, format_size_mb
 
 from .clock import Clock

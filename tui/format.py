@@ -13,7 +13,7 @@ import shlex
 from rich.text import Text
 
 from labq import Job, JobState
-from labq.cli import printable
+from labq.text import printable
 
 from .clock import Clock
 

@@ -10,7 +10,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from labq import Node
-from labq.cli import printable
+from labq.text import printable
 from labq.units import format_size_mb
 
 from .bars import bar

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Self, TypedDict
 
-from .errors import LabqError, from_wire
-from .models import Job
-from .protocol import Op, Request
-from .spec import MAX_IDENT, arg_error, check_plain, check_text, validate_submit
-from .sweep import MAX_TASKS, check_params, parse_array
+from ..errors import LabqError, from_wire
+from ..models import Job
+from ..spec import MAX_IDENT, arg_error, check_plain, check_text, validate_submit
+from ..sweep import MAX_TASKS, check_params, parse_array
+from .base import Op, Request
 
 
 class ExperimentReply(TypedDict):

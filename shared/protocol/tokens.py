@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Self, TypedDict
 
-from .protocol import Op, Request
-from .spec import MAX_IDENT, check_int, check_text
+from ..spec import MAX_IDENT, check_int, check_text
+from .base import Op, Request
 
 MAX_TOKEN_DAYS = 3660  # labqd's tokens.max_days narrows this
 MAX_TOKEN_NOTE = 200

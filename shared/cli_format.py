@@ -1,0 +1,63 @@
+"""How the command line prints: tables, JSON, times, job ids and a job's status in words."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .models import Job
+from .text import printable
+from .units import format_duration
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    return job.to_dict()
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def table(rows: list[list[Any]], header: list[str],
+           at_least: list[int] | None = None) -> list[int]:
+    """Print rows under a header (none if empty); return the column widths used."""
+    rows = [[printable(c) for c in row] for row in rows]
+    lines = [header, *rows] if header else rows
+    widths = [max(len(str(x)) for x in col) for col in zip(*lines)]
+    widths = [max(w, m) for w, m in zip(widths, at_least or widths)]
+    for row in lines:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    return widths
+
+
+def parse_ids(text_ids: list[str]) -> list[int]:
+    out = []
+    for t in text_ids:
+        for part in t.split(","):
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise SystemExit(f"labq: {part!r} is not a job id") from None
+    return out
+
+
+def when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def command_text(job: Job) -> str:
+    if isinstance(job.command, str):
+        return job.command
+    import shlex
+    return " ".join(shlex.quote(a) for a in job.command)
+
+
+def status_text(job: Job, now: float) -> str:
+    if job.state.value == "RUNNING" and job.start_time:
+        return format_duration(now - job.start_time)
+    if job.state.value in ("PENDING", "HELD"):
+        return job.reason or "-"
+    if job.exit_code is not None:
+        extra = job.reason if job.reason and not job.reason.startswith("exit code") else ""
+        return f"exit {job.exit_code}" + (f" ({extra})" if extra else "")
+    return job.reason or "-"

@@ -1,0 +1,200 @@
+"""Requests about jobs: submit, list, show, cancel, hold, release, wait, priority, logs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from ..models import Event, Job
+from ..spec import (
+    MAX_IDENT,
+    MAX_INT,
+    MAX_REASON_BYTES,
+    arg_error,
+    check_flag,
+    check_id,
+    check_ids,
+    check_int,
+    check_number,
+    check_text,
+    validate_submit,
+)
+
+if TYPE_CHECKING:
+    pass
+
+from .base import _STATES, MAX_LOG_OFFSET, MAX_WAIT_S, Op, Request
+
+
+# -- jobs -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SubmitRequest(Request, op=Op.SUBMIT, reply=Job):
+    spec: dict[str, Any]  # labq.spec's fields; normalised by validate_submit
+    unwalked = frozenset({"spec"})  # validate_submit walks it, naming the spec's own fields
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        return cls(spec=validate_submit(args.get("spec")))
+
+
+@dataclass(frozen=True)
+class JobRequest(Request, op=Op.JOB, reply=Job):
+    id: int
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        return cls(id=check_id(args))
+
+
+@dataclass(frozen=True)
+class EventsRequest(Request, op=Op.EVENTS, reply=list[Event]):
+    id: int
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        return cls(id=check_id(args))
+
+
+@dataclass(frozen=True)
+class JobsRequest(Request, op=Op.JOBS, reply=list[Job]):
+    """One page of jobs. With `after_id`: the first `limit` past that id, oldest first (pass
+    the last id of a page to get the next). With `changed_since`: the jobs that changed after
+    that change counter (a Job's `seq`), in the order they changed. With neither: the newest
+    `limit`, oldest first. Filters narrow any of them; each is one field here, listed in
+    FILTERS with the column it matches."""
+    states: list[str] | None = None  # any state when None
+    user: str | None = None
+    limit: int | None = None
+    after_id: int | None = None
+    changed_since: int | None = None
+    include_ended: bool = True
+    with_env: bool = False  # `env` is otherwise left out of a listing
+    experiment: str | None = None
+    # field -> the job column it matches: a filter is one field above and one entry here
+    FILTERS: ClassVar[dict[str, str]] = {"user": "owner", "experiment": "experiment"}
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        states = args.get("states")
+        if states is not None:
+            if type(states) is not list or len(states) > 4 * len(_STATES) or any(
+                    type(s) is not str or s.upper() not in _STATES for s in states):
+                raise arg_error("states", "must be a list of state names: "
+                                + ", ".join(_STATES))
+            states = list(dict.fromkeys(s.upper() for s in states))
+        counts = {}
+        for key, lo in (("limit", 1), ("after_id", 0), ("changed_since", 0)):
+            v = args.get(key)
+            if v is not None and (type(v) is not int or not lo <= v <= MAX_INT):
+                raise arg_error(key, "must be a positive integer" if lo else
+                                "must be an integer of 0 or more")
+            counts[key] = v
+        if counts["after_id"] is not None and counts["changed_since"] is not None:
+            raise arg_error("after_id", "give after_id or changed_since, not both")
+        return cls(states=states or None, user=check_text(args, "user", MAX_IDENT),
+                   include_ended=check_flag(args, "include_ended", True),
+                   with_env=check_flag(args, "with_env", False),
+                   experiment=check_text(args, "experiment", MAX_IDENT), **counts)
+
+    def filters(self) -> dict[str, Any]:
+        """The filters given, by the column each matches."""
+        return {col: getattr(self, f) for f, col in self.FILTERS.items()
+                if getattr(self, f) is not None}
+
+
+def _ids_or_experiment(args: dict[str, Any]) -> tuple[list[int], str | None]:
+    """Jobs named by id, or every job of an experiment (the caller's; an admin's: anyone's)."""
+    experiment = check_text(args, "experiment", MAX_IDENT)
+    if experiment is not None:
+        if args.get("ids"):
+            raise arg_error("ids", "give either ids or an experiment")
+        return [], experiment
+    return check_ids(args), None
+
+
+@dataclass(frozen=True)
+class CancelRequest(Request, op=Op.CANCEL, reply=list[Job]):
+    ids: list[int]
+    reason: str | None = None  # shown in the job's events and the queue
+    experiment: str | None = None  # instead of ids
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        ids, experiment = _ids_or_experiment(args)
+        return cls(ids=ids, reason=check_text(args, "reason", MAX_REASON_BYTES),
+                   experiment=experiment)
+
+
+@dataclass(frozen=True)
+class _JobsByIdRequest(Request):
+    """A request that names jobs, by id or by experiment, and nothing else."""
+    ids: list[int]
+    experiment: str | None = None
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        ids, experiment = _ids_or_experiment(args)
+        return cls(ids=ids, experiment=experiment)
+
+
+@dataclass(frozen=True)
+class HoldRequest(_JobsByIdRequest, op=Op.HOLD, reply=list[Job]):
+    pass
+
+
+@dataclass(frozen=True)
+class ReleaseRequest(_JobsByIdRequest, op=Op.RELEASE, reply=list[Job]):
+    pass
+
+
+@dataclass(frozen=True)
+class WaitRequest(Request, op=Op.WAIT, reply=list[Job]):
+    ids: list[int]
+    timeout: float = 10.0  # labqd answers after at most a minute whatever this says
+    experiment: str | None = None  # instead of ids
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        ids, experiment = _ids_or_experiment(args)
+        return cls(ids=ids, timeout=check_number(args, "timeout", 10.0, 0.0, MAX_WAIT_S),
+                   experiment=experiment)
+
+
+@dataclass(frozen=True)
+class JobPriorityRequest(Request, op=Op.JOB_PRIORITY, reply=Job):
+    id: int
+    priority: int  # 1-10
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        return cls(id=check_id(args), priority=check_int(args, "priority", 1, 10))
+
+
+@dataclass(frozen=True)
+class ReadLogRequest(Request, op=Op.READ_LOG, reply=tuple[bytes, int, bool]):
+    """Sent as read_log(id, offset, wait, max_bytes), not as JSON: see `from_args`."""
+    id: int
+    offset: int = 0  # negative: that many bytes before the end
+    wait: float = 0.0  # seconds to wait for bytes past `offset`
+    max_bytes: int = 1 << 20
+
+    @classmethod
+    def from_wire(cls, args: dict[str, Any]) -> Self:
+        return cls.from_args(*(args.get(f.name) for f in fields(cls)))
+
+    @classmethod
+    def from_args(cls, id_: Any, offset: Any, wait: Any, max_bytes: Any) -> Self:
+        # no walk into the values: they come as RPyC arguments, where anything not a plain
+        # number is a netref, so type() is looked at before anything else
+        for key, v, kinds, lo, hi in (("id", id_, (int,), 1, MAX_INT),
+                                      ("offset", offset, (int,), -MAX_LOG_OFFSET, MAX_LOG_OFFSET),
+                                      ("wait", wait, (int, float), 0.0, MAX_WAIT_S),
+                                      ("max_bytes", max_bytes, (int,), 1, MAX_INT)):
+            # a bool is not a number here; NaN is never in range
+            if type(v) not in kinds or not lo <= v <= hi:
+                raise arg_error(key, f"read_log takes (id, offset, wait, max_bytes); {key} "
+                                f"must be a{'n integer' if kinds == (int,) else ' number'} "
+                                f"from {lo:g} to {hi:g}")
+        return cls(id=id_, offset=offset, wait=float(wait), max_bytes=max_bytes)
+
+    def to_args(self) -> tuple[int, int, float, int]:
+        return (int(self.id), int(self.offset), float(self.wait), int(self.max_bytes))
