@@ -1,4 +1,5 @@
-"""The queue's durable state: peewee models on SQLite (WAL), schema versions and migrations.
+"""The queue's durable state on SQLite (WAL): every statement labqd runs, as Store methods.
+The tables and their migrations are in schema.py.
 
 labqd is the only writer. Every write goes through `Store.write()`, one lock and one
 transaction, so writes are serialised by design; readers use their own connections.
@@ -16,249 +17,30 @@ from pathlib import Path
 from typing import Any
 
 import peewee as pw
-from playhouse.sqlite_ext import AutoIncrementField
 
 from labq.errors import StorageError
 
-from .activejob import HOT
-
-SCHEMA_VERSION = 7
-APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
-
-db = pw.DatabaseProxy()
-
-
-class JSONField(pw.TextField):
-    def db_value(self, value):
-        return None if value is None else json.dumps(value)
-
-    def python_value(self, value):
-        return None if value is None else json.loads(value)
-
-
-class Base(pw.Model):
-    class Meta:
-        database = db
-        legacy_table_names = False
-
-
-class Meta(Base):
-    key = pw.CharField(primary_key=True)
-    value = pw.TextField()
-
-
-class Job(Base):
-    id = AutoIncrementField()  # AUTOINCREMENT: an id is never handed out twice
-    owner = pw.CharField(index=True)
-    owner_uid = pw.IntegerField(null=True)  # ownership is by uid; the name is for display
-    group = pw.CharField()
-    name = pw.CharField()
-    command = JSONField()
-    cwd = pw.TextField()
-    env = JSONField()
-    gpus = pw.IntegerField(default=0)
-    gpu_type = pw.CharField(null=True)
-    gpu_memory_mb = pw.IntegerField(null=True)
-    cpus = pw.IntegerField(default=1)
-    memory_mb = pw.IntegerField(null=True)
-    time_limit_s = pw.IntegerField(null=True)
-    priority = pw.IntegerField(default=5)
-    dependencies = JSONField(default=list)
-    partition = pw.CharField(default="default")
-    requeue = pw.BooleanField(default=True)
-    state = pw.CharField(index=True)
-    exit_code = pw.IntegerField(null=True)
-    signal = pw.IntegerField(null=True)
-    reason = pw.TextField(null=True)
-    submit_time = pw.DoubleField()
-    eligible_time = pw.DoubleField(null=True)
-    start_time = pw.DoubleField(null=True)
-    end_time = pw.DoubleField(null=True)
-    node = pw.CharField(null=True)
-    gpu_indices = JSONField(default=list)
-    restarts = pw.IntegerField(default=0)
-    notify = pw.CharField(null=True)  # end, fail or all (labq.spec.NOTIFY_WHEN)
-    # schema 5: experiments, arrays and sweeps, idempotency keys
-    experiment = pw.CharField(null=True)
-    array_id = pw.IntegerField(null=True)
-    array_index = pw.IntegerField(null=True)
-    array_limit = pw.IntegerField(null=True)
-    params = JSONField(null=True)
-    key = pw.CharField(null=True)
-    # the queue's change counter when the job last changed: what a poll asks for with
-    # changed_since (version 6)
-    seq = pw.IntegerField(null=True)
-
-
-_NO_ENV = [f for f in Job._meta.sorted_fields if f.name != "env"]
-# what labqd keeps in memory for an active job (labq.daemon.activejob.HOT)
-_HOT = [f for f in Job._meta.sorted_fields if f.name in HOT]
-
-
-class JobEvent(Base):
-    job = pw.IntegerField(index=True)
-    time = pw.DoubleField()
-    who = pw.CharField()
-    from_state = pw.CharField(null=True)
-    to_state = pw.CharField()
-    reason = pw.TextField(null=True)
-
-
-class Node(Base):
-    name = pw.CharField(primary_key=True)
-    host = pw.CharField()
-    state = pw.CharField()
-    reason = pw.TextField(null=True)
-    drained = pw.BooleanField(default=False)
-    cpus = pw.IntegerField(default=0)
-    memory_mb = pw.IntegerField(default=0)
-    gpu_source = pw.CharField(null=True)
-    last_seen = pw.DoubleField(null=True)
-
-
-class Gpu(Base):
-    node = pw.CharField()
-    index = pw.IntegerField()
-    type = pw.CharField()
-    memory_mb = pw.IntegerField(default=0)
-    uuid = pw.CharField(null=True)
-
-    class Meta:
-        indexes = ((("node", "index"), True),)
-
-
-class Allocation(Base):
-    """GPUs held by running jobs; the unique index makes double allocation impossible."""
-    job = pw.IntegerField(index=True)
-    node = pw.CharField()
-    gpu_index = pw.IntegerField()
-
-    class Meta:
-        indexes = ((("node", "gpu_index"), True),)
-
-
-class DynamicNode(Base):
-    """Nodes added with `labq node add` while labqd runs; they survive restarts."""
-    name = pw.CharField(primary_key=True)
-    entry = JSONField()  # the node's config entry, as in [[node]]
-
-
-class GroupSetting(Base):
-    """Shares and limits set through the admin API; they override the config file."""
-    group = pw.CharField(primary_key=True)
-    settings = JSONField()
-
-
-class NotifySetting(Base):
-    """Where a user's notifications go, set with `labq notify set`."""
-    uid = pw.IntegerField(primary_key=True)
-    user = pw.CharField()
-    webhook = pw.TextField(null=True)
-    mail = pw.TextField(null=True)
-
-
-class Notification(Base):
-    """One message to send on one channel; written in the transaction of the job's change,
-    so a change is never without its messages, whatever stops labqd afterwards."""
-    id = pw.AutoField()
-    job = pw.IntegerField(index=True)
-    channel = pw.CharField()  # mail, webhook, command
-    target = pw.TextField(null=True)  # the address or URL as it was when the job changed
-    payload = JSONField()  # id, name, user, state, exit_code, node, runtime, event
-    status = pw.CharField(index=True)  # pending, sending, sent, failed
-    attempts = pw.IntegerField(default=0)
-    next_try = pw.DoubleField()
-    created = pw.DoubleField()
-    done_time = pw.DoubleField(null=True)
-    error = pw.TextField(null=True)
-
-
-class Token(Base):
-    """A token for labqd over TCP. Only its secret's SHA-256 is kept."""
-    id = pw.AutoField()
-    uid = pw.IntegerField(index=True)
-    user = pw.CharField()
-    digest = pw.CharField()
-    created = pw.DoubleField()
-    expires = pw.DoubleField()
-    revoked = pw.DoubleField(null=True)
-    last_used = pw.DoubleField(null=True)
-    note = pw.TextField(null=True)
-
-
-TABLES_V1 = [Meta, Job, JobEvent, Node, Gpu, Allocation]
-
-
-def _migrate_1(database: pw.Database) -> None:
-    database.create_tables(TABLES_V1)
-
-
-def _migrate_2(database: pw.Database) -> None:
-    database.create_tables([DynamicNode, GroupSetting])
-    # the scheduler looks up a user's jobs and recent ends often
-    database.execute_sql('CREATE INDEX IF NOT EXISTS "job_end_time" ON "job" ("end_time")')
-
-
-def _migrate_3(database: pw.Database) -> None:
-    import pwd
-    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
-    if "owner_uid" in cols:  # a new database: version 1 made the table as it is today
-        return
-    database.execute_sql('ALTER TABLE "job" ADD COLUMN "owner_uid" INTEGER')
-    # jobs from before owners were kept by uid: the account that has the name now. A name that
-    # no longer exists keeps NULL, and such jobs can only be touched by admins.
-    for (owner,) in database.execute_sql('SELECT DISTINCT "owner" FROM "job"').fetchall():
-        try:
-            uid = pwd.getpwnam(owner).pw_uid
-        except KeyError:
-            continue
-        database.execute_sql('UPDATE "job" SET "owner_uid" = ? WHERE "owner" = ?', (uid, owner))
-
-
-def _migrate_4(database: pw.Database) -> None:
-    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
-    if "notify" not in cols:
-        database.execute_sql('ALTER TABLE "job" ADD COLUMN "notify" VARCHAR(255)')
-    database.create_tables([NotifySetting, Notification])
-
-
-_V5_COLUMNS = (("experiment", "VARCHAR(255)"), ("array_id", "INTEGER"),
-               ("array_index", "INTEGER"), ("array_limit", "INTEGER"), ("params", "TEXT"),
-               ("key", "VARCHAR(255)"))
-
-
-def _migrate_5(database: pw.Database) -> None:
-    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
-    for name, kind in _V5_COLUMNS:
-        if name not in cols:  # a new database has them from version 1's table
-            database.execute_sql(f'ALTER TABLE "job" ADD COLUMN "{name}" {kind}')
-    database.execute_sql('CREATE INDEX IF NOT EXISTS "job_experiment" ON "job" '
-                         '("experiment", "owner_uid") WHERE "experiment" IS NOT NULL')
-    # a key names one job of its submitter's, ever: a resubmit after a lost reply is refused
-    database.execute_sql('CREATE UNIQUE INDEX IF NOT EXISTS "job_owner_key" ON "job" '
-                         '("owner_uid", "key") WHERE "key" IS NOT NULL')
-
-
-def _migrate_6(database: pw.Database) -> None:
-    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
-    if "seq" not in cols:
-        database.execute_sql('ALTER TABLE "job" ADD COLUMN "seq" INTEGER')
-    # jobs from before: changed in id order, all before anything new
-    database.execute_sql('UPDATE "job" SET "seq" = "id" WHERE "seq" IS NULL')
-    # a listing walks one of these in id order (SQLite appends the rowid, which is the id) and
-    # stops at its page: one user's jobs in a state, and every change since a poll
-    database.execute_sql('CREATE INDEX IF NOT EXISTS "job_owner_state" ON "job" ("owner", "state")')
-    database.execute_sql('CREATE INDEX IF NOT EXISTS "job_seq" ON "job" ("seq")')
-
-
-def _migrate_7(database: pw.Database) -> None:
-    database.create_tables([Token])
-
-
-# version -> function bringing the schema from version-1 up to it; never edit a released one
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5,
-              6: _migrate_6, 7: _migrate_7}
-
+from .schema import (
+    APPLICATION_ID,
+    HOT_FIELDS,
+    MIGRATIONS,
+    NO_ENV,
+    SCHEMA_VERSION,
+    Allocation,
+    Base,
+    DynamicNode,
+    Gpu,
+    GroupSetting,
+    Job,
+    JobEvent,
+    JSONField,
+    Meta,
+    Node,
+    Notification,
+    NotifySetting,
+    Token,
+    db,
+)
 
 # (job id, changed fields, who, from state, to state, reason, when, notifications to send):
 # one job's transition
@@ -616,7 +398,7 @@ class Store:
                  experiment: str | None = None) -> list[dict[str, Any]]:
         # listings leave the environment in the database: it is the biggest column, and a
         # listing must never show it
-        q = Job.select() if with_env else Job.select(*_NO_ENV)
+        q = Job.select() if with_env else Job.select(*NO_ENV)
         if states:
             q = q.where(Job.state.in_(states))
         if owner:
@@ -632,7 +414,7 @@ class Store:
 
     def active_rows(self, states: list[str]) -> list[dict[str, Any]]:
         """Jobs in these states, oldest first, without the fields labqd leaves on disk."""
-        return list(Job.select(*_HOT).where(Job.state.in_(states)).order_by(Job.id).dicts())
+        return list(Job.select(*HOT_FIELDS).where(Job.state.in_(states)).order_by(Job.id).dicts())
 
     def cold_fields(self, job_id: int) -> dict[str, Any]:
         """What a launch needs besides what labqd keeps in memory."""
@@ -650,7 +432,7 @@ class Store:
         `where` holds column equality filters (owner, ...). With `after_id` the page is the
         first `limit` jobs past it; with `changed_since`, the jobs changed since that change
         counter, in the order they changed; else the oldest (or newest) `limit`."""
-        cols = Job._meta.sorted_fields if with_env else _NO_ENV
+        cols = Job._meta.sorted_fields if with_env else NO_ENV
         q = Job.select(*cols)
         for name, value in (where or {}).items():
             q = q.where(getattr(Job, name) == value)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from labq.daemon import schema
 from labq.daemon import store as st
 
 
@@ -96,11 +97,11 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
     import peewee as pw
     old = pw.SqliteDatabase(str(path))
     st.db.initialize(old)
-    st._migrate_1(old)
+    schema.migrate_1(old)
     # the first release kept owners by name only, and knew no experiments, arrays or keys
     old.execute_sql('ALTER TABLE "job" DROP COLUMN "owner_uid"')
     old.execute_sql('ALTER TABLE "job" DROP COLUMN "notify"')  # and had no notifications
-    for name, _ in st._V5_COLUMNS:
+    for name, _ in schema.V5_COLUMNS:
         old.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
     old.execute_sql(f"PRAGMA application_id = {st.APPLICATION_ID}")
     st.Meta.insert_many([{"key": "schema_version", "value": "1"},
@@ -183,7 +184,7 @@ def test_a_schema_4_database_gains_the_workflow_columns(tmp_path):
     path = tmp_path / "labq.db"
     s = st.Store(path)
     s.insert_job(job_fields(owner_uid=1000), "alice")
-    for name, _ in st._V5_COLUMNS:
+    for name, _ in schema.V5_COLUMNS:
         s.db.execute_sql('DROP INDEX IF EXISTS "job_experiment"')
         s.db.execute_sql('DROP INDEX IF EXISTS "job_owner_key"')
         s.db.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
