@@ -23,6 +23,7 @@ BACKOFF_MAX_S = 2.0
 # ended jobs shown below the active ones; the full history is a `labq ls --all` away
 RECENT_ENDED = 200
 USAGE_EVERY_S = 15.0
+EXPERIMENTS_EVERY_S = 3.0
 
 
 def default_factory(socket: Path) -> labq.Client:
@@ -41,11 +42,13 @@ class Usage:
 class Snapshot(Message):
     """One poll's worth of cluster state."""
 
-    def __init__(self, jobs: list[Job], nodes: list[Node], me: dict[str, Any]) -> None:
+    def __init__(self, jobs: list[Job], nodes: list[Node], me: dict[str, Any],
+                 experiments: list[dict[str, Any]] | None = None) -> None:
         super().__init__()
         self.jobs = jobs
         self.nodes = nodes
         self.me = me
+        self.experiments = experiments  # None: not fetched this time
 
 
 class UsageReport(Message):
@@ -86,6 +89,7 @@ class Poller:
         self._me: dict[str, Any] | None = None
         self._connected: bool | None = None
         self._next_usage = 0.0
+        self._next_experiments = 0.0
 
     def run(self) -> None:
         backoff = BACKOFF_START_S
@@ -119,7 +123,11 @@ class Poller:
         if self._connected is not True:
             self._connected = True
             self.post(ConnectionChanged(True))
-        self.post(Snapshot(jobs, nodes, dict(self._me)))
+        experiments = None
+        if self.monotonic() >= self._next_experiments:
+            self._next_experiments = self.monotonic() + EXPERIMENTS_EVERY_S
+            experiments = [dict(e) for e in q.experiments()]
+        self.post(Snapshot(jobs, nodes, dict(self._me), experiments))
         if self.monotonic() >= self._next_usage:
             self._next_usage = self.monotonic() + USAGE_EVERY_S
             self.post(UsageReport(fetch_usage(q)))
