@@ -48,6 +48,7 @@ from .usage import UsageView
 
 # actions that belong to the main screen: off while a dialog or the job detail is up
 MAIN_SCREEN_ACTIONS = {"submit", "toggle_mine", "filter", "show_tab", "command"}
+RELATIVE_TIMES_EVERY_S = 10.0
 TABS = ("queue", "nodes", "usage", "experiments", "admin")
 
 
@@ -90,6 +91,8 @@ class LabqApp(App):
         # held directly: a pane being added is not in the DOM yet, so a query would miss it
         self.admin: AdminView | None = None
         self.summary = Static("", id="cluster-summary")
+        self._last_seen: tuple = ()
+        self._last_redraw = 0.0
         self.settings = PollSettings(interval=interval)
         self.conn = Connection(self.socket, self.factory)
         self.poller = Poller(self.socket, self.factory, self.settings, self.post_message,
@@ -153,12 +156,19 @@ class LabqApp(App):
                 self.queue.table.set_only_user(self.me["user"])
             if self.is_admin:
                 self._mount_admin()
-        self.queue.table.set_jobs(msg.jobs)
-        self.queue.update_summary()
         self.summary.update(cluster_line(msg.jobs, msg.nodes))
         self.query_one(NodesView).set_nodes(msg.nodes, self.jobs)
         if msg.experiments is not None:
             self.query_one(ExperimentsView).set_experiments(msg.experiments)
+        # an idle queue polls the same jobs again and again: diff the tables only when
+        # something changed, and now and then for the relative times ("5m ago")
+        now = time.monotonic()
+        seen = (msg.jobs, [(n.name, n.state, n.reason, n.running_jobs) for n in msg.nodes])
+        if seen == self._last_seen and now - self._last_redraw < RELATIVE_TIMES_EVERY_S:
+            return
+        self._last_seen, self._last_redraw = seen, now
+        self.queue.table.set_jobs(msg.jobs)
+        self.queue.update_summary()
         if self.admin is not None:
             self.admin.set_snapshot(msg.jobs, msg.nodes)
 
