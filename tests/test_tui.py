@@ -110,6 +110,7 @@ def test_submit_follow_log_and_cancel_with_confirmation(cluster, tmp_path):
 
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, JobDetailScreen), "back")
+        await pilot.press("a")  # ended jobs are behind a toggle
         await until(pilot, lambda: any("tui-flow" in line and "CANCELLED" in line
                                        for line in screen_text(app).splitlines()),
                     "CANCELLED in the queue")
@@ -127,8 +128,8 @@ def test_submit_form_shows_the_error_inline_and_stays_open(cluster, tmp_path):
         app.screen.query_one("#f-gpus").focus()
         await type_text(pilot, "two")
         await pilot.press("enter")
-        await until(pilot, lambda: "gpus: must be an integer" in screen_text(app),
-                    "the daemon's message")
+        await until(pilot, lambda: "GPUs: 'two' is not a whole number" in screen_text(app),
+                    "the form's message")
         assert isinstance(app.screen, SubmitScreen)
         assert app.screen.query_one("#f-gpus").has_class("-invalid")
 
@@ -155,6 +156,7 @@ def test_a_fast_log_is_batched_capped_and_searchable(local, tmp_path):
 
     async def scenario(pilot):
         table = app.query_one("#queue-table", QueueTable)
+        await pilot.press("a")  # the job may have ended: show ended jobs too
         await until(pilot, lambda: str(job.id) in [str(k.value) for k in table.rows],
                     "the job")
         table.select_job(job.id)
@@ -293,7 +295,7 @@ def test_thousands_of_jobs_update_only_what_changed(local, tmp_path):
         assert updates == []  # nothing changed, nothing is redrawn
         changed = jobs[100]
         from dataclasses import replace
-        jobs[100] = replace(changed, state=labq.JobState.CANCELLED, reason="test")
+        jobs[100] = replace(changed, state=labq.JobState.PENDING, reason="test")
         table.set_jobs(jobs)
         assert set(updates) == {str(changed.id)}
 

@@ -16,7 +16,7 @@ from labq.tui.clock import FrozenClock
 from labq.tui.detail import JobDetailScreen
 from labq.tui.submit import SubmitScreen
 
-SIZE = (130, 40)
+SIZES = pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 CONFIG = {
     "daemon": {"local_node": False, "heartbeat": "1s", "kill_grace": "1s"},
     "node": [{"name": "gpu1", "local": True, "cpus": 16, "memory": "64G",
@@ -33,7 +33,8 @@ def daemon(tmp_path_factory):
     try:
         with d.client() as q:
             kw = {"cwd": "/tmp", "export_env": False}
-            hello = q.submit("echo hello; echo from; echo labq", name="hello", **kw)
+            hello = q.submit("echo hello; echo from; echo labq", name="hello",
+                             experiment="demo", **kw)
             q.wait(hello.id, timeout=30)
             train = q.submit(["sleep", "600"], name="train", gpus=1, priority=7, **kw)
             wait_for(lambda: q.job(train.id).state.value == "RUNNING", what="train running")
@@ -61,39 +62,44 @@ async def until(pilot, predicate, timeout: float = 20.0) -> None:
 
 async def loaded(pilot) -> None:
     app = pilot.app
+    # job 1 has ended: the queue shows the four active jobs
     await until(pilot, lambda: app.me is not None and app.usage is not None
-                and app.query_one("#queue-table").row_count == 5
+                and len(app.jobs) == 5 and app.query_one("#queue-table").row_count == 4
                 and app.query("#admin-view") and app.query("NodeCard"))
     await pilot.pause(0.3)
 
 
-def test_queue(daemon, snap_compare):
-    assert snap_compare(make_app(daemon.socket), terminal_size=SIZE, run_before=loaded)
+@SIZES
+def test_queue(daemon, snap_compare, size):
+    assert snap_compare(make_app(daemon.socket), terminal_size=size, run_before=loaded)
 
 
-def test_job_detail(daemon, snap_compare):
+@SIZES
+def test_job_detail(daemon, snap_compare, size):
     async def run_before(pilot):
         await loaded(pilot)
-        await pilot.press("enter")  # the cursor starts on job 1
         app = pilot.app
+        app.open_job(app.jobs[1])
         await until(pilot, lambda: isinstance(app.screen, JobDetailScreen)
                     and app.screen.log_done and len(app.screen.events) == 3
                     and app.screen.query_one("#detail-events").row_count == 3)
         # the history table sizes its columns on the next layout; give a busy machine time
         await pilot.wait_for_scheduled_animations()
         await pilot.pause(1.0)
-    assert snap_compare(make_app(daemon.socket), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(daemon.socket), terminal_size=size, run_before=run_before)
 
 
-def test_nodes(daemon, snap_compare):
+@SIZES
+def test_nodes(daemon, snap_compare, size):
     async def run_before(pilot):
         await loaded(pilot)
         await pilot.press("2")
         await pilot.pause(0.2)
-    assert snap_compare(make_app(daemon.socket), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(daemon.socket), terminal_size=size, run_before=run_before)
 
 
-def test_submit_form_with_inline_error(daemon, snap_compare):
+@SIZES
+def test_submit_form_with_inline_error(daemon, snap_compare, size):
     async def run_before(pilot):
         await loaded(pilot)
         await pilot.press("n")
@@ -107,37 +113,64 @@ def test_submit_form_with_inline_error(daemon, snap_compare):
         command.cursor_blink = False  # a blinking cursor is caught on or off at random
         command.focus()
         await pilot.pause(0.2)
-    assert snap_compare(make_app(daemon.socket), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(daemon.socket), terminal_size=size, run_before=run_before)
 
 
-def test_help(daemon, snap_compare):
+@SIZES
+def test_help(daemon, snap_compare, size):
     async def run_before(pilot):
         await loaded(pilot)
         await pilot.press("question_mark")
         await pilot.pause(0.2)
-    assert snap_compare(make_app(daemon.socket), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(daemon.socket), terminal_size=size, run_before=run_before)
 
 
-def test_admin(daemon, snap_compare):
+@SIZES
+def test_admin(daemon, snap_compare, size):
     async def run_before(pilot):
         await loaded(pilot)
         await pilot.press("4")
         await until(pilot, lambda: pilot.app.query_one("#admin-groups").row_count == 1)
         await pilot.pause(0.3)
-    assert snap_compare(make_app(daemon.socket), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(daemon.socket), terminal_size=size, run_before=run_before)
 
 
-def test_usage(daemon, snap_compare):
+@SIZES
+def test_usage(daemon, snap_compare, size):
     async def run_before(pilot):
         await loaded(pilot)
         await pilot.press("3")
         await pilot.pause(0.2)
-    assert snap_compare(make_app(daemon.socket), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(daemon.socket), terminal_size=size, run_before=run_before)
 
 
-def test_disconnected_banner(snap_compare):
+@SIZES
+def test_disconnected_banner(snap_compare, size):
     async def run_before(pilot):
         app = pilot.app
         await until(pilot, lambda: app.connected is False)
         await pilot.pause(0.2)
-    assert snap_compare(make_app(ABSENT_SOCKET), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(ABSENT_SOCKET), terminal_size=size, run_before=run_before)
+
+
+@SIZES
+def test_experiments(daemon, snap_compare, size):
+    async def run_before(pilot):
+        await loaded(pilot)
+        await pilot.press("5")
+        await until(pilot, lambda: pilot.app.query_one("#experiments-table").row_count == 1)
+        await pilot.pause(0.3)
+    assert snap_compare(make_app(daemon.socket), terminal_size=size, run_before=run_before)
+
+
+@SIZES
+def test_full_screen_log(daemon, snap_compare, size):
+    async def run_before(pilot):
+        await loaded(pilot)
+        app = pilot.app
+        app.open_job(app.jobs[1])
+        await until(pilot, lambda: isinstance(app.screen, JobDetailScreen)
+                    and app.screen.log_done)
+        await pilot.press("f")
+        await pilot.pause(0.3)
+    assert snap_compare(make_app(daemon.socket), terminal_size=size, run_before=run_before)

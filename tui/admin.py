@@ -76,7 +76,9 @@ class AdminJobs(QueueTable):
     BINDINGS = [Binding("p", "priority", "Set priority")]
 
     def action_priority(self) -> None:
-        self._post("priority")
+        job = self.current_job
+        if job is not None:
+            self.post_message(self.JobAction("priority", [job]))
 
 
 class AdminGroups(DataTable):
@@ -136,12 +138,12 @@ class AdminView(Vertical):
         self._ready = False
 
     def compose(self) -> ComposeResult:
-        yield Static("Nodes  (d drain, r resume)", classes="section-title")
+        yield Static("Nodes  (d drain, r resume)", classes="section-title admin-title")
         yield AdminNodes(id="admin-nodes")
         yield Static("Active jobs of all users  (h hold, r release, c cancel, p priority)",
-                     classes="section-title")
+                     classes="section-title admin-title")
         yield AdminJobs(self.clock, id="admin-jobs")
-        yield Static("Groups  (e share, x GPU limit)", classes="section-title")
+        yield Static("Groups  (e share, x GPU limit)", classes="section-title admin-title")
         yield Static("", id="admin-groups-note")
         yield AdminGroups(id="admin-groups")
 

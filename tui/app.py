@@ -3,6 +3,7 @@ from `import labq`, and every change it makes is a request the daemon may refuse
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -11,7 +12,7 @@ from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 
 import labq
 from labq import Job
@@ -20,8 +21,10 @@ from labq.errors import LabqError
 from labq.protocol import Op
 from labq.text import printable
 
+from . import actions
 from .admin import AdminGroups, AdminNodes, AdminView
 from .clock import Clock
+from .commandline import run_command
 from .confirm import AskScreen, ConfirmScreen
 from .data import (
     ClientFactory,
@@ -35,7 +38,8 @@ from .data import (
     default_factory,
 )
 from .detail import JobDetailScreen
-from .format import plain
+from .experiments import ExperimentsTable, ExperimentsView
+from .format import cluster_line, plain
 from .help import HelpScreen
 from .nodes import NodesView
 from .queue import QueueTable, QueueView
@@ -43,7 +47,9 @@ from .submit import SubmitScreen
 from .usage import UsageView
 
 # actions that belong to the main screen: off while a dialog or the job detail is up
-MAIN_SCREEN_ACTIONS = {"submit", "toggle_mine", "filter", "show_tab"}
+MAIN_SCREEN_ACTIONS = {"submit", "toggle_mine", "filter", "show_tab", "command"}
+RELATIVE_TIMES_EVERY_S = 10.0
+TABS = ("queue", "nodes", "usage", "experiments", "admin")
 
 
 class LabqApp(App):
@@ -55,18 +61,21 @@ class LabqApp(App):
         Binding("n", "submit", "New job"),
         Binding("slash", "filter", "Filter"),
         Binding("m", "toggle_mine", "Mine/All"),
+        Binding("colon", "command", "Command", show=False),
         Binding("1", "show_tab('queue')", "Queue tab", show=False),
         Binding("2", "show_tab('nodes')", "Nodes tab", show=False),
         Binding("3", "show_tab('usage')", "Usage tab", show=False),
+        Binding("5", "show_tab('experiments')", "Experiments tab", show=False),
         Binding("4", "show_tab('admin')", "Admin tab (admins)", show=False),
     ]
 
     def __init__(self, socket: str | os.PathLike | None = None,
                  client_factory: ClientFactory | None = None, clock: Clock | None = None,
-                 interval: float = 1.0, live_stats: bool = True, mine: bool = False,
+                 interval: float = 1.0, live_stats: bool = True, mine: bool | None = None,
                  cwd: str | None = None) -> None:
         """`clock` and `live_stats=False` make rendering repeatable (see clock.py, nodes.py);
-        `cwd` is the submit form's default directory."""
+        `cwd` is the submit form's default directory; `mine` None: only my jobs unless I am
+        an admin."""
         super().__init__()
         # a labq:// URL stays text: a Path would fold its "//"
         self.socket = (socket if isinstance(socket, str) and socket.startswith("labq://")
@@ -75,13 +84,17 @@ class LabqApp(App):
         self.clock = clock or Clock()
         self.live_stats = live_stats
         self.cwd = cwd
-        self.mine = mine
+        self.mine = bool(mine)
+        self._mine_default = mine is None
         self.me: dict | None = None
         self.connected: bool | None = None
         self.jobs: dict[int, Job] = {}
         self.usage: Usage | None = None
         # held directly: a pane being added is not in the DOM yet, so a query would miss it
         self.admin: AdminView | None = None
+        self.summary = Static("", id="cluster-summary")
+        self._last_seen: tuple = ()
+        self._last_redraw = 0.0
         self.settings = PollSettings(interval=interval)
         self.conn = Connection(self.socket, self.factory)
         self.poller = Poller(self.socket, self.factory, self.settings, self.post_message,
@@ -91,6 +104,7 @@ class LabqApp(App):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(plain(f"connecting to labqd at {self.socket}…"), id="banner")
+        yield self.summary
         with TabbedContent(id="tabs", initial="queue"):
             with TabPane("Queue [1]", id="queue"):
                 yield QueueView(self.clock, id="queue-view")
@@ -98,6 +112,8 @@ class LabqApp(App):
                 yield NodesView(self.live_stats, id="nodes-view")
             with TabPane("Usage [3]", id="usage"):
                 yield UsageView(self.clock, id="usage-view")
+            with TabPane("Experiments [5]", id="experiments"):
+                yield ExperimentsView(self.clock, id="experiments-view")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -135,14 +151,26 @@ class LabqApp(App):
         self.me = msg.me
         self.jobs = {j.id: j for j in msg.jobs}
         if first:
+            if self._mine_default:
+                self.mine = not self.is_admin
             self._update_subtitle()
             if self.mine:
                 self.queue.table.set_only_user(self.me["user"])
             if self.is_admin:
                 self._mount_admin()
+        self.summary.update(cluster_line(msg.jobs, msg.nodes))
+        self.query_one(NodesView).set_nodes(msg.nodes, self.jobs)
+        if msg.experiments is not None:
+            self.query_one(ExperimentsView).set_experiments(msg.experiments)
+        # an idle queue polls the same jobs again and again: diff the tables only when
+        # something changed, and now and then for the relative times ("5m ago")
+        now = time.monotonic()
+        seen = (msg.jobs, [(n.name, n.state, n.reason, n.running_jobs) for n in msg.nodes])
+        if seen == self._last_seen and now - self._last_redraw < RELATIVE_TIMES_EVERY_S:
+            return
+        self._last_seen, self._last_redraw = seen, now
         self.queue.table.set_jobs(msg.jobs)
         self.queue.update_summary()
-        self.query_one(NodesView).set_nodes(msg.nodes)
         if self.admin is not None:
             self.admin.set_snapshot(msg.jobs, msg.nodes)
 
@@ -194,7 +222,7 @@ class LabqApp(App):
             return  # the admin pane is still being mounted
         self.query_one(TabbedContent).active = tab
         focus = {"queue": QueueTable, "nodes": NodesView, "usage": UsageView,
-                 "admin": AdminNodes}[tab]
+                 "experiments": ExperimentsTable, "admin": AdminNodes}[tab]
         for widget in self.query(focus):
             widget.focus()
             break
@@ -228,7 +256,8 @@ class LabqApp(App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        if len(self.screen_stack) > 1:
+        # `screen` is the one the palette was opened over; the palette is on the stack too
+        if screen is not self.screen_stack[0]:
             return
         yield SystemCommand("Submit a job", "Open the submit form (n)", self.action_submit)
         yield SystemCommand("Filter the queue", "Filter by words, state:, user:, group: (/)",
@@ -236,7 +265,9 @@ class LabqApp(App):
         yield SystemCommand("Mine / all", "Show only my jobs, or everyone's (m)",
                             self.action_toggle_mine)
         yield SystemCommand("Key bindings", "List every key (?)", self.action_help)
-        for tab in ("queue", "nodes", "usage") + (("admin",) if self.is_admin else ()):
+        yield SystemCommand("Command line", ":nodes, :job 42, :exp NAME (:)",
+                            self.action_command)
+        for tab in TABS if self.is_admin else TABS[:-1]:
             yield SystemCommand(f"Show {tab}", f"Switch to the {tab} tab",
                                 lambda t=tab: self.action_show_tab(t))
 
@@ -246,40 +277,91 @@ class LabqApp(App):
         if msg.action == "open":
             self.open_job(job)
         elif msg.action == "cancel":
-            self.confirm_cancel(job)
+            self.confirm_cancel(msg.jobs)
+        elif msg.action in ("hold", "release"):
+            self.act(msg.action, msg.jobs, confirm=len(msg.jobs) > 1)
+        elif msg.action == "yank":
+            self.yank(str(job.id), f"job id {job.id}")
+        elif msg.action == "clone":
+            self.push_screen(SubmitScreen(self.conn, self.cwd, template=job), self._submitted)
         elif msg.action == "priority":
             self.push_screen(AskScreen(f"New priority for job {job.id} ({job.name}), 1-10:",
                                        str(job.priority)),
                              lambda v: v is not None and self.request(
                                  f"job {job.id} priority set", Op.JOB_PRIORITY,
                                  lambda q: q.set_priority(job.id, _number(v, int))))
-        else:
-            self.job_request(msg.action, job)
 
     def open_job(self, job: Job) -> None:
         self.push_screen(JobDetailScreen(job, self.socket, self.factory, self.conn,
                                          self.clock))
 
-    def confirm_cancel(self, job: Job) -> None:
+    def confirm_cancel(self, jobs: list[Job]) -> None:
+        self.act("cancel", jobs, confirm=True)
+
+    def act(self, action: str, jobs: list[Job], confirm: bool) -> None:
+        """cancel, hold or release jobs: those it cannot apply to are named, not sent."""
+        todo = actions.plan(action, jobs, self.me and self.me["user"], self.is_admin)
+        if not todo.jobs:
+            self.notify(printable("; ".join(todo.skipped)), markup=False, severity="warning",
+                        title=f"nothing to {action}")
+            return
+        if not confirm and not todo.skipped:
+            self.job_request(action, todo.jobs)
+            return
+
         def answered(yes: bool | None) -> None:
             if yes:
-                self.job_request("cancel", job)
-        self.push_screen(ConfirmScreen(
-            f"Cancel job {job.id} ({job.name}, {job.state.value}, owner {job.owner})?",
-            yes="Cancel job", no="Keep it"), answered)
+                self.job_request(action, todo.jobs)
+        verb = actions.VERBS[action][0]
+        n = len(todo.jobs)
+        self.push_screen(ConfirmScreen(todo.question(), yes=f"{verb} {n} jobs" if n > 1
+                                       else f"{verb} job", no="Keep them" if n > 1
+                                       else "Keep it"), answered)
 
     @work(thread=True, group="actions")
-    def job_request(self, action: str, job: Job) -> None:
-        """cancel, hold or release one job."""
+    def job_request(self, action: str, jobs: list[Job]) -> None:
+        """cancel, hold or release jobs in one request."""
+        ids = [j.id for j in jobs]
         try:
-            [after] = self.conn.run(lambda q: getattr(q, action)(job.id))
+            after = self.conn.run(lambda q: getattr(q, action)(*ids))
         except LabqError as e:
-            self.call_from_thread(self.notify, printable(e.message), title=f"{action} failed",
-                                  severity="error", markup=False)
+            self.call_from_thread(self.notify, printable(e.message), markup=False,
+                                  title=actions.FAILED_TITLES[action], severity="error")
             return
-        self.call_from_thread(self.notify, f"job {after.id} is {after.state.value}",
-                              timeout=3)
+        self.call_from_thread(self._acted, actions.done_text(action, after))
+
+    def _acted(self, text: str) -> None:
+        self.queue.table.action_unmark()
+        self.notify(text, timeout=3)
         self.refresh_now()
+
+    def yank(self, text: str, what: str) -> None:
+        self.copy_to_clipboard(text)
+        self.notify(printable(f"copied {what}: {text}"[:200]), timeout=3, markup=False)
+
+    def action_command(self) -> None:
+        self.push_screen(AskScreen(":nodes  :usage  :exp NAME  :job ID  :queue  :help",
+                                   prompt=":"), lambda v: v and run_command(self, v))
+
+    def on_experiments_table_open(self, msg: ExperimentsTable.Open) -> None:
+        self.show_experiment(msg.name)
+
+    def show_experiment(self, name: str) -> None:
+        self.action_show_tab("queue")
+        box = self.query_one("#queue-filter", Input)
+        box.value = f"exp:{name}"
+        box.display = True
+        self.queue.table.focus()
+
+    def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
+        """Save the screen as SVG in the current directory (Textual's default, a Downloads
+        folder, is missing on most servers)."""
+        for where in (path, os.getcwd(), tempfile.gettempdir()):
+            if where and os.access(where, os.W_OK):
+                saved = self.save_screenshot(filename, where)
+                self.notify(printable(f"screenshot saved to {saved}"), markup=False)
+                return
+        self.notify("no writable directory for the screenshot", severity="error")
 
     @work(thread=True, group="actions")
     def request(self, done: str, op: Op, send: Callable[[labq.Client], object]) -> None:
@@ -287,8 +369,9 @@ class LabqApp(App):
         try:
             self.conn.run(send)
         except LabqError as e:
-            self.call_from_thread(self.notify, printable(e.message), title=f"{op.value} failed",
-                                  severity="error", markup=False)
+            self.call_from_thread(self.notify, printable(e.message), severity="error",
+                                  title=actions.FAILED_TITLES.get(op.value, "refused"),
+                                  markup=False)
             return
         self.call_from_thread(self.notify, printable(done), timeout=3, markup=False)
         self.poller.refresh_usage()

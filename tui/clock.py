@@ -38,6 +38,33 @@ class Clock:
             return "-"
         return format_duration((end or self.now()) - start)
 
+    def ago(self, ts: float | None) -> str:
+        """'5m ago': a past time, relative to now."""
+        if not ts:
+            return "-"
+        return short_span(self.now() - ts) + " ago"
+
+    def until(self, ts: float | None) -> str:
+        """'in 2h', or 'now' once the time has come."""
+        if not ts:
+            return "-"
+        left = ts - self.now()
+        return "now" if left <= 1 else "in " + short_span(left)
+
+
+def short_span(seconds: float) -> str:
+    """The largest unit or two: 45s, 5m, 2h10m, 3d4h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        h, m = divmod(s // 60, 60)
+        return f"{h}h{m:02d}m" if m else f"{h}h"
+    d, h = divmod(s // 3600, 24)
+    return f"{d}d{h}h" if h else f"{d}d"
+
 
 class FrozenClock(Clock):
     """A fixed `now`, and wall-clock times masked: jobs submitted by a test carry real
@@ -62,3 +89,9 @@ class FrozenClock(Clock):
 
     def span(self, start: float | None, end: float | None = None) -> str:
         return self.MASK if start else "-"
+
+    def ago(self, ts: float | None) -> str:
+        return "--m ago" if ts else "-"
+
+    def until(self, ts: float | None) -> str:
+        return "in --m" if ts else "-"

@@ -1,6 +1,7 @@
 """A yes/no question before anything that cannot be undone."""
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -29,8 +30,9 @@ class ConfirmScreen(ModalScreen[bool]):
         with Vertical(id="confirm-dialog"):
             yield Static(plain(self.question), id="confirm-question")
             with Horizontal(id="confirm-buttons"):
-                yield Button(f"{self.yes} [y]", variant="error", id="confirm-yes")
-                yield Button(f"{self.no} [n]", id="confirm-no")
+                # a Text label: "[y]" as a string would be read as markup and vanish
+                yield Button(Text(f"{self.yes} [y]"), variant="error", id="confirm-yes")
+                yield Button(Text(f"{self.no} [n]"), id="confirm-no")
         yield Footer()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -45,15 +47,16 @@ class AskScreen(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, question: str, value: str = "") -> None:
+    def __init__(self, question: str, value: str = "", prompt: str = "") -> None:
         super().__init__()
         self.question = question
         self.value = value
+        self.prompt = prompt
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-dialog"):
             yield Static(plain(self.question), id="confirm-question")
-            yield Input(value=self.value, id="ask-input")
+            yield Input(value=self.value, id="ask-input", placeholder=self.prompt)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value)

@@ -24,6 +24,7 @@ BACKOFF_MAX_S = 2.0
 RECENT_ENDED = 200
 SWEEP_PAGE = 500  # jobs per request once the first poll has read the queue
 USAGE_EVERY_S = 15.0
+EXPERIMENTS_EVERY_S = 3.0
 
 
 def default_factory(socket: Path) -> labq.Client:
@@ -42,11 +43,13 @@ class Usage:
 class Snapshot(Message):
     """One poll's worth of cluster state."""
 
-    def __init__(self, jobs: list[Job], nodes: list[Node], me: dict[str, Any]) -> None:
+    def __init__(self, jobs: list[Job], nodes: list[Node], me: dict[str, Any],
+                 experiments: list[dict[str, Any]] | None = None) -> None:
         super().__init__()
         self.jobs = jobs
         self.nodes = nodes
         self.me = me
+        self.experiments = experiments  # None: not fetched this time
 
 
 class UsageReport(Message):
@@ -88,6 +91,7 @@ class Poller:
         self._view = QueueView()
         self._connected: bool | None = None
         self._next_usage = 0.0
+        self._next_experiments = 0.0
 
     def run(self) -> None:
         backoff = BACKOFF_START_S
@@ -121,7 +125,11 @@ class Poller:
         if self._connected is not True:
             self._connected = True
             self.post(ConnectionChanged(True))
-        self.post(Snapshot(jobs, nodes, dict(self._me)))
+        experiments = None
+        if self.monotonic() >= self._next_experiments:
+            self._next_experiments = self.monotonic() + EXPERIMENTS_EVERY_S
+            experiments = [dict(e) for e in q.experiments()]
+        self.post(Snapshot(jobs, nodes, dict(self._me), experiments))
         if self.monotonic() >= self._next_usage:
             self._next_usage = self.monotonic() + USAGE_EVERY_S
             self.post(UsageReport(fetch_usage(q)))

@@ -21,7 +21,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Log, Static
+from textual.widgets import DataTable, Footer, Input, Static
 
 from labq import Event, Job, JobState
 from labq.errors import DaemonUnavailable, LabqError
@@ -29,11 +29,21 @@ from labq.text import printable
 from labq.units import format_duration, format_size_mb
 
 from .clock import Clock
+from .logview import JobLog
 
 if TYPE_CHECKING:  # the app imports this screen
     from .app import LabqApp
 from .data import BACKOFF_MAX_S, BACKOFF_START_S, ClientFactory, Connection
-from .format import command_text, gpus_text, log_text, plain, score_text, start_text, state_text
+from .format import (
+    command_text,
+    gpus_text,
+    log_text,
+    plain,
+    reason_words,
+    score_text,
+    start_text,
+    state_text,
+)
 
 FLUSH_S = 0.1
 MAX_LINES = 10_000
@@ -41,32 +51,41 @@ TAIL_BYTES = 2 << 20  # where a long log starts: enough for MAX_LINES lines of m
 # what one batch may carry: beyond this only the tail matters, the widget keeps MAX_LINES
 MAX_BATCH_CHARS = 4 << 20
 READ_WAIT_S = 0.5
+CAP_MARK = b"[labq: log truncated at "  # what labqd writes where its copy of a log stops
 
 
 class LogChunk(Message):
-    def __init__(self, job_id: int, text: str, done: bool = False) -> None:
+    def __init__(self, job_id: int, text: str, done: bool = False, dropped: int = 0,
+                 capped: bool = False) -> None:
         super().__init__()
         self.job_id = job_id
         self.text = text
         self.done = done
+        self.dropped = dropped  # lines cut before they reached the widget
+        self.capped = capped  # labqd's copy of the log has reached its cap
 
 
 class LogTrouble(Message):
-    def __init__(self, job_id: int, error: str) -> None:
+    def __init__(self, job_id: int, error: str, fatal: bool = False) -> None:
         super().__init__()
         self.job_id = job_id
         self.error = error
+        self.fatal = fatal  # labqd refused the log: nothing more will come
 
 
-def keep_tail(text: str) -> str:
-    """What of a batch can still be on screen after it is written: the widget keeps the last
-    MAX_LINES lines, and measuring lines that are pruned at once is what makes a fast log
-    slow."""
+def keep_tail(text: str) -> tuple[str, int]:
+    """What of a batch can still be on screen after it is written, and how many lines were
+    cut: the widget keeps the last MAX_LINES lines, and measuring lines that are pruned at
+    once is what makes a fast log slow."""
+    cut = 0
     if len(text) > MAX_BATCH_CHARS:
+        cut += text.count("\n", 0, len(text) - MAX_BATCH_CHARS)
         text = text[-MAX_BATCH_CHARS:]
     if text.count("\n") > MAX_LINES:
-        text = "\n".join(text.split("\n")[-MAX_LINES - 1:])
-    return text
+        lines = text.split("\n")
+        cut += len(lines) - MAX_LINES - 1
+        text = "\n".join(lines[-MAX_LINES - 1:])
+    return text, cut
 
 
 def follow_log(job_id: int, socket: Path, factory: ClientFactory, post, stop: threading.Event,
@@ -76,13 +95,13 @@ def follow_log(job_id: int, socket: Path, factory: ClientFactory, post, stop: th
     # a long log starts at its tail: the view keeps MAX_LINES lines anyway
     offset, pending, last_post = -TAIL_BYTES, [], monotonic()
     size, backoff, client = 0, BACKOFF_START_S, None
-    start_skipped = None
+    start_skipped, capped = None, False
 
     def flush(done: bool = False) -> None:
         nonlocal pending, size, last_post
-        text = keep_tail("".join(pending))
+        text, cut = keep_tail("".join(pending))
         if text or done:
-            post(LogChunk(job_id, text, done))
+            post(LogChunk(job_id, text, done, cut, capped))
         pending, size, last_post = [], 0, monotonic()
 
     try:
@@ -103,7 +122,7 @@ def follow_log(job_id: int, socket: Path, factory: ClientFactory, post, stop: th
                 continue
             except LabqError as e:
                 flush()
-                post(LogTrouble(job_id, e.message))
+                post(LogTrouble(job_id, e.message, fatal=True))
                 return
             if start_skipped is None:
                 start_skipped = offset - len(data)
@@ -112,6 +131,7 @@ def follow_log(job_id: int, socket: Path, factory: ClientFactory, post, stop: th
                                    f"`labq logs {job_id}` prints them]\n")
                     data = data.split(b"\n", 1)[-1]  # from the first whole line
             if data:
+                capped = capped or CAP_MARK in data
                 text = log_text(decoder.decode(data))
                 pending.append(text)
                 size += len(text)
@@ -126,72 +146,20 @@ def follow_log(job_id: int, socket: Path, factory: ClientFactory, post, stop: th
             client.close()
 
 
-class JobLog(Log):
-    """A Log that stays at the end while `follow` is set: scrolling up (keys or wheel) or
-    jumping to a search match clears it, coming back to the end sets it again."""
-
-    BINDINGS = [
-        Binding("j,down", "scroll_down", "Down", show=False),
-        Binding("k,up", "scroll_up", "Up", show=False),
-        Binding("pagedown", "page_down", "Page down", show=False),
-        Binding("pageup", "page_up", "Page up", show=False),
-        Binding("g,home", "scroll_home", "Top", show=False),
-    ]
-    follow = True
-
-    def append(self, text: str) -> None:
-        self.write(text, scroll_end=self.follow)
-
-    def jump_to_end(self) -> None:
-        self.follow = True
-        self.scroll_end(animate=False, immediate=True)
-
-    def show_line(self, line: int) -> None:
-        self.follow = False
-        self.scroll_to(y=max(0, line - self.size.height // 2), animate=False)
-
-    def action_scroll_up(self) -> None:
-        self.follow = False
-        super().action_scroll_up()
-
-    def action_page_up(self) -> None:
-        self.follow = False
-        super().action_page_up()
-
-    def action_scroll_home(self) -> None:
-        self.follow = False
-        super().action_scroll_home()
-
-    def action_scroll_down(self) -> None:
-        super().action_scroll_down()
-        self.call_after_refresh(self._maybe_follow)
-
-    def action_page_down(self) -> None:
-        super().action_page_down()
-        self.call_after_refresh(self._maybe_follow)
-
-    def action_scroll_end(self) -> None:
-        self.jump_to_end()
-
-    def on_mouse_scroll_up(self) -> None:
-        self.follow = False
-
-    def on_mouse_scroll_down(self) -> None:
-        self.call_after_refresh(self._maybe_follow)
-
-    def _maybe_follow(self) -> None:
-        if self.is_vertical_scroll_end:
-            self.follow = True
-
-
 class JobDetailScreen(Screen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
+        Binding("q", "back", "Back", show=False),
         Binding("G,end", "log_end", "Log end"),
         Binding("slash", "search", "Search log"),
         Binding("n", "next_match", "Next match"),
         Binding("N", "prev_match", "Prev match", show=False),
+        Binding("f", "full_log", "Full-screen log"),
         Binding("c", "cancel", "Cancel job"),
+        Binding("y", "yank", "Copy id", show=False),
+        Binding("Y", "yank_command", "Copy command", show=False),
+        Binding("w", "save_log", "Save log", show=False),
+        Binding("p", "pager", "Open in $PAGER", show=False),
     ]
 
     def __init__(self, job: Job, socket: Path, factory: ClientFactory, conn: Connection,
@@ -205,6 +173,8 @@ class JobDetailScreen(Screen):
         self.refresh_s = refresh_s
         self.events: list[Event] = []
         self.log_done = False
+        self.log_capped = False
+        self.log_refused = ""
         self._stop = threading.Event()
         self._matches: list[int] = []
         self._match_at = -1
@@ -218,7 +188,7 @@ class JobDetailScreen(Screen):
                 yield Static("State history", classes="section-title")
                 yield DataTable(id="detail-events", cursor_type="none", show_cursor=False)
         yield Static("", id="detail-log-title")
-        yield JobLog(id="detail-log", max_lines=MAX_LINES, highlight=False, auto_scroll=True)
+        yield JobLog(id="detail-log", max_lines=MAX_LINES, job_id=self.job.id)
         yield Input(placeholder="search the log (enter: find, esc: close)", id="log-search")
         yield Footer()
 
@@ -250,37 +220,13 @@ class JobDetailScreen(Screen):
 
     def show_job(self, job: Job, events: list[Event] | None = None) -> None:
         self.job = job
-        c = self.clock
         self.query_one("#detail-title", Static).update(Text.assemble(
             (f" Job {job.id} ", "bold reverse"), " ", (printable(job.name), "bold"), "  ",
-            state_text(job.state), printable(f"  {job.owner} ({job.group})")))
+            state_text(job.state), "  ", printable(f"{job.owner} ({job.group})")))
         spec = Table.grid(padding=(0, 1))
-        spec.add_column(style="bold", justify="right")
+        spec.add_column(style="bold", justify="right", no_wrap=True)
         spec.add_column()
-        waiting = job.state in (JobState.PENDING, JobState.HELD)
-        rows = [
-            ("command", command_text(job)),
-            ("directory", job.cwd or "-"),
-            ("resources", f"gpus={gpus_text(job)}"
-                          + (f" min {format_size_mb(job.gpu_memory_mb)}"
-                             if job.gpu_memory_mb else "")
-                          + f" cpus={job.cpus} mem={format_size_mb(job.memory_mb)}"),
-            ("time limit", format_duration(job.time_limit_s) if job.time_limit_s
-             else "default"),
-            ("priority", f"{job.priority} (score {score_text(job)})"),
-            ("depends on", ", ".join(job.dependencies) or "-"),
-            ("pending reason" if waiting else "reason", job.reason or "-"),
-            ("est. start", start_text(job, c) if waiting else "-"),
-            ("submitted", c.stamp(job.submit_time)),
-            ("started", c.stamp(job.start_time)),
-            ("ended", c.stamp(job.end_time)),
-            ("run time", c.span(job.start_time, job.end_time) if job.start_time else "-"),
-            ("node", job.node or "-"),
-            ("gpu indices", ",".join(map(str, job.gpu_indices)) or "-"),
-            ("exit code", "-" if job.exit_code is None else str(job.exit_code)),
-            ("restarts", str(job.restarts)),
-        ]
-        for k, v in rows:
+        for k, v in spec_rows(job, self.clock):
             spec.add_row(k, plain(v))
         self.query_one("#detail-spec", Static).update(spec)
         if events is not None:
@@ -305,28 +251,48 @@ class JobDetailScreen(Screen):
     def on_log_chunk(self, msg: LogChunk) -> None:
         if msg.job_id != self.job.id:
             return
-        if msg.text:
-            self.query_one(JobLog).append(msg.text)
-        if msg.done:
-            self.log_done = True
+        log = self.query_one(JobLog)
+        log.dropped += msg.dropped
+        log.append(msg.text)
+        self.log_done = self.log_done or msg.done
+        self.log_capped = msg.capped
         self._update_log_title()
 
     def on_log_trouble(self, msg: LogTrouble) -> None:
         if msg.job_id == self.job.id:
+            if msg.fatal:
+                self.log_refused = msg.error
             self._update_log_title(msg.error)
+
+    def on_job_log_follow_changed(self, msg: JobLog.FollowChanged) -> None:
+        self._update_log_title()
+
+    def log_state(self) -> str:
+        """complete, following, paused, capped or unavailable: what the log view is doing."""
+        if self.log_refused:
+            return "unavailable"
+        if self.log_done:
+            return "complete"
+        if self.log_capped:
+            return "labqd's copy is full; the job goes on"
+        return "following" if self.query_one(JobLog).follow else "paused (G follows)"
 
     def _update_log_title(self, trouble: str = "") -> None:
         log = self.query_one(JobLog)
-        state = "complete" if self.log_done else "following"
-        text = f" Output ({log.line_count} lines, {state})"
+        text = f" Output ({log.line_count} lines, {self.log_state()})"
+        if log.dropped:
+            text += f"  {log.dropped} earlier lines dropped"
         if self._matches:
             text += f"  match {self._match_at + 1}/{len(self._matches)}"
-        if trouble:
-            text += f"  [{trouble}]"
+        if trouble or self.log_refused:
+            text += f"  [{trouble or self.log_refused}]"
         self.query_one("#detail-log-title", Static).update(plain(text))
 
     def action_log_end(self) -> None:
         self.query_one(JobLog).jump_to_end()
+
+    def action_full_log(self) -> None:
+        self.toggle_class("-full-log")
 
     def action_search(self) -> None:
         box = self.query_one("#log-search", Input)
@@ -340,6 +306,8 @@ class JobDetailScreen(Screen):
         self._matches = [i for i, line in enumerate(log.lines) if needle and needle in
                          line.lower()]
         self._match_at = -1
+        event.input.display = False
+        log.set_needle(event.value)
         log.focus()
         if self._matches:
             self.action_next_match()
@@ -348,12 +316,25 @@ class JobDetailScreen(Screen):
                         else "empty search", severity="warning", markup=False)
             self._update_log_title()
 
-    def on_key(self, event) -> None:
+    def _close_search(self) -> bool:
+        """Escape closes the search box, then clears the matches; False: nothing to close."""
         box = self.query_one("#log-search", Input)
-        if event.key == "escape" and box.has_focus:
-            event.stop()
+        log = self.query_one(JobLog)
+        if box.display:
             box.display = False
-            self.query_one(JobLog).focus()
+        elif self._matches or log.highlight:
+            self._matches, self._match_at = [], -1
+            log.set_needle("")
+        else:
+            return False
+        log.focus()
+        self._update_log_title()
+        return True
+
+    def on_key(self, event) -> None:
+        if event.key == "escape" and self.query_one("#log-search", Input).has_focus:
+            event.stop()
+            self._close_search()
 
     def action_next_match(self) -> None:
         self._step_match(+1)
@@ -371,7 +352,55 @@ class JobDetailScreen(Screen):
 
     # -- actions ---------------------------------------------------------------------------
     def action_back(self) -> None:
-        self.app.pop_screen()
+        if not self._close_search():
+            self.app.pop_screen()
 
     def action_cancel(self) -> None:
-        cast("LabqApp", self.app).confirm_cancel(self.job)
+        cast("LabqApp", self.app).confirm_cancel([self.job])
+
+    def action_yank(self) -> None:
+        cast("LabqApp", self.app).yank(str(self.job.id), f"job id {self.job.id}")
+
+    def action_yank_command(self) -> None:
+        cast("LabqApp", self.app).yank(command_text(self.job), "the command")
+
+    def action_save_log(self) -> None:
+        from .logtools import save_log
+        save_log(self, self.job.id, self.query_one(JobLog).lines)
+
+    def action_pager(self) -> None:
+        from .logtools import open_pager
+        open_pager(self, self.job.id, self.query_one(JobLog).lines)
+
+
+def spec_rows(job: Job, c: Clock) -> list[tuple[str, str]]:
+    waiting = job.state in (JobState.PENDING, JobState.HELD)
+    rows = [
+        ("command", command_text(job)),
+        ("directory", job.cwd or "-"),
+        ("resources", f"gpus={gpus_text(job)}"
+                      + (f" min {format_size_mb(job.gpu_memory_mb)}"
+                         if job.gpu_memory_mb else "")
+                      + f" cpus={job.cpus} mem={format_size_mb(job.memory_mb)}"),
+        ("time limit", format_duration(job.time_limit_s) if job.time_limit_s else "default"),
+        ("priority", f"{job.priority} (score {score_text(job)})"),
+        ("depends on", ", ".join(job.dependencies) or "-"),
+    ]
+    if waiting:
+        rows += [("waiting for", reason_words(job, c)),
+                 ("est. start", start_text(job, c))]
+    else:
+        rows.append(("reason", job.reason or "-"))
+    rows += [
+        ("submitted", f"{c.stamp(job.submit_time)} ({c.ago(job.submit_time)})"),
+        ("started", c.stamp(job.start_time)),
+        ("ended", c.stamp(job.end_time)),
+        ("run time", c.span(job.start_time, job.end_time) if job.start_time else "-"),
+        ("node", job.node or "-"),
+        ("gpu indices", ",".join(map(str, job.gpu_indices)) or "-"),
+        ("exit code", "-" if job.exit_code is None else str(job.exit_code)),
+        ("restarts", str(job.restarts)),
+    ]
+    if job.experiment:
+        rows.insert(1, ("experiment", job.experiment))
+    return rows

@@ -1,4 +1,5 @@
-"""The queue's `/` filter: free words plus `state:`, `user:`, `group:`, `node:`, `name:` terms.
+"""The queue's `/` filter: free words plus `state:`, `user:`, `group:`, `node:`, `name:` and
+`exp:` terms.
 
 Every term must match. A field term takes comma-separated alternatives (`state:run,pend`) and
 matches by prefix, case-insensitively; a free word matches anywhere in the id, name, owner,
@@ -20,6 +21,8 @@ FIELDS: dict[str, Callable[[Job], str]] = {
     "node": lambda j: j.node or "",
     "name": lambda j: j.name,
     "id": lambda j: str(j.id),
+    "exp": lambda j: j.experiment or "",
+    "experiment": lambda j: j.experiment or "",
 }
 
 

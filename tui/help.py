@@ -11,6 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
 KEY_NAMES = {"slash": "/", "question_mark": "?", "escape": "esc", "ctrl+p": "ctrl+p",
+             "colon": ":",
              "ctrl+s": "ctrl+s", "up": "↑", "down": "↓"}
 
 
@@ -32,13 +33,16 @@ def sections(admin: bool) -> list[tuple[str, list[tuple[str, str]]]]:
     from .admin import AdminGroups, AdminJobs, AdminNodes
     from .app import LabqApp
     from .confirm import ConfirmScreen
-    from .detail import JobDetailScreen, JobLog
+    from .detail import JobDetailScreen
+    from .experiments import ExperimentsTable
+    from .logview import JobLog
     from .queue import QueueTable, QueueView
     from .submit import SubmitScreen
     out = [
         ("Everywhere", binding_rows(LabqApp) + [("ctrl+p", "Command palette")]),
         ("Queue", [("↑ ↓", "Move")] + binding_rows(QueueTable) + binding_rows(QueueView)),
         ("Job detail", binding_rows(JobDetailScreen) + binding_rows(JobLog)),
+        ("Experiments", binding_rows(ExperimentsTable)),
         ("Submit form", [("tab", "Next field")] + binding_rows(SubmitScreen)),
         ("Confirmation", binding_rows(ConfirmScreen)),
     ]

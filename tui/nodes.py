@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from labq import Node
+from labq import Job, Node
 from labq.text import printable
 from labq.units import format_size_mb
 
@@ -30,18 +30,21 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}%"
 
 
-def render_node(node: Node, live_stats: bool = True) -> Group:
+def render_node(node: Node, live_stats: bool = True,
+                jobs: dict[int, Job] | None = None) -> Group:
     """`live_stats=False` leaves out what the node measures (CPU %, memory in use, GPU
-    utilisation), which changes from one second to the next."""
+    utilisation), which changes from one second to the next. `jobs` names each GPU's job."""
     head = Text.assemble((printable(f" {node.name} "), "bold reverse"), "  ",
-                         printable(node.host), "  ",
                          (printable(node.state.upper()), NODE_STATE_STYLE.get(node.state, "")),
-                         (printable(f"  {node.reason}") if node.reason else "", "italic"),
-                         printable(f"  gpus via {node.gpu_source or '-'}"),
-                         f"  jobs: {', '.join(map(str, node.running_jobs)) or '-'}")
+                         "  ", printable(node.host),
+                         "  ", printable(f"gpus via {node.gpu_source or '-'}"),
+                         "  ", f"jobs: {', '.join(map(str, node.running_jobs)) or '-'}")
+    lines: list[Text] = [head]
+    if node.reason:  # its own line: a long reason must not run into the state
+        lines.append(Text.assemble("  ", (printable(node.reason), "italic red")))
     grid = Table.grid(padding=(0, 1))
     for _ in range(4):
-        grid.add_column()
+        grid.add_column(no_wrap=True)
     alloc_cpu = node.cpus - node.free_cpus
     alloc_mem = node.memory_mb - node.free_memory_mb
     cpu_used = node.cpu_percent if live_stats else None
@@ -58,8 +61,7 @@ def render_node(node: Node, live_stats: bool = True) -> Group:
     for g in node.gpus:
         util = g.utilization if live_stats else None
         gmem = g.memory_used_mb if live_stats else None
-        holder = Text(f"job {g.job}", style="bold cyan") if g.job is not None \
-            else Text("free", style="dim")
+        holder = _holder(g.job, jobs or {})
         grid.add_row(
             plain(f"GPU{g.index} {g.type}"[:28]),
             Text.assemble("util ", bar(None if util is None else util / 100, 12), " ",
@@ -70,7 +72,15 @@ def render_node(node: Node, live_stats: bool = True) -> Group:
             holder)
     if not node.gpus:
         grid.add_row("GPUs", Text("none", style="dim"), "", "")
-    return Group(head, grid, Text(""))
+    return Group(*lines, grid, Text(""))
+
+
+def _holder(job_id: int | None, jobs: dict[int, Job]) -> Text:
+    if job_id is None:
+        return Text("free", style="dim")
+    job = jobs.get(job_id)
+    who = f" {job.owner} {job.name}"[:30] if job is not None else ""
+    return Text.assemble((f"job {job_id}", "bold cyan"), printable(who))
 
 
 class NodeCard(Static):
@@ -89,7 +99,7 @@ class NodesView(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static("waiting for labqd…", id="nodes-empty")
 
-    def set_nodes(self, nodes: list[Node]) -> None:
+    def set_nodes(self, nodes: list[Node], jobs: dict[int, Job] | None = None) -> None:
         self.query_one("#nodes-empty").display = not nodes
         names = [n.name for n in nodes]
         for name in [k for k in self._shown if k not in names]:
@@ -99,15 +109,16 @@ class NodesView(VerticalScroll):
             # compare what is drawn, not the node: last_seen changes on every poll
             key = (node.state, node.reason, node.free_cpus, node.free_memory_mb,
                    node.cpus, node.memory_mb, tuple(node.running_jobs),
-                   tuple((g.index, g.job) for g in node.gpus)) + ((
+                   tuple((g.index, g.job) for g in node.gpus),
+                   tuple(_holder(g.job, jobs or {}).plain for g in node.gpus)) + ((
                        node.cpu_percent, node.memory_used_mb,
                        tuple((g.utilization, g.memory_used_mb) for g in node.gpus))
                        if self.live_stats else ())
             if self._shown.get(node.name) == key:
                 continue
             if node.name in self._cards:
-                self._cards[node.name].update(render_node(node, self.live_stats))
+                self._cards[node.name].update(render_node(node, self.live_stats, jobs))
             else:
-                self._cards[node.name] = NodeCard(render_node(node, self.live_stats))
+                self._cards[node.name] = NodeCard(render_node(node, self.live_stats, jobs))
                 self.mount(self._cards[node.name])
             self._shown[node.name] = key

@@ -12,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Static
 
 from labq import Job
-from labq.errors import LabqError
+from labq.errors import LabqError, ValidationError
 
 from .data import Connection
 from .format import plain
@@ -46,28 +46,45 @@ def _int_or_text(text: str) -> int | str:
         return text
 
 
+def form_values(job: Job) -> dict[str, str]:
+    """A job's spec as the form's fields, to submit it again or a variant of it."""
+    from labq.units import format_duration, format_size_mb
+
+    from .format import command_text
+    return {"command": command_text(job), "name": job.name, "gpus": str(job.gpus or ""),
+            "gpu_type": job.gpu_type or "", "cpus": str(job.cpus),
+            "memory": format_size_mb(job.memory_mb) if job.memory_mb else "",
+            "time_limit": format_duration(job.time_limit_s) if job.time_limit_s else "",
+            "priority": str(job.priority), "after": "", "cwd": job.cwd or ""}
+
+
 class SubmitScreen(ModalScreen[Job | None]):
     BINDINGS = [
         Binding("escape", "close", "Close"),
         Binding("ctrl+s", "submit", "Submit"),
     ]
 
-    def __init__(self, conn: Connection, cwd: str | None = None) -> None:
+    def __init__(self, conn: Connection, cwd: str | None = None,
+                 template: Job | None = None) -> None:
+        """`template`: a job whose spec fills the form (clone / resubmit)."""
         super().__init__()
         self.conn = conn
         self.cwd = cwd or os.getcwd()
+        self.values = form_values(template) if template is not None else {"cwd": self.cwd}
+        self.title_text = f"Submit a copy of job {template.id}" if template is not None \
+            else "Submit a job"
 
     def compose(self) -> ComposeResult:
         with Vertical(id="submit-dialog"):
-            yield Static("Submit a job", id="submit-title")
+            yield Static(plain(self.title_text), id="submit-title")
             with Grid(id="submit-grid"):
                 for key, label, placeholder, _ in FIELDS:
                     if key == "after":
                         yield Label("Hold", classes="field-label")
                         yield Checkbox("submit held", id="f-hold")
                     yield Label(label, classes="field-label")
-                    value = self.cwd if key == "cwd" else ""
-                    yield Input(value=value, placeholder=placeholder, id=f"f-{key}",
+                    yield Input(value=self.values.get(key, ""), placeholder=placeholder,
+                                id=f"f-{key}",
                                 classes="wide" if key in WIDE else "")
             yield Static("", id="submit-error")
             with Horizontal(id="submit-buttons"):
@@ -106,6 +123,12 @@ class SubmitScreen(ModalScreen[Job | None]):
 
     def action_submit(self) -> None:
         command = self.query_one("#f-command", Input).value
+        for key, label, _, _ in FIELDS:
+            value = self.query_one(f"#f-{key}", Input).value.strip()
+            if key in INT_FIELDS and value and not value.isdigit():
+                self.show_error(ValidationError(
+                    f"{label}: {value!r} is not a whole number", {"field": key}))
+                return
         self.query_one("#submit-error", Static).update("submitting…")
         self._send(command, self.request())
 
