@@ -210,6 +210,8 @@ def test_node_crash_requeues_the_job_on_another_node(tmp_path):
         idx_a = 0 if node_a == "node0" else 1
         node_b = ns[1 - idx_a].name
         wait_for(lambda: executions(markers, job.id), what="first execution")
+        # what the first run printed has reached labqd before its node dies
+        wait_for(lambda: "run 0 on" in q.logs(job.id), what="the first run's output")
         first = run_records(tmp_path / f"jobs-{node_a}")[f"{job.id}.0"]
 
         t0 = time.monotonic()
