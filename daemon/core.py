@@ -13,8 +13,10 @@ from . import store as st
 from .clock import SYSTEM, Clock
 from .config import Config
 from .fairctl import FairShare
+from .jobfiles import JobFiles
 from .jobtable import JobTable
 from .logcopy import LogCopies
+from .nodes.filemove import FileMover
 from .nodes.registry import NodeRegistry
 from .notices import Notices
 
@@ -32,13 +34,19 @@ class Core:
         self.jobs.runs = self.nodes
         self.notices = Notices(cfg, store, clock)
         self.jobs.notifier = self.notices
+        self.files = JobFiles(cfg, store, logs)
+        self.jobs.files = self.files
+        self.moves = FileMover(cfg, store, self.jobs, self.files, self.nodes.links)
+        self.nodes.files = self.moves
 
     def start(self) -> None:
         self.notices.start()
         self.nodes.start()
+        self.moves.start()
 
     def stop(self) -> None:
         self.jobs.stopping = True
+        self.moves.stop.set()
         self.nodes.stop()
         self.notices.stop()
         self.wake.set()

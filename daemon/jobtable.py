@@ -60,6 +60,10 @@ class Notifier(Protocol):
     def for_change(self, job: dict, dst: JobState, now: float) -> list[dict]: ...
 
 
+class SpecCheck(Protocol):
+    def check_spec(self, caller: Caller, spec: dict) -> None: ...
+
+
 class JobTable:
     def __init__(self, cfg: Config, store: st.Store, logs: LogCopies, wake: threading.Event,
                  clock: Clock = SYSTEM):
@@ -72,6 +76,7 @@ class JobTable:
         self.logs = logs
         self.runs: RunControl | None = None  # set once the node registry exists
         self.notifier: Notifier | None = None
+        self.files: SpecCheck | None = None  # staged uploads and results limits
         self.stopping = False
         self.active: dict[int, dict] = {r["id"]: r for r in store.job_rows(
             states=[s.value for s in (S.PENDING, S.HELD, S.RUNNING)], newest_first=False)}
@@ -157,6 +162,8 @@ class JobTable:
                                    {"group": group})
         spec["group"] = group
         self._check_submit_limits(caller, spec)
+        if self.files is not None:
+            self.files.check_spec(caller, spec)
         deps = self._dependencies(caller, spec["dependencies"])
         spec["dependencies"] = [f"{k}:{j}" for k, j in deps]
         key = spec.get("key")

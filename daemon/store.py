@@ -20,7 +20,7 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 from labq.errors import StorageError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
 
 db = pw.DatabaseProxy()
@@ -83,6 +83,11 @@ class Job(Base):
     array_limit = pw.IntegerField(null=True)
     params = JSONField(null=True)
     key = pw.CharField(null=True)
+    # schema 6: staged files and results (labq.daemon.jobfiles)
+    stage = JSONField(null=True)  # {token, files, bytes} of the upload the job runs in
+    results = JSONField(null=True)  # the globs fetched when it ends
+    files = JSONField(null=True)  # {state, bytes, count, note, scratch}: its results' copy
+    purged_time = pw.DoubleField(null=True)  # when its files were removed
 
 
 _NO_ENV = [f for f in Job._meta.sorted_fields if f.name != "env"]
@@ -219,8 +224,20 @@ def _migrate_5(database: pw.Database) -> None:
                          '("owner_uid", "key") WHERE "key" IS NOT NULL')
 
 
+_V6_COLUMNS = (("stage", "TEXT"), ("results", "TEXT"), ("files", "TEXT"),
+               ("purged_time", "REAL"))
+
+
+def _migrate_6(database: pw.Database) -> None:
+    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
+    for name, kind in _V6_COLUMNS:
+        if name not in cols:
+            database.execute_sql(f'ALTER TABLE "job" ADD COLUMN "{name}" {kind}')
+
+
 # version -> function bringing the schema from version-1 up to it; never edit a released one
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5}
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5,
+              6: _migrate_6}
 
 
 class ForeignDatabase(Exception):
@@ -572,6 +589,47 @@ class Store:
     def events(self, job_id: int) -> list[dict[str, Any]]:
         return list(JobEvent.select().where(JobEvent.job == job_id)
                     .order_by(JobEvent._meta.primary_key).dicts())
+
+    # -- staged files and results --------------------------------------------------------------
+    def set_files(self, job_id: int, files: dict[str, Any] | None, **fields: Any) -> None:
+        """A job's results copy changed; `fields` may set its reason (ResultsIncomplete) and
+        purged_time too."""
+        assert set(fields) <= {"reason", "purged_time"}, fields
+        with self.write():
+            Job.update(files=files, **fields).where(Job.id == job_id).execute()
+
+    def results_due(self, node: str) -> list[dict[str, Any]]:
+        """Ended jobs of `node` whose results are still to be copied."""
+        state = pw.fn.json_extract(Job.files, "$.state")
+        return list(Job.select(*_NO_ENV).where(
+            (Job.node == node) & Job.end_time.is_null(False)
+            & state.in_(["pending", "incomplete"])).dicts())
+
+    def scratch_due(self, before: float) -> list[dict[str, Any]]:
+        """Ended jobs, ended before `before`, whose node scratch directory is still there."""
+        return list(Job.select(Job.id, Job.node, Job.restarts, Job.files, Job.owner_uid).where(
+            (Job.end_time < before)
+            & pw.fn.json_extract(Job.files, "$.scratch").is_null(False)).dicts())
+
+    def purgeable(self, before: float) -> list[dict[str, Any]]:
+        """Jobs that ended before `before` whose files have not been purged."""
+        return list(Job.select(Job.id, Job.node, Job.restarts, Job.files, Job.stage,
+                               Job.owner_uid).where(
+            (Job.end_time < before) & Job.purged_time.is_null()).dicts())
+
+    def stage_tokens_in_use(self, since: float) -> set[str]:
+        """Upload tokens of jobs active or ended after `since`: their files stay."""
+        token = pw.fn.json_extract(Job.stage, "$.token")
+        q = Job.select(token.alias("t")).where(
+            Job.stage.is_null(False) & (Job.end_time.is_null() | (Job.end_time >= since)))
+        return {r["t"] for r in q.dicts()}
+
+    def results_bytes(self, owner_uid: int) -> int:
+        """What a user's kept results take."""
+        size = pw.fn.SUM(pw.fn.json_extract(Job.files, "$.bytes"))
+        row = Job.select(size.alias("n")).where(
+            (Job.owner_uid == owner_uid) & Job.purged_time.is_null()).dicts().first()
+        return int((row or {}).get("n") or 0)
 
     def integrity_check(self) -> str:
         return self.db.execute_sql("PRAGMA integrity_check").fetchone()[0]

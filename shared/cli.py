@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import cli_batch, clinotify, completion, connect, userconfig
+from . import cli_batch, cli_files, clinotify, completion, connect, userconfig
 from .clifollow import run_job
 from .errors import LabqError
 from .models import Job
@@ -97,7 +97,7 @@ def _submit_args(a: argparse.Namespace, usage: str) -> tuple[list[str] | str, di
         time_limit=a.time, name=a.name, priority=a.priority, after=after, cwd=a.chdir,
         env=env, export_env=not a.no_export, group=a.group, partition=a.partition,
         hold=a.hold, requeue=not a.no_requeue, notify=userconfig.submit_notify(a.notify),
-        experiment=a.experiment, key=a.key)
+        experiment=a.experiment, key=a.key, **cli_files.submit_files(a))
 
 
 def cmd_submit(q: Client, a: argparse.Namespace) -> int:
@@ -175,6 +175,7 @@ def cmd_show(q: Client, a: argparse.Namespace) -> int:
                                 + (f" %{job.array_limit}" if job.array_limit else "")))
     if job.params:
         fields.append(("params", " ".join(f"{k}={v}" for k, v in job.params.items())))
+    fields.extend(cli_files.show_fields(job))
     for k, v in fields:
         print(f"{k:>13}: {printable(v)}")
     return 0
@@ -432,6 +433,7 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
                    "ends (default: [submit] notify in ~/.config/labq/config.toml)")
     p.add_argument("--experiment", "-e", help="file the jobs under this experiment name")
     p.add_argument("--key", help="refuse the submit if one of your jobs has this key already")
+    cli_files.submit_options(p)
     p.add_argument("command", nargs=argparse.REMAINDER)
 
 
@@ -528,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("experiments", cli_batch.cmd_experiments, "experiments: their jobs by state")
     p.add_argument("--mine", "-m", action="store_true")
     p.add_argument("--user", "-u")
+    cli_files.add_parsers(add)
     add("whoami", cmd_whoami, "who labqd thinks you are")
     clinotify.add_parser(add("notify", clinotify.cmd_notify, "where your notifications go: "
                              "show, set webhook|mail VALUE, unset webhook|mail"))

@@ -67,6 +67,11 @@ class Op(str, Enum):
     SUBMIT_ARRAY = "submit_array"
     SUBMIT_MANY = "submit_many"
     EXPERIMENTS = "experiments"
+    STAGE_BEGIN = "stage_begin"
+    STAGE_PUT = "stage_put"
+    RESULTS = "results"
+    RESULTS_READ = "results_read"
+    PURGE = "purge"
 
 
 MAX_OP = 64  # an unknown request's name is quoted back at most this long
@@ -582,7 +587,16 @@ def check_webhook_url(url: str) -> str:
     return host.lower()
 
 
-# the requests of arrays, sweeps, batches and experiments, registered with the others
+# the requests of staged files and results, of arrays, sweeps, batches and experiments,
+# registered with the others
+from .protocol_files import PurgeReply as PurgeReply  # noqa: E402
+from .protocol_files import PurgeRequest as PurgeRequest  # noqa: E402
+from .protocol_files import ResultsReadRequest as ResultsReadRequest  # noqa: E402
+from .protocol_files import ResultsReply as ResultsReply  # noqa: E402
+from .protocol_files import ResultsRequest as ResultsRequest  # noqa: E402
+from .protocol_files import StageBeginRequest as StageBeginRequest  # noqa: E402
+from .protocol_files import StagePutRequest as StagePutRequest  # noqa: E402
+from .protocol_files import StageReply as StageReply  # noqa: E402
 from .protocol_workflows import (  # noqa: E402
     ExperimentReply as ExperimentReply,
 )
