@@ -100,7 +100,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
     # the first release kept owners by name only, and knew no experiments, arrays or keys
     old.execute_sql('ALTER TABLE "job" DROP COLUMN "owner_uid"')
     old.execute_sql('ALTER TABLE "job" DROP COLUMN "notify"')  # and had no notifications
-    for name, _ in st._V5_COLUMNS:
+    for name, _ in st._V5_COLUMNS + st._V6_COLUMNS:
         old.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
     old.execute_sql(f"PRAGMA application_id = {st.APPLICATION_ID}")
     st.Meta.insert_many([{"key": "schema_version", "value": "1"},
@@ -117,7 +117,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
                         [st.Job._meta.fields[k].db_value(v) for k, v in fields.items()])
     old.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 5
+    assert s.schema_version == st.SCHEMA_VERSION == 6
     assert s.cluster_id == "abc" and s.job_row(1)["owner"] == "alice"
     # owners become uids where the account exists; a name nobody has now stays unowned
     assert s.job_row(1)["owner_uid"] is None and s.job_row(2)["owner_uid"] == 0
@@ -188,7 +188,25 @@ def test_a_schema_4_database_gains_the_workflow_columns(tmp_path):
     st.Meta.replace(key="schema_version", value="4").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == 5
+    assert s.schema_version == 6
     assert s.job_row(1)["experiment"] is None and s.job_row(1)["key"] is None
+    assert s.integrity_check() == "ok"
+    s.close()
+
+
+def test_a_schema_5_database_gains_the_files_columns(tmp_path):
+    path = tmp_path / "labq.db"
+    s = st.Store(path)
+    s.insert_job(job_fields(owner_uid=1000), "alice")
+    for name, _ in st._V6_COLUMNS:
+        s.db.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
+    st.Meta.replace(key="schema_version", value="5").execute()
+    s.close()
+    s = st.Store(path)
+    assert s.schema_version == 6
+    row = s.job_row(1)
+    assert row["stage"] is None and row["results"] is None and row["purged_time"] is None
+    s.set_files(1, {"state": "complete", "bytes": 7}, reason="ResultsIncomplete: x")
+    assert s.results_bytes(1000) == 7 and s.job_row(1)["reason"] == "ResultsIncomplete: x"
     assert s.integrity_check() == "ok"
     s.close()
