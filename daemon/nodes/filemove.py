@@ -189,7 +189,10 @@ class FileMover:
 
     # -- the periodic pass -----------------------------------------------------------------
     def _loop(self) -> None:
-        while not self.stop.wait(TICK_S):
+        # often enough for short settings to mean what they say
+        every = max(1.0, min(TICK_S, self.cfg.node_keep_s / 2,
+                             (self.cfg.retention_s or TICK_S * 2) / 2))
+        while not self.stop.wait(every):
             try:
                 self.tick(time.time())
             except Exception:
