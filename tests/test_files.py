@@ -289,3 +289,37 @@ def test_purge_removes_files_and_keeps_the_job(lab, venv, tmp_path):
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_job_view_lists_results_and_a_key_saves_them(lab, tmp_path, monkeypatch):
+    from tuikit import drive, screen_text, until
+
+    from labq.tui.app import LabqApp
+    from labq.tui.detail import JobDetailScreen
+    from labq.tui.queue import QueueTable
+    with lab.client() as q:
+        job = q.submit(["bash", "-c", "mkdir out; echo hello > out/greeting.txt; "
+                        "head -c 3000 /dev/zero > out/zeros"], results=["out/*"],
+                       cwd=str(tmp_path), export_env=False)
+        q.wait(job.id)
+        wait_for(lambda: q.results(job.id)["state"] == "complete", 30, what="results")
+    monkeypatch.chdir(tmp_path)
+    app = LabqApp(socket=lab.socket, interval=0.3)
+
+    async def scenario(pilot):
+        table = app.query_one("#queue-table", QueueTable)
+        await until(pilot, lambda: str(job.id) in [str(k.value) for k in table.rows],
+                    "the job")
+        table.select_job(job.id)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, JobDetailScreen), "the detail")
+        await until(pilot, lambda: "out/greeting.txt" in screen_text(app), "the results")
+        text = screen_text(app)
+        assert "2.9 KiB  out/zeros" in text and "6 B  out/greeting.txt" in text
+        await pilot.press("s")
+        await until(pilot, lambda: (tmp_path / f"job-{job.id}-results.zip").exists(),
+                    "the archive")
+
+    drive(app, scenario, (160, 60))
+    with zipfile.ZipFile(tmp_path / f"job-{job.id}-results.zip") as zf:
+        assert zf.read("out/greeting.txt") == b"hello\n"

@@ -28,6 +28,7 @@ from labq.cli import printable
 from labq.errors import DaemonUnavailable, LabqError
 from labq.units import format_duration, format_size_mb
 
+from . import results
 from .clock import Clock
 
 if TYPE_CHECKING:  # the app imports this screen
@@ -192,6 +193,7 @@ class JobDetailScreen(Screen):
         Binding("n", "next_match", "Next match"),
         Binding("N", "prev_match", "Prev match", show=False),
         Binding("c", "cancel", "Cancel job"),
+        Binding("s", "save_results", "Save results (zip)", show=False),
     ]
 
     def __init__(self, job: Job, socket: Path, factory: ClientFactory, conn: Connection,
@@ -209,6 +211,7 @@ class JobDetailScreen(Screen):
         self._matches: list[int] = []
         self._match_at = -1
         self._shown_events: list[tuple] = []
+        self.results: dict | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="detail-title")
@@ -244,6 +247,7 @@ class JobDetailScreen(Screen):
     def refresh_info(self) -> None:
         try:
             job, events = self.conn.run(lambda q: (q.job(self.job.id), q.events(self.job.id)))
+            self.results = self.conn.run(lambda q: results.fetch(q, job))
         except LabqError:
             return  # the banner on the main screen says why; keep what is shown
         self.app.call_from_thread(self.show_job, job, events)
@@ -280,6 +284,8 @@ class JobDetailScreen(Screen):
             ("exit code", "-" if job.exit_code is None else str(job.exit_code)),
             ("restarts", str(job.restarts)),
         ]
+        if job.results:
+            rows.append(("results", results.results_text(job, self.results)))
         for k, v in rows:
             spec.add_row(k, plain(v))
         self.query_one("#detail-spec", Static).update(spec)
@@ -375,3 +381,17 @@ class JobDetailScreen(Screen):
 
     def action_cancel(self) -> None:
         cast("LabqApp", self.app).confirm_cancel(self.job)
+
+    @work(thread=True, exclusive=True, group="save")
+    def action_save_results(self) -> None:
+        if not self.results or not self.results.get("files"):
+            self.app.call_from_thread(self.notify, "this job has no results to save",
+                                      severity="warning")
+            return
+        try:
+            path = self.conn.run(lambda q: results.save(q, self.job.id))
+        except (LabqError, OSError) as e:
+            self.app.call_from_thread(self.notify, printable(f"cannot save the results: {e}"),
+                                      severity="error", markup=False)
+            return
+        self.app.call_from_thread(self.notify, printable(f"saved {path}"), markup=False)
