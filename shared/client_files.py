@@ -55,7 +55,8 @@ def save_zip(q: Client, job_id: int, path: str | os.PathLike[str]) -> list[list[
     target = Path(path)
     part = target.with_name(target.name + ".part")
     try:
-        with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED, allowZip64=True,
+                             compresslevel=1) as zf:
             for index, (name, size) in enumerate(listing):
                 with zf.open(name, "w", force_zip64=size > (1 << 31)) as w:
                     for data in _chunks(q, job_id, index, size):
