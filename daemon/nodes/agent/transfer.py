@@ -21,6 +21,8 @@ import stat
 from .files import NOFOLLOW, is_run_key
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+# a FIFO swapped in for a file must fail the open, not hang the agent on it
+FILE_FLAGS = NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 MAX_LIST = 100000  # result files listed per job
 MAX_CHUNK = 4 << 20
 
@@ -121,8 +123,10 @@ class Transfers:
         dfd = os.open(self._scratch(req), DIR_FLAGS)
         try:
             for p in parts[:-1]:
-                dfd = _subdir(dfd, p, owner, create=True)
-            flags = os.O_WRONLY | NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+                nxt = _subdir(dfd, p, owner, create=True)
+                os.close(dfd)
+                dfd = nxt
+            flags = os.O_WRONLY | FILE_FLAGS
             if offset == 0:
                 flags |= os.O_CREAT | os.O_EXCL
             fd = os.open(parts[-1], flags, 0o600, dir_fd=dfd)
@@ -170,9 +174,10 @@ class Transfers:
             dfd = os.open(req["workdir"], DIR_FLAGS & ~NOFOLLOW)
             try:
                 for p in parts[:-1]:
-                    dfd = _subdir(dfd, p, None, create=False)
-                fd = os.open(parts[-1], os.O_RDONLY | NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
-                             dir_fd=dfd)
+                    nxt = _subdir(dfd, p, None, create=False)
+                    os.close(dfd)
+                    dfd = nxt
+                fd = os.open(parts[-1], os.O_RDONLY | FILE_FLAGS, dir_fd=dfd)
             finally:
                 os.close(dfd)
             try:
@@ -188,19 +193,15 @@ class Transfers:
 
 
 def _subdir(dfd, name, owner, create):
-    """The directory `name` in `dfd` (made if asked), opened without following a link;
-    `dfd` is closed."""
-    try:
-        if create:
-            try:
-                os.mkdir(name, 0o700, dir_fd=dfd)
-                if owner is not None:
-                    os.chown(name, *owner, dir_fd=dfd, follow_symlinks=False)
-            except FileExistsError:
-                pass
-        return os.open(name, DIR_FLAGS, dir_fd=dfd)
-    finally:
-        os.close(dfd)
+    """The directory `name` in `dfd` (made if asked), opened without following a link."""
+    if create:
+        try:
+            os.mkdir(name, 0o700, dir_fd=dfd)
+            if owner is not None:
+                os.chown(name, *owner, dir_fd=dfd, follow_symlinks=False)
+        except FileExistsError:
+            pass
+    return os.open(name, DIR_FLAGS, dir_fd=dfd)
 
 
 def _walk(dfd, prefix, patterns, uid, found):
