@@ -194,17 +194,22 @@ class JobFiles:
                 files.pop("scratch")
             self.store.set_files(row["id"], files, purged_time=now)
             jobs += 1
+        return {"jobs": jobs, "bytes": freed + self.drop_uploads(before)}
+
+    def drop_uploads(self, before: float) -> int:
+        """Remove uploads whose jobs all ended before `before`, and uploads no job named
+        within a day; the bytes freed."""
+        freed, now = 0, time.time()
         keep = self.store.stage_tokens_in_use(before)
         claimed = self.store.stage_tokens_in_use(0.0)
         for d in self.stage_dir.iterdir():
             created = (_read_json(d / "manifest.json") or {}).get("created", 0)
             # an upload no job names yet may be a submit on its way: it gets a day
-            if d.name in keep or created >= (before if d.name in claimed
-                                             else min(before, now - UPLOAD_MAX_AGE_S)):
+            if d.name in keep or (d.name not in claimed and created >= now - UPLOAD_MAX_AGE_S):
                 continue
             freed += _tree_size(d)
             shutil.rmtree(d, ignore_errors=True)
-        return {"jobs": jobs, "bytes": freed}
+        return freed
 
 
 def _may_read(caller: Caller, row: dict) -> None:

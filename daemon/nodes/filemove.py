@@ -214,6 +214,8 @@ class FileMover:
                 self.store.set_files(row["id"], files)
         if self.cfg.retention_s:
             self.files.purge(now - self.cfg.retention_s, self.remove_scratch)
+        # a staged copy serves requeues; once every job that names it has ended, it goes
+        self.files.drop_uploads(now)
 
     def remove_scratch(self, row: dict) -> bool:
         link = self.links.get(row.get("node") or "")
