@@ -15,7 +15,9 @@ from daemonproc import Daemon, as_user, wait_for
 from sshnodes import NodeSet, ensure_group
 from userkit import User, cli_venv
 
-from labq.errors import NotFound, QuotaExceeded, ValidationError
+from labq.errors import NotFound, PermissionDenied, QuotaExceeded, ValidationError
+from labq.protocol import SubmitRequest
+from labq.spec import validate_submit
 
 A100 = [{"type": "A100", "memory_mb": 81920}]
 
@@ -128,6 +130,15 @@ def test_staged_job_runs_on_a_far_node_and_its_results_come_back(lab, venv, tmp_
         r = bob.labq(*args)
         assert r.returncode == 1 and "belongs to labqtest" in r.stderr, r.stderr
     assert not (bob.home / "x.zip").exists()
+
+    def read_alices():
+        import labq
+        with labq.connect(lab.socket) as q:
+            try:
+                q.results_read(jid, 0)
+            except PermissionDenied as e:
+                return e.code
+    assert as_user(bob.uid, bob.gid, read_alices) == "PERMISSION_DENIED"
     with lab.client() as root:
         assert root.results_read(jid, 0)[:4] == b"LOSS"
 
@@ -193,8 +204,17 @@ def test_hostile_paths_are_refused_and_lose_nothing(lab, venv, tmp_path):
             except NotFound as e:
                 return e.code
     assert as_user(mallory.uid, mallory.gid, steal) == "NOT_FOUND"
-    with lab.client() as root, pytest.raises(ValidationError, match="more bytes than"):
-        root.stage_put(token, 0, 3, b"x")
+    with lab.client() as root:
+        with pytest.raises(ValidationError, match="more bytes than"):
+            root.stage_put(token, 0, 3, b"x")
+        # an upload cut short is refused at submit, and nothing is queued
+        half = root.stage_begin([["a", 4, 0o644], ["b", 2, 0o644]])["token"]
+        root.stage_put(half, 0, 0, b"abcd")
+        n = len(root.jobs())
+        with pytest.raises(ValidationError, match="b has 0 of its 2 bytes"):
+            root.request(SubmitRequest(spec=validate_submit(
+                {"command": ["true"], "stage": half, "cwd": "/"})))
+        assert len(root.jobs()) == n
 
 
 def test_extraction_never_writes_outside_the_directory(lab, venv, tmp_path):
