@@ -182,6 +182,7 @@ NODE = TABLE({
     "known_hosts": PATHV, "local": BOOL, "gpus": LIST(GPU), "gpu_indices": LIST(INT(0, 1023)),
     "cpus": INT(1, 1 << 16), "memory": SIZE_MB, "python": STR, "job_root": STR,
     "ssh_config": PATHV, "enabled": BOOL, "shared_account": BOOL, "agent_socket": PATHV,
+    "scratch_root": STR,
 }, required=("name",), removed={
     "run_as_owner": "run_as_owner is gone: a node whose agent runs as root always runs jobs as "
                     "their owners; remove the key",
@@ -208,6 +209,7 @@ SCHEMA = TABLE({
             "debug", "info", "warning", "error"),
         "max_connections_per_user": INT(1, 1 << 16), "max_connections": INT(1, 1 << 20),
         "idle_timeout": DURATION, "listen": ADDRESS, "tls_cert": PATHV, "tls_key": PATHV,
+        "results_max": SIZE_MB, "retention": DURATION, "node_keep": DURATION,
     }),
     "tokens": TABLE({"max_days": INT(1, 3660), "max_per_user": INT(1, 1000),
                      "failed_logins": RATE}),
@@ -223,7 +225,8 @@ SCHEMA = TABLE({
         "user_max_jobs": INT(0, 1 << 30), "user_max_gpus": INT(0, 1 << 30),
         "user_max_pending": INT(0, 1 << 30), "job_max_gpus": INT(0, 1 << 20),
         "job_max_time": DURATION, "partition_user_max_jobs": MAP(INT(0, 1 << 30)),
-        "job_max_pids": INT(16, 1 << 22), "submit_rate": RATE,
+        "job_max_pids": INT(16, 1 << 22), "submit_rate": RATE, "user_max_storage": SIZE_MB,
+        "job_max_stage": SIZE_MB,
     }),
     "groups": MAP(GROUP),
     "node": LIST(NODE),
@@ -254,6 +257,9 @@ class NodeConfig:
     # the socket of a root agent that systemd starts (local node only); labqd then connects
     # there instead of spawning the agent itself
     agent_socket: Path | None = None
+    # where runs' scratch directories (staged files) go; default <job_root>/<cluster>/<node>/
+    # scratch. A root agent's must be passable by every job's user.
+    scratch_root: str | None = None
 
 
 @dataclass
@@ -273,6 +279,9 @@ class Config:
     max_connections_per_user: int = 64
     max_connections: int = 1024
     idle_timeout_s: int = 3600
+    results_max_bytes: int = 1 << 30  # results kept per job
+    retention_s: int | None = None  # files of jobs ended longer ago are removed
+    node_keep_s: int = 86400  # a node keeps an ended run's scratch directory this long
     nodes: list[NodeConfig] = field(default_factory=list)
     scheduler: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
@@ -336,6 +345,8 @@ def load(path: Path | None) -> Config:
         max_connections_per_user=d.get("max_connections_per_user", 64),
         max_connections=d.get("max_connections", 1024),
         idle_timeout_s=max(1, d.get("idle_timeout", 3600)),
+        results_max_bytes=d.get("results_max", 1024) << 20,
+        retention_s=d.get("retention"), node_keep_s=d.get("node_keep", 86400),
         scheduler=data.get("scheduler", {}),
         limits=data.get("limits", {}),
         groups=data.get("groups", {}),
@@ -470,7 +481,7 @@ def node_config(n: dict, where: str) -> NodeConfig:
         memory_mb=n.get("memory"), python=n.get("python", "python3"),
         job_root=n.get("job_root", "~/.local/state/labq-node"),
         enabled=n.get("enabled", True), shared_account=n.get("shared_account", False),
-        agent_socket=n.get("agent_socket"))
+        agent_socket=n.get("agent_socket"), scratch_root=n.get("scratch_root"))
 
 
 def check_node(ncfg: NodeConfig, cfg: Config, where: str) -> None:

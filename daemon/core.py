@@ -14,8 +14,10 @@ from . import store as st
 from .clock import SYSTEM, Clock
 from .config import Config
 from .fairctl import FairShare
+from .jobfiles import JobFiles
 from .jobtable import JobTable
 from .logcopy import LogCopies
+from .nodes.filemove import FileMover
 from .nodes.registry import NodeRegistry
 from .notices import Notices
 from .ratelimit import Rate
@@ -39,13 +41,19 @@ class Core:
         # submits per user per minute (limits.submit_rate), over every transport
         self.submit_rate = Rate.parse(cfg.limits.get("submit_rate"), clock)
         self.metrics: Any = None  # labq.daemon.metrics.Metrics when [metrics] listen is set
+        self.files = JobFiles(cfg, store, logs)
+        self.jobs.files = self.files
+        self.moves = FileMover(cfg, store, self.jobs, self.files, self.nodes.links)
+        self.nodes.files = self.moves
 
     def start(self) -> None:
         self.notices.start()
         self.nodes.start()
+        self.moves.start()
 
     def stop(self) -> None:
         self.jobs.stopping = True
+        self.moves.stop.set()
         self.nodes.stop()
         self.notices.stop()
         self.wake.set()

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from labq.errors import ValidationError
+from labq.errors import PermissionDenied, ValidationError
 from labq.protocol import (
     CancelRequest,
     EventsRequest,
@@ -34,8 +34,16 @@ from labq.protocol import (
     Op,
     PingReply,
     PingRequest,
+    PurgeReply,
+    PurgeRequest,
     ReadLogRequest,
     ReleaseRequest,
+    ResultsReadRequest,
+    ResultsReply,
+    ResultsRequest,
+    StageBeginRequest,
+    StagePutRequest,
+    StageReply,
     SubmitArrayRequest,
     SubmitManyRequest,
     SubmitRequest,
@@ -219,6 +227,30 @@ def token_revoke(core: Core, caller: Caller, req: TokenRevokeRequest) -> TokenIn
     return core.tokens.revoke(caller, req.id)
 
 
+# -- staged files and results ----------------------------------------------------------------
+def stage_begin(core: Core, caller: Caller, req: StageBeginRequest) -> StageReply:
+    return core.files.begin(caller, req.files)  # type: ignore[return-value]
+
+
+def stage_put(core: Core, caller: Caller, req: StagePutRequest) -> dict:
+    return core.files.put(caller, req.token, req.index, req.offset, req.data)
+
+
+def results(core: Core, caller: Caller, req: ResultsRequest) -> ResultsReply:
+    return core.files.results(caller, core.jobs.job_row(req.id))  # type: ignore[return-value]
+
+
+def results_read(core: Core, caller: Caller, req: ResultsReadRequest) -> dict:
+    return core.files.read(caller, core.jobs.job_row(req.id), req.index, req.offset,
+                           req.max_bytes)
+
+
+def purge(core: Core, caller: Caller, req: PurgeRequest) -> PurgeReply:
+    if not caller.admin:
+        raise PermissionDenied("only admins purge jobs' files")
+    return core.files.purge(req.before, core.moves.remove_scratch)  # type: ignore[return-value]
+
+
 Handler = Callable[[Core, Caller, Any], Any]
 
 HANDLERS: dict[Op, Handler] = {
@@ -232,4 +264,6 @@ HANDLERS: dict[Op, Handler] = {
     Op.GROUPS: groups, Op.GROUP_SET: group_set, Op.USAGE: usage,
     Op.NOTIFY_SHOW: notify_show, Op.NOTIFY_SET: notify_set,
     Op.TOKEN_CREATE: token_create, Op.TOKEN_LIST: token_list, Op.TOKEN_REVOKE: token_revoke,
+    Op.STAGE_BEGIN: stage_begin, Op.STAGE_PUT: stage_put, Op.RESULTS: results,
+    Op.RESULTS_READ: results_read, Op.PURGE: purge,
 }

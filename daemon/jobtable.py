@@ -69,6 +69,10 @@ class Notifier(Protocol):
     def for_change(self, job: dict, dst: JobState, now: float) -> list[dict]: ...
 
 
+class SpecCheck(Protocol):
+    def check_spec(self, caller: Caller, spec: dict) -> None: ...
+
+
 class JobTable:
     def __init__(self, cfg: Config, store: st.Store, logs: LogCopies, wake: threading.Event,
                  clock: Clock = SYSTEM):
@@ -83,6 +87,7 @@ class JobTable:
         self.notifier: Notifier | None = None
         # called with (job, new state, when) on every transition, under the lock (metrics)
         self.observers: list[Callable[[dict, JobState, float], None]] = []
+        self.files: SpecCheck | None = None  # staged uploads and results limits
         self.stopping = False
         self.active: dict[int, ActiveJob] = {r["id"]: ActiveJob(r)
                                              for r in store.active_rows(ACTIVE_STATES)}
@@ -193,6 +198,8 @@ class JobTable:
                                    {"group": group})
         spec["group"] = group
         self._check_submit_limits(caller, spec)
+        if self.files is not None:
+            self.files.check_spec(caller, spec)
         deps = self._dependencies(caller, spec["dependencies"])
         spec["dependencies"] = [f"{k}:{j}" for k, j in deps]
         key = spec.get("key")

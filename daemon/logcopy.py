@@ -64,6 +64,20 @@ class LogCopies:
             self._mark_path(job).unlink(missing_ok=True)
             self.changed.notify_all()
 
+    def remove(self, job: int) -> int:
+        """Drop a job's copy (retention); the bytes it took."""
+        freed = 0
+        with self.lock:
+            for p in (self.path(job), self._mark_path(job), self._base_path(job)):
+                try:
+                    freed += p.stat().st_size
+                    p.unlink()
+                except OSError:
+                    pass
+            self.received.pop(job, None)
+            self.truncated.discard(job)
+        return freed
+
     def reset(self, job: int, offset: int) -> None:
         with self.lock:
             self.received[job] = offset

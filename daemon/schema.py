@@ -9,7 +9,7 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 from .activejob import HOT
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
 
 db = pw.DatabaseProxy()
@@ -72,6 +72,11 @@ class Job(Base):
     array_limit = pw.IntegerField(null=True)
     params = JSONField(null=True)
     key = pw.CharField(null=True)
+    # schema 8: staged files and results (labq.daemon.jobfiles)
+    stage = JSONField(null=True)  # {token, files, bytes} of the upload the job runs in
+    results = JSONField(null=True)  # the globs fetched when it ends
+    files = JSONField(null=True)  # {state, bytes, count, note, scratch}: its results' copy
+    purged_time = pw.DoubleField(null=True)  # when its files were removed
     # the queue's change counter when the job last changed: what a poll asks for with
     # changed_since (version 6)
     seq = pw.IntegerField(null=True)
@@ -242,6 +247,16 @@ def migrate_7(database: pw.Database) -> None:
     database.create_tables([Token])
 
 
+V8_COLUMNS = (("stage", "TEXT"), ("results", "TEXT"), ("files", "TEXT"), ("purged_time", "REAL"))
+
+
+def migrate_8(database: pw.Database) -> None:
+    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
+    for name, kind in V8_COLUMNS:
+        if name not in cols:  # a new database has them from version 1's table
+            database.execute_sql(f'ALTER TABLE "job" ADD COLUMN "{name}" {kind}')
+
+
 # version -> function bringing the schema from version-1 up to it; never edit a released one
 MIGRATIONS = {1: migrate_1, 2: migrate_2, 3: migrate_3, 4: migrate_4, 5: migrate_5,
-              6: migrate_6, 7: migrate_7}
+              6: migrate_6, 7: migrate_7, 8: migrate_8}

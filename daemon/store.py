@@ -418,8 +418,8 @@ class Store:
 
     def cold_fields(self, job_id: int) -> dict[str, Any]:
         """What a launch needs besides what labqd keeps in memory."""
-        row = (Job.select(Job.name, Job.command, Job.cwd, Job.env).where(Job.id == job_id)
-               .dicts().first())
+        row = (Job.select(Job.name, Job.command, Job.cwd, Job.env, Job.stage, Job.results)
+               .where(Job.id == job_id).dicts().first())
         return row or {}
 
     def job_page(self, *, states: list[str] | None = None, where: dict[str, Any] | None = None,
@@ -473,6 +473,47 @@ class Store:
     def token_used(self, token_id: int, when: float) -> None:
         with self.write():
             Token.update(last_used=when).where(Token.id == token_id).execute()
+
+    # -- staged files and results --------------------------------------------------------------
+    def set_files(self, job_id: int, files: dict[str, Any] | None, **fields: Any) -> None:
+        """A job's results copy changed; `fields` may set its reason (ResultsIncomplete) and
+        purged_time too."""
+        assert set(fields) <= {"reason", "purged_time"}, fields
+        with self.write():
+            Job.update(files=files, **fields).where(Job.id == job_id).execute()
+
+    def results_due(self, node: str) -> list[dict[str, Any]]:
+        """Ended jobs of `node` whose results are still to be copied."""
+        state = pw.fn.json_extract(Job.files, "$.state")
+        return list(Job.select(*NO_ENV).where(
+            (Job.node == node) & Job.end_time.is_null(False)
+            & state.in_(["pending", "incomplete"])).dicts())
+
+    def scratch_due(self, before: float) -> list[dict[str, Any]]:
+        """Ended jobs, ended before `before`, whose node scratch directory is still there."""
+        return list(Job.select(Job.id, Job.node, Job.restarts, Job.files, Job.owner_uid).where(
+            (Job.end_time < before)
+            & pw.fn.json_extract(Job.files, "$.scratch").is_null(False)).dicts())
+
+    def purgeable(self, before: float) -> list[dict[str, Any]]:
+        """Jobs that ended before `before` whose files have not been purged."""
+        return list(Job.select(Job.id, Job.node, Job.restarts, Job.files, Job.stage,
+                               Job.owner_uid).where(
+            (Job.end_time < before) & Job.purged_time.is_null()).dicts())
+
+    def stage_tokens_in_use(self, since: float) -> set[str]:
+        """Upload tokens of jobs active or ended after `since`: their files stay."""
+        token = pw.fn.json_extract(Job.stage, "$.token")
+        q = Job.select(token.alias("t")).where(
+            Job.stage.is_null(False) & (Job.end_time.is_null() | (Job.end_time >= since)))
+        return {r["t"] for r in q.dicts()}
+
+    def results_bytes(self, owner_uid: int) -> int:
+        """What a user's kept results take."""
+        size = pw.fn.SUM(pw.fn.json_extract(Job.files, "$.bytes"))
+        row = Job.select(size.alias("n")).where(
+            (Job.owner_uid == owner_uid) & Job.purged_time.is_null()).dicts().first()
+        return int((row or {}).get("n") or 0)
 
     def integrity_check(self) -> str:
         return self.db.execute_sql("PRAGMA integrity_check").fetchone()[0]

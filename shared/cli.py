@@ -10,7 +10,16 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import cli_admin, cli_batch, cli_remote, clinotify, completion, connect, userconfig
+from . import (
+    cli_admin,
+    cli_batch,
+    cli_files,
+    cli_remote,
+    clinotify,
+    completion,
+    connect,
+    userconfig,
+)
 from .cli_format import command_text, job_json, parse_ids, print_json, status_text, table, when
 from .cli_options import batch_options, positive_int, submit_options
 from .clifollow import run_job
@@ -50,7 +59,7 @@ def _submit_args(a: argparse.Namespace, usage: str) -> tuple[list[str] | str, di
         time_limit=a.time, name=a.name, priority=a.priority, after=after, cwd=a.chdir,
         env=env, export_env=not a.no_export, group=a.group, partition=a.partition,
         hold=a.hold, requeue=not a.no_requeue, notify=userconfig.submit_notify(a.notify),
-        experiment=a.experiment, key=a.key)
+        experiment=a.experiment, key=a.key, **cli_files.submit_files(a))
 
 
 def cmd_submit(q: Client, a: argparse.Namespace) -> int:
@@ -152,6 +161,7 @@ def cmd_show(q: Client, a: argparse.Namespace) -> int:
                                 + (f" %{job.array_limit}" if job.array_limit else "")))
     if job.params:
         fields.append(("params", " ".join(f"{k}={v}" for k, v in job.params.items())))
+    fields.extend(cli_files.show_fields(job))
     for k, v in fields:
         print(f"{k:>13}: {printable(v)}")
     return 0
@@ -261,10 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("submit", cmd_submit, "queue a command: labq submit [options] -- CMD ARGS...")
     submit_options(p)
+    cli_files.submit_options(p)
     batch_options(p)
-    submit_options(add("run", cmd_run, "run a command and follow it, as srun does: its "
-                        "output comes here, labq exits with its exit code, Ctrl-C cancels it",
-                        json_flag=False))
+    p = add("run", cmd_run, "run a command and follow it, as srun does: its output comes here, "
+            "labq exits with its exit code, Ctrl-C cancels it", json_flag=False)
+    submit_options(p)
+    cli_files.submit_options(p)
 
     p = add("ls", cmd_ls, "list jobs (active ones; --all adds ended jobs)")
     p.add_argument("--all", "-a", action="store_true",
@@ -305,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("experiments", cli_batch.cmd_experiments, "experiments: their jobs by state")
     p.add_argument("--mine", "-m", action="store_true")
     p.add_argument("--user", "-u")
+    cli_files.add_parsers(add)
     clinotify.add_parser(add("notify", clinotify.cmd_notify, "where your notifications go: "
                              "show, set webhook|mail VALUE, unset webhook|mail"))
     cli_remote.add_parsers(add)

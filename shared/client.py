@@ -40,9 +40,17 @@ from .protocol import (
     Op,
     PingReply,
     PingRequest,
+    PurgeReply,
+    PurgeRequest,
     ReadLogRequest,
     ReleaseRequest,
     Request,
+    ResultsReadRequest,
+    ResultsReply,
+    ResultsRequest,
+    StageBeginRequest,
+    StagePutRequest,
+    StageReply,
     SubmitArrayRequest,
     SubmitManyRequest,
     SubmitRequest,
@@ -203,7 +211,8 @@ class Client:
                export_env: bool = True, group: str | None = None,
                partition: str | None = None, hold: bool = False, requeue: bool = True,
                notify: str | None = None, experiment: str | None = None,
-               key: str | None = None) -> Job:
+               key: str | None = None, stage: list[str] | str | None = None,
+               results: list[str] | None = None) -> Job:
         """Queue a command: an argv list, or a string run with `bash -c`.
 
         The job gets the caller's environment (minus session variables) unless export_env is
@@ -220,8 +229,14 @@ class Client:
                               priority=priority, after=after, cwd=cwd or os.getcwd(),
                               env=full_env, group=group, partition=partition, hold=hold,
                               requeue=requeue, notify=notify, experiment=experiment,
-                              key=key)
+                              key=key, stage=self._upload(stage), results=results)
         return cast(Job, self.request(SubmitRequest(spec=spec)))
+
+    def _upload(self, stage: list[str] | str | None) -> str | None:
+        if not stage:
+            return None
+        from .client_files import upload
+        return upload(self, stage)[0]
 
     @sends(Op.SUBMIT_ARRAY)
     def submit_array(self, command: list[str] | tuple[str, ...] | str, *,
@@ -235,6 +250,7 @@ class Client:
         export_env = options.pop("export_env", True)
         env = dict(exported_env() if export_env else {}, **(options.pop("env", None) or {}))
         gpu_memory = options.pop("gpu_memory", None)
+        options["stage"] = self._upload(options.pop("stage", None))
         spec = submit_request(command, env=env, cwd=options.pop("cwd", None) or os.getcwd(),
                               gpu_memory_mb=gpu_memory, **options)
         grid = None if params is None else [[k, [str(v) for v in vals]]
@@ -424,6 +440,46 @@ class Client:
         cancelled first; `on_interrupt(job_id)` is called before each cancel is sent."""
         return attach(self, job_id, stdout=stdout, stderr=stderr, offset=offset,
                       interrupted=interrupted, on_interrupt=on_interrupt, poll=poll)
+
+    # -- staged files and results ----------------------------------------------------------
+    @sends(Op.STAGE_BEGIN)
+    def stage_begin(self, files: list[list[Any]]) -> StageReply:
+        """Announce an upload, [[path, size, mode], ...]; submit(stage=paths) does it all."""
+        return cast(StageReply, self.request(StageBeginRequest(files=files)))
+
+    @sends(Op.STAGE_PUT)
+    def stage_put(self, token: str, index: int, offset: int, data: bytes) -> int:
+        """One chunk of an upload's file `index`; the offset after it."""
+        from .client_files import b64
+        reply = self.request(StagePutRequest(token=token, index=index, offset=offset,
+                                             data=b64(data)))
+        return int(reply["offset"])
+
+    @sends(Op.RESULTS)
+    def results(self, job_id: int) -> ResultsReply:
+        """A job's results: `state` (none, pending, complete, incomplete, purged), `files` as
+        [path, size] pairs, `bytes`, and a `note` when the cap cut them or a copy failed."""
+        return cast(ResultsReply, self.request(ResultsRequest(id=job_id)))
+
+    @sends(Op.RESULTS_READ)
+    def results_read(self, job_id: int, index: int, offset: int = 0) -> bytes:
+        """Bytes of result file `index` from `offset` (empty at its end)."""
+        import base64
+        reply = self.request(ResultsReadRequest(id=job_id, index=index, offset=offset))
+        return base64.b64decode(reply["data"])
+
+    def download_results(self, job_id: int, path: str | os.PathLike[str], *,
+                         extract: bool = False) -> list[list[Any]]:
+        """Save a job's results as a zip archive at `path`, or with extract=True as files
+        under the directory `path`; return [path, size] of each file."""
+        from .client_files import save_dir, save_zip
+        return (save_dir if extract else save_zip)(self, job_id, path)
+
+    @sends(Op.PURGE)
+    def purge(self, before: float) -> PurgeReply:
+        """Admin: remove log copies, results and node scratch directories of jobs that ended
+        before `before` (Unix time); their rows and events stay."""
+        return cast(PurgeReply, self.request(PurgeRequest(before=before)))
 
     # -- cluster ---------------------------------------------------------------------------
     @sends(Op.NODES)

@@ -62,6 +62,10 @@ class Job:
     array_limit: int | None = None  # at most this many tasks of the array run at once
     params: dict[str, str] | None = None  # a sweep task's values
     key: str | None = None  # the submitter's idempotency key; only they and admins see it
+    stage: dict[str, Any] | None = None  # {token, files, bytes}: what was staged for it
+    results: list[str] | None = None  # the globs copied back when it ends
+    files: dict[str, Any] | None = None  # its results' copy: {state, bytes, count, note}
+    purged_time: float | None = None  # when its log copy, results and scratch were removed
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:

@@ -54,7 +54,7 @@ MAX_KEY_BYTES = 128
 
 FIELDS = ("command", "name", "cwd", "env", "gpus", "gpu_type", "gpu_memory_mb", "cpus",
           "memory_mb", "time_limit_s", "priority", "dependencies", "group", "partition",
-          "hold", "requeue", "notify", "experiment", "key")
+          "hold", "requeue", "notify", "experiment", "key", "stage", "results")
 
 
 def _fail(field: str, message: str, value: Any = None) -> ValidationError:
@@ -394,6 +394,8 @@ def validate_submit(data: Any) -> dict[str, Any]:
     if notify is not None and (type(notify) is not str or notify not in NOTIFY_WHEN):
         raise _fail("notify", f"must be one of {', '.join(NOTIFY_WHEN)}", notify)
     out["notify"] = notify
+    from .stagefiles import files_fields  # it builds on this module's checks
+    files_fields(data, out)
     return out
 
 
@@ -406,7 +408,8 @@ def submit_request(command: list[str] | tuple[str, ...] | str, *, gpus: int = 0,
                    group: str | None = None, partition: str | None = None,
                    hold: bool = False, requeue: bool = True,
                    notify: str | None = None, experiment: str | None = None,
-                   key: str | None = None) -> dict[str, Any]:
+                   key: str | None = None, stage: str | None = None,
+                   results: list[str] | None = None) -> dict[str, Any]:
     """Build a request from friendly arguments ('16G', '2h', [12, 'afterany:13'])."""
     req: dict[str, Any] = {"command": list(command) if isinstance(command, tuple) else command,
                            "gpus": gpus, "cpus": cpus, "priority": priority, "hold": hold,
@@ -424,7 +427,8 @@ def submit_request(command: list[str] | tuple[str, ...] | str, *, gpus: int = 0,
     if after:
         req["dependencies"] = [a if isinstance(a, str) else f"afterok:{a}" for a in after]
     for field, val in (("cwd", cwd), ("env", env), ("group", group), ("partition", partition),
-                       ("notify", notify), ("experiment", experiment), ("key", key)):
+                       ("notify", notify), ("experiment", experiment), ("key", key),
+                       ("stage", stage), ("results", results)):
         if val is not None:
             req[field] = val
     return req

@@ -34,8 +34,13 @@ from labq.protocol import (
     NotifyShowRequest,
     Op,
     PingRequest,
+    PurgeRequest,
     ReadLogRequest,
     ReleaseRequest,
+    ResultsReadRequest,
+    ResultsRequest,
+    StageBeginRequest,
+    StagePutRequest,
     SubmitArrayRequest,
     SubmitManyRequest,
     SubmitRequest,
@@ -91,6 +96,14 @@ EXAMPLES = [
     SubmitRequest(spec=validate_submit({"command": ["true"], "notify": "fail"})),
     TokenCreateRequest(), TokenCreateRequest(user="alice", days=7, note="ci runner"),
     TokenListRequest(), TokenListRequest(user="alice"), TokenRevokeRequest(id=3),
+    SubmitRequest(spec=validate_submit({"command": ["python", "train.py"],
+                                        "stage": "0123456789abcdef0123456789abcdef",
+                                        "results": ["out/**", "*.log"]})),
+    StageBeginRequest(files=[["train.py", 120, 0o644], ["data/a.bin", 0, 0o600]]),
+    StagePutRequest(token="0123456789abcdef0123456789abcdef", index=1, offset=4096,
+                    data="aGVsbG8="),
+    ResultsRequest(id=42), ResultsReadRequest(id=42, index=3, offset=1 << 20),
+    PurgeRequest(before=1.7e9),
 ]
 
 
@@ -166,6 +179,11 @@ CALLS = {
     Op.SUBMIT_MANY: (lambda q: q.submit_many([{"command": ["true"]}], export_env=False),
                      [{"row": 0, "ok": True, "job": JOB}]),
     Op.EXPERIMENTS: (lambda q: q.experiments(), []),
+    Op.STAGE_BEGIN: (lambda q: q.stage_begin([["a", 1, 0o644]]), {"token": "0" * 32}),
+    Op.STAGE_PUT: (lambda q: q.stage_put("0" * 32, 0, 0, b"x"), {"offset": 1}),
+    Op.RESULTS: (lambda q: q.results(1), {"files": []}),
+    Op.RESULTS_READ: (lambda q: q.results_read(1, 0), {"data": "", "size": 0}),
+    Op.PURGE: (lambda q: q.purge(1.7e9), {"jobs": 0, "bytes": 0}),
 }
 
 
@@ -276,6 +294,18 @@ def test_unknown_arguments_are_ignored():
     (Op.SUBMIT_MANY, {"specs": []}, "specs"),
     (Op.SUBMIT_MANY, {"specs": [{}], "defaults": {"gpus": 1}}, "defaults"),
     (Op.CANCEL, {"ids": [1], "experiment": "x"}, "ids"), (Op.HOLD, {}, "ids"),
+    (Op.SUBMIT, {"spec": {"command": ["x"], "results": ["../etc/*"]}}, "results"),
+    (Op.SUBMIT, {"spec": {"command": ["x"], "results": ["/etc/shadow"]}}, "results"),
+    (Op.SUBMIT, {"spec": {"command": ["x"], "results": ["out/../../x"]}}, "results"),
+    (Op.SUBMIT, {"spec": {"command": ["x"], "stage": "../../etc"}}, "stage"),
+    (Op.STAGE_BEGIN, {"files": [["../x", 1, 0o644]]}, "files"),
+    (Op.STAGE_BEGIN, {"files": [["/etc/shadow", 1, 0o644]]}, "files"),
+    (Op.STAGE_BEGIN, {"files": [["a", 1, 0o644], ["a/b", 1, 0o644]]}, "files"),
+    (Op.STAGE_BEGIN, {"files": [["a", -1, 0o644]]}, "files"),
+    (Op.STAGE_PUT, {"token": "0" * 32, "index": 0, "offset": 0, "data": "not base64!"},
+     "data"),
+    (Op.STAGE_PUT, {"token": "x", "index": 0, "offset": 0, "data": ""}, "token"),
+    (Op.PURGE, {}, "before"),
 ])
 def test_refusals_name_the_field(op, args, field):
     with pytest.raises(ValidationError) as e:

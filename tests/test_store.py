@@ -101,7 +101,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
     # the first release kept owners by name only, and knew no experiments, arrays or keys
     old.execute_sql('ALTER TABLE "job" DROP COLUMN "owner_uid"')
     old.execute_sql('ALTER TABLE "job" DROP COLUMN "notify"')  # and had no notifications
-    for name, _ in schema.V5_COLUMNS:
+    for name, _ in schema.V5_COLUMNS + schema.V8_COLUMNS:
         old.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
     old.execute_sql(f"PRAGMA application_id = {st.APPLICATION_ID}")
     st.Meta.insert_many([{"key": "schema_version", "value": "1"},
@@ -118,7 +118,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
                         [st.Job._meta.fields[k].db_value(v) for k, v in fields.items()])
     old.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 7
+    assert s.schema_version == st.SCHEMA_VERSION == 8
     assert s.cluster_id == "abc" and s.job_row(1)["owner"] == "alice"
     # owners become uids where the account exists; a name nobody has now stays unowned
     assert s.job_row(1)["owner_uid"] is None and s.job_row(2)["owner_uid"] == 0
@@ -191,7 +191,7 @@ def test_a_schema_4_database_gains_the_workflow_columns(tmp_path):
     st.Meta.replace(key="schema_version", value="4").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 7 and s.db.table_exists("token")
+    assert s.schema_version == st.SCHEMA_VERSION == 8 and s.db.table_exists("token")
     assert s.job_row(1)["experiment"] is None and s.job_row(1)["key"] is None
     assert s.integrity_check() == "ok"
     s.close()
@@ -254,3 +254,21 @@ def test_changes_come_in_the_order_they_were_made(tmp_path):
                                ())])
     assert s.job_row(1)["state"] == "PENDING" and len(s.events(1)) == 1
     assert s.job_page(changed_since=changed[-1]["seq"]) == []
+
+
+def test_a_schema_7_database_gains_the_files_columns(tmp_path):
+    path = tmp_path / "labq.db"
+    s = st.Store(path)
+    s.insert_job(job_fields(owner_uid=1000), "alice")
+    for name, _ in schema.V8_COLUMNS:
+        s.db.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
+    st.Meta.replace(key="schema_version", value="7").execute()
+    s.close()
+    s = st.Store(path)
+    assert s.schema_version == 8
+    row = s.job_row(1)
+    assert row["stage"] is None and row["results"] is None and row["purged_time"] is None
+    s.set_files(1, {"state": "complete", "bytes": 7}, reason="ResultsIncomplete: x")
+    assert s.results_bytes(1000) == 7 and s.job_row(1)["reason"] == "ResultsIncomplete: x"
+    assert s.integrity_check() == "ok"
+    s.close()

@@ -28,6 +28,7 @@ from labq.errors import DaemonUnavailable, LabqError
 from labq.text import printable
 from labq.units import format_duration, format_size_mb
 
+from . import results
 from .clock import Clock
 from .logview import JobLog
 
@@ -160,6 +161,7 @@ class JobDetailScreen(Screen):
         Binding("Y", "yank_command", "Copy command", show=False),
         Binding("w", "save_log", "Save log", show=False),
         Binding("p", "pager", "Open in $PAGER", show=False),
+        Binding("s", "save_results", "Save results (zip)", show=False),
     ]
 
     def __init__(self, job: Job, socket: Path, factory: ClientFactory, conn: Connection,
@@ -179,6 +181,7 @@ class JobDetailScreen(Screen):
         self._matches: list[int] = []
         self._match_at = -1
         self._shown_events: list[tuple] = []
+        self.results: dict | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="detail-title")
@@ -214,6 +217,7 @@ class JobDetailScreen(Screen):
     def refresh_info(self) -> None:
         try:
             job, events = self.conn.run(lambda q: (q.job(self.job.id), q.events(self.job.id)))
+            self.results = self.conn.run(lambda q: results.fetch(q, job))
         except LabqError:
             return  # the banner on the main screen says why; keep what is shown
         self.app.call_from_thread(self.show_job, job, events)
@@ -226,7 +230,10 @@ class JobDetailScreen(Screen):
         spec = Table.grid(padding=(0, 1))
         spec.add_column(style="bold", justify="right", no_wrap=True)
         spec.add_column()
-        for k, v in spec_rows(job, self.clock):
+        rows = spec_rows(job, self.clock)
+        if job.results:
+            rows.append(("results", results.results_text(job, self.results)))
+        for k, v in rows:
             spec.add_row(k, plain(v))
         self.query_one("#detail-spec", Static).update(spec)
         if events is not None:
@@ -371,6 +378,21 @@ class JobDetailScreen(Screen):
     def action_pager(self) -> None:
         from .logtools import open_pager
         open_pager(self, self.job.id, self.query_one(JobLog).lines)
+
+
+    @work(thread=True, exclusive=True, group="save")
+    def action_save_results(self) -> None:
+        if not self.results or not self.results.get("files"):
+            self.app.call_from_thread(self.notify, "this job has no results to save",
+                                      severity="warning")
+            return
+        try:
+            path = self.conn.run(lambda q: results.save(q, self.job.id))
+        except (LabqError, OSError) as e:
+            self.app.call_from_thread(self.notify, printable(f"cannot save the results: {e}"),
+                                      severity="error", markup=False)
+            return
+        self.app.call_from_thread(self.notify, printable(f"saved {path}"), markup=False)
 
 
 def spec_rows(job: Job, c: Clock) -> list[tuple[str, str]]:

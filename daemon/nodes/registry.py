@@ -10,7 +10,7 @@ import base64
 import logging
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labq.errors import InvalidState, LabqError, NotFound, PermissionDenied, ValidationError
 from labq.states import JobState
@@ -21,6 +21,9 @@ from ..config import NODE, ConfigError, NodeConfig, check_node, confine_node_pat
 from ..jobtable import JobTable
 from .info import NodeInfo, node_rows, parse_key, run_key
 from .link import NodeLink
+
+if TYPE_CHECKING:
+    from .filemove import FileMover
 
 log = logging.getLogger("labqd")
 S = JobState
@@ -43,6 +46,7 @@ class NodeRegistry:
         self.nodes: dict[str, NodeInfo] = {}
         self.links: dict[str, NodeLink] = {}
         self._drained = store.drained_nodes()
+        self.files: FileMover | None = None  # staged files and results, set by the core
         for ncfg in cfg.nodes:
             if ncfg.enabled:
                 self._add_node(ncfg)
@@ -255,6 +259,8 @@ class NodeRegistry:
                      node.cpus, node.memory_mb, len(gpus), source, hello.get("pid"))
             node.stats["agent_pid"] = hello.get("pid")
             self._reconcile(link, {j["job"]: j for j in agent_jobs})
+        if self.files is not None:
+            self.files.node_up(link)
 
     def _reconcile(self, link: NodeLink, found: dict[str, dict]) -> None:
         """Match the runs the agent has with what the store says runs there."""
@@ -410,6 +416,8 @@ class NodeRegistry:
                     detail = (f"out of memory: killed at its limit of {mem} MiB (--mem)" if mem
                               else "out of memory: killed by the kernel") + f" ({detail})"
                 self.jobs.transition(job, S.FAILED, "labqd", detail, **fields)
+            if self.files is not None and job_id not in self.jobs.active:
+                self.files.ended(link, job)
         link.request("forget", job=key)
 
     def _lost(self, job: dict, why: str) -> None:
@@ -471,9 +479,13 @@ class NodeRegistry:
                    LABQ_RESTART_COUNT=str(job["restarts"]))
         return env
 
-    def _launch(self, link: NodeLink, job: dict) -> None:
+    def _launch(self, link: NodeLink, job: dict, workdir: str | None = None) -> None:
         # labqd keeps a job's command and environment on disk only (labq.daemon.activejob)
         job = dict(job, **self.store.cold_fields(job["id"]))
+        if workdir is None and job.get("stage") and self.files is not None:
+            # into a scratch directory, once its files are there
+            self.files.stage(link, job, lambda path: self._launch(link, job, path))
+            return
         cmd = job["command"]
         argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         remaining = None
@@ -495,8 +507,10 @@ class NodeRegistry:
                            if r.get("code") == "account" else
                            f"launch on {link.name} failed: {r.get('error')}")
                     self.jobs.transition(j, S.FAILED, "labqd", why, end_time=self.clock.time())
-        link.request("launch", reply, job=key, argv=argv, env=self.launch_env(job),
-                     cwd=job["cwd"], time_limit_s=remaining, grace_s=self.cfg.kill_grace_s,
+        env = dict(self.launch_env(job), LABQ_WORKDIR=workdir or job["cwd"])
+        link.request("launch", reply, job=key, argv=argv, env=env,
+                     cwd=workdir or job["cwd"], time_limit_s=remaining,
+                     grace_s=self.cfg.kill_grace_s,
                      user=job["owner"], uid=job["owner_uid"], memory_mb=job["memory_mb"],
                      pids_max=self.cfg.limits.get("job_max_pids"),
                      shared=link.cfg.shared_account)

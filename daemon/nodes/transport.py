@@ -6,6 +6,7 @@ of its modules' sources that a small loader on the node imports from memory.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shlex
@@ -148,12 +149,29 @@ class SocketTransport:
     kill = close
 
 
+class _ChannelReader(io.RawIOBase):
+    """A channel as a raw stream, so that io.BufferedReader finds line ends: paramiko's own
+    file object does it slowly for the long lines that carry file chunks."""
+
+    def __init__(self, chan):
+        self.chan = chan
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.chan.recv(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
 class SshTransport:
     def __init__(self, client, command: str):
         self.client = client
-        self.chan = client.get_transport().open_session()
+        # a wider window than paramiko's 2 MiB: file chunks keep several MiB in flight
+        self.chan = client.get_transport().open_session(window_size=16 << 20)
         self.chan.exec_command(command)
-        self.rfile = self.chan.makefile("rb")
+        self.rfile = io.BufferedReader(_ChannelReader(self.chan), 1 << 20)
         threading.Thread(target=self._drain_stderr, daemon=True).start()
 
     def _drain_stderr(self):

@@ -117,6 +117,30 @@ from .cluster import (
 from .cluster import (
     check_group_settings as check_group_settings,
 )
+from .files import (
+    PurgeReply as PurgeReply,
+)
+from .files import (
+    PurgeRequest as PurgeRequest,
+)
+from .files import (
+    ResultsReadRequest as ResultsReadRequest,
+)
+from .files import (
+    ResultsReply as ResultsReply,
+)
+from .files import (
+    ResultsRequest as ResultsRequest,
+)
+from .files import (
+    StageBeginRequest as StageBeginRequest,
+)
+from .files import (
+    StagePutRequest as StagePutRequest,
+)
+from .files import (
+    StageReply as StageReply,
+)
 from .jobs import (
     CancelRequest as CancelRequest,
 )

@@ -47,6 +47,11 @@ class Op(str, Enum):
     TOKEN_CREATE = "token_create"
     TOKEN_LIST = "token_list"
     TOKEN_REVOKE = "token_revoke"
+    STAGE_BEGIN = "stage_begin"
+    STAGE_PUT = "stage_put"
+    RESULTS = "results"
+    RESULTS_READ = "results_read"
+    PURGE = "purge"
 
 
 MAX_OP = 64  # an unknown request's name is quoted back at most this long

@@ -15,6 +15,7 @@ from .ends import announce_end, open_ends_socket, read_ends, wake_shepherd
 from .files import is_dir, is_run_key, lsize, open_nofollow, read_json, write_json, write_text
 from .probe import CpuMeter, meminfo, probe_gpus, probe_host
 from .shepherd import killpg_quiet, spawn_shepherd
+from .transfer import TransferError, Transfers
 
 PROTOCOL = 1
 POLL_S = 0.02
@@ -249,6 +250,9 @@ class Agent:
         threading.Thread(target=self.monitor, daemon=True).start()
         ops = {"launch": self.op_launch, "list": self.op_list, "watch": self.op_watch,
                "cancel": self.op_cancel, "forget": self.op_forget, "ping": self.op_ping}
+        files = Transfers(self.cluster, self.node)
+        ops.update({name[3:]: getattr(files, name) for name in dir(files)
+                    if name.startswith("op_")})
         stdin = sys.stdin.buffer
         while True:
             line = stdin.readline()
@@ -259,6 +263,8 @@ class Agent:
                 fn = ops.get(req.get("op"))
                 reply = fn(req) if fn else {"ok": False, "code": "bad_op",
                                             "error": "unknown op %r" % req.get("op")}
+            except TransferError as e:
+                reply = {"ok": False, "code": "transfer", "error": str(e)}
             except Exception as e:
                 req = req if isinstance(req, dict) else {}
                 reply = {"ok": False, "code": "error", "error": "%s: %s" % (type(e).__name__, e)}
