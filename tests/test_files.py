@@ -328,6 +328,7 @@ def test_the_job_view_lists_results_and_a_key_saves_them(lab, tmp_path, monkeypa
 
     async def scenario(pilot):
         table = app.query_one("#queue-table", QueueTable)
+        await pilot.press("a")  # ended jobs wait behind a toggle
         await until(pilot, lambda: str(job.id) in [str(k.value) for k in table.rows],
                     "the job")
         table.select_job(job.id)

@@ -3,6 +3,7 @@ real store on a temp file, node links that are never started."""
 import threading
 
 import pytest
+from fakeclock import FakeClock
 
 from labq.daemon.config import load
 from labq.daemon.core import Core
@@ -11,17 +12,6 @@ from labq.daemon.store import Store
 
 HELLO = {"ev": "hello", "euid": 0, "user": "root", "cpus": 4, "memory_mb": 4096, "gpus": [],
          "gpu_source": "none", "containment": "cgroup1"}
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1_000_000.0
-
-    def time(self):
-        return self.now
-
-    def monotonic(self):
-        return self.now
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Tokens and rates in-process, with a fake clock and a real SQLite file: expiry, revocation,
 one token per user, failed logins per address, and the submit rate's bucket."""
 import pytest
+from fakeclock import FakeClock
 
 from labq.daemon.config import ConfigError, load
 from labq.daemon.identity import Caller
@@ -17,17 +18,6 @@ from labq.errors import (
 )
 
 DAY = 86400
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1_000_000.0
-
-    def time(self):
-        return self.now
-
-    def monotonic(self):
-        return self.now
 
 
 ROOT = Caller(uid=0, user="root", group="root", groups=frozenset({"root"}), admin=True)
