@@ -238,8 +238,10 @@ def test_metrics_are_prometheus_text(remote):
 def test_the_tui_works_over_tls(remote, monkeypatch):
     with remote.client() as local:
         tok = local.create_token(user="labqtest")["token"]
-        jid = local.submit(["true"], name="seen-remotely", hold=True, export_env=False,
-                           cwd="/tmp").id
+    # the TUI shows its user's own jobs first: the job is labqtest's, submitted over TLS
+    with labq.connect(remote.url, token=tok, fingerprint=remote.fingerprint) as q:
+        jid = q.submit(["true"], name="seen-remotely", hold=True, export_env=False,
+                       cwd="/tmp").id
     monkeypatch.setenv("LABQ_TOKEN", tok)
     monkeypatch.setenv("LABQ_FINGERPRINT", remote.fingerprint)
     from labq.tui.app import LabqApp
