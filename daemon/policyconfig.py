@@ -35,7 +35,7 @@ def build(cfg: Config, overrides: dict[str, dict]) -> PolicyConfig:
                       ("weight_priority", "weight_priority"), ("weight_size", "weight_size"),
                       ("max_age", "max_age_s"), ("default_time_limit", "default_time_limit_s"),
                       ("usage_half_life", "usage_half_life_s"), ("cpu_weight", "cpu_weight"),
-                      ("backfill", "backfill")):
+                      ("backfill", "backfill"), ("starved_first", "starved_first")):
         if key in s:
             setattr(pc, attr, s[key])
     pc.cancel_unsatisfiable = s.get("unsatisfiable_dependency", "cancel") == "cancel"

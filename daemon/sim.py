@@ -33,6 +33,7 @@ import heapq
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 
 from .policy import GpuSlot, JobView, NodeView, PolicyConfig, fairshare, schedule
@@ -71,6 +72,24 @@ class _Partition:
         self.cluster = Cluster(nodes, config.limits)
         self.queue = PendingQueue(config, 0.0)
         self.busy = {n.name: set() for n in nodes}  # independent check on double allocation
+        self.asks: Counter[int] = Counter()  # queued jobs by GPUs asked for
+
+    def add(self, view: JobView) -> None:
+        self.queue.add(view)
+        self.asks[view.gpus] += 1
+
+    def remove(self, view: JobView) -> None:
+        self.queue.remove(view)
+        self.asks[view.gpus] -= 1
+        if not self.asks[view.gpus]:
+            del self.asks[view.gpus]
+
+    def nothing_fits(self) -> bool:
+        """No queued job asks for as few GPUs as some node has free: a plan would start
+        nothing."""
+        buckets = self.cluster.buckets
+        most = next((k for k in range(len(buckets) - 1, -1, -1) if buckets[k]), 0)
+        return not self.asks or most < min(self.asks)
 
 
 class _Replay:
@@ -102,6 +121,7 @@ class _Replay:
         self.busy_total = 0
         self.timeline: list[tuple[float, int]] = []
         self.violations = 0
+        self.share = ShareMeter(vcs)
 
     def run(self, record: bool) -> None:
         jobs, i, n = self.jobs, 0, len(self.jobs)
@@ -113,10 +133,12 @@ class _Replay:
                 self.usage = fairshare.accrue(self.usage, self.rates, t - self.last_t,
                                               self.cfg.usage_half_life_s)
                 self.last_t = t
+            self.share.advance(t, self.busy_total)
             dirty = self._finish_due(t)
             while i < n and jobs[i].submit <= t:
                 p = self.part_of[jobs[i].id]
-                p.queue.add(self.views[i])
+                p.add(self.views[i])
+                self.share.waiting(jobs[i].vc, jobs[i].gpus)
                 if p not in dirty:
                     dirty.append(p)
                 i += 1
@@ -142,14 +164,17 @@ class _Replay:
             p.cluster.finish(jid)
             p.busy[node].difference_update(gpus)
             self.busy_total -= len(gpus)
+            self.share.ended(self.by_id[jid].vc, len(gpus))
             self.finish[jid] = t
             if self.use_fs:
                 self.rates[self.by_id[jid].vc] -= len(gpus)
-            if p.queue.classes and p not in dirty:
+            if p.asks and p not in dirty:
                 dirty.append(p)
         return dirty
 
     def _schedule(self, p: _Partition, t: float) -> None:
+        if p.nothing_fits():
+            return  # the plan would start nothing, and planning leaves nothing behind
         cfg = self.cfg
         p.queue.advance(age_floor(cfg, t))
         fs = {}
@@ -160,16 +185,57 @@ class _Replay:
         plan = schedule(p.cluster, p.queue, t, cfg, fs, full=False)
         for s in plan.starts:
             view = self.views[s.job - 1]
-            p.queue.remove(view)
+            p.remove(view)
             held = p.busy[s.node]
             if held.intersection(s.gpus) or len(s.gpus) != view.gpus:
                 self.violations += 1
             held.update(s.gpus)
             self.busy_total += len(s.gpus)
+            self.share.started(view.group, len(s.gpus))
             self.start[s.job] = t
             heapq.heappush(self.ends, (t + self.by_id[s.job].duration, s.job))
             if self.use_fs:
                 self.rates[view.group] = self.rates.get(view.group, 0.0) + len(s.gpus)
+
+
+class ShareMeter:
+    """What fair-share promises, measured: while a VC has jobs waiting, it should hold at least
+    its share of the GPUs in use (its GPUs over all GPUs), or all it asks for if that is less.
+    Per VC, the GPU time it held over the GPU time it was so entitled to, both over the time it
+    had jobs waiting; 1.0 or more means it always got its share."""
+
+    def __init__(self, vcs: dict[str, int]):
+        total = sum(vcs.values()) or 1
+        self.share = {vc: g / total for vc, g in vcs.items()}
+        self.running = dict.fromkeys(vcs, 0)
+        self.queued = dict.fromkeys(vcs, 0)  # GPUs asked for by waiting jobs
+        self.held = dict.fromkeys(vcs, 0.0)
+        self.owed = dict.fromkeys(vcs, 0.0)
+        self.last = None
+
+    def advance(self, t: float, busy: int) -> None:
+        """Count the time since the last event, during which nothing changed."""
+        if self.last is not None and t > self.last:
+            dt = t - self.last
+            for vc, q in self.queued.items():
+                if q:
+                    run = self.running[vc]
+                    self.held[vc] += run * dt
+                    self.owed[vc] += min(self.share[vc] * busy, run + q) * dt
+        self.last = t
+
+    def waiting(self, vc: str, gpus: int) -> None:
+        self.queued[vc] += gpus
+
+    def started(self, vc: str, gpus: int) -> None:
+        self.queued[vc] -= gpus
+        self.running[vc] += gpus
+
+    def ended(self, vc: str, gpus: int) -> None:
+        self.running[vc] -= gpus
+
+    def ratios(self) -> dict[str, float]:
+        return {vc: self.held[vc] / o for vc, o in sorted(self.owed.items()) if o > 0}
 
 
 def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
@@ -182,6 +248,8 @@ def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
     r.run(record)
     result = _metrics(jobs, vcs, r.start, r.finish, r.total_gpus)
     result["violations"] = r.violations
+    result["share_ratio"] = r.share.ratios()
+    result["worst_share"] = min(result["share_ratio"].values(), default=1.0)
     if record:
         result["timeline"] = r.timeline
         result["records"] = {j.id: (j.submit, r.start.get(j.id), r.finish.get(j.id), j.gpus)
@@ -200,6 +268,7 @@ def _metrics(jobs, vcs, start, finish, total_gpus) -> dict:
     done = [j for j in jobs if j.id in finish]
     jct = sorted(finish[j.id] - j.submit for j in done)
     waits = [start[j.id] - j.submit for j in done]
+    sorted_waits = sorted(waits)
     used = sum(j.gpus * j.duration for j in done)
     span = (max(finish.values()) - min(j.submit for j in jobs)) if done else 0.0
     per_vc: dict[str, list[float]] = {}
@@ -215,6 +284,7 @@ def _metrics(jobs, vcs, start, finish, total_gpus) -> dict:
         "p50_jct_s": _pct(jct, 0.5),
         "p99_jct_s": _pct(jct, 0.99),
         "avg_wait_s": sum(waits) / len(waits) if waits else 0.0,
+        "p99_wait_s": _pct(sorted_waits, 0.99),
         "max_wait_s": max(waits) if waits else 0.0,
         "utilization": used / (total_gpus * span) if span > 0 else 0.0,
         "jain": jain,

@@ -140,7 +140,7 @@ def _outputs(out: Plan, walk: Walk, elig: _Eligible, fixed: dict, frozen_prio: d
                               walk.window, cfg.default_time_limit_s, cluster, walk.open_reason)
     inv_age = 1.0 / cfg.max_age_s if cfg.max_age_s > 0 else 0.0
     out.priorities = PlanPriorities(frozen_prio, elig, walk.consts, now, now - cfg.max_age_s,
-                                    cfg.weight_age, inv_age)
+                                    cfg.weight_age, inv_age, walk.starved)
 
 
 def schedule(cluster: Cluster, queue: PendingQueue, now: float, config: PolicyConfig,

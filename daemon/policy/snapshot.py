@@ -93,6 +93,9 @@ class PolicyConfig:
     cpu_weight: float = 0.0
     # optional factor favouring short time limits (0 = off, as in Slurm)
     weight_short: float = 0.0
+    # a job that has waited max_age_s goes ahead of every job that has not, first come first
+    # served among them (needs weight_age > 0): a bound on waits that fair-share cannot undo
+    starved_first: bool = False
 
 
 @dataclass
