@@ -135,7 +135,8 @@ class Reference:
         if not with_age:
             return p
         t0 = job.submit_time if job.eligible_time is None else job.eligible_time
-        if c.starved_first and c.weight_age > 0 and c.max_age_s > 0 and t0 <= self.now - c.max_age_s:
+        starved = c.starved_first and c.weight_age > 0 and c.max_age_s > 0
+        if starved and t0 <= self.now - c.max_age_s:
             # waited max_age_s: ahead of every job that has not, by submit time among them
             return (c.weight_fairshare + c.weight_priority + c.weight_size + c.weight_short
                     + c.weight_age)
