@@ -13,7 +13,9 @@ Policies compared:
 - vc-fifo: each VC queues FIFO on its own nodes, as Philly ran.
 - fifo: one pooled FIFO queue over all nodes, no backfill.
 - labq: pooled, the default multifactor priority (fair-share between VCs with shares equal to
-  their GPU counts, usage half-life 7 days) with EASY backfill: the real policy.
+  their GPU counts, usage half-life 7 days) with EASY backfill, and starved_first with a
+  maximum age of 2 days (a job that has waited 2 days goes ahead of all that have not): the
+  real policy, configured as README suggests for a busy cluster.
 - sjf-oracle: pooled, shortest true duration first, with backfill on exact limits; a bound no
   real scheduler reaches.
 
@@ -22,9 +24,11 @@ whatever the policy; --arrival-scale compresses submit times to replay the same 
 heavier load (0.25: four times as many jobs per hour).
 
 Figures: JCT (finish - submit) average, median and 99th percentile, wait (start - submit)
-average and maximum, utilisation (GPU-seconds used / GPUs x (last finish - first submit)),
-Jain's index over the VCs' mean slowdowns (JCT / duration; 1 = every VC is slowed equally), and
-each VC's share of the GPU time used against its share of the GPUs.
+average, 99th percentile and maximum, utilisation (GPU-seconds used / GPUs x (last finish -
+first submit)), Jain's index over the VCs' mean slowdowns (JCT / duration; 1 = every VC is
+slowed equally), each VC's share of the GPU time used against its share of the GPUs, and what
+fair-share promises (ShareMeter): per VC, over the time it had jobs waiting, the GPU time it held
+against its share of the GPUs in use (or all it asked for, if less); "share" is the worst VC's.
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ from .trace import GPUS_PER_NODE, TraceJob, load_trace
 POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle")
 NODE_CPUS = 64
 NODE_MEM_MB = 512 * 1024
+# the labq policy replays with starved_first at this age (README: "Scheduling")
+STARVED_AFTER_S = 2 * 86400.0
 
 
 def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:
@@ -51,7 +57,8 @@ def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:
         return PolicyConfig(weight_age=1.0, weight_fairshare=0.0, weight_priority=0.0,
                             backfill=False)
     if name == "labq":
-        return PolicyConfig(group_shares={vc: float(g) for vc, g in vcs.items()})
+        return PolicyConfig(group_shares={vc: float(g) for vc, g in vcs.items()},
+                            starved_first=True, max_age_s=STARVED_AFTER_S)
     if name == "sjf-oracle":
         return PolicyConfig(weight_age=0.0, weight_fairshare=0.0, weight_priority=0.0,
                             weight_short=1.0)
@@ -310,12 +317,14 @@ def run(trace: str, vcs_path: str, limit: int | None = None, seed: int = 0,
 
 def format_table(result: dict) -> str:
     head = (f"{'policy':<11} {'jobs':>6} {'avg JCT':>10} {'p50 JCT':>9} {'p99 JCT':>10} "
-            f"{'avg wait':>9} {'max wait':>10} {'util':>6} {'Jain':>5} {'wall':>6}")
+            f"{'avg wait':>9} {'p99 wait':>10} {'max wait':>10} {'util':>6} {'Jain':>5} "
+            f"{'share':>6} {'wall':>6}")
     lines = [head, "-" * len(head)]
     for name, m in result["policies"].items():
         lines.append(f"{name:<11} {m['jobs']:>6} {m['avg_jct_s']:>9.0f}s {m['p50_jct_s']:>8.0f}s "
-                     f"{m['p99_jct_s']:>9.0f}s {m['avg_wait_s']:>8.0f}s {m['max_wait_s']:>9.0f}s "
-                     f"{m['utilization']:>6.3f} {m['jain']:>5.2f} {m['wall_s']:>5.1f}s")
+                     f"{m['p99_jct_s']:>9.0f}s {m['avg_wait_s']:>8.0f}s {m['p99_wait_s']:>9.0f}s "
+                     f"{m['max_wait_s']:>9.0f}s {m['utilization']:>6.3f} {m['jain']:>5.2f} "
+                     f"{m['worst_share']:>6.2f} {m['wall_s']:>5.1f}s")
     lines.append(f"total wall time {result['wall_s']:.1f} s (seconds are simulated time, "
                  "wall is real time)")
     return "\n".join(lines)
