@@ -120,6 +120,11 @@ class Scheduler:
                 job = jobs.active.get(job_id)
                 if job is not None and job["state"] != RUNNING:
                     jobs.transition(job, S.CANCELLED, "labqd", why, end_time=self.clock.time())
+            for victim_id, for_id in plan.preempts:
+                victim, by = jobs.active.get(victim_id), jobs.active.get(for_id)
+                if (victim is not None and by is not None and victim["state"] == RUNNING
+                        and victim.get("preemptible") and by["state"] == PENDING):
+                    self.nodes.preempt(victim, by)
             for start in plan.starts:
                 job = jobs.active.get(start.job)
                 node = self.nodes.nodes.get(start.node)

@@ -20,7 +20,7 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 from labq.errors import StorageError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
 
 db = pw.DatabaseProxy()
@@ -83,6 +83,9 @@ class Job(Base):
     array_limit = pw.IntegerField(null=True)
     params = JSONField(null=True)
     key = pw.CharField(null=True)
+    # schema 6: preemption
+    preemptible = pw.BooleanField(default=False)
+    preemptions = pw.IntegerField(default=0)
 
 
 _NO_ENV = [f for f in Job._meta.sorted_fields if f.name != "env"]
@@ -219,8 +222,17 @@ def _migrate_5(database: pw.Database) -> None:
                          '("owner_uid", "key") WHERE "key" IS NOT NULL')
 
 
+def _migrate_6(database: pw.Database) -> None:
+    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
+    for name in ("preemptible", "preemptions"):
+        if name not in cols:
+            database.execute_sql(f'ALTER TABLE "job" ADD COLUMN "{name}" INTEGER NOT NULL '
+                                 'DEFAULT 0')
+
+
 # version -> function bringing the schema from version-1 up to it; never edit a released one
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5}
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5,
+              6: _migrate_6}
 
 
 class ForeignDatabase(Exception):

@@ -97,7 +97,7 @@ def _submit_args(a: argparse.Namespace, usage: str) -> tuple[list[str] | str, di
         time_limit=a.time, name=a.name, priority=a.priority, after=after, cwd=a.chdir,
         env=env, export_env=not a.no_export, group=a.group, partition=a.partition,
         hold=a.hold, requeue=not a.no_requeue, notify=userconfig.submit_notify(a.notify),
-        experiment=a.experiment, key=a.key)
+        experiment=a.experiment, key=a.key, preemptible=a.preemptible)
 
 
 def cmd_submit(q: Client, a: argparse.Namespace) -> int:
@@ -426,6 +426,8 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hold", action="store_true", help="submit held")
     p.add_argument("--no-requeue", action="store_true",
                    help="fail instead of requeueing if the node is lost")
+    p.add_argument("--preemptible", action="store_true",
+                   help="may be stopped and requeued for a job that is not (see README)")
     p.add_argument("--wrap", help="a shell command string run with bash -c")
     p.add_argument("--notify", choices=["end", "fail", "all", "none"],
                    help="tell me when the job ends, ends other than COMPLETED, or starts and "

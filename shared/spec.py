@@ -54,7 +54,7 @@ MAX_KEY_BYTES = 128
 
 FIELDS = ("command", "name", "cwd", "env", "gpus", "gpu_type", "gpu_memory_mb", "cpus",
           "memory_mb", "time_limit_s", "priority", "dependencies", "group", "partition",
-          "hold", "requeue", "notify", "experiment", "key")
+          "hold", "requeue", "notify", "experiment", "key", "preemptible")
 
 
 def _fail(field: str, message: str, value: Any = None) -> ValidationError:
@@ -385,7 +385,7 @@ def validate_submit(data: Any) -> dict[str, Any]:
             raise _fail(key, "must be 1-64 letters, digits, '.', '_' or '-'", v)
         out[key] = v
     out["partition"] = out["partition"] or "default"
-    for key, default in (("hold", False), ("requeue", True)):
+    for key, default in (("hold", False), ("requeue", True), ("preemptible", False)):
         v = data.get(key, default)
         if not isinstance(v, bool):
             raise _fail(key, "must be true or false", v)
@@ -406,11 +406,13 @@ def submit_request(command: list[str] | tuple[str, ...] | str, *, gpus: int = 0,
                    group: str | None = None, partition: str | None = None,
                    hold: bool = False, requeue: bool = True,
                    notify: str | None = None, experiment: str | None = None,
-                   key: str | None = None) -> dict[str, Any]:
+                   key: str | None = None, preemptible: bool = False) -> dict[str, Any]:
     """Build a request from friendly arguments ('16G', '2h', [12, 'afterany:13'])."""
     req: dict[str, Any] = {"command": list(command) if isinstance(command, tuple) else command,
                            "gpus": gpus, "cpus": cpus, "priority": priority, "hold": hold,
                            "requeue": requeue}
+    if preemptible:
+        req["preemptible"] = True
     if gpu_type is not None:
         req["gpu_type"] = gpu_type
     if gpu_memory_mb is not None:

@@ -81,3 +81,39 @@ def test_share_meter_caps_what_is_owed_at_what_was_asked_for():
     m.waiting("b", 1)  # b holds 1 and asks for 1 more: owed 2, not half of 7
     m.advance(50.0, 7)
     assert m.ratios() == {"b": pytest.approx(0.5)}
+
+
+def four_gpu_node() -> NodeView:
+    slots = tuple(GpuSlot(i, "A100", 40960) for i in range(4))
+    return NodeView("n", "up", 8, 64000, slots, frozenset(), 6, 64000)
+
+
+def on_node(jid: int, gpus: tuple, started: float, **kw) -> JobView:
+    return JobView(jid, "u-scav", "scav", "RUNNING", 5, started, gpus=len(gpus),
+                   node="n", gpu_indices=gpus, start_time=started, **kw)
+
+
+def test_the_top_job_preempts_the_latest_started_preemptible_jobs_it_needs():
+    jobs = [on_node(1, (0, 1), NOW - 900, preemptible=True),
+            on_node(2, (2,), NOW - 600, preemptible=True),
+            on_node(3, (3,), NOW - 700),
+            pending(4, "light", NOW - 10)]
+    jobs[3].gpus = 1
+    p = plan(Snapshot([four_gpu_node()], jobs), NOW)
+    assert p.preempts == [(2, 4)]  # one GPU freed, the least run time lost
+
+
+def test_preemption_budget_and_who_may_preempt():
+    def preempts(victim: JobView, waiting: JobView, **cfg) -> list:
+        p = plan(Snapshot([four_gpu_node()], [victim, on_node(9, (1, 2, 3), NOW - 60),
+                                              waiting], config=PolicyConfig(**cfg)), NOW)
+        return p.preempts
+    fresh = pending(4, "light", NOW - 10)
+    assert preempts(on_node(1, (0,), NOW - 900, preemptible=True), fresh) == [(1, 4)]
+    assert preempts(on_node(1, (0,), NOW - 900), fresh) == []  # not preemptible
+    assert preempts(on_node(1, (0,), NOW - 900, preemptible=True, preemptions=3), fresh) == []
+    assert preempts(on_node(1, (0,), NOW - 900, preemptible=True), fresh,
+                    preempt_min_run_s=3600) == []
+    scavenger = JobView(4, "u-light", "light", "PENDING", 5, NOW - 10, gpus=1,
+                        preemptible=True)
+    assert preempts(on_node(1, (0,), NOW - 900, preemptible=True), scavenger) == []

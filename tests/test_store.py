@@ -117,7 +117,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
                         [st.Job._meta.fields[k].db_value(v) for k, v in fields.items()])
     old.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 5
+    assert s.schema_version == st.SCHEMA_VERSION == 6
     assert s.cluster_id == "abc" and s.job_row(1)["owner"] == "alice"
     # owners become uids where the account exists; a name nobody has now stays unowned
     assert s.job_row(1)["owner_uid"] is None and s.job_row(2)["owner_uid"] == 0
@@ -188,7 +188,7 @@ def test_a_schema_4_database_gains_the_workflow_columns(tmp_path):
     st.Meta.replace(key="schema_version", value="4").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == 5
+    assert s.schema_version == 6
     assert s.job_row(1)["experiment"] is None and s.job_row(1)["key"] is None
     assert s.integrity_check() == "ok"
     s.close()

@@ -57,6 +57,21 @@ class NodeRegistry:
         for link in self.links.values():
             link.stop()
 
+    def preempt(self, job: dict, by: dict) -> None:
+        """Stop a preemptible job's run (SIGTERM, the grace, SIGKILL) and queue it again, in
+        the same way as a run lost with its node; its next run has a new key, so the end of
+        this one changes nothing."""
+        link = self.links.get(job["node"])
+        if link is not None:
+            link.request("cancel", job=run_key(job), reason="preempt")
+        why = (f"preempted by job {by['id']} of {by['owner']} (group {by['group']}) "
+               f"on {job['node']}")
+        log.info("job %d: %s", job["id"], why)
+        self.jobs.transition(job, S.PENDING, "labqd", why, restarts=job["restarts"] + 1,
+                             preemptions=job.get("preemptions", 0) + 1, node=None,
+                             gpu_indices=[], start_time=None, eligible_time=self.clock.time())
+        self.jobs.logs.new_run(job["id"], job["restarts"], why)
+
     def cancel_run(self, job: dict) -> None:
         link = self.links.get(job["node"])
         if link is not None:

@@ -20,7 +20,7 @@ from bisect import insort
 from collections import Counter
 from itertools import count
 
-from . import fairshare
+from . import fairshare, preempt
 from .dependencies import sort_out
 from .memo import ActiveJobs, JobIndex, PlanMemo
 from .placement import Cluster, shape_of
@@ -70,6 +70,9 @@ def _plan(st: ActiveJobs, snapshot: Snapshot, now: float) -> Plan:
                 shapes=shapes).run()
     if walk.res_job is not None and walk.res is not None:
         out.estimates[walk.res_job.id] = walk.res.time
+    if walk.res_job is not None and st.running:
+        out.preempts = [(v, walk.res_job.id)
+                        for v in preempt.victims(cluster, walk.res_job, st.running, now, cfg)]
     frozen_prio = _frozen_priorities(frozen, queue.key, cfg, fs, cluster.max_gpus)
     class_no = dict(zip(classes, count()))
     for c, merged in alias.items():
