@@ -217,7 +217,8 @@ class JobTable:
         hold = row.pop("hold")
         row.update(state=(S.HELD if hold else S.PENDING).value, reason="Held" if hold else None,
                    eligible_time=None if row["dependencies"] else row["submit_time"])
-        for key in ("experiment", "array_id", "array_index", "array_limit", "params", "key"):
+        for key in ("experiment", "array_id", "array_index", "array_limit", "params", "key",
+                    "early_signal"):
             row.setdefault(key, None)
         return row
 

@@ -86,6 +86,7 @@ class Job(Base):
     # schema 6: preemption
     preemptible = pw.BooleanField(default=False)
     preemptions = pw.IntegerField(default=0)
+    early_signal = pw.CharField(null=True)  # --signal: "USR1@120"
 
 
 _NO_ENV = [f for f in Job._meta.sorted_fields if f.name != "env"]
@@ -228,6 +229,8 @@ def _migrate_6(database: pw.Database) -> None:
         if name not in cols:
             database.execute_sql(f'ALTER TABLE "job" ADD COLUMN "{name}" INTEGER NOT NULL '
                                  'DEFAULT 0')
+    if "early_signal" not in cols:
+        database.execute_sql('ALTER TABLE "job" ADD COLUMN "early_signal" VARCHAR(255)')
 
 
 # version -> function bringing the schema from version-1 up to it; never edit a released one

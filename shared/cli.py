@@ -97,7 +97,8 @@ def _submit_args(a: argparse.Namespace, usage: str) -> tuple[list[str] | str, di
         time_limit=a.time, name=a.name, priority=a.priority, after=after, cwd=a.chdir,
         env=env, export_env=not a.no_export, group=a.group, partition=a.partition,
         hold=a.hold, requeue=not a.no_requeue, notify=userconfig.submit_notify(a.notify),
-        experiment=a.experiment, key=a.key, preemptible=a.preemptible)
+        experiment=a.experiment, key=a.key, preemptible=a.preemptible,
+        early_signal=a.signal)
 
 
 def cmd_submit(q: Client, a: argparse.Namespace) -> int:
@@ -428,6 +429,8 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
                    help="fail instead of requeueing if the node is lost")
     p.add_argument("--preemptible", action="store_true",
                    help="may be stopped and requeued for a job that is not (see README)")
+    p.add_argument("--signal", metavar="SIG@SECS",
+                   help="send SIG (e.g. USR1) SECS before the time limit, and on preemption")
     p.add_argument("--wrap", help="a shell command string run with bash -c")
     p.add_argument("--notify", choices=["end", "fail", "all", "none"],
                    help="tell me when the job ends, ends other than COMPLETED, or starts and "

@@ -231,7 +231,8 @@ class Client:
                export_env: bool = True, group: str | None = None,
                partition: str | None = None, hold: bool = False, requeue: bool = True,
                notify: str | None = None, experiment: str | None = None,
-               key: str | None = None, preemptible: bool = False) -> Job:
+               key: str | None = None, preemptible: bool = False,
+               early_signal: str | None = None) -> Job:
         """Queue a command: an argv list, or a string run with `bash -c`.
 
         The job gets the caller's environment (minus session variables) unless export_env is
@@ -248,7 +249,7 @@ class Client:
                               priority=priority, after=after, cwd=cwd or os.getcwd(),
                               env=full_env, group=group, partition=partition, hold=hold,
                               requeue=requeue, notify=notify, experiment=experiment,
-                              key=key, preemptible=preemptible)
+                              key=key, preemptible=preemptible, early_signal=early_signal)
         return cast(Job, self.request(SubmitRequest(spec=spec)))
 
     @sends(Op.SUBMIT_ARRAY)

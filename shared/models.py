@@ -44,6 +44,7 @@ class Job:
     requeue: bool = True
     preemptible: bool = False  # may be stopped and requeued for a job that is not
     preemptions: int = 0
+    early_signal: str | None = None  # --signal SIG@SECS
     exit_code: int | None = None
     signal: int | None = None
     reason: str | None = None

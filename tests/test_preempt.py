@@ -26,7 +26,9 @@ def daemon(tmp_path_factory):
         entries[0]["job_root"] = str(base / "jobs")
         d = Daemon(base / "daemon", {
             "daemon": {"socket_mode": "0666", "kill_grace": "1s"},
-            "scheduler": {"interval": "1s", "preempt_min_run": "0s", "preempt_max": 2},
+            # jobs rank by --priority alone here
+            "scheduler": {"interval": "1s", "preempt_min_run": "0s", "preempt_max": 2,
+                          "weight_fairshare": 0},
             "node": entries,
         })
         with d.start(wait_nodes=1):
@@ -57,7 +59,7 @@ def test_a_preemptible_job_is_requeued_for_another_users_job_and_finishes(daemon
                     '[ "$LABQ_RESTART_COUNT" = 0 ] && exec sleep 600; exit 0')
     wait_for(lambda: show(alice, victim)["state"] == "RUNNING", what="victim running")
     assert show(alice, victim)["preemptible"] is True
-    urgent = submit(bob, "--gpus", "2", "--", "echo", "urgent")
+    urgent = submit(bob, "--priority", "9", "--gpus", "2", "--", "echo", "urgent")
     assert bob.labq("wait", urgent, "--timeout", "60").returncode == 0
     assert alice.labq("wait", victim, "--timeout", "60").returncode == 0
     done = show(alice, victim)
@@ -77,7 +79,7 @@ def test_a_job_that_is_not_preemptible_is_never_stopped(daemon, venv):
     gate = shared / "gate"
     steady = submit(bob, "--gpus", "2", "--wrap", f"while [ ! -e {gate} ]; do sleep 0.1; done")
     wait_for(lambda: show(bob, steady)["state"] == "RUNNING", what="steady running")
-    waiting = submit(alice, "--gpus", "2", "--", "true")
+    waiting = submit(alice, "--priority", "9", "--gpus", "2", "--", "true")
     # the waiting job is the top job, reserved for, with an estimated start: several passes
     wait_for(lambda: show(alice, waiting)["reason"] == "Resources"
              and show(alice, waiting)["estimated_start"], what="reservation")
@@ -99,3 +101,38 @@ def test_preemptible_must_be_true_or_false(daemon, venv):
     bob = user("labqtest2", venv, daemon)
     r = bob.labq("submit", "--preemptible=yes", "--", "true")
     assert r.returncode != 0
+
+
+def test_the_early_signal_reaches_the_job_before_its_time_limit(daemon, venv):
+    alice = user("labqtest", venv, daemon)
+    jid = submit(alice, "--time", "1m", "--signal", "USR1@57", "--wrap",
+                 "trap 'echo saved on USR1; exit 0' USR1; while :; do sleep 0.1; done")
+    assert alice.labq("wait", jid, "--timeout", "50", timeout=80).returncode == 0
+    assert "saved on USR1" in alice.ok("logs", jid)
+    assert show(alice, jid)["early_signal"] == "USR1@57"
+
+
+def test_the_early_signal_comes_before_a_preemption(daemon, venv):
+    alice, bob = user("labqtest", venv, daemon), user("labqtest2", venv, daemon)
+    # the output of a stopped run after its requeue is not kept: the job writes a file
+    shared = Path(tempfile.mkdtemp(prefix="labq-signal-"))
+    shared.chmod(0o777)
+    saved = shared / "saved"
+    victim = submit(alice, "--preemptible", "--gpus", "2", "--signal", "USR2@60", "--wrap",
+                    '[ "$LABQ_RESTART_COUNT" = 0 ] || exit 0; '
+                    f"trap 'echo checkpoint on USR2 > {saved}' USR2; "
+                    "while :; do sleep 0.1; done")
+    wait_for(lambda: show(alice, victim)["state"] == "RUNNING", what="victim running")
+    urgent = submit(bob, "--priority", "9", "--gpus", "2", "--", "true")
+    assert bob.labq("wait", urgent, "--timeout", "60", timeout=80).returncode == 0
+    assert alice.labq("wait", victim, "--timeout", "60", timeout=80).returncode == 0
+    assert saved.read_text() == "checkpoint on USR2\n"
+
+
+def test_a_bad_signal_is_refused_and_queues_nothing(daemon, venv):
+    bob = user("labqtest2", venv, daemon)
+    before = bob.ok("ls", "--all", "--json")
+    for bad in ("KILL@10", "USR1", "USR1@0", "USR1@x"):
+        r = bob.labq("submit", "--signal", bad, "--", "true")
+        assert r.returncode != 0 and "early_signal: must be SIG@SECONDS" in r.stderr, r.stderr
+    assert bob.ok("ls", "--all", "--json") == before

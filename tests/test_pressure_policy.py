@@ -15,8 +15,8 @@ def one_gpu_node() -> NodeView:
     return NodeView("n", "up", 8, 64000, (GpuSlot(0, "A100", 40960),), frozenset({0}), 8, 64000)
 
 
-def pending(jid: int, group: str, submit: float) -> JobView:
-    return JobView(jid, f"u-{group}", group, "PENDING", 5, submit, gpus=1)
+def pending(jid: int, group: str, submit: float, priority: int = 5) -> JobView:
+    return JobView(jid, f"u-{group}", group, "PENDING", priority, submit, gpus=1)
 
 
 def snapshot(jobs, **cfg) -> Snapshot:
@@ -97,7 +97,7 @@ def test_the_top_job_preempts_the_latest_started_preemptible_jobs_it_needs():
     jobs = [on_node(1, (0, 1), NOW - 900, preemptible=True),
             on_node(2, (2,), NOW - 600, preemptible=True),
             on_node(3, (3,), NOW - 700),
-            pending(4, "light", NOW - 10)]
+            pending(4, "light", NOW - 10, priority=9)]
     jobs[3].gpus = 1
     p = plan(Snapshot([four_gpu_node()], jobs), NOW)
     assert p.preempts == [(2, 4)]  # one GPU freed, the least run time lost
@@ -108,12 +108,14 @@ def test_preemption_budget_and_who_may_preempt():
         p = plan(Snapshot([four_gpu_node()], [victim, on_node(9, (1, 2, 3), NOW - 60),
                                               waiting], config=PolicyConfig(**cfg)), NOW)
         return p.preempts
-    fresh = pending(4, "light", NOW - 10)
+    fresh = pending(4, "light", NOW - 10, priority=9)
     assert preempts(on_node(1, (0,), NOW - 900, preemptible=True), fresh) == [(1, 4)]
     assert preempts(on_node(1, (0,), NOW - 900), fresh) == []  # not preemptible
     assert preempts(on_node(1, (0,), NOW - 900, preemptible=True, preemptions=3), fresh) == []
     assert preempts(on_node(1, (0,), NOW - 900, preemptible=True), fresh,
                     preempt_min_run_s=3600) == []
-    scavenger = JobView(4, "u-light", "light", "PENDING", 5, NOW - 10, gpus=1,
+    scavenger = JobView(4, "u-light", "light", "PENDING", 9, NOW - 10, gpus=1,
                         preemptible=True)
+    same_rank = pending(4, "light", NOW)  # the victim requeued would rank above it
+    assert preempts(on_node(1, (0,), NOW - 900, preemptible=True), same_rank) == []
     assert preempts(on_node(1, (0,), NOW - 900, preemptible=True), scavenger) == []

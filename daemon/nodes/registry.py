@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import signal
 import threading
 from typing import Any
 
@@ -28,6 +29,15 @@ S = JobState
 # mid-launch
 LAUNCH_GRACE_S = 30
 
+
+
+def early_signal(job: dict) -> list[int] | None:
+    """[signal number, seconds] of the job's --signal SIG@SECS, for its node's agent."""
+    spec = job.get("early_signal")
+    if not spec:
+        return None
+    name, secs = spec.split("@")
+    return [int(getattr(signal, "SIG" + name)), int(secs)]
 
 class NodeRegistry:
     """Implements the links' LinkEvents and the job table's RunControl."""
@@ -505,4 +515,4 @@ class NodeRegistry:
                      cwd=job["cwd"], time_limit_s=remaining, grace_s=self.cfg.kill_grace_s,
                      user=job["owner"], uid=job["owner_uid"], memory_mb=job["memory_mb"],
                      pids_max=self.cfg.limits.get("job_max_pids"),
-                     shared=link.cfg.shared_account)
+                     shared=link.cfg.shared_account, early_signal=early_signal(job))

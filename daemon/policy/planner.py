@@ -70,9 +70,8 @@ def _plan(st: ActiveJobs, snapshot: Snapshot, now: float) -> Plan:
                 shapes=shapes).run()
     if walk.res_job is not None and walk.res is not None:
         out.estimates[walk.res_job.id] = walk.res.time
-    if walk.res_job is not None and st.running:
-        out.preempts = [(v, walk.res_job.id)
-                        for v in preempt.victims(cluster, walk.res_job, st.running, now, cfg)]
+    if walk.res_job is not None and any(j.preemptible for j in st.running.values()):
+        out.preempts = _preempts(walk.res_job, st.running, snapshot, cluster, now)
     frozen_prio = _frozen_priorities(frozen, queue.key, cfg, fs, cluster.max_gpus)
     class_no = dict(zip(classes, count()))
     for c, merged in alias.items():
@@ -81,6 +80,15 @@ def _plan(st: ActiveJobs, snapshot: Snapshot, now: float) -> Plan:
     elig = _Eligible(st.index(), extra_no, class_no, queue.eligible + len(extra))
     _outputs(out, walk, elig, fixed, frozen_prio, heads, now, cfg, cluster)
     return out
+
+
+def _preempts(job: JobView, running: dict, snapshot: Snapshot, cluster: Cluster,
+              now: float) -> list[tuple[int, int]]:
+    cfg = snapshot.config
+    pairs = {(j.group, j.owner) for j in running.values()} | {(job.group, job.owner)}
+    fs = fairshare.factors(snapshot.group_usage, snapshot.user_usage, cfg.group_shares,
+                           cfg.user_shares, sorted(pairs))
+    return [(v, job.id) for v in preempt.victims(cluster, job, running, now, cfg, fs)]
 
 
 def _with_extra(queue: PendingQueue, classes: list, extra: list[JobView]):

@@ -1,17 +1,19 @@
 """Preemption (Slurm's PreemptMode=REQUEUE): which running jobs to stop and requeue so that the
 reserved job, the highest-priority job that cannot start, starts now.
 
-Only a job that is not itself preemptible preempts, so two preemptible jobs never bounce each
-other. A victim is preemptible, has run at least preempt_min_run_s, and has been preempted
-fewer than preempt_max times. On each node where the reserved job could run, victims are taken
-latest start first (the least work lost) until the job fits; the node needing the fewest
-preempted GPUs wins, then the one losing the least run time.
+Only a job that is not itself preemptible preempts, and only jobs that would rank below it once
+requeued, so two jobs never bounce each other. A victim is preemptible, has run at least
+preempt_min_run_s, and has been preempted fewer than preempt_max times. On each node where the
+reserved job could run, victims are taken latest start first (the least work lost) until the
+job fits; the node needing the fewest preempted GPUs wins, then the one losing the least run
+time.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 from .placement import Cluster, could_ever_fit, gpu_matches
+from .priority import class_constant, starved_priority
 from .snapshot import JobView, PolicyConfig
 
 
@@ -20,11 +22,28 @@ def may_be_preempted(victim: JobView, now: float, config: PolicyConfig) -> bool:
             and now - (victim.start_time or now) >= config.preempt_min_run_s)
 
 
+def rank(job: JobView, now: float, config: PolicyConfig, fs: Mapping, max_gpus: int,
+         requeued: bool = False) -> float:
+    """The job's priority as a pending job; `requeued`: as it would be once requeued now."""
+    p = class_constant(job, config, fs.get((job.group, job.owner), 1.0), max_gpus)
+    t0 = now if requeued else (job.submit_time if job.eligible_time is None
+                               else job.eligible_time)
+    starved = starved_priority(config)
+    if starved is not None and t0 <= now - config.max_age_s:
+        return starved
+    age = min(1.0, max(0.0, now - t0) / config.max_age_s) if config.max_age_s > 0 else 1.0
+    return p + config.weight_age * age
+
+
 def victims(cluster: Cluster, job: JobView, running: Mapping[int, JobView], now: float,
-            config: PolicyConfig) -> list[int]:
-    """Running jobs to preempt so that `job` fits on one node now, or [] if none will do."""
+            config: PolicyConfig, fs: Mapping) -> list[int]:
+    """Running jobs to preempt so that `job` fits on one node now, or [] if none will do.
+    A victim must rank below `job` once requeued, or it would start again at once."""
     if job.preemptible or config.preempt_max <= 0:
         return []
+    top = rank(job, now, config, fs, cluster.max_gpus)
+    running = {jid: v for jid, v in running.items()
+               if rank(v, now, config, fs, cluster.max_gpus, requeued=True) < top}
     best: tuple | None = None
     for ns in cluster.nodes:
         if not ns.up or not could_ever_fit(ns, job):
