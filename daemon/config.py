@@ -218,7 +218,9 @@ SCHEMA = TABLE({
         "weight_age": NUM(0, 1e9), "weight_fairshare": NUM(0, 1e9),
         "weight_priority": NUM(0, 1e9), "weight_size": NUM(0, 1e9), "max_age": DURATION,
         "default_time_limit": DURATION, "usage_half_life": DURATION,
-        "cpu_weight": NUM(0, 1e6), "backfill": BOOL, "interval": DURATION,
+        "cpu_weight": NUM(0, 1e6), "backfill": BOOL, "starved_first": BOOL,
+        "preempt_max": INT(0, 1 << 20), "preempt_min_run": DURATION,
+        "interval": DURATION,
         "unsatisfiable_dependency": ONE_OF("cancel", "pend"),
     }),
     "limits": TABLE({

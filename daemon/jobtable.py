@@ -256,11 +256,12 @@ class JobTable:
     def new_row(self, caller: Caller, spec: dict) -> dict:
         """The row of a checked spec, as it is queued now."""
         row = dict(spec, owner=caller.user, owner_uid=caller.uid, submit_time=self.clock.time(),
-                   gpu_indices=[], restarts=0)
+                   gpu_indices=[], restarts=0, preemptions=0)
         hold = row.pop("hold")
         row.update(state=(S.HELD if hold else S.PENDING).value, reason="Held" if hold else None,
                    eligible_time=None if row["dependencies"] else row["submit_time"])
-        for key in ("experiment", "array_id", "array_index", "array_limit", "params", "key"):
+        for key in ("experiment", "array_id", "array_index", "array_limit", "params", "key",
+                    "early_signal"):
             row.setdefault(key, None)
         return row
 

@@ -35,7 +35,8 @@ def build(cfg: Config, overrides: dict[str, dict]) -> PolicyConfig:
                       ("weight_priority", "weight_priority"), ("weight_size", "weight_size"),
                       ("max_age", "max_age_s"), ("default_time_limit", "default_time_limit_s"),
                       ("usage_half_life", "usage_half_life_s"), ("cpu_weight", "cpu_weight"),
-                      ("backfill", "backfill")):
+                      ("backfill", "backfill"), ("starved_first", "starved_first"),
+                      ("preempt_max", "preempt_max"), ("preempt_min_run", "preempt_min_run_s")):
         if key in s:
             setattr(pc, attr, s[key])
     pc.cancel_unsatisfiable = s.get("unsatisfiable_dependency", "cancel") == "cancel"

@@ -142,6 +142,13 @@ class Scheduler:
             if job is not None and job["state"] != RUNNING and job_id not in seen:
                 seen.add(job_id)
                 changes.append((job, S.CANCELLED, "labqd", why, {"end_time": self.clock.time()}))
+        for victim_id, for_id in plan.preempts:
+            victim, by = jobs.active.get(victim_id), jobs.active.get(for_id)
+            if (victim is not None and by is not None and victim["state"] == RUNNING
+                    and victim["preemptible"] and by["state"] == PENDING
+                    and victim_id not in seen):
+                seen.add(victim_id)
+                self.nodes.preempt(victim, by)
         started: list[ActiveJob] = []
         for start in plan.starts:
             job = jobs.active.get(start.job)

@@ -9,7 +9,7 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 from .activejob import HOT
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
 
 db = pw.DatabaseProxy()
@@ -77,6 +77,10 @@ class Job(Base):
     results = JSONField(null=True)  # the globs fetched when it ends
     files = JSONField(null=True)  # {state, bytes, count, note, scratch}: its results' copy
     purged_time = pw.DoubleField(null=True)  # when its files were removed
+    # schema 9: preemption
+    preemptible = pw.BooleanField(default=False)
+    preemptions = pw.IntegerField(default=0)
+    early_signal = pw.CharField(null=True)  # --signal: "USR1@120"
     # the queue's change counter when the job last changed: what a poll asks for with
     # changed_since (version 6)
     seq = pw.IntegerField(null=True)
@@ -257,6 +261,18 @@ def migrate_8(database: pw.Database) -> None:
             database.execute_sql(f'ALTER TABLE "job" ADD COLUMN "{name}" {kind}')
 
 
+
+def migrate_9(database: pw.Database) -> None:
+    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
+    for name in ("preemptible", "preemptions"):
+        if name not in cols:
+            database.execute_sql(f'ALTER TABLE "job" ADD COLUMN "{name}" INTEGER NOT NULL '
+                                 'DEFAULT 0')
+    if "early_signal" not in cols:
+        database.execute_sql('ALTER TABLE "job" ADD COLUMN "early_signal" VARCHAR(255)')
+
+
 # version -> function bringing the schema from version-1 up to it; never edit a released one
 MIGRATIONS = {1: migrate_1, 2: migrate_2, 3: migrate_3, 4: migrate_4, 5: migrate_5,
-              6: migrate_6, 7: migrate_7, 8: migrate_8}
+              6: migrate_6, 7: migrate_7, 8: migrate_8,
+              9: migrate_9}

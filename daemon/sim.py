@@ -13,7 +13,9 @@ Policies compared:
 - vc-fifo: each VC queues FIFO on its own nodes, as Philly ran.
 - fifo: one pooled FIFO queue over all nodes, no backfill.
 - labq: pooled, the default multifactor priority (fair-share between VCs with shares equal to
-  their GPU counts, usage half-life 7 days) with EASY backfill: the real policy.
+  their GPU counts, usage half-life 7 days) with EASY backfill, and starved_first with a
+  maximum age of 2 days (a job that has waited 2 days goes ahead of all that have not): the
+  real policy, configured as README suggests for a busy cluster.
 - sjf-oracle: pooled, shortest true duration first, with backfill on exact limits; a bound no
   real scheduler reaches.
 
@@ -22,9 +24,11 @@ whatever the policy; --arrival-scale compresses submit times to replay the same 
 heavier load (0.25: four times as many jobs per hour).
 
 Figures: JCT (finish - submit) average, median and 99th percentile, wait (start - submit)
-average and maximum, utilisation (GPU-seconds used / GPUs x (last finish - first submit)),
-Jain's index over the VCs' mean slowdowns (JCT / duration; 1 = every VC is slowed equally), and
-each VC's share of the GPU time used against its share of the GPUs.
+average, 99th percentile and maximum, utilisation (GPU-seconds used / GPUs x (last finish -
+first submit)), Jain's index over the VCs' mean slowdowns (JCT / duration; 1 = every VC is
+slowed equally), each VC's share of the GPU time used against its share of the GPUs, and what
+fair-share promises (ShareMeter): per VC, over the time it had jobs waiting, the GPU time it held
+against its share of the GPUs in use (or all it asked for, if less); "share" is the worst VC's.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ import heapq
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 
 from .policy import GpuSlot, JobView, NodeView, PolicyConfig, fairshare, schedule
@@ -43,6 +48,8 @@ from .trace import GPUS_PER_NODE, TraceJob, load_trace
 POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle")
 NODE_CPUS = 64
 NODE_MEM_MB = 512 * 1024
+# the labq policy replays with starved_first at this age (README: "Scheduling")
+STARVED_AFTER_S = 2 * 86400.0
 
 
 def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:
@@ -50,7 +57,8 @@ def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:
         return PolicyConfig(weight_age=1.0, weight_fairshare=0.0, weight_priority=0.0,
                             backfill=False)
     if name == "labq":
-        return PolicyConfig(group_shares={vc: float(g) for vc, g in vcs.items()})
+        return PolicyConfig(group_shares={vc: float(g) for vc, g in vcs.items()},
+                            starved_first=True, max_age_s=STARVED_AFTER_S)
     if name == "sjf-oracle":
         return PolicyConfig(weight_age=0.0, weight_fairshare=0.0, weight_priority=0.0,
                             weight_short=1.0)
@@ -71,6 +79,24 @@ class _Partition:
         self.cluster = Cluster(nodes, config.limits)
         self.queue = PendingQueue(config, 0.0)
         self.busy = {n.name: set() for n in nodes}  # independent check on double allocation
+        self.asks: Counter[int] = Counter()  # queued jobs by GPUs asked for
+
+    def add(self, view: JobView) -> None:
+        self.queue.add(view)
+        self.asks[view.gpus] += 1
+
+    def remove(self, view: JobView) -> None:
+        self.queue.remove(view)
+        self.asks[view.gpus] -= 1
+        if not self.asks[view.gpus]:
+            del self.asks[view.gpus]
+
+    def nothing_fits(self) -> bool:
+        """No queued job asks for as few GPUs as some node has free: a plan would start
+        nothing."""
+        buckets = self.cluster.buckets
+        most = next((k for k in range(len(buckets) - 1, -1, -1) if buckets[k]), 0)
+        return not self.asks or most < min(self.asks)
 
 
 class _Replay:
@@ -102,6 +128,7 @@ class _Replay:
         self.busy_total = 0
         self.timeline: list[tuple[float, int]] = []
         self.violations = 0
+        self.share = ShareMeter(vcs)
 
     def run(self, record: bool) -> None:
         jobs, i, n = self.jobs, 0, len(self.jobs)
@@ -113,10 +140,12 @@ class _Replay:
                 self.usage = fairshare.accrue(self.usage, self.rates, t - self.last_t,
                                               self.cfg.usage_half_life_s)
                 self.last_t = t
+            self.share.advance(t, self.busy_total)
             dirty = self._finish_due(t)
             while i < n and jobs[i].submit <= t:
                 p = self.part_of[jobs[i].id]
-                p.queue.add(self.views[i])
+                p.add(self.views[i])
+                self.share.waiting(jobs[i].vc, jobs[i].gpus)
                 if p not in dirty:
                     dirty.append(p)
                 i += 1
@@ -142,14 +171,17 @@ class _Replay:
             p.cluster.finish(jid)
             p.busy[node].difference_update(gpus)
             self.busy_total -= len(gpus)
+            self.share.ended(self.by_id[jid].vc, len(gpus))
             self.finish[jid] = t
             if self.use_fs:
                 self.rates[self.by_id[jid].vc] -= len(gpus)
-            if p.queue.classes and p not in dirty:
+            if p.asks and p not in dirty:
                 dirty.append(p)
         return dirty
 
     def _schedule(self, p: _Partition, t: float) -> None:
+        if p.nothing_fits():
+            return  # the plan would start nothing, and planning leaves nothing behind
         cfg = self.cfg
         p.queue.advance(age_floor(cfg, t))
         fs = {}
@@ -160,16 +192,57 @@ class _Replay:
         plan = schedule(p.cluster, p.queue, t, cfg, fs, full=False)
         for s in plan.starts:
             view = self.views[s.job - 1]
-            p.queue.remove(view)
+            p.remove(view)
             held = p.busy[s.node]
             if held.intersection(s.gpus) or len(s.gpus) != view.gpus:
                 self.violations += 1
             held.update(s.gpus)
             self.busy_total += len(s.gpus)
+            self.share.started(view.group, len(s.gpus))
             self.start[s.job] = t
             heapq.heappush(self.ends, (t + self.by_id[s.job].duration, s.job))
             if self.use_fs:
                 self.rates[view.group] = self.rates.get(view.group, 0.0) + len(s.gpus)
+
+
+class ShareMeter:
+    """What fair-share promises, measured: while a VC has jobs waiting, it should hold at least
+    its share of the GPUs in use (its GPUs over all GPUs), or all it asks for if that is less.
+    Per VC, the GPU time it held over the GPU time it was so entitled to, both over the time it
+    had jobs waiting; 1.0 or more means it always got its share."""
+
+    def __init__(self, vcs: dict[str, int]):
+        total = sum(vcs.values()) or 1
+        self.share = {vc: g / total for vc, g in vcs.items()}
+        self.running = dict.fromkeys(vcs, 0)
+        self.queued = dict.fromkeys(vcs, 0)  # GPUs asked for by waiting jobs
+        self.held = dict.fromkeys(vcs, 0.0)
+        self.owed = dict.fromkeys(vcs, 0.0)
+        self.last = None
+
+    def advance(self, t: float, busy: int) -> None:
+        """Count the time since the last event, during which nothing changed."""
+        if self.last is not None and t > self.last:
+            dt = t - self.last
+            for vc, q in self.queued.items():
+                if q:
+                    run = self.running[vc]
+                    self.held[vc] += run * dt
+                    self.owed[vc] += min(self.share[vc] * busy, run + q) * dt
+        self.last = t
+
+    def waiting(self, vc: str, gpus: int) -> None:
+        self.queued[vc] += gpus
+
+    def started(self, vc: str, gpus: int) -> None:
+        self.queued[vc] -= gpus
+        self.running[vc] += gpus
+
+    def ended(self, vc: str, gpus: int) -> None:
+        self.running[vc] -= gpus
+
+    def ratios(self) -> dict[str, float]:
+        return {vc: self.held[vc] / o for vc, o in sorted(self.owed.items()) if o > 0}
 
 
 def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
@@ -182,6 +255,8 @@ def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
     r.run(record)
     result = _metrics(jobs, vcs, r.start, r.finish, r.total_gpus)
     result["violations"] = r.violations
+    result["share_ratio"] = r.share.ratios()
+    result["worst_share"] = min(result["share_ratio"].values(), default=1.0)
     if record:
         result["timeline"] = r.timeline
         result["records"] = {j.id: (j.submit, r.start.get(j.id), r.finish.get(j.id), j.gpus)
@@ -200,6 +275,7 @@ def _metrics(jobs, vcs, start, finish, total_gpus) -> dict:
     done = [j for j in jobs if j.id in finish]
     jct = sorted(finish[j.id] - j.submit for j in done)
     waits = [start[j.id] - j.submit for j in done]
+    sorted_waits = sorted(waits)
     used = sum(j.gpus * j.duration for j in done)
     span = (max(finish.values()) - min(j.submit for j in jobs)) if done else 0.0
     per_vc: dict[str, list[float]] = {}
@@ -215,6 +291,7 @@ def _metrics(jobs, vcs, start, finish, total_gpus) -> dict:
         "p50_jct_s": _pct(jct, 0.5),
         "p99_jct_s": _pct(jct, 0.99),
         "avg_wait_s": sum(waits) / len(waits) if waits else 0.0,
+        "p99_wait_s": _pct(sorted_waits, 0.99),
         "max_wait_s": max(waits) if waits else 0.0,
         "utilization": used / (total_gpus * span) if span > 0 else 0.0,
         "jain": jain,
@@ -240,12 +317,14 @@ def run(trace: str, vcs_path: str, limit: int | None = None, seed: int = 0,
 
 def format_table(result: dict) -> str:
     head = (f"{'policy':<11} {'jobs':>6} {'avg JCT':>10} {'p50 JCT':>9} {'p99 JCT':>10} "
-            f"{'avg wait':>9} {'max wait':>10} {'util':>6} {'Jain':>5} {'wall':>6}")
+            f"{'avg wait':>9} {'p99 wait':>10} {'max wait':>10} {'util':>6} {'Jain':>5} "
+            f"{'share':>6} {'wall':>6}")
     lines = [head, "-" * len(head)]
     for name, m in result["policies"].items():
         lines.append(f"{name:<11} {m['jobs']:>6} {m['avg_jct_s']:>9.0f}s {m['p50_jct_s']:>8.0f}s "
-                     f"{m['p99_jct_s']:>9.0f}s {m['avg_wait_s']:>8.0f}s {m['max_wait_s']:>9.0f}s "
-                     f"{m['utilization']:>6.3f} {m['jain']:>5.2f} {m['wall_s']:>5.1f}s")
+                     f"{m['p99_jct_s']:>9.0f}s {m['avg_wait_s']:>8.0f}s {m['p99_wait_s']:>9.0f}s "
+                     f"{m['max_wait_s']:>9.0f}s {m['utilization']:>6.3f} {m['jain']:>5.2f} "
+                     f"{m['worst_share']:>6.2f} {m['wall_s']:>5.1f}s")
     lines.append(f"total wall time {result['wall_s']:.1f} s (seconds are simulated time, "
                  "wall is real time)")
     return "\n".join(lines)

@@ -20,4 +20,5 @@ def job_view(j: dict) -> JobView:
         dependencies=tuple(Dependency(*parse_dependency(d)) for d in j["dependencies"]),
         partition=j["partition"], eligible_time=j["eligible_time"], node=j["node"],
         gpu_indices=tuple(j["gpu_indices"] or ()), start_time=j["start_time"],
-        array_id=j.get("array_id"), array_limit=j.get("array_limit"))
+        array_id=j.get("array_id"), array_limit=j.get("array_limit"),
+        preemptible=bool(j.get("preemptible")), preemptions=j.get("preemptions") or 0)

@@ -59,7 +59,8 @@ def _submit_args(a: argparse.Namespace, usage: str) -> tuple[list[str] | str, di
         time_limit=a.time, name=a.name, priority=a.priority, after=after, cwd=a.chdir,
         env=env, export_env=not a.no_export, group=a.group, partition=a.partition,
         hold=a.hold, requeue=not a.no_requeue, notify=userconfig.submit_notify(a.notify),
-        experiment=a.experiment, key=a.key, **cli_files.submit_files(a))
+        experiment=a.experiment, key=a.key, preemptible=a.preemptible,
+        early_signal=a.signal, **cli_files.submit_files(a))
 
 
 def cmd_submit(q: Client, a: argparse.Namespace) -> int:

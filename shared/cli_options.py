@@ -54,6 +54,10 @@ def submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hold", action="store_true", help="submit held")
     p.add_argument("--no-requeue", action="store_true",
                    help="fail instead of requeueing if the node is lost")
+    p.add_argument("--preemptible", action="store_true",
+                   help="may be stopped and requeued for a job that is not (see README)")
+    p.add_argument("--signal", metavar="SIG@SECS",
+                   help="send SIG (e.g. USR1) SECS before the time limit, and on preemption")
     p.add_argument("--wrap", help="a shell command string run with bash -c")
     p.add_argument("--notify", choices=["end", "fail", "all", "none"],
                    help="tell me when the job ends, ends other than COMPLETED, or starts and "

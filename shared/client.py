@@ -212,7 +212,8 @@ class Client:
                partition: str | None = None, hold: bool = False, requeue: bool = True,
                notify: str | None = None, experiment: str | None = None,
                key: str | None = None, stage: list[str] | str | None = None,
-               results: list[str] | None = None) -> Job:
+               results: list[str] | None = None, preemptible: bool = False,
+               early_signal: str | None = None) -> Job:
         """Queue a command: an argv list, or a string run with `bash -c`.
 
         The job gets the caller's environment (minus session variables) unless export_env is
@@ -229,7 +230,8 @@ class Client:
                               priority=priority, after=after, cwd=cwd or os.getcwd(),
                               env=full_env, group=group, partition=partition, hold=hold,
                               requeue=requeue, notify=notify, experiment=experiment,
-                              key=key, stage=self._upload(stage), results=results)
+                              key=key, stage=self._upload(stage), results=results,
+                              preemptible=preemptible, early_signal=early_signal)
         return cast(Job, self.request(SubmitRequest(spec=spec)))
 
     def _upload(self, stage: list[str] | str | None) -> str | None:

@@ -42,6 +42,9 @@ class Job:
     dependencies: list[str] = field(default_factory=list)
     partition: str = "default"
     requeue: bool = True
+    preemptible: bool = False  # may be stopped and requeued for a job that is not
+    preemptions: int = 0
+    early_signal: str | None = None  # --signal SIG@SECS
     exit_code: int | None = None
     signal: int | None = None
     reason: str | None = None

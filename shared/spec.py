@@ -34,6 +34,8 @@ DEP_KINDS = ("afterok", "afterany", "afternotok")
 # when a job's owner hears of it (Slurm's --mail-type): when it ends, only when it ends other
 # than COMPLETED, or when it starts and when it ends
 NOTIFY_WHEN = ("end", "fail", "all")
+# what --signal may send: the signals jobs use to save their work
+EARLY_SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP", "CONT", "URG")
 
 # Bounds of every request, whatever it asks for. SQLite stores signed 64-bit integers; beyond
 # them a value fails deep inside the store instead of at the door.
@@ -54,7 +56,8 @@ MAX_KEY_BYTES = 128
 
 FIELDS = ("command", "name", "cwd", "env", "gpus", "gpu_type", "gpu_memory_mb", "cpus",
           "memory_mb", "time_limit_s", "priority", "dependencies", "group", "partition",
-          "hold", "requeue", "notify", "experiment", "key", "stage", "results")
+          "hold", "requeue", "notify", "experiment", "key", "stage", "results", "preemptible",
+          "early_signal")
 
 
 def _fail(field: str, message: str, value: Any = None) -> ValidationError:
@@ -385,11 +388,12 @@ def validate_submit(data: Any) -> dict[str, Any]:
             raise _fail(key, "must be 1-64 letters, digits, '.', '_' or '-'", v)
         out[key] = v
     out["partition"] = out["partition"] or "default"
-    for key, default in (("hold", False), ("requeue", True)):
+    for key, default in (("hold", False), ("requeue", True), ("preemptible", False)):
         v = data.get(key, default)
         if not isinstance(v, bool):
             raise _fail(key, "must be true or false", v)
         out[key] = v
+    out["early_signal"] = _early_signal(data.get("early_signal"))
     notify = data.get("notify")
     if notify is not None and (type(notify) is not str or notify not in NOTIFY_WHEN):
         raise _fail("notify", f"must be one of {', '.join(NOTIFY_WHEN)}", notify)
@@ -397,6 +401,17 @@ def validate_submit(data: Any) -> dict[str, Any]:
     from .stagefiles import files_fields  # it builds on this module's checks
     files_fields(data, out)
     return out
+
+
+def _early_signal(v: Any) -> str | None:
+    """--signal SIG@SECS (Slurm's form): SIG, one of EARLY_SIGNALS, SECS before the limit."""
+    if v is None:
+        return None
+    m = re.fullmatch(r"(?:SIG)?([A-Z0-9]{2,6})@([0-9]{1,9})", v) if type(v) is str else None
+    if m is None or m.group(1) not in EARLY_SIGNALS or not 1 <= int(m.group(2)) <= MAX_TIME_S:
+        raise _fail("early_signal", "must be SIG@SECONDS, SIG one of "
+                    f"{', '.join(EARLY_SIGNALS)} and 1 <= SECONDS <= {MAX_TIME_S}", v)
+    return f"{m.group(1)}@{int(m.group(2))}"
 
 
 def submit_request(command: list[str] | tuple[str, ...] | str, *, gpus: int = 0,
@@ -409,11 +424,16 @@ def submit_request(command: list[str] | tuple[str, ...] | str, *, gpus: int = 0,
                    hold: bool = False, requeue: bool = True,
                    notify: str | None = None, experiment: str | None = None,
                    key: str | None = None, stage: str | None = None,
-                   results: list[str] | None = None) -> dict[str, Any]:
+                   results: list[str] | None = None, preemptible: bool = False,
+                   early_signal: str | None = None) -> dict[str, Any]:
     """Build a request from friendly arguments ('16G', '2h', [12, 'afterany:13'])."""
     req: dict[str, Any] = {"command": list(command) if isinstance(command, tuple) else command,
                            "gpus": gpus, "cpus": cpus, "priority": priority, "hold": hold,
                            "requeue": requeue}
+    if preemptible:
+        req["preemptible"] = True
+    if early_signal is not None:
+        req["early_signal"] = early_signal
     if gpu_type is not None:
         req["gpu_type"] = gpu_type
     if gpu_memory_mb is not None:

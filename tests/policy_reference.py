@@ -7,6 +7,8 @@ The rules, as `plan()` applies them:
 - priority = w_fairshare * F + w_priority * (p - 1) / 9 + w_size * min(1, gpus / largest node)
   + w_short / (1 + limit / default limit) + w_age * min(1, age / max_age), the age counted from
   the eligible time, else the submit time; a pending job waiting on a dependency has no age;
+  with starved_first (and w_age > 0), a job of age >= max_age instead gets the sum of all the
+  weights, the most any job can have, so that such jobs go first in submit order;
   ties go to the earlier submit, then the lower id;
 - dependencies: one that can never be met -> DependencyNeverSatisfied (and a cancel if so
   configured), else held -> Held, else one not met yet -> Dependency; the rest are eligible;
@@ -133,6 +135,11 @@ class Reference:
         if not with_age:
             return p
         t0 = job.submit_time if job.eligible_time is None else job.eligible_time
+        starved = c.starved_first and c.weight_age > 0 and c.max_age_s > 0
+        if starved and t0 <= self.now - c.max_age_s:
+            # waited max_age_s: ahead of every job that has not, by submit time among them
+            return (c.weight_fairshare + c.weight_priority + c.weight_size + c.weight_short
+                    + c.weight_age)
         if c.max_age_s > 0:
             age = min(1.0, max(0.0, self.now - t0) / c.max_age_s)
         else:

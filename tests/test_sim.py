@@ -16,8 +16,8 @@ from labq.daemon.trace import load_trace
 DATA = os.path.join(os.path.dirname(__file__), "data", "philly")
 JOBS = os.path.join(DATA, "jobs.csv")
 VCS = os.path.join(DATA, "vcs.csv")
-KEYS = {"avg_jct_s", "p50_jct_s", "p99_jct_s", "avg_wait_s", "max_wait_s", "utilization",
-        "jain", "jobs", "vc_share"}
+KEYS = {"avg_jct_s", "p50_jct_s", "p99_jct_s", "avg_wait_s", "p99_wait_s", "max_wait_s",
+        "utilization", "jain", "jobs", "vc_share", "share_ratio", "worst_share"}
 
 @pytest.fixture(scope="module")
 def trace():

@@ -103,6 +103,8 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
     old.execute_sql('ALTER TABLE "job" DROP COLUMN "notify"')  # and had no notifications
     for name, _ in schema.V5_COLUMNS + schema.V8_COLUMNS:
         old.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
+    for name in ("preemptible", "preemptions", "early_signal"):  # nor preemption
+        old.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
     old.execute_sql(f"PRAGMA application_id = {st.APPLICATION_ID}")
     st.Meta.insert_many([{"key": "schema_version", "value": "1"},
                          {"key": "cluster_id", "value": "abc"}]).execute()
@@ -118,7 +120,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
                         [st.Job._meta.fields[k].db_value(v) for k, v in fields.items()])
     old.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 8
+    assert s.schema_version == st.SCHEMA_VERSION == 9
     assert s.cluster_id == "abc" and s.job_row(1)["owner"] == "alice"
     # owners become uids where the account exists; a name nobody has now stays unowned
     assert s.job_row(1)["owner_uid"] is None and s.job_row(2)["owner_uid"] == 0
@@ -191,7 +193,7 @@ def test_a_schema_4_database_gains_the_workflow_columns(tmp_path):
     st.Meta.replace(key="schema_version", value="4").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 8 and s.db.table_exists("token")
+    assert s.schema_version == st.SCHEMA_VERSION == 9 and s.db.table_exists("token")
     assert s.job_row(1)["experiment"] is None and s.job_row(1)["key"] is None
     assert s.integrity_check() == "ok"
     s.close()
@@ -265,7 +267,7 @@ def test_a_schema_7_database_gains_the_files_columns(tmp_path):
     st.Meta.replace(key="schema_version", value="7").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == 8
+    assert s.schema_version == 9
     row = s.job_row(1)
     assert row["stage"] is None and row["results"] is None and row["purged_time"] is None
     s.set_files(1, {"state": "complete", "bytes": 7}, reason="ResultsIncomplete: x")

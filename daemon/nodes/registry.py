@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,15 @@ S = JobState
 # mid-launch
 LAUNCH_GRACE_S = 30
 
+
+
+def early_signal(job: dict) -> list[int] | None:
+    """[signal number, seconds] of the job's --signal SIG@SECS, for its node's agent."""
+    spec = job.get("early_signal")
+    if not spec:
+        return None
+    name, secs = spec.split("@")
+    return [int(getattr(signal, "SIG" + name)), int(secs)]
 
 class NodeRegistry:
     """Implements the links' LinkEvents and the job table's RunControl."""
@@ -60,6 +70,21 @@ class NodeRegistry:
     def stop(self) -> None:
         for link in self.links.values():
             link.stop()
+
+    def preempt(self, job: dict, by: dict) -> None:
+        """Stop a preemptible job's run (SIGTERM, the grace, SIGKILL) and queue it again, in
+        the same way as a run lost with its node; its next run has a new key, so the end of
+        this one changes nothing."""
+        link = self.links.get(job["node"])
+        if link is not None:
+            link.request("cancel", job=run_key(job), reason="preempt")
+        why = (f"preempted by job {by['id']} of {by['owner']} (group {by['group']}) "
+               f"on {job['node']}")
+        log.info("job %d: %s", job["id"], why)
+        self.jobs.transition(job, S.PENDING, "labqd", why, restarts=job["restarts"] + 1,
+                             preemptions=job.get("preemptions", 0) + 1, node=None,
+                             gpu_indices=[], start_time=None, eligible_time=self.clock.time())
+        self.jobs.logs.new_run(job["id"], job["restarts"], why)
 
     def cancel_run(self, job: dict) -> None:
         link = self.links.get(job["node"])
@@ -513,4 +538,4 @@ class NodeRegistry:
                      grace_s=self.cfg.kill_grace_s,
                      user=job["owner"], uid=job["owner_uid"], memory_mb=job["memory_mb"],
                      pids_max=self.cfg.limits.get("job_max_pids"),
-                     shared=link.cfg.shared_account)
+                     shared=link.cfg.shared_account, early_signal=early_signal(job))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .placement import Cluster, could_ever_fit, gpu_matches
+from .placement import Cluster, could_ever_fit, gpu_matches, runs_owner
 from .snapshot import JobView
 
 
@@ -38,18 +38,37 @@ def reserve(cluster: Cluster, job: JobView, now: float) -> Reservation | None:
     end would ever free enough for it."""
     best: Reservation | None = None
     need, cpus, mem = job.gpus, job.cpus, job.memory_mb
+    plain = not job.gpu_type and not job.gpu_memory_mb
+    restricted = cluster.restricted
     for ns in cluster.nodes:
-        if not ns.up or not could_ever_fit(ns, job):
+        if not ns.up:
             continue
-        match = {g for g, s in ns.slots.items() if gpu_matches(s, job)}
-        free_now = [g for g in sorted(ns.free) if g in match]
-        got: list[int] = []  # GPUs freed by ending jobs, taken first so free ones stay usable
+        if plain:  # could_ever_fit, inlined: this loop runs over every node
+            if (cpus > ns.cpus or mem > ns.memory_mb or len(ns.gpus) < need
+                    or (restricted and not runs_owner(ns, job))):
+                continue
+        elif not could_ever_fit(ns, job):
+            continue
         c, m = ns.free_cpus, ns.free_mem
+        ends = ns.ends()
+        if plain:
+            if len(ns.free) >= need and c >= cpus and m >= mem:
+                best = Reservation(job.id, now, ns.idx, frozenset(sorted(ns.free)[:need]),
+                                   c - cpus, m - mem)
+                break
+            # it frees nothing before its first running job ends: once a reservation is known
+            # most nodes are passed over here
+            if best is not None and (not ends or max(now, ends[0][0]) >= best.time):
+                continue
+            free_now = sorted(ns.free)
+            match = ns.slots
+        else:
+            match = {g for g, s in ns.slots.items() if gpu_matches(s, job)}
+            free_now = [g for g in sorted(ns.free) if g in match]
+        got: list[int] = []  # GPUs freed by ending jobs, taken first so free ones stay usable
         t = now
         if len(free_now) < need or c < cpus or m < mem:
-            if best is not None and not ns.running:
-                continue
-            for end, gidx, jc, jm in sorted(ns.running.values()):
+            for end, gidx, jc, jm in ends:
                 got.extend(g for g in gidx if g in match)
                 c += jc
                 m += jm

@@ -41,6 +41,8 @@ def could_ever_fit(node, job: JobView, any_owner: bool = False) -> bool:
         return False
     if job.gpus <= 0:
         return True
+    if not job.gpu_type and not job.gpu_memory_mb:
+        return len(node.gpus) >= job.gpus
     return sum(1 for g in node.gpus if gpu_matches(g, job)) >= job.gpus
 
 
@@ -53,7 +55,7 @@ class NodeState:
     """A NodeView while a plan is made: what is free on it and what runs there until when,
     changed by the plan's starts (and the simulator's finishes)."""
     __slots__ = ("idx", "name", "state", "up", "cpus", "memory_mb", "gpus", "slots", "free",
-                 "free_cpus", "free_mem", "running", "only_uid", "root_ok")
+                 "free_cpus", "free_mem", "running", "only_uid", "root_ok", "_ends")
 
     def __init__(self, idx: int, name: str, state: str, cpus: int, memory_mb: int,
                  gpus: tuple[GpuSlot, ...], free: Iterable[int], free_cpus: int, free_mem: int,
@@ -73,6 +75,14 @@ class NodeState:
         self.root_ok = root_ok
         # job id -> (end by its time limit, gpu indices, cpus, memory)
         self.running: dict[int, tuple[float, tuple[int, ...], int, int]] = {}
+        self._ends: list | None = None
+
+    def ends(self) -> list:
+        """The running jobs' entries in order of their end (kept until `running` changes: the
+        replay simulator keeps a cluster across many plans)."""
+        if self._ends is None:
+            self._ends = sorted(self.running.values())
+        return self._ends
 
 
 class Cluster:
@@ -132,6 +142,7 @@ class Cluster:
         slots = [ns.slots[i] for i in idx if i in ns.slots] if ns else []
         if ns is not None:
             ns.running[job.id] = (end, idx, job.cpus, job.memory_mb)
+            ns._ends = None
         self.jobs[job.id] = (job, ns.idx if ns else -1, idx, end)
         self._count(job, slots, 1)
 
@@ -143,6 +154,7 @@ class Cluster:
         ns.free_cpus -= job.cpus
         ns.free_mem -= job.memory_mb
         ns.running[job.id] = (end, gpus, job.cpus, job.memory_mb)
+        ns._ends = None
         self._move(ns, before)
         self.jobs[job.id] = (job, node_idx, gpus, end)
         self._count(job, [ns.slots[i] for i in gpus], 1)
@@ -155,6 +167,7 @@ class Cluster:
             ns = self.nodes[node_idx]
             before = len(ns.free)
             ns.running.pop(job_id, None)
+            ns._ends = None
             ns.free.update(gpus)
             ns.free_cpus += job.cpus
             ns.free_mem += job.memory_mb

@@ -20,7 +20,7 @@ from bisect import insort
 from collections import Counter
 from itertools import count
 
-from . import fairshare
+from . import fairshare, preempt
 from .dependencies import sort_out
 from .memo import ActiveJobs, JobIndex, PlanMemo
 from .placement import Cluster, shape_of
@@ -70,6 +70,8 @@ def _plan(st: ActiveJobs, snapshot: Snapshot, now: float) -> Plan:
                 shapes=shapes).run()
     if walk.res_job is not None and walk.res is not None:
         out.estimates[walk.res_job.id] = walk.res.time
+    if walk.res_job is not None and any(j.preemptible for j in st.running.values()):
+        out.preempts = _preempts(walk.res_job, st.running, snapshot, cluster, now)
     frozen_prio = _frozen_priorities(frozen, queue.key, cfg, fs, cluster.max_gpus)
     class_no = dict(zip(classes, count()))
     for c, merged in alias.items():
@@ -78,6 +80,15 @@ def _plan(st: ActiveJobs, snapshot: Snapshot, now: float) -> Plan:
     elig = _Eligible(st.index(), extra_no, class_no, queue.eligible + len(extra))
     _outputs(out, walk, elig, fixed, frozen_prio, heads, now, cfg, cluster)
     return out
+
+
+def _preempts(job: JobView, running: dict, snapshot: Snapshot, cluster: Cluster,
+              now: float) -> list[tuple[int, int]]:
+    cfg = snapshot.config
+    pairs = {(j.group, j.owner) for j in running.values()} | {(job.group, job.owner)}
+    fs = fairshare.factors(snapshot.group_usage, snapshot.user_usage, cfg.group_shares,
+                           cfg.user_shares, sorted(pairs))
+    return [(v, job.id) for v in preempt.victims(cluster, job, running, now, cfg, fs)]
 
 
 def _with_extra(queue: PendingQueue, classes: list, extra: list[JobView]):
@@ -140,7 +151,7 @@ def _outputs(out: Plan, walk: Walk, elig: _Eligible, fixed: dict, frozen_prio: d
                               walk.window, cfg.default_time_limit_s, cluster, walk.open_reason)
     inv_age = 1.0 / cfg.max_age_s if cfg.max_age_s > 0 else 0.0
     out.priorities = PlanPriorities(frozen_prio, elig, walk.consts, now, now - cfg.max_age_s,
-                                    cfg.weight_age, inv_age)
+                                    cfg.weight_age, inv_age, walk.starved)
 
 
 def schedule(cluster: Cluster, queue: PendingQueue, now: float, config: PolicyConfig,

@@ -8,6 +8,8 @@
 - size: GPUs asked for relative to the largest node (weight 0 unless configured).
 - short: 1 / (1 + time limit / default time limit), favouring short limits (weight 0 unless
   configured).
+With starved_first, a job that has waited max_age_s instead gets the highest priority any job
+can have (starved_priority): starved jobs go first, among themselves by submit time.
 Ties go to the earlier submit, then the lower id.
 
 Pending jobs are kept in classes of jobs that differ only in age (`class_key`): every member
@@ -54,6 +56,15 @@ def class_key(config: PolicyConfig):
     throttle settles the whole class. Plain functions rather than attrgetter: CPython 3.11
     specialises their attribute loads, which counts over a queue of 100,000."""
     return _request_and_limit if config.weight_short else _request
+
+
+def starved_priority(config: PolicyConfig) -> float | None:
+    """The priority of a job that has waited max_age_s when starved_first is on (the most any
+    other job can reach, so ties go by submit time), else None."""
+    if not (config.starved_first and config.weight_age > 0 and config.max_age_s > 0):
+        return None
+    return (config.weight_fairshare + config.weight_priority + config.weight_size
+            + config.weight_short + config.weight_age)
 
 
 def class_constant(head: JobView, config: PolicyConfig, fairshare: float,

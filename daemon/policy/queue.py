@@ -47,7 +47,7 @@ def _fresh_order(job: JobView) -> tuple:
 
 class JobClass:
     """One class of eligible pending jobs (jobs that differ only in age)."""
-    __slots__ = ("key", "head", "shape", "sat", "fresh", "tls", "_ordered")
+    __slots__ = ("key", "head", "shape", "sat", "fresh", "tls", "_ordered", "const")
 
     def __init__(self, key: tuple, head: JobView, sat: list, fresh: list):
         self.key = key
@@ -57,6 +57,8 @@ class JobClass:
         self.fresh = fresh
         self.tls: Counter | None = None  # members by time_limit_s, once asked for
         self._ordered: list | None = None
+        # (fair-share factor, weights, constant part of the priority): kept by the walk
+        self.const: tuple | None = None
 
     def tl_counts(self) -> Counter:
         """How many members have each time_limit_s (None included)."""

@@ -117,10 +117,10 @@ class PlanReasons(Mapping):
 
 class PlanPriorities(Mapping):
     """job id -> priority, for every pending job."""
-    __slots__ = ("_frozen", "_elig", "_consts", "_now", "_floor", "_wa", "_inv_age")
+    __slots__ = ("_frozen", "_elig", "_consts", "_now", "_floor", "_wa", "_inv_age", "_starved")
 
     def __init__(self, frozen: dict, elig: _Eligible, consts: list, now: float, floor: float,
-                 weight_age: float, inv_age: float):
+                 weight_age: float, inv_age: float, starved: float | None = None):
         self._frozen = frozen  # waiting on a dependency: no age
         self._elig = elig
         self._consts = consts  # class number -> the part of the priority its members share
@@ -128,6 +128,7 @@ class PlanPriorities(Mapping):
         self._floor = floor
         self._wa = weight_age
         self._inv_age = inv_age
+        self._starved = starved  # priority.starved_priority
 
     def get(self, job_id, default=None):
         p = self._frozen.get(job_id)
@@ -139,6 +140,8 @@ class PlanPriorities(Mapping):
         j, n = found
         t = j.submit_time if j.eligible_time is None else j.eligible_time
         now = self._now
+        if t <= self._floor and self._starved is not None:
+            return self._starved
         return self._consts[n] + self._wa * (
             1.0 if t <= self._floor else (now - t) * self._inv_age if t < now else 0.0)
 

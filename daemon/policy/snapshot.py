@@ -58,6 +58,9 @@ class JobView:
     # (Slurm's %N); no limit when None
     array_id: int | None = None
     array_limit: int | None = None
+    # may be stopped and requeued for a job that is not (preempt.py); times it was so far
+    preemptible: bool = False
+    preemptions: int = 0
     # RUNNING jobs only
     node: str | None = None
     gpu_indices: tuple[int, ...] = ()
@@ -93,6 +96,13 @@ class PolicyConfig:
     cpu_weight: float = 0.0
     # optional factor favouring short time limits (0 = off, as in Slurm)
     weight_short: float = 0.0
+    # a job that has waited max_age_s goes ahead of every job that has not, first come first
+    # served among them (needs weight_age > 0): a bound on waits that fair-share cannot undo
+    starved_first: bool = False
+    # preemption budget: a job is preempted at most this many times, and only after it has
+    # run this long (0 preemptions: never preempt)
+    preempt_max: int = 3
+    preempt_min_run_s: float = 300.0
 
 
 @dataclass
@@ -131,3 +141,5 @@ class Plan:
     cancels: list[tuple[int, str]] = field(default_factory=list)
     # the computed priority of every PENDING job (a read-only mapping, as reasons)
     priorities: Mapping[int, float] = field(default_factory=dict)
+    # (running job to stop and requeue, the pending job it makes room for)
+    preempts: list[tuple[int, int]] = field(default_factory=list)

@@ -23,7 +23,7 @@ from itertools import islice
 from .backfill import Reservation, reserve
 from .limits import quota_reason
 from .placement import Cluster
-from .priority import short_factor, size_factor, time_limit, user_factor
+from .priority import short_factor, size_factor, starved_priority, time_limit, user_factor
 from .queue import JobClass
 from .reasons import OPEN
 from .snapshot import JobView, PolicyConfig, Start
@@ -55,6 +55,7 @@ class Walk:
         self.weight_age = config.weight_age
         self.inv_age = 1.0 / config.max_age_s if config.max_age_s > 0 else 0.0
         self.floor = now - config.max_age_s
+        self.starved = starved_priority(config)
         self._queue_heads(fairshare_factors)
         self.pos = [0] * len(classes)  # per class, the member the walk is at
         self.verdicts: list = [None] * len(classes)
@@ -86,31 +87,49 @@ class Walk:
         wf, wp, ws, wsh = (cfg.weight_fairshare, cfg.weight_priority, cfg.weight_size,
                            cfg.weight_short)
         wa, floor, now, inv_age = self.weight_age, self.floor, self.now, self.inv_age
+        starved = self.starved
+        # a class's constant is kept on it with what it was computed from: the replay
+        # simulator walks the same classes at every event
+        basis = (wf, wp, ws, wsh, cfg.default_time_limit_s, max_gpus)
         user_f: dict[int, float] = {}
         self.lists = lists = []
         self.consts = consts = []
         self.heap = heap = []
         for n, c in enumerate(self.classes):
             h = c.head
-            uf = user_f.get(h.priority)
-            if uf is None:
-                uf = user_f[h.priority] = user_factor(h.priority)
-            const = wf * fs((h.group, h.owner), 1.0) + wp * uf
-            if ws:
-                const += ws * size_factor(h.gpus, max_gpus)
-            if wsh:
-                const += wsh * short_factor(h.time_limit_s, cfg)
+            f = fs((h.group, h.owner), 1.0)
+            kept = c.const
+            if kept is not None and kept[0] == f and kept[1] == basis:
+                const = kept[2]
+            else:
+                uf = user_f.get(h.priority)
+                if uf is None:
+                    uf = user_f[h.priority] = user_factor(h.priority)
+                const = wf * f + wp * uf
+                if ws:
+                    const += ws * size_factor(h.gpus, max_gpus)
+                if wsh:
+                    const += wsh * short_factor(h.time_limit_s, cfg)
+                c.const = (f, basis, const)
             lst = c.ordered()
             lists.append(lst)
             consts.append(const)
             j = lst[0]
+            if not wa:
+                heap.append((-const, j.submit_time, j.id, n))
+                continue
             t0 = j.submit_time if j.eligible_time is None else j.eligible_time
+            if t0 <= floor and starved is not None:
+                heap.append((-starved, j.submit_time, j.id, n))
+                continue
             age = 1.0 if t0 <= floor else max(0.0, now - t0) * inv_age
             heap.append((-(const + wa * age), j.submit_time, j.id, n))
         heapq.heapify(heap)
 
     def _priority(self, const: float, job: JobView) -> float:
         t0 = job.submit_time if job.eligible_time is None else job.eligible_time
+        if t0 <= self.floor and self.starved is not None:
+            return self.starved
         age = 1.0 if t0 <= self.floor else max(0.0, self.now - t0) * self.inv_age
         return const + self.weight_age * age
 

@@ -1,5 +1,5 @@
 """Plan time for 100,000 (and 10,000) pending jobs on 100 nodes x 8 GPUs, and the replay
-simulator's wall time on the full Philly trace.
+simulator's table and wall time on the full Philly trace, at the trace's load and at 10x.
 
 Two figures per cluster state:
 - cold: `plan` on a snapshot it has not seen (no memo; the same work as the first pass of the
@@ -9,7 +9,7 @@ Two figures per cluster state:
 The garbage collector is run before each timed call so that a collection owed by earlier work
 is not charged to the plan.
 
-    python tests/bench/bench_policy.py [--skip-sim] [--pending N ...]
+    python tests/bench/bench_policy.py [--skip-sim] [--pending N ...] [--arrival-scale S ...]
 """
 from __future__ import annotations
 
@@ -130,6 +130,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-sim", action="store_true")
     ap.add_argument("--pending", type=int, nargs="*", default=[100_000, 10_000])
+    ap.add_argument("--arrival-scale", type=float, nargs="*", default=[1.0, 0.1],
+                    help="replay the trace at these arrival scales (0.1: 10x the load)")
     args = ap.parse_args()
     for pending in args.pending:
         for busy, label in ((0.9, "cluster 90% busy"), (0.0, "cluster empty"),
@@ -145,11 +147,15 @@ def main() -> None:
             sys.stdout.flush()
     if not args.skip_sim:
         from labq.daemon import sim
-        t = time.perf_counter()
-        result = sim.run(os.path.join(DATA, "jobs.csv"), os.path.join(DATA, "vcs.csv"))
-        wall = time.perf_counter() - t
-        print(sim.format_table(result))
-        print(f"simulator, full trace, all policies: {wall:.1f} s wall")
+        for scale in args.arrival_scale:
+            t = time.perf_counter()
+            result = sim.run(os.path.join(DATA, "jobs.csv"), os.path.join(DATA, "vcs.csv"),
+                             arrival_scale=scale)
+            wall = time.perf_counter() - t
+            print(f"replay, full trace, arrival scale {scale}:")
+            print(sim.format_table(result))
+            print(f"simulator, full trace, all policies: {wall:.1f} s wall")
+            sys.stdout.flush()
     sys.stdout.flush()
 
 

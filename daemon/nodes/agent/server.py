@@ -73,7 +73,8 @@ class Agent:
         except FileExistsError:
             return {"ok": False, "code": "exists", "error": "job %s already launched here" % job}
         spec = {"argv": list(req["argv"]), "env": dict(req["env"]), "cwd": req["cwd"],
-                "time_limit_s": req.get("time_limit_s"), "user": req.get("user"),
+                "time_limit_s": req.get("time_limit_s"),
+                "early_signal": req.get("early_signal"), "user": req.get("user"),
                 "uid": None if uid is None else int(uid), "shared": bool(req.get("shared")),
                 "memory_mb": req.get("memory_mb"), "pids_max": req.get("pids_max"),
                 "marker": "%s/%s/%s" % (self.cluster, self.node, job)}

@@ -184,13 +184,21 @@ def _supervise(pid, jobdir, spec, start, grace_s, kill_all, wake):
     the grace period wakes it. A wait never lasts more than SAFETY_S, a net under all three."""
     limit = spec.get("time_limit_s")
     deadline = start + limit if limit else None
-    stop_reason, kill_at = None, None
+    # --signal SIG@SECS: SIG goes to the job SECS before its time limit, and before the
+    # SIGTERM of a preemption, so that it can save its work
+    early = spec.get("early_signal")
+    sig_at = max(start, deadline - early[1]) if early and deadline is not None else None
+    stop_reason, kill_at, term_at = None, None, None
+    early_due = bool(early)  # not sent yet
     cancel_path = os.path.join(jobdir, "cancel")
     while True:
         done, st = os.waitpid(pid, os.WNOHANG)
         if done:
             return st, stop_reason
         now = time.time()
+        if sig_at is not None and stop_reason is None and now >= sig_at:
+            killpg_quiet(pid, early[0])
+            sig_at, early_due = None, False
         if stop_reason is None:
             if os.path.lexists(cancel_path):
                 try:
@@ -199,16 +207,27 @@ def _supervise(pid, jobdir, spec, start, grace_s, kill_all, wake):
                     stop_reason = "cancel"
             elif deadline is not None and now >= deadline:
                 stop_reason = "timeout"
-            if stop_reason:
+            if stop_reason == "preempt" and early_due:
+                # the early signal, then a grace period to save work before the SIGTERM
+                killpg_quiet(pid, early[0])
+                sig_at, early_due = None, False
+                term_at, kill_at = now + grace_s, now + 2 * grace_s
+            elif stop_reason:
                 killpg_quiet(pid, signal.SIGTERM)
                 if spec.get("cgroup"):
                     cg_signal(spec["cgroup"], signal.SIGTERM)
                 kill_at = now + grace_s
+        elif term_at is not None and now >= term_at:
+            killpg_quiet(pid, signal.SIGTERM)
+            if spec.get("cgroup"):
+                cg_signal(spec["cgroup"], signal.SIGTERM)
+            term_at = None
         elif kill_at is not None and now >= kill_at:
             kill_all()
             kill_at = None
         timeout = SAFETY_S
-        for t in (deadline if stop_reason is None else None, kill_at):
+        for t in (deadline if stop_reason is None else None, kill_at, term_at,
+                  sig_at if stop_reason is None else None):
             if t is not None:
                 timeout = min(timeout, max(0.0, t - now))
         try:
