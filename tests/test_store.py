@@ -112,7 +112,8 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
         fields = job_fields(gpus=0, owner=owner)
         fields.pop("owner_uid", None)
         for name, f in st.Job._meta.fields.items():
-            if (name not in fields and name not in ("owner_uid", "notify")
+            if (name not in fields and name not in ("owner_uid", "notify", "preemptible",
+                                                    "preemptions")
                     and f.default is not None):
                 fields[name] = f.default() if callable(f.default) else f.default
         cols = ", ".join(f'"{k}"' for k in fields)
