@@ -10,64 +10,29 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
+from . import protocol
 from .connection import exported_env, open_socket
 from .errors import DaemonUnavailable, InternalError, LabqError, ValidationError, from_wire
 from .follow import InterruptsRecorded, attach
 from .models import Event, Job, Node
-from .protocol import (
-    GROUP_SETTINGS,
-    CancelRequest,
-    EventsRequest,
-    ExperimentReply,
-    ExperimentsRequest,
-    GroupReply,
-    GroupSetRequest,
-    GroupsRequest,
-    HoldRequest,
-    JobPriorityRequest,
-    JobRequest,
-    JobsRequest,
-    NodeAddRequest,
-    NodeDict,
-    NodeDrainRequest,
-    NodeRemovedReply,
-    NodeRemoveRequest,
-    NodeResumeRequest,
-    NodesRequest,
-    NotifySetRequest,
-    NotifySettingsReply,
-    NotifyShowRequest,
-    Op,
-    PingReply,
-    PingRequest,
-    PurgeReply,
-    PurgeRequest,
-    ReadLogRequest,
-    ReleaseRequest,
-    Request,
-    ResultsReadRequest,
-    ResultsReply,
-    ResultsRequest,
-    StageBeginRequest,
-    StagePutRequest,
-    StageReply,
-    SubmitArrayRequest,
-    SubmitManyRequest,
-    SubmitRequest,
-    TokenCreateRequest,
-    TokenInfo,
-    TokenListRequest,
-    TokenRevokeRequest,
-    UsageReply,
-    UsageRequest,
-    WaitRequest,
-    WhoamiReply,
-    WhoamiRequest,
-)
+from .protocol import Op, Request
 from .spec import MAX_REQUEST_CHARS, submit_request
 
 if TYPE_CHECKING:
-
+    from .protocol import (
+        ExperimentReply,
+        GroupReply,
+        NodeDict,
+        NodeRemovedReply,
+        NotifySettingsReply,
+        PingReply,
+        PurgeReply,
+        ResultsReply,
+        StageReply,
+        TokenInfo,
+        UsageReply,
+        WhoamiReply,
+    )
     from .remote import Remote
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -232,7 +197,7 @@ class Client:
                               requeue=requeue, notify=notify, experiment=experiment,
                               key=key, stage=self._upload(stage), results=results,
                               preemptible=preemptible, early_signal=early_signal)
-        return cast(Job, self.request(SubmitRequest(spec=spec)))
+        return cast(Job, self.request(protocol.SubmitRequest(spec=spec)))
 
     def _upload(self, stage: list[str] | str | None) -> str | None:
         if not stage:
@@ -257,7 +222,7 @@ class Client:
                               gpu_memory_mb=gpu_memory, **options)
         grid = None if params is None else [[k, [str(v) for v in vals]]
                                             for k, vals in params.items()]
-        return cast(list[Job], self.request(SubmitArrayRequest(
+        return cast(list[Job], self.request(protocol.SubmitArrayRequest(
             spec=spec, array=array, params=grid, max_running=max_running)))
 
     @sends(Op.SUBMIT_MANY)
@@ -283,7 +248,7 @@ class Client:
         if sent:
             defaults = {"env": exported_env() if export_env else {}, "cwd": os.getcwd()}
             replies = cast(list[Job | LabqError], self.request(
-                SubmitManyRequest(specs=sent, defaults=defaults)))
+                protocol.SubmitManyRequest(specs=sent, defaults=defaults)))
             for k, reply in enumerate(replies):
                 if isinstance(reply, LabqError):
                     reply.details["row"] = where[k]
@@ -294,11 +259,11 @@ class Client:
     def experiments(self, user: str | None = None) -> list[ExperimentReply]:
         """Each experiment (everyone's, or `user`'s): its jobs by state, first submit and
         last end."""
-        return cast(list[ExperimentReply], self.request(ExperimentsRequest(user=user)))
+        return cast("list[ExperimentReply]", self.request(protocol.ExperimentsRequest(user=user)))
 
     @sends(Op.JOB)
     def job(self, job_id: int) -> Job:
-        return cast(Job, self.request(JobRequest(id=job_id)))
+        return cast(Job, self.request(protocol.JobRequest(id=job_id)))
 
     @sends(Op.JOBS)
     def jobs(self, *, states: list[str] | None = None, user: str | None = None,
@@ -309,7 +274,7 @@ class Client:
         `limit` (all without one). `changed_since=seq` gives the jobs changed after that
         Job.seq instead, in the order they changed. `env` is only filled with with_env=True
         (yours only); another user's command and environment are never listed."""
-        return cast(list[Job], self.request(JobsRequest(
+        return cast(list[Job], self.request(protocol.JobsRequest(
             states=states, user=user, limit=limit, after_id=after_id,
             changed_since=changed_since, include_ended=include_ended, with_env=with_env,
             experiment=experiment)))
@@ -331,24 +296,24 @@ class Client:
 
     @sends(Op.EVENTS)
     def events(self, job_id: int) -> list[Event]:
-        return cast(list[Event], self.request(EventsRequest(id=job_id)))
+        return cast(list[Event], self.request(protocol.EventsRequest(id=job_id)))
 
     @sends(Op.CANCEL)
     def cancel(self, *job_ids: int, reason: str | None = None,
                experiment: str | None = None) -> list[Job]:
         """Cancel jobs by id, or every active job of an experiment (yours; an admin's:
         anyone's)."""
-        return cast(list[Job], self.request(CancelRequest(ids=list(job_ids), reason=reason,
+        return cast(list[Job], self.request(protocol.CancelRequest(ids=list(job_ids), reason=reason,
                                                           experiment=experiment)))
 
     @sends(Op.HOLD)
     def hold(self, *job_ids: int, experiment: str | None = None) -> list[Job]:
-        return cast(list[Job], self.request(HoldRequest(ids=list(job_ids),
+        return cast(list[Job], self.request(protocol.HoldRequest(ids=list(job_ids),
                                                         experiment=experiment)))
 
     @sends(Op.RELEASE)
     def release(self, *job_ids: int, experiment: str | None = None) -> list[Job]:
-        return cast(list[Job], self.request(ReleaseRequest(ids=list(job_ids),
+        return cast(list[Job], self.request(protocol.ReleaseRequest(ids=list(job_ids),
                                                            experiment=experiment)))
 
     @sends(Op.WAIT)
@@ -359,7 +324,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = 10.0 if deadline is None else min(10.0, deadline - time.monotonic())
-            jobs = cast(list[Job], self.request(WaitRequest(
+            jobs = cast(list[Job], self.request(protocol.WaitRequest(
                 ids=list(job_ids), timeout=max(0.0, left), experiment=experiment)))
             if all(j.finished for j in jobs):
                 return jobs
@@ -370,7 +335,7 @@ class Client:
     @sends(Op.JOB_PRIORITY)
     def set_priority(self, job_id: int, priority: int) -> Job:
         """Change a pending or held job's priority (1-10)."""
-        return cast(Job, self.request(JobPriorityRequest(id=job_id, priority=priority)))
+        return cast(Job, self.request(protocol.JobPriorityRequest(id=job_id, priority=priority)))
 
     # -- logs ------------------------------------------------------------------------------
     @sends(Op.READ_LOG)
@@ -378,7 +343,7 @@ class Client:
                  max_bytes: int = 1 << 20) -> tuple[bytes, int, bool]:
         """Bytes from `offset` (negative: that many bytes before the end); the offset after
         them; whether the log is complete (job ended)."""
-        req = ReadLogRequest(id=job_id, offset=offset, wait=wait, max_bytes=max_bytes)
+        req = protocol.ReadLogRequest(id=job_id, offset=offset, wait=wait, max_bytes=max_bytes)
         data, new_offset, done, error = self._remote("read_log", *req.to_args())
         if error:
             raise from_wire(json.loads(error))
@@ -447,13 +412,13 @@ class Client:
     @sends(Op.STAGE_BEGIN)
     def stage_begin(self, files: list[list[Any]]) -> StageReply:
         """Announce an upload, [[path, size, mode], ...]; submit(stage=paths) does it all."""
-        return cast(StageReply, self.request(StageBeginRequest(files=files)))
+        return cast("StageReply", self.request(protocol.StageBeginRequest(files=files)))
 
     @sends(Op.STAGE_PUT)
     def stage_put(self, token: str, index: int, offset: int, data: bytes) -> int:
         """One chunk of an upload's file `index`; the offset after it."""
         from .client_files import b64
-        reply = self.request(StagePutRequest(token=token, index=index, offset=offset,
+        reply = self.request(protocol.StagePutRequest(token=token, index=index, offset=offset,
                                              data=b64(data)))
         return int(reply["offset"])
 
@@ -461,13 +426,13 @@ class Client:
     def results(self, job_id: int) -> ResultsReply:
         """A job's results: `state` (none, pending, complete, incomplete, purged), `files` as
         [path, size] pairs, `bytes`, and a `note` when the cap cut them or a copy failed."""
-        return cast(ResultsReply, self.request(ResultsRequest(id=job_id)))
+        return cast("ResultsReply", self.request(protocol.ResultsRequest(id=job_id)))
 
     @sends(Op.RESULTS_READ)
     def results_read(self, job_id: int, index: int, offset: int = 0) -> bytes:
         """Bytes of result file `index` from `offset` (empty at its end)."""
         import base64
-        reply = self.request(ResultsReadRequest(id=job_id, index=index, offset=offset))
+        reply = self.request(protocol.ResultsReadRequest(id=job_id, index=index, offset=offset))
         return base64.b64decode(reply["data"])
 
     def download_results(self, job_id: int, path: str | os.PathLike[str], *,
@@ -481,62 +446,62 @@ class Client:
     def purge(self, before: float) -> PurgeReply:
         """Admin: remove log copies, results and node scratch directories of jobs that ended
         before `before` (Unix time); their rows and events stay."""
-        return cast(PurgeReply, self.request(PurgeRequest(before=before)))
+        return cast("PurgeReply", self.request(protocol.PurgeRequest(before=before)))
 
     # -- cluster ---------------------------------------------------------------------------
     @sends(Op.NODES)
     def nodes(self) -> list[Node]:
-        return cast(list[Node], self.request(NodesRequest()))
+        return cast(list[Node], self.request(protocol.NodesRequest()))
 
     @sends(Op.NODE_DRAIN)
     def drain(self, name: str) -> NodeDict:
         """Admin: finish running jobs on a node, start no new ones there."""
-        return cast(NodeDict, self.request(NodeDrainRequest(name=name)))
+        return cast("NodeDict", self.request(protocol.NodeDrainRequest(name=name)))
 
     @sends(Op.NODE_RESUME)
     def resume(self, name: str) -> NodeDict:
-        return cast(NodeDict, self.request(NodeResumeRequest(name=name)))
+        return cast("NodeDict", self.request(protocol.NodeResumeRequest(name=name)))
 
     @sends(Op.NODE_ADD)
     def add_node(self, **entry: Any) -> NodeDict:
         """Admin: add a node while labqd runs; `entry` takes the keys of a [[node]] entry."""
-        return cast(NodeDict, self.request(NodeAddRequest(node=entry)))
+        return cast("NodeDict", self.request(protocol.NodeAddRequest(node=entry)))
 
     @sends(Op.NODE_REMOVE)
     def remove_node(self, name: str) -> NodeRemovedReply:
-        return cast(NodeRemovedReply, self.request(NodeRemoveRequest(name=name)))
+        return cast("NodeRemovedReply", self.request(protocol.NodeRemoveRequest(name=name)))
 
     # -- fair share ------------------------------------------------------------------------
     @sends(Op.GROUPS)
     def groups(self) -> list[GroupReply]:
         """Every group's share, limits, GPUs in use, decayed usage and fair-share factor."""
-        return cast(list[GroupReply], self.request(GroupsRequest()))
+        return cast("list[GroupReply]", self.request(protocol.GroupsRequest()))
 
     @sends(Op.GROUP_SET)
     def set_group(self, group: str, **settings: Any) -> GroupReply:
         """Admin: share=, max_gpus=, max_gpus_by_type={type: n}, users={user: share}."""
-        unknown = sorted(set(settings) - set(GROUP_SETTINGS))
+        unknown = sorted(set(settings) - set(protocol.GROUP_SETTINGS))
         if unknown:
             raise ValidationError(f"no group setting {unknown[0]!r}; they are "
-                                  + ", ".join(GROUP_SETTINGS), {"field": unknown[0]})
-        return cast(GroupReply, self.request(GroupSetRequest(group=group, **settings)))
+                                  + ", ".join(protocol.GROUP_SETTINGS), {"field": unknown[0]})
+        return cast("GroupReply", self.request(protocol.GroupSetRequest(group=group, **settings)))
 
     @sends(Op.USAGE)
     def usage(self, days: float = 30) -> UsageReply:
         """GPU-hours per group, user and day over the last `days`, with fair-share factors."""
-        return cast(UsageReply, self.request(UsageRequest(days=days)))
+        return cast("UsageReply", self.request(protocol.UsageRequest(days=days)))
 
     # -- notifications ---------------------------------------------------------------------
     @sends(Op.NOTIFY_SHOW)
     def notify_settings(self, user: str | None = None) -> NotifySettingsReply:
         """Where your notifications go, and the channels labqd's admin enabled."""
-        return cast(NotifySettingsReply, self.request(NotifyShowRequest(user=user)))
+        return cast("NotifySettingsReply", self.request(protocol.NotifyShowRequest(user=user)))
 
     @sends(Op.NOTIFY_SET)
     def set_notify(self, channel: str, value: str | None, *,
                    user: str | None = None) -> NotifySettingsReply:
         """Send your notifications' `channel` ('webhook' or 'mail') to `value`; None clears."""
-        return cast(NotifySettingsReply, self.request(NotifySetRequest(
+        return cast("NotifySettingsReply", self.request(protocol.NotifySetRequest(
             channel=channel, value=value, user=user)))
 
     # -- remote access ---------------------------------------------------------------------
@@ -545,21 +510,21 @@ class Client:
                      note: str | None = None) -> TokenInfo:
         """A token for labqd over TCP: yours, or (admins) `user`'s. Its secret is in the
         reply's `token`, this once. Beyond labqd's tokens.max_per_user the oldest go."""
-        return cast(TokenInfo, self.request(TokenCreateRequest(user=user, days=days,
+        return cast("TokenInfo", self.request(protocol.TokenCreateRequest(user=user, days=days,
                                                                note=note)))
 
     @sends(Op.TOKEN_LIST)
     def tokens(self, user: str | None = None) -> list[TokenInfo]:
-        return cast(list[TokenInfo], self.request(TokenListRequest(user=user)))
+        return cast("list[TokenInfo]", self.request(protocol.TokenListRequest(user=user)))
 
     @sends(Op.TOKEN_REVOKE)
     def revoke_token(self, token_id: int) -> TokenInfo:
-        return cast(TokenInfo, self.request(TokenRevokeRequest(id=token_id)))
+        return cast("TokenInfo", self.request(protocol.TokenRevokeRequest(id=token_id)))
 
     @sends(Op.WHOAMI)
     def whoami(self) -> WhoamiReply:
-        return cast(WhoamiReply, self.request(WhoamiRequest()))
+        return cast("WhoamiReply", self.request(protocol.WhoamiRequest()))
 
     @sends(Op.PING)
     def ping(self) -> PingReply:
-        return cast(PingReply, self.request(PingRequest()))
+        return cast("PingReply", self.request(protocol.PingRequest()))

@@ -187,7 +187,12 @@ def request_type(op: str) -> type[Request]:
     if op not in _CALLED:
         shown = op if len(op) <= MAX_OP else op[:MAX_OP] + "..."
         raise ValidationError(f"unknown request {shown!r}", {"field": "op", "op": shown})
-    return REQUESTS[Op(op)]
+    kind = REQUESTS.get(Op(op))
+    if kind is None:  # its module is not imported yet (see labq.protocol)
+        from . import load_all
+        load_all()
+        kind = REQUESTS[Op(op)]
+    return kind
 
 
 @dataclass(frozen=True)
