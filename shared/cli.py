@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import (
     cli_admin,
@@ -252,9 +252,34 @@ def cmd_tui(a: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------
+class _Unparsed:
+    """Stands in for the parser of a command this run does not parse: it takes that command's
+    options and keeps none, so a run builds the parser of its own command only."""
+
+    def __getattr__(self, name: str) -> Callable[..., _Unparsed]:
+        return lambda *args, **kwargs: self
 
 
-def build_parser() -> argparse.ArgumentParser:
+GLOBAL_OPTIONS = ("--socket", "--url")  # options before the command, each with a value
+
+
+def command_word(args: list[str]) -> str | None:
+    """The command `args` name, past the global options; None where none is plain (`--help`,
+    an abbreviated option), which then needs the parser of every command."""
+    i = 0
+    while i < len(args):
+        if args[i] in GLOBAL_OPTIONS:
+            i += 2
+        elif args[i].startswith(tuple(o + "=" for o in GLOBAL_OPTIONS)):
+            i += 1
+        else:
+            return None if args[i].startswith("-") else args[i]
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with `only`, of that command alone (and of every
+    command again when `only` names none, for argparse's message listing them)."""
     ap = argparse.ArgumentParser(prog="labq", description="GPU job queue for research labs.")
     ap.add_argument("--socket", help="labqd's socket (default: $LABQ_SOCKET, else the user's "
                     "own daemon, else the system daemon)")
@@ -262,12 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "the last `labq login`)")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    def add(name: str, fn: Callable[..., int], help_: str,
-            json_flag: bool = True) -> argparse.ArgumentParser:
+    def add(name: str, fn: Callable[..., int], help_: str, json_flag: bool = True,
+            options: Callable[[argparse.ArgumentParser], None] | None = None,
+            ) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            return cast(argparse.ArgumentParser, _Unparsed())
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
         if json_flag:
             p.add_argument("--json", action="store_true", help="print JSON")
+        if options is not None:
+            options(p)
         return p
 
     p = add("submit", cmd_submit, "queue a command: labq submit [options] -- CMD ARGS...")
@@ -319,12 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mine", "-m", action="store_true")
     p.add_argument("--user", "-u")
     cli_files.add_parsers(add)
-    clinotify.add_parser(add("notify", clinotify.cmd_notify, "where your notifications go: "
-                             "show, set webhook|mail VALUE, unset webhook|mail"))
+    add("notify", clinotify.cmd_notify, "where your notifications go: show, set webhook|mail "
+        "VALUE, unset webhook|mail", options=clinotify.add_parser)
     cli_remote.add_parsers(add)
     add("tui", cmd_tui, "the terminal UI", json_flag=False)
     add("completion", cmd_completion, "print the shell completion script",
         json_flag=False).add_argument("shell", choices=completion.SHELLS)
+    if only is not None and only not in sub.choices:
+        return build_parser()
     return ap
 
 
@@ -334,10 +366,10 @@ def cmd_completion(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["__complete"]:  # what the completion scripts run; not a command of users
-        return completion.run(ap, args[1:])
+        return completion.run(build_parser(), args[1:])
+    ap = build_parser(only=command_word(args))
     a = ap.parse_args(args)
     if a.cmd == "group" and a.action == "set" and not a.group:
         ap.error("group set needs a group name")

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import LabqError
@@ -90,6 +89,7 @@ def _state_words(info: Any) -> str:
 def parse_before(text: str) -> float:
     """A date (2026-01-31, 2026-01-31T12:00) or an age (30d, 12h): the Unix time it names."""
     try:
+        from datetime import datetime  # only purge reads dates
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         pass

@@ -5,13 +5,12 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from .protocol import NOTIFY_CHANNELS
-
 if TYPE_CHECKING:
     from .client import Client
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
+    from .protocol import NOTIFY_CHANNELS  # its module is imported for this command only
     p.add_argument("action", choices=["show", "set", "unset"], nargs="?", default="show")
     p.add_argument("channel", nargs="?", choices=NOTIFY_CHANNELS)
     p.add_argument("value", nargs="?", help="set: the webhook URL or mail address")

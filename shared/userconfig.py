@@ -8,7 +8,6 @@ Standard library only, like the rest of what users import.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,15 @@ def load() -> dict[str, Any]:
     """The file's settings, checked; {} when there is no file."""
     p = path()
     try:
-        data = tomllib.loads(p.read_text())
+        text = p.read_text()
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValidationError(f"{p}: cannot read it: {e}", {"file": str(p)}) from None
+    import tomllib  # most users have no file: a submit then skips this import
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise ValidationError(f"{p}: cannot read it: {e}", {"file": str(p)}) from None
     for table, body in data.items():
         if table != "submit" or not isinstance(body, dict):
