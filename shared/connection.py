@@ -3,14 +3,13 @@ gets."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import DaemonUnavailable
-from .paths import SYSTEM_SOCKET
+from .paths import SYSTEM_SOCKET_DIR
 
 if TYPE_CHECKING:
-    import socket as _socket
+    import _socket
 
 # variables that describe the submitting session rather than the job's needs
 _SESSION_ENV = ("LABQ_", "SSH_", "DISPLAY", "TERM", "TMUX", "XDG_RUNTIME_DIR", "XDG_SESSION",
@@ -26,15 +25,17 @@ def exported_env(environ: dict[str, str] | None = None) -> dict[str, str]:
             if not any(k == p or (p.endswith("_") and k.startswith(p)) for p in _SESSION_ENV)}
 
 
-def open_socket(path: Path) -> _socket.socket:
+def open_socket(path: str | os.PathLike[str]) -> _socket.socket:
     """A connected unix socket to labqd, after checking who listens on it: root, oneself, or
     the owner of the socket's directory (the system daemon's account). Nothing is sent before
     that check, so a program squatting on a socket path never sees a submit's environment."""
-    import socket
+    # _socket, not socket: importing socket turns its constants into enums, which costs a
+    # command more time than its round trip to labqd
+    import _socket as socket
     import struct
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(path))
+        sock.connect(os.fspath(path))
     except PermissionError:
         sock.close()
         raise DaemonUnavailable(
@@ -53,7 +54,7 @@ def open_socket(path: Path) -> _socket.socket:
         raise DaemonUnavailable(
             f"refusing to talk to the program listening on {path}: it runs as uid {uid}, "
             f"which is neither root, you, nor the system daemon's account (the owner of "
-            f"{SYSTEM_SOCKET.parent}); if it is a labqd you trust, set LABQ_DAEMON_USER to "
+            f"{SYSTEM_SOCKET_DIR}); if it is a labqd you trust, set LABQ_DAEMON_USER to "
             "its account", {"socket": str(path), "uid": uid})
     return sock
 
@@ -62,7 +63,7 @@ def _trusted_uids() -> set[int]:
     import pwd
     trusted = {0, os.geteuid()}
     try:
-        trusted.add(os.stat(SYSTEM_SOCKET.parent).st_uid)
+        trusted.add(os.stat(SYSTEM_SOCKET_DIR).st_uid)
     except OSError:
         pass
     name = os.environ.get("LABQ_DAEMON_USER")

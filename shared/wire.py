@@ -13,9 +13,11 @@ nothing on this side can be called back, and it refuses any reply that is not a 
 """
 from __future__ import annotations
 
-import socket
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _socket import socket
 
 MSG_REQUEST, MSG_REPLY, MSG_EXCEPTION = 1, 2, 3
 LABEL_VALUE, LABEL_TUPLE, LABEL_LOCAL_REF, LABEL_REMOTE_REF = 1, 2, 3, 4
@@ -128,10 +130,12 @@ def _load(data: bytes, pos: int) -> tuple[Any, int]:
 class Connection:
     """One RPyC connection on a connected socket; one call at a time (the caller locks)."""
 
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
+    def __init__(self, sock: socket, timeout: float) -> None:
+        # any socket object: the socket module's, an ssl one, or _socket's bare one, which
+        # has no makefile(), so reading is buffered here
         sock.settimeout(timeout)
         self.sock = sock
-        self.file = sock.makefile("rb")
+        self.buffer = bytearray()
         self.seq = 0
         self.root: Any = None  # labqd's root object, as the id it gave it
         # set while a call is under way: left set, a call was cut off (Ctrl-C) and its reply
@@ -148,27 +152,31 @@ class Connection:
 
     def close(self) -> None:
         # no goodbye message: labqd takes the end of the stream as the end of the connection
-        for part in (self.file, self.sock):
-            try:
-                part.close()
-            except OSError:
-                pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
     def _send(self, kind: int, seq: int, payload: Any) -> None:
         data = bytes((kind,)) + dump((seq, payload))
         self.sock.sendall(_HEADER.pack(len(data), 0) + data + b"\n")
 
     def _recv(self) -> bytes:
-        header = self.file.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            raise WireError("labqd closed the connection")
-        length, compressed = _HEADER.unpack(header)
+        length, compressed = _HEADER.unpack(self._read(_HEADER.size))
         if compressed or length > MAX_REPLY:
             raise WireError("labqd sent a frame this client does not take")
-        data = self.file.read(length + 1)
-        if len(data) < length + 1:
-            raise WireError("labqd closed the connection")
-        return data[:length]
+        return self._read(length + 1)[:length]
+
+    def _read(self, n: int) -> bytes:
+        """Exactly n bytes, from what came with an earlier frame and then from the socket."""
+        while len(self.buffer) < n:
+            chunk = self.sock.recv(max(1 << 16, n - len(self.buffer)))
+            if not chunk:
+                raise WireError("labqd closed the connection")
+            self.buffer += chunk
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return data
 
     def _request(self, handler: int, args: tuple[int, Any], root: bool = False) -> Any:
         if self.in_call:
