@@ -22,7 +22,6 @@ from . import (
 )
 from .cli_format import command_text, job_json, parse_ids, print_json, status_text, table, when
 from .cli_options import batch_options, positive_int, submit_options
-from .clifollow import run_job
 from .errors import LabqError
 from .models import Job
 from .text import printable
@@ -82,6 +81,7 @@ def cmd_submit(q: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_run(q: Client, a: argparse.Namespace) -> int:
+    from .clifollow import run_job
     return run_job(q, *_submit_args(a, "labq run [options] -- CMD ARGS..."))
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DaemonUnavailable, LabqError
@@ -86,7 +85,7 @@ def cmd_login(a: argparse.Namespace) -> int:
     try:
         offered = remote.probe(url)
         pinned = _trust(url, offered, a)
-        conn = Client(Path(url), 30.0,
+        conn = Client(url, 30.0,
                       remote=remote.Remote.resolve(url, token, pinned))
         with conn:
             me = conn.whoami()

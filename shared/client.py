@@ -4,21 +4,21 @@ from __future__ import annotations
 import codecs
 import json
 import os
-import threading
 import time
+from _thread import allocate_lock  # threading.Lock, without importing threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 from . import protocol
 from .connection import exported_env, open_socket
 from .errors import DaemonUnavailable, InternalError, LabqError, ValidationError, from_wire
-from .follow import InterruptsRecorded, attach
 from .models import Event, Job, Node
 from .protocol import Op, Request
 from .spec import MAX_REQUEST_CHARS, submit_request
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .protocol import (
         ExperimentReply,
         GroupReply,
@@ -51,6 +51,8 @@ def default_address() -> str | Path:
     """LABQ_URL, else LABQ_SOCKET, else the URL of the last `labq login`, else one's own
     daemon's socket or the system daemon's."""
     from .paths import client_socket
+    if os.environ.get("LABQ_SOCKET") and not os.environ.get("LABQ_URL"):
+        return os.environ["LABQ_SOCKET"]  # as text: the command then needs no pathlib
     if os.environ.get("LABQ_URL") or not os.environ.get("LABQ_SOCKET"):
         from .remote import default_url
         url = default_url()
@@ -67,24 +69,29 @@ def connect(socket: str | os.PathLike[str] | None = None, timeout: float = 30.0,
     where = default_address() if socket is None else socket
     if isinstance(where, str) and where.startswith("labq://"):
         from .remote import Remote
-        return Client(Path(where), timeout, remote=Remote.resolve(where, token, fingerprint))
-    return Client(Path(where), timeout)
+        return Client(where, timeout, remote=Remote.resolve(where, token, fingerprint))
+    return Client(where, timeout)
 
 
 class Client:
     """A connection to labqd. Thread-safe: calls are serialised on the one connection."""
 
-    def __init__(self, socket_path: Path, timeout: float = 30.0, *,
+    def __init__(self, socket_path: str | os.PathLike[str], timeout: float = 30.0, *,
                  remote: Remote | None = None) -> None:
-        self.socket_path = Path(socket_path)
+        self._socket = os.fspath(socket_path)  # text: a command need not import pathlib
         self.remote = remote  # labqd over TLS; socket_path then only names it
         self.timeout = timeout
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._connect()
 
     @property
+    def socket_path(self) -> Path:
+        from pathlib import Path
+        return Path(self._socket)
+
+    @property
     def where(self) -> str:
-        return self.remote.url if self.remote is not None else str(self.socket_path)
+        return self.remote.url if self.remote is not None else self._socket
 
     def _connect(self) -> None:
         # rpyc's wire, spoken by labq.wire: a command need not import rpyc (see there)
@@ -93,7 +100,7 @@ class Client:
             from .remote import open_tls
             self._conn = Connection(open_tls(self.remote, self.timeout), self.timeout)
         else:
-            self._conn = Connection(open_socket(self.socket_path), self.timeout)
+            self._conn = Connection(open_socket(self._socket), self.timeout)
 
     # -- plumbing --------------------------------------------------------------------------
     def reconnect(self, within: float = 30.0) -> None:
@@ -394,6 +401,7 @@ class Client:
 
         Ctrl-C (KeyboardInterrupt) cancels the job and goes on following it to its end; a
         second one raises `labq.Detached`, and the job ends without anyone waiting."""
+        from .follow import InterruptsRecorded
         with InterruptsRecorded() as interrupts:
             job = self.submit(command, **options)
         return self.attach(job.id, stdout=stdout, stderr=stderr,
@@ -405,6 +413,7 @@ class Client:
         """Follow a job's output into `stdout` from `offset` until it has ended; return the
         ended job. Ctrl-C as in `run`; `interrupted` says one came already, so the job is
         cancelled first; `on_interrupt(job_id)` is called before each cancel is sent."""
+        from .follow import attach
         return attach(self, job_id, stdout=stdout, stderr=stderr, offset=offset,
                       interrupted=interrupted, on_interrupt=on_interrupt, poll=poll)
 

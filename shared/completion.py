@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -70,6 +69,7 @@ def _ask(kind: str, socket: str | None) -> list[str]:
         except BaseException:  # a completion never reports
             found.clear()
 
+    import threading  # a completion's own need: `labq submit` does without it
     t = threading.Thread(target=work, daemon=True)
     t.start()
     t.join(TIMEOUT_S)

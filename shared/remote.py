@@ -13,8 +13,6 @@ socket pays nothing for it.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -58,6 +56,8 @@ def parse_url(url: str) -> tuple[str, int]:
 
 def fingerprint(der: bytes) -> str:
     """A certificate's fingerprint as ssh writes a key's: SHA256:base64, unpadded."""
+    import base64
+    import hashlib  # here: a command on the head node's socket never needs it
     return "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")
 
 
@@ -69,12 +69,16 @@ def config_path() -> Path:
 
 def load_saved() -> dict[str, Any]:
     """{"url": default URL, "servers": {url: {"token", "fingerprint"}}}; empty if none."""
-    import tomllib
     try:
-        data = tomllib.loads(config_path().read_text())
+        text = config_path().read_text()
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValidationError(f"cannot read {config_path()}: {e}") from None
+    import tomllib  # here: most users never `labq login`, and have no file
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise ValidationError(f"cannot read {config_path()}: {e}") from None
     return data if isinstance(data, dict) else {}
 

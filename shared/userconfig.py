@@ -8,7 +8,6 @@ Standard library only, like the rest of what users import.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from .errors import ValidationError
@@ -17,16 +16,18 @@ from .spec import NOTIFY_WHEN
 SUBMIT_KEYS = {"notify": (*NOTIFY_WHEN, "none")}
 
 
-def path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "labq" / "config.toml"
+def path() -> str:
+    # os.path, not pathlib: every submit reads this, and most need nothing else of pathlib
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "labq", "config.toml")
 
 
 def load() -> dict[str, Any]:
     """The file's settings, checked; {} when there is no file."""
     p = path()
     try:
-        text = p.read_text()
+        with open(p, encoding="utf-8") as f:
+            text = f.read()
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as e:
