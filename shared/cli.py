@@ -260,6 +260,30 @@ class _Unparsed:
         return lambda *args, **kwargs: self
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's, with the terminal's width found as shutil finds it but without importing
+    shutil (and bz2 and lzma with it): argparse makes a formatter for every option added,
+    and that import cost each command more than a millisecond."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         width if width is not None else _columns() - 2)
+
+
+def _columns() -> int:
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0 and sys.__stdout__ is not None:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
 GLOBAL_OPTIONS = ("--socket", "--url")  # options before the command, each with a value
 
 
@@ -280,7 +304,8 @@ def command_word(args: list[str]) -> str | None:
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command, or with `only`, of that command alone (and of every
     command again when `only` names none, for argparse's message listing them)."""
-    ap = argparse.ArgumentParser(prog="labq", description="GPU job queue for research labs.")
+    ap = argparse.ArgumentParser(prog="labq", description="GPU job queue for research labs.",
+                                 formatter_class=_Formatter)
     ap.add_argument("--socket", help="labqd's socket (default: $LABQ_SOCKET, else the user's "
                     "own daemon, else the system daemon)")
     ap.add_argument("--url", help="labqd over TCP: labq://HOST:PORT (default: $LABQ_URL, else "
@@ -292,7 +317,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             ) -> argparse.ArgumentParser:
         if only is not None and name != only:
             return cast(argparse.ArgumentParser, _Unparsed())
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter)
         p.set_defaults(fn=fn)
         if json_flag:
             p.add_argument("--json", action="store_true", help="print JSON")
