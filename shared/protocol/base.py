@@ -2,9 +2,19 @@
 request type with its checks and wire form."""
 from __future__ import annotations
 
+from _thread import RLock
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, Self, TypedDict, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Self,
+    TypedDict,
+    dataclass_transform,
+    get_args,
+    get_origin,
+)
 
 from ..errors import ValidationError
 from ..models import Event, Job, Node
@@ -138,9 +148,50 @@ REQUESTS: dict[Op, type[Request]] = {}
 _CALLED = frozenset(o.value for o in Op if o is not Op.READ_LOG)
 
 
-class Request:
-    """One request of the vocabulary. A subclass is a dataclass whose fields are the request's
-    arguments, by their wire names; it names its `Op` and its reply in the class line."""
+_COMPLETING = RLock()  # labqd's threads may first use a request type at the same time
+
+
+@dataclass_transform(frozen_default=True)
+class _RequestType(type):
+    """What makes each subclass of Request a frozen dataclass, when it is first called or its
+    fields are first looked at rather than when its module is imported. dataclass() compiles
+    six methods per type, which was most of what importing the request types cost, and a
+    command sends one or two of them."""
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any],
+                **kwargs: Any) -> _RequestType:
+        cls = super().__new__(mcs, name, bases, namespace, **kwargs)
+        cls._incomplete = bool(bases)  # Request itself is no dataclass
+        return cls
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls._incomplete:
+            cls._complete()
+        return super().__call__(*args, **kwargs)
+
+    def __getattr__(cls, name: str) -> Any:
+        # called only for what the type lacks: its dataclass attributes, until it has them
+        if name.startswith("__dataclass_") and cls.__dict__.get("_incomplete"):
+            cls._complete()
+            return getattr(cls, name)
+        raise AttributeError(f"type object {cls.__name__!r} has no attribute {name!r}")
+
+    def _complete(cls) -> None:
+        with _COMPLETING:
+            if cls.__dict__.get("_incomplete"):
+                for base in cls.__mro__[1:]:  # dataclass() takes its bases' fields
+                    if isinstance(base, _RequestType) and base.__dict__.get("_incomplete"):
+                        base._complete()
+                made: Any = cls  # mypy: a class whose metaclass is this one
+                dataclass(frozen=True)(made)
+                cls._incomplete = False
+
+
+class Request(metaclass=_RequestType):
+    """One request of the vocabulary. A subclass is a frozen dataclass (see _RequestType)
+    whose fields are the request's arguments, by their wire names; it names its `Op` and its
+    reply in the class line."""
+    _incomplete: ClassVar[bool]
     op: ClassVar[Op]
     reply: ClassVar[Any] = dict
     # arguments whose checking `parse` does itself, naming deeper fields (a submit's spec)
@@ -195,11 +246,9 @@ def request_type(op: str) -> type[Request]:
     return kind
 
 
-@dataclass(frozen=True)
 class PingRequest(Request, op=Op.PING, reply=PingReply):
     pass
 
 
-@dataclass(frozen=True)
 class WhoamiRequest(Request, op=Op.WHOAMI, reply=WhoamiReply):
     pass

@@ -1,7 +1,6 @@
 """Requests about the cluster: nodes and their administration, fair-share groups, usage."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Self
 
@@ -35,12 +34,10 @@ from .base import (
 
 
 # -- nodes ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
 class NodesRequest(Request, op=Op.NODES, reply=list[Node]):
     pass
 
 
-@dataclass(frozen=True)
 class _NodeNamed(Request):
     name: str
 
@@ -49,22 +46,18 @@ class _NodeNamed(Request):
         return cls(name=check_name(args, "name", MAX_NODE_NAME))
 
 
-@dataclass(frozen=True)
 class NodeDrainRequest(_NodeNamed, op=Op.NODE_DRAIN, reply=NodeDict):
     """Admins: running jobs go on, no new ones start there."""
 
 
-@dataclass(frozen=True)
 class NodeResumeRequest(_NodeNamed, op=Op.NODE_RESUME, reply=NodeDict):
     """Admins: start jobs there again; also retries a node that refused labqd."""
 
 
-@dataclass(frozen=True)
 class NodeRemoveRequest(_NodeNamed, op=Op.NODE_REMOVE, reply=NodeRemovedReply):
     pass
 
 
-@dataclass(frozen=True)
 class NodeAddRequest(Request, op=Op.NODE_ADD, reply=NodeDict):
     """Admins: a [[node]] entry added at run time. Checked here as a request (its strings
     become paths, host names and SSH arguments); labqd checks it as config besides."""
@@ -105,7 +98,6 @@ UNSET = Unset.UNSET
 GROUP_SETTINGS = ("share", "max_gpus", "max_gpus_by_type", "users")
 
 
-@dataclass(frozen=True)
 class GroupSetRequest(Request, op=Op.GROUP_SET, reply=GroupReply):
     """Admins: change a group's fair-share weight and limits; only the settings given."""
     group: str
@@ -170,12 +162,10 @@ def check_group_settings(args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True)
 class GroupsRequest(Request, op=Op.GROUPS, reply=list[GroupReply]):
     pass
 
 
-@dataclass(frozen=True)
 class UsageRequest(Request, op=Op.USAGE, reply=UsageReply):
     days: float = 30  # GPU-hours over the last this many days
 

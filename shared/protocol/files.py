@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
 from typing import Any, Self, TypedDict
 
 from ..spec import MAX_INT, arg_error, check_id, check_int, check_number
@@ -42,7 +41,6 @@ class PurgeReply(TypedDict):
     bytes: int
 
 
-@dataclass(frozen=True)
 class StageBeginRequest(Request, op=Op.STAGE_BEGIN, reply=StageReply):
     """Announce the files of a submit to come: [[path, size, mode], ...]. The answer's token
     names them in stage_put and then in the submit's `stage`."""
@@ -71,7 +69,6 @@ def _parents(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-@dataclass(frozen=True)
 class StagePutRequest(Request, op=Op.STAGE_PUT, reply=dict):
     """One chunk of file `index` of an upload, at `offset` (chunks come in order)."""
     token: str
@@ -93,7 +90,6 @@ class StagePutRequest(Request, op=Op.STAGE_PUT, reply=dict):
                    offset=check_int(args, "offset", 0, MAX_FILE_BYTES), data=data)
 
 
-@dataclass(frozen=True)
 class ResultsRequest(Request, op=Op.RESULTS, reply=ResultsReply):
     """A job's results: their state and [path, size] of each file (the owner and admins)."""
     id: int
@@ -103,7 +99,6 @@ class ResultsRequest(Request, op=Op.RESULTS, reply=ResultsReply):
         return cls(id=check_id(args))
 
 
-@dataclass(frozen=True)
 class ResultsReadRequest(Request, op=Op.RESULTS_READ, reply=dict):
     """Bytes of result file `index` (as `results` lists them) from `offset`: {data, size}."""
     id: int
@@ -119,7 +114,6 @@ class ResultsReadRequest(Request, op=Op.RESULTS_READ, reply=dict):
                    if "max_bytes" in args else CHUNK)
 
 
-@dataclass(frozen=True)
 class PurgeRequest(Request, op=Op.PURGE, reply=PurgeReply):
     """Admins: remove the log copies, results and node scratch directories of jobs that
     ended before `before` (Unix time); the jobs' rows and events stay."""

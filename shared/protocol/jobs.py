@@ -1,7 +1,7 @@
 """Requests about jobs: submit, list, show, cancel, hold, release, wait, priority, logs."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from ..models import Event, Job
@@ -26,7 +26,6 @@ from .base import _STATES, MAX_LOG_OFFSET, MAX_WAIT_S, Op, Request
 
 
 # -- jobs -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
 class SubmitRequest(Request, op=Op.SUBMIT, reply=Job):
     spec: dict[str, Any]  # labq.spec's fields; normalised by validate_submit
     unwalked = frozenset({"spec"})  # validate_submit walks it, naming the spec's own fields
@@ -36,7 +35,6 @@ class SubmitRequest(Request, op=Op.SUBMIT, reply=Job):
         return cls(spec=validate_submit(args.get("spec")))
 
 
-@dataclass(frozen=True)
 class JobRequest(Request, op=Op.JOB, reply=Job):
     id: int
 
@@ -45,7 +43,6 @@ class JobRequest(Request, op=Op.JOB, reply=Job):
         return cls(id=check_id(args))
 
 
-@dataclass(frozen=True)
 class EventsRequest(Request, op=Op.EVENTS, reply=list[Event]):
     id: int
 
@@ -54,7 +51,6 @@ class EventsRequest(Request, op=Op.EVENTS, reply=list[Event]):
         return cls(id=check_id(args))
 
 
-@dataclass(frozen=True)
 class JobsRequest(Request, op=Op.JOBS, reply=list[Job]):
     """One page of jobs. With `after_id`: the first `limit` past that id, oldest first (pass
     the last id of a page to get the next). With `changed_since`: the jobs that changed after
@@ -111,7 +107,6 @@ def _ids_or_experiment(args: dict[str, Any]) -> tuple[list[int], str | None]:
     return check_ids(args), None
 
 
-@dataclass(frozen=True)
 class CancelRequest(Request, op=Op.CANCEL, reply=list[Job]):
     ids: list[int]
     reason: str | None = None  # shown in the job's events and the queue
@@ -124,7 +119,6 @@ class CancelRequest(Request, op=Op.CANCEL, reply=list[Job]):
                    experiment=experiment)
 
 
-@dataclass(frozen=True)
 class _JobsByIdRequest(Request):
     """A request that names jobs, by id or by experiment, and nothing else."""
     ids: list[int]
@@ -136,17 +130,14 @@ class _JobsByIdRequest(Request):
         return cls(ids=ids, experiment=experiment)
 
 
-@dataclass(frozen=True)
 class HoldRequest(_JobsByIdRequest, op=Op.HOLD, reply=list[Job]):
     pass
 
 
-@dataclass(frozen=True)
 class ReleaseRequest(_JobsByIdRequest, op=Op.RELEASE, reply=list[Job]):
     pass
 
 
-@dataclass(frozen=True)
 class WaitRequest(Request, op=Op.WAIT, reply=list[Job]):
     ids: list[int]
     timeout: float = 10.0  # labqd answers after at most a minute whatever this says
@@ -159,7 +150,6 @@ class WaitRequest(Request, op=Op.WAIT, reply=list[Job]):
                    experiment=experiment)
 
 
-@dataclass(frozen=True)
 class JobPriorityRequest(Request, op=Op.JOB_PRIORITY, reply=Job):
     id: int
     priority: int  # 1-10
@@ -169,7 +159,6 @@ class JobPriorityRequest(Request, op=Op.JOB_PRIORITY, reply=Job):
         return cls(id=check_id(args), priority=check_int(args, "priority", 1, 10))
 
 
-@dataclass(frozen=True)
 class ReadLogRequest(Request, op=Op.READ_LOG, reply=tuple[bytes, int, bool]):
     """Sent as read_log(id, offset, wait, max_bytes), not as JSON: see `from_args`."""
     id: int

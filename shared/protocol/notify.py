@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from ..spec import (
@@ -23,7 +22,6 @@ MAX_MAIL = 254  # RFC 5321's longest path
 _MAIL = re.compile(r"[^@\s\x00-\x1f\x7f<>(),;:\"\[\]]+@[A-Za-z0-9.-]+")
 
 
-@dataclass(frozen=True)
 class NotifyShowRequest(Request, op=Op.NOTIFY_SHOW, reply=NotifySettingsReply):
     """One's own notification settings; admins may name another user."""
     user: str | None = None
@@ -33,7 +31,6 @@ class NotifyShowRequest(Request, op=Op.NOTIFY_SHOW, reply=NotifySettingsReply):
         return cls(user=check_text(args, "user", MAX_IDENT))
 
 
-@dataclass(frozen=True)
 class NotifySetRequest(Request, op=Op.NOTIFY_SET, reply=NotifySettingsReply):
     """Set or clear (value None) where one's notifications go; admins may name another user.
     Which webhook hosts are allowed is labqd's config, so labqd checks that part."""

@@ -2,7 +2,6 @@
 by labq.protocol, which is where users and labqd find them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Self, TypedDict
 
 from ..spec import MAX_IDENT, check_int, check_text
@@ -23,7 +22,6 @@ class TokenInfo(TypedDict):
     token: str | None  # the secret, in the reply to a create only: labqd keeps its hash
 
 
-@dataclass(frozen=True)
 class TokenCreateRequest(Request, op=Op.TOKEN_CREATE, reply=TokenInfo):
     """A token for the caller, or (admins) for `user`; valid `days` (labqd's default and
     maximum: tokens.max_days). Beyond tokens.max_per_user the user's oldest are revoked."""
@@ -38,7 +36,6 @@ class TokenCreateRequest(Request, op=Op.TOKEN_CREATE, reply=TokenInfo):
                    note=check_text(args, "note", MAX_TOKEN_NOTE))
 
 
-@dataclass(frozen=True)
 class TokenListRequest(Request, op=Op.TOKEN_LIST, reply=list[TokenInfo]):
     """The caller's tokens; an admin's: everyone's, or `user`'s. Never the secrets."""
     user: str | None = None
@@ -48,7 +45,6 @@ class TokenListRequest(Request, op=Op.TOKEN_LIST, reply=list[TokenInfo]):
         return cls(user=check_text(args, "user", MAX_IDENT))
 
 
-@dataclass(frozen=True)
 class TokenRevokeRequest(Request, op=Op.TOKEN_REVOKE, reply=TokenInfo):
     """Revoke one of one's own tokens (an admin: anyone's); it is refused from then on, also
     on a connection already open with it."""

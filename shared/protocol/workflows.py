@@ -3,7 +3,6 @@ partial success, and the experiments listing. Imported by labq.protocol, which i
 users and labqd find them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Self, TypedDict
 
 from ..errors import LabqError, from_wire
@@ -23,7 +22,6 @@ class ExperimentReply(TypedDict):
 
 
 
-@dataclass(frozen=True)
 class SubmitArrayRequest(Request, op=Op.SUBMIT_ARRAY, reply=list[Job]):
     """One spec, many tasks: an array (`array`, Slurm's syntax) or a sweep (`params`, every
     combination of their values filling `{NAME}` in the command). Refused whole."""
@@ -49,7 +47,6 @@ class SubmitArrayRequest(Request, op=Op.SUBMIT_ARRAY, reply=list[Job]):
         return cls(spec=spec, array=array, params=params, max_running=limit)
 
 
-@dataclass(frozen=True)
 class SubmitManyRequest(Request, op=Op.SUBMIT_MANY, reply=list[dict[str, Any]]):
     """Specs queued with partial success: every valid one, in one transaction; the reply has
     one entry per spec, in order: {row, ok, job} or {row, ok, error}. `defaults` (the
@@ -81,7 +78,6 @@ class SubmitManyRequest(Request, op=Op.SUBMIT_MANY, reply=list[dict[str, Any]]):
         return out
 
 
-@dataclass(frozen=True)
 class ExperimentsRequest(Request, op=Op.EXPERIMENTS, reply=list[ExperimentReply]):
     user: str | None = None  # everyone's when None
 
