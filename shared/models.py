@@ -24,6 +24,8 @@ def _known(cls: type[DataclassInstance], data: dict[str, Any]) -> dict[str, Any]
 
 @dataclass
 class Job:
+    """A job as labqd reports it: its spec, state and where and how it ran."""
+
     id: int
     owner: str
     group: str
@@ -92,6 +94,8 @@ class Job:
 
 @dataclass
 class Gpu:
+    """One GPU of a node, and the job holding it."""
+
     index: int
     type: str
     memory_mb: int
@@ -107,6 +111,8 @@ class Gpu:
 
 @dataclass
 class Node:
+    """A node: its state, capacity, what is free, its GPUs and running jobs."""
+
     name: str
     host: str
     state: str  # up, down, drain, connecting, refused
@@ -135,6 +141,8 @@ class Node:
 
 @dataclass
 class Event:
+    """One state change of a job: when, who, from and to which state, and why."""
+
     job: int
     time: float
     who: str
