@@ -14,61 +14,64 @@ if TYPE_CHECKING:
 
     SYSTEM_SOCKET: Path
 
-# pathlib is imported by the functions that need it: a command that is given its socket
-# then does without it, whose import costs more than the command's round trip to labqd
+# Paths are worked out as text, and made Path objects only where labqd wants them: a client
+# that finds its socket then needs no pathlib, whose import costs a command more than its
+# round trip to labqd.
 SYSTEM_SOCKET_DIR = "/run/labq"
+_SYSTEM_SOCKET = os.path.join(SYSTEM_SOCKET_DIR, "labq.sock")
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SYSTEM_SOCKET":  # a Path, made when first asked for
+    if name == "SYSTEM_SOCKET":
         from pathlib import Path
-        return Path(SYSTEM_SOCKET_DIR, "labq.sock")
+        return Path(_SYSTEM_SOCKET)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _state_dir() -> str:
+    if os.environ.get("STATE_DIRECTORY"):  # set by systemd's StateDirectory=
+        return os.environ["STATE_DIRECTORY"].split(":")[0]
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                           ".local", "state")
+    return os.path.join(base, "labq")
 
 
 def state_dir() -> Path:
     from pathlib import Path
-    if os.environ.get("STATE_DIRECTORY"):  # set by systemd's StateDirectory=
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "labq"
+    return Path(_state_dir())
 
 
-def _own_candidates() -> list[Path]:
+def _own_candidates() -> list[str]:
     """Sockets of a daemon of one's own, most specific first."""
-    from pathlib import Path
     out = []
     if os.environ.get("RUNTIME_DIRECTORY"):  # set by systemd's RuntimeDirectory=
-        out.append(Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "labq.sock")
+        out.append(os.path.join(os.environ["RUNTIME_DIRECTORY"].split(":")[0], "labq.sock"))
     if os.environ.get("XDG_RUNTIME_DIR"):
-        out.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "labq" / "labq.sock")
+        out.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "labq", "labq.sock"))
     if os.geteuid() == 0:
-        out.append(Path(SYSTEM_SOCKET_DIR, "labq.sock"))
-    out.append(state_dir() / "labq.sock")
+        out.append(_SYSTEM_SOCKET)
+    out.append(os.path.join(_state_dir(), "labq.sock"))
     return out
 
 
 def daemon_socket() -> Path:
     from pathlib import Path
-    if os.environ.get("LABQ_SOCKET"):
-        return Path(os.environ["LABQ_SOCKET"])
-    return _own_candidates()[0]
+    return Path(os.environ.get("LABQ_SOCKET") or _own_candidates()[0])
 
 
-def _exists(path: Path) -> bool:
+def _exists(path: str) -> bool:
     try:
-        return path.exists()
-    except OSError:  # a directory we may not search: not ours
+        os.stat(path)
+        return True
+    except OSError:  # absent, or in a directory we may not search: not ours
         return False
 
 
-def client_socket() -> Path:
+def client_socket() -> str:
     """LABQ_SOCKET, else the first existing of: the user's own daemon, the system daemon."""
-    from pathlib import Path
     if os.environ.get("LABQ_SOCKET"):
-        return Path(os.environ["LABQ_SOCKET"])
-    candidates = _own_candidates()
-    for path in candidates:
+        return os.environ["LABQ_SOCKET"]
+    for path in _own_candidates():
         if _exists(path):
             return path
-    return Path(SYSTEM_SOCKET_DIR, "labq.sock")
+    return _SYSTEM_SOCKET

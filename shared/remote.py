@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DaemonUnavailable, Unauthenticated, ValidationError, from_wire
 
 if TYPE_CHECKING:
     import ssl
+    from pathlib import Path
 
 DEFAULT_PORT = 7464
 SCHEME = "labq://"
@@ -62,24 +62,31 @@ def fingerprint(der: bytes) -> str:
 
 
 # -- remote.toml -------------------------------------------------------------------------------
+def _config_file() -> str:
+    # text: every command without LABQ_SOCKET reads it, and need not import pathlib for that
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "labq", "remote.toml")
+
+
 def config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "labq" / "remote.toml"
+    from pathlib import Path
+    return Path(_config_file())
 
 
 def load_saved() -> dict[str, Any]:
     """{"url": default URL, "servers": {url: {"token", "fingerprint"}}}; empty if none."""
     try:
-        text = config_path().read_text()
+        with open(_config_file(), encoding="utf-8") as f:
+            text = f.read()
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as e:
-        raise ValidationError(f"cannot read {config_path()}: {e}") from None
+        raise ValidationError(f"cannot read {_config_file()}: {e}") from None
     import tomllib  # here: most users never `labq login`, and have no file
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ValidationError(f"cannot read {config_path()}: {e}") from None
+        raise ValidationError(f"cannot read {_config_file()}: {e}") from None
     return data if isinstance(data, dict) else {}
 
 

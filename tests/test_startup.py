@@ -1,6 +1,7 @@
 """What a `labq` command loads before it does its work: only what that command needs. Each
 check runs a fresh interpreter, since this one has imported everything already."""
 import json
+import os
 import subprocess
 import sys
 
@@ -106,3 +107,31 @@ def test_help_lists_every_command_and_a_typo_names_them():
                           capture_output=True, text=True)
     assert typo.returncode == 2
     assert "invalid choice: 'sumbit'" in typo.stderr and "'submit'" in typo.stderr
+
+
+def test_finding_ones_own_daemon_and_the_saved_login_needs_no_pathlib(tmp_path):
+    (tmp_path / "run" / "labq").mkdir(parents=True)
+    (tmp_path / "run" / "labq" / "labq.sock").write_text("")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"),
+           "XDG_RUNTIME_DIR": str(tmp_path / "run"), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    code = ("import sys\nbefore = set(sys.modules)\nfrom labq.client import default_address\n"
+            "print(default_address())\n"
+            "print(sorted({'pathlib', 'tomllib'} & (set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.splitlines()
+    assert out[0] == str(tmp_path / "run" / "labq" / "labq.sock")
+    # pathlib may come with the interpreter itself (an editable install's finder); tomllib
+    # is only for a user who has logged in somewhere
+    assert "tomllib" not in out[1]
+    # without a daemon of one's own, the state directory's socket, else the system daemon's
+    env.pop("XDG_RUNTIME_DIR")
+    (tmp_path / "home" / ".local" / "state" / "labq").mkdir(parents=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.splitlines()
+    assert out[0] == "/run/labq/labq.sock"
+    (tmp_path / "home" / ".local" / "state" / "labq" / "labq.sock").write_text("")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.splitlines()
+    system_first = os.geteuid() == 0 and os.path.exists("/run/labq/labq.sock")
+    assert out[0] == ("/run/labq/labq.sock" if system_first else
+                      str(tmp_path / "home" / ".local" / "state" / "labq" / "labq.sock"))
