@@ -1,5 +1,6 @@
 """What a `labq` command loads before it does its work: only what that command needs. Each
 check runs a fresh interpreter, since this one has imported everything already."""
+import importlib
 import json
 import os
 import subprocess
@@ -49,6 +50,16 @@ def test_every_request_type_is_there_for_who_asks_for_all():
         assert "NoSuchRequest" in str(e)
     else:
         raise AssertionError("an unknown name was found")
+
+
+def test_the_package_lists_every_class_and_function_of_each_kind():
+    for kind in KINDS:
+        module = importlib.import_module(f"labq.protocol.{kind}")
+        defined = {name for name, v in vars(module).items() if not name.startswith("_")
+                   and getattr(v, "__module__", None) == module.__name__}
+        assert defined <= set(labq.protocol._NAMES[kind]), kind
+        for name in labq.protocol._NAMES[kind]:
+            assert getattr(labq.protocol, name) is getattr(module, name)
 
 
 def test_a_request_type_becomes_a_frozen_dataclass_when_first_used():
