@@ -5,7 +5,9 @@ import re
 
 from .errors import ValidationError
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.I)
+# patterns, not compiled ones: re compiles each on first use, so a command given no size or
+# duration does not pay for them
+_SIZE = r"(?i)^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$"
 _SIZE_MB = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 ** 2, "p": 1024 ** 3}
 
 
@@ -13,15 +15,15 @@ def parse_size_mb(text: str | int, what: str = "memory") -> int:
     """'16G', '512M', '2T', '1024' (MiB when no unit, as in Slurm's --mem)."""
     if isinstance(text, int) and not isinstance(text, bool):
         return text
-    m = _SIZE.match(str(text))
+    m = re.match(_SIZE, str(text))
     if not m:
         raise ValidationError(f"{what}: cannot read {text!r} as a size (e.g. 512M, 16G, 1T)",
                               {"field": what, "value": str(text)})
     return int(round(float(m.group(1)) * _SIZE_MB[m.group(2).lower()]))
 
 
-_DUR_SUFFIX = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$", re.I)
-_DUR_SLURM = re.compile(r"^\s*(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\s*$")
+_DUR_SUFFIX = r"(?i)^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$"
+_DUR_SLURM = r"^\s*(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\s*$"
 _MULT = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -30,10 +32,10 @@ def parse_duration_s(text: str | int, what: str = "time") -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         return text
     s = str(text)
-    m = _DUR_SUFFIX.match(s)
+    m = re.match(_DUR_SUFFIX, s)
     if m:
         return int(round(float(m.group(1)) * _MULT[m.group(2).lower()]))
-    m = _DUR_SLURM.match(s)
+    m = re.match(_DUR_SLURM, s)
     if not m:
         raise ValidationError(f"{what}: cannot read {s!r} as a duration (e.g. 90, 2h, 1-12:00:00)",
                               {"field": what, "value": s})
