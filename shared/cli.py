@@ -163,6 +163,9 @@ def cmd_show(q: Client, a: argparse.Namespace) -> int:
     if job.params:
         fields.append(("params", " ".join(f"{k}={v}" for k, v in job.params.items())))
     fields.extend(cli_files.show_fields(job))
+    # notes that changed no state: a notification channel that failed, and the like
+    fields.extend(("note", f"{when(e.time)}  {e.reason}")
+                  for e in q.events(job.id)[-50:] if e.from_state == e.to_state and e.reason)
     for k, v in fields:
         print(f"{k:>13}: {printable(v)}")
     return 0
