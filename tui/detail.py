@@ -162,6 +162,8 @@ class JobDetailScreen(Screen):
         Binding("w", "save_log", "Save log", show=False),
         Binding("p", "pager", "Open in $PAGER", show=False),
         Binding("s", "save_results", "Save results (zip)", show=False),
+        Binding("P", "change('priority')", "Lower priority", show=False),
+        Binding("T", "change('time_limit')", "Lower time limit", show=False),
     ]
 
     def __init__(self, job: Job, socket: Path, factory: ClientFactory, conn: Connection,
@@ -364,6 +366,9 @@ class JobDetailScreen(Screen):
 
     def action_cancel(self) -> None:
         cast("LabqApp", self.app).confirm_cancel([self.job])
+
+    def action_change(self, what: str) -> None:
+        cast("LabqApp", self.app).change_job(self.job, what)
 
     def action_yank(self) -> None:
         cast("LabqApp", self.app).yank(str(self.job.id), f"job id {self.job.id}")
