@@ -156,6 +156,7 @@ class JobDetailScreen(Screen):
         Binding("n", "next_match", "Next match"),
         Binding("N", "prev_match", "Prev match", show=False),
         Binding("f", "full_log", "Full-screen log"),
+        Binding("W", "wrap", "Wrap long lines", show=False),
         Binding("c", "cancel", "Cancel job"),
         Binding("y", "yank", "Copy id", show=False),
         Binding("Y", "yank_command", "Copy command", show=False),
@@ -289,6 +290,8 @@ class JobDetailScreen(Screen):
     def _update_log_title(self, trouble: str = "") -> None:
         log = self.query_one(JobLog)
         text = f" Output ({log.line_count} lines, {self.log_state()})"
+        if log.wrap:
+            text += ", wrapped"
         if log.dropped:
             text += f"  {log.dropped} earlier lines dropped"
         if self._matches:
@@ -302,6 +305,10 @@ class JobDetailScreen(Screen):
 
     def action_full_log(self) -> None:
         self.toggle_class("-full-log")
+
+    def action_wrap(self) -> None:
+        self.query_one(JobLog).toggle_wrap()
+        self._update_log_title()
 
     def action_search(self) -> None:
         box = self.query_one("#log-search", Input)
