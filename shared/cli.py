@@ -23,7 +23,7 @@ from . import (
 from .cli_format import command_text, job_json, parse_ids, print_json, status_text, table, when
 from .cli_options import batch_options, positive_int, submit_options
 from .clifollow import run_job
-from .errors import LabqError
+from .errors import LabqError, ValidationError
 from .models import Job
 from .text import printable
 from .units import format_duration, format_size_mb
@@ -246,6 +246,23 @@ def cmd_priority(q: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_update(q: Client, a: argparse.Namespace) -> int:
+    """Slurm's `scontrol update` for what a user may change: a waiting job's time limit and
+    priority, each only downwards unless the caller is an admin."""
+    if a.time is None and a.priority is None:
+        raise ValidationError("update: give --time, --priority or both", {"field": "update"})
+    job_id = parse_ids([a.id])[0]
+    if a.time is not None:
+        job = q.set_time_limit(job_id, a.time)
+    if a.priority is not None:
+        job = q.set_priority(job_id, a.priority)
+    if a.json:
+        print_json(job_json(job))
+    else:
+        print(f"{job.id} priority {job.priority} time limit {format_duration(job.time_limit_s)}")
+    return 0
+
+
 def cmd_tui(a: argparse.Namespace) -> int:
     # the UI connects by itself and keeps retrying, so it starts even while labqd is down
     from labq.tui.app import run
@@ -314,9 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--experiment", "-e", help="every job of an experiment instead")
     p.add_argument("--timeout", type=float)
-    p = add("priority", cmd_priority, "change a pending job's priority (1-10)")
+    p = add("priority", cmd_priority, "lower a pending job's priority (1-10)")
     p.add_argument("id")
     p.add_argument("priority", type=positive_int(1, 10))
+    p = add("update", cmd_update, "lower a pending job's time limit or priority")
+    p.add_argument("id")
+    p.add_argument("--time", "-t", help="the new time limit: 30m, 2h, 1:30:00, 90 (minutes)")
+    p.add_argument("--priority", "-p", type=positive_int(1, 10))
     cli_admin.add_parsers(add)
     p = add("experiments", cli_batch.cmd_experiments, "experiments: their jobs by state")
     p.add_argument("--mine", "-m", action="store_true")

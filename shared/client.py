@@ -27,6 +27,7 @@ from .protocol import (
     JobPriorityRequest,
     JobRequest,
     JobsRequest,
+    JobTimeLimitRequest,
     NodeAddRequest,
     NodeDict,
     NodeDrainRequest,
@@ -65,6 +66,7 @@ from .protocol import (
     WhoamiRequest,
 )
 from .spec import MAX_REQUEST_CHARS, submit_request
+from .units import parse_duration_s
 
 if TYPE_CHECKING:
 
@@ -369,8 +371,15 @@ class Client:
 
     @sends(Op.JOB_PRIORITY)
     def set_priority(self, job_id: int, priority: int) -> Job:
-        """Change a pending or held job's priority (1-10)."""
+        """Change a pending or held job's priority (1-10); its owner may only lower it."""
         return cast(Job, self.request(JobPriorityRequest(id=job_id, priority=priority)))
+
+    @sends(Op.JOB_TIME_LIMIT)
+    def set_time_limit(self, job_id: int, time_limit: int | str) -> Job:
+        """Change a pending or held job's time limit: seconds, or a duration such as "30m"
+        or "1:30:00". Its owner may only lower it (and the priority); admins either way."""
+        seconds = parse_duration_s(time_limit, "time_limit_s")
+        return cast(Job, self.request(JobTimeLimitRequest(id=job_id, time_limit_s=seconds)))
 
     # -- logs ------------------------------------------------------------------------------
     @sends(Op.READ_LOG)

@@ -160,6 +160,9 @@ from .jobs import (
     JobsRequest as JobsRequest,
 )
 from .jobs import (
+    JobTimeLimitRequest as JobTimeLimitRequest,
+)
+from .jobs import (
     ReadLogRequest as ReadLogRequest,
 )
 from .jobs import (
