@@ -6,7 +6,7 @@ in test_trust."""
 import pytest
 from daemonproc import Daemon
 from textual.widgets import Input
-from tuikit import drive, until
+from tuikit import drive, notes, until
 
 from labq.tui.app import LabqApp
 from labq.tui.confirm import AskScreen
@@ -31,9 +31,6 @@ def daemon(tmp_path_factory):
     finally:
         d.close()
 
-
-def notes(app) -> str:
-    return "\n".join(f"{n.title}: {n.message}" for n in app._notifications)
 
 
 async def answer(pilot, key: str, text: str) -> None:

@@ -1,28 +1,12 @@
 """The log view's wrap toggle: a long line takes as many rows as the width needs, wide
 (CJK) characters are never cut in half, the 10,000-line cap and its mark still hold, a search
 match is shown wherever its line wrapped to, and toggling back restores one row per line."""
-import asyncio
 
 import pytest
-from textual.app import App
-from tuikit import screen_text
-
-from labq.tui.logview import JobLog
+from tuikit import run_log, screen_text
 
 LONG = "start-" + "abcdefghij" * 30 + "-tail"
 
-
-class LogApp(App):
-    def compose(self):
-        yield JobLog(max_lines=10_000, job_id=7)
-
-
-def run_log(size, scenario):
-    async def main():
-        app = LogApp()
-        async with app.run_test(size=size) as pilot:
-            await scenario(pilot, app.query_one(JobLog))
-    asyncio.run(main())
 
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
