@@ -14,9 +14,9 @@ if TYPE_CHECKING:
 
 # variables that describe the submitting session rather than the job's needs
 _SESSION_ENV = ("LABQ_", "SSH_", "DISPLAY", "TERM", "TMUX", "XDG_RUNTIME_DIR", "XDG_SESSION",
-                "XDG_SESSION_", "DBUS_SESSION_BUS_ADDRESS", "PWD", "OLDPWD", "SHLVL", "_", "WINDOWID",
-                "COLUMNS", "LINES", "KITTY_", "WAYLAND_DISPLAY", "NOTIFY_SOCKET", "INVOCATION_ID",
-                "JOURNAL_STREAM")
+                "XDG_SESSION_", "DBUS_SESSION_BUS_ADDRESS", "PWD", "OLDPWD", "SHLVL", "_",
+                "WINDOWID", "COLUMNS", "LINES", "KITTY_", "WAYLAND_DISPLAY", "NOTIFY_SOCKET",
+                "INVOCATION_ID", "JOURNAL_STREAM")
 
 
 _SESSION_NAMES = frozenset(_SESSION_ENV)
