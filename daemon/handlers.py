@@ -21,6 +21,7 @@ from labq.protocol import (
     JobPriorityRequest,
     JobRequest,
     JobsRequest,
+    JobTimeLimitRequest,
     NodeAddRequest,
     NodeDict,
     NodeDrainRequest,
@@ -155,6 +156,10 @@ def job_priority(core: Core, caller: Caller, req: JobPriorityRequest) -> dict:
     return core.jobs.set_priority(caller, req.id, req.priority)
 
 
+def job_time_limit(core: Core, caller: Caller, req: JobTimeLimitRequest) -> dict:
+    return core.jobs.set_time_limit(caller, req.id, req.time_limit_s)
+
+
 def read_log(core: Core, caller: Caller, req: ReadLogRequest) -> tuple[bytes, int, bool]:
     return core.jobs.read_log(caller, req.id, req.offset, req.wait, req.max_bytes)
 
@@ -258,7 +263,7 @@ HANDLERS: dict[Op, Handler] = {
     Op.SUBMIT: submit, Op.SUBMIT_ARRAY: submit_array, Op.SUBMIT_MANY: submit_many_,
     Op.EXPERIMENTS: experiments, Op.JOB: job, Op.JOBS: jobs, Op.EVENTS: events, Op.CANCEL: cancel,
     Op.HOLD: hold, Op.RELEASE: release, Op.WAIT: wait, Op.JOB_PRIORITY: job_priority,
-    Op.READ_LOG: read_log,
+    Op.JOB_TIME_LIMIT: job_time_limit,    Op.READ_LOG: read_log,
     Op.NODES: nodes, Op.NODE_DRAIN: node_drain, Op.NODE_RESUME: node_resume,
     Op.NODE_ADD: node_add, Op.NODE_REMOVE: node_remove,
     Op.GROUPS: groups, Op.GROUP_SET: group_set, Op.USAGE: usage,

@@ -26,6 +26,7 @@ from labq.errors import (
 )
 from labq.spec import experiment_dependency, parse_dependency, validate_submit
 from labq.states import FINAL, JobState, allowed
+from labq.units import format_duration
 
 from . import store as st
 from .activejob import ActiveJob
@@ -33,7 +34,7 @@ from .clock import SYSTEM, Clock
 from .config import Config
 from .identity import Caller
 from .logcopy import LogCopies
-from .policy import JobView, PlanMemo
+from .policy import JobView, PlanMemo, PolicyConfig
 from .policy.dependencies import find_cycle
 from .policy.fairshare import Run
 from .views import dep_ids, job_view
@@ -49,6 +50,7 @@ DEFAULT_USER_MAX_PENDING = 10_000
 # transitions made under one hold of the lock: a request that changes thousands of jobs lets
 # others in between chunks
 CHUNK = 256
+WORDS = {"priority": "priority", "time_limit_s": "time limit"}  # a job's fields, in words
 
 
 class RunControl(Protocol):
@@ -468,16 +470,40 @@ class JobTable:
         if type(priority) is not int or not 1 <= priority <= 10:
             raise ValidationError("priority: must be an integer from 1 to 10",
                                   {"field": "priority"})
+        return self._lower(caller, job_id, "priority", priority, str)
+
+    def set_time_limit(self, caller: Caller, job_id: Any, seconds: Any) -> dict:
+        if type(seconds) is not int or seconds < 1:
+            raise ValidationError("time_limit_s: must be a positive number of seconds",
+                                  {"field": "time_limit_s"})
+        self._check_submit_limits(caller, {"gpus": 0, "time_limit_s": seconds})
+        return self._lower(caller, job_id, "time_limit_s", seconds, format_duration)
+
+    def _lower(self, caller: Caller, job_id: Any, field: str, new: int,
+               show: Callable[[int], str]) -> dict:
+        """Change a waiting job's `field`. Its owner may only lower it, as with Slurm's
+        `scontrol update`: a job cannot jump ahead of others or hold GPUs longer than it
+        asked when it queued; admins change it either way."""
         row = self._owned(caller, job_id)
         with self.lock:
             job = self.active.get(row["id"])
             if job is None or job["state"] == S.RUNNING.value:
                 raise InvalidState(f"job {row['id']} is {row['state']}; only pending or held "
-                                   "jobs can change priority",
+                                   f"jobs can change {WORDS[field]}",
                                    {"id": row["id"], "state": row["state"]})
-            self.store.record_priority(job["id"], job["state"], caller.user, job["priority"],
-                                       priority)
-            job["priority"] = priority
+            old = job[field]
+            # no limit given means the scheduler's default, which is what it may go below
+            now = old if old is not None else self.cfg.scheduler.get(
+                "default_time_limit", PolicyConfig.default_time_limit_s)
+            if new > now and not caller.admin:
+                raise PermissionDenied(
+                    f"job {row['id']}: only an admin raises {WORDS[field]} "
+                    f"(now {show(now)}; you may set {show(now)} or less)",
+                    {"id": row["id"], "field": field, "value": now})
+            self.store.record_change(job["id"], job["state"], caller.user, field,
+                                     f"{WORDS[field]} {'none' if old is None else show(old)}"
+                                     f" -> {show(new)}", new)
+            job[field] = new
             self._set_view(job)
         self.wake.set()
         return self.view(caller, self.job_row(row["id"]))

@@ -278,10 +278,14 @@ class Store:
                                              "gpu_index": g}
                                             for g in fields["gpu_indices"]]).execute()
 
-    def record_priority(self, job_id: int, state: str, who: str, old: int, new: int) -> None:
+    def record_change(self, job_id: int, state: str, who: str, field: str, why: str,
+                      value: int) -> None:
+        """A waiting job's priority or time limit changed, with an event that says so."""
+        column = {"priority": Job.priority, "time_limit_s": Job.time_limit_s}[field]
         with self.write():
-            Job.update(priority=new, seq=self._next_seq()).where(Job.id == job_id).execute()
-            self.add_event(job_id, who, state, state, f"priority {old} -> {new}")
+            Job.update({column: value, Job.seq: self._next_seq()}).where(
+                Job.id == job_id).execute()
+            self.add_event(job_id, who, state, state, why)
 
     def runs_since(self, since: float) -> list[dict[str, Any]]:
         """Jobs that started and had not ended by `since`: what fair-share usage counts."""

@@ -22,7 +22,7 @@ from . import (
 )
 from .cli_format import command_text, job_json, parse_ids, print_json, status_text, table, when
 from .cli_options import batch_options, positive_int, submit_options
-from .errors import LabqError
+from .errors import LabqError, ValidationError
 from .models import Job
 from .text import printable
 from .units import format_duration, format_size_mb
@@ -163,6 +163,9 @@ def cmd_show(q: Client, a: argparse.Namespace) -> int:
     if job.params:
         fields.append(("params", " ".join(f"{k}={v}" for k, v in job.params.items())))
     fields.extend(cli_files.show_fields(job))
+    # notes that changed no state: a notification channel that failed, and the like
+    fields.extend(("note", f"{when(e.time)}  {e.reason}")
+                  for e in q.events(job.id)[-50:] if e.from_state == e.to_state and e.reason)
     for k, v in fields:
         print(f"{k:>13}: {printable(v)}")
     return 0
@@ -240,6 +243,23 @@ def cmd_priority(q: Client, a: argparse.Namespace) -> int:
         print_json(job_json(job))
     else:
         print(f"{job.id} priority {job.priority}")
+    return 0
+
+
+def cmd_update(q: Client, a: argparse.Namespace) -> int:
+    """Slurm's `scontrol update` for what a user may change: a waiting job's time limit and
+    priority, each only downwards unless the caller is an admin."""
+    if a.time is None and a.priority is None:
+        raise ValidationError("update: give --time, --priority or both", {"field": "update"})
+    job_id = parse_ids([a.id])[0]
+    if a.time is not None:
+        job = q.set_time_limit(job_id, a.time)
+    if a.priority is not None:
+        job = q.set_priority(job_id, a.priority)
+    if a.json:
+        print_json(job_json(job))
+    else:
+        print(f"{job.id} priority {job.priority} time limit {format_duration(job.time_limit_s)}")
     return 0
 
 
@@ -366,9 +386,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--experiment", "-e", help="every job of an experiment instead")
     p.add_argument("--timeout", type=float)
-    p = add("priority", cmd_priority, "change a pending job's priority (1-10)")
+    p = add("priority", cmd_priority, "lower a pending job's priority (1-10)")
     p.add_argument("id")
     p.add_argument("priority", type=positive_int(1, 10))
+    p = add("update", cmd_update, "lower a pending job's time limit or priority")
+    p.add_argument("id")
+    p.add_argument("--time", "-t", help="the new time limit: 30m, 2h, 1:30:00, 90 (minutes)")
+    p.add_argument("--priority", "-p", type=positive_int(1, 10))
     cli_admin.add_parsers(add)
     p = add("experiments", cli_batch.cmd_experiments, "experiments: their jobs by state")
     p.add_argument("--mine", "-m", action="store_true")

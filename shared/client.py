@@ -15,6 +15,7 @@ from .errors import DaemonUnavailable, InternalError, LabqError, ValidationError
 from .models import Event, Job, Node
 from .protocol import Op, Request
 from .spec import MAX_REQUEST_CHARS, submit_request
+from .units import parse_duration_s
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -341,8 +342,16 @@ class Client:
 
     @sends(Op.JOB_PRIORITY)
     def set_priority(self, job_id: int, priority: int) -> Job:
-        """Change a pending or held job's priority (1-10)."""
+        """Change a pending or held job's priority (1-10); its owner may only lower it."""
         return cast(Job, self.request(protocol.JobPriorityRequest(id=job_id, priority=priority)))
+
+    @sends(Op.JOB_TIME_LIMIT)
+    def set_time_limit(self, job_id: int, time_limit: int | str) -> Job:
+        """Change a pending or held job's time limit: seconds, or a duration such as "30m"
+        or "1:30:00". Its owner may only lower it (and the priority); admins either way."""
+        seconds = parse_duration_s(time_limit, "time_limit_s")
+        return cast(Job, self.request(protocol.JobTimeLimitRequest(id=job_id,
+                                                                   time_limit_s=seconds)))
 
     # -- logs ------------------------------------------------------------------------------
     @sends(Op.READ_LOG)

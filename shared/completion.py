@@ -25,8 +25,9 @@ TIMEOUT_S = 1.5  # a completion that takes longer is worse than none
 # what an argument names, by (command, argument's dest): the candidates labqd knows
 DYNAMIC = {
     ("show", "id"): "jobs", ("events", "id"): "jobs", ("logs", "id"): "jobs",
-    ("priority", "id"): "jobs", ("cancel", "ids"): "jobs", ("hold", "ids"): "jobs",
-    ("release", "ids"): "jobs", ("wait", "ids"): "jobs", ("submit", "after"): "jobs",
+    ("priority", "id"): "jobs", ("update", "id"): "jobs", ("cancel", "ids"): "jobs",
+    ("hold", "ids"): "jobs", ("release", "ids"): "jobs", ("wait", "ids"): "jobs",
+    ("submit", "after"): "jobs",
     ("submit", "group"): "groups", ("group", "group"): "groups", ("node", "name"): "nodes",
     ("ls", "state"): "states",
 }

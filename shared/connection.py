@@ -13,16 +13,21 @@ if TYPE_CHECKING:
 
 # variables that describe the submitting session rather than the job's needs
 _SESSION_ENV = ("LABQ_", "SSH_", "DISPLAY", "TERM", "TMUX", "XDG_RUNTIME_DIR", "XDG_SESSION",
-                "DBUS_SESSION_BUS_ADDRESS", "PWD", "OLDPWD", "SHLVL", "_", "WINDOWID",
-                "COLUMNS", "LINES", "KITTY_", "WAYLAND_DISPLAY", "NOTIFY_SOCKET", "INVOCATION_ID",
-                "JOURNAL_STREAM")
+                "XDG_SESSION_", "DBUS_SESSION_BUS_ADDRESS", "PWD", "OLDPWD", "SHLVL", "_",
+                "WINDOWID", "COLUMNS", "LINES", "KITTY_", "WAYLAND_DISPLAY", "NOTIFY_SOCKET",
+                "INVOCATION_ID", "JOURNAL_STREAM")
+
+
+_SESSION_NAMES = frozenset(_SESSION_ENV)
+_SESSION_PREFIXES = tuple(p for p in _SESSION_ENV if p.endswith("_"))
 
 
 def exported_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The caller's environment minus session-bound variables (Slurm's --export=ALL)."""
     environ = dict(os.environ if environ is None else environ)
+    # read on every submit (a script may change os.environ between them), so kept cheap
     return {k: v for k, v in environ.items()
-            if not any(k == p or (p.endswith("_") and k.startswith(p)) for p in _SESSION_ENV)}
+            if k not in _SESSION_NAMES and not k.startswith(_SESSION_PREFIXES)}
 
 
 def open_socket(path: str | os.PathLike[str]) -> _socket.socket:

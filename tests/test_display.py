@@ -21,6 +21,7 @@ from sshnodes import ensure_user
 from tuikit import drive, screen_text, until
 
 import labq
+import labq.cli
 from labq.cli_admin import cmd_group, cmd_nodes, cmd_usage
 from labq.models import Gpu, Node
 from labq.text import printable

@@ -182,4 +182,8 @@ def test_the_tui_reads_the_queue_once_then_only_what_changed(daemon, alice):
         # what changed, and one page of the queue for fresh reasons; nothing else
         assert [k.get("changed_since") is not None for k in asked] == [True, False]
         assert asked[0]["got"] == 2 and asked[1]["limit"] == SWEEP_PAGE
+        # between the page reads, an idle poll asks what changed and nothing more
+        asked.clear()
+        view.poll(spy, sweep=False)
+        assert [(k.get("changed_since") is not None, k["got"]) for k in asked] == [(True, 0)]
         q.cancel(b, c)

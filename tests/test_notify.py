@@ -187,6 +187,7 @@ def test_a_failing_channel_shows_in_events_and_a_restart_delivers_it_once(env):
     wait_for(lambda: "notify webhook failed, trying again: webhook answered HTTP 500"
              in alice.ok("events", str(jid)), what="the failure in the job's events")
     assert hook.url not in bob.ok("events", str(jid))  # the URL stays alice's
+    assert "webhook answered HTTP 500" in alice.ok("show", str(jid))  # a note in `show` too
     d.stop()
     hook.status = 200
     d.start(wait_nodes=1)

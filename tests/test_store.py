@@ -246,7 +246,7 @@ def test_changes_come_in_the_order_they_were_made(tmp_path):
     assert s.job_page(changed_since=mark) == []
     s.record_transitions([(5, {"state": "HELD"}, "alice", "PENDING", "HELD", None, 1.0, ()),
                           (2, {"state": "HELD"}, "bob", "PENDING", "HELD", None, 1.0, ())])
-    s.record_priority(7, "PENDING", "alice", 5, 9)
+    s.record_change(7, "PENDING", "alice", "priority", "priority 5 -> 4", 4)
     changed = s.job_page(changed_since=mark)
     assert [r["id"] for r in changed] == [5, 2, 7] and s.committed_seq == changed[-1]["seq"]
     assert [r["id"] for r in s.job_page(changed_since=mark, where={"owner": "bob"})] == [2]
@@ -257,6 +257,11 @@ def test_changes_come_in_the_order_they_were_made(tmp_path):
                                ())])
     assert s.job_row(1)["state"] == "PENDING" and len(s.events(1)) == 1
     assert s.job_page(changed_since=changed[-1]["seq"]) == []
+    s.record_change(7, "PENDING", "alice", "time_limit_s", "time limit none -> 00:30:00", 1800)
+    row = s.job_row(7)
+    assert (row["priority"], row["time_limit_s"]) == (4, 1800)
+    assert [e["reason"] for e in s.events(7)][-2:] == ["priority 5 -> 4",
+                                                       "time limit none -> 00:30:00"]
 
 
 def test_a_schema_7_database_gains_the_files_columns(tmp_path):

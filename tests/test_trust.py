@@ -291,3 +291,37 @@ def test_two_nodes_on_one_account_keep_apart(tmp_path):
                 assert not any("stale" in (e.reason or "") for j in jobs
                                for e in q.events(j.id))
         assert "link closed" not in d.log()
+
+
+def test_owners_lower_their_waiting_jobs_time_and_priority_and_no_more(root_daemon, venv):
+    alice, bob = users(venv, root_daemon.socket, "labqtest", "labqtest2")
+    jid = job_id(alice.ok("submit", "--hold", "--time", "2h", "--priority", "6", "--", "true"))
+
+    def shown():
+        j = json.loads(alice.ok("show", "--json", jid))
+        return j["time_limit_s"], j["priority"]
+    for args in (("update", jid, "--time", "30m"), ("priority", jid, "1")):
+        r = bob.labq(*args)
+        assert r.returncode != 0 and "belongs to labqtest" in r.stderr, (args, r.stderr)
+    assert shown() == (7200, 6)
+    assert alice.ok("update", jid, "--time", "45m", "--priority", "4").split() == [
+        jid, "priority", "4", "time", "limit", "00:45:00"]
+    for args, says in ((("update", jid, "--time", "1h"), "only an admin raises time limit"),
+                       (("priority", jid, "9"), "only an admin raises priority"),
+                       (("update", jid, "--time", "soon"), "cannot read 'soon'"),
+                       (("update", jid), "give --time, --priority or both")):
+        r = alice.labq(*args)
+        assert r.returncode != 0 and says in r.stderr, (args, r.stderr)
+    assert shown() == (2700, 4)
+    events = json.loads(alice.ok("events", "--json", jid))
+    assert [e["reason"] for e in events if e["who"] == "labqtest"][-2:] == [
+        "time limit 02:00:00 -> 00:45:00", "priority 6 -> 4"]
+    admin, = users(venv, root_daemon.socket, "labqadmin1")
+    add_user_to_group("labqadmin1", "labqadm")
+    admin.ok("update", jid, "--time", "3h", "--priority", "8")
+    assert shown() == (10800, 8)
+    alice.ok("release", jid)
+    alice.ok("wait", jid)
+    r = alice.labq("update", jid, "--time", "1m")
+    assert r.returncode != 0 and "only pending or held jobs can change time limit" in r.stderr
+    assert shown() == (10800, 8)

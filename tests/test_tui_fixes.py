@@ -6,8 +6,7 @@ import subprocess
 import pytest
 from daemonproc import Daemon
 from rich.console import Console
-from textual.app import App
-from tuikit import drive, screen_text, until
+from tuikit import drive, notes, run_log, screen_text, until
 
 from labq import Job, JobState
 from labq.tui.actions import refusal
@@ -40,10 +39,6 @@ def local(tmp_path_factory):
         d.close()
 
 
-def notes(app) -> str:
-    """The toasts shown so far, title and text."""
-    return "\n".join(f"{n.title}: {n.message}" for n in app._notifications)
-
 
 def app_for(d, **kw) -> LabqApp:
     return LabqApp(socket=d.socket, interval=0.3, **kw)
@@ -61,20 +56,6 @@ async def open_job(pilot, job_id: int) -> JobDetailScreen:
     await until(pilot, lambda: isinstance(app.screen, JobDetailScreen), "the job view")
     return app.screen
 
-
-class LogApp(App):
-    def compose(self):
-        yield JobLog(max_lines=10_000, job_id=7)
-
-
-def run_log(size, scenario):
-    import asyncio
-
-    async def main():
-        app = LogApp()
-        async with app.run_test(size=size) as pilot:
-            await scenario(pilot, app.query_one(JobLog))
-    asyncio.run(main())
 
 
 # 1 -----------------------------------------------------------------------------------------

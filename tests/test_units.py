@@ -82,3 +82,13 @@ def test_state_table():
 def test_errors_cross_the_wire_typed():
     err = from_wire(NotFound("no job 3", {"id": 3}).to_wire())
     assert isinstance(err, NotFound) and err.details == {"id": 3} and err.code == "NOT_FOUND"
+
+
+def test_a_job_gets_the_callers_environment_without_the_sessions():
+    from labq.connection import exported_env
+    env = {"PATH": "/usr/bin", "CUDA_HOME": "/opt/cuda", "TERMINAL": "kitty", "_X": "1",
+           "_": "/usr/bin/labq", "SSH_AUTH_SOCK": "/tmp/a", "LABQ_SOCKET": "/s", "TERM": "xterm",
+           "DISPLAY": ":0", "PWD": "/home/a", "XDG_RUNTIME_DIR": "/run/user/1",
+           "XDG_SESSION": "1", "XDG_SESSION_ID": "3", "KITTY_WINDOW_ID": "2", "TMUX": "x"}
+    assert exported_env(env) == {"PATH": "/usr/bin", "CUDA_HOME": "/opt/cuda",
+                                 "TERMINAL": "kitty"}

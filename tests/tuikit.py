@@ -26,3 +26,27 @@ def drive(app, scenario, size: tuple[int, int]) -> None:
             await until(pilot, lambda: app.me is not None, "the first poll")
             await scenario(pilot)
     asyncio.run(main())
+
+
+def notes(app) -> str:
+    """The toasts shown so far, title and text."""
+    return "\n".join(f"{n.title}: {n.message}" for n in app._notifications)
+
+
+def run_log(size, scenario) -> None:
+    """`scenario(pilot, log)` against a bare job log view of the given size."""
+    import asyncio
+
+    from textual.app import App
+
+    from labq.tui.logview import JobLog
+
+    class LogApp(App):
+        def compose(self):
+            yield JobLog(max_lines=10_000, job_id=7)
+
+    async def main():
+        app = LogApp()
+        async with app.run_test(size=size) as pilot:
+            await scenario(pilot, app.query_one(JobLog))
+    asyncio.run(main())

@@ -5,6 +5,7 @@ The test run's own Python may live where other users cannot reach it (pyenv unde
 installed once per source tree in a world-readable directory."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import pwd
@@ -36,6 +37,15 @@ def cli_venv() -> Path:
     venv = Path(f"/var/tmp/labq-test-cli-{_tree_hash()}")
     if (venv / "ok").exists():
         return venv
+    # two test runs of the same tree (two checkouts) build it once, one after the other
+    with open(f"{venv}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (venv / "ok").exists():
+            _build_venv(python, venv)
+    return venv
+
+
+def _build_venv(python: str, venv: Path) -> None:
     shutil.rmtree(venv, ignore_errors=True)
     build = Path(f"{venv}.build")
     shutil.rmtree(build, ignore_errors=True)
@@ -56,7 +66,6 @@ def cli_venv() -> Path:
             if not os.path.islink(p):
                 os.chmod(p, os.stat(p).st_mode | 0o444)
     (venv / "ok").write_text("")
-    return venv
 
 
 class User:

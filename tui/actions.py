@@ -12,7 +12,9 @@ VERBS = {"cancel": ("Cancel", "cancelled"), "hold": ("Hold", "held"),
 FAILED_TITLES = {"cancel": "not cancelled", "hold": "not held", "release": "not released",
                  "job_priority": "priority not changed", "node_drain": "node not drained",
                  "node_resume": "node not resumed", "group_set": "group not changed",
-                 "submit": "not submitted"}
+                 "submit": "not submitted", "priority": "priority not changed",
+                 "job_time_limit": "time limit not changed",
+                 "time_limit": "time limit not changed"}
 
 
 def refusal(action: str, job: Job, me: str | None, admin: bool) -> str | None:
@@ -23,6 +25,9 @@ def refusal(action: str, job: Job, me: str | None, admin: bool) -> str | None:
         return f"job {job.id} has already ended ({job.state.value})"
     if action == "hold" and job.state is not JobState.PENDING:
         return f"job {job.id} is {job.state.value}: only a pending job can be held"
+    if action in ("priority", "time_limit") and job.state is JobState.RUNNING:
+        what = "priority" if action == "priority" else "time limit"
+        return f"job {job.id} is RUNNING: only a pending or held job's {what} can change"
     if action == "release" and job.state is not JobState.HELD:
         return f"job {job.id} is {job.state.value}: only a held job can be released"
     return None

@@ -20,6 +20,7 @@ from labq.client import default_address
 from labq.errors import LabqError
 from labq.protocol import Op
 from labq.text import printable
+from labq.units import format_duration
 
 from . import actions
 from .admin import AdminGroups, AdminNodes, AdminView
@@ -284,12 +285,30 @@ class LabqApp(App):
             self.yank(str(job.id), f"job id {job.id}")
         elif msg.action == "clone":
             self.push_screen(SubmitScreen(self.conn, self.cwd, template=job), self._submitted)
-        elif msg.action == "priority":
-            self.push_screen(AskScreen(f"New priority for job {job.id} ({job.name}), 1-10:",
-                                       str(job.priority)),
+        elif msg.action in ("priority", "time_limit"):
+            self.change_job(job, msg.action)
+
+    def change_job(self, job: Job, what: str) -> None:
+        """Ask for a waiting job's new priority or time limit; its owner may only lower it."""
+        why = actions.refusal(what, job, self.me and self.me["user"], self.is_admin)
+        if why is not None:
+            self.notify(printable(why), markup=False, severity="warning",
+                        title=actions.FAILED_TITLES[what])
+            return
+        lower = "" if self.is_admin else " (you may only lower it)"
+        if what == "priority":
+            self.push_screen(AskScreen(f"New priority for job {job.id} ({job.name}), "
+                                       f"1-10{lower}:", str(job.priority)),
                              lambda v: v is not None and self.request(
                                  f"job {job.id} priority set", Op.JOB_PRIORITY,
                                  lambda q: q.set_priority(job.id, _number(v, int))))
+            return
+        now = format_duration(job.time_limit_s) if job.time_limit_s else ""
+        self.push_screen(AskScreen(f"New time limit for job {job.id} ({job.name}){lower}:",
+                                   now, prompt="30m, 2h, 1:30:00"),
+                         lambda v: bool(v) and self.request(
+                             f"job {job.id} time limit set", Op.JOB_TIME_LIMIT,
+                             lambda q: q.set_time_limit(job.id, v.strip())))
 
     def open_job(self, job: Job) -> None:
         self.push_screen(JobDetailScreen(job, self.socket, self.factory, self.conn,

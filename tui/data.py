@@ -25,6 +25,10 @@ RECENT_ENDED = 200
 SWEEP_PAGE = 500  # jobs per request once the first poll has read the queue
 USAGE_EVERY_S = 15.0
 EXPERIMENTS_EVERY_S = 3.0
+# how often one page of the active queue is read again for its reasons and priorities: they
+# change with the plan, not the job, and decoding 500 jobs a second was most of an idle UI's
+# CPU with 1,000 jobs queued (py-spy)
+SWEEP_EVERY_S = 5.0
 
 
 def default_factory(socket: Path) -> labq.Client:
@@ -92,6 +96,7 @@ class Poller:
         self._connected: bool | None = None
         self._next_usage = 0.0
         self._next_experiments = 0.0
+        self._next_sweep = 0.0
 
     def run(self) -> None:
         backoff = BACKOFF_START_S
@@ -120,7 +125,10 @@ class Poller:
             self._me = q.whoami()
             self._view = QueueView()
         # everyone's jobs: "mine" is a view over them, so toggling it needs no round trip
-        jobs = self._view.poll(q)
+        sweep = self.monotonic() >= self._next_sweep
+        if sweep:
+            self._next_sweep = self.monotonic() + SWEEP_EVERY_S
+        jobs = self._view.poll(q, sweep)
         nodes = q.nodes()
         if self._connected is not True:
             self._connected = True
@@ -164,7 +172,8 @@ class QueueView:
         self.seq: int | None = None  # the daemon's change counter as of the last poll
         self.sweep_after = 0  # where the next page of the refresh starts
 
-    def poll(self, q: labq.Client) -> list[Job]:
+    def poll(self, q: labq.Client, sweep: bool = True) -> list[Job]:
+        first = self.seq is None
         if self.seq is None:
             # read the counter first: what changes while the pages are read comes next poll
             self.seq = q.ping()["seq"]
@@ -179,6 +188,7 @@ class QueueView:
                     self.seq = max(self.seq, *(j.seq or 0 for j in changed))
                 if len(changed) < SWEEP_PAGE:
                     break
+        if sweep and not first:
             page = q.jobs(include_ended=False, after_id=self.sweep_after, limit=SWEEP_PAGE)
             self._take(page)
             self.sweep_after = page[-1].id if len(page) == SWEEP_PAGE else 0

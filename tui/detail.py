@@ -156,12 +156,15 @@ class JobDetailScreen(Screen):
         Binding("n", "next_match", "Next match"),
         Binding("N", "prev_match", "Prev match", show=False),
         Binding("f", "full_log", "Full-screen log"),
+        Binding("W", "wrap", "Wrap long lines", show=False),
         Binding("c", "cancel", "Cancel job"),
         Binding("y", "yank", "Copy id", show=False),
         Binding("Y", "yank_command", "Copy command", show=False),
         Binding("w", "save_log", "Save log", show=False),
         Binding("p", "pager", "Open in $PAGER", show=False),
         Binding("s", "save_results", "Save results (zip)", show=False),
+        Binding("P", "change('priority')", "Lower priority", show=False),
+        Binding("T", "change('time_limit')", "Lower time limit", show=False),
     ]
 
     def __init__(self, job: Job, socket: Path, factory: ClientFactory, conn: Connection,
@@ -287,6 +290,8 @@ class JobDetailScreen(Screen):
     def _update_log_title(self, trouble: str = "") -> None:
         log = self.query_one(JobLog)
         text = f" Output ({log.line_count} lines, {self.log_state()})"
+        if log.wrap:
+            text += ", wrapped"
         if log.dropped:
             text += f"  {log.dropped} earlier lines dropped"
         if self._matches:
@@ -300,6 +305,10 @@ class JobDetailScreen(Screen):
 
     def action_full_log(self) -> None:
         self.toggle_class("-full-log")
+
+    def action_wrap(self) -> None:
+        self.query_one(JobLog).toggle_wrap()
+        self._update_log_title()
 
     def action_search(self) -> None:
         box = self.query_one("#log-search", Input)
@@ -364,6 +373,9 @@ class JobDetailScreen(Screen):
 
     def action_cancel(self) -> None:
         cast("LabqApp", self.app).confirm_cancel([self.job])
+
+    def action_change(self, what: str) -> None:
+        cast("LabqApp", self.app).change_job(self.job, what)
 
     def action_yank(self) -> None:
         cast("LabqApp", self.app).yank(str(self.job.id), f"job id {self.job.id}")

@@ -7,11 +7,16 @@ lines, prunes first, then sizes and scrolls.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
+
+from rich.cells import chop_cells
 from rich.highlighter import Highlighter
 from rich.text import Text
 from textual.binding import Binding
+from textual.events import Resize
 from textual.geometry import Size
 from textual.message import Message
+from textual.strip import Strip
 from textual.widgets import Log
 
 from labq.text import printable
@@ -35,7 +40,9 @@ class NeedleHighlighter(Highlighter):
 
 class JobLog(Log):
     """Follows the end while `follow` is set: scrolling up (keys or wheel) or jumping to a
-    search match pauses it, coming back to the end (G, or scrolling down to it) resumes."""
+    search match pauses it, coming back to the end (G, or scrolling down to it) resumes.
+    With `wrap` set, a long line takes as many rows as the width needs instead of scrolling
+    sideways."""
 
     BINDINGS = [
         Binding("j,down", "scroll_down", "Down", show=False),
@@ -57,6 +64,11 @@ class JobLog(Log):
         self.dropped = 0
         self._follow = True
         self._cursor = 0  # the column a `\r` left the cursor at, in the last line
+        self.wrap = False
+        # while wrapped: each row on screen as (line, piece), and each line's pieces
+        self._rows: list[tuple[int, int]] = []
+        self._pieces: list[list[str]] = []
+        self._wrap_width = 0
 
     @property
     def follow(self) -> bool:
@@ -95,7 +107,9 @@ class JobLog(Log):
         width = max((len(line) for line in lines[first_changed:]), default=0)
         self._width = max(self._width, width)
         self._prune()
-        self.virtual_size = Size(self._width, self.line_count)
+        if self.wrap:
+            self._rewrap(first_changed)
+        self._set_virtual_size()
         self._render_line_cache.clear()
         if self._follow:
             self.scroll_end(animate=False, immediate=True, x_axis=False)
@@ -109,10 +123,73 @@ class JobLog(Log):
             return
         del self._lines[:extra]
         self.dropped += extra
+        if self.wrap:
+            extra = sum(len(p) for p in self._pieces[:extra])  # rows, not lines
+            self._rewrap(0)
         # the first line says how many came before, so a capped view never looks whole
         self._lines[0] = printable(dropped_mark(self.dropped, self.job_id))
         if not self._follow:  # keep the lines the user is reading in place
             self.scroll_to(y=max(0, self.scroll_y - extra), animate=False, immediate=True)
+
+    # -- wrapping --------------------------------------------------------------------------
+    def toggle_wrap(self) -> None:
+        line = self._top_line()
+        self.wrap = not self.wrap
+        self._rows, self._pieces = [], []
+        if self.wrap:
+            self._rewrap(0)
+        self._set_virtual_size()
+        self._render_line_cache.clear()
+        if self._follow:
+            self.scroll_end(animate=False, immediate=True)
+        else:  # the line that was at the top stays there
+            self.scroll_to(y=self._row_of(line), animate=False, immediate=True)
+        self.refresh()
+
+    def _set_virtual_size(self) -> None:
+        if self.wrap:
+            self.virtual_size = Size(self._wrap_width, len(self._rows))
+        else:
+            self.virtual_size = Size(self._width, self.line_count)
+
+    def _rewrap(self, start: int) -> None:
+        """Cut lines from `start` on into rows of the view's width; earlier lines keep
+        theirs, so a follow costs the new lines only."""
+        width = max(1, self.scrollable_content_region.width or self.size.width or 80)
+        if width != self._wrap_width:
+            self._wrap_width, start = width, 0
+        del self._pieces[start:]
+        self._pieces.extend(chop_cells(line, width) or [""] for line in self._lines[start:])
+        keep = bisect_left(self._rows, (start, 0))
+        del self._rows[keep:]
+        self._rows.extend((i, j) for i in range(start, len(self._pieces))
+                          for j in range(len(self._pieces[i])))
+
+    def on_resize(self, event: Resize) -> None:
+        if self.wrap and self.scrollable_content_region.width != self._wrap_width:
+            self._rewrap(0)
+            self._set_virtual_size()
+            self._render_line_cache.clear()
+
+    def _row_of(self, line: int) -> int:
+        return bisect_left(self._rows, (line, 0)) if self.wrap else line
+
+    def _top_line(self) -> int:
+        y = int(self.scroll_y)
+        return self._rows[y][0] if self.wrap and y < len(self._rows) else y
+
+    def _render_line(self, y: int, scroll_x: int, width: int) -> Strip:
+        if not self.wrap:
+            return super()._render_line(y, scroll_x, width)
+        if y >= len(self._rows):
+            return Strip.blank(width, self.rich_style)
+        line, piece = self._rows[y]
+        text = Text(self._process_line(self._pieces[line][piece]), no_wrap=True)
+        text.stylize(self.rich_style)
+        if self.highlight:
+            text = self.highlighter(text)
+        strip = Strip(text.render(self.app.console), text.cell_len)
+        return strip.crop_extend(0, width, self.rich_style).apply_offsets(0, y)
 
     def set_needle(self, needle: str) -> None:
         self.highlight = bool(needle)
@@ -127,7 +204,8 @@ class JobLog(Log):
 
     def show_line(self, line: int) -> None:
         self.follow = False
-        self.scroll_to(y=max(0, line - self.size.height // 2), animate=False, immediate=True)
+        self.scroll_to(y=max(0, self._row_of(line) - self.size.height // 2), animate=False,
+                       immediate=True)
 
     def action_scroll_up(self) -> None:
         self.follow = False

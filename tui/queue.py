@@ -91,6 +91,8 @@ class QueueTable(DataTable):
         Binding("a", "toggle_ended", "Ended jobs"),
         Binding("y", "act('yank')", "Copy id", show=False),
         Binding("e", "act('clone')", "Clone", show=False),
+        Binding("P", "act('priority')", "Lower priority", show=False),
+        Binding("T", "act('time_limit')", "Lower time limit", show=False),
         Binding("s", "sort_next", "Sort", show=False),
         Binding("S", "sort_reverse", "Reverse", show=False),
         Binding("u", "unmark", "Unmark all", show=False),

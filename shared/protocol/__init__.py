@@ -77,6 +77,7 @@ if TYPE_CHECKING:  # what mypy checks; at run time, __getattr__ below finds thes
         JobPriorityRequest,
         JobRequest,
         JobsRequest,
+        JobTimeLimitRequest,
         ReadLogRequest,
         ReleaseRequest,
         SubmitRequest,
@@ -118,8 +119,8 @@ _NAMES: dict[str, tuple[str, ...]] = {
     ),
     "jobs": (
         "CancelRequest", "EventsRequest", "HoldRequest", "JobPriorityRequest",
-        "JobRequest", "JobsRequest", "ReadLogRequest", "ReleaseRequest", "SubmitRequest",
-        "WaitRequest",
+        "JobRequest", "JobsRequest", "JobTimeLimitRequest", "ReadLogRequest",
+        "ReleaseRequest", "SubmitRequest", "WaitRequest",
     ),
     "notify": (
         "MAX_MAIL", "MAX_URL", "NOTIFY_CHANNELS", "NotifySetRequest", "NotifyShowRequest",
@@ -138,7 +139,8 @@ _MODULE_OF = {name: module for module, names in _NAMES.items() for name in names
 __all__ = [
     "CancelRequest", "EventsRequest", "ExperimentReply", "ExperimentsRequest",
     "GROUP_SETTINGS", "GroupReply", "GroupSetRequest", "GroupsRequest", "HoldRequest",
-    "JobPriorityRequest", "JobRequest", "JobsRequest", "MAX_DAYS", "MAX_GPUS_BY_TYPE",
+    "JobPriorityRequest", "JobRequest", "JobsRequest", "JobTimeLimitRequest", "MAX_DAYS",
+    "MAX_GPUS_BY_TYPE",
     "MAX_GROUP_ENTRIES", "MAX_GROUP_VALUE", "MAX_LOG_OFFSET", "MAX_MAIL", "MAX_NODE_ENTRIES",
     "MAX_NODE_NAME", "MAX_NODE_TEXT", "MAX_OP", "MAX_TOKEN_DAYS", "MAX_TOKEN_NOTE", "MAX_URL",
     "MAX_WAIT_S", "NOTIFY_CHANNELS", "NodeAddRequest", "NodeDict", "NodeDrainRequest",

@@ -45,6 +45,7 @@ class Op(str, Enum):
     NODE_ADD = "node_add"
     NODE_REMOVE = "node_remove"
     JOB_PRIORITY = "job_priority"
+    JOB_TIME_LIMIT = "job_time_limit"
     GROUP_SET = "group_set"
     GROUPS = "groups"
     USAGE = "usage"

@@ -1,4 +1,5 @@
-"""Requests about jobs: submit, list, show, cancel, hold, release, wait, priority, logs."""
+"""Requests about jobs: submit, list, show, cancel, hold, release, wait, priority, time
+limit, logs."""
 from __future__ import annotations
 
 from dataclasses import fields
@@ -9,6 +10,7 @@ from ..spec import (
     MAX_IDENT,
     MAX_INT,
     MAX_REASON_BYTES,
+    MAX_TIME_S,
     arg_error,
     check_flag,
     check_id,
@@ -157,6 +159,16 @@ class JobPriorityRequest(Request, op=Op.JOB_PRIORITY, reply=Job):
     @classmethod
     def parse(cls, args: dict[str, Any]) -> Self:
         return cls(id=check_id(args), priority=check_int(args, "priority", 1, 10))
+
+
+class JobTimeLimitRequest(Request, op=Op.JOB_TIME_LIMIT, reply=Job):
+    """A waiting job's new time limit; its owner may only lower it."""
+    id: int
+    time_limit_s: int
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> Self:
+        return cls(id=check_id(args), time_limit_s=check_int(args, "time_limit_s", 1, MAX_TIME_S))
 
 
 class ReadLogRequest(Request, op=Op.READ_LOG, reply=tuple[bytes, int, bool]):
