@@ -422,3 +422,23 @@ def test_agent_start_removes_cgroups_of_forgotten_runs(base, agents):
         assert not any(os.path.exists(os.path.join(p, "99.0")) for p in parents)
     finally:
         stray.kill()
+
+
+def test_a_run_half_removed_by_a_killed_agent_is_not_listed_and_goes(base, agents):
+    """An agent killed while it removed a forgotten run's directory: the next one neither
+    takes what is left for a run that is still starting nor keeps it."""
+    root = base / "jobs"
+    ag = agents(root)
+    assert ag.launch("4.0", ["true"])["ok"] and ag.wait_exit("4.0")["code"] == 0
+    assert ag.launch("5.0", ["true"])["ok"] and ag.wait_exit("5.0")["code"] == 0
+    assert ag.request("forget", job="4.0")["ok"]
+    assert not run_dir(root, "4.0").exists() and not run_dir(root, "4.0.gone").exists()
+    ag.close()
+    # what a removal cut short leaves: the directory out of sight, its records gone
+    left = run_dir(root, "5.0")
+    left.rename(run_dir(root, "5.0.gone"))
+    for name in ("pid", "exit"):
+        (run_dir(root, "5.0.gone") / name).unlink()
+    ag = agents(root)
+    assert ag.request("list")["jobs"] == []
+    assert not run_dir(root, "5.0.gone").exists()

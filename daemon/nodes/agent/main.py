@@ -6,7 +6,7 @@ import sys
 
 from .cgroups import Containment, cg_destroy
 from .files import Refused, is_dir, is_run_key, prepare_dir
-from .server import Agent, take_lock
+from .server import Agent, remove_leftovers, take_lock
 
 FLAGS = ("--no-root-jobs", "--from-socket")
 
@@ -54,6 +54,7 @@ def main(argv=None):
                                     opts.get("--containment", "auto"))
     agent = Agent(directory, cluster, node, containment, bool(opts.get("--no-root-jobs")))
     agent.lock_fd = take_lock(agent.dir)
+    remove_leftovers(agent.dir)
     runs = [n for n in os.listdir(agent.dir) if is_run_key(n) and is_dir(agent.jobdir(n))]
     for rec in containment.leftovers(runs):
         cg_destroy(rec)

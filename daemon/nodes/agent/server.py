@@ -20,6 +20,7 @@ from .transfer import TransferError, Transfers
 PROTOCOL = 1
 POLL_S = 0.02
 SCAN_S = 1.0
+GONE = ".gone"  # the suffix of a run directory being removed
 CHUNK = 256 * 1024
 
 
@@ -140,7 +141,7 @@ class Agent:
         pid = read_json(os.path.join(jobdir, "pid")) or {}
         if cg_exists(spec.get("cgroup")) and not _alive(pid.get("shepherd")):
             cg_destroy(spec["cgroup"])  # a live shepherd removes its own on the way out
-        shutil.rmtree(jobdir, ignore_errors=True)
+        remove_run_dir(jobdir)
         return {"ok": True}
 
     def op_ping(self, req):
@@ -271,6 +272,24 @@ class Agent:
                 reply = {"ok": False, "code": "error", "error": "%s: %s" % (type(e).__name__, e)}
             reply["re"] = req.get("id")
             self.send(reply)
+
+
+def remove_run_dir(jobdir):
+    """Out of sight first, then removed: an agent killed half way through leaves a directory
+    no listing takes for a run (one without its pid and exit records would pass for a run
+    still starting), and the next agent finishes the removal."""
+    gone = jobdir + GONE
+    try:
+        os.rename(jobdir, gone)
+    except OSError:
+        gone = jobdir
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def remove_leftovers(directory):
+    for name in os.listdir(directory):
+        if name.endswith(GONE) and is_run_key(name[:-len(GONE)]):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 def lost_run(jobdir, key, pid):
