@@ -69,6 +69,23 @@ def test_node_dying_while_files_are_staged_stages_them_again(lab, tmp_path):
         assert "staging on far stopped" in lab.log()
 
 
+def test_labqd_killed_while_files_are_staged_stages_them_whole_after_its_restart(lab, tmp_path):
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(BIG))
+    want = hashlib.sha256(data.read_bytes()).hexdigest()
+    with lab.client() as q:
+        # the job checks it got the whole file: a half-staged one would fail it
+        job = q.submit(["bash", "-c", f"test $(sha256sum data.bin | cut -c1-64) = {want}"],
+                       stage=[str(data)], gpus=1, export_env=False)
+        wait_for(lambda: any(lab.scratch.rglob("data.bin")),
+                 60, interval=0.01, what="staging under way")
+    lab.kill9()
+    lab.start(wait_nodes=1)
+    with lab.client() as q:
+        [j] = q.wait(job.id, timeout=120)
+    assert j.state.value == "COMPLETED", (j.reason, lab.log())
+
+
 def test_node_dying_while_results_are_copied_is_retried_when_it_returns(lab, tmp_path):
     with lab.client() as q:
         job = big_results_job(q, tmp_path)
