@@ -86,6 +86,24 @@ def test_labqd_killed_while_files_are_staged_stages_them_whole_after_its_restart
     assert j.state.value == "COMPLETED", (j.reason, lab.log())
 
 
+def test_a_job_cancelled_while_its_files_are_staged_never_runs(lab, tmp_path):
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(BIG))
+    ran = tmp_path / "ran"
+    os.chmod(tmp_path, 0o777)
+    with lab.client() as q:
+        job = q.submit(["touch", str(ran)], stage=[str(data)], gpus=1, export_env=False)
+        wait_for(lambda: any(lab.scratch.rglob("data.bin")),
+                 60, interval=0.01, what="staging under way")
+        q.cancel(job.id)
+        [j] = q.wait(job.id, timeout=60)
+        assert j.state.value == "CANCELLED", (j.reason, lab.log())
+        # another job can still use the node, and the cancelled one never started
+        assert q.wait(q.submit(["true"], gpus=1, export_env=False).id,
+                      timeout=60)[0].state.value == "COMPLETED"
+    assert not ran.exists()
+
+
 def test_node_dying_while_results_are_copied_is_retried_when_it_returns(lab, tmp_path):
     with lab.client() as q:
         job = big_results_job(q, tmp_path)
