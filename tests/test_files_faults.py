@@ -53,15 +53,22 @@ def check_results(q, job_id, tmp_path):
         (got / "big.sha").read_text().strip()
 
 
-def test_node_dying_while_files_are_staged_stages_them_again(lab, tmp_path):
+def staging_checked_job(lab, q, tmp_path):
+    """A job whose big staged file is under way to the node; the job checks it got the whole
+    file, so a half-staged one would fail it."""
     data = tmp_path / "data.bin"
     data.write_bytes(os.urandom(BIG))
     want = hashlib.sha256(data.read_bytes()).hexdigest()
+    job = q.submit(["bash", "-c", f"test $(sha256sum data.bin | cut -c1-64) = {want}"],
+                   stage=[str(data)], gpus=1, export_env=False)
+    wait_for(lambda: any(lab.scratch.rglob("data.bin")),
+             60, interval=0.01, what="staging under way")
+    return job
+
+
+def test_node_dying_while_files_are_staged_stages_them_again(lab, tmp_path):
     with lab.client() as q:
-        job = q.submit(["bash", "-c", f"test $(sha256sum data.bin | cut -c1-64) = {want}"],
-                       stage=[str(data)], gpus=1, export_env=False)
-        wait_for(lambda: any(lab.scratch.rglob("data.bin")),
-                 60, interval=0.01, what="staging under way")
+        job = staging_checked_job(lab, q, tmp_path)
         crash_node(lab.node, lab.job_root)
         lab.node.restart()
         [j] = q.wait(job.id, timeout=120)
@@ -70,15 +77,8 @@ def test_node_dying_while_files_are_staged_stages_them_again(lab, tmp_path):
 
 
 def test_labqd_killed_while_files_are_staged_stages_them_whole_after_its_restart(lab, tmp_path):
-    data = tmp_path / "data.bin"
-    data.write_bytes(os.urandom(BIG))
-    want = hashlib.sha256(data.read_bytes()).hexdigest()
     with lab.client() as q:
-        # the job checks it got the whole file: a half-staged one would fail it
-        job = q.submit(["bash", "-c", f"test $(sha256sum data.bin | cut -c1-64) = {want}"],
-                       stage=[str(data)], gpus=1, export_env=False)
-        wait_for(lambda: any(lab.scratch.rglob("data.bin")),
-                 60, interval=0.01, what="staging under way")
+        job = staging_checked_job(lab, q, tmp_path)
     lab.kill9()
     lab.start(wait_nodes=1)
     with lab.client() as q:
