@@ -135,6 +135,13 @@ class Daemon:
         self.close()
 
 
+def open_daemon(workdir: Path, sections: dict | None = None, **daemon_opts) -> Daemon:
+    """The multi-user tests' labqd: run by root, with its own machine as the node, its socket
+    open to every test user."""
+    daemon = {"local_node": True, "socket_mode": "0666", "kill_grace": "1s", **daemon_opts}
+    return Daemon(workdir, {"daemon": daemon, **(sections or {})})
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:

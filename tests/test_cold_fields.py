@@ -4,7 +4,7 @@ starts and its owner when they ask, and nobody else."""
 import json
 
 import pytest
-from daemonproc import Daemon, wait_for
+from daemonproc import open_daemon, wait_for
 from userkit import User, cli_venv
 
 ALICE, BOB = "labqtest", "labqtest2"
@@ -12,8 +12,7 @@ ALICE, BOB = "labqtest", "labqtest2"
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("cold"), {"daemon": {
-        "local_node": True, "socket_mode": "0666", "kill_grace": "1s"}})
+    d = open_daemon(tmp_path_factory.mktemp("cold"))
     with d.start(wait_nodes=1):
         yield d
 

@@ -5,7 +5,7 @@ import json
 import threading
 
 import pytest
-from daemonproc import Daemon
+from daemonproc import open_daemon
 from sshnodes import run_as
 from userkit import User, cli_venv
 
@@ -23,8 +23,7 @@ def venv():
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("listing"), {"daemon": {
-        "local_node": True, "socket_mode": "0666", "kill_grace": "1s"}})
+    d = open_daemon(tmp_path_factory.mktemp("listing"))
     with d.start(wait_nodes=1):
         yield d
 

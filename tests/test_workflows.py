@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from daemonproc import Daemon, as_user, wait_for
+from daemonproc import as_user, open_daemon, wait_for
 from sshnodes import ensure_group, run_as
 from userkit import User, cli_venv
 
@@ -22,10 +22,8 @@ def venv():
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
     ensure_group("labqadm")
-    d = Daemon(tmp_path_factory.mktemp("workflows"), {
-        "daemon": {"local_node": True, "socket_mode": "0666", "admin_group": "labqadm",
-                   "kill_grace": "1s"},
-        "limits": {"user_max_pending": 40}})
+    d = open_daemon(tmp_path_factory.mktemp("workflows"), {"limits": {"user_max_pending": 40}},
+                    admin_group="labqadm")
     with d.start(wait_nodes=1):
         yield d
 
