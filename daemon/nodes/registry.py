@@ -505,8 +505,9 @@ class NodeRegistry:
         return env
 
     def _launch(self, link: NodeLink, job: dict, workdir: str | None = None) -> None:
-        # labqd keeps a job's command and environment on disk only (labq.daemon.activejob)
-        job = dict(job, **self.store.cold_fields(job["id"]))
+        if "command" not in job:
+            # labqd keeps a job's command and environment on disk only (labq.daemon.activejob)
+            job = dict(job, **self.store.cold_fields(job["id"]))
         if workdir is None and job.get("stage") and self.files is not None:
             # into a scratch directory, once its files are there
             self.files.stage(link, job, lambda path: self._launch(link, job, path))
