@@ -134,7 +134,7 @@ def _selected(core: Core, caller: Caller, ids: list[int], experiment: str | None
 
 def cancel(core: Core, caller: Caller, req: CancelRequest) -> list[dict]:
     ids = _selected(core, caller, req.ids, req.experiment, (S.PENDING, S.HELD, S.RUNNING))
-    return core.jobs.cancel(caller, ids, req.reason)
+    return core.jobs.cancel(caller, ids, req.reason, wait=req.wait)
 
 
 def hold(core: Core, caller: Caller, req: HoldRequest) -> list[dict]:

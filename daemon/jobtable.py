@@ -379,7 +379,8 @@ class JobTable:
                 r.update(command=[], cwd="", env=None)
         return out
 
-    def cancel(self, caller: Caller, ids: list[int], reason: str | None) -> list[dict]:
+    def cancel(self, caller: Caller, ids: list[int], reason: str | None,
+               wait: bool = True) -> list[dict]:
         rows = self._owned_many(caller, ids)  # check all before changing any
         why = f"cancelled by {caller.user}" + (f": {reason}" if reason else "")
         for start in range(0, len(rows), CHUNK):
@@ -396,7 +397,7 @@ class JobTable:
                         self.transition(job, S.CANCELLED, caller.user, why,
                                          end_time=self.clock.time())
         # a running job ends once its process group is gone; wait a moment for it
-        deadline = time.monotonic() + self.cfg.kill_grace_s + 2
+        deadline = time.monotonic() + (self.cfg.kill_grace_s + 2 if wait else 0)
         with self.changed:
             while (any(r["id"] in self.active for r in rows)
                    and time.monotonic() < deadline and not self.stopping):

@@ -308,11 +308,12 @@ class Client:
 
     @sends(Op.CANCEL)
     def cancel(self, *job_ids: int, reason: str | None = None,
-               experiment: str | None = None) -> list[Job]:
+               experiment: str | None = None, wait: bool = True) -> list[Job]:
         """Cancel jobs by id, or every active job of an experiment (yours; an admin's:
-        anyone's)."""
-        return cast(list[Job], self.request(protocol.CancelRequest(ids=list(job_ids), reason=reason,
-                                                          experiment=experiment)))
+        anyone's). A running job is sent SIGTERM, then SIGKILL after the kill grace; with
+        `wait` the reply comes once it has ended (or after the grace), without it at once."""
+        return cast(list[Job], self.request(protocol.CancelRequest(
+            ids=list(job_ids), reason=reason, experiment=experiment, wait=wait)))
 
     @sends(Op.HOLD)
     def hold(self, *job_ids: int, experiment: str | None = None) -> list[Job]:

@@ -104,20 +104,20 @@ def attach(q: Client, job_id: int, *, stdout: IO[Any] | None, stderr: IO[Any] | 
                 if on_interrupt is not None:
                     on_interrupt(job_id)
                 # the interrupted call may have stopped half way through its reply: the
-                # client then sends the cancel over a fresh connection
-                q.cancel(job_id, reason="interrupted (Ctrl-C)")
+                # client then sends the cancel over a fresh connection. No waiting for the
+                # job to end in it: the job's last words come while it ends, as they are said
+                q.cancel(job_id, reason="interrupted (Ctrl-C)", wait=False)
                 cancel_taken = True
             for stream, data in _output(q, job_id, offset, poll):
                 sinks[stream].write(data)
                 offset += len(data)
-            break
+            for sink in sinks.values():
+                sink.close()
+            return q.job(job_id)
         except KeyboardInterrupt:
             if interrupted:
                 raise Detached(job_id, cancel_taken) from None
             interrupted = True
-    for sink in sinks.values():
-        sink.close()
-    return q.job(job_id)
 
 
 def _output(q: Client, job_id: int, offset: int, poll: float) -> Iterator[tuple[str, bytes]]:

@@ -113,12 +113,15 @@ class CancelRequest(Request, op=Op.CANCEL, reply=list[Job]):
     ids: list[int]
     reason: str | None = None  # shown in the job's events and the queue
     experiment: str | None = None  # instead of ids
+    # wait a moment for running jobs to end, so the reply shows them ended; one who follows
+    # the job's output to its end anyway (`labq run` on Ctrl-C) passes False
+    wait: bool = True
 
     @classmethod
     def parse(cls, args: dict[str, Any]) -> Self:
         ids, experiment = _ids_or_experiment(args)
         return cls(ids=ids, reason=check_text(args, "reason", MAX_REASON_BYTES),
-                   experiment=experiment)
+                   experiment=experiment, wait=check_flag(args, "wait", True))
 
 
 class _JobsByIdRequest(Request):
