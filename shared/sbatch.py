@@ -157,6 +157,8 @@ def parse_script(text: str, name: str = "script", *, cwd: str | None = None,
     `--chdir` starts (the caller's directory), `environ` where `--export=NAME` reads NAME."""
     if "\x00" in text:
         raise _fail(name, "the script holds a NUL byte")
+    if "\r\n" in text:  # as sbatch: its interpreter would read each line with a \r
+        raise _fail(name, "the script has DOS line breaks (\\r\\n); convert it with dos2unix")
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SCRIPT_BYTES:
         raise _fail(name, f"the script is larger than {MAX_SCRIPT_BYTES} bytes")
     shebang = interpreter(text, name)
@@ -304,7 +306,7 @@ class _Reader:
         self.mem_per = (per, self._size(value))
 
     def _time(self, value: str) -> None:
-        if value.upper() in ("UNLIMITED", "INFINITE"):
+        if value.upper() in ("UNLIMITED", "INFINITE", "0"):  # 0 is no limit to Slurm too
             self.options.pop("time_limit", None)
             return
         try:
@@ -422,7 +424,8 @@ def submit_script(q: Client, script: str | os.PathLike[str], args: tuple[str, ..
     for text in batch.warnings:
         warnings.warn(text, DirectiveWarning, stacklevel=3)
     array = overrides.pop("array", None) or batch.array
+    max_running = overrides.pop("max_running", None)
     command, options = batch.submit_args(args, overrides)
     if array:
-        return q.submit_array(command, array=array, **options)
+        return q.submit_array(command, array=array, max_running=max_running, **options)
     return [q.submit(command, **options)]

@@ -124,6 +124,18 @@ def test_a_malformed_directive_is_a_typed_error_naming_its_line(directive, says)
     assert e.details["line"] == 3 and e.code == "VALIDATION_ERROR"
 
 
+def test_no_time_limit_and_dos_line_breaks_as_sbatch_has_them():
+    for text in ("0", "UNLIMITED", "infinite"):
+        assert "time_limit" not in options("-t 5", f"-t {text}")
+    with pytest.raises(ValidationError, match="DOS line breaks"):
+        parse_script("#!/bin/bash\r\n#SBATCH -c 2\r\necho hi\r\n", "job.sh")
+
+
+def test_an_unquoted_hash_starts_a_comment_as_in_sbatch():
+    assert options("-J run#1 -c 2")["name"] == "run"
+    assert options("-J 'run#1' -c 2") | {} == {"name": "run#1", "cpus": 2}
+
+
 def test_the_shebang_is_read_as_the_kernel_reads_it():
     assert interpreter("#!/bin/bash\n") == ("/bin/bash",)
     assert interpreter("#! /usr/bin/env python3 -u -X dev\r\n") == ("/usr/bin/env",
