@@ -370,6 +370,25 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     submit_options(p)
     cli_files.submit_options(p)
 
+    _add_job_commands(add)
+    cli_admin.add_parsers(add)
+    p = add("experiments", cli_batch.cmd_experiments, "experiments: their jobs by state")
+    p.add_argument("--mine", "-m", action="store_true")
+    p.add_argument("--user", "-u")
+    cli_files.add_parsers(add)
+    add("notify", clinotify.cmd_notify, "where your notifications go: show, set webhook|mail "
+        "VALUE, unset webhook|mail", options=clinotify.add_parser)
+    cli_remote.add_parsers(add)
+    add("tui", cmd_tui, "the terminal UI", json_flag=False)
+    add("completion", cmd_completion, "print the shell completion script",
+        json_flag=False).add_argument("shell", choices=completion.SHELLS)
+    if only is not None and only not in sub.choices:
+        return build_parser()
+    return ap
+
+
+def _add_job_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The commands that look at and change jobs once queued."""
     p = add("ls", cmd_ls, "list jobs (active ones; --all adds ended jobs)")
     p.add_argument("--all", "-a", action="store_true",
                    help="every job, ended ones too, streamed a page at a time")
@@ -409,20 +428,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--time", "-t", help="the new time limit: 30m, 2h, 1:30:00, 90 (minutes)")
     p.add_argument("--priority", "-p", type=positive_int(1, 10))
-    cli_admin.add_parsers(add)
-    p = add("experiments", cli_batch.cmd_experiments, "experiments: their jobs by state")
-    p.add_argument("--mine", "-m", action="store_true")
-    p.add_argument("--user", "-u")
-    cli_files.add_parsers(add)
-    add("notify", clinotify.cmd_notify, "where your notifications go: show, set webhook|mail "
-        "VALUE, unset webhook|mail", options=clinotify.add_parser)
-    cli_remote.add_parsers(add)
-    add("tui", cmd_tui, "the terminal UI", json_flag=False)
-    add("completion", cmd_completion, "print the shell completion script",
-        json_flag=False).add_argument("shell", choices=completion.SHELLS)
-    if only is not None and only not in sub.choices:
-        return build_parser()
-    return ap
 
 
 def cmd_completion(a: argparse.Namespace) -> int:
