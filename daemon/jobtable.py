@@ -524,7 +524,9 @@ class JobTable:
                  "reason": e["reason"]} for e in self.store.events(job_id)]
 
     def read_log(self, caller: Caller, job_id: int, offset: int, wait: float,
-                 max_bytes: int) -> tuple[bytes, int, bool]:
+                 max_bytes: int) -> tuple[bytes, int, bool, list[tuple[int, int]]]:
+        """Bytes from `offset`, the offset after them, whether the log is complete, and the
+        stderr ranges among the bytes (relative to them)."""
         row = self._owned(caller, job_id)
         max_bytes = max(1, min(max_bytes, 4 << 20))
         if offset < 0:  # that many bytes before the current end: start a long log at its tail
@@ -534,9 +536,12 @@ class JobTable:
             done = row["id"] not in self.active
             data = self.logs.read(row["id"], offset, max_bytes)
             if data or done:
-                return data, offset + len(data), done and not data
+                # read after the bytes: the ranges of all of them are written by then
+                spans = [(s - offset, e - offset) for s, e in
+                         self.logs.err_spans(row["id"], offset, offset + len(data))]
+                return data, offset + len(data), done and not data, spans
             left = deadline - time.monotonic()
             if left <= 0 or self.stopping:
-                return b"", offset, False
+                return b"", offset, False, []
             self.logs.wait(row["id"], offset, left)
 
