@@ -143,7 +143,8 @@ class LogCopies:
                 return
             f = open(path, "w+b")
         with f:
-            n = f.seek(0, os.SEEK_END) // RANGE.size
+            whole = f.seek(0, os.SEEK_END)
+            n = whole // RANGE.size
             keep: Spans = []
             while n:
                 f.seek((n - 1) * RANGE.size)
@@ -152,6 +153,8 @@ class LogCopies:
                 if s < size:
                     keep = [(s, min(e, size))]
                     break
+            if not spans and keep and keep[0][1] == e and (n + 1) * RANGE.size == whole:
+                return  # nothing to add, nothing to mend: the usual case
             for s, e in spans:
                 if s >= e:
                     continue

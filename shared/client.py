@@ -74,6 +74,9 @@ def connect(socket: str | os.PathLike[str] | None = None, timeout: float = 30.0,
     return Client(where, timeout)
 
 
+REFUSED = "labqd refused the call"
+
+
 class Client:
     """A connection to labqd. Thread-safe: calls are serialised on the one connection."""
 
@@ -110,6 +113,7 @@ class Client:
         """Connect again (after labqd restarted), trying for up to `within` seconds."""
         deadline = time.monotonic() + within
         delay = 0.1
+        self._four_args = False  # it may be a newer labqd now
         with self._lock:
             try:
                 self._conn.close()
@@ -148,7 +152,7 @@ class Client:
             except LabqError:
                 raise
             except RemoteError as e:
-                raise InternalError(f"labqd refused the call: {e}") from None
+                raise InternalError(f"{REFUSED}: {e}") from None
             except (EOFError, OSError) as e:  # WireError is an EOFError; timeouts are OSError
                 raise DaemonUnavailable(f"lost the connection to labqd: {e or type(e).__name__}",
                                         {"socket": self.where}) from None
@@ -384,10 +388,11 @@ class Client:
                                       max_bytes=max_bytes, streams=not self._four_args)
         try:
             return self._read_log(req)
-        except InternalError:
-            if not req.streams:
+        except InternalError as e:
+            # a labqd from before takes four arguments: RPyC refuses a fifth as a call it
+            # cannot make, which is not an error the request itself got
+            if not req.streams or not e.message.startswith(REFUSED):
                 raise
-        # a labqd that takes four arguments only refuses the fifth: ask it as it knows how
         result = self._read_log(protocol.ReadLogRequest(id=job_id, offset=offset, wait=wait,
                                                         max_bytes=max_bytes))
         self._four_args = True

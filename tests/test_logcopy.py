@@ -22,7 +22,8 @@ def test_ranges_follow_the_bytes_into_the_copy(tmp_path):
     logs = copies(tmp_path)
     logs.append(1, 0, b"out\nerr\n", "n", "/p", [(4, 8)])
     logs.append(1, 8, b"more-err\nout2\n", "n", "/p", [(8, 17)])
-    assert split(logs, 1) == (b"out\nout2\n", b"err\nmore-err\n")
+    logs.append(1, 22, b"out3\n", "n", "/p")
+    assert split(logs, 1) == (b"out\nout2\nout3\n", b"err\nmore-err\n")
     # touching ranges are one record
     assert (tmp_path / "1.err").stat().st_size == 16
     # a reader of part of the log gets the ranges within that part only
