@@ -50,6 +50,7 @@ DEFAULT_USER_MAX_PENDING = 10_000
 # transitions made under one hold of the lock: a request that changes thousands of jobs lets
 # others in between chunks
 CHUNK = 256
+MAX_SPANS = 1 << 16  # stderr ranges in one read_log reply
 WORDS = {"priority": "priority", "time_limit_s": "time limit"}  # a job's fields, in words
 
 
@@ -538,7 +539,10 @@ class JobTable:
             if data or done:
                 # read after the bytes: the ranges of all of them are written by then
                 spans = [(s - offset, e - offset) for s, e in
-                         self.logs.err_spans(row["id"], offset, offset + len(data))]
+                         self.logs.err_spans(row["id"], offset, offset + len(data),
+                                             MAX_SPANS + 1)]
+                if len(spans) > MAX_SPANS:  # a reply of bounded size: the rest comes next
+                    data, spans = data[:spans[MAX_SPANS][0]], spans[:MAX_SPANS]
                 return data, offset + len(data), done and not data, spans
             left = deadline - time.monotonic()
             if left <= 0 or self.stopping:

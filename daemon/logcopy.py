@@ -114,11 +114,14 @@ class LogCopies:
                 return
             with open(self.path(job), "ab") as f:
                 at = f.tell()
-                room = self.cap - at
+                # the ranges count against the cap too: output that switches streams every
+                # few bytes would otherwise grow them to several times the log
+                ranges = list(err)
+                room = self.cap - at - self._err_bytes(job) - RANGE.size * len(ranges)
                 kept = data if len(data) <= room else data[:max(0, room)]
                 shift = at - offset
                 spans = [(max(s, offset) + shift, min(e, offset + len(kept)) + shift)
-                         for s, e in err if s < offset + len(kept) and e > offset]
+                         for s, e in ranges if s < offset + len(kept) and e > offset]
                 note = b""
                 if len(kept) < len(data):
                     note = (f"\n[labq: log truncated at {self.cap} bytes; the full log is on "
@@ -131,6 +134,12 @@ class LogCopies:
                     self.truncated.add(job)
                     self._mark_path(job).write_text(str(self.received[job]))
             self.changed.notify_all()
+
+    def _err_bytes(self, job: int) -> int:
+        try:
+            return self._err_path(job).stat().st_size
+        except OSError:
+            return 0
 
     def _add_spans(self, job: int, size: int, spans: Spans) -> None:
         """Add stderr ranges for bytes about to be written at `size`, merging touching ones.
@@ -166,8 +175,9 @@ class LogCopies:
             f.write(b"".join(RANGE.pack(s, e) for s, e in keep))
             f.truncate()
 
-    def err_spans(self, job: int, start: int, end: int) -> Spans:
-        """The stderr ranges within bytes [start, end) of the copy, clipped to them."""
+    def err_spans(self, job: int, start: int, end: int, limit: int = 1 << 62) -> Spans:
+        """The stderr ranges within bytes [start, end) of the copy, clipped to them; the
+        first `limit` of them."""
         with self.lock:  # append rewrites the last record in place
             try:
                 f = open(self._err_path(job), "rb")
@@ -192,7 +202,7 @@ class LogCopies:
                     block = f.read(min(count - lo, 4096) * RANGE.size)
                     lo += len(block) // RANGE.size
                     for s, e in RANGE.iter_unpack(block):
-                        if s >= end:
+                        if s >= end or len(out) >= limit:
                             return out
                         out.append((max(s, start), min(e, end)))
                     if not block:

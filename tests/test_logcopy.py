@@ -51,14 +51,14 @@ def test_ranges_written_before_a_crash_lost_their_bytes_are_dropped(tmp_path):
 
 
 def test_requeue_marks_and_the_truncation_note_are_stderr(tmp_path):
-    logs = copies(tmp_path, cap=100)
+    logs = copies(tmp_path, cap=150)
     logs.append(1, 0, b"run0\n", "n", "/p")
     logs.new_run(1, 0, "node lost")
     logs.append(1, 0, b"x" * 100, "n", "/p", [(10, 20)])
     out, err = split(logs, 1)
     assert out.startswith(b"run0\n") and b"requeued" not in out and b"truncated" not in out
     assert b"[labq: run 0 ended: node lost; the job was requeued]" in err
-    assert b"[labq: log truncated at 100 bytes" in err
+    assert b"[labq: log truncated at 150 bytes" in err
     assert err.count(b"x") == 10  # the job's stderr bytes that fit under the cap
 
 
@@ -74,3 +74,13 @@ def test_a_copy_without_ranges_is_all_stdout(tmp_path):
     logs.append(1, 0, b"old\n", "n", "/p")
     assert not (tmp_path / "1.err").exists()
     assert split(logs, 1) == (b"old\n", b"")
+
+
+def test_ranges_count_against_the_cap(tmp_path):
+    logs = copies(tmp_path, cap=4096)
+    # a stream switch every other byte: the ranges would outgrow the log eightfold
+    data = b"oe" * 2000
+    logs.append(1, 0, data, "n", "/p", [(i, i + 1) for i in range(1, len(data), 2)])
+    log_bytes = len(logs.read(1, 0, 1 << 20))
+    assert log_bytes + (tmp_path / "1.err").stat().st_size <= 4096 + 16 + 200
+    assert b"[labq: log truncated at 4096 bytes" in logs.read(1, 0, 1 << 20)
