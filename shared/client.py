@@ -466,8 +466,9 @@ class Client:
     def run(self, command: list[str] | tuple[str, ...] | str, *,
             stdout: IO[Any] | None = None, stderr: IO[Any] | None = None,
             **options: Any) -> Job:
-        """Submit `command` with submit's options, write its output to `stdout` (default
-        sys.stdout) while it runs, and return the job once it has ended.
+        """Submit `command` with submit's options, write its stdout to `stdout` (default
+        sys.stdout) and its stderr to `stderr` (default sys.stderr) while it runs, and
+        return the job once it has ended.
 
         Ctrl-C (KeyboardInterrupt) cancels the job and goes on following it to its end; a
         second one raises `labq.Detached`, and the job ends without anyone waiting."""
@@ -480,8 +481,8 @@ class Client:
     def attach(self, job_id: int, *, stdout: IO[Any] | None = None,
                stderr: IO[Any] | None = None, offset: int = 0, interrupted: bool = False,
                on_interrupt: Callable[[int], None] | None = None, poll: float = 5.0) -> Job:
-        """Follow a job's output into `stdout` from `offset` until it has ended; return the
-        ended job. Ctrl-C as in `run`; `interrupted` says one came already, so the job is
+        """Follow a job's output into `stdout` and `stderr` from `offset` until it has
+        ended; return the ended job. Ctrl-C as in `run`; `interrupted` says one came already, so the job is
         cancelled first; `on_interrupt(job_id)` is called before each cancel is sent."""
         from .follow import attach
         return attach(self, job_id, stdout=stdout, stderr=stderr, offset=offset,
