@@ -482,8 +482,9 @@ class Client:
                stderr: IO[Any] | None = None, offset: int = 0, interrupted: bool = False,
                on_interrupt: Callable[[int], None] | None = None, poll: float = 5.0) -> Job:
         """Follow a job's output into `stdout` and `stderr` from `offset` until it has
-        ended; return the ended job. Ctrl-C as in `run`; `interrupted` says one came already, so the job is
-        cancelled first; `on_interrupt(job_id)` is called before each cancel is sent."""
+        ended; return the ended job. Ctrl-C as in `run`; `interrupted` says one came
+        already, so the job is cancelled first; `on_interrupt(job_id)` is called before each
+        cancel is sent."""
         from .follow import attach
         return attach(self, job_id, stdout=stdout, stderr=stderr, offset=offset,
                       interrupted=interrupted, on_interrupt=on_interrupt, poll=poll)

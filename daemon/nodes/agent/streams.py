@@ -58,19 +58,21 @@ class ErrCopier:
         return self.rfd is not None
 
     def _append(self, data):
-        fcntl.flock(self.ranges, fcntl.LOCK_EX)
         try:
-            view = memoryview(data)
-            while view:
-                try:
+            fcntl.flock(self.ranges, fcntl.LOCK_EX)
+            try:
+                view = memoryview(data)
+                while view:
                     n = os.write(self.log, view)
-                except OSError:  # a full disk: dropped, as the job's own writes would be
-                    return
-                end = os.lseek(self.log, 0, os.SEEK_CUR)
-                os.write(self.ranges, b"%d %d\n" % (end - n, end))
-                view = view[n:]
-        finally:
-            fcntl.flock(self.ranges, fcntl.LOCK_UN)
+                    end = os.lseek(self.log, 0, os.SEEK_CUR)
+                    os.write(self.ranges, b"%d %d\n" % (end - n, end))
+                    view = view[n:]
+            finally:
+                fcntl.flock(self.ranges, fcntl.LOCK_UN)
+        except OSError:
+            # a full disk: the rest is dropped, as the job's own writes would be; the
+            # shepherd carries on supervising
+            pass
 
     def drain(self, timeout):
         """After the job: copy the rest, until the pipe's last writer is gone or `timeout`
