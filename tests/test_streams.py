@@ -208,3 +208,17 @@ def test_bad_streams_argument_is_a_typed_error(users):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == [4, "VALIDATION_ERROR"]
 
+
+
+def test_purge_removes_both_streams_copies(lab, users):
+    alice, bob = users
+    jid = alice.ok("submit", "--", "bash", "-c", "echo a; echo b >&2").split()[0]
+    assert alice.labq("wait", jid).returncode == 0
+    logs = lab.database.parent / "logs"
+    assert (logs / f"{jid}.log").exists() and (logs / f"{jid}.err").exists()
+    r = bob.labq("purge", "--before", "2999-01-01")
+    assert r.returncode != 0 and (logs / f"{jid}.err").exists()
+    with lab.client() as q:  # root: an admin
+        q.purge(4e9)
+    assert not (logs / f"{jid}.log").exists() and not (logs / f"{jid}.err").exists()
+    assert alice.ok("logs", "--stderr", jid) == "" and alice.ok("logs", jid) == ""
