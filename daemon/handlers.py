@@ -160,7 +160,8 @@ def job_time_limit(core: Core, caller: Caller, req: JobTimeLimitRequest) -> dict
     return core.jobs.set_time_limit(caller, req.id, req.time_limit_s)
 
 
-def read_log(core: Core, caller: Caller, req: ReadLogRequest) -> tuple[bytes, int, bool]:
+def read_log(core: Core, caller: Caller,
+             req: ReadLogRequest) -> tuple[bytes, int, bool, list[tuple[int, int]]]:
     return core.jobs.read_log(caller, req.id, req.offset, req.wait, req.max_bytes)
 
 

@@ -50,6 +50,7 @@ DEFAULT_USER_MAX_PENDING = 10_000
 # transitions made under one hold of the lock: a request that changes thousands of jobs lets
 # others in between chunks
 CHUNK = 256
+MAX_SPANS = 1 << 16  # stderr ranges in one read_log reply
 WORDS = {"priority": "priority", "time_limit_s": "time limit"}  # a job's fields, in words
 
 
@@ -524,7 +525,9 @@ class JobTable:
                  "reason": e["reason"]} for e in self.store.events(job_id)]
 
     def read_log(self, caller: Caller, job_id: int, offset: int, wait: float,
-                 max_bytes: int) -> tuple[bytes, int, bool]:
+                 max_bytes: int) -> tuple[bytes, int, bool, list[tuple[int, int]]]:
+        """Bytes from `offset`, the offset after them, whether the log is complete, and the
+        stderr ranges among the bytes (relative to them)."""
         row = self._owned(caller, job_id)
         max_bytes = max(1, min(max_bytes, 4 << 20))
         if offset < 0:  # that many bytes before the current end: start a long log at its tail
@@ -534,9 +537,15 @@ class JobTable:
             done = row["id"] not in self.active
             data = self.logs.read(row["id"], offset, max_bytes)
             if data or done:
-                return data, offset + len(data), done and not data
+                # read after the bytes: the ranges of all of them are written by then
+                spans = [(s - offset, e - offset) for s, e in
+                         self.logs.err_spans(row["id"], offset, offset + len(data),
+                                             MAX_SPANS + 1)]
+                if len(spans) > MAX_SPANS:  # a reply of bounded size: the rest comes next
+                    data, spans = data[:spans[MAX_SPANS][0]], spans[:MAX_SPANS]
+                return data, offset + len(data), done and not data, spans
             left = deadline - time.monotonic()
             if left <= 0 or self.stopping:
-                return b"", offset, False
+                return b"", offset, False, []
             self.logs.wait(row["id"], offset, left)
 

@@ -1,14 +1,22 @@
 """labqd's own copy of every job's log, fed by the agent's stream, capped per job.
 
 Followers read from this copy, so `labq logs` works after the node is gone, and one stream per
-node serves any number of followers.
+node serves any number of followers. `N.log` holds stdout and stderr as they came; `N.err`
+says which bytes of it are stderr: sorted, non-overlapping (start, end) records of 16 bytes,
+so a reader finds the ones inside what it reads by bisection. labqd's own notes in the copy
+(a requeue's mark, the truncation note) count as stderr.
 """
 from __future__ import annotations
 
 import errno
 import os
+import struct
 import threading
+from collections.abc import Iterable
 from pathlib import Path
+
+RANGE = struct.Struct("<QQ")
+Spans = list[tuple[int, int]]
 
 
 class LogCopies:
@@ -29,6 +37,9 @@ class LogCopies:
 
     def _base_path(self, job: int) -> Path:
         return self.dir / f"{job}.base"
+
+    def _err_path(self, job: int) -> Path:
+        return self.dir / f"{job}.err"
 
     def _size(self, job: int) -> int:
         p = self.path(job)
@@ -56,8 +67,10 @@ class LogCopies:
         with self.lock:
             if job not in self.truncated:
                 with open(self.path(job), "ab") as f:
-                    f.write(f"\n[labq: run {run} ended: {why}; the job was requeued]\n"
-                            .encode())
+                    mark = f"\n[labq: run {run} ended: {why}; the job was requeued]\n".encode()
+                    at = f.tell()
+                    self._add_spans(job, at, [(at, at + len(mark))])
+                    f.write(mark)
             self._base_path(job).write_text(str(self._size(job)))
             self.received[job] = 0
             self.truncated.discard(job)
@@ -68,7 +81,8 @@ class LogCopies:
         """Drop a job's copy (retention); the bytes it took."""
         freed = 0
         with self.lock:
-            for p in (self.path(job), self._mark_path(job), self._base_path(job)):
+            for p in (self.path(job), self._mark_path(job), self._base_path(job),
+                      self._err_path(job)):
                 try:
                     freed += p.stat().st_size
                     p.unlink()
@@ -82,7 +96,10 @@ class LogCopies:
         with self.lock:
             self.received[job] = offset
 
-    def append(self, job: int, offset: int, data: bytes, node: str, node_path: str) -> None:
+    def append(self, job: int, offset: int, data: bytes, node: str, node_path: str,
+               err: Iterable[tuple[int, int]] = ()) -> None:
+        """The node's bytes from `offset`, with `err` the stderr ranges among them (in the
+        node log's offsets)."""
         with self.lock:
             expected = self.received.get(job)
             if expected is None:
@@ -96,16 +113,101 @@ class LogCopies:
             if job in self.truncated:
                 return
             with open(self.path(job), "ab") as f:
-                room = self.cap - f.tell()
-                if len(data) > room:
-                    f.write(data[:max(0, room)])
-                    f.write(f"\n[labq: log truncated at {self.cap} bytes; the full log is on "
+                at = f.tell()
+                # the ranges count against the cap too: output that switches streams every
+                # few bytes would otherwise grow them to several times the log
+                ranges = list(err)
+                room = self.cap - at - self._err_bytes(job) - RANGE.size * len(ranges)
+                kept = data if len(data) <= room else data[:max(0, room)]
+                shift = at - offset
+                spans = [(max(s, offset) + shift, min(e, offset + len(kept)) + shift)
+                         for s, e in ranges if s < offset + len(kept) and e > offset]
+                note = b""
+                if len(kept) < len(data):
+                    note = (f"\n[labq: log truncated at {self.cap} bytes; the full log is on "
                             f"node {node} in {node_path}]\n".encode())
+                    spans.append((at + len(kept), at + len(kept) + len(note)))
+                # the ranges first: a reader that finds bytes always finds their ranges
+                self._add_spans(job, at, spans)
+                f.write(kept + note)
+                if note:
                     self.truncated.add(job)
                     self._mark_path(job).write_text(str(self.received[job]))
-                else:
-                    f.write(data)
             self.changed.notify_all()
+
+    def _err_bytes(self, job: int) -> int:
+        try:
+            return self._err_path(job).stat().st_size
+        except OSError:
+            return 0
+
+    def _add_spans(self, job: int, size: int, spans: Spans) -> None:
+        """Add stderr ranges for bytes about to be written at `size`, merging touching ones.
+        Records at or past `size` (ranges written before a crash that lost their bytes) go."""
+        path = self._err_path(job)
+        try:
+            f = open(path, "r+b")
+        except FileNotFoundError:
+            if not spans:
+                return
+            f = open(path, "w+b")
+        with f:
+            whole = f.seek(0, os.SEEK_END)
+            n = whole // RANGE.size
+            keep: Spans = []
+            while n:
+                f.seek((n - 1) * RANGE.size)
+                s, e = RANGE.unpack(f.read(RANGE.size))
+                n -= 1
+                if s < size:
+                    keep = [(s, min(e, size))]
+                    break
+            if not spans and keep and keep[0][1] == e and (n + 1) * RANGE.size == whole:
+                return  # nothing to add, nothing to mend: the usual case
+            for s, e in spans:
+                if s >= e:
+                    continue
+                if keep and keep[-1][1] == s:
+                    keep[-1] = (keep[-1][0], e)
+                else:
+                    keep.append((s, e))
+            f.seek(n * RANGE.size)
+            f.write(b"".join(RANGE.pack(s, e) for s, e in keep))
+            f.truncate()
+
+    def err_spans(self, job: int, start: int, end: int, limit: int = 1 << 62) -> Spans:
+        """The stderr ranges within bytes [start, end) of the copy, clipped to them; the
+        first `limit` of them."""
+        with self.lock:  # append rewrites the last record in place
+            try:
+                f = open(self._err_path(job), "rb")
+            except FileNotFoundError:
+                return []
+            with f:
+                def record(i: int) -> tuple[int, int]:
+                    f.seek(i * RANGE.size)
+                    s, e = RANGE.unpack(f.read(RANGE.size))
+                    return s, e
+                lo, hi = 0, f.seek(0, os.SEEK_END) // RANGE.size
+                count = hi
+                while lo < hi:  # the first record that ends past `start`
+                    mid = (lo + hi) // 2
+                    if record(mid)[1] <= start:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                out: Spans = []
+                f.seek(lo * RANGE.size)
+                while lo < count:
+                    block = f.read(min(count - lo, 4096) * RANGE.size)
+                    lo += len(block) // RANGE.size
+                    for s, e in RANGE.iter_unpack(block):
+                        if s >= end or len(out) >= limit:
+                            return out
+                        out.append((max(s, start), min(e, end)))
+                    if not block:
+                        break
+                return out
 
     def notify(self) -> None:
         with self.lock:

@@ -13,7 +13,14 @@ import time
 import rpyc
 
 from labq.errors import InternalError, LabqError, RateLimited, ValidationError
-from labq.protocol import MAX_LOG_OFFSET, MAX_OP, Op, ReadLogRequest, request_type
+from labq.protocol import (
+    MAX_LOG_OFFSET,
+    MAX_OP,
+    Op,
+    ReadLogRequest,
+    pack_spans,
+    request_type,
+)
 from labq.spec import MAX_REQUEST_CHARS
 
 from .core import Core
@@ -81,23 +88,26 @@ class LabqService(rpyc.Service):
             return json.dumps({"ok": False, "error": InternalError(
                 f"labqd failed on {name!r}; see its log").to_wire()})
 
-    def exposed_read_log(self, job_id, offset, wait, max_bytes):
+    def exposed_read_log(self, job_id, offset, wait, max_bytes, streams=False):
+        """(data, offset, done, error), and with `streams` the stderr ranges in `data` too."""
+        ask = type(streams) is bool and streams  # anything else is refused below
         try:
             self._still_valid()
-            req = ReadLogRequest.from_args(job_id, offset, wait, max_bytes)
-            data, new_offset, done = HANDLERS[Op.READ_LOG](self.core, self.caller, req)
-            return (data, new_offset, done, "")
+            req = ReadLogRequest.from_args(job_id, offset, wait, max_bytes, streams)
+            data, new_offset, done, spans = HANDLERS[Op.READ_LOG](self.core, self.caller, req)
+            return (data, new_offset, done, "") + ((pack_spans(spans),) if ask else ())
         except LabqError as e:
             ok_offset = type(offset) is int and -MAX_LOG_OFFSET <= offset <= MAX_LOG_OFFSET
-            return (b"", offset if ok_offset else 0, False, json.dumps(e.to_wire()))
+            reply = (b"", offset if ok_offset else 0, False, json.dumps(e.to_wire()))
         except (RecursionError, OverflowError, UnicodeError) as e:
             log.warning("read_log: %s slipped past validation", type(e).__name__)
-            return (b"", 0, False, json.dumps(ValidationError(
+            reply = (b"", 0, False, json.dumps(ValidationError(
                 f"a value in this request is out of range ({type(e).__name__})").to_wire()))
         except Exception:
             log.exception("read_log failed")
-            return (b"", 0, False, json.dumps(InternalError("labqd failed reading the log")
-                                              .to_wire()))
+            reply = (b"", 0, False, json.dumps(InternalError("labqd failed reading the log")
+                                               .to_wire()))
+        return reply + ((b"",) if ask else ())
 
 
 def _parse(args_json: str) -> dict:
@@ -125,5 +135,6 @@ class RefusingService(rpyc.Service):
     def exposed_call(self, op, args_json):
         return json.dumps({"ok": False, "error": RateLimited(self.why).to_wire()})
 
-    def exposed_read_log(self, job_id, offset, wait, max_bytes):
-        return (b"", 0, False, json.dumps(RateLimited(self.why).to_wire()))
+    def exposed_read_log(self, job_id, offset, wait, max_bytes, streams=False):
+        reply = (b"", 0, False, json.dumps(RateLimited(self.why).to_wire()))
+        return reply + ((b"",) if type(streams) is bool and streams else ())

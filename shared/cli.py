@@ -196,30 +196,41 @@ def cmd_events(q: Client, a: argparse.Namespace) -> int:
 
 def cmd_logs(q: Client, a: argparse.Namespace) -> int:
     job_id = parse_ids([a.id])[0]
+    only = "stdout" if a.stdout else "stderr" if a.stderr else None
     out = sys.stdout.buffer
-    if a.json:  # one JSON object per chunk: {"id", "offset", "data"}
-        offset = 0
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        chunks = q.follow_bytes(job_id) if a.follow else iter(
-            lambda: q.read_log(job_id, offset)[0], b"")
-        for chunk in chunks:
-            print(json.dumps({"id": job_id, "offset": offset, "data": decoder.decode(chunk)}),
-                  flush=True)
-            offset += len(chunk)
-        return 0
-    if a.follow:
-        for chunk in q.follow_bytes(job_id):
-            out.write(chunk)
-            out.flush()
-    else:
-        offset = 0
-        while True:
-            data, offset, _done = q.read_log(job_id, offset)
-            if not data:
-                break
-            out.write(data)
-        out.flush()
+    offset = 0
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    for stream, data in _log_pieces(q, job_id, a.follow, only is not None):
+        if only in (None, stream):
+            if a.json:  # one JSON object per chunk: {"id", "offset", "data"}
+                print(json.dumps({"id": job_id, "offset": offset,
+                                  "data": decoder.decode(data)}), flush=True)
+            else:
+                out.write(data)
+                if a.follow:
+                    out.flush()
+        offset += len(data)
+    out.flush()
     return 0
+
+
+def _log_pieces(q: Client, job_id: int, follow: bool,
+                split: bool) -> Iterator[tuple[str, bytes]]:
+    """A job's log in chunks, tagged by stream where `split` asks for it (else "stdout")."""
+    if follow:
+        yield from (q.follow_streams(job_id) if split
+                    else (("stdout", chunk) for chunk in q.follow_bytes(job_id)))
+        return
+    from .follow import split_streams
+    offset = 0
+    while True:
+        if split:
+            data, offset, _done, spans = q.read_streams(job_id, offset)
+        else:
+            (data, offset, _done), spans = q.read_log(job_id, offset), []
+        if not data:
+            return
+        yield from split_streams(data, spans)
 
 
 def _many(q: Client, a: argparse.Namespace, fn: Callable[..., list[Job]]) -> int:
@@ -408,6 +419,9 @@ def _add_job_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
             "prints one JSON object per chunk")
     p.add_argument("id")
     p.add_argument("--follow", "-f", action="store_true")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--stdout", action="store_true", help="only what the job wrote to stdout")
+    which.add_argument("--stderr", action="store_true", help="only what the job wrote to stderr")
     for name, fn, help_ in (("cancel", cmd_cancel, "cancel jobs"),
                             ("hold", lambda q, a: _many(q, a, q.hold), "hold pending jobs"),
                             ("release", lambda q, a: _many(q, a, q.release),

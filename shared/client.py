@@ -74,8 +74,13 @@ def connect(socket: str | os.PathLike[str] | None = None, timeout: float = 30.0,
     return Client(where, timeout)
 
 
+REFUSED = "labqd refused the call"
+
+
 class Client:
     """A connection to labqd. Thread-safe: calls are serialised on the one connection."""
+
+    _four_args = False  # labqd answers read_log without stderr ranges (an older one)
 
     def __init__(self, socket_path: str | os.PathLike[str], timeout: float = 30.0, *,
                  remote: Remote | None = None) -> None:
@@ -108,6 +113,7 @@ class Client:
         """Connect again (after labqd restarted), trying for up to `within` seconds."""
         deadline = time.monotonic() + within
         delay = 0.1
+        self._four_args = False  # it may be a newer labqd now
         with self._lock:
             try:
                 self._conn.close()
@@ -146,7 +152,7 @@ class Client:
             except LabqError:
                 raise
             except RemoteError as e:
-                raise InternalError(f"labqd refused the call: {e}") from None
+                raise InternalError(f"{REFUSED}: {e}") from None
             except (EOFError, OSError) as e:  # WireError is an EOFError; timeouts are OSError
                 raise DaemonUnavailable(f"lost the connection to labqd: {e or type(e).__name__}",
                                         {"socket": self.where}) from None
@@ -368,12 +374,40 @@ class Client:
     def read_log(self, job_id: int, offset: int = 0, wait: float = 0.0,
                  max_bytes: int = 1 << 20) -> tuple[bytes, int, bool]:
         """Bytes from `offset` (negative: that many bytes before the end); the offset after
-        them; whether the log is complete (job ended)."""
-        req = protocol.ReadLogRequest(id=job_id, offset=offset, wait=wait, max_bytes=max_bytes)
-        data, new_offset, done, error = self._remote("read_log", *req.to_args())
+        them; whether the log is complete (job ended). stdout and stderr come interleaved;
+        `read_streams` says which bytes are which."""
+        data, new_offset, done, _spans = self._read_log(
+            protocol.ReadLogRequest(id=job_id, offset=offset, wait=wait, max_bytes=max_bytes))
+        return data, new_offset, done
+
+    def read_streams(self, job_id: int, offset: int = 0, wait: float = 0.0,
+                     max_bytes: int = 1 << 20) -> tuple[bytes, int, bool, list[tuple[int, int]]]:
+        """As `read_log`, and where the job's stderr is in the bytes: sorted (start, end)
+        pairs relative to them; the rest is stdout. A labqd too old to say has none."""
+        req = protocol.ReadLogRequest(id=job_id, offset=offset, wait=wait,
+                                      max_bytes=max_bytes, streams=not self._four_args)
+        try:
+            return self._read_log(req)
+        except InternalError as e:
+            # a labqd from before takes four arguments: RPyC refuses a fifth as a call it
+            # cannot make, which is not an error the request itself got
+            if not req.streams or not e.message.startswith(REFUSED):
+                raise
+        result = self._read_log(protocol.ReadLogRequest(id=job_id, offset=offset, wait=wait,
+                                                        max_bytes=max_bytes))
+        self._four_args = True
+        return result
+
+    def _read_log(self, req: protocol.ReadLogRequest
+                  ) -> tuple[bytes, int, bool, list[tuple[int, int]]]:
+        reply = self._remote("read_log", *req.to_args())
+        data, new_offset, done, error = reply[:4]
         if error:
             raise from_wire(json.loads(error))
-        return bytes(data), int(new_offset), bool(done)
+        data = bytes(data)
+        packed = reply[4] if len(reply) > 4 else b""
+        spans = protocol.unpack_spans(packed, len(data)) if type(packed) is bytes else []
+        return data, int(new_offset), bool(done), spans
 
     def logs(self, job_id: int) -> str:
         chunks, offset = [], 0
@@ -387,16 +421,33 @@ class Client:
     def follow_bytes(self, job_id: int, offset: int = 0, poll: float = 5.0,
                      reconnect_within: float = 60.0) -> Iterator[bytes]:
         """Log bytes as they come; rides out a labqd restart of up to `reconnect_within` s."""
+        for data, _spans in self._follow(job_id, offset, poll, reconnect_within, False):
+            yield data
+
+    def follow_streams(self, job_id: int, offset: int = 0, poll: float = 5.0,
+                       reconnect_within: float = 60.0) -> Iterator[tuple[str, bytes]]:
+        """As `follow_bytes`, in pieces tagged "stdout" or "stderr" by the stream that
+        wrote them."""
+        from .follow import split_streams
+        for data, spans in self._follow(job_id, offset, poll, reconnect_within, True):
+            yield from split_streams(data, spans)
+
+    def _follow(self, job_id: int, offset: int, poll: float, reconnect_within: float,
+                streams: bool) -> Iterator[tuple[bytes, list[tuple[int, int]]]]:
         while True:
             try:
-                data, offset, done = self.read_log(job_id, offset, wait=poll)
+                if streams:
+                    data, offset, done, spans = self.read_streams(job_id, offset, wait=poll)
+                else:
+                    data, offset, done = self.read_log(job_id, offset, wait=poll)
+                    spans = []
             except DaemonUnavailable:
                 if reconnect_within <= 0:
                     raise
                 self.reconnect(reconnect_within)
                 continue
             if data:
-                yield data
+                yield data, spans
             elif done:
                 return
 
@@ -415,8 +466,9 @@ class Client:
     def run(self, command: list[str] | tuple[str, ...] | str, *,
             stdout: IO[Any] | None = None, stderr: IO[Any] | None = None,
             **options: Any) -> Job:
-        """Submit `command` with submit's options, write its output to `stdout` (default
-        sys.stdout) while it runs, and return the job once it has ended.
+        """Submit `command` with submit's options, write its stdout to `stdout` (default
+        sys.stdout) and its stderr to `stderr` (default sys.stderr) while it runs, and
+        return the job once it has ended.
 
         Ctrl-C (KeyboardInterrupt) cancels the job and goes on following it to its end; a
         second one raises `labq.Detached`, and the job ends without anyone waiting."""
@@ -429,9 +481,10 @@ class Client:
     def attach(self, job_id: int, *, stdout: IO[Any] | None = None,
                stderr: IO[Any] | None = None, offset: int = 0, interrupted: bool = False,
                on_interrupt: Callable[[int], None] | None = None, poll: float = 5.0) -> Job:
-        """Follow a job's output into `stdout` from `offset` until it has ended; return the
-        ended job. Ctrl-C as in `run`; `interrupted` says one came already, so the job is
-        cancelled first; `on_interrupt(job_id)` is called before each cancel is sent."""
+        """Follow a job's output into `stdout` and `stderr` from `offset` until it has
+        ended; return the ended job. Ctrl-C as in `run`; `interrupted` says one came
+        already, so the job is cancelled first; `on_interrupt(job_id)` is called before each
+        cancel is sent."""
         from .follow import attach
         return attach(self, job_id, stdout=stdout, stderr=stderr, offset=offset,
                       interrupted=interrupted, on_interrupt=on_interrupt, poll=poll)

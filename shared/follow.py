@@ -14,8 +14,7 @@ if TYPE_CHECKING:
     from .client import Client
     from .models import Job
 
-# The node keeps stdout and stderr in one log, so every chunk is tagged STDOUT today; a
-# chunk tagged STDERR goes to the caller's error file, should the node ever keep them apart.
+# the node keeps both streams in one log and says where the stderr bytes are in it
 STDOUT = "stdout"
 STDERR = "stderr"
 
@@ -121,7 +120,18 @@ def attach(q: Client, job_id: int, *, stdout: IO[Any] | None, stderr: IO[Any] | 
 
 
 def _output(q: Client, job_id: int, offset: int, poll: float) -> Iterator[tuple[str, bytes]]:
-    """(stream, bytes) until the job has ended. The node keeps stdout and stderr in one log,
-    so all of it is STDOUT until a log says which stream a chunk came from."""
-    for data in q.follow_bytes(job_id, offset, poll):
-        yield STDOUT, data
+    """(stream, bytes) until the job has ended."""
+    return q.follow_streams(job_id, offset, poll)
+
+
+def split_streams(data: bytes, spans: list[tuple[int, int]]) -> Iterator[tuple[str, bytes]]:
+    """The pieces of a chunk, tagged by stream: `spans` are its stderr ranges, sorted and
+    apart; the rest is stdout (all of it in a log from before the node kept them apart)."""
+    at = 0
+    for start, end in spans:
+        if start > at:
+            yield STDOUT, data[at:start]
+        yield STDERR, data[start:end]
+        at = end
+    if at < len(data):
+        yield STDOUT, data[at:]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from labq import Client, Job, JobState, Node
-from labq.errors import ValidationError
+from labq.errors import InternalError, ValidationError
 from labq.protocol import (
     REQUESTS,
     UNSET,
@@ -256,6 +256,50 @@ def test_round_trip_through_the_wire(req):
 def test_read_log_round_trips_as_positional_arguments():
     req = ReadLogRequest(id=3, offset=-100, wait=1.0, max_bytes=4096)
     assert ReadLogRequest.from_args(*req.to_args()) == req
+    # asking for the stderr ranges is a fifth argument, sent only then: a labqd from before
+    # takes four
+    asks = ReadLogRequest(id=3, streams=True)
+    assert len(req.to_args()) == 4 and asks.to_args()[4] is True
+    assert ReadLogRequest.from_args(*asks.to_args()) == asks
+    for bad in (1, "yes", b""):
+        with pytest.raises(ValidationError) as e:
+            ReadLogRequest.from_args(3, 0, 0.0, 10, bad)
+        assert e.value.details["field"] == "streams"
+
+
+def test_stderr_ranges_cross_packed_and_are_checked_on_arrival():
+    from labq.protocol import pack_spans, unpack_spans
+    assert unpack_spans(pack_spans([(0, 2), (5, 9)]), 9) == [(0, 2), (5, 9)]
+    # past the data, overlapping, backwards, empty, or a torn record: left out
+    packed = pack_spans([(0, 4), (3, 6), (8, 7), (8, 8), (8, 20)]) + b"\0\0"
+    assert unpack_spans(packed, 10) == [(0, 4)]
+
+
+def test_a_chunk_splits_into_its_streams():
+    from labq.follow import split_streams
+    assert list(split_streams(b"outERRout", [(3, 6)])) == [
+        ("stdout", b"out"), ("stderr", b"ERR"), ("stdout", b"out")]
+    assert list(split_streams(b"ERR", [(0, 3)])) == [("stderr", b"ERR")]
+    assert list(split_streams(b"old", [])) == [("stdout", b"old")]
+
+
+class OlderDaemon(Recorder):
+    """A labqd from before stderr was kept apart: read_log takes four arguments."""
+
+    def _remote(self, method, *args):
+        self.sent.append((method, args))
+        if len(args) > 4:
+            raise InternalError("labqd refused the call: TypeError")
+        return (b"outERR", 6, False, "") if args[1] == 0 else (b"", args[1], True, "")
+
+
+def test_a_client_asks_an_older_labqd_as_it_knows_how():
+    q = OlderDaemon(None)
+    assert q.read_streams(1) == (b"outERR", 6, False, [])
+    assert q.read_streams(1) == (b"outERR", 6, False, [])
+    # it asked with the fifth argument once, then no more
+    assert [len(args) for _m, args in q.sent] == [5, 4, 4]
+    assert list(q.follow_streams(1)) == [("stdout", b"outERR")]  # all stdout, as it was
 
 
 def test_defaults_are_what_an_absent_argument_means():

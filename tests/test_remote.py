@@ -98,6 +98,8 @@ def test_two_users_log_in_and_work_over_tls_as_themselves(remote, venv):
     jid = alice.ok("submit", "--", "bash", "-c", "for i in 1 2 3; do echo line$i; "
                    "sleep 0.2; done").strip()
     assert alice.ok("logs", "-f", jid).split() == ["line1", "line2", "line3"]
+    r = alice.labq("run", "--", "bash", "-c", "echo o; echo e >&2")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "o\n", "e\n")  # apart over TLS too
     assert json.loads(alice.ok("show", "--json", jid))["owner"] == "labqtest"
     held = alice.ok("submit", "--hold", "--", "true").strip()
     r = bob.labq("cancel", held)

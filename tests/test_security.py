@@ -79,6 +79,9 @@ def test_netrefs_are_refused_without_being_touched(local_daemon):
         assert "VALIDATION_ERROR" in reply
         data, _offset, _done, err = conn.root.read_log(Trap(), 0, 0.0, 10)
         assert data == b"" and "VALIDATION_ERROR" in err
+        # nor as the fifth argument, which asks for the stderr ranges
+        data, _offset, _done, err = conn.root.read_log(1, 0, 0.0, 10, Trap())
+        assert data == b"" and "VALIDATION_ERROR" in err and "streams" in err
     finally:
         conn.close()
     # rpyc's own boxing probes dunder names on the client side; the daemon never used the

@@ -394,7 +394,7 @@ class NodeRegistry:
             try:
                 self.jobs.logs.append(job["id"], int(msg["offset"]), base64.b64decode(msg["data"]),
                                  link.name, f"{node.job_root}/{self.store.cluster_id}/"
-                                 f"{link.name}/{msg['job']}/log")
+                                 f"{link.name}/{msg['job']}/log", _spans(msg.get("err")))
             except OSError as e:
                 log.error("cannot keep the log of job %d: %s", job["id"], e)
         elif ev == "exit":
@@ -540,3 +540,11 @@ class NodeRegistry:
                      user=job["owner"], uid=job["owner_uid"], memory_mb=job["memory_mb"],
                      pids_max=self.cfg.limits.get("job_max_pids"),
                      shared=link.cfg.shared_account, early_signal=early_signal(job))
+
+
+def _spans(err: object) -> list[tuple[int, int]]:
+    """The stderr ranges of a log event; none from an agent that sends none."""
+    if not isinstance(err, list):
+        return []
+    return [(s, e) for s, e in (p for p in err if isinstance(p, list) and len(p) == 2)
+            if type(s) is int and type(e) is int and 0 <= s < e]

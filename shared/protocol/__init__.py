@@ -82,6 +82,8 @@ if TYPE_CHECKING:  # what mypy checks; at run time, __getattr__ below finds thes
         ReleaseRequest,
         SubmitRequest,
         WaitRequest,
+        pack_spans,
+        unpack_spans,
     )
     from .notify import (
         MAX_MAIL,
@@ -120,7 +122,7 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "jobs": (
         "CancelRequest", "EventsRequest", "HoldRequest", "JobPriorityRequest",
         "JobRequest", "JobsRequest", "JobTimeLimitRequest", "ReadLogRequest",
-        "ReleaseRequest", "SubmitRequest", "WaitRequest",
+        "ReleaseRequest", "SubmitRequest", "WaitRequest", "pack_spans", "unpack_spans",
     ),
     "notify": (
         "MAX_MAIL", "MAX_URL", "NOTIFY_CHANNELS", "NotifySetRequest", "NotifyShowRequest",
@@ -152,7 +154,7 @@ __all__ = [
     "SubmitManyRequest", "SubmitRequest", "TokenCreateRequest", "TokenInfo",
     "TokenListRequest", "TokenRevokeRequest", "UNSET", "Unset", "UsageReply", "UsageRequest",
     "WaitRequest", "WhoamiReply", "WhoamiRequest", "check_group_settings", "check_webhook_url",
-    "read_reply", "request_type",
+    "pack_spans", "read_reply", "request_type", "unpack_spans",
 ]
 
 

@@ -2,6 +2,7 @@
 limit, logs."""
 from __future__ import annotations
 
+import struct
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -175,18 +176,23 @@ class JobTimeLimitRequest(Request, op=Op.JOB_TIME_LIMIT, reply=Job):
 
 
 class ReadLogRequest(Request, op=Op.READ_LOG, reply=tuple[bytes, int, bool]):
-    """Sent as read_log(id, offset, wait, max_bytes), not as JSON: see `from_args`."""
+    """Sent as read_log(id, offset, wait, max_bytes[, streams]), not as JSON: see `from_args`.
+    The reply is (data, offset, done, error), and with `streams` a fifth element: where in
+    `data` the job's stderr is, as `pack_spans` packs it (older labqd takes four arguments
+    and older clients read four elements, so the fifth is asked for)."""
     id: int
     offset: int = 0  # negative: that many bytes before the end
     wait: float = 0.0  # seconds to wait for bytes past `offset`
     max_bytes: int = 1 << 20
+    streams: bool = False
 
     @classmethod
     def from_wire(cls, args: dict[str, Any]) -> Self:
         return cls.from_args(*(args.get(f.name) for f in fields(cls)))
 
     @classmethod
-    def from_args(cls, id_: Any, offset: Any, wait: Any, max_bytes: Any) -> Self:
+    def from_args(cls, id_: Any, offset: Any, wait: Any, max_bytes: Any,
+                  streams: Any = False) -> Self:
         # no walk into the values: they come as RPyC arguments, where anything not a plain
         # number is a netref, so type() is looked at before anything else
         for key, v, kinds, lo, hi in (("id", id_, (int,), 1, MAX_INT),
@@ -198,7 +204,34 @@ class ReadLogRequest(Request, op=Op.READ_LOG, reply=tuple[bytes, int, bool]):
                 raise arg_error(key, f"read_log takes (id, offset, wait, max_bytes); {key} "
                                 f"must be a{'n integer' if kinds == (int,) else ' number'} "
                                 f"from {lo:g} to {hi:g}")
-        return cls(id=id_, offset=offset, wait=float(wait), max_bytes=max_bytes)
+        if streams is None:
+            streams = False
+        if type(streams) is not bool:
+            raise arg_error("streams", "read_log's fifth argument, streams, must be true or "
+                                       "false")
+        return cls(id=id_, offset=offset, wait=float(wait), max_bytes=max_bytes,
+                   streams=streams)
 
-    def to_args(self) -> tuple[int, int, float, int]:
-        return (int(self.id), int(self.offset), float(self.wait), int(self.max_bytes))
+    def to_args(self) -> tuple[Any, ...]:
+        args = (int(self.id), int(self.offset), float(self.wait), int(self.max_bytes))
+        return args + (True,) if self.streams else args
+
+
+SPAN = struct.Struct("!LL")
+
+
+def pack_spans(spans: list[tuple[int, int]]) -> bytes:
+    """(start, end) pairs, relative to a read_log reply's data, as the reply carries them."""
+    return b"".join(SPAN.pack(s, e) for s, e in spans)
+
+
+def unpack_spans(packed: bytes, size: int) -> list[tuple[int, int]]:
+    """The pairs `pack_spans` packed, kept only where they lie within `size` bytes, in order
+    and apart."""
+    out: list[tuple[int, int]] = []
+    last = 0
+    for s, e in SPAN.iter_unpack(packed[:len(packed) - len(packed) % SPAN.size]):
+        if last <= s < e <= size:
+            out.append((s, e))
+            last = e
+    return out

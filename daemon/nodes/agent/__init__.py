@@ -11,6 +11,7 @@ so a requeued job never collides with what an earlier run left behind; keyed by 
 two node entries on one host never share a directory):
     spec.json   what to run          pid     {"pid", "pgid", "start", "shepherd", "uid"}
     log         stdout + stderr      exit    {"code", "signal", "reason", "end"} once ended
+    stderr      "start end" lines: where in `log` the job's stderr is (see streams.py)
     cancel      asks the shepherd to stop the job ("cancel" or "timeout")
 Every directory from <root> down is the agent's own, never a symlink, and closed to others
 (checked at start; the agent refuses to run otherwise); the records are 0600. A job writes

@@ -15,6 +15,7 @@ from .ends import announce_end, open_ends_socket, read_ends, wake_shepherd
 from .files import is_dir, is_run_key, lsize, open_nofollow, read_json, write_json, write_text
 from .probe import CpuMeter, meminfo, probe_gpus, probe_host
 from .shepherd import killpg_quiet, spawn_shepherd
+from .streams import ERR_NAME, RunLog
 from .transfer import TransferError, Transfers
 
 PROTOCOL = 1
@@ -86,6 +87,9 @@ class Agent:
             return {"ok": False, "code": "error",
                     "error": "cannot make the run's cgroup: %s" % e}
         write_json(os.path.join(jobdir, "spec.json"), spec)
+        # made before the shepherd: a run's log is never read without it, so none of its
+        # stderr is taken for stdout
+        write_text(os.path.join(jobdir, ERR_NAME), "")
         spawn_shepherd(jobdir, spec, float(req.get("grace_s", 10)), self.no_root_jobs)
         with self.watch_lock:
             self.watched[job] = 0
@@ -200,24 +204,29 @@ class Agent:
                 time.sleep(min(timeout, POLL_S))
 
     def _stream(self, job, offset, files):
-        """Send the next chunk of a job's log; False when there is nothing new."""
+        """Send the next chunk of a job's log; False when there is nothing new, None when
+        there may be but it cannot be read this moment."""
         f = files.get(job)
         try:
             if f is None:
-                f = files[job] = os.fdopen(
-                    open_nofollow(os.path.join(self.jobdir(job), "log"), os.O_RDONLY), "rb")
-            f.seek(offset)
-            data = f.read(CHUNK)
+                f = files[job] = RunLog(self.jobdir(job))
+            got = f.read(offset, CHUNK)
         except (OSError, ValueError):
             return False
+        if got is None:
+            return None
+        data, err = got
         if not data:
             return False
         with self.watch_lock:
             if self.watched.get(job) != offset:
                 return True  # re-watched meanwhile
             self.watched[job] = offset + len(data)
-        self.send({"ev": "log", "job": job, "offset": offset,
-                   "data": base64.b64encode(data).decode()}, flush=False)
+        msg = {"ev": "log", "job": job, "offset": offset,
+               "data": base64.b64encode(data).decode()}
+        if err:
+            msg["err"] = err  # [[start, end], ...] of stderr, in the log's offsets
+        self.send(msg, flush=False)
         return True
 
     def _report_exit(self, job, offset, files, lost_check):
@@ -230,7 +239,7 @@ class Agent:
                 ex = lost_run(jobdir, job, pid)
         if ex is None:
             return False
-        if self._stream(job, offset, files):
+        if self._stream(job, offset, files) is not False:
             return False  # written after the last read: drain first, report on the next turn
         with self.watch_lock:
             self.exit_sent.add(job)

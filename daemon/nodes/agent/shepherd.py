@@ -9,6 +9,7 @@ import time
 from .cgroups import cg_join, cg_kill, cg_oom, cg_remove, cg_signal, sweep_marker
 from .ends import announce_end, make_wake_fifo
 from .files import open_nofollow, read_text, write_json
+from .streams import ErrCopier
 
 
 # -- accounts --------------------------------------------------------------------------------
@@ -57,6 +58,7 @@ def _become(account):
 
 
 SAFETY_S = 5.0
+DRAIN_S = 2.0  # the longest the job's stderr is waited for once the job is gone
 
 
 # -- the shepherd (runs in its own session, forked from the agent) --------------------------
@@ -75,10 +77,12 @@ def shepherd(jobdir, spec, grace_s, no_root_jobs=False):
     env = dict(spec["env"])
     if spec.get("marker"):
         env["LABQ_RUN_MARKER"] = spec["marker"]
+    err = ErrCopier(jobdir)
     wake = _listen(jobdir)
     pid = os.fork()
     if pid == 0:
-        _exec_job(spec, env, account, refusal, devnull, log)
+        _exec_job(spec, env, account, refusal, devnull, log, err.wfd)
+    err.forked()
     start = time.time()
     run_uid = account[1] if account else os.geteuid()
     write_json(os.path.join(jobdir, "pid"), {"pid": pid, "pgid": pid, "start": start,
@@ -91,9 +95,10 @@ def shepherd(jobdir, spec, grace_s, no_root_jobs=False):
         elif spec.get("marker"):
             sweep_marker(spec["marker"], run_uid)
 
-    status, stop_reason = _supervise(pid, jobdir, spec, start, grace_s, kill_all, wake)
+    status, stop_reason = _supervise(pid, jobdir, spec, start, grace_s, kill_all, wake, err)
     # the job's leader is gone; whatever it started, detached or not, goes with it
     kill_all()
+    err.drain(DRAIN_S)  # its last words are in the log before its exit record
     oom = False
     if cg:
         oom = cg_oom(cg)
@@ -110,7 +115,7 @@ def shepherd(jobdir, spec, grace_s, no_root_jobs=False):
     announce_end(*os.path.split(jobdir.rstrip("/")))
 
 
-def _exec_job(spec, env, account, refusal, devnull, log):
+def _exec_job(spec, env, account, refusal, devnull, log, err):
     """In the forked child: become the job (never returns)."""
     cg = spec.get("cgroup")
     try:
@@ -123,7 +128,7 @@ def _exec_job(spec, env, account, refusal, devnull, log):
                 pass
         os.dup2(devnull, 0)
         os.dup2(log, 1)
-        os.dup2(log, 2)
+        os.dup2(err, 2)
         if refusal:
             os.write(2, (refusal + "\n").encode())
             os._exit(126)
@@ -179,7 +184,7 @@ def _drain(fds):
             pass
 
 
-def _supervise(pid, jobdir, spec, start, grace_s, kill_all, wake):
+def _supervise(pid, jobdir, spec, start, grace_s, kill_all, wake, err):
     """Wait for the job without polling: the job's end, a cancel, the time limit or the end of
     the grace period wakes it. A wait never lasts more than SAFETY_S, a net under all three."""
     limit = spec.get("time_limit_s")
@@ -231,10 +236,11 @@ def _supervise(pid, jobdir, spec, start, grace_s, kill_all, wake):
             if t is not None:
                 timeout = min(timeout, max(0.0, t - now))
         try:
-            select.select(wake, [], [], timeout)
+            select.select(wake + err.fds(), [], [], timeout)
         except InterruptedError:
             pass
         _drain(wake)
+        err.pump()
 
 
 def killpg_quiet(pgid, sig):
