@@ -81,10 +81,10 @@ class LabqService(rpyc.Service):
             return json.dumps({"ok": False, "error": InternalError(
                 f"labqd failed on {name!r}; see its log").to_wire()})
 
-    def exposed_read_log(self, job_id, offset, wait, max_bytes):
+    def exposed_read_log(self, job_id, offset, wait, max_bytes, part=0):
         try:
             self._still_valid()
-            req = ReadLogRequest.from_args(job_id, offset, wait, max_bytes)
+            req = ReadLogRequest.from_args(job_id, offset, wait, max_bytes, part)
             data, new_offset, done = HANDLERS[Op.READ_LOG](self.core, self.caller, req)
             return (data, new_offset, done, "")
         except LabqError as e:

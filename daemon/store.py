@@ -290,7 +290,7 @@ class Store:
     def runs_since(self, since: float) -> list[dict[str, Any]]:
         """Jobs that started and had not ended by `since`: what fair-share usage counts."""
         q = (Job.select(Job.group, Job.owner, Job.gpu_indices, Job.cpus, Job.start_time,
-                        Job.end_time, Job.state)
+                        Job.end_time, Job.state, Job.nodes)
              .where(Job.start_time.is_null(False) &
                     (Job.end_time.is_null() | (Job.end_time > since))))
         return list(q.dicts())

@@ -24,6 +24,7 @@ from .cli_format import command_text, job_json, parse_ids, print_json, status_te
 from .cli_options import batch_options, positive_int, submit_options
 from .errors import LabqError, ValidationError
 from .models import Job
+from .spec import MAX_NODES
 from .text import printable
 from .units import format_duration, format_size_mb
 
@@ -59,7 +60,8 @@ def _submit_args(a: argparse.Namespace, usage: str) -> tuple[list[str] | str, di
         env=env, export_env=not a.no_export, group=a.group, partition=a.partition,
         hold=a.hold, requeue=not a.no_requeue, notify=userconfig.submit_notify(a.notify),
         experiment=a.experiment, key=a.key, preemptible=a.preemptible,
-        early_signal=a.signal, **cli_files.submit_files(a))
+        early_signal=a.signal, nodes=a.nodes, gpus_per_node=a.gpus_per_node,
+        **cli_files.submit_files(a))
 
 
 def cmd_submit(q: Client, a: argparse.Namespace) -> int:
@@ -106,7 +108,7 @@ def cmd_ls(q: Client, a: argparse.Namespace) -> int:
     for page in pages:
         now = time.time()
         rows = [[j.id, j.name[:24], j.owner, j.group, j.state.value,
-                 j.gpus if not j.gpu_type else f"{j.gpus}:{j.gpu_type}", j.node or "-",
+                 j.gpus if not j.gpu_type else f"{j.gpus}:{j.gpu_type}", _where(j),
                  f"{j.priority_score:.0f}" if j.priority_score is not None else j.priority,
                  status_text(j, now)] for j in page]
         # each page is printed as it comes, its columns at least as wide as the last page's
@@ -115,6 +117,13 @@ def cmd_ls(q: Client, a: argparse.Namespace) -> int:
     if not widths:
         table([], LS_HEADER)
     return 0
+
+
+def _where(j: Job) -> str:
+    """A job's node; a gang's rank 0 node and how many more."""
+    if not j.node:
+        return "-"
+    return f"{j.node}+{j.nodes - 1}" if j.nodes > 1 else j.node
 
 
 def _ls_pages(pages: Iterator[list[Job]], limit: int | None) -> Iterator[list[Job]]:
@@ -128,6 +137,17 @@ def _ls_pages(pages: Iterator[list[Job]], limit: int | None) -> Iterator[list[Jo
             yield page
         if left == 0:
             return
+
+
+def _gang_fields(job: Job) -> list[tuple[str, object]]:
+    """`labq show`'s lines for a gang: its size, and each part's node and GPUs."""
+    if job.nodes <= 1:
+        return []
+    out: list[tuple[str, object]] = [("nodes", f"{job.nodes} ({job.gpus // job.nodes} GPUs "
+                                               "each; logs: labq logs ID --part K)")]
+    for rank, (node, gpus) in enumerate(job.parts or []):
+        out.append((f"part {rank}", f"{node} gpus={','.join(map(str, gpus)) or '-'}"))
+    return out
 
 
 def cmd_show(q: Client, a: argparse.Namespace) -> int:
@@ -151,6 +171,7 @@ def cmd_show(q: Client, a: argparse.Namespace) -> int:
         ("ended", when(job.end_time)),
         ("node", job.node or "-"),
         ("gpu indices", ",".join(map(str, job.gpu_indices)) or "-"),
+        *_gang_fields(job),
         ("exit code", "-" if job.exit_code is None else job.exit_code),
         ("restarts", job.restarts),
         ("notify", job.notify or "-"),
@@ -187,21 +208,21 @@ def cmd_logs(q: Client, a: argparse.Namespace) -> int:
     if a.json:  # one JSON object per chunk: {"id", "offset", "data"}
         offset = 0
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        chunks = q.follow_bytes(job_id) if a.follow else iter(
-            lambda: q.read_log(job_id, offset)[0], b"")
+        chunks = q.follow_bytes(job_id, part=a.part) if a.follow else iter(
+            lambda: q.read_log(job_id, offset, part=a.part)[0], b"")
         for chunk in chunks:
             print(json.dumps({"id": job_id, "offset": offset, "data": decoder.decode(chunk)}),
                   flush=True)
             offset += len(chunk)
         return 0
     if a.follow:
-        for chunk in q.follow_bytes(job_id):
+        for chunk in q.follow_bytes(job_id, part=a.part):
             out.write(chunk)
             out.flush()
     else:
         offset = 0
         while True:
-            data, offset, _done = q.read_log(job_id, offset)
+            data, offset, _done = q.read_log(job_id, offset, part=a.part)
             if not data:
                 break
             out.write(data)
@@ -373,6 +394,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "prints one JSON object per chunk")
     p.add_argument("id")
     p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument("--part", type=positive_int(0, MAX_NODES - 1), default=0,
+                   help="part K of a job on several nodes (0: rank 0's, the default)")
     for name, fn, help_ in (("cancel", cmd_cancel, "cancel jobs"),
                             ("hold", lambda q, a: _many(q, a, q.hold), "hold pending jobs"),
                             ("release", lambda q, a: _many(q, a, q.release),

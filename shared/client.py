@@ -186,7 +186,8 @@ class Client:
                notify: str | None = None, experiment: str | None = None,
                key: str | None = None, stage: list[str] | str | None = None,
                results: list[str] | None = None, preemptible: bool = False,
-               early_signal: str | None = None) -> Job:
+               early_signal: str | None = None, nodes: int | None = None,
+               gpus_per_node: int | None = None) -> Job:
         """Queue a command: an argv list, or a string run with `bash -c`.
 
         The job gets the caller's environment (minus session variables) unless export_env is
@@ -195,6 +196,8 @@ class Client:
         'exp:NAME' (every job of your experiment NAME). A `key` already used by one of your
         jobs is refused with DuplicateJob, whose details["id"] is that job. notify ('end',
         'fail' or 'all') tells the owner through the channels labqd's admin enabled.
+        `nodes` (with `gpus_per_node`, or `gpus` as the total) makes a gang: one part on
+        each of that many nodes, started together.
         """
         full_env = exported_env() if export_env else {}
         full_env.update(env or {})
@@ -204,7 +207,8 @@ class Client:
                               env=full_env, group=group, partition=partition, hold=hold,
                               requeue=requeue, notify=notify, experiment=experiment,
                               key=key, stage=self._upload(stage), results=results,
-                              preemptible=preemptible, early_signal=early_signal)
+                              preemptible=preemptible, early_signal=early_signal,
+                              nodes=nodes, gpus_per_node=gpus_per_node)
         return cast(Job, self.request(protocol.SubmitRequest(spec=spec)))
 
     def _upload(self, stage: list[str] | str | None) -> str | None:
@@ -357,30 +361,31 @@ class Client:
     # -- logs ------------------------------------------------------------------------------
     @sends(Op.READ_LOG)
     def read_log(self, job_id: int, offset: int = 0, wait: float = 0.0,
-                 max_bytes: int = 1 << 20) -> tuple[bytes, int, bool]:
+                 max_bytes: int = 1 << 20, part: int = 0) -> tuple[bytes, int, bool]:
         """Bytes from `offset` (negative: that many bytes before the end); the offset after
-        them; whether the log is complete (job ended)."""
-        req = protocol.ReadLogRequest(id=job_id, offset=offset, wait=wait, max_bytes=max_bytes)
+        them; whether the log is complete (job ended). `part`: a gang's part K's log."""
+        req = protocol.ReadLogRequest(id=job_id, offset=offset, wait=wait, max_bytes=max_bytes,
+                                      part=part)
         data, new_offset, done, error = self._remote("read_log", *req.to_args())
         if error:
             raise from_wire(json.loads(error))
         return bytes(data), int(new_offset), bool(done)
 
-    def logs(self, job_id: int) -> str:
+    def logs(self, job_id: int, part: int = 0) -> str:
         chunks, offset = [], 0
         while True:
-            data, offset, done = self.read_log(job_id, offset)
+            data, offset, done = self.read_log(job_id, offset, part=part)
             chunks.append(data)
             if not data:
                 break
         return b"".join(chunks).decode("utf-8", "replace")
 
     def follow_bytes(self, job_id: int, offset: int = 0, poll: float = 5.0,
-                     reconnect_within: float = 60.0) -> Iterator[bytes]:
+                     reconnect_within: float = 60.0, part: int = 0) -> Iterator[bytes]:
         """Log bytes as they come; rides out a labqd restart of up to `reconnect_within` s."""
         while True:
             try:
-                data, offset, done = self.read_log(job_id, offset, wait=poll)
+                data, offset, done = self.read_log(job_id, offset, wait=poll, part=part)
             except DaemonUnavailable:
                 if reconnect_within <= 0:
                     raise

@@ -13,10 +13,11 @@ A100X4 = [{"type": "A100", "memory_mb": 81920}] * 4
 # modules whose tests run in-process in milliseconds (pure logic, parsers, a SQLite file, a
 # config check); every other test starts real processes (labqd, sshd, agents, users' CLIs)
 # and is marked slow, so `pytest -m "not slow"` is the inner loop
-FAST_MODULES = {"test_policy", "test_gang_policy", "test_policy_reference", "test_units", "test_store",
+FAST_MODULES = {"test_policy", "test_policy_reference", "test_units", "test_store",
                 "test_agent_probe", "test_layers", "test_config", "test_protocol", "test_registry",
                 "test_sweep", "test_tokens", "test_agent_transfer",
-                "test_pressure_policy", "test_startup", "test_channels"}
+                "test_pressure_policy", "test_startup", "test_channels", "test_gang_policy",
+                "test_gang"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,6 +9,7 @@ from ..models import Event, Job
 from ..spec import (
     MAX_IDENT,
     MAX_INT,
+    MAX_NODES,
     MAX_REASON_BYTES,
     MAX_TIME_S,
     arg_error,
@@ -175,30 +176,34 @@ class JobTimeLimitRequest(Request, op=Op.JOB_TIME_LIMIT, reply=Job):
 
 
 class ReadLogRequest(Request, op=Op.READ_LOG, reply=tuple[bytes, int, bool]):
-    """Sent as read_log(id, offset, wait, max_bytes), not as JSON: see `from_args`."""
+    """Sent as read_log(id, offset, wait, max_bytes[, part]), not as JSON: see `from_args`."""
     id: int
     offset: int = 0  # negative: that many bytes before the end
     wait: float = 0.0  # seconds to wait for bytes past `offset`
     max_bytes: int = 1 << 20
+    part: int = 0  # a gang's part (its node rank); 0 is the job's own log
 
     @classmethod
     def from_wire(cls, args: dict[str, Any]) -> Self:
         return cls.from_args(*(args.get(f.name) for f in fields(cls)))
 
     @classmethod
-    def from_args(cls, id_: Any, offset: Any, wait: Any, max_bytes: Any) -> Self:
+    def from_args(cls, id_: Any, offset: Any, wait: Any, max_bytes: Any, part: Any = 0) -> Self:
         # no walk into the values: they come as RPyC arguments, where anything not a plain
         # number is a netref, so type() is looked at before anything else
         for key, v, kinds, lo, hi in (("id", id_, (int,), 1, MAX_INT),
                                       ("offset", offset, (int,), -MAX_LOG_OFFSET, MAX_LOG_OFFSET),
                                       ("wait", wait, (int, float), 0.0, MAX_WAIT_S),
-                                      ("max_bytes", max_bytes, (int,), 1, MAX_INT)):
+                                      ("max_bytes", max_bytes, (int,), 1, MAX_INT),
+                                      ("part", part, (int,), 0, MAX_NODES - 1)):
             # a bool is not a number here; NaN is never in range
             if type(v) not in kinds or not lo <= v <= hi:
                 raise arg_error(key, f"read_log takes (id, offset, wait, max_bytes); {key} "
                                 f"must be a{'n integer' if kinds == (int,) else ' number'} "
                                 f"from {lo:g} to {hi:g}")
-        return cls(id=id_, offset=offset, wait=float(wait), max_bytes=max_bytes)
+        return cls(id=id_, offset=offset, wait=float(wait), max_bytes=max_bytes, part=part)
 
-    def to_args(self) -> tuple[int, int, float, int]:
-        return (int(self.id), int(self.offset), float(self.wait), int(self.max_bytes))
+    def to_args(self) -> tuple[int | float, ...]:
+        args = (int(self.id), int(self.offset), float(self.wait), int(self.max_bytes))
+        # part 0 goes as before, so a labqd that knows no parts still serves it
+        return (*args, int(self.part)) if self.part else args
