@@ -185,7 +185,7 @@ class NodeRegistry:
         with self.lock:
             node = self._node_or_404(name)
             busy = [j["id"] for j in self.jobs.active.values()
-                    if j["state"] == S.RUNNING.value and j["node"] == name]
+                    if j["state"] == S.RUNNING.value and ranks_on(j, name)]
             if busy:
                 raise InvalidState(f"node {name} still runs jobs {busy}; drain it and let them "
                                    "end (or cancel them) first", {"node": name, "jobs": busy})
