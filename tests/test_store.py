@@ -301,3 +301,23 @@ def test_a_schema_9_database_gains_the_gang_columns(tmp_path):
     assert s.job_row(2)["nodes"] == 2 and s.job_row(2)["parts"] == [["a", [0, 1]], ["b", [0, 1]]]
     assert s.integrity_check() == "ok"
     s.close()
+
+
+def test_a_gang_holds_its_gpus_on_every_node_and_none_twice(tmp_path):
+    import peewee as pw
+    s = st.Store(tmp_path / "labq.db")
+    gang = s.insert_job(job_fields(owner_uid=1000, gpus=4, nodes=2), "alice")
+    one = s.insert_job(job_fields(owner_uid=1000, gpus=1), "alice")
+    s.record_transition(gang, {"state": "RUNNING", "node": "a", "gpu_indices": [0, 1],
+                               "parts": [["a", [0, 1]], ["b", [2, 3]]]},
+                        "labqd", "PENDING", "RUNNING", None, 1.0)
+    held = {(r.node, r.gpu_index) for r in st.Allocation.select()}
+    assert held == {("a", 0), ("a", 1), ("b", 2), ("b", 3)}
+    # part 1's GPU on b cannot be handed out again: the transition is refused whole
+    with pytest.raises(pw.IntegrityError):
+        s.record_transition(one, {"state": "RUNNING", "node": "b", "gpu_indices": [3]},
+                            "labqd", "PENDING", "RUNNING", None, 2.0)
+    assert s.job_row(one)["state"] == "PENDING"
+    s.record_transition(gang, {"state": "COMPLETED"}, "labqd", "RUNNING", "COMPLETED", None, 3.0)
+    assert st.Allocation.select().count() == 0
+    s.close()
