@@ -147,10 +147,11 @@ def test_a_failing_part_ends_the_gang(gang, venv, shared):
 
 def test_a_gang_is_requeued_whole_when_one_of_its_nodes_dies(gang, venv, shared):
     bob = user("labqtest2", venv, gang)
-    # the first run waits to be cut short; the second ends at once
+    # the first run waits to be cut short; in the second, rank 0 ends once part 1 has
     jid = submit(bob, "--nodes", "2", "--gpus-per-node", "2", "--wrap", parts_script(
-        shared, '[ "$LABQ_RESTART_COUNT" = 0 ] && exec sleep 600; echo again',
-        '[ "$LABQ_RESTART_COUNT" = 0 ] && exec sleep 600; echo again'))
+        shared, '[ "$LABQ_RESTART_COUNT" = 0 ] && exec sleep 600; '
+                f'while [ ! -e {shared}/done ]; do sleep 0.1; done; echo again',
+        f'[ "$LABQ_RESTART_COUNT" = 0 ] && exec sleep 600; echo again; touch {shared}/done'))
     first = [pid_of(shared, 0, 0), pid_of(shared, 0, 1)]
     job = show(bob, jid)
     dead = job["parts"][1][0]
