@@ -11,6 +11,7 @@ nodes can each take a part, and a lower-priority job keeps off what it needs on 
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 from .placement import Cluster, could_ever_fit, gpu_matches, runs_owner
@@ -104,16 +105,21 @@ def reserve_gang(cluster: Cluster, job: JobView, now: float) -> Reservation | No
     """The earliest start of the gang `job`: when the `job.nodes`-th node that could take a
     part can take it; None if fewer nodes than that ever could. A node that can take its part
     earlier holds it from then on (its running jobs only end)."""
-    found = []
+    best: list[tuple[float, int, Reservation]] = []  # the job.nodes earliest, as a max-heap
     for ns in cluster.nodes:
         if ns.up and could_ever_fit(ns, job):
-            got = _earliest_part(ns, job, now)
-            if got is not None:
-                found.append(got)
-    if len(found) < job.nodes:
+            # a node that is not earlier than the latest of the earliest so far changes nothing
+            bound = -best[0][0] if len(best) == job.nodes else None
+            got = _earliest_part(ns, job, now, bound)
+            if got is None:
+                continue
+            if len(best) < job.nodes:
+                heapq.heappush(best, (-got.time, -got.node, got))
+            else:
+                heapq.heapreplace(best, (-got.time, -got.node, got))
+    if len(best) < job.nodes:
         return None
-    found.sort(key=lambda r: (r.time, r.node))
-    chosen = found[:job.nodes]
+    chosen = sorted((r for _, _, r in best), key=lambda r: (r.time, r.node))
     t = chosen[-1].time
     for r in chosen:
         r.time = t
@@ -122,19 +128,25 @@ def reserve_gang(cluster: Cluster, job: JobView, now: float) -> Reservation | No
                        {r.node: r for r in chosen})
 
 
-def _earliest_part(ns, job: JobView, now: float) -> Reservation | None:
-    """When node `ns` can take one part of `job`, from its running jobs' limits."""
+def _earliest_part(ns, job: JobView, now: float, bound: float | None) -> Reservation | None:
+    """When node `ns` can take one part of `job`, from its running jobs' limits; None if never,
+    or not before `bound`."""
     match = {g for g, s in ns.slots.items() if gpu_matches(s, job)}
     free_now = [g for g in sorted(ns.free) if g in match]
     c, m, t = ns.free_cpus, ns.free_mem, now
     got: list[int] = []
     if len(free_now) < job.gpus or c < job.cpus or m < job.memory_mb:
         for end, gidx, jc, jm in ns.ends():
+            t = max(now, end)
+            if bound is not None and t >= bound:
+                return None
             got.extend(g for g in gidx if g in match)
-            c, m, t = c + jc, m + jm, max(now, end)
+            c, m = c + jc, m + jm
             if len(got) + len(free_now) >= job.gpus and c >= job.cpus and m >= job.memory_mb:
                 break
         else:
             return None
+    elif bound is not None and t >= bound:
+        return None
     return Reservation(job.id, t, ns.idx, frozenset((got + free_now)[:job.gpus]),
                        c - job.cpus, m - job.memory_mb)
