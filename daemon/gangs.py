@@ -17,8 +17,9 @@ from labq.errors import ValidationError
 PORT_BASE, PORT_SPAN = 20000, 10000
 
 
-def fit_to_cluster(spec: dict[str, Any], sizes: list[int]) -> None:
-    """Settle `spec["nodes"]` against the GPU counts of the cluster's nodes, or refuse.
+def fit_to_cluster(spec: dict[str, Any], sizes: list[int | None]) -> None:
+    """Settle `spec["nodes"]` against the GPU counts of the cluster's nodes (None for a node
+    not seen yet, which could have any), or refuse.
 
     GPUs no node has, asked for without --nodes, are split into whole nodes of the largest
     size when they are a multiple of it and that many nodes have it (--gpus 16 on nodes of 8:
@@ -26,11 +27,12 @@ def fit_to_cluster(spec: dict[str, Any], sizes: list[int]) -> None:
     A gang asking for more nodes than the cluster has, or more GPUs per node than any node
     has, is refused."""
     nodes, gpus = spec.get("nodes"), spec["gpus"]
-    most = max(sizes, default=0)
+    known = [s for s in sizes if s is not None]
+    unknown = len(sizes) - len(known)
+    most = max(known, default=0)
     if nodes is None:
         nodes = 1
-        if sizes and most and gpus > most and gpus % most == 0 and \
-                sizes.count(most) >= gpus // most:
+        if most and gpus > most and gpus % most == 0 and known.count(most) >= gpus // most:
             nodes = gpus // most
         spec["nodes"] = nodes
         return
@@ -40,10 +42,10 @@ def fit_to_cluster(spec: dict[str, Any], sizes: list[int]) -> None:
     if nodes > len(sizes):
         raise ValidationError(f"nodes: asks for {nodes} nodes; the cluster has {len(sizes)}",
                               {"field": "nodes", "value": nodes, "nodes": len(sizes)})
-    if per > most:
+    if per > most and not unknown:
         raise ValidationError(f"gpus_per_node: asks for {per} GPUs on each node; no node has "
                               f"more than {most}", {"field": "gpus_per_node", "value": per})
-    have = sum(1 for s in sizes if s >= per)
+    have = sum(1 for s in known if s >= per) + unknown
     if have < nodes:
         raise ValidationError(f"nodes: asks for {nodes} nodes of {per} GPUs; the cluster has "
                               f"{have}", {"field": "nodes", "value": nodes, "nodes": have})

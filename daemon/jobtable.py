@@ -92,7 +92,7 @@ class JobTable:
         self.observers: list[Callable[[dict, JobState, float], None]] = []
         self.files: SpecCheck | None = None  # staged uploads and results limits
         # the GPU count of each of the cluster's nodes, which gangs are checked against
-        self.node_sizes: Callable[[], list[int]] = list
+        self.node_sizes: Callable[[], list[int | None]] = list
         self.stopping = False
         self.active: dict[int, ActiveJob] = {r["id"]: ActiveJob(r)
                                              for r in store.active_rows(ACTIVE_STATES)}

@@ -81,6 +81,10 @@ def test_a_gang_the_cluster_cannot_hold_is_refused_with_the_reason():
     with pytest.raises(ValidationError, match="2 nodes of 3 GPUs; the cluster has 1"):
         gangs.fit_to_cluster({"nodes": 2, "gpus": 6}, [4, 2])
     gangs.fit_to_cluster({"nodes": 2, "gpus": 4}, [4, 2])  # two parts of 2: fits
+    # a node not seen since labqd started could have any number: it is not held against
+    gangs.fit_to_cluster({"nodes": 2, "gpus": 16}, [8, None])
+    with pytest.raises(ValidationError, match="3 nodes of 8 GPUs; the cluster has 2"):
+        gangs.fit_to_cluster({"nodes": 3, "gpus": 24}, [4, 8, None])
 
 
 def test_each_part_is_told_what_torchrun_reads():

@@ -96,10 +96,11 @@ class NodeRegistry:
             if link is not None and rank != but:
                 link.request("cancel", job=run_key(job, rank), reason=reason)
 
-    def gpu_counts(self) -> list[int]:
-        """The GPU count of each node, as last seen (gangs are checked against it)."""
+    def gpu_counts(self) -> list[int | None]:
+        """The GPU count of each node, None for one not seen up since labqd started (gangs
+        are checked against it)."""
         with self.lock:
-            return [len(n.gpus) for n in self.nodes.values()]
+            return [len(n.gpus) if n.cpus else None for n in self.nodes.values()]
 
     # -- building ----------------------------------------------------------------------------
     def _add_node(self, ncfg: NodeConfig, dynamic: bool = False) -> NodeLink:
