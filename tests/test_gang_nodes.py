@@ -124,6 +124,8 @@ def test_a_gang_is_cancelled_whole(gang, venv, shared):
     jid = submit(bob, "--nodes", "2", "--gpus-per-node", "1", "--wrap",
                  parts_script(shared, "exec sleep 600", "exec sleep 600"))
     pids = [pid_of(shared, 0, 0), pid_of(shared, 0, 1)]
+    job = show(bob, jid)
+    assert f"{job['parts'][0][0]}+1" in bob.ok("ls")  # rank 0's node and one more
     r = alice.labq("cancel", jid)
     assert r.returncode != 0 and "belongs to labqtest2" in r.stderr
     assert show(bob, jid)["state"] == "RUNNING"
@@ -173,3 +175,23 @@ def test_a_gang_is_requeued_whole_when_one_of_its_nodes_dies(gang, venv, shared)
     assert [e["to_state"] for e in events] == ["PENDING", "RUNNING", "PENDING", "RUNNING",
                                                "COMPLETED"]
     assert f"node {dead}" in events[2]["reason"]
+
+
+def test_a_running_gang_outlives_a_labqd_restart_whole(gang, venv, shared):
+    alice = user("labqtest", venv, gang)
+    gate = shared / "gate"
+    jid = submit(alice, "--nodes", "2", "--wrap", parts_script(
+        shared, f"while [ ! -e {shared}/one ]; do sleep 0.1; done; echo rank 0 done",
+        f"while [ ! -e {gate} ]; do sleep 0.1; done; echo part 1 done; touch {shared}/one"))
+    pids = [pid_of(shared, 0, 0), pid_of(shared, 0, 1)]
+    wait_for(lambda: "part 1 of 2" in alice.ok("logs", jid, "--part", "1"), what="part 1 log")
+    gang.stop()
+    gang.start(wait_nodes=2)
+    # both parts are found again where they run, and watched: nothing started twice
+    assert show(alice, jid)["state"] == "RUNNING" and all(alive(p) for p in pids)
+    gate.write_text("")
+    assert alice.labq("wait", jid, "--timeout", "60", timeout=90).returncode == 0
+    assert show(alice, jid)["restarts"] == 0
+    assert "rank 0 done" in alice.ok("logs", jid)
+    wait_for(lambda: "part 1 done" in alice.ok("logs", jid, "--part", "1"), what="part 1 end")
+    assert not (shared / "pid.1.0").exists()
