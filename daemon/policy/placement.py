@@ -4,7 +4,8 @@
 limit runs out (what backfill reserves against), and the in-use counters that limits are
 checked against. Up nodes are indexed by their number of free GPUs, so best fit looks at the
 fullest nodes that could take a job first instead of scanning every node: a 1-GPU job lands on a
-node that is already busy and whole nodes stay free for 8-GPU jobs.
+node that is already busy and whole nodes stay free for 8-GPU jobs. A gang (JobView.nodes > 1)
+takes one part on each of that many distinct nodes, the fullest that fit first, all at once.
 
 The daemon builds one from a snapshot for each plan; the replay simulator keeps one alive and
 applies starts and finishes to it, which is why starts are recorded here directly.
