@@ -55,7 +55,7 @@ def test_gang_options_that_disagree_or_make_no_sense_are_refused_by_name():
 def test_the_cli_and_the_client_send_what_the_user_asked_for():
     a = build_parser().parse_args(["submit", "--nodes", "2", "--gpus-per-node", "8", "--",
                                    "torchrun", "train.py"])
-    assert (a.nodes, a.gpus_per_node, a.gpus) == (2, 8, 0)
+    assert (a.nodes, a.gpus_per_node, a.gpus) == (2, 8, None)
     req = submit_request(["x"], nodes=2, gpus_per_node=8)
     assert "gpus" not in req and validate_submit(req)["gpus"] == 16
     assert validate_submit(submit_request(["x"], gpus=16, nodes=2))["gpus"] == 16
