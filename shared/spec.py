@@ -370,7 +370,6 @@ def validate_submit(data: Any) -> dict[str, Any]:
     out["cwd"] = cwd
     out["env"] = _env(data.get("env"))
     out["gpus"] = _int(data, "gpus", 0, MAX_GPUS, 0)
-    _gang(data, out)
     gpu_type = data.get("gpu_type")
     if gpu_type is not None:
         gpu_type = _text("gpu_type", gpu_type, 64).strip()
@@ -402,8 +401,7 @@ def validate_submit(data: Any) -> dict[str, Any]:
     out["notify"] = notify
     from .stagefiles import files_fields  # it builds on this module's checks
     files_fields(data, out)
-    if (out["nodes"] or 1) > 1:
-        _gang_options(out)
+    _gang(data, out)
     return out
 
 
@@ -429,6 +427,8 @@ def _gang(data: dict[str, Any], out: dict[str, Any]) -> None:
         raise _fail("gpus", f"{total} GPUs do not split evenly over {nodes} nodes; give "
                     "--gpus-per-node", total)
     out["nodes"], out["gpus"] = nodes, total or 0
+    if (nodes or 1) > 1:
+        _gang_options(out)
 
 
 def _gang_options(out: dict[str, Any]) -> None:
