@@ -23,7 +23,8 @@ class Accounting:
     def load(self, store: st.Store, now: float) -> None:
         """Every run that ended within ~20 half-lives, or still runs, charged up to now."""
         horizon = now - 20 * self.half_life_s
-        runs = [Run(j["group"], j["owner"], len(j["gpu_indices"] or []), j["cpus"],
+        runs = [Run(j["group"], j["owner"], len(j["gpu_indices"] or []) * (j.get("nodes") or 1),
+                    j["cpus"] * (j.get("nodes") or 1),
                     j["start_time"],
                     j["end_time"] if j["state"] != JobState.RUNNING.value else None)
                 for j in store.runs_since(horizon)]

@@ -35,6 +35,7 @@ class Core:
         self.fair = FairShare(cfg, store, self.jobs, self.wake)
         self.nodes = NodeRegistry(cfg, store, self.jobs, self.wake, clock)
         self.jobs.runs = self.nodes
+        self.jobs.node_sizes = self.nodes.gpu_counts
         self.notices = Notices(cfg, store, clock)
         self.jobs.notifier = self.notices
         self.tokens = Tokens(cfg, store, clock)

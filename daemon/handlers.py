@@ -162,7 +162,7 @@ def job_time_limit(core: Core, caller: Caller, req: JobTimeLimitRequest) -> dict
 
 def read_log(core: Core, caller: Caller,
              req: ReadLogRequest) -> tuple[bytes, int, bool, list[tuple[int, int]]]:
-    return core.jobs.read_log(caller, req.id, req.offset, req.wait, req.max_bytes)
+    return core.jobs.read_log(caller, req.id, req.offset, req.wait, req.max_bytes, req.part)
 
 
 # -- nodes ------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from . import store as st
 from .activejob import ActiveJob
 from .clock import SYSTEM, Clock
 from .config import Config
+from .gangs import fit_to_cluster, log_key
 from .identity import Caller
 from .logcopy import LogCopies
 from .policy import JobView, PlanMemo, PolicyConfig
@@ -91,6 +92,8 @@ class JobTable:
         # called with (job, new state, when) on every transition, under the lock (metrics)
         self.observers: list[Callable[[dict, JobState, float], None]] = []
         self.files: SpecCheck | None = None  # staged uploads and results limits
+        # the GPU count of each of the cluster's nodes, which gangs are checked against
+        self.node_sizes: Callable[[], list[int | None]] = list
         self.stopping = False
         self.active: dict[int, ActiveJob] = {r["id"]: ActiveJob(r)
                                              for r in store.active_rows(ACTIVE_STATES)}
@@ -165,8 +168,9 @@ class JobTable:
         for observe in self.observers:
             observe(job, dst, now)
         if src == S.RUNNING and job["start_time"]:
-            self.ended_runs.append(Run(job["group"], job["owner"], len(job["gpu_indices"]),
-                                       job["cpus"], job["start_time"], now))
+            n = job["nodes"] or 1  # a gang's parts each hold as many as rank 0
+            self.ended_runs.append(Run(job["group"], job["owner"], len(job["gpu_indices"]) * n,
+                                       job["cpus"] * n, job["start_time"], now))
         if (src in WAITING) != (dst in WAITING):
             self.waiting[job["owner_uid"]] += 1 if dst in WAITING else -1
         job.update(fields)
@@ -201,6 +205,7 @@ class JobTable:
                                    {"group": group})
         spec["group"] = group
         self._check_submit_limits(caller, spec)
+        fit_to_cluster(spec, self.node_sizes())
         if self.files is not None:
             self.files.check_spec(caller, spec)
         deps = self._dependencies(caller, spec["dependencies"])
@@ -259,7 +264,8 @@ class JobTable:
     def new_row(self, caller: Caller, spec: dict) -> dict:
         """The row of a checked spec, as it is queued now."""
         row = dict(spec, owner=caller.user, owner_uid=caller.uid, submit_time=self.clock.time(),
-                   gpu_indices=[], restarts=0, preemptions=0)
+                   gpu_indices=[], restarts=0, preemptions=0, nodes=spec.get("nodes") or 1,
+                   parts=None)
         hold = row.pop("hold")
         row.update(state=(S.HELD if hold else S.PENDING).value, reason="Held" if hold else None,
                    eligible_time=None if row["dependencies"] else row["submit_time"])
@@ -525,21 +531,27 @@ class JobTable:
                  "reason": e["reason"]} for e in self.store.events(job_id)]
 
     def read_log(self, caller: Caller, job_id: int, offset: int, wait: float,
-                 max_bytes: int) -> tuple[bytes, int, bool, list[tuple[int, int]]]:
-        """Bytes from `offset`, the offset after them, whether the log is complete, and the
-        stderr ranges among the bytes (relative to them)."""
+                 max_bytes: int, part: int = 0) -> tuple[bytes, int, bool, list[tuple[int, int]]]:
+        """Bytes from `offset` of the job's log (part `part`'s of a gang), the offset after
+        them, whether the log is complete, and the stderr ranges among the bytes (relative to
+        them)."""
         row = self._owned(caller, job_id)
+        if part >= (row.get("nodes") or 1):
+            raise NotFound(f"job {row['id']} has no part {part}: it runs on "
+                           f"{row.get('nodes') or 1} node(s), parts 0 to "
+                           f"{(row.get('nodes') or 1) - 1}", {"id": row["id"], "part": part})
+        key = log_key(row["id"], part)
         max_bytes = max(1, min(max_bytes, 4 << 20))
         if offset < 0:  # that many bytes before the current end: start a long log at its tail
-            offset = max(0, self.logs.size(row["id"]) + offset)
+            offset = max(0, self.logs.size(key) + offset)
         deadline = time.monotonic() + max(0.0, min(wait, 30.0))
         while True:
             done = row["id"] not in self.active
-            data = self.logs.read(row["id"], offset, max_bytes)
+            data = self.logs.read(key, offset, max_bytes)
             if data or done:
                 # read after the bytes: the ranges of all of them are written by then
                 spans = [(s - offset, e - offset) for s, e in
-                         self.logs.err_spans(row["id"], offset, offset + len(data),
+                         self.logs.err_spans(key, offset, offset + len(data),
                                              MAX_SPANS + 1)]
                 if len(spans) > MAX_SPANS:  # a reply of bounded size: the rest comes next
                     data, spans = data[:spans[MAX_SPANS][0]], spans[:MAX_SPANS]
@@ -547,5 +559,5 @@ class JobTable:
             left = deadline - time.monotonic()
             if left <= 0 or self.stopping:
                 return b"", offset, False, []
-            self.logs.wait(row["id"], offset, left)
+            self.logs.wait(key, offset, left)
 

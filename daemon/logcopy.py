@@ -17,6 +17,8 @@ from pathlib import Path
 
 RANGE = struct.Struct("<QQ")
 Spans = list[tuple[int, int]]
+# a job's id, or "<id>.<rank>" for part `rank` > 0 of a gang (labq.daemon.gangs.log_key)
+Key = int | str
 
 
 class LogCopies:
@@ -24,35 +26,35 @@ class LogCopies:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cap = cap_bytes
-        self.received: dict[int, int] = {}  # job -> bytes of the node's log seen so far
-        self.truncated: set[int] = set()
+        self.received: dict[Key, int] = {}  # job -> bytes of the node's log seen so far
+        self.truncated: set[Key] = set()
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
 
-    def path(self, job: int) -> Path:
+    def path(self, job: Key) -> Path:
         return self.dir / f"{job}.log"
 
-    def _mark_path(self, job: int) -> Path:
+    def _mark_path(self, job: Key) -> Path:
         return self.dir / f"{job}.truncated"
 
-    def _base_path(self, job: int) -> Path:
+    def _base_path(self, job: Key) -> Path:
         return self.dir / f"{job}.base"
 
-    def _err_path(self, job: int) -> Path:
+    def _err_path(self, job: Key) -> Path:
         return self.dir / f"{job}.err"
 
-    def _size(self, job: int) -> int:
+    def _size(self, job: Key) -> int:
         p = self.path(job)
         return p.stat().st_size if p.exists() else 0
 
-    def _base(self, job: int) -> int:
+    def _base(self, job: Key) -> int:
         """Where the current run's bytes start in the copy (after a requeue's mark)."""
         try:
             return int(self._base_path(job).read_text())
         except (OSError, ValueError):
             return 0
 
-    def resume_offset(self, job: int) -> int | None:
+    def resume_offset(self, job: Key) -> int | None:
         """Where the node's stream should resume; None: from the node's end (copy is full)."""
         with self.lock:
             if job in self.truncated or self._mark_path(job).exists():
@@ -62,7 +64,7 @@ class LogCopies:
                 self.received[job] = self._size(job) - self._base(job)
             return self.received[job]
 
-    def new_run(self, job: int, run: int, why: str) -> None:
+    def new_run(self, job: Key, run: int, why: str) -> None:
         """A requeued job starts a new run: mark it in the copy; its node log starts at 0."""
         with self.lock:
             if job not in self.truncated:
@@ -77,26 +79,30 @@ class LogCopies:
             self._mark_path(job).unlink(missing_ok=True)
             self.changed.notify_all()
 
-    def remove(self, job: int) -> int:
-        """Drop a job's copy (retention); the bytes it took."""
+    def remove(self, job: Key) -> int:
+        """Drop a job's copy, and its parts' if it ran on several nodes (retention); the bytes
+        they took."""
         freed = 0
         with self.lock:
-            for p in (self.path(job), self._mark_path(job), self._base_path(job),
-                      self._err_path(job)):
-                try:
-                    freed += p.stat().st_size
-                    p.unlink()
-                except OSError:
-                    pass
-            self.received.pop(job, None)
-            self.truncated.discard(job)
+            keys = {job} | {p.name.split(".")[0] + "." + p.name.split(".")[1]
+                            for p in self.dir.glob(f"{job}.*.log")}
+            for key in keys:
+                for p in (self.path(key), self._mark_path(key), self._base_path(key),
+                          self._err_path(key)):
+                    try:
+                        freed += p.stat().st_size
+                        p.unlink()
+                    except OSError:
+                        pass
+                self.received.pop(key, None)
+                self.truncated.discard(key)
         return freed
 
-    def reset(self, job: int, offset: int) -> None:
+    def reset(self, job: Key, offset: int) -> None:
         with self.lock:
             self.received[job] = offset
 
-    def append(self, job: int, offset: int, data: bytes, node: str, node_path: str,
+    def append(self, job: Key, offset: int, data: bytes, node: str, node_path: str,
                err: Iterable[tuple[int, int]] = ()) -> None:
         """The node's bytes from `offset`, with `err` the stderr ranges among them (in the
         node log's offsets)."""
@@ -135,13 +141,13 @@ class LogCopies:
                     self._mark_path(job).write_text(str(self.received[job]))
             self.changed.notify_all()
 
-    def _err_bytes(self, job: int) -> int:
+    def _err_bytes(self, job: Key) -> int:
         try:
             return self._err_path(job).stat().st_size
         except OSError:
             return 0
 
-    def _add_spans(self, job: int, size: int, spans: Spans) -> None:
+    def _add_spans(self, job: Key, size: int, spans: Spans) -> None:
         """Add stderr ranges for bytes about to be written at `size`, merging touching ones.
         Records at or past `size` (ranges written before a crash that lost their bytes) go."""
         path = self._err_path(job)
@@ -175,7 +181,7 @@ class LogCopies:
             f.write(b"".join(RANGE.pack(s, e) for s, e in keep))
             f.truncate()
 
-    def err_spans(self, job: int, start: int, end: int, limit: int = 1 << 62) -> Spans:
+    def err_spans(self, job: Key, start: int, end: int, limit: int = 1 << 62) -> Spans:
         """The stderr ranges within bytes [start, end) of the copy, clipped to them; the
         first `limit` of them."""
         with self.lock:  # append rewrites the last record in place
@@ -213,10 +219,10 @@ class LogCopies:
         with self.lock:
             self.changed.notify_all()
 
-    def size(self, job: int) -> int:
+    def size(self, job: Key) -> int:
         return self._size(job)
 
-    def read(self, job: int, offset: int, max_bytes: int) -> bytes:
+    def read(self, job: Key, offset: int, max_bytes: int) -> bytes:
         try:
             with open(self.path(job), "rb") as f:
                 f.seek(offset)
@@ -228,7 +234,7 @@ class LogCopies:
                 return b""
             raise
 
-    def wait(self, job: int, offset: int, timeout: float) -> None:
+    def wait(self, job: Key, offset: int, timeout: float) -> None:
         """Sleep until the copy grows past `offset` or anything notifies, at most `timeout`."""
         with self.lock:
             try:

@@ -35,10 +35,11 @@ def build_snapshot(table: JobTable, registry: NodeRegistry, fair: FairShare,
     jobs = list(table.views.values()) + table.held_views(targets)
     used: dict[str, list] = {}
     for view in table.running_views():
-        u = used.setdefault(view.node, [set(), 0, 0])
-        u[0].update(view.gpu_indices)
-        u[1] += view.cpus
-        u[2] += view.memory_mb
+        for node, gpus in view.parts or ((view.node, view.gpu_indices),):
+            u = used.setdefault(node, [set(), 0, 0])
+            u[0].update(gpus)
+            u[1] += view.cpus
+            u[2] += view.memory_mb
     nodes = []
     for n in registry.nodes.values():
         u = used.get(n.name, [set(), 0, 0])
@@ -54,7 +55,8 @@ def build_snapshot(table: JobTable, registry: NodeRegistry, fair: FairShare,
             s = table.ended_state(t)
             if s is not None:
                 ended[t] = s
-    running = [Run(v.group, v.owner, len(v.gpu_indices), v.cpus, v.start_time)
+    running = [Run(v.group, v.owner, len(v.gpu_indices) * v.nodes, v.cpus * v.nodes,
+                   v.start_time)
                for v in table.running_views() if v.start_time]
     acc = fair.accounting
     acc.advance(running, table.ended_runs, now)
@@ -131,6 +133,10 @@ class Scheduler:
             jobs.set_plan(plan.reasons, plan.priorities, self.expected)
             self.passes += 1
 
+    def _usable(self, name: str) -> bool:
+        node = self.nodes.nodes.get(name)
+        return node is not None and node.state == "up" and not node.drained
+
     def _apply(self, plan: policy.Plan) -> None:
         """The plan's cancels and starts, as one store transaction; then the launches, once
         the starts are on disk (called with the job lock held)."""
@@ -152,13 +158,12 @@ class Scheduler:
         started: list[ActiveJob] = []
         for start in plan.starts:
             job = jobs.active.get(start.job)
-            node = self.nodes.nodes.get(start.node)
-            if (job is None or job["state"] != PENDING or node is None
-                    or node.state != "up" or node.drained or start.job in seen):
+            if (job is None or job["state"] != PENDING or start.job in seen
+                    or not all(self._usable(n) for n, _ in start.parts or ((start.node, ()),))):
                 continue
             seen.add(start.job)
             changes.append((job, S.RUNNING, "labqd", None,
-                            self.nodes.start_fields(start.node, start.gpus)))
+                            self.nodes.start_fields(start.node, start.gpus, start.parts)))
             started.append(job)
         if changes:
             jobs.transition_many(changes)

@@ -88,12 +88,13 @@ class LabqService(rpyc.Service):
             return json.dumps({"ok": False, "error": InternalError(
                 f"labqd failed on {name!r}; see its log").to_wire()})
 
-    def exposed_read_log(self, job_id, offset, wait, max_bytes, streams=False):
-        """(data, offset, done, error), and with `streams` the stderr ranges in `data` too."""
+    def exposed_read_log(self, job_id, offset, wait, max_bytes, streams=False, part=0):
+        """(data, offset, done, error), and with `streams` the stderr ranges in `data` too;
+        `part` names a gang's part."""
         ask = type(streams) is bool and streams  # anything else is refused below
         try:
             self._still_valid()
-            req = ReadLogRequest.from_args(job_id, offset, wait, max_bytes, streams)
+            req = ReadLogRequest.from_args(job_id, offset, wait, max_bytes, streams, part)
             data, new_offset, done, spans = HANDLERS[Op.READ_LOG](self.core, self.caller, req)
             return (data, new_offset, done, "") + ((pack_spans(spans),) if ask else ())
         except LabqError as e:

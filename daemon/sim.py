@@ -106,7 +106,8 @@ class _Replay:
         self.jobs, self.vcs = jobs, vcs
         self.cfg = cfg = policy_config(policy, vcs)
         oracle = policy == "sjf-oracle"
-        self.views = [JobView(j.id, j.vc, j.vc, "PENDING", 5, j.submit, gpus=j.gpus,
+        self.views = [JobView(j.id, j.vc, j.vc, "PENDING", 5, j.submit, gpus=j.gpus // j.nodes,
+                              nodes=j.nodes,
                               time_limit_s=j.duration if oracle else j.time_limit)
                       for j in jobs]
         if policy == "vc-fifo":
@@ -166,15 +167,17 @@ class _Replay:
         while self.ends and self.ends[0][0] <= t:
             _, jid = heapq.heappop(self.ends)
             p = self.part_of[jid]
-            node = p.cluster.nodes[p.cluster.jobs[jid][1]].name
-            gpus = p.cluster.jobs[jid][2]
-            p.cluster.finish(jid)
-            p.busy[node].difference_update(gpus)
-            self.busy_total -= len(gpus)
-            self.share.ended(self.by_id[jid].vc, len(gpus))
+            c = p.cluster
+            held = c.gang_parts.get(jid) or ((c.jobs[jid][1], c.jobs[jid][2]),)
+            c.finish(jid)
+            for i, gpus in held:
+                p.busy[c.nodes[i].name].difference_update(gpus)
+            n = sum(len(gpus) for _, gpus in held)
+            self.busy_total -= n
+            self.share.ended(self.by_id[jid].vc, n)
             self.finish[jid] = t
             if self.use_fs:
-                self.rates[self.by_id[jid].vc] -= len(gpus)
+                self.rates[self.by_id[jid].vc] -= n
             if p.asks and p not in dirty:
                 dirty.append(p)
         return dirty
@@ -193,16 +196,21 @@ class _Replay:
         for s in plan.starts:
             view = self.views[s.job - 1]
             p.remove(view)
-            held = p.busy[s.node]
-            if held.intersection(s.gpus) or len(s.gpus) != view.gpus:
+            parts = s.parts or ((s.node, s.gpus),)
+            if len({node for node, _ in parts}) != view.nodes:
                 self.violations += 1
-            held.update(s.gpus)
-            self.busy_total += len(s.gpus)
-            self.share.started(view.group, len(s.gpus))
+            for node, gpus in parts:
+                held = p.busy[node]
+                if held.intersection(gpus) or len(gpus) != view.gpus:
+                    self.violations += 1
+                held.update(gpus)
+            n = view.gpus * view.nodes
+            self.busy_total += n
+            self.share.started(view.group, n)
             self.start[s.job] = t
             heapq.heappush(self.ends, (t + self.by_id[s.job].duration, s.job))
             if self.use_fs:
-                self.rates[view.group] = self.rates.get(view.group, 0.0) + len(s.gpus)
+                self.rates[view.group] = self.rates.get(view.group, 0.0) + n
 
 
 class ShareMeter:

@@ -273,10 +273,11 @@ class Store:
                 Job.update(**fields, seq=self._next_seq()).where(Job.id == job_id).execute()
                 self.add_event(job_id, who, src, dst, reason, when)
                 Allocation.delete().where(Allocation.job == job_id).execute()
-                if dst == "RUNNING" and fields.get("gpu_indices"):
-                    Allocation.insert_many([{"job": job_id, "node": fields["node"],
-                                             "gpu_index": g}
-                                            for g in fields["gpu_indices"]]).execute()
+                held = fields.get("parts") or [[fields.get("node"), fields.get("gpu_indices")]]
+                rows = [{"job": job_id, "node": node, "gpu_index": g}
+                        for node, gpus in held for g in gpus or ()]
+                if dst == "RUNNING" and rows:
+                    Allocation.insert_many(rows).execute()
 
     def record_change(self, job_id: int, state: str, who: str, field: str, why: str,
                       value: int) -> None:
@@ -290,7 +291,7 @@ class Store:
     def runs_since(self, since: float) -> list[dict[str, Any]]:
         """Jobs that started and had not ended by `since`: what fair-share usage counts."""
         q = (Job.select(Job.group, Job.owner, Job.gpu_indices, Job.cpus, Job.start_time,
-                        Job.end_time, Job.state)
+                        Job.end_time, Job.state, Job.nodes)
              .where(Job.start_time.is_null(False) &
                     (Job.end_time.is_null() | (Job.end_time > since))))
         return list(q.dicts())

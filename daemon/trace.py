@@ -7,9 +7,10 @@ Modelling choices, each forced by what the trace lacks:
   a factor 1 + LogNormal(0, 1) (median 2), capped at 10, rounded up to a whole minute; the
   factor is drawn from a generator seeded with --seed, one draw per job in submit order. The
   policy never sees true durations (the sjf-oracle comparison does, by design).
-- A node has 8 GPUs and a start is on one node, so a job asking for more than 8 GPUs (0.4 % of
-  jobs) runs on 8 GPUs for proportionally longer: its GPU time is kept. A job is also never
-  given more GPUs than its VC has, so that FIFO per VC can always run it.
+- A node has 8 GPUs. A job asking for more than 8 GPUs (0.4 % of jobs) is a gang, as it ran:
+  one part on each of ceil(GPUs / 8) nodes, the GPUs split evenly (12: two parts of 6), for
+  its true duration. A job is never given more nodes or GPUs than its VC has, so that FIFO per
+  VC can always run it; one cut down so runs for proportionally longer (its GPU time is kept).
 - The few jobs whose VC is missing from vcs.csv get one 8-GPU node per missing VC.
 """
 from __future__ import annotations
@@ -30,9 +31,10 @@ class TraceJob:
     vc: str
     submit: float  # seconds since the first submit
     duration: float  # true run time on `gpus` GPUs
-    gpus: int
+    gpus: int  # in all, over its nodes
     time_limit: float
     asked_gpus: int
+    nodes: int = 1  # more than 1: a gang, gpus // nodes on each
 
 
 def limit_factor(rng: random.Random) -> float:
@@ -64,8 +66,9 @@ def load_trace(jobs_path: str, vcs_path: str, limit: int | None = None,
         if vc not in vcs:
             vcs[vc] = GPUS_PER_NODE
         asked = max(1, int(float(r["num_gpus"])))
-        gpus = min(asked, GPUS_PER_NODE, vcs[vc])
-        duration = max(1.0, float(r["duration"])) * asked / gpus
+        nodes = min(-(-asked // GPUS_PER_NODE), max(1, vcs[vc] // GPUS_PER_NODE))
+        gpus = nodes * min(-(-asked // nodes), GPUS_PER_NODE, vcs[vc])
+        duration = max(1.0, float(r["duration"])) * max(1.0, asked / gpus)
         tl = math.ceil(duration * limit_factor(rng) / 60.0) * 60.0
-        jobs.append(TraceJob(n, vc, stamps[i] - t0, duration, gpus, tl, asked))
+        jobs.append(TraceJob(n, vc, stamps[i] - t0, duration, gpus, tl, asked, nodes))
     return jobs, vcs

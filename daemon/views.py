@@ -11,10 +11,12 @@ def dep_ids(job: dict) -> list[int]:
 
 
 def job_view(j: dict) -> JobView:
+    n = j.get("nodes") or 1
     return JobView(
+        nodes=n, parts=tuple((p[0], tuple(p[1])) for p in j.get("parts") or ()),
         id=j["id"], owner=j["owner"], group=j["group"], state=j["state"],
         owner_uid=-1 if j.get("owner_uid") is None else j["owner_uid"],
-        priority=j["priority"], submit_time=j["submit_time"], gpus=j["gpus"],
+        priority=j["priority"], submit_time=j["submit_time"], gpus=j["gpus"] // n,
         gpu_type=j["gpu_type"], gpu_memory_mb=j["gpu_memory_mb"], cpus=j["cpus"],
         memory_mb=j["memory_mb"] or 0, time_limit_s=j["time_limit_s"],
         dependencies=tuple(Dependency(*parse_dependency(d)) for d in j["dependencies"]),

@@ -24,6 +24,7 @@ from .cli_format import command_text, job_json, parse_ids, print_json, status_te
 from .cli_options import batch_options, positive_int, submit_options
 from .errors import LabqError, ValidationError
 from .models import Job
+from .spec import MAX_NODES
 from .text import printable
 from .units import format_duration, format_size_mb
 
@@ -66,7 +67,8 @@ def _submit_args(a: argparse.Namespace, usage: str) -> tuple[list[str] | str, di
         env=env, export_env=False if a.no_export else None, group=a.group,
         partition=a.partition, hold=a.hold or None, requeue=False if a.no_requeue else None,
         notify=a.notify, experiment=a.experiment, key=a.key, preemptible=a.preemptible,
-        early_signal=a.signal, **cli_files.submit_files(a))
+        early_signal=a.signal, nodes=a.nodes, gpus_per_node=a.gpus_per_node,
+        **cli_files.submit_files(a))
     if script:
         from .cli_script import script_args
         command, options = script_args(a, cast(list[str], command), options)
@@ -119,7 +121,7 @@ def cmd_ls(q: Client, a: argparse.Namespace) -> int:
     for page in pages:
         now = time.time()
         rows = [[j.id, j.name[:24], j.owner, j.group, j.state.value,
-                 j.gpus if not j.gpu_type else f"{j.gpus}:{j.gpu_type}", j.node or "-",
+                 j.gpus if not j.gpu_type else f"{j.gpus}:{j.gpu_type}", _where(j),
                  f"{j.priority_score:.0f}" if j.priority_score is not None else j.priority,
                  status_text(j, now)] for j in page]
         # each page is printed as it comes, its columns at least as wide as the last page's
@@ -128,6 +130,13 @@ def cmd_ls(q: Client, a: argparse.Namespace) -> int:
     if not widths:
         table([], LS_HEADER)
     return 0
+
+
+def _where(j: Job) -> str:
+    """A job's node; a gang's rank 0 node and how many more."""
+    if not j.node:
+        return "-"
+    return f"{j.node}+{j.nodes - 1}" if j.nodes > 1 else j.node
 
 
 def _ls_pages(pages: Iterator[list[Job]], limit: int | None) -> Iterator[list[Job]]:
@@ -141,6 +150,17 @@ def _ls_pages(pages: Iterator[list[Job]], limit: int | None) -> Iterator[list[Jo
             yield page
         if left == 0:
             return
+
+
+def _gang_fields(job: Job) -> list[tuple[str, object]]:
+    """`labq show`'s lines for a gang: its size, and each part's node and GPUs."""
+    if job.nodes <= 1:
+        return []
+    out: list[tuple[str, object]] = [("nodes", f"{job.nodes} ({job.gpus // job.nodes} GPUs "
+                                               "each; logs: labq logs ID --part K)")]
+    for rank, (node, gpus) in enumerate(job.parts or []):
+        out.append((f"part {rank}", f"{node} gpus={','.join(map(str, gpus)) or '-'}"))
+    return out
 
 
 def cmd_show(q: Client, a: argparse.Namespace) -> int:
@@ -164,6 +184,7 @@ def cmd_show(q: Client, a: argparse.Namespace) -> int:
         ("ended", when(job.end_time)),
         ("node", job.node or "-"),
         ("gpu indices", ",".join(map(str, job.gpu_indices)) or "-"),
+        *_gang_fields(job),
         ("exit code", "-" if job.exit_code is None else job.exit_code),
         ("restarts", job.restarts),
         ("notify", job.notify or "-"),
@@ -200,7 +221,7 @@ def cmd_logs(q: Client, a: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     offset = 0
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    for stream, data in _log_pieces(q, job_id, a.follow, only is not None):
+    for stream, data in _log_pieces(q, job_id, a.follow, only is not None, a.part):
         if only in (None, stream):
             if a.json:  # one JSON object per chunk: {"id", "offset", "data"}
                 print(json.dumps({"id": job_id, "offset": offset,
@@ -214,20 +235,21 @@ def cmd_logs(q: Client, a: argparse.Namespace) -> int:
     return 0
 
 
-def _log_pieces(q: Client, job_id: int, follow: bool,
-                split: bool) -> Iterator[tuple[str, bytes]]:
-    """A job's log in chunks, tagged by stream where `split` asks for it (else "stdout")."""
+def _log_pieces(q: Client, job_id: int, follow: bool, split: bool,
+                part: int = 0) -> Iterator[tuple[str, bytes]]:
+    """A job's log (part `part`'s of a gang) in chunks, tagged by stream where `split` asks
+    for it (else "stdout")."""
     if follow:
-        yield from (q.follow_streams(job_id) if split
-                    else (("stdout", chunk) for chunk in q.follow_bytes(job_id)))
+        yield from (q.follow_streams(job_id, part=part) if split
+                    else (("stdout", chunk) for chunk in q.follow_bytes(job_id, part=part)))
         return
     from .follow import split_streams
     offset = 0
     while True:
         if split:
-            data, offset, _done, spans = q.read_streams(job_id, offset)
+            data, offset, _done, spans = q.read_streams(job_id, offset, part=part)
         else:
-            (data, offset, _done), spans = q.read_log(job_id, offset), []
+            (data, offset, _done), spans = q.read_log(job_id, offset, part=part), []
         if not data:
             return
         yield from split_streams(data, spans)
@@ -422,6 +444,8 @@ def _add_job_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--stdout", action="store_true", help="only what the job wrote to stdout")
     which.add_argument("--stderr", action="store_true", help="only what the job wrote to stderr")
+    p.add_argument("--part", type=positive_int(0, MAX_NODES - 1), default=0,
+                   help="part K of a job on several nodes (0: rank 0's, the default)")
     for name, fn, help_ in (("cancel", cmd_cancel, "cancel jobs"),
                             ("hold", lambda q, a: _many(q, a, q.hold), "hold pending jobs"),
                             ("release", lambda q, a: _many(q, a, q.release),

@@ -5,7 +5,7 @@ import argparse
 from collections.abc import Callable
 
 from .errors import LabqError
-from .spec import MAX_GPUS
+from .spec import MAX_GPUS, MAX_NODES
 from .units import parse_duration_s, parse_size_mb
 
 
@@ -35,7 +35,12 @@ def submit_options(p: argparse.ArgumentParser) -> None:
     """What `labq submit` and `labq run` both take."""
     # numbers default to None, not to submit's defaults: a batch script's directive then
     # stands where the option is not given
-    p.add_argument("--gpus", "-G", type=positive_int(0, MAX_GPUS))
+    p.add_argument("--gpus", "-G", type=positive_int(0, MAX_GPUS),
+                   help="GPUs in all (with --nodes, split evenly over the nodes)")
+    p.add_argument("--nodes", "-N", type=positive_int(1, MAX_NODES),
+                   help="run on this many nodes at once, one part each (a gang)")
+    p.add_argument("--gpus-per-node", type=positive_int(0, MAX_GPUS),
+                   help="GPUs of each part of a gang")
     p.add_argument("--gpu-type", help="e.g. A100 (matches the GPU name, case-insensitive)")
     p.add_argument("--gpu-mem", type=checked(parse_size_mb, "gpu memory"),
                    help="minimum memory per GPU, e.g. 40G")

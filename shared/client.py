@@ -192,7 +192,8 @@ class Client:
                notify: str | None = None, experiment: str | None = None,
                key: str | None = None, stage: list[str] | str | None = None,
                results: list[str] | None = None, preemptible: bool = False,
-               early_signal: str | None = None) -> Job:
+               early_signal: str | None = None, nodes: int | None = None,
+               gpus_per_node: int | None = None) -> Job:
         """Queue a command: an argv list, or a string run with `bash -c`.
 
         The job gets the caller's environment (minus session variables) unless export_env is
@@ -201,6 +202,8 @@ class Client:
         'exp:NAME' (every job of your experiment NAME). A `key` already used by one of your
         jobs is refused with DuplicateJob, whose details["id"] is that job. notify ('end',
         'fail' or 'all') tells the owner through the channels labqd's admin enabled.
+        `nodes` (with `gpus_per_node`, or `gpus` as the total) makes a gang: one part on
+        each of that many nodes, started together.
         """
         full_env = exported_env() if export_env else {}
         full_env.update(env or {})
@@ -210,7 +213,8 @@ class Client:
                               env=full_env, group=group, partition=partition, hold=hold,
                               requeue=requeue, notify=notify, experiment=experiment,
                               key=key, stage=self._upload(stage), results=results,
-                              preemptible=preemptible, early_signal=early_signal)
+                              preemptible=preemptible, early_signal=early_signal,
+                              nodes=nodes, gpus_per_node=gpus_per_node)
         return cast(Job, self.request(protocol.SubmitRequest(spec=spec)))
 
     def _upload(self, stage: list[str] | str | None) -> str | None:
@@ -372,26 +376,28 @@ class Client:
     # -- logs ------------------------------------------------------------------------------
     @sends(Op.READ_LOG)
     def read_log(self, job_id: int, offset: int = 0, wait: float = 0.0,
-                 max_bytes: int = 1 << 20) -> tuple[bytes, int, bool]:
+                 max_bytes: int = 1 << 20, part: int = 0) -> tuple[bytes, int, bool]:
         """Bytes from `offset` (negative: that many bytes before the end); the offset after
         them; whether the log is complete (job ended). stdout and stderr come interleaved;
-        `read_streams` says which bytes are which."""
-        data, new_offset, done, _spans = self._read_log(
-            protocol.ReadLogRequest(id=job_id, offset=offset, wait=wait, max_bytes=max_bytes))
+        `read_streams` says which bytes are which. `part`: a gang's part K's log."""
+        data, new_offset, done, _spans = self._read_log(protocol.ReadLogRequest(
+            id=job_id, offset=offset, wait=wait, max_bytes=max_bytes, part=part))
         return data, new_offset, done
 
     def read_streams(self, job_id: int, offset: int = 0, wait: float = 0.0,
-                     max_bytes: int = 1 << 20) -> tuple[bytes, int, bool, list[tuple[int, int]]]:
+                     max_bytes: int = 1 << 20, part: int = 0
+                     ) -> tuple[bytes, int, bool, list[tuple[int, int]]]:
         """As `read_log`, and where the job's stderr is in the bytes: sorted (start, end)
         pairs relative to them; the rest is stdout. A labqd too old to say has none."""
         req = protocol.ReadLogRequest(id=job_id, offset=offset, wait=wait,
-                                      max_bytes=max_bytes, streams=not self._four_args)
+                                      max_bytes=max_bytes, streams=not self._four_args,
+                                      part=part)
         try:
             return self._read_log(req)
         except InternalError as e:
             # a labqd from before takes four arguments: RPyC refuses a fifth as a call it
             # cannot make, which is not an error the request itself got
-            if not req.streams or not e.message.startswith(REFUSED):
+            if not req.streams or part or not e.message.startswith(REFUSED):
                 raise
         result = self._read_log(protocol.ReadLogRequest(id=job_id, offset=offset, wait=wait,
                                                         max_bytes=max_bytes))
@@ -409,37 +415,39 @@ class Client:
         spans = protocol.unpack_spans(packed, len(data)) if type(packed) is bytes else []
         return data, int(new_offset), bool(done), spans
 
-    def logs(self, job_id: int) -> str:
+    def logs(self, job_id: int, part: int = 0) -> str:
         chunks, offset = [], 0
         while True:
-            data, offset, done = self.read_log(job_id, offset)
+            data, offset, done = self.read_log(job_id, offset, part=part)
             chunks.append(data)
             if not data:
                 break
         return b"".join(chunks).decode("utf-8", "replace")
 
     def follow_bytes(self, job_id: int, offset: int = 0, poll: float = 5.0,
-                     reconnect_within: float = 60.0) -> Iterator[bytes]:
+                     reconnect_within: float = 60.0, part: int = 0) -> Iterator[bytes]:
         """Log bytes as they come; rides out a labqd restart of up to `reconnect_within` s."""
-        for data, _spans in self._follow(job_id, offset, poll, reconnect_within, False):
+        for data, _spans in self._follow(job_id, offset, poll, reconnect_within, False, part):
             yield data
 
     def follow_streams(self, job_id: int, offset: int = 0, poll: float = 5.0,
-                       reconnect_within: float = 60.0) -> Iterator[tuple[str, bytes]]:
+                       reconnect_within: float = 60.0,
+                       part: int = 0) -> Iterator[tuple[str, bytes]]:
         """As `follow_bytes`, in pieces tagged "stdout" or "stderr" by the stream that
         wrote them."""
         from .follow import split_streams
-        for data, spans in self._follow(job_id, offset, poll, reconnect_within, True):
+        for data, spans in self._follow(job_id, offset, poll, reconnect_within, True, part):
             yield from split_streams(data, spans)
 
     def _follow(self, job_id: int, offset: int, poll: float, reconnect_within: float,
-                streams: bool) -> Iterator[tuple[bytes, list[tuple[int, int]]]]:
+                streams: bool, part: int = 0) -> Iterator[tuple[bytes, list[tuple[int, int]]]]:
         while True:
             try:
                 if streams:
-                    data, offset, done, spans = self.read_streams(job_id, offset, wait=poll)
+                    data, offset, done, spans = self.read_streams(job_id, offset, wait=poll,
+                                                                  part=part)
                 else:
-                    data, offset, done = self.read_log(job_id, offset, wait=poll)
+                    data, offset, done = self.read_log(job_id, offset, wait=poll, part=part)
                     spans = []
             except DaemonUnavailable:
                 if reconnect_within <= 0:

@@ -49,6 +49,10 @@ class Job:
     preemptible: bool = False  # may be stopped and requeued for a job that is not
     preemptions: int = 0
     early_signal: str | None = None  # --signal SIG@SECS
+    nodes: int = 1  # more than 1: a gang, one part on each of that many nodes
+    # a running gang's parts, [node, [GPU indices]] in rank order (node and gpu_indices are
+    # rank 0's)
+    parts: list[list[Any]] | None = None
     exit_code: int | None = None
     signal: int | None = None
     reason: str | None = None

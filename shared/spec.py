@@ -15,6 +15,7 @@ from .errors import ValidationError
 from .units import parse_duration_s, parse_size_mb
 
 MAX_GPUS = 1024
+MAX_NODES = 1024  # parts of one gang
 MAX_CPUS = 65536
 MAX_MEMORY_MB = 64 * 1024 * 1024  # 64 TiB
 MAX_GPU_MEMORY_MB = 16 * 1024 * 1024
@@ -57,7 +58,7 @@ MAX_KEY_BYTES = 128
 FIELDS = ("command", "name", "cwd", "env", "gpus", "gpu_type", "gpu_memory_mb", "cpus",
           "memory_mb", "time_limit_s", "priority", "dependencies", "group", "partition",
           "hold", "requeue", "notify", "experiment", "key", "stage", "results", "preemptible",
-          "early_signal")
+          "early_signal", "nodes", "gpus_per_node")
 
 
 def _fail(field: str, message: str, value: Any = None) -> ValidationError:
@@ -400,7 +401,44 @@ def validate_submit(data: Any) -> dict[str, Any]:
     out["notify"] = notify
     from .stagefiles import files_fields  # it builds on this module's checks
     files_fields(data, out)
+    _gang(data, out)
     return out
+
+
+def _gang(data: dict[str, Any], out: dict[str, Any]) -> None:
+    """`nodes` and `gpus` (the job's total, as Slurm's --gpus, split evenly over its nodes)
+    from nodes, gpus_per_node and gpus, which must agree. `nodes` stays None when none was
+    asked for: labqd then splits GPUs no node has into whole nodes where it can."""
+    nodes = _int(data, "nodes", 1, MAX_NODES, None)
+    per = _int(data, "gpus_per_node", 0, MAX_GPUS, None)
+    total = out["gpus"] if data.get("gpus") is not None else None
+    if per is not None:
+        if nodes is None and total is not None and per and total % per == 0 and total >= per:
+            nodes = total // per
+        elif total is not None and total != (nodes or 1) * per:
+            raise _fail("gpus", f"{total} GPUs in all are not {nodes or 1} node(s) times "
+                        f"{per} GPUs per node", total)
+        nodes = nodes or 1
+        total = nodes * per
+        if total > MAX_GPUS:
+            raise _fail("gpus_per_node", f"{nodes} nodes of {per} GPUs are more than "
+                        f"{MAX_GPUS} GPUs", per)
+    elif nodes is not None and total and total % nodes:
+        raise _fail("gpus", f"{total} GPUs do not split evenly over {nodes} nodes; give "
+                    "--gpus-per-node", total)
+    out["nodes"], out["gpus"] = nodes, total or 0
+    if (nodes or 1) > 1:
+        _gang_options(out)
+
+
+def _gang_options(out: dict[str, Any]) -> None:
+    """What a gang (a job on several nodes) cannot have."""
+    if out["preemptible"]:
+        raise _fail("preemptible", "a job on several nodes (--nodes) is never preempted")
+    for key in ("stage", "results"):
+        if out.get(key):
+            raise _fail(key, "staged files and results are for jobs on one node, not a job "
+                        "on several (--nodes)")
 
 
 def _early_signal(v: Any) -> str | None:
@@ -425,13 +463,20 @@ def submit_request(command: list[str] | tuple[str, ...] | str, *, gpus: int = 0,
                    notify: str | None = None, experiment: str | None = None,
                    key: str | None = None, stage: str | None = None,
                    results: list[str] | None = None, preemptible: bool = False,
-                   early_signal: str | None = None) -> dict[str, Any]:
+                   early_signal: str | None = None, nodes: int | None = None,
+                   gpus_per_node: int | None = None) -> dict[str, Any]:
     """Build a request from friendly arguments ('16G', '2h', [12, 'afterany:13'])."""
     req: dict[str, Any] = {"command": list(command) if isinstance(command, tuple) else command,
                            "gpus": gpus, "cpus": cpus, "priority": priority, "hold": hold,
                            "requeue": requeue}
     if preemptible:
         req["preemptible"] = True
+    if nodes is not None:
+        req["nodes"] = nodes
+    if gpus_per_node is not None:
+        req["gpus_per_node"] = gpus_per_node
+        if not gpus:
+            del req["gpus"]  # the total follows from the nodes
     if early_signal is not None:
         req["early_signal"] = early_signal
     if gpu_type is not None:

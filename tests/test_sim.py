@@ -29,7 +29,8 @@ def test_trace_model(trace):
     assert len(jobs) == 2000
     assert all(j.submit <= k.submit for j, k in zip(jobs, jobs[1:]))
     assert all(j.duration <= j.time_limit <= 10 * j.duration + 60 for j in jobs)
-    assert all(1 <= j.gpus <= 8 and j.gpus <= vcs[j.vc] for j in jobs)
+    assert all(1 <= j.gpus // j.nodes <= 8 and j.gpus % j.nodes == 0 and j.gpus <= vcs[j.vc]
+               for j in jobs)
     again, _ = load_trace(JOBS, VCS, limit=2000, seed=3)
     assert again == jobs  # the limit model is seeded
 
@@ -95,3 +96,27 @@ def test_installed_executable_json():
     assert set(data["policies"]) == set(sim.POLICIES)
     assert data["policies"]["labq"]["jobs"] == 300
     assert KEYS <= set(data["policies"]["labq"])
+
+
+def test_multi_node_jobs_replay_as_gangs_as_they_ran(tmp_path):
+    (tmp_path / "vcs.csv").write_text("vc,node num\nbig,3\nsmall,1\n")
+    (tmp_path / "jobs.csv").write_text(
+        "timestamp,duration,num_gpus,gpu_time,cluster\n"
+        "2017-10-09 07:00:00,100.0,16,1600.0,big\n"
+        "2017-10-09 07:00:01,100.0,12,1200.0,big\n"
+        "2017-10-09 07:00:02,100.0,8,800.0,big\n"
+        "2017-10-09 07:00:03,100.0,16,1600.0,small\n")
+    jobs, vcs = load_trace(str(tmp_path / "jobs.csv"), str(tmp_path / "vcs.csv"))
+    assert [(j.nodes, j.gpus, j.duration) for j in jobs] == [
+        (2, 16, 100.0), (2, 12, 100.0), (1, 8, 100.0),
+        (1, 8, 200.0)]  # a VC of one node: on it, for twice as long
+    for policy in sim.POLICIES:
+        r = sim.simulate(jobs, vcs, policy, record=True)
+        assert r["violations"] == 0 and r["jobs"] == 4, policy
+        recs = r["records"]
+        assert recs[1][1:] == (0.0, 100.0, 16)  # two whole nodes at once, for as long as it ran
+        assert all(f - s == j.duration for j, (_, s, f, _) in zip(jobs, recs.values()))
+    # FIFO on the big VC's 3 nodes: the 12-GPU gang needs 2 of them, so the 8-GPU job behind
+    # it waits too, though the third node is free
+    fifo = sim.simulate(jobs, vcs, "vc-fifo", record=True)["records"]
+    assert fifo[2][1] == 100.0 and fifo[3][1] == 100.0

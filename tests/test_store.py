@@ -105,6 +105,8 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
         old.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
     for name in ("preemptible", "preemptions", "early_signal"):  # nor preemption
         old.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
+    for name in ("nodes", "parts"):  # nor gangs
+        old.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
     old.execute_sql(f"PRAGMA application_id = {st.APPLICATION_ID}")
     st.Meta.insert_many([{"key": "schema_version", "value": "1"},
                          {"key": "cluster_id", "value": "abc"}]).execute()
@@ -113,7 +115,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
         fields.pop("owner_uid", None)
         for name, f in st.Job._meta.fields.items():
             if (name not in fields and name not in ("owner_uid", "notify", "preemptible",
-                                                    "preemptions")
+                                                    "preemptions", "nodes")
                     and f.default is not None):
                 fields[name] = f.default() if callable(f.default) else f.default
         cols = ", ".join(f'"{k}"' for k in fields)
@@ -121,7 +123,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
                         [st.Job._meta.fields[k].db_value(v) for k, v in fields.items()])
     old.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 9
+    assert s.schema_version == st.SCHEMA_VERSION == 10
     assert s.cluster_id == "abc" and s.job_row(1)["owner"] == "alice"
     # owners become uids where the account exists; a name nobody has now stays unowned
     assert s.job_row(1)["owner_uid"] is None and s.job_row(2)["owner_uid"] == 0
@@ -194,7 +196,7 @@ def test_a_schema_4_database_gains_the_workflow_columns(tmp_path):
     st.Meta.replace(key="schema_version", value="4").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 9 and s.db.table_exists("token")
+    assert s.schema_version == st.SCHEMA_VERSION == 10 and s.db.table_exists("token")
     assert s.job_row(1)["experiment"] is None and s.job_row(1)["key"] is None
     assert s.integrity_check() == "ok"
     s.close()
@@ -273,10 +275,49 @@ def test_a_schema_7_database_gains_the_files_columns(tmp_path):
     st.Meta.replace(key="schema_version", value="7").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == 9
+    assert s.schema_version == 10
     row = s.job_row(1)
     assert row["stage"] is None and row["results"] is None and row["purged_time"] is None
     s.set_files(1, {"state": "complete", "bytes": 7}, reason="ResultsIncomplete: x")
     assert s.results_bytes(1000) == 7 and s.job_row(1)["reason"] == "ResultsIncomplete: x"
     assert s.integrity_check() == "ok"
+    s.close()
+
+
+def test_a_schema_9_database_gains_the_gang_columns(tmp_path):
+    path = tmp_path / "labq.db"
+    s = st.Store(path)
+    s.insert_job(job_fields(owner_uid=1000, gpus=2), "alice")
+    for name in ("nodes", "parts"):
+        s.db.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
+    st.Meta.replace(key="schema_version", value="9").execute()
+    s.close()
+    s = st.Store(path)
+    assert s.schema_version == st.SCHEMA_VERSION == 10
+    row = s.job_row(1)  # a job from before runs on one node, as it did
+    assert row["nodes"] == 1 and row["parts"] is None and row["gpus"] == 2
+    s.insert_job(job_fields(owner_uid=1000, gpus=16, nodes=2,
+                            parts=[["a", [0, 1]], ["b", [0, 1]]]), "alice")
+    assert s.job_row(2)["nodes"] == 2 and s.job_row(2)["parts"] == [["a", [0, 1]], ["b", [0, 1]]]
+    assert s.integrity_check() == "ok"
+    s.close()
+
+
+def test_a_gang_holds_its_gpus_on_every_node_and_none_twice(tmp_path):
+    import peewee as pw
+    s = st.Store(tmp_path / "labq.db")
+    gang = s.insert_job(job_fields(owner_uid=1000, gpus=4, nodes=2), "alice")
+    one = s.insert_job(job_fields(owner_uid=1000, gpus=1), "alice")
+    s.record_transition(gang, {"state": "RUNNING", "node": "a", "gpu_indices": [0, 1],
+                               "parts": [["a", [0, 1]], ["b", [2, 3]]]},
+                        "labqd", "PENDING", "RUNNING", None, 1.0)
+    held = {(r.node, r.gpu_index) for r in st.Allocation.select()}
+    assert held == {("a", 0), ("a", 1), ("b", 2), ("b", 3)}
+    # part 1's GPU on b cannot be handed out again: the transition is refused whole
+    with pytest.raises(pw.IntegrityError):
+        s.record_transition(one, {"state": "RUNNING", "node": "b", "gpu_indices": [3]},
+                            "labqd", "PENDING", "RUNNING", None, 2.0)
+    assert s.job_row(one)["state"] == "PENDING"
+    s.record_transition(gang, {"state": "COMPLETED"}, "labqd", "RUNNING", "COMPLETED", None, 3.0)
+    assert st.Allocation.select().count() == 0
     s.close()

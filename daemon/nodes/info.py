@@ -34,13 +34,24 @@ class NodeInfo:
     containment: str | None = None
 
 
-def run_key(job: dict) -> str:
-    return f"{job['id']}.{job['restarts']}"
+def run_key(job: dict, rank: int = 0) -> str:
+    """A run's key: "<id>.<restarts>", and "<id>.<restarts>.<rank>" for a gang's part
+    `rank` > 0 (rank 0 is keyed as a job on one node)."""
+    key = f"{job['id']}.{job['restarts']}"
+    return f"{key}.{rank}" if rank else key
 
 
 def parse_key(key: str) -> tuple[int, int]:
-    job, _, run = str(key).partition(".")
-    return int(job), int(run or 0)
+    """(job id, restarts) of a run key."""
+    job, run, _ = parse_part_key(key)
+    return job, run
+
+
+def parse_part_key(key: str) -> tuple[int, int, int]:
+    """(job id, restarts, rank) of a run key."""
+    job, _, rest = str(key).partition(".")
+    run, _, rank = rest.partition(".")
+    return int(job), int(run or 0), int(rank or 0)
 
 
 def node_rows(nodes: Iterable[NodeInfo], active: Iterable[dict]) -> list[dict]:
@@ -49,13 +60,15 @@ def node_rows(nodes: Iterable[NodeInfo], active: Iterable[dict]) -> list[dict]:
     running: dict[str, list[int]] = {}
     used: dict[str, list[int]] = {}
     for j in active:
-        if j["state"] == S.RUNNING.value:
-            running.setdefault(j["node"], []).append(j["id"])
-            u = used.setdefault(j["node"], [0, 0])
+        if j["state"] != S.RUNNING.value:
+            continue
+        for node, gpu_indices in j["parts"] or ((j["node"], j["gpu_indices"]),):
+            running.setdefault(node, []).append(j["id"])
+            u = used.setdefault(node, [0, 0])
             u[0] += j["cpus"]
             u[1] += j["memory_mb"] or 0
-            for g in j["gpu_indices"]:
-                holders[(j["node"], g)] = j["id"]
+            for g in gpu_indices:
+                holders[(node, g)] = j["id"]
     out = []
     for n in nodes:
         stats_gpus = {g["index"]: g for g in n.stats.get("gpus", [])}

@@ -2,7 +2,8 @@
 starting runs and the admin's node requests. Jobs change only through the job table.
 
 A run of a job on a node is keyed "<id>.<restarts>", so a requeued job's new run never meets
-what an earlier run left on a node, and a stale copy is recognised as such.
+what an earlier run left on a node, and a stale copy is recognised as such. A gang's part
+`rank` > 0 is "<id>.<restarts>.<rank>" on its own node (labq.daemon.gangs).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import base64
 import logging
 import os
 import signal
+import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +21,9 @@ from labq.states import JobState
 from .. import store as st
 from ..clock import SYSTEM, Clock
 from ..config import NODE, ConfigError, NodeConfig, check_node, confine_node_paths, node_config
+from ..gangs import log_key, part_env, part_failed, parts, ranks_on
 from ..jobtable import JobTable
-from .info import NodeInfo, node_rows, parse_key, run_key
+from .info import NodeInfo, node_rows, parse_part_key, run_key
 from .link import NodeLink
 
 if TYPE_CHECKING:
@@ -86,10 +89,18 @@ class NodeRegistry:
                              gpu_indices=[], start_time=None, eligible_time=self.clock.time())
         self.jobs.logs.new_run(job["id"], job["restarts"], why)
 
-    def cancel_run(self, job: dict) -> None:
-        link = self.links.get(job["node"])
-        if link is not None:
-            link.request("cancel", job=run_key(job), reason="cancel")
+    def cancel_run(self, job: dict, reason: str = "cancel", but: int | None = None) -> None:
+        """Stop a job's run: each part of a gang's (but part `but`)."""
+        for rank, (node, _) in enumerate(parts(job)):
+            link = self.links.get(node)
+            if link is not None and rank != but:
+                link.request("cancel", job=run_key(job, rank), reason=reason)
+
+    def gpu_counts(self) -> list[int | None]:
+        """The GPU count of each node, None for one not seen up since labqd started (gangs
+        are checked against it)."""
+        with self.lock:
+            return [len(n.gpus) if n.cpus else None for n in self.nodes.values()]
 
     # -- building ----------------------------------------------------------------------------
     def _add_node(self, ncfg: NodeConfig, dynamic: bool = False) -> NodeLink:
@@ -175,7 +186,7 @@ class NodeRegistry:
         with self.lock:
             node = self._node_or_404(name)
             busy = [j["id"] for j in self.jobs.active.values()
-                    if j["state"] == S.RUNNING.value and j["node"] == name]
+                    if j["state"] == S.RUNNING.value and ranks_on(j, name)]
             if busy:
                 raise InvalidState(f"node {name} still runs jobs {busy}; drain it and let them "
                                    "end (or cancel them) first", {"node": name, "jobs": busy})
@@ -291,38 +302,17 @@ class NodeRegistry:
         """Match the runs the agent has with what the store says runs there."""
         mine = set()
         for job in list(self.jobs.active.values()):
-            if job["state"] != S.RUNNING.value or job["node"] != link.name:
+            if job["state"] != S.RUNNING.value:
                 continue
-            key = run_key(job)
-            mine.add(key)
-            info = found.get(key)
-            if info is not None and not info.get("started"):
-                age = info.get("age", 0)
-                if age > LAUNCH_GRACE_S:
-                    self._relaunch(link, job)
-                else:
-                    # a shepherd may still be on its way up; look again once it surely
-                    # would have written its pid
-                    self._watch(link, job)
-                    timer = threading.Timer(LAUNCH_GRACE_S - age + 1, self._recheck_launch,
-                                            (link, key))
-                    timer.daemon = True
-                    timer.start()
-            elif info is not None:
-                self._watch(link, job)
-                if job["id"] in self.jobs.cancel_requests:
-                    link.request("cancel", job=key, reason="cancel")
-            else:
-                # labqd stopped between recording the start and the launch reaching the
-                # node: launch now; the agent refuses a second launch of the same run
-                log.info("job %d: its start was in flight; launching on %s", job["id"],
-                         link.name)
-                self._launch(link, job)
+            for rank in ranks_on(job, link.name):
+                key = run_key(job, rank)
+                mine.add(key)
+                self._reconcile_run(link, job, rank, found.get(key))
         for key, info in found.items():
             if key in mine:
                 continue
             if info.get("exit") is None:
-                job_id, run = parse_key(key)
+                job_id, run, _ = parse_part_key(key)
                 log.warning("job %s: stopping a stale copy on %s", key, link.name)
                 link.request("cancel", job=key, reason="stale")
                 # watch it (without its log) so that its exit arrives and its directory goes
@@ -331,13 +321,39 @@ class NodeRegistry:
             else:
                 link.request("forget", job=key)
 
-    def _relaunch(self, link: NodeLink, job: dict) -> None:
+    def _reconcile_run(self, link: NodeLink, job: dict, rank: int, info: dict | None) -> None:
+        """Match one run (part `rank` of the job) with what the agent says of it."""
+        key = run_key(job, rank)
+        if info is not None and not info.get("started"):
+            age = info.get("age", 0)
+            if age > LAUNCH_GRACE_S:
+                self._relaunch(link, job, rank)
+            else:
+                # a shepherd may still be on its way up; look again once it surely
+                # would have written its pid
+                self._watch(link, job, rank)
+                timer = threading.Timer(LAUNCH_GRACE_S - age + 1, self._recheck_launch,
+                                        (link, key))
+                timer.daemon = True
+                timer.start()
+        elif info is not None:
+            self._watch(link, job, rank)
+            if job["id"] in self.jobs.cancel_requests:
+                link.request("cancel", job=key, reason="cancel")
+        else:
+            # labqd stopped between recording the start and the launch reaching the
+            # node: launch now; the agent refuses a second launch of the same run
+            log.info("job %d: its start was in flight; launching on %s", job["id"],
+                     link.name)
+            self._launch(link, job, rank=rank)
+
+    def _relaunch(self, link: NodeLink, job: dict, rank: int = 0) -> None:
         """The run's directory was made but its shepherd never started (the agent died in
         between): nothing of it runs, so launch it afresh."""
         log.warning("job %d: the launch on %s never started; launching again", job["id"],
                     link.name)
-        link.request("forget", job=run_key(job))
-        self._launch(link, job)
+        link.request("forget", job=run_key(job, rank))
+        self._launch(link, job, rank=rank)
 
     def _recheck_launch(self, link: NodeLink, key: str) -> None:
         def listed(reply: dict) -> None:
@@ -345,7 +361,7 @@ class NodeRegistry:
             with self.lock:
                 job = self._current(link, key)
                 if job is not None and info is not None and not info.get("started"):
-                    self._relaunch(link, job)
+                    self._relaunch(link, job, parse_part_key(key)[2])
         link.request("list", listed)
 
     def _note(self, job_id: int, text: str) -> None:
@@ -358,9 +374,10 @@ class NodeRegistry:
         except LabqError as e:
             log.error("cannot record event for job %d: %s", job_id, e.message)
 
-    def _watch(self, link: NodeLink, job: dict) -> None:
-        offset = self.jobs.logs.resume_offset(job["id"])
-        link.request("watch", job=run_key(job), offset=1 << 62 if offset is None else offset)
+    def _watch(self, link: NodeLink, job: dict, rank: int = 0) -> None:
+        offset = self.jobs.logs.resume_offset(log_key(job["id"], rank))
+        link.request("watch", job=run_key(job, rank),
+                     offset=1 << 62 if offset is None else offset)
 
     def node_stats(self, link: NodeLink, reply: dict) -> None:
         node = self.nodes.get(link.name)
@@ -377,26 +394,29 @@ class NodeRegistry:
 
     def _current(self, link: NodeLink, key: str) -> dict | None:
         """The active job whose current run on this node `key` names, if any."""
-        job_id, run = parse_key(key)
+        job_id, run, rank = parse_part_key(key)
         job = self.jobs.active.get(job_id)
-        if (job is None or job["state"] != S.RUNNING.value or job["node"] != link.name
-                or job["restarts"] != run):
+        if (job is None or job["state"] != S.RUNNING.value or job["restarts"] != run
+                or rank not in ranks_on(job, link.name)):
             return None
         return job
 
     def node_event(self, link: NodeLink, msg: dict) -> None:
         ev = msg.get("ev")
         if ev == "log":
+            job_id, _, rank = parse_part_key(msg["job"])
             job = self._current(link, msg["job"])
-            if job is None:
+            # a gang's part stopped as its gang ended still says its last words
+            if job is None and not (rank and job_id not in self.jobs.active):
                 return  # output of a stale copy
             node = self.nodes[link.name]
             try:
-                self.jobs.logs.append(job["id"], int(msg["offset"]), base64.b64decode(msg["data"]),
-                                 link.name, f"{node.job_root}/{self.store.cluster_id}/"
-                                 f"{link.name}/{msg['job']}/log", _spans(msg.get("err")))
+                self.jobs.logs.append(log_key(job_id, rank),
+                                      int(msg["offset"]), base64.b64decode(msg["data"]),
+                                      link.name, f"{node.job_root}/{self.store.cluster_id}/"
+                                      f"{link.name}/{msg['job']}/log", _spans(msg.get("err")))
             except OSError as e:
-                log.error("cannot keep the log of job %d: %s", job["id"], e)
+                log.error("cannot keep the log of job %d: %s", job_id, e)
         elif ev == "exit":
             self._job_exited(link, msg)
 
@@ -424,6 +444,19 @@ class NodeRegistry:
             code, sig, why = msg.get("code"), msg.get("signal"), msg.get("reason")
             end = msg.get("end") or self.clock.time()
             fields = dict(exit_code=code, signal=sig, end_time=end, when=end)
+            rank = parse_part_key(key)[2]
+            if job["parts"] and job_id not in self.jobs.cancel_requests and why != "lost":
+                # a gang ends when rank 0 ends or any part fails or times out; the other
+                # parts are stopped
+                failed = part_failed(rank, link.name, code, sig, why)
+                if rank and failed is None and why != "timeout":
+                    link.request("forget", job=key)
+                    return  # a part done before rank 0: the gang goes on
+                self.cancel_run(job, but=rank)
+                if failed is not None:
+                    self.jobs.transition(job, S.FAILED, "labqd", failed, **fields)
+                    self._ended_forget(link, job, key)
+                    return
             if job_id in self.jobs.cancel_requests:
                 self.jobs.transition(job, S.CANCELLED, "labqd", self.jobs.cancel_requests[job_id],
                                  **fields)
@@ -441,22 +474,30 @@ class NodeRegistry:
                     detail = (f"out of memory: killed at its limit of {mem} MiB (--mem)" if mem
                               else "out of memory: killed by the kernel") + f" ({detail})"
                 self.jobs.transition(job, S.FAILED, "labqd", detail, **fields)
-            if self.files is not None and job_id not in self.jobs.active:
-                self.files.ended(link, job)
+            self._ended_forget(link, job, key)
+
+    def _ended_forget(self, link: NodeLink, job: dict, key: str) -> None:
+        if self.files is not None and job["id"] not in self.jobs.active:
+            self.files.ended(link, job)
         link.request("forget", job=key)
 
     def _lost(self, job: dict, why: str) -> None:
-        """A run is gone with its node: requeue it (same id) or end it NODE_FAIL."""
+        """A run is gone with its node: requeue it (same id) or end it NODE_FAIL. A gang goes
+        whole: its parts on other nodes are stopped."""
+        if job["parts"]:
+            self.cancel_run(job)
         cancelled = self.jobs.cancel_requests.get(job["id"])
         if cancelled:
             # cancelled while its node was unreachable: end it, never start it again
             self.jobs.transition(job, S.CANCELLED, "labqd", f"{cancelled} ({why})",
                              end_time=self.clock.time())
         elif job["requeue"]:
+            ranks = range(len(job["parts"] or ((),)))
             self.jobs.transition(job, S.PENDING, "labqd", f"requeued: {why}",
                              restarts=job["restarts"] + 1, node=None, gpu_indices=[],
-                             start_time=None, eligible_time=self.clock.time())
-            self.jobs.logs.new_run(job["id"], job["restarts"], why)
+                             parts=None, start_time=None, eligible_time=self.clock.time())
+            for rank in ranks:
+                self.jobs.logs.new_run(log_key(job["id"], rank), job["restarts"], why)
         else:
             self.jobs.transition(job, S.NODE_FAIL, "labqd", why, end_time=self.clock.time())
 
@@ -472,7 +513,7 @@ class NodeRegistry:
                     continue
                 left = node.down_since + grace - now
                 running = [j for j in self.jobs.active.values()
-                           if j["state"] == S.RUNNING.value and j["node"] == node.name]
+                           if j["state"] == S.RUNNING.value and ranks_on(j, node.name)]
                 if left > 0:
                     if running:
                         nearest = left if nearest is None else min(nearest, left)
@@ -488,23 +529,35 @@ class NodeRegistry:
         self.jobs.transition(job, S.RUNNING, "labqd", None, **self.start_fields(node, gpus))
         self.launch(job)
 
-    def start_fields(self, node: str, gpus: tuple[int, ...]) -> dict:
-        """What a start sets; the scheduler records a pass's starts together, then launches."""
+    def start_fields(self, node: str, gpus: tuple[int, ...], gang: tuple = ()) -> dict:
+        """What a start sets; the scheduler records a pass's starts together, then launches.
+        `gang`: a gang's parts, ((node, GPUs), ...) in rank order."""
         return dict(node=node, gpu_indices=list(gpus), start_time=self.clock.time(),
-                    exit_code=None, signal=None, end_time=None)
+                    exit_code=None, signal=None, end_time=None,
+                    parts=[[n, list(g)] for n, g in gang] or None)
 
     def launch(self, job: dict) -> None:
-        self._launch(self.links[job["node"]], job)
+        for rank, (node, _) in enumerate(parts(job)):
+            self._launch(self.links[node], job, rank=rank)
 
-    def launch_env(self, job: dict) -> dict[str, str]:
+    def launch_env(self, job: dict, rank: int = 0) -> dict[str, str]:
+        node, gpus = parts(job)[rank]
         env = dict(job["env"] or {})
-        env.update(CUDA_VISIBLE_DEVICES=",".join(map(str, job["gpu_indices"])),
+        env.update(CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)),
                    CUDA_DEVICE_ORDER="PCI_BUS_ID", LABQ_JOB_ID=str(job["id"]),
-                   LABQ_JOB_NAME=job["name"], LABQ_NODE=job["node"],
+                   LABQ_JOB_NAME=job["name"], LABQ_NODE=node,
                    LABQ_RESTART_COUNT=str(job["restarts"]))
+        if job["parts"]:
+            env.update(part_env(job, rank, self._address(job["node"])))
         return env
 
-    def _launch(self, link: NodeLink, job: dict, workdir: str | None = None) -> None:
+    def _address(self, node: str) -> str:
+        """Where the other nodes reach `node` (a gang's MASTER_ADDR)."""
+        cfg = self.links[node].cfg
+        return socket.getfqdn() if cfg.local else cfg.host
+
+    def _launch(self, link: NodeLink, job: dict, workdir: str | None = None,
+                rank: int = 0) -> None:
         if "command" not in job:
             # labqd keeps a job's command and environment on disk only (labq.daemon.activejob)
             job = dict(job, **self.store.cold_fields(job["id"]))
@@ -521,7 +574,7 @@ class NodeRegistry:
             # off every limit, half of a 2 s one)
             remaining = max(1.0, round(job["time_limit_s"]
                                        - (self.clock.time() - job["start_time"]), 3))
-        key = run_key(job)
+        key = run_key(job, rank)
 
         def reply(r: dict) -> None:
             if r.get("ok") or r.get("code") in ("exists", "down"):
@@ -532,8 +585,10 @@ class NodeRegistry:
                     why = (f"{link.name} runs no job of {j['owner']}: {r.get('error')}"
                            if r.get("code") == "account" else
                            f"launch on {link.name} failed: {r.get('error')}")
+                    if j["parts"]:
+                        self.cancel_run(j, but=rank)
                     self.jobs.transition(j, S.FAILED, "labqd", why, end_time=self.clock.time())
-        env = dict(self.launch_env(job), LABQ_WORKDIR=workdir or job["cwd"])
+        env = dict(self.launch_env(job, rank), LABQ_WORKDIR=workdir or job["cwd"])
         link.request("launch", reply, job=key, argv=argv, env=env,
                      cwd=workdir or job["cwd"], time_limit_s=remaining,
                      grace_s=self.cfg.kill_grace_s,

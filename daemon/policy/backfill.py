@@ -5,10 +5,14 @@ be killed, so it counts as ending now). The reservation is the earliest time and
 the waiting job fits. A lower-priority job may start now if its own limit ends by then, or if it
 keeps off what the reservation needs on that node: the reserved GPUs and the CPUs and memory
 beyond what will be spare there. Either way the reserved job is never pushed later.
+
+A gang's reservation is a whole set of nodes, the earliest time at which that many distinct
+nodes can each take a part, and a lower-priority job keeps off what it needs on every one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import heapq
+from dataclasses import dataclass, field
 
 from .placement import Cluster, could_ever_fit, gpu_matches, runs_owner
 from .snapshot import JobView
@@ -22,6 +26,14 @@ class Reservation:
     gpus: frozenset[int]
     spare_cpus: int
     spare_mem: int
+    # a gang's: every node of its set (this one, rank 0's, included) -> what is held there
+    parts: dict[int, Reservation] | None = field(default=None, repr=False)
+
+    def on(self, node: int) -> Reservation | None:
+        """What the reservation holds on node `node`, if anything."""
+        if self.parts is not None:
+            return self.parts.get(node)
+        return self if node == self.node else None
 
     def allows(self, now: float, time_limit_s: float) -> bool:
         """A job with this limit started now ends before the reserved job starts."""
@@ -87,3 +99,54 @@ def reserve(cluster: Cluster, job: JobView, now: float) -> Reservation | None:
             if t <= now:
                 break
     return best
+
+
+def reserve_gang(cluster: Cluster, job: JobView, now: float) -> Reservation | None:
+    """The earliest start of the gang `job`: when the `job.nodes`-th node that could take a
+    part can take it; None if fewer nodes than that ever could. A node that can take its part
+    earlier holds it from then on (its running jobs only end)."""
+    best: list[tuple[float, int, Reservation]] = []  # the job.nodes earliest, as a max-heap
+    for ns in cluster.nodes:
+        if ns.up and could_ever_fit(ns, job):
+            # a node that is not earlier than the latest of the earliest so far changes nothing
+            bound = -best[0][0] if len(best) == job.nodes else None
+            got = _earliest_part(ns, job, now, bound)
+            if got is None:
+                continue
+            if len(best) < job.nodes:
+                heapq.heappush(best, (-got.time, -got.node, got))
+            else:
+                heapq.heapreplace(best, (-got.time, -got.node, got))
+    if len(best) < job.nodes:
+        return None
+    chosen = sorted((r for _, _, r in best), key=lambda r: (r.time, r.node))
+    t = chosen[-1].time
+    for r in chosen:
+        r.time = t
+    first = chosen[0]
+    return Reservation(job.id, t, first.node, first.gpus, first.spare_cpus, first.spare_mem,
+                       {r.node: r for r in chosen})
+
+
+def _earliest_part(ns, job: JobView, now: float, bound: float | None) -> Reservation | None:
+    """When node `ns` can take one part of `job`, from its running jobs' limits; None if never,
+    or not before `bound`."""
+    match = {g for g, s in ns.slots.items() if gpu_matches(s, job)}
+    free_now = [g for g in sorted(ns.free) if g in match]
+    c, m, t = ns.free_cpus, ns.free_mem, now
+    got: list[int] = []
+    if len(free_now) < job.gpus or c < job.cpus or m < job.memory_mb:
+        for end, gidx, jc, jm in ns.ends():
+            t = max(now, end)
+            if bound is not None and t >= bound:
+                return None
+            got.extend(g for g in gidx if g in match)
+            c, m = c + jc, m + jm
+            if len(got) + len(free_now) >= job.gpus and c >= job.cpus and m >= job.memory_mb:
+                break
+        else:
+            return None
+    elif bound is not None and t >= bound:
+        return None
+    return Reservation(job.id, t, ns.idx, frozenset((got + free_now)[:job.gpus]),
+                       c - job.cpus, m - job.memory_mb)

@@ -68,14 +68,18 @@ def estimate(snapshot: Snapshot, plan: Plan, now: float, limit: int | None = Non
 
     by_id = {j.id: j for j in snapshot.jobs}
     for job in snapshot.jobs:
-        if job.state == "RUNNING" and job.node in nodes:
+        if job.state == "RUNNING":
             until = max(now, (job.start_time or now) + duration(job))
-            nodes[job.node].hold(job.gpu_indices, job.cpus, until)
+            for name, gpus in job.parts or ((job.node, job.gpu_indices),):
+                if name in nodes:
+                    nodes[name].hold(gpus, job.cpus, until)
     started = set()
     for s in plan.starts:
         job = by_id.get(s.job)
-        if job is not None and s.node in nodes:
-            nodes[s.node].hold(s.gpus, job.cpus, now + duration(job))
+        if job is not None:
+            for name, gpus in s.parts or ((s.node, s.gpus),):
+                if name in nodes:
+                    nodes[name].hold(gpus, job.cpus, now + duration(job))
             started.add(s.job)
     waiting = [j for j in snapshot.jobs if j.state == "PENDING" and j.id not in started
                and plan.reasons.get(j.id) in WAITING_REASONS]
@@ -83,14 +87,14 @@ def estimate(snapshot: Snapshot, plan: Plan, now: float, limit: int | None = Non
                                                          j.submit_time, j.id))
     out: dict[int, float] = {}
     for job in top:
-        best = None
-        for node in nodes.values():
-            found = node.earliest(job, now)
-            if found is not None and (best is None or found[0] < best[0]):
-                best = (found[0], node, found[1])
-        if best is None:
-            continue  # fits on no node that is up
-        t, node, gpus = best
-        node.hold(gpus, job.cpus, t + duration(job))
+        # each node's earliest for one part; a gang starts when its last part can
+        found = sorted(((f[0], n, node, f[1]) for n, node in enumerate(nodes.values())
+                        if (f := node.earliest(job, now)) is not None), key=lambda x: x[:2])
+        if len(found) < job.nodes:
+            continue  # fits on too few nodes that are up
+        chosen = found[:job.nodes]
+        t = chosen[-1][0]
+        for _, _, node, gpus in chosen:
+            node.hold(gpus, job.cpus, t + duration(job))
         out[job.id] = t
     return out

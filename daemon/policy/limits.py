@@ -12,13 +12,13 @@ def quota_reason(cluster: Cluster, job: JobView) -> str | None:
     The per-(group, GPU type) limit depends on which GPUs the job would get, so placement
     checks it (Cluster.best_fit). An array's throttle (`--array ...%N`) is the user's own limit
     on the array's tasks running at once: ArrayThrottle."""
-    lim = cluster.limits
+    lim, gpus = cluster.limits, job.gpus * job.nodes
     cap = lim.group_gpus.get(job.group)
-    if cap is not None and cluster.group_gpus.get(job.group, 0) + job.gpus > cap:
+    if cap is not None and cluster.group_gpus.get(job.group, 0) + gpus > cap:
         return "QuotaGroupGPU"
     if lim.user_jobs is not None and cluster.user_jobs.get(job.owner, 0) + 1 > lim.user_jobs:
         return "QuotaUserJobs"
-    if lim.user_gpus is not None and cluster.user_gpus.get(job.owner, 0) + job.gpus > lim.user_gpus:
+    if lim.user_gpus is not None and cluster.user_gpus.get(job.owner, 0) + gpus > lim.user_gpus:
         return "QuotaUserGPU"
     cap = lim.partition_user_jobs.get(job.partition)
     if cap is not None and cluster.partition_user_jobs.get((job.partition, job.owner), 0) + 1 > cap:

@@ -4,7 +4,8 @@
 limit runs out (what backfill reserves against), and the in-use counters that limits are
 checked against. Up nodes are indexed by their number of free GPUs, so best fit looks at the
 fullest nodes that could take a job first instead of scanning every node: a 1-GPU job lands on a
-node that is already busy and whole nodes stay free for 8-GPU jobs.
+node that is already busy and whole nodes stay free for 8-GPU jobs. A gang (JobView.nodes > 1)
+takes one part on each of that many distinct nodes, the fullest that fit first, all at once.
 
 The daemon builds one from a snapshot for each plan; the replay simulator keeps one alive and
 applies starts and finishes to it, which is why starts are recorded here directly.
@@ -48,7 +49,14 @@ def could_ever_fit(node, job: JobView, any_owner: bool = False) -> bool:
 
 def shape_of(job: JobView) -> tuple:
     """What placement depends on; jobs with equal shapes fit in the same places."""
-    return (job.gpus, job.gpu_type, job.gpu_memory_mb, job.cpus, job.memory_mb, job.owner_uid)
+    return (job.gpus, job.gpu_type, job.gpu_memory_mb, job.cpus, job.memory_mb, job.owner_uid,
+            job.nodes)
+
+
+def parts_of(placed: tuple) -> tuple:
+    """The (node index, GPUs) of each part of a placement: a job's one (node index, GPUs), or
+    a gang's (rank 0's node index, rank 0's GPUs, every part's)."""
+    return placed[2] if len(placed) == 3 else (placed,)
 
 
 class NodeState:
@@ -105,8 +113,9 @@ class Cluster:
             if ns.up:
                 self.buckets[len(ns.free)][ns.idx] = None
                 self.total_free += len(ns.free)
-        # job id -> (node idx or -1, gpu indices, cpus, memory, group, owner, partition, gpus)
+        # job id -> (job, node idx or -1, gpu indices, end); a gang's are its rank 0's
         self.jobs: dict[int, tuple] = {}
+        self.gang_parts: dict[int, tuple] = {}  # gang id -> ((node idx, gpu indices), ...)
         self.group_gpus: dict[str, int] = {}
         self.user_gpus: dict[str, int] = {}
         self.user_jobs: dict[str, int] = {}
@@ -122,7 +131,7 @@ class Cluster:
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _count(self, job: JobView, slots: list[GpuSlot], sign: int) -> None:
-        g, u, n = job.group, job.owner, job.gpus * sign
+        g, u, n = job.group, job.owner, job.gpus * job.nodes * sign
         self.group_gpus[g] = self.group_gpus.get(g, 0) + n
         self.user_gpus[u] = self.user_gpus.get(u, 0) + n
         self.user_jobs[u] = self.user_jobs.get(u, 0) + sign
@@ -136,43 +145,57 @@ class Cluster:
                 self.group_type_gpus[key] = self.group_type_gpus.get(key, 0) + k * sign
 
     def add_running(self, job: JobView, end: float) -> None:
-        """Record a job already running whose resources the node's free figures exclude."""
-        ns = self.by_name.get(job.node or "")
-        idx = tuple(job.gpu_indices)
-        slots = [ns.slots[i] for i in idx if i in ns.slots] if ns else []
-        if ns is not None:
-            ns.running[job.id] = (end, idx, job.cpus, job.memory_mb)
-            ns._ends = None
-        self.jobs[job.id] = (job, ns.idx if ns else -1, idx, end)
+        """Record a job already running whose resources the nodes' free figures exclude."""
+        slots: list[GpuSlot] = []
+        known = []
+        for name, gpus in job.parts or ((job.node or "", job.gpu_indices),):
+            ns = self.by_name.get(name)
+            idx = tuple(gpus)
+            if ns is not None:
+                slots += [ns.slots[i] for i in idx if i in ns.slots]
+                ns.running[job.id] = (end, idx, job.cpus, job.memory_mb)
+                ns._ends = None
+            known.append((ns.idx if ns else -1, idx))
+        self.jobs[job.id] = (job, known[0][0], known[0][1], end)
+        if job.parts:
+            self.gang_parts[job.id] = tuple(known)
         self._count(job, slots, 1)
 
-    def start(self, job: JobView, node_idx: int, gpus: tuple[int, ...], end: float) -> None:
-        """Allocate a job's resources on a node."""
-        ns = self.nodes[node_idx]
-        before = len(ns.free)
-        ns.free.difference_update(gpus)
-        ns.free_cpus -= job.cpus
-        ns.free_mem -= job.memory_mb
-        ns.running[job.id] = (end, gpus, job.cpus, job.memory_mb)
-        ns._ends = None
-        self._move(ns, before)
+    def start(self, job: JobView, node_idx: int, gpus: tuple[int, ...], end: float,
+              parts: tuple | None = None) -> None:
+        """Allocate a job's resources on a node, or a gang's on each of its `parts`' nodes."""
+        slots: list[GpuSlot] = []
+        for i, g in parts or ((node_idx, gpus),):
+            ns = self.nodes[i]
+            before = len(ns.free)
+            ns.free.difference_update(g)
+            ns.free_cpus -= job.cpus
+            ns.free_mem -= job.memory_mb
+            ns.running[job.id] = (end, g, job.cpus, job.memory_mb)
+            ns._ends = None
+            self._move(ns, before)
+            slots += [ns.slots[k] for k in g]
         self.jobs[job.id] = (job, node_idx, gpus, end)
-        self._count(job, [ns.slots[i] for i in gpus], 1)
+        if parts:
+            self.gang_parts[job.id] = parts
+        self._count(job, slots, 1)
 
     def finish(self, job_id: int) -> None:
-        """Release a job's resources."""
+        """Release a job's resources (all of a gang's parts)."""
         job, node_idx, gpus, _ = self.jobs.pop(job_id)
         slots = []
-        if node_idx >= 0:
-            ns = self.nodes[node_idx]
+        for i, g in self.gang_parts.pop(job_id, None) or ((node_idx, gpus),):
+            if i < 0:
+                continue
+            ns = self.nodes[i]
             before = len(ns.free)
             ns.running.pop(job_id, None)
             ns._ends = None
-            ns.free.update(gpus)
+            ns.free.update(g)
             ns.free_cpus += job.cpus
             ns.free_mem += job.memory_mb
             self._move(ns, before)
-            slots = [ns.slots[i] for i in gpus]
+            slots += [ns.slots[k] for k in g]
         self._count(job, slots, -1)
 
     def _move(self, ns: NodeState, before: int) -> None:
@@ -188,7 +211,9 @@ class Cluster:
         NoNodeForUser (nodes would fit, but none may run jobs as the job's owner)."""
         shape = shape_of(job)
         verdict = self._feasible.get(shape, "")
-        if verdict == "":
+        if verdict == "" and job.nodes > 1:
+            verdict = self._feasible[shape] = self._gang_feasibility(job)
+        elif verdict == "":
             verdict = "NoNodeFits"
             for ns in self.nodes:
                 if verdict == "NoNodeFits" and self.restricted and not runs_owner(ns, job):
@@ -202,6 +227,64 @@ class Cluster:
                     verdict = "NodeDown"
             self._feasible[shape] = verdict
         return verdict
+
+    def _gang_feasibility(self, job: JobView) -> str | None:
+        """feasibility() for a gang: it needs `job.nodes` distinct nodes that could run a
+        part each."""
+        up = down = others = 0
+        for ns in self.nodes:
+            if could_ever_fit(ns, job):
+                up += ns.up
+                down += not ns.up
+            elif self.restricted and could_ever_fit(ns, job, any_owner=True):
+                others += 1
+        if up >= job.nodes:
+            return None
+        if up + down >= job.nodes:
+            return "NodeDown"
+        return "NoNodeForUser" if up + down + others >= job.nodes else "NoNodeFits"
+
+    def fit(self, job: JobView, avoid=None) -> tuple | None:
+        """best_fit for a job, gang_fit for a gang."""
+        return self.gang_fit(job, avoid) if job.nodes > 1 else self.best_fit(job, avoid)
+
+    def gang_fit(self, job: JobView, avoid=None) -> tuple | None:
+        """A gang's placement, (rank 0's node index, its GPUs, every part's (node index,
+        GPUs)), one part on each of `job.nodes` distinct nodes, the fullest that fit first;
+        or None. All parts start now or none does. `avoid` as for best_fit, on every node of
+        the reservation."""
+        self.type_blocked = False
+        if job.gpus * job.nodes > self.total_free:
+            return None
+        parts: list[tuple[int, tuple[int, ...]]] = []
+        for k in range(job.gpus, self.max_gpus + 1):
+            for i in self.buckets[k]:
+                got = self._part_on(self.nodes[i], job, avoid)
+                if got is None:
+                    continue
+                parts.append((i, got))
+                if len(parts) < job.nodes:
+                    continue
+                if self._type_limits.get(job.group) and self._over_type_limit(
+                        job, [(self.nodes[n], g) for n, g in parts],
+                        self._type_limits[job.group]):
+                    self.type_blocked = True
+                    return None
+                return parts[0][0], parts[0][1], tuple(parts)
+        return None
+
+    def _part_on(self, ns: NodeState, job: JobView, avoid) -> tuple[int, ...] | None:
+        """The GPUs one part of a gang would get on node `ns` now, or None."""
+        if job.cpus > ns.free_cpus or job.memory_mb > ns.free_mem:
+            return None
+        if self.restricted and not runs_owner(ns, job):
+            return None
+        hold = avoid.on(ns.idx) if avoid is not None else None
+        if hold is not None and (job.cpus > hold.spare_cpus or job.memory_mb > hold.spare_mem):
+            return None
+        usable = sorted(g for g in ns.free if gpu_matches(ns.slots[g], job)
+                        and not (hold is not None and g in hold.gpus))
+        return tuple(usable[:job.gpus]) if len(usable) >= job.gpus else None
 
     def best_fit(self, job: JobView, avoid=None) -> tuple[int, tuple[int, ...]] | None:
         """(node index, GPU indices) leaving the fewest free GPUs behind, or None.
@@ -223,8 +306,9 @@ class Cluster:
                     continue
                 if self.restricted and not runs_owner(ns, job):
                     continue
-                on_reserved = avoid is not None and i == avoid.node
-                if on_reserved and (cpus > avoid.spare_cpus or mem > avoid.spare_mem):
+                hold = avoid.on(i) if avoid is not None else None
+                on_reserved = hold is not None
+                if on_reserved and (cpus > hold.spare_cpus or mem > hold.spare_mem):
                     continue
                 if need == 0:
                     return i, ()
@@ -232,19 +316,20 @@ class Cluster:
                     usable = sorted(ns.free)
                 else:
                     usable = sorted(g for g in ns.free if gpu_matches(ns.slots[g], job)
-                                    and not (on_reserved and g in avoid.gpus))
+                                    and not (on_reserved and g in hold.gpus))
                     if len(usable) < need:
                         continue
                 chosen = tuple(usable[:need])
-                if type_limits and self._over_type_limit(job, ns, chosen, type_limits):
+                if type_limits and self._over_type_limit(job, [(ns, chosen)], type_limits):
                     self.type_blocked = True
                     continue
                 return i, chosen
         return None
 
-    def _over_type_limit(self, job, ns, chosen, type_limits) -> bool:
+    def _over_type_limit(self, job, placed, type_limits) -> bool:
+        """Starting `job` on `placed`, [(node, GPUs)], would exceed a per-type group limit."""
         for t, key in type_limits:
-            k = sum(1 for g in chosen if t in ns.slots[g].type.lower())
+            k = sum(1 for ns, chosen in placed for g in chosen if t in ns.slots[g].type.lower())
             if k and self.group_type_gpus.get(key, 0) + k > self.limits.group_gpu_type[key]:
                 return True
         return False

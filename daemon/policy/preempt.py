@@ -39,8 +39,10 @@ def victims(cluster: Cluster, job: JobView, running: Mapping[int, JobView], now:
             config: PolicyConfig, fs: Mapping) -> list[int]:
     """Running jobs to preempt so that `job` fits on one node now, or [] if none will do.
     A victim must rank below `job` once requeued, or it would start again at once."""
-    if job.preemptible or config.preempt_max <= 0:
+    if job.preemptible or config.preempt_max <= 0 or job.nodes > 1:
         return []
+    # gangs neither preempt nor are preempted: that would take freeing several nodes at once
+    running = {jid: v for jid, v in running.items() if v.nodes == 1}
     top = rank(job, now, config, fs, cluster.max_gpus)
     running = {jid: v for jid, v in running.items()
                if rank(v, now, config, fs, cluster.max_gpus, requeued=True) < top}

@@ -61,10 +61,15 @@ class JobView:
     # may be stopped and requeued for a job that is not (preempt.py); times it was so far
     preemptible: bool = False
     preemptions: int = 0
-    # RUNNING jobs only
+    # a gang: one part on each of `nodes` distinct nodes, all started together; gpus, cpus
+    # and memory_mb are per part
+    nodes: int = 1
+    # RUNNING jobs only; a running gang's node and gpu_indices are its rank 0's, and `parts`
+    # every part's (node, GPUs) in rank order
     node: str | None = None
     gpu_indices: tuple[int, ...] = ()
     start_time: float | None = None
+    parts: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass
@@ -127,6 +132,8 @@ class Start:
     job: int
     node: str
     gpus: tuple[int, ...]
+    # a gang's parts, (node, GPUs) in rank order; node and gpus above are rank 0's
+    parts: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass

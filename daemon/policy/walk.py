@@ -20,9 +20,9 @@ from __future__ import annotations
 import heapq
 from itertools import islice
 
-from .backfill import Reservation, reserve
+from .backfill import Reservation, reserve, reserve_gang
 from .limits import quota_reason
-from .placement import Cluster
+from .placement import Cluster, parts_of
 from .priority import short_factor, size_factor, starved_priority, time_limit, user_factor
 from .queue import JobClass
 from .reasons import OPEN
@@ -199,7 +199,7 @@ class Walk:
         fits = self.fits
         placed = fits.get(shape) if fits is not None else None
         if placed is None:
-            placed = cluster.best_fit(job)
+            placed = cluster.fit(job)
             if placed is not None and fits is not None:
                 fits[shape] = placed
         if placed is None:
@@ -212,15 +212,19 @@ class Walk:
         return placed
 
     def _start(self, n: int, job: JobView, placed: tuple) -> None:
-        node_idx, gpus = placed
-        self.cluster.start(job, node_idx, gpus, self.now + time_limit(job, self.config))
+        node_idx, gpus = placed[0], placed[1]
+        parts = placed[2] if len(placed) == 3 else None
+        self.cluster.start(job, node_idx, gpus, self.now + time_limit(job, self.config), parts)
         if self.fits:
             self.fits.clear()
         if self.settled_bf:
             self.unsettled.update(self.settled_bf)
             self.settled_bf.clear()
         self.blocked.clear()
-        self.starts.append(Start(job.id, self.cluster.nodes[node_idx].name, gpus))
+        names = self.cluster.nodes
+        self.starts.append(Start(job.id, names[node_idx].name, gpus) if parts is None else
+                           Start(job.id, names[node_idx].name, gpus,
+                                 tuple((names[i].name, g) for i, g in parts)))
         if job.gpus <= 0:
             self.cpu_only -= 1
         p = self.pos[n] + 1
@@ -241,7 +245,7 @@ class Walk:
 
     def _reserve(self) -> Reservation | None:
         if not self.res_done:
-            self.res, self.res_done = reserve(self.cluster, self.res_job, self.now), True
+            self.res, self.res_done = _reserve_for(self.cluster, self.res_job, self.now), True
             if self.res is not None:
                 self.window = self.res.time - self.now
         return self.res
@@ -250,17 +254,24 @@ class Walk:
     def _backfill(self, n: int, job: JobView, placed: tuple) -> tuple | None:
         """Where `job` may start without delaying the reservation, or None."""
         res = self._reserve()
-        if res is None or placed[0] != res.node:
+        if res is None:
+            return placed
+        if len(placed) == 2 and res.parts is None:
+            if placed[0] != res.node:
+                return placed
+        elif all(res.on(i) is None for i, _ in parts_of(placed)):
             return placed
         if res.allows(self.now, self._limit(job)):
             return placed
         shape = self.classes[n].shape
-        placed = None if shape in self.failed_bf else self.cluster.best_fit(job, avoid=res)
+        placed = None if shape in self.failed_bf else self.cluster.fit(job, avoid=res)
         if placed is None:
             self._cut(n, job, shape)
             return None
-        if placed[0] == res.node:
-            res.took(job.cpus, job.memory_mb)
+        for i, _ in parts_of(placed):
+            hold = res.on(i)
+            if hold is not None:
+                hold.took(job.cpus, job.memory_mb)
         return placed
 
     def _cut(self, n: int, job: JobView, shape: tuple) -> None:
@@ -314,7 +325,7 @@ class Walk:
         self.open_reason = "Priority" if self.res_job is not None else "Resources"
         if self.full:
             if self.res_job is not None and not self.res_done:
-                self.res = reserve(self.cluster, self.res_job, self.now)
+                self.res = _reserve_for(self.cluster, self.res_job, self.now)
             for _, _, _, n in self.heap:
                 if self.lazy:
                     self.verdicts[n] = OPEN
@@ -323,3 +334,7 @@ class Walk:
                     why = self.cluster.feasibility(job) or quota_reason(self.cluster, job)
                     self.verdicts[n] = why or self.open_reason
         self.filtered = frozenset(self.short_left)
+
+
+def _reserve_for(cluster: Cluster, job: JobView, now: float) -> Reservation | None:
+    return reserve_gang(cluster, job, now) if job.nodes > 1 else reserve(cluster, job, now)

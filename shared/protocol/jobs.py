@@ -10,6 +10,7 @@ from ..models import Event, Job
 from ..spec import (
     MAX_IDENT,
     MAX_INT,
+    MAX_NODES,
     MAX_REASON_BYTES,
     MAX_TIME_S,
     arg_error,
@@ -176,15 +177,17 @@ class JobTimeLimitRequest(Request, op=Op.JOB_TIME_LIMIT, reply=Job):
 
 
 class ReadLogRequest(Request, op=Op.READ_LOG, reply=tuple[bytes, int, bool]):
-    """Sent as read_log(id, offset, wait, max_bytes[, streams]), not as JSON: see `from_args`.
-    The reply is (data, offset, done, error), and with `streams` a fifth element: where in
-    `data` the job's stderr is, as `pack_spans` packs it (older labqd takes four arguments
-    and older clients read four elements, so the fifth is asked for)."""
+    """Sent as read_log(id, offset, wait, max_bytes[, streams[, part]]), not as JSON: see
+    `from_args`. The reply is (data, offset, done, error), and with `streams` a fifth element:
+    where in `data` the job's stderr is, as `pack_spans` packs it (older labqd takes four
+    arguments and older clients read four elements, so the fifth is asked for). `part` is a
+    gang's part; it goes only when not 0, so a labqd that knows no parts serves the rest."""
     id: int
     offset: int = 0  # negative: that many bytes before the end
     wait: float = 0.0  # seconds to wait for bytes past `offset`
     max_bytes: int = 1 << 20
     streams: bool = False
+    part: int = 0  # a gang's part (its node rank); 0 is the job's own log
 
     @classmethod
     def from_wire(cls, args: dict[str, Any]) -> Self:
@@ -192,17 +195,21 @@ class ReadLogRequest(Request, op=Op.READ_LOG, reply=tuple[bytes, int, bool]):
 
     @classmethod
     def from_args(cls, id_: Any, offset: Any, wait: Any, max_bytes: Any,
-                  streams: Any = False) -> Self:
+                  streams: Any = False, part: Any = 0) -> Self:
+        if part is None:
+            part = 0
         # no walk into the values: they come as RPyC arguments, where anything not a plain
         # number is a netref, so type() is looked at before anything else
         for key, v, kinds, lo, hi in (("id", id_, (int,), 1, MAX_INT),
                                       ("offset", offset, (int,), -MAX_LOG_OFFSET, MAX_LOG_OFFSET),
                                       ("wait", wait, (int, float), 0.0, MAX_WAIT_S),
-                                      ("max_bytes", max_bytes, (int,), 1, MAX_INT)):
+                                      ("max_bytes", max_bytes, (int,), 1, MAX_INT),
+                                      ("part", part, (int,), 0, MAX_NODES - 1)):
             # a bool is not a number here; NaN is never in range
             if type(v) not in kinds or not lo <= v <= hi:
-                raise arg_error(key, f"read_log takes (id, offset, wait, max_bytes); {key} "
-                                f"must be a{'n integer' if kinds == (int,) else ' number'} "
+                raise arg_error(key, "read_log takes (id, offset, wait, max_bytes, streams, "
+                                f"part); {key} must be a"
+                                f"{'n integer' if kinds == (int,) else ' number'} "
                                 f"from {lo:g} to {hi:g}")
         if streams is None:
             streams = False
@@ -210,10 +217,12 @@ class ReadLogRequest(Request, op=Op.READ_LOG, reply=tuple[bytes, int, bool]):
             raise arg_error("streams", "read_log's fifth argument, streams, must be true or "
                                        "false")
         return cls(id=id_, offset=offset, wait=float(wait), max_bytes=max_bytes,
-                   streams=streams)
+                   streams=streams, part=part)
 
     def to_args(self) -> tuple[Any, ...]:
         args = (int(self.id), int(self.offset), float(self.wait), int(self.max_bytes))
+        if self.part:
+            return (*args, self.streams, int(self.part))
         return args + (True,) if self.streams else args
 
 

@@ -149,5 +149,6 @@ def _check_ancestor(path, st, euid):
 
 
 def is_run_key(name):
-    job, dot, run = str(name).partition(".")
-    return bool(dot) and job.isdigit() and run.isdigit()
+    """JOB.RUN, or JOB.RUN.RANK for a part of a job on several nodes."""
+    parts = str(name).split(".")
+    return len(parts) in (2, 3) and all(p.isdigit() for p in parts)

@@ -312,7 +312,7 @@ def lost_run(jobdir, key, pid):
         return ex
     pgid = pid.get("pgid")
     want = [("LABQ_JOB_ID=%s" % key.partition(".")[0]).encode(),
-            ("LABQ_RESTART_COUNT=%s" % key.partition(".")[2]).encode()]
+            ("LABQ_RESTART_COUNT=%s" % key.split(".")[1]).encode()]
     try:
         with open("/proc/%d/environ" % int(pgid), "rb") as f:
             env = f.read().split(b"\0")
