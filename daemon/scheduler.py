@@ -42,6 +42,8 @@ def build_snapshot(table: JobTable, registry: NodeRegistry, fair: FairShare,
     nodes = []
     for n in registry.nodes.values():
         u = used.get(n.name, [set(), 0, 0])
+        if n.max_jobs is not None and pool_jobs(table, n.name) >= n.max_jobs:
+            u = [{g["index"] for g in n.gpus}, n.cpus, n.memory_mb]  # the pool is full
         state = "drain" if n.drained else ("up" if n.state == "up" else "down")
         slots = tuple(GpuSlot(g["index"], g["type"], g["memory_mb"] or 0) for g in n.gpus)
         nodes.append(NodeView(name=n.name, state=state, cpus=n.cpus, memory_mb=n.memory_mb,
@@ -61,6 +63,11 @@ def build_snapshot(table: JobTable, registry: NodeRegistry, fair: FairShare,
     table.ended_runs = []
     return Snapshot(nodes=nodes, jobs=jobs, ended=ended, group_usage=acc.group_usage,
                     user_usage=acc.user_usage, config=fair.policy_config, memo=table.plan_memo)
+
+
+def pool_jobs(table: JobTable, node: str) -> int:
+    """Jobs labq has in a Slurm pool, waiting there or running."""
+    return sum(1 for v in table.running_views() if v.node == node)
 
 
 class Scheduler:
@@ -157,7 +164,8 @@ class Scheduler:
                     or node.state != "up" or node.drained or start.job in seen):
                 continue
             seen.add(start.job)
-            changes.append((job, S.RUNNING, "labqd", None,
+            dst, why = self.nodes.start_state(start.node)
+            changes.append((job, dst, "labqd", why,
                             self.nodes.start_fields(start.node, start.gpus)))
             started.append(job)
         if changes:

@@ -32,6 +32,9 @@ class NodeInfo:
     root_ok: bool = True
     accounts: str = ""  # in words, for `labq nodes`
     containment: str | None = None
+    kind: str = "host"  # or "slurm": a Slurm cluster behind its login host
+    max_jobs: int | None = None  # a Slurm pool's: labq's jobs there at once
+    pool: dict = field(default_factory=dict)  # a Slurm pool's partition, from sinfo
 
 
 def run_key(job: dict) -> str:

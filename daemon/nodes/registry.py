@@ -22,6 +22,15 @@ from ..config import NODE, ConfigError, NodeConfig, check_node, confine_node_pat
 from ..jobtable import JobTable
 from .info import NodeInfo, node_rows, parse_key, run_key
 from .link import NodeLink
+from .slurmpool import (
+    SUBMITTED,
+    launch_extras,
+    pool_event,
+    pool_gpus,
+    pool_node_size,
+    sent_here,
+    slurm_exit,
+)
 
 if TYPE_CHECKING:
     from .filemove import FileMover
@@ -95,7 +104,10 @@ class NodeRegistry:
     def _add_node(self, ncfg: NodeConfig, dynamic: bool = False) -> NodeLink:
         self.nodes[ncfg.name] = NodeInfo(ncfg.name, "local" if ncfg.local else ncfg.host,
                                          drained=self._drained.get(ncfg.name, False),
-                                         job_root=ncfg.job_root, dynamic=dynamic)
+                                         job_root=ncfg.job_root, dynamic=dynamic,
+                                         kind=ncfg.kind,
+                                         max_jobs=ncfg.max_jobs if ncfg.kind == "slurm"
+                                         else None)
         link = self.links[ncfg.name] = NodeLink(ncfg, self.store.cluster_id, self,
                                                 heartbeat_s=self.cfg.heartbeat_s,
                                                 timeout_s=self.cfg.node_timeout_s,
@@ -175,7 +187,7 @@ class NodeRegistry:
         with self.lock:
             node = self._node_or_404(name)
             busy = [j["id"] for j in self.jobs.active.values()
-                    if j["state"] == S.RUNNING.value and j["node"] == name]
+                    if j["state"] in (S.RUNNING.value, S.PENDING.value) and j["node"] == name]
             if busy:
                 raise InvalidState(f"node {name} still runs jobs {busy}; drain it and let them "
                                    "end (or cancel them) first", {"node": name, "jobs": busy})
@@ -224,6 +236,8 @@ class NodeRegistry:
 
     def _node_gpus(self, link: NodeLink, hello: dict) -> tuple[list[dict], str]:
         cfg = link.cfg
+        if cfg.kind == "slurm":
+            return pool_gpus(cfg), "slurm"
         if cfg.gpus is not None:
             return ([{"index": g.get("index", i), "type": g["type"],
                       "memory_mb": g.get("memory_mb", 0), "uuid": None}
@@ -272,6 +286,8 @@ class NodeRegistry:
                 node.containment += " (" + hello["containment_note"] + ")"
             node.cpus = link.cfg.cpus or hello.get("cpus", 1)
             node.memory_mb = link.cfg.memory_mb or hello.get("memory_mb", 0)
+            if link.cfg.kind == "slurm":
+                node.cpus, node.memory_mb = pool_node_size(link.cfg)
             node.gpus, node.gpu_source = gpus, source
             node.last_seen = self.clock.time()
             node.down_since = None
@@ -291,7 +307,8 @@ class NodeRegistry:
         """Match the runs the agent has with what the store says runs there."""
         mine = set()
         for job in list(self.jobs.active.values()):
-            if job["state"] != S.RUNNING.value or job["node"] != link.name:
+            if job["node"] != link.name or not (job["state"] == S.RUNNING.value
+                                                or sent_here(job, link.name)):
                 continue
             key = run_key(job)
             mine.add(key)
@@ -368,6 +385,8 @@ class NodeRegistry:
             return
         stats = {k: reply[k] for k in ("cpu_percent", "memory_used_mb") if k in reply}
         stats["agent_pid"] = node.stats.get("agent_pid")
+        if "pool" in reply:
+            node.pool = reply["pool"]
         if "gpus" in reply:
             stats["gpus"] = reply["gpus"]
         elif "gpus" in node.stats:
@@ -379,8 +398,8 @@ class NodeRegistry:
         """The active job whose current run on this node `key` names, if any."""
         job_id, run = parse_key(key)
         job = self.jobs.active.get(job_id)
-        if (job is None or job["state"] != S.RUNNING.value or job["node"] != link.name
-                or job["restarts"] != run):
+        if (job is None or job["node"] != link.name or job["restarts"] != run
+                or not (job["state"] == S.RUNNING.value or sent_here(job, link.name))):
             return None
         return job
 
@@ -399,6 +418,13 @@ class NodeRegistry:
                 log.error("cannot keep the log of job %d: %s", job["id"], e)
         elif ev == "exit":
             self._job_exited(link, msg)
+        elif ev == "slurm":
+            with self.lock:
+                job = self._current(link, msg["job"])
+                if job is not None:
+                    pool_event(self.jobs, job, msg, self.clock)
+        elif ev == "warning":
+            log.warning("node %s: %s", link.name, msg.get("error"))
 
     def _job_exited(self, link: NodeLink, msg: dict) -> None:
         try:
@@ -421,6 +447,9 @@ class NodeRegistry:
                 link.request("forget", job=key)  # a stale copy ended
                 return
             job_id = job["id"]
+            if link.cfg.kind == "slurm" and slurm_exit(self.jobs, job, msg, self._lost):
+                link.request("forget", job=key)
+                return
             code, sig, why = msg.get("code"), msg.get("signal"), msg.get("reason")
             end = msg.get("end") or self.clock.time()
             fields = dict(exit_code=code, signal=sig, end_time=end, when=end)
@@ -470,6 +499,8 @@ class NodeRegistry:
             for node in self.nodes.values():
                 if node.state not in ("down", "refused") or node.down_since is None:
                     continue
+                if node.kind == "slurm":
+                    continue  # Slurm runs them meanwhile: reconciled when the host is back
                 left = node.down_since + grace - now
                 running = [j for j in self.jobs.active.values()
                            if j["state"] == S.RUNNING.value and j["node"] == node.name]
@@ -488,9 +519,16 @@ class NodeRegistry:
         self.jobs.transition(job, S.RUNNING, "labqd", None, **self.start_fields(node, gpus))
         self.launch(job)
 
+    def start_state(self, node: str) -> tuple[S, str | None]:
+        """A start runs the job, except in a Slurm pool: there it waits until Slurm starts it."""
+        if self.nodes[node].kind == "slurm":
+            return S.PENDING, SUBMITTED
+        return S.RUNNING, None
+
     def start_fields(self, node: str, gpus: tuple[int, ...]) -> dict:
         """What a start sets; the scheduler records a pass's starts together, then launches."""
-        return dict(node=node, gpu_indices=list(gpus), start_time=self.clock.time(),
+        started = None if self.nodes[node].kind == "slurm" else self.clock.time()
+        return dict(node=node, gpu_indices=list(gpus), start_time=started,
                     exit_code=None, signal=None, end_time=None)
 
     def launch(self, job: dict) -> None:
@@ -515,7 +553,9 @@ class NodeRegistry:
         cmd = job["command"]
         argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         remaining = None
-        if job["time_limit_s"]:
+        if job["time_limit_s"] and link.cfg.kind == "slurm":
+            remaining = job["time_limit_s"]  # Slurm counts it from its own start
+        elif job["time_limit_s"]:
             # a launch delayed by a restart keeps the original deadline
             # (in seconds with a fraction: truncating to whole seconds cut up to a second
             # off every limit, half of a 2 s one)
@@ -534,7 +574,8 @@ class NodeRegistry:
                            f"launch on {link.name} failed: {r.get('error')}")
                     self.jobs.transition(j, S.FAILED, "labqd", why, end_time=self.clock.time())
         env = dict(self.launch_env(job), LABQ_WORKDIR=workdir or job["cwd"])
-        link.request("launch", reply, job=key, argv=argv, env=env,
+        extra = launch_extras(job) if link.cfg.kind == "slurm" else {}
+        link.request("launch", reply, job=key, argv=argv, env=env, **extra,
                      cwd=workdir or job["cwd"], time_limit_s=remaining,
                      grace_s=self.cfg.kill_grace_s,
                      user=job["owner"], uid=job["owner_uid"], memory_mb=job["memory_mb"],

@@ -6,6 +6,7 @@ import pwd
 import select
 import shutil
 import signal
+import stat
 import sys
 import threading
 import time
@@ -55,6 +56,9 @@ class Agent:
         if not is_run_key(key):
             raise ValueError("bad job key %r" % (key,))
         return os.path.join(self.dir, key)
+
+    def log_path(self, key):
+        return os.path.join(self.jobdir(key), "log")
 
     # requests --------------------------------------------------------------------------
     def op_launch(self, req):
@@ -158,6 +162,10 @@ class Agent:
             stats["gpus"] = gpus
         return dict(ok=True, time=time.time(), **stats)
 
+    def describe(self):
+        """What a kind of agent adds to its hello."""
+        return {}
+
     # loops -----------------------------------------------------------------------------
     def monitor(self):
         """Stream new log bytes of watched jobs, then their exit record once drained.
@@ -204,8 +212,13 @@ class Agent:
         f = files.get(job)
         try:
             if f is None:
-                f = files[job] = os.fdopen(
-                    open_nofollow(os.path.join(self.jobdir(job), "log"), os.O_RDONLY), "rb")
+                # non-blocking, and only a plain file: a Slurm run's log is written by its
+                # owner, who must not stall the agent with a FIFO in its place
+                fd = open_nofollow(self.log_path(job), os.O_RDONLY | os.O_NONBLOCK)
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    return False
+                f = files[job] = os.fdopen(fd, "rb")
             f.seek(offset)
             data = f.read(CHUNK)
         except (OSError, ValueError):
@@ -248,6 +261,7 @@ class Agent:
                  "containment": self.containment.kind,
                  "containment_note": self.containment.note}
         hello.update(probe_host())
+        hello.update(self.describe())
         self.send(hello)
         threading.Thread(target=self.monitor, daemon=True).start()
         ops = {"launch": self.op_launch, "list": self.op_list, "watch": self.op_watch,

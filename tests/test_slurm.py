@@ -1,0 +1,170 @@
+"""A Slurm cluster as a labq node pool, end to end against a real one-node Slurm (slurmkit):
+jobs go in with sbatch as their owners, wait there as PENDING with Slurm's reason, run with
+the GPUs Slurm gives them, and end in labq's states; cancel, time limit, capacity and a
+labqd restart while Slurm runs its jobs."""
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from daemonproc import Daemon, wait_for
+from slurmkit import SlurmCluster
+from userkit import User, cli_venv
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    # one cluster for the whole module: starting Slurm costs a few seconds
+    base = Path(tempfile.mkdtemp(prefix="labq-slurm-"))
+    base.chmod(0o755)  # the jobs' owners reach their output directories under it
+    with SlurmCluster(base / "slurm") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def venv():
+    return cli_venv()
+
+
+def pool_daemon(slurm, workdir: Path, **pool) -> Daemon:
+    entry = {"name": "hpc", "kind": "slurm", "local": True, "partition": "gpu",
+             "max_gpus": 4, "max_jobs": 20, "gpu_types": ["fake"], "poll": "1s",
+             "job_root": str(slurm.dir.parent / "pool")}
+    entry.update(pool)
+    d = Daemon(workdir, {"daemon": {"socket_mode": "0666", "kill_grace": "1s",
+                                    "heartbeat": "1s"}, "node": [entry]})
+    d.env = lambda: dict(os.environ, LABQ_SOCKET=str(d.socket), SLURM_CONF=str(slurm.conf))
+    return d
+
+
+@pytest.fixture(scope="module")
+def daemon(slurm, tmp_path_factory):
+    d = pool_daemon(slurm, tmp_path_factory.mktemp("pool"))
+    with d.start(wait_nodes=1):
+        yield d
+
+
+@pytest.fixture(scope="module")
+def alice(venv, daemon):
+    return User("labqtest", venv, daemon.socket)
+
+
+@pytest.fixture(scope="module")
+def bob(venv, daemon):
+    return User("labqtest2", venv, daemon.socket)
+
+
+@pytest.fixture(scope="module")
+def over_time(alice):
+    """A job past its time limit, submitted first: Slurm counts limits in whole minutes and
+    checks them every half minute, so it ends while the other tests run."""
+    return job_id(alice.ok("submit", "--time", "1m", "--", "bash", "-c",
+                           "echo started; sleep 600"))
+
+
+def job_id(out: str) -> str:
+    return out.strip().splitlines()[-1]
+
+
+def show(user, jid) -> dict:
+    return json.loads(user.ok("show", "--json", jid))
+
+
+def slurm_id(user, jid) -> str:
+    events = json.loads(user.ok("events", "--json", jid))
+    words = [e["reason"] for e in events if (e["reason"] or "").startswith("Slurm job ")]
+    return words[0].split()[2]
+
+
+def test_a_job_runs_in_slurm_as_its_owner_with_the_gpus_slurm_gave_it(slurm, alice, over_time):
+    jid = job_id(alice.ok("submit", "--gpus", "2", "--name", "gpu-run", "--", "bash", "-c",
+                          "id -un; echo CVD=$CUDA_VISIBLE_DEVICES; echo job=$LABQ_JOB_ID"))
+    assert alice.labq("wait", jid, timeout=90).returncode == 0, alice.ok("events", jid)
+    job = show(alice, jid)
+    assert job["state"] == "COMPLETED" and job["node"] == "hpc" and job["exit_code"] == 0
+    log = alice.ok("logs", jid).splitlines()
+    assert log[0] == "labqtest" and log[1] == "CVD=0,1" and log[2] == f"job={jid}"
+    sj = slurm.job(int(slurm_id(alice, jid)))
+    assert sj["UserId"].startswith("labqtest(") and sj["JobName"] == "gpu-run"
+    assert sj["TresPerNode"] == "gres:gpu:2"
+    slurm_start = time.mktime(time.strptime(sj["StartTime"], "%Y-%m-%dT%H:%M:%S"))
+    assert abs(job["start_time"] - slurm_start) < 1.0  # Slurm's start, not the submit's
+
+
+def test_a_failing_job_ends_failed_with_its_exit_code(alice):
+    jid = job_id(alice.ok("submit", "--", "bash", "-c", "echo bad; exit 3"))
+    assert alice.labq("wait", jid, timeout=90).returncode == 1
+    job = show(alice, jid)
+    assert job["state"] == "FAILED" and job["exit_code"] == 3
+    assert alice.ok("logs", jid).strip() == "bad"
+
+
+def test_a_job_waits_in_slurm_as_pending_with_slurms_reason_then_cancels(slurm, alice, bob):
+    # someone else on the cluster holds every GPU, outside labq
+    other = slurm.sbatch("--gres=gpu:4", "--wrap", "sleep 600")
+    try:
+        wait_for(lambda: slurm.job(other)["JobState"] == "RUNNING", what="the other job")
+        jid = job_id(alice.ok("submit", "--gpus", "1", "--", "true"))
+        wait_for(lambda: show(alice, jid)["reason"] == "Slurm:Resources", timeout=30,
+                 what="Slurm's reason")
+        job = show(alice, jid)
+        assert job["state"] == "PENDING" and job["node"] == "hpc"
+        # bob may neither cancel nor hold alice's job; alice may not hold it (it is in Slurm)
+        assert bob.labq("cancel", jid).returncode != 0
+        held = alice.labq("hold", jid)
+        assert held.returncode != 0 and "cancel it instead" in held.stderr
+        alice.ok("cancel", jid)
+        wait_for(lambda: show(alice, jid)["state"] == "CANCELLED", timeout=30, what="cancel")
+        assert "labqtest" in show(alice, jid)["reason"]
+        comment = slurm.cmd("squeue", "-h", "-t", "all", "-o", "%k|%T")
+        assert f"/hpc/{jid}.0|CANCELLED" in comment
+    finally:
+        slurm.cmd("scancel", str(other))
+
+
+def test_a_running_job_is_cancelled_through_scancel(slurm, alice):
+    jid = job_id(alice.ok("submit", "--", "bash", "-c", "echo up; sleep 600"))
+    wait_for(lambda: show(alice, jid)["state"] == "RUNNING", timeout=30, what="running")
+    wait_for(lambda: "up" in alice.ok("logs", jid), timeout=20, what="the log")
+    alice.ok("cancel", jid)
+    wait_for(lambda: show(alice, jid)["state"] == "CANCELLED", timeout=30, what="cancel")
+    assert slurm.job(int(slurm_id(alice, jid)))["JobState"] == "CANCELLED"
+
+
+def test_labqd_restarts_while_slurm_runs_its_jobs_and_never_submits_twice(slurm, daemon,
+                                                                            alice):
+    jid = job_id(alice.ok("submit", "--", "bash", "-c", "echo one; sleep 6; echo two"))
+    wait_for(lambda: show(alice, jid)["state"] == "RUNNING", timeout=30, what="running")
+    daemon.stop()
+    time.sleep(2)
+    daemon.start(wait_nodes=1)
+    assert alice.labq("wait", jid, timeout=90).returncode == 0
+    assert alice.ok("logs", jid).split() == ["one", "two"]
+    ours = [line for line in slurm.cmd("squeue", "-h", "-t", "all", "-o", "%k").split()
+            if line.endswith(f"/hpc/{jid}.0")]
+    assert len(ours) == 1
+
+
+def test_the_pool_takes_no_more_than_max_jobs(slurm, alice, tmp_path):
+    d = pool_daemon(slurm, tmp_path / "small", name="small", max_jobs=2,
+                    job_root=str(slurm.dir.parent / "small"))
+    with d.start(wait_nodes=1):
+        carol = User("labqtest", alice.venv, d.socket)
+        ids = [job_id(carol.ok("submit", "--", "sleep", "30")) for _ in range(3)]
+        wait_for(lambda: sum(show(carol, i)["node"] == "small" for i in ids) == 2,
+                 timeout=30, what="two jobs sent")
+        time.sleep(2)
+        third = [show(carol, i) for i in ids][2]
+        assert third["state"] == "PENDING" and third["node"] is None
+        assert not (third["reason"] or "").startswith("Slurm:")
+        carol.ok("cancel", *ids)
+        wait_for(lambda: all(show(carol, i)["state"] == "CANCELLED" for i in ids), timeout=30,
+                 what="all cancelled")
+
+
+def test_a_job_past_its_time_limit_ends_timeout(alice, over_time):
+    wait_for(lambda: show(alice, over_time)["state"] == "TIMEOUT", timeout=150,
+             interval=1, what="the time limit")
+    assert alice.ok("logs", over_time).startswith("started")
