@@ -13,6 +13,7 @@ from .units import format_size_mb, parse_size_mb
 
 if TYPE_CHECKING:
     from .client import Client
+    from .models import Node
 
 Add = Callable[..., argparse.ArgumentParser]
 
@@ -24,6 +25,9 @@ def cmd_nodes(q: Client, a: argparse.Namespace) -> int:
         return 0
     rows = []
     for n in nodes:
+        if n.kind == "slurm":
+            rows.append(pool_line(n))
+            continue
         types: dict[str, int] = {}
         for g in n.gpus:
             types[g.type] = types.get(g.type, 0) + 1
@@ -37,6 +41,22 @@ def cmd_nodes(q: Client, a: argparse.Namespace) -> int:
     table(rows, ["NODE", "HOST", "STATE", "CPUS", "MEMORY", "GPUS", "GPU TYPES", "SOURCE",
                   "CONTAINMENT", "RUNS JOBS OF", "REASON"])
     return 0
+
+
+def pool_line(n: Node) -> list[str]:
+    """A Slurm pool's row: labq's share of it, and the partition as sinfo shows it."""
+    p = n.pool or {}
+    share = (f"labq: {p.get('labq_running', 0)} running, {p.get('labq_waiting', 0)} waiting "
+             f"in Slurm (max {p.get('max_jobs')})")
+    part = (f"partition {p.get('partition') or '(default)'}: "
+            f"{p.get('nodes_up', '?')}/{p.get('nodes', '?')} nodes up, "
+            f"{p.get('nodes_alloc', '?')} allocated, GPUs {p.get('gpus_alloc', '?')}/"
+            f"{p.get('gpus', '?')} allocated" if "nodes" in p else p.get("error") or "")
+    free = p.get("max_gpus", 0) - p.get("labq_gpus", 0)
+    types = n.gpus[0].type if n.gpus else "-"
+    return [n.name, n.host, n.state, "-", "-", f"{free}/{p.get('max_gpus', 0)}", types,
+            "slurm", "slurm", (n.runs_jobs_of or "-").split(" (")[0],
+            "; ".join(x for x in (n.reason, share, part) if x)]
 
 
 def cmd_node(q: Client, a: argparse.Namespace) -> int:

@@ -73,9 +73,7 @@ def show(user, jid) -> dict:
 
 
 def slurm_id(user, jid) -> str:
-    events = json.loads(user.ok("events", "--json", jid))
-    words = [e["reason"] for e in events if (e["reason"] or "").startswith("Slurm job ")]
-    return words[0].split()[2]
+    return show(user, jid)["slurm_id"]
 
 
 def test_a_job_runs_in_slurm_as_its_owner_with_the_gpus_slurm_gave_it(slurm, alice, over_time):
@@ -91,6 +89,25 @@ def test_a_job_runs_in_slurm_as_its_owner_with_the_gpus_slurm_gave_it(slurm, ali
     assert sj["TresPerNode"] == "gres:gpu:2"
     slurm_start = time.mktime(time.strptime(sj["StartTime"], "%Y-%m-%dT%H:%M:%S"))
     assert abs(job["start_time"] - slurm_start) < 1.0  # Slurm's start, not the submit's
+
+
+def test_labq_nodes_shows_the_pool_its_partition_and_labqs_share(slurm, alice, bob):
+    mine = job_id(bob.ok("submit", "--gpus", "1", "--", "bash", "-c", "id -un; sleep 30"))
+    wait_for(lambda: show(bob, mine)["state"] == "RUNNING", timeout=30, what="running")
+    assert slurm.job(int(slurm_id(bob, mine)))["UserId"].startswith("labqtest2(")
+    assert f"hpc  (Slurm job {slurm_id(bob, mine)})" in bob.ok("show", mine)
+
+    def pool():
+        return next(n for n in json.loads(alice.ok("nodes", "--json")) if n["name"] == "hpc")
+    # sinfo is read every few heartbeats
+    wait_for(lambda: (pool()["pool"] or {}).get("gpus_alloc", 0) >= 1, timeout=20,
+             what="sinfo's GPUs")
+    p = pool()
+    assert p["kind"] == "slurm" and p["pool"]["gpus"] == 4 and p["pool"]["nodes_up"] == 1
+    assert p["pool"]["labq_gpus"] == 1 and p["pool"]["labq_running"] >= 1
+    line = next(line for line in alice.ok("nodes").splitlines() if line.startswith("hpc"))
+    assert "partition gpu: 1/1 nodes up" in line and "waiting in Slurm (max 20)" in line
+    bob.ok("cancel", mine)
 
 
 def test_a_failing_job_ends_failed_with_its_exit_code(alice):

@@ -35,6 +35,7 @@ class NodeInfo:
     kind: str = "host"  # or "slurm": a Slurm cluster behind its login host
     max_jobs: int | None = None  # a Slurm pool's: labq's jobs there at once
     pool: dict = field(default_factory=dict)  # a Slurm pool's partition, from sinfo
+    partition: str | None = None
 
 
 def run_key(job: dict) -> str:
@@ -50,8 +51,13 @@ def node_rows(nodes: Iterable[NodeInfo], active: Iterable[dict]) -> list[dict]:
     """What `labq nodes` shows: each node with its free resources and who holds its GPUs."""
     holders: dict[tuple[str, int], int] = {}
     running: dict[str, list[int]] = {}
+    waiting: dict[str, int] = {}  # jobs waiting in a Slurm pool
     used: dict[str, list[int]] = {}
     for j in active:
+        if j["state"] == S.PENDING.value and j["node"] is not None:
+            waiting[j["node"]] = waiting.get(j["node"], 0) + 1
+            for g in j["gpu_indices"]:
+                holders[(j["node"], g)] = j["id"]
         if j["state"] == S.RUNNING.value:
             running.setdefault(j["node"], []).append(j["id"])
             u = used.setdefault(j["node"], [0, 0])
@@ -79,5 +85,16 @@ def node_rows(nodes: Iterable[NodeInfo], active: Iterable[dict]) -> list[dict]:
                     "runs_jobs_of": n.accounts or None,
                     "containment": n.containment,
                     "running_jobs": sorted(running.get(n.name, [])),
-                    "last_seen": n.last_seen})
+                    "last_seen": n.last_seen, "kind": n.kind,
+                    "pool": pool_row(n, len(running.get(n.name, [])),
+                                     waiting.get(n.name, 0),
+                                     sum(g["job"] is not None for g in gpus))})
     return out
+
+
+def pool_row(n: NodeInfo, running: int, waiting: int, gpus_held: int) -> dict | None:
+    """A Slurm pool's partition as sinfo last showed it, and labq's own share of it."""
+    if n.kind != "slurm":
+        return None
+    return dict(n.pool, partition=n.partition, max_gpus=len(n.gpus), max_jobs=n.max_jobs,
+                labq_running=running, labq_waiting=waiting, labq_gpus=gpus_held)

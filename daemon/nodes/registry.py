@@ -28,6 +28,7 @@ from .slurmpool import (
     pool_event,
     pool_gpus,
     pool_node_size,
+    record_slurm_id,
     sent_here,
     slurm_exit,
 )
@@ -105,7 +106,7 @@ class NodeRegistry:
         self.nodes[ncfg.name] = NodeInfo(ncfg.name, "local" if ncfg.local else ncfg.host,
                                          drained=self._drained.get(ncfg.name, False),
                                          job_root=ncfg.job_root, dynamic=dynamic,
-                                         kind=ncfg.kind,
+                                         kind=ncfg.kind, partition=ncfg.partition,
                                          max_jobs=ncfg.max_jobs if ncfg.kind == "slurm"
                                          else None)
         link = self.links[ncfg.name] = NodeLink(ncfg, self.store.cluster_id, self,
@@ -326,6 +327,8 @@ class NodeRegistry:
                     timer.daemon = True
                     timer.start()
             elif info is not None:
+                if info.get("slurm_id"):  # labqd may have stopped before sbatch answered
+                    record_slurm_id(self.store, job, info["slurm_id"])
                 self._watch(link, job)
                 if job["id"] in self.jobs.cancel_requests:
                     link.request("cancel", job=key, reason="cancel")
@@ -564,6 +567,9 @@ class NodeRegistry:
         key = run_key(job)
 
         def reply(r: dict) -> None:
+            if r.get("slurm_id"):
+                with self.lock:
+                    record_slurm_id(self.store, self._current(link, key), r["slurm_id"])
             if r.get("ok") or r.get("code") in ("exists", "down"):
                 return  # started, or already there, or the node went away (reconciled later)
             with self.lock:

@@ -14,6 +14,7 @@ from labq.states import JobState
 from ..clock import Clock
 from ..config import NodeConfig
 from ..jobtable import JobTable
+from ..store import Store
 from ..views import sent_to_pool
 
 S = JobState
@@ -45,6 +46,12 @@ def launch_extras(job) -> dict:
     return {"slurm": {"gpus": len(job["gpu_indices"]) or job["gpus"],
                       "gpu_type": job["gpu_type"], "cpus": job["cpus"], "name": job["name"],
                       "requeue": bool(job["requeue"])}}
+
+
+def record_slurm_id(store: Store, job, slurm_id: str) -> None:
+    if job is not None:
+        with store.write():
+            store.update_job(job["id"], slurm_id=str(slurm_id))
 
 
 def pool_event(jobs: JobTable, job, msg: dict, clock: Clock) -> None:
