@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from daemonproc import Daemon, wait_for
 from slurmkit import SlurmCluster
+from sshnodes import NodeSet
 from userkit import User, cli_venv
 
 
@@ -72,6 +73,13 @@ def show(user, jid) -> dict:
     return json.loads(user.ok("show", "--json", jid))
 
 
+def wait_state(user, jid, state, timeout=30):
+    try:
+        wait_for(lambda: show(user, jid)["state"] == state, timeout=timeout, what=state)
+    except AssertionError:
+        raise AssertionError(f"job {jid} not {state}:\n" + user.ok("events", jid)) from None
+
+
 def slurm_id(user, jid) -> str:
     return show(user, jid)["slurm_id"]
 
@@ -93,7 +101,7 @@ def test_a_job_runs_in_slurm_as_its_owner_with_the_gpus_slurm_gave_it(slurm, ali
 
 def test_labq_nodes_shows_the_pool_its_partition_and_labqs_share(slurm, alice, bob):
     mine = job_id(bob.ok("submit", "--gpus", "1", "--", "bash", "-c", "id -un; sleep 30"))
-    wait_for(lambda: show(bob, mine)["state"] == "RUNNING", timeout=30, what="running")
+    wait_state(bob, mine, "RUNNING")
     assert slurm.job(int(slurm_id(bob, mine)))["UserId"].startswith("labqtest2(")
     assert f"hpc  (Slurm job {slurm_id(bob, mine)})" in bob.ok("show", mine)
 
@@ -143,7 +151,7 @@ def test_a_job_waits_in_slurm_as_pending_with_slurms_reason_then_cancels(slurm, 
 
 def test_a_running_job_is_cancelled_through_scancel(slurm, alice):
     jid = job_id(alice.ok("submit", "--", "bash", "-c", "echo up; sleep 600"))
-    wait_for(lambda: show(alice, jid)["state"] == "RUNNING", timeout=30, what="running")
+    wait_state(alice, jid, "RUNNING")
     wait_for(lambda: "up" in alice.ok("logs", jid), timeout=20, what="the log")
     alice.ok("cancel", jid)
     wait_for(lambda: show(alice, jid)["state"] == "CANCELLED", timeout=30, what="cancel")
@@ -153,7 +161,7 @@ def test_a_running_job_is_cancelled_through_scancel(slurm, alice):
 def test_labqd_restarts_while_slurm_runs_its_jobs_and_never_submits_twice(slurm, daemon,
                                                                             alice):
     jid = job_id(alice.ok("submit", "--", "bash", "-c", "echo one; sleep 6; echo two"))
-    wait_for(lambda: show(alice, jid)["state"] == "RUNNING", timeout=30, what="running")
+    wait_state(alice, jid, "RUNNING")
     daemon.stop()
     time.sleep(2)
     daemon.start(wait_nodes=1)
@@ -185,3 +193,68 @@ def test_a_job_past_its_time_limit_ends_timeout(alice, over_time):
     wait_for(lambda: show(alice, over_time)["state"] == "TIMEOUT", timeout=150,
              interval=1, what="the time limit")
     assert alice.ok("logs", over_time).startswith("started")
+
+
+def test_a_slurm_requeue_sends_the_job_back_to_pending_and_it_runs_again(slurm, alice):
+    jid = job_id(alice.ok("submit", "--", "bash", "-c",
+                          "echo run $SLURM_RESTART_COUNT; sleep 4"))
+    wait_state(alice, jid, "RUNNING")
+    sid = slurm_id(alice, jid)
+    slurm.cmd("scontrol", "requeue", sid, check=True)
+    wait_for(lambda: show(alice, jid)["reason"] == "Slurm:BeginTime", timeout=30,
+             what="waiting again in Slurm")
+    job = show(alice, jid)
+    assert job["state"] == "PENDING" and job["node"] == "hpc" and job["slurm_id"] == sid
+    # Slurm holds a requeued job back for two minutes; let it go now
+    slurm.cmd("scontrol", "update", f"JobId={sid}", "StartTime=now", check=True)
+    assert alice.labq("wait", jid, timeout=90).returncode == 0
+    log = alice.ok("logs", jid).splitlines()  # both runs' output, and Slurm's word between
+    assert log[0] == "run" and "JOB REQUEUE" in log[1] and log[-1] == "run 1"
+    events = alice.ok("events", jid)
+    assert f"requeued by Slurm (job {sid})" in events
+    assert show(alice, jid)["restarts"] == 0  # one labq run, the same Slurm job
+
+
+@pytest.fixture(scope="module")
+def login(slurm, tmp_path_factory):
+    """A login host over loopback SSH: Slurm's commands there find the cluster's config, as
+    on a real login host."""
+    base = tmp_path_factory.mktemp("login")
+    tools = slurm.dir.parent / "login-bin"
+    tools.mkdir(exist_ok=True)
+    for name in ("sbatch", "squeue", "scontrol", "scancel", "sinfo", "sacct"):
+        wrapper = tools / name
+        wrapper.write_text(f"#!/bin/sh\nSLURM_CONF={slurm.conf} exec /usr/bin/{name} \"$@\"\n")
+        wrapper.chmod(0o755)
+    tools.chmod(0o755)
+    with NodeSet(base / "nodes", names=["login"], extra_path=[str(tools)]) as ns:
+        entry = dict(ns.config_entries()[0], name="hpcssh", kind="slurm", partition="gpu",
+                     max_gpus=2, max_jobs=10, poll="1s",
+                     job_root=str(slurm.dir.parent / "ssh-pool"))
+        d = Daemon(base / "daemon", {"daemon": {"socket_mode": "0666", "heartbeat": "1s",
+                                                "node_timeout": "3s", "requeue_grace": "2s"},
+                                     "node": [entry]})
+        d.nodes = ns
+        with d.start(wait_nodes=1):
+            yield d
+
+
+def test_a_pool_behind_ssh_keeps_its_jobs_while_the_login_host_is_away(slurm, login, venv):
+    alice = User("labqtest", venv, login.socket)
+    jid = job_id(alice.ok("submit", "--gpus", "1", "--", "bash", "-c",
+                          "echo before; sleep 8; echo after"))
+    wait_state(alice, jid, "RUNNING")
+    sid = int(slurm_id(alice, jid))
+    assert slurm.job(sid)["UserId"].startswith("labqtest(")
+    login.nodes[0].kill_all()  # the login host is gone: sshd, the link and the agent
+    wait_for(lambda: slurm.job(sid)["JobState"] == "COMPLETED", timeout=60,
+             what="Slurm to finish it meanwhile")
+    time.sleep(3)  # past requeue_grace: a Slurm pool's jobs are not requeued for it
+    nodes = json.loads(alice.ok("nodes", "--json"))
+    assert nodes[0]["state"] == "down"
+    job = show(alice, jid)
+    assert job["state"] == "RUNNING" and job["restarts"] == 0
+    login.nodes[0].restart()
+    assert alice.labq("wait", jid, timeout=120).returncode == 0
+    assert alice.ok("logs", jid).split() == ["before", "after"]
+    assert show(alice, jid)["exit_code"] == 0

@@ -57,24 +57,25 @@ def record_slurm_id(store: Store, job, slurm_id: str) -> None:
 def pool_event(jobs: JobTable, job, msg: dict, clock: Clock) -> None:
     """Slurm's state of a job labq sent (called with the job lock held)."""
     state, sid = msg.get("state") or "", msg.get("id")
-    reason = f"Slurm:{msg.get('reason') or 'None'}"
-    if sent_to_pool(job):
-        if state in RUNNING_STATES:
-            jobs.transition(job, S.RUNNING, "labqd", f"Slurm job {sid}",
-                            start_time=msg.get("start") or clock.time())
-            return
-        if msg.get("estimate"):
-            jobs.pool_estimates[job["id"]] = msg["estimate"]
-        if job["reason"] != reason:
-            with jobs.store.write():
-                jobs.store.update_job(job["id"], reason=reason)
-            job["reason"] = reason
-            jobs.changed.notify_all()
-    elif job["state"] == S.RUNNING.value and state == "PENDING":
+    if job["state"] == S.RUNNING.value and state == "PENDING":
         # Slurm requeued it (scontrol requeue, a node failure, preemption): it waits there
         # again under the same Slurm job id
         jobs.transition(job, S.PENDING, "labqd", f"requeued by Slurm (job {sid})",
                         start_time=None)
+    if not sent_to_pool(job):
+        return
+    if state in RUNNING_STATES:
+        jobs.transition(job, S.RUNNING, "labqd", f"Slurm job {sid}",
+                        start_time=msg.get("start") or clock.time())
+        return
+    if msg.get("estimate"):
+        jobs.pool_estimates[job["id"]] = msg["estimate"]
+    reason = f"Slurm:{msg.get('reason') or 'None'}"
+    if job["reason"] != reason:
+        with jobs.store.write():
+            jobs.store.update_job(job["id"], reason=reason)
+        job["reason"] = reason
+        jobs.changed.notify_all()
 
 
 def slurm_exit(jobs: JobTable, job, msg: dict,

@@ -126,6 +126,8 @@ class SlurmAgent(Agent):
             if os.environ.get(name) and name not in env:
                 env[name] = os.environ[name]
         pre = _as_owner(uid) if uid is not None and os.geteuid() == 0 and uid != 0 else None
+        # Slurm's commands as this host's PATH finds them, not the job's
+        argv = [shutil.which(argv[0]) or argv[0]] + list(argv[1:])
         return subprocess.run(argv, env=env, preexec_fn=pre, input=stdin,
                               stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, universal_newlines=True, timeout=60,
