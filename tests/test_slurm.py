@@ -258,3 +258,13 @@ def test_a_pool_behind_ssh_keeps_its_jobs_while_the_login_host_is_away(slurm, lo
     assert alice.labq("wait", jid, timeout=120).returncode == 0
     assert alice.ok("logs", jid).split() == ["before", "after"]
     assert show(alice, jid)["exit_code"] == 0
+
+
+def test_a_login_host_without_slurm_is_refused_with_the_reason(slurm, tmp_path):
+    d = pool_daemon(slurm, tmp_path / "noslurm", job_root=str(slurm.dir.parent / "noslurm"))
+    d.env = lambda: {k: v for k, v in dict(os.environ, LABQ_SOCKET=str(d.socket)).items()
+                     if k != "SLURM_CONF"}  # this host finds no slurm.conf
+    with d.start():
+        with d.client() as q:
+            wait_for(lambda: q.nodes()[0].state == "refused", timeout=20, what="refused")
+            assert "sinfo --version failed" in q.nodes()[0].reason

@@ -46,6 +46,9 @@ def main(argv=None):
         if opts.get("--from-socket"):
             cluster, node = _names_from_stdin()
         directory = prepare_dir(opts.get("--root", "~/.local/state/labq-node"), cluster, node)
+        if opts.get("--slurm"):
+            from .slurm import slurm_version
+            slurm_version()
     except (Refused, OSError) as e:
         sys.stdout.buffer.write((json.dumps({"ev": "refused", "error": str(e)}) + "\n").encode())
         sys.stdout.buffer.flush()

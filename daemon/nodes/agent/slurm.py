@@ -22,7 +22,7 @@ import threading
 import time
 
 from .ends import announce_end
-from .files import is_dir, is_run_key, read_json, write_json
+from .files import Refused, is_dir, is_run_key, read_json, write_json
 from .server import Agent, remove_run_dir
 
 POLL_S = 2.0
@@ -81,6 +81,19 @@ def gpu_kind(wanted, offered):
     return wanted
 
 
+def slurm_version():
+    """Slurm's version on this host; Refused where its commands cannot run (not installed,
+    no slurm.conf): an admin has to set the login host up."""
+    try:
+        r = subprocess.run(["sinfo", "--version"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise Refused("Slurm's sinfo cannot run on this host: %s" % e) from None
+    if r.returncode != 0:
+        raise Refused("Slurm's sinfo --version failed: %s" % r.stderr.strip()[:300])
+    return r.stdout.strip()
+
+
 def _as_owner(uid):
     """A preexec function that becomes `uid` with its groups, for a root agent."""
     pw = pwd.getpwuid(uid)
@@ -134,9 +147,7 @@ class SlurmAgent(Agent):
                               cwd="/")
 
     def describe(self):
-        r = self.run(["sinfo", "--version"])
-        return {"slurm": {"version": r.stdout.strip() or None,
-                          "error": r.stderr.strip()[:300] if r.returncode else None}}
+        return {"slurm": {"version": slurm_version()}}
 
     # requests --------------------------------------------------------------------------
     def op_launch(self, req):
