@@ -118,6 +118,20 @@ def test_labq_nodes_shows_the_pool_its_partition_and_labqs_share(slurm, alice, b
     bob.ok("cancel", mine)
 
 
+def test_a_job_that_swaps_its_output_for_a_link_or_a_fifo_gets_nothing_of_roots(alice):
+    # the output file is the owner's: a link to root's secrets or a FIFO in its place must
+    # neither be read by the root agent nor stall it
+    swap = ('f=$(readlink /proc/$$/fd/1); rm -f "$f"; ln -s /etc/shadow "$f"; exec >/dev/null')
+    fifo = ('f=$(readlink /proc/$$/fd/1); rm -f "$f"; mkfifo "$f"; exec >/dev/null')
+    ids = [job_id(alice.ok("submit", "--", "bash", "-c", cmd)) for cmd in (swap, fifo)]
+    for jid in ids:
+        assert alice.labq("wait", jid, timeout=90).returncode == 0
+        assert "root:" not in alice.ok("logs", jid)
+    after = job_id(alice.ok("submit", "--", "echo", "still served"))
+    assert alice.labq("wait", after, timeout=90).returncode == 0
+    assert alice.ok("logs", after).strip() == "still served"
+
+
 def test_a_failing_job_ends_failed_with_its_exit_code(alice):
     jid = job_id(alice.ok("submit", "--", "bash", "-c", "echo bad; exit 3"))
     assert alice.labq("wait", jid, timeout=90).returncode == 1

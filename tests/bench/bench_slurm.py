@@ -64,8 +64,9 @@ def main():
         d.env = lambda: dict(os.environ, LABQ_SOCKET=str(d.socket), SLURM_CONF=str(slurm.conf))
         d.start(wait_nodes=1)
         try:
-            print(f"{args.jobs} trivial jobs, one Slurm node with {args.cpus} CPUs, "
-                  f"slurm {subprocess.run(['sinfo', '--version'], env=slurm.env, text=True, capture_output=True).stdout.strip()}")
+            version = subprocess.run(["sinfo", "--version"], env=slurm.env, text=True,
+                                     capture_output=True).stdout.strip()
+            print(f"{args.jobs} trivial jobs, one Slurm node with {args.cpus} CPUs, {version}")
             print(f"{'':22s} {'submit all':>12s} {'all COMPLETED':>15s} {'jobs/s':>8s}")
             rows = {}
             for name, fn in (("bare sbatch", lambda: bare(slurm, args.jobs)),

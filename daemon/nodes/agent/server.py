@@ -284,6 +284,8 @@ class Agent:
             except Exception as e:
                 req = req if isinstance(req, dict) else {}
                 reply = {"ok": False, "code": "error", "error": "%s: %s" % (type(e).__name__, e)}
+            if reply is None:
+                continue  # the op answers later, from a thread of its own
             reply["re"] = req.get("id")
             self.send(reply)
 

@@ -15,6 +15,7 @@ the job's owner: out/ is the owner's, the rest the agent's).
 """
 import os
 import pwd
+import queue
 import shlex
 import shutil
 import subprocess
@@ -114,6 +115,8 @@ class SlurmAgent(Agent):
         self.known = {}  # run key -> {"id", "misses"}: runs that Slurm has and have not ended
         self.told = {}  # run key -> the last (state, reason, start, estimate) sent to labqd
         self.poke = threading.Event()
+        self.launches = queue.Queue()  # (request, owner uid) for the launcher thread
+        self.cancelled = {}  # run key -> True: cancelled before its sbatch answered
         if os.geteuid() == 0:
             # the owners' Slurm steps open their out/ directories: they pass through here
             # (<job_root>/<cluster>/<node>, all the agent's own)
@@ -151,6 +154,9 @@ class SlurmAgent(Agent):
 
     # requests --------------------------------------------------------------------------
     def op_launch(self, req):
+        """Checked and its directory made at once (a second launch of the run fails here);
+        sbatch then runs on the launcher thread, which answers: a controller slow to answer
+        must not hold up the pings and cancels behind it."""
         key = req["job"]
         jobdir = self.jobdir(key)
         uid = req.get("uid")
@@ -163,7 +169,7 @@ class SlurmAgent(Agent):
         if owner == 0 and self.no_root_jobs:
             return {"ok": False, "code": "account", "error": "this pool runs no job as root"}
         try:
-            os.mkdir(jobdir, 0o711)  # atomic: a second launch of the same run fails here
+            os.mkdir(jobdir, 0o711)
         except FileExistsError:
             return {"ok": False, "code": "exists", "error": "job %s already launched here" % key}
         os.chmod(jobdir, 0o711)  # whatever the umask: the owner's Slurm step passes through
@@ -171,8 +177,28 @@ class SlurmAgent(Agent):
         os.mkdir(out, 0o700)
         if owner is not None:
             os.chown(out, owner, pwd.getpwuid(owner).pw_gid)
+        self.launches.put((req, owner))
+        return None
+
+    def launcher(self):
+        while True:
+            req, owner = self.launches.get()
+            try:
+                reply = self.submit(req, owner)
+            except Exception as e:
+                remove_run_dir(self.jobdir(req["job"]))
+                reply = {"ok": False, "code": "error", "error": "%s: %s" % (type(e).__name__, e)}
+            reply["re"] = req.get("id")
+            self.send(reply)
+
+    def submit(self, req, owner):
+        key = req["job"]
+        jobdir = self.jobdir(key)
+        with self.slurm_lock:
+            if self.cancelled.pop(key, None):  # cancelled before it went out
+                return self._end_unsent(key)
         comment = "labq:%s/%s/%s" % (self.cluster, self.node, key)
-        argv = sbatch_argv(req, self.pool, os.path.join(out, "log"), comment)
+        argv = sbatch_argv(req, self.pool, os.path.join(jobdir, "out", "log"), comment)
         write_json(os.path.join(jobdir, "spec.json"), {"sbatch": argv, "uid": owner})
         env = {k: v for k, v in req["env"].items() if k != "CUDA_VISIBLE_DEVICES"}
         r = self.run(argv, env, owner, stdin=batch_script(req["argv"]))
@@ -184,10 +210,21 @@ class SlurmAgent(Agent):
         write_json(os.path.join(jobdir, "slurm.json"), {"id": slurm_id})
         with self.slurm_lock:
             self.known[key] = {"id": slurm_id, "misses": 0}
+            cancel = self.cancelled.pop(key, None)
         with self.watch_lock:
             self.watched[key] = 0
+        if cancel:  # asked while sbatch was on its way
+            self.run(["scancel", slurm_id])
         self.poke.set()
         return {"ok": True, "slurm_id": slurm_id}
+
+    def _end_unsent(self, key):
+        write_json(os.path.join(self.jobdir(key), "exit"),
+                   {"code": None, "signal": None, "reason": "cancelled", "end": time.time()})
+        with self.watch_lock:
+            self.watched[key] = 0
+        announce_end(self.dir, key)
+        return {"ok": True}
 
     def op_list(self, req):
         reply = Agent.op_list(self, req)
@@ -229,6 +266,10 @@ class SlurmAgent(Agent):
         key = req["job"]
         with self.slurm_lock:
             info = self.known.get(key)
+            if info is None and is_dir(self.jobdir(key)):
+                # its sbatch is queued or on its way: the launcher cancels it
+                self.cancelled[key] = True
+                return {"ok": True}
         if info is None:
             return {"ok": False, "code": "unknown", "error": "no Slurm job for %s" % key}
         # scancel: SIGTERM to the job, SIGKILL after the cluster's KillWait
@@ -280,6 +321,7 @@ class SlurmAgent(Agent):
     # the poller ------------------------------------------------------------------------
     def serve(self):
         threading.Thread(target=self.poll_loop, daemon=True).start()
+        threading.Thread(target=self.launcher, daemon=True).start()
         Agent.serve(self)
 
     def poll_loop(self):
