@@ -340,21 +340,24 @@ class SlurmAgent(Agent):
         if not runs:
             return
         r = self.run(["squeue", "-h", "-t", "all", "--jobs=" + ",".join(sorted(set(
-            runs.values()))), "-o", "%i|%T|%r|%S|%M"])
+            runs.values()))), "-o", "%i|%T|%r|%S|%e"])
         if r.returncode != 0 and "Invalid job id" not in r.stderr:
             return  # the controller did not answer: nothing is known, nothing is lost
         rows = {}
         for line in r.stdout.splitlines():
             parts = line.split("|")
-            if len(parts) >= 4:
-                rows[parts[0].strip()] = parts
+            if len(parts) >= 5:
+                rows[parts[0].strip()] = [p.strip() for p in parts]
         for key, sid in runs.items():
             row = rows.get(sid)
-            state = row[1].strip() if row else None
-            if state is None or state.split()[0] in ENDS:
+            state = row[1].split()[0] if row else None
+            if state == "COMPLETED":  # exit code 0 by definition: no scontrol per job
+                self._ended(key, sid, {"JobState": state, "ExitCode": "0:0",
+                                       "StartTime": row[3], "EndTime": row[4]})
+            elif state is None or state in ENDS:
                 self._ended(key, sid)
             else:
-                self._tell(key, sid, state, row[2].strip(), slurm_time(row[3]))
+                self._tell(key, sid, state, row[2], slurm_time(row[3]))
 
     def _tell(self, key, sid, state, reason, start):
         running = state in ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED")
@@ -368,8 +371,8 @@ class SlurmAgent(Agent):
         self.send({"ev": "slurm", "job": key, "id": sid, "state": state, "reason": reason,
                    "start": msg[2], "estimate": msg[3]})
 
-    def _ended(self, key, sid):
-        info = self.job_info(sid)
+    def _ended(self, key, sid, info=None):
+        info = info or self.job_info(sid)
         if info is None:
             with self.slurm_lock:
                 rec = self.known.get(key)
