@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .cli_format import print_json, table
+from .cli_format import pool_summary, print_json, table
 from .cli_options import positive_int
 from .text import printable
 from .units import format_size_mb, parse_size_mb
@@ -44,19 +44,13 @@ def cmd_nodes(q: Client, a: argparse.Namespace) -> int:
 
 
 def pool_line(n: Node) -> list[str]:
-    """A Slurm pool's row: labq's share of it, and the partition as sinfo shows it."""
+    """A Slurm pool's row: labq's GPUs there, and the pool in words where reasons go."""
     p = n.pool or {}
-    share = (f"labq: {p.get('labq_running', 0)} running, {p.get('labq_waiting', 0)} waiting "
-             f"in Slurm (max {p.get('max_jobs')})")
-    part = (f"partition {p.get('partition') or '(default)'}: "
-            f"{p.get('nodes_up', '?')}/{p.get('nodes', '?')} nodes up, "
-            f"{p.get('nodes_alloc', '?')} allocated, GPUs {p.get('gpus_alloc', '?')}/"
-            f"{p.get('gpus', '?')} allocated" if "nodes" in p else p.get("error") or "")
     free = p.get("max_gpus", 0) - p.get("labq_gpus", 0)
     types = n.gpus[0].type if n.gpus else "-"
     return [n.name, n.host, n.state, "-", "-", f"{free}/{p.get('max_gpus', 0)}", types,
             "slurm", "slurm", (n.runs_jobs_of or "-").split(" (")[0],
-            "; ".join(x for x in (n.reason, share, part) if x)]
+            "; ".join(x for x in (n.reason, pool_summary(n)) if x)]
 
 
 def cmd_node(q: Client, a: argparse.Namespace) -> int:

@@ -115,3 +115,24 @@ def test_pool_keys_belong_to_pools(tmp_path, text, path):
     with pytest.raises(ConfigError) as e:
         load(write(tmp_path, "[[node]]\n" + text))
     assert e.value.path == path
+
+
+def test_a_pool_is_shown_in_words_in_labq_nodes_and_the_tui():
+    from rich.console import Console
+
+    from labq import Node
+    from labq.cli_admin import pool_line
+    from labq.tui.nodes import render_node
+    pool = Node.from_dict({
+        "name": "hpc", "host": "login", "state": "up", "kind": "slurm", "cpus": 1 << 20,
+        "gpus": [{"index": i, "type": "A100", "memory_mb": 0} for i in range(8)],
+        "pool": {"partition": "gpu", "nodes": 12, "nodes_up": 11, "nodes_alloc": 9,
+                 "gpus": 48, "gpus_alloc": 40, "labq_running": 3, "labq_waiting": 2,
+                 "labq_gpus": 6, "max_gpus": 8, "max_jobs": 200}})
+    words = ("labq: 3 running, 2 waiting in Slurm (max 200), 6/8 GPUs; partition gpu: "
+             "11/12 nodes up, 9 allocated, GPUs 40/48 allocated")
+    assert pool_line(pool)[5] == "2/8" and pool_line(pool)[-1] == words
+    console = Console(width=200, record=True)
+    console.print(render_node(pool))
+    shown = console.export_text()
+    assert words in shown and "1048576" not in shown and "GPU7" not in shown

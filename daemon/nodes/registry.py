@@ -20,7 +20,7 @@ from .. import store as st
 from ..clock import SYSTEM, Clock
 from ..config import NODE, ConfigError, NodeConfig, check_node, confine_node_paths, node_config
 from ..jobtable import JobTable
-from .info import NodeInfo, node_rows, parse_key, run_key
+from .info import NodeInfo, accounts, node_gpus, node_rows, parse_key, run_key
 from .link import NodeLink
 from .slurmpool import (
     SUBMITTED,
@@ -235,47 +235,10 @@ class NodeRegistry:
                 log.error("cannot record the state of node %s: %s", name, e.message)
         self.wake.set()
 
-    def _node_gpus(self, link: NodeLink, hello: dict) -> tuple[list[dict], str]:
-        cfg = link.cfg
-        if cfg.kind == "slurm":
-            return pool_gpus(cfg), "slurm"
-        if cfg.gpus is not None:
-            return ([{"index": g.get("index", i), "type": g["type"],
-                      "memory_mb": g.get("memory_mb", 0), "uuid": None}
-                     for i, g in enumerate(cfg.gpus)], "config")
-        detected = [{"index": g["index"], "type": g["type"], "memory_mb": g["memory_mb"],
-                     "uuid": g.get("uuid")} for g in hello.get("gpus", [])]
-        if cfg.gpu_indices is not None:
-            detected = [g for g in detected if g["index"] in set(cfg.gpu_indices)]
-        if not detected:
-            log.info("node %s: no GPUs detected (%s); it takes CPU jobs only", link.name,
-                     "; ".join(hello.get("gpu_notes", [])) or "none found")
-        return detected, hello.get("gpu_source", "none")
-
-    def accounts(self, link: NodeLink, hello: dict) -> tuple[int | None, bool, str]:
-        """(only_uid, root_ok, words): whose jobs the node's agent runs, as in Slurm: a root
-        agent runs each job as its owner; an agent that is not root runs only its own account's
-        jobs, or everyone's as that account where the node says shared_account = true, but
-        never as labqd's own account while labqd serves other users (a job would then own
-        labqd's database, keys and processes)."""
-        uid = hello.get("euid")
-        user = hello.get("user") or str(uid)
-        if uid is None:
-            return -2, False, "nobody (the agent did not say which account it runs as)"
-        if uid == 0:
-            root_ok = bool(hello.get("root_jobs"))
-            return None, root_ok, ("every user, as themselves" if root_ok else
-                                   "every user but root, as themselves")
-        if link.cfg.shared_account:
-            if uid == os.geteuid() and self.cfg.serves_others:
-                return uid, False, (f"only {user}: shared_account is refused for labqd's own "
-                                    "account while labqd serves other users")
-            return None, False, f"every user, all as {user} (shared_account)"
-        return uid, False, f"only {user} (the agent is not root)"
-
     def node_up(self, link: NodeLink, hello: dict, agent_jobs: list[dict]) -> None:
-        gpus, source = self._node_gpus(link, hello)
-        only_uid, root_ok, words = self.accounts(link, hello)
+        gpus, source = (pool_gpus(link.cfg), "slurm") if link.cfg.kind == "slurm" else (
+            node_gpus(link.name, link.cfg, hello))
+        only_uid, root_ok, words = accounts(link.cfg, hello, self.cfg.serves_others)
         with self.lock:
             node = self.nodes.get(link.name)
             if node is None:
