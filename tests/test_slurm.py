@@ -238,7 +238,10 @@ def login(slurm, tmp_path_factory):
     tools.mkdir(exist_ok=True)
     for name in ("sbatch", "squeue", "scontrol", "scancel", "sinfo", "sacct"):
         wrapper = tools / name
-        wrapper.write_text(f"#!/bin/sh\nSLURM_CONF={slurm.conf} exec /usr/bin/{name} \"$@\"\n")
+        # a test makes sbatch slow, as on a busy cluster, by creating the file `slow`
+        slow = f"[ -e {tools}/slow ] && sleep 3\n" if name == "sbatch" else ""
+        wrapper.write_text(f"#!/bin/sh\n{slow}SLURM_CONF={slurm.conf} exec /usr/bin/{name} "
+                           "\"$@\"\n")
         wrapper.chmod(0o755)
     tools.chmod(0o755)
     with NodeSet(base / "nodes", names=["login"], extra_path=[str(tools)]) as ns:
@@ -282,3 +285,29 @@ def test_a_login_host_without_slurm_is_refused_with_the_reason(slurm, tmp_path):
         with d.client() as q:
             wait_for(lambda: q.nodes()[0].state == "refused", timeout=20, what="refused")
             assert "sinfo --version failed" in q.nodes()[0].reason
+
+
+def test_a_cancel_while_sbatch_is_slow_is_kept_and_the_pool_stays_up(slurm, login, venv):
+    alice = User("labqtest", venv, login.socket)
+    flag = slurm.dir.parent / "login-bin" / "slow"
+    flag.write_text("")
+    try:
+        first = job_id(alice.ok("submit", "--", "sleep", "300"))
+        wait_for(lambda: show(alice, first)["node"] == "hpcssh", timeout=20, what="sent")
+        second = job_id(alice.ok("submit", "--", "sleep", "300"))
+        wait_for(lambda: show(alice, second)["node"] == "hpcssh", timeout=20, what="sent")
+        # the first one's sbatch is on its way, the second one's waits behind it
+        alice.ok("cancel", first, second)
+        for jid in (first, second):
+            wait_state(alice, jid, "CANCELLED", timeout=40)
+        assert json.loads(alice.ok("nodes", "--json"))[0]["state"] == "up"
+    finally:
+        flag.unlink()
+    seen = slurm.cmd("squeue", "-h", "-t", "all", "-o", "%k|%T").split()
+    assert f"labq:{login_cluster(login)}/hpcssh/{first}.0|CANCELLED" in seen
+    assert not any(f"/hpcssh/{second}.0|" in line for line in seen)  # never sent
+
+
+def login_cluster(d) -> str:
+    with d.client() as q:
+        return q.ping()["cluster"]
