@@ -27,11 +27,13 @@ class ActiveJob:
     __slots__ = HOT
 
     def __init__(self, row: dict[str, Any]) -> None:
+        get = row.get
         for k in HOT:
-            v = row.get(k)
-            if k in _SHARED and type(v) is str:
-                v = sys.intern(v)
-            object.__setattr__(self, k, v)
+            setattr(self, k, get(k))
+        for k in _SHARED:
+            v = get(k)
+            if type(v) is str:
+                setattr(self, k, sys.intern(v))
 
     def __getitem__(self, key: str) -> Any:
         try:

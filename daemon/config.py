@@ -248,7 +248,13 @@ def load(path: Path | None) -> Config:
     if cfg.scheduler.get("interval") == 0:
         raise ConfigError("scheduler.interval", "must be at least 1s (0 would make the "
                           "scheduler spin)")
-    nodes = data.get("node", [])
+    _add_nodes(cfg, data.get("node", []), d.get("local_node"))
+    return cfg
+
+
+def _add_nodes(cfg: Config, nodes: list[dict], local_node: bool | None) -> None:
+    """The [[node]] entries, checked, and the local machine when `local_node` (by default:
+    when there is no entry) asks for it and no entry is it."""
     seen: dict[str, int] = {}
     first_local = None
     for i, n in enumerate(nodes):
@@ -261,16 +267,15 @@ def load(path: Path | None) -> Config:
             if first_local is not None:
                 raise ConfigError(f"{where}.local", f"node[{first_local}] is the local machine "
                                   "already; there is one local node at most")
-            if d.get("local_node") is True:
+            if local_node is True:
                 raise ConfigError("daemon.local_node", f"{where} ({ncfg.name}) is the local "
                                   "machine already; remove local_node or that entry")
             first_local = i
         check_node(ncfg, cfg, where)
         cfg.nodes.append(ncfg)
-    if d.get("local_node", not nodes) and first_local is None:
+    if (not nodes if local_node is None else local_node) and first_local is None:
         cfg.nodes.insert(0, NodeConfig(name=socket.gethostname().split(".")[0] or "local",
                                        local=True))
-    return cfg
 
 
 def _socket_mode(d: dict) -> int:

@@ -103,7 +103,7 @@ def submit_array(core: Core, caller: Caller, req: SubmitArrayRequest) -> list[di
     return tasks_view(core.jobs, caller, rows)
 
 
-def submit_many_(core: Core, caller: Caller, req: SubmitManyRequest) -> list[dict]:
+def submit_many_(core: Core, caller: Caller, req: SubmitManyRequest) -> dict:
     _count_submits(core, caller, len(req.specs))
     return submit_many(core.jobs, caller, req.specs, req.defaults)
 

@@ -109,7 +109,7 @@ class JobTable:
         # Python. Held jobs' views are kept apart: a pass looks only at those that dependencies
         # tie to the others, so 100k held jobs cost a pass nothing
         self.views: dict[int, JobView] = {}
-        self.held: dict[int, JobView] = {}
+        self.held: dict[int, JobView | None] = {}
         for j in self.active.values():
             self._set_view(j)
         self.plan_memo = PlanMemo()  # lets the policy keep its grouping between passes
@@ -322,15 +322,23 @@ class JobTable:
         self.views.pop(job["id"], None)
         self.held.pop(job["id"], None)
         if job["state"] == S.HELD.value:
-            self.held[job["id"]] = job_view(job)
+            # most held jobs are never looked at by a plan (see held_views): their view is
+            # made when one first is, which keeps a batch of held submits cheap
+            self.held[job["id"]] = None
         elif job["state"] in ACTIVE_STATES:
             self.views[job["id"]] = job_view(job)
 
     def held_views(self, targets: set[int]) -> list[JobView]:
         """The held jobs a plan must see: those with dependencies (which may never be met)
         and those other jobs depend on (which are not yet met). The rest wait for Held."""
-        ids = targets.union(self.dep_edges)
-        return [self.held[i] for i in ids if i in self.held]
+        out = []
+        for i in targets.union(self.dep_edges):
+            if i in self.held:
+                view = self.held[i]
+                if view is None:
+                    view = self.held[i] = job_view(self.active[i])
+                out.append(view)
+        return out
 
     def running_views(self) -> list[JobView]:
         return [self.views[i] for i in self.running]

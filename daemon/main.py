@@ -51,18 +51,11 @@ def run(cfg) -> int:
     from .core import Core
     from .scheduler import Scheduler
     from .server import AlreadyRunning, make_server
-    from .store import ForeignDatabase, Store
     # whatever umask labqd was started with, its database, log copies and keys are its own:
     # they hold every job's environment
     os.umask(0o077)
-    try:
-        private_dirs(cfg)
-        store = Store(cfg.database)
-    except ForeignDatabase as e:
-        log.error("%s", e)
-        return 1
-    except OSError as e:
-        log.error("cannot open the database %s: %s", cfg.database, e)
+    store = open_store(cfg)
+    if store is None:
         return 1
     core = Core(cfg, store)
     try:
@@ -75,18 +68,7 @@ def run(cfg) -> int:
                           watchdog.loop_wait(cfg.scheduler.get("interval", 5)), core.clock)
     scheduler.observers.append(watchdog.beat)
     servers = [server]
-    stopping = threading.Event()
-
-    def on_term(signum, frame):
-        if not stopping.is_set():
-            stopping.set()
-            notify("STOPPING=1")
-            log.info("stopping on signal %d; running jobs keep running on their nodes", signum)
-            for s in servers:
-                threading.Thread(target=s.close, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    stopping = stop_on_signals(servers)
     try:
         extra = start_listeners(core, scheduler)
     except (OSError, ValueError, ImportError) as e:
@@ -99,6 +81,42 @@ def run(cfg) -> int:
     core.start()
     scheduler.start()
     core.wake.set()
+    return serve(core, server, stopping)
+
+
+def open_store(cfg):
+    """The database, its directories made private first; None (and why, logged) if not."""
+    from .store import ForeignDatabase, Store
+    try:
+        private_dirs(cfg)
+        return Store(cfg.database)
+    except ForeignDatabase as e:
+        log.error("%s", e)
+    except OSError as e:
+        log.error("cannot open the database %s: %s", cfg.database, e)
+    return None
+
+
+def stop_on_signals(servers: list) -> threading.Event:
+    """SIGTERM or SIGINT closes every server once; the Event says a stop was asked for."""
+    stopping = threading.Event()
+
+    def on_term(signum, frame):
+        if not stopping.is_set():
+            stopping.set()
+            notify("STOPPING=1")
+            log.info("stopping on signal %d; running jobs keep running on their nodes", signum)
+            for s in servers:
+                threading.Thread(target=s.close, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    return stopping
+
+
+def serve(core, server, stopping: threading.Event) -> int:
+    """Serve clients until a stop is asked for, then stop the parts and close the store."""
+    cfg = core.cfg
     server._listen()  # accept from here on; READY=1 only once a client can connect
     log.info("labqd listening on %s (database %s, %d node(s))", cfg.socket, cfg.database,
              len(core.nodes.nodes))
@@ -117,7 +135,7 @@ def run(cfg) -> int:
             cfg.socket.unlink(missing_ok=True)
         except OSError:
             pass
-        store.close()
+        core.store.close()
         log.info("labqd stopped")
     return 0
 

@@ -6,9 +6,11 @@ is checked whole before anything is written: an array is refused whole, a batch 
 """
 from __future__ import annotations
 
+from dataclasses import fields as _fields
 from typing import Any
 
 from labq.errors import LabqError, NotFound, ValidationError
+from labq.models import Job
 from labq.spec import validate_submit
 from labq.states import JobState
 from labq.sweep import fill, grid, parse_array, task_env
@@ -17,6 +19,8 @@ from .identity import Caller
 from .jobtable import JobTable
 
 S = JobState
+# what a client reads of a job: a batch's reply sends these columns, in this order
+JOB_FIELDS = [f.name for f in _fields(Job)]
 
 
 def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
@@ -63,9 +67,11 @@ def task_count(array: str | None, params: list[tuple[str, list[str]]] | None) ->
 
 
 def submit_many(table: JobTable, caller: Caller, specs: list[Any],
-                defaults: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every valid spec queued in one transaction; per row, its job or its error."""
-    results: list[dict[str, Any]] = []
+                defaults: dict[str, Any]) -> dict[str, Any]:
+    """Every valid spec queued in one transaction. The reply is a table, one entry per spec
+    in order: a job's values under `fields`, or {"error": ...}. Ten thousand jobs as
+    dicts repeat every field name ten thousand times, in the encoding and the decoding."""
+    results: list[Any] = [None] * len(specs)
     ready: list[tuple[int, dict]] = []
     with table.lock:
         keys: set[str] = set()
@@ -78,26 +84,29 @@ def submit_many(table: JobTable, caller: Caller, specs: list[Any],
                 merged["env"] = dict(defaults.get("env") or {}, **(raw.get("env") or {}))
                 ready.append((i, table.check_spec(caller, validate_submit(merged), keys)))
             except LabqError as e:
-                results.append({"row": i, "ok": False, "error": e.to_wire()})
+                results[i] = {"error": e.to_wire()}
         if ready:
             try:
                 room = table.check_room(caller, len(ready))
             except LabqError as e:
-                results += [{"row": i, "ok": False, "error": e.to_wire()} for i, _ in ready]
+                for i, _ in ready:
+                    results[i] = {"error": e.to_wire()}
                 ready = []
                 room = 0
             for i, _ in ready[room:]:
-                results.append({"row": i, "ok": False, "error": {
+                results[i] = {"error": {
                     "code": "QUOTA_EXCEEDED", "message": "more pending jobs than "
-                    "limits.user_max_pending allows", "details": {"limit": "user_max_pending"}}})
+                    "limits.user_max_pending allows", "details": {"limit": "user_max_pending"}}}
             ready = ready[:room]
+        fields: list[str] = []  # none when no job was queued
         if ready:
             rows = table.admit(caller, lambda first: [table.new_row(caller, s)
                                                       for _, s in ready])
+            fields = JOB_FIELDS
             for (i, _), row in zip(ready, rows):
-                results.append({"row": i, "ok": True, "job": table.view(caller, _small(row))})
-    results.sort(key=lambda r: r["row"])
-    return results
+                row["env"] = None  # as a listing shows it: `job` gives the environment
+                results[i] = [row.get(f) for f in fields]
+    return {"fields": fields, "results": results}
 
 
 def _small(row: dict) -> dict:

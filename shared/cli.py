@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 
 # -- commands ------------------------------------------------------------------------------
 def _submit_args(a: argparse.Namespace, usage: str) -> tuple[list[str] | str, dict[str, Any]]:
-    """The command and Client.submit's options from `labq submit` or `labq run` arguments."""
+    """The command and Client.submit's options from `labq submit` or `labq run` arguments.
+    `labq submit FILE` with a batch script (`#!` and `#SBATCH` lines) submits it as sbatch
+    does; the options given here win over its directives."""
+    script = False
     if a.wrap is not None:
         if a.command:
             raise SystemExit("labq: give either --wrap STRING or -- CMD ARGS, not both")
@@ -42,6 +45,9 @@ def _submit_args(a: argparse.Namespace, usage: str) -> tuple[list[str] | str, di
         command = a.command
         if command and command[0] == "--":
             command = command[1:]
+        elif command:
+            from .sbatch import is_batch_script
+            script = is_batch_script(command[0])
         if not command:
             raise SystemExit(f"labq: nothing to run; usage: {usage}")
     env: dict[str, str] = {}
@@ -53,13 +59,20 @@ def _submit_args(a: argparse.Namespace, usage: str) -> tuple[list[str] | str, di
     after: list[int | str] = []
     for dep in a.after or []:
         after.extend(d for d in dep.split(",") if d)
-    return command, dict(
+    # None where an option was not given: a batch script's directive then stands
+    options = dict(
         gpus=a.gpus, gpu_type=a.gpu_type, gpu_memory=a.gpu_mem, cpus=a.cpus, memory=a.mem,
-        time_limit=a.time, name=a.name, priority=a.priority, after=after, cwd=a.chdir,
-        env=env, export_env=not a.no_export, group=a.group, partition=a.partition,
-        hold=a.hold, requeue=not a.no_requeue, notify=userconfig.submit_notify(a.notify),
-        experiment=a.experiment, key=a.key, preemptible=a.preemptible,
+        time_limit=a.time, name=a.name, priority=a.priority, after=after or None, cwd=a.chdir,
+        env=env, export_env=False if a.no_export else None, group=a.group,
+        partition=a.partition, hold=a.hold or None, requeue=False if a.no_requeue else None,
+        notify=a.notify, experiment=a.experiment, key=a.key, preemptible=a.preemptible,
         early_signal=a.signal, **cli_files.submit_files(a))
+    if script:
+        from .cli_script import script_args
+        command, options = script_args(a, cast(list[str], command), options)
+    options = {k: v for k, v in options.items() if v is not None}
+    options["notify"] = userconfig.submit_notify(options.get("notify"))
+    return command, options
 
 
 def cmd_submit(q: Client, a: argparse.Namespace) -> int:
@@ -346,8 +359,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             options(p)
         return p
 
-    p = add("submit", cmd_submit, "queue a command: labq submit [options] -- CMD ARGS...")
+    p = add("submit", cmd_submit, "queue a command: labq submit [options] -- CMD ARGS..., or "
+            "a batch script with #SBATCH lines: labq submit [options] SCRIPT [ARGS...]")
     submit_options(p)
+    p.add_argument("--dry-run", action="store_true", help="print the job's spec as labqd "
+                   "would get it (JSON) and submit nothing")
     cli_files.submit_options(p)
     batch_options(p)
     p = add("run", cmd_run, "run a command and follow it, as srun does: its output comes here, "
@@ -355,6 +371,25 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     submit_options(p)
     cli_files.submit_options(p)
 
+    _add_job_commands(add)
+    cli_admin.add_parsers(add)
+    p = add("experiments", cli_batch.cmd_experiments, "experiments: their jobs by state")
+    p.add_argument("--mine", "-m", action="store_true")
+    p.add_argument("--user", "-u")
+    cli_files.add_parsers(add)
+    add("notify", clinotify.cmd_notify, "where your notifications go: show, set webhook|mail "
+        "VALUE, unset webhook|mail", options=clinotify.add_parser)
+    cli_remote.add_parsers(add)
+    add("tui", cmd_tui, "the terminal UI", json_flag=False)
+    add("completion", cmd_completion, "print the shell completion script",
+        json_flag=False).add_argument("shell", choices=completion.SHELLS)
+    if only is not None and only not in sub.choices:
+        return build_parser()
+    return ap
+
+
+def _add_job_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The commands that look at and change jobs once queued."""
     p = add("ls", cmd_ls, "list jobs (active ones; --all adds ended jobs)")
     p.add_argument("--all", "-a", action="store_true",
                    help="every job, ended ones too, streamed a page at a time")
@@ -394,20 +429,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--time", "-t", help="the new time limit: 30m, 2h, 1:30:00, 90 (minutes)")
     p.add_argument("--priority", "-p", type=positive_int(1, 10))
-    cli_admin.add_parsers(add)
-    p = add("experiments", cli_batch.cmd_experiments, "experiments: their jobs by state")
-    p.add_argument("--mine", "-m", action="store_true")
-    p.add_argument("--user", "-u")
-    cli_files.add_parsers(add)
-    add("notify", clinotify.cmd_notify, "where your notifications go: show, set webhook|mail "
-        "VALUE, unset webhook|mail", options=clinotify.add_parser)
-    cli_remote.add_parsers(add)
-    add("tui", cmd_tui, "the terminal UI", json_flag=False)
-    add("completion", cmd_completion, "print the shell completion script",
-        json_flag=False).add_argument("shell", choices=completion.SHELLS)
-    if only is not None and only not in sub.choices:
-        return build_parser()
-    return ap
 
 
 def cmd_completion(a: argparse.Namespace) -> int:
@@ -432,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "login":
         return cli_remote.cmd_login(a)
     try:
+        if getattr(a, "dry_run", False):
+            from .cli_script import dry_run
+            return dry_run(a, *_submit_args(a, "labq submit --dry-run [options] -- CMD ARGS..."))
         with connect(a.url or a.socket) as q:
             fn: Callable[[Client, argparse.Namespace], int] = a.fn
             return fn(q, a)

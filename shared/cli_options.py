@@ -33,16 +33,18 @@ def checked(fn: Callable[[str, str], object], what: str) -> Callable[[str], str]
 
 def submit_options(p: argparse.ArgumentParser) -> None:
     """What `labq submit` and `labq run` both take."""
-    p.add_argument("--gpus", "-G", type=positive_int(0, MAX_GPUS), default=0)
+    # numbers default to None, not to submit's defaults: a batch script's directive then
+    # stands where the option is not given
+    p.add_argument("--gpus", "-G", type=positive_int(0, MAX_GPUS))
     p.add_argument("--gpu-type", help="e.g. A100 (matches the GPU name, case-insensitive)")
     p.add_argument("--gpu-mem", type=checked(parse_size_mb, "gpu memory"),
                    help="minimum memory per GPU, e.g. 40G")
-    p.add_argument("--cpus", "-c", type=positive_int(1, 65536), default=1)
+    p.add_argument("--cpus", "-c", type=positive_int(1, 65536))
     p.add_argument("--mem", type=checked(parse_size_mb, "memory"), help="e.g. 32G")
     p.add_argument("--time", "-t", type=checked(parse_duration_s, "time"),
                    help="time limit: minutes, H:M:S, D-H:M:S, or 90s/30m/2h/1d")
     p.add_argument("--name", "-J")
-    p.add_argument("--priority", "-p", type=positive_int(1, 10), default=5)
+    p.add_argument("--priority", "-p", type=positive_int(1, 10), help="1-10 (default 5)")
     p.add_argument("--after", "-d", action="append",
                    help="ID[,ID] (afterok) or afterany:ID / afternotok:ID; repeatable")
     p.add_argument("--chdir", "-D", help="working directory (default: the current one)")

@@ -233,6 +233,15 @@ class Client:
         return cast(list[Job], self.request(protocol.SubmitArrayRequest(
             spec=spec, array=array, params=grid, max_running=max_running)))
 
+    def submit_script(self, script: str | os.PathLike[str], *args: str,
+                      **overrides: Any) -> list[Job]:
+        """Queue a batch script as sbatch does: `script` is a path, or the text itself when it
+        starts with '#!'; `args` are its arguments. Its `#SBATCH` lines give the options and
+        `overrides` (submit's, and `array`) win over them; each directive labq ignores is a
+        `labq.sbatch.DirectiveWarning`. One job, or one per task of an array."""
+        from .sbatch import submit_script
+        return submit_script(self, script, args, overrides)
+
     @sends(Op.SUBMIT_MANY)
     def submit_many(self, specs: Iterable[Mapping[str, Any]], *,
                     export_env: bool = True) -> list[Job | LabqError]:

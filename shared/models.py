@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from .states import JobState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from _typeshed import DataclassInstance
 
 
@@ -78,6 +80,23 @@ class Job:
         d = _known(cls, data)
         d["state"] = JobState(d["state"])
         return cls(**d)
+
+    @classmethod
+    def table_reader(cls, names: list[str]) -> Callable[[list[Any]], Job]:
+        """What makes a job of each row of a reply's table, whose columns are `names`.
+        Positional arguments: a dataclass's __init__ binds fifty keywords by name, which
+        cost most of reading ten thousand jobs."""
+        at = {n: i for i, n in enumerate(names)}
+        picks = [at.get(f.name) for f in fields(cls)]
+        if None in picks:  # an older labqd left a field out: its default, by name
+            return lambda values: cls.from_dict(dict(zip(names, values)))
+        state = [f.name for f in fields(cls)].index("state")
+
+        def read(values: list[Any]) -> Job:
+            args = [values[i] for i in picks]  # type: ignore[index]  # no None: checked
+            args[state] = JobState(args[state])
+            return cls(*args)
+        return read
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

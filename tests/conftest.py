@@ -15,7 +15,7 @@ A100X4 = [{"type": "A100", "memory_mb": 81920}] * 4
 # and is marked slow, so `pytest -m "not slow"` is the inner loop
 FAST_MODULES = {"test_policy", "test_policy_reference", "test_units", "test_store",
                 "test_agent_probe", "test_layers", "test_config", "test_protocol", "test_registry",
-                "test_sweep", "test_tokens", "test_agent_transfer",
+                "test_sweep", "test_sbatch", "test_tokens", "test_agent_transfer",
                 "test_pressure_policy", "test_startup", "test_channels", "test_slurm_parts"}
 
 

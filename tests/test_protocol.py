@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labq import Client, Job, Node
+from labq import Client, Job, JobState, Node
 from labq.errors import ValidationError
 from labq.protocol import (
     REQUESTS,
@@ -179,7 +179,7 @@ CALLS = {
     Op.SUBMIT_ARRAY: (lambda q: q.submit_array(["true"], array="0-3%2", export_env=False),
                       [JOB]),
     Op.SUBMIT_MANY: (lambda q: q.submit_many([{"command": ["true"]}], export_env=False),
-                     [{"row": 0, "ok": True, "job": JOB}]),
+                     {"fields": list(JOB), "results": [list(JOB.values())]}),
     Op.EXPERIMENTS: (lambda q: q.experiments(), []),
     Op.STAGE_BEGIN: (lambda q: q.stage_begin([["a", 1, 0o644]]), {"token": "0" * 32}),
     Op.STAGE_PUT: (lambda q: q.stage_put("0" * 32, 0, 0, b"x"), {"offset": 1}),
@@ -207,9 +207,9 @@ def test_each_client_method_sends_its_op_as_a_plain_string(op):
 
 def test_submit_many_answers_a_job_or_an_error_per_row_in_order():
     from labq.errors import DuplicateJob
-    q = Recorder([{"row": 0, "ok": False, "error": {"code": "DUPLICATE_JOB", "message": "m",
-                                                     "details": {"id": 7}}},
-                  {"row": 1, "ok": True, "job": JOB}])
+    q = Recorder({"fields": list(JOB), "results": [
+        {"error": {"code": "DUPLICATE_JOB", "message": "m", "details": {"id": 7}}},
+        list(JOB.values())]})
     res = q.submit_many([{"command": ["a"]}, {"command": ["b"], "time": "nonsense"},
                          {"command": "c d", "gpus": "1"}], export_env=False)
     assert isinstance(res[0], DuplicateJob) and res[0].details == {"id": 7, "row": 0}
@@ -217,6 +217,18 @@ def test_submit_many_answers_a_job_or_an_error_per_row_in_order():
     assert isinstance(res[2], Job)
     [(_, (_, text))] = q.sent
     assert [s["command"] for s in json.loads(text)["specs"]] == [["a"], ["c", "d"]]
+
+
+def test_a_batch_reply_reads_with_columns_this_client_lacks_or_does_not_know():
+    # a newer labqd may send a column more, an older one a column fewer: the job still reads
+    from labq.protocol import SubmitManyRequest
+    full = dict(Job.from_dict(JOB).to_dict(), cwd="/w", gpu_indices=[0], future=1)
+    for columns in (list(full), [f for f in full if f not in ("cwd", "future")]):
+        [job] = SubmitManyRequest.read_reply(
+            {"fields": columns, "results": [[full[f] for f in columns]]})
+        assert (job.id, job.state, job.command, job.gpu_indices) == (1, JobState.HELD,
+                                                                     ["true"], [0])
+        assert job.cwd == ("/w" if "cwd" in columns else "")
 
 
 def test_call_takes_an_op_or_a_name_and_returns_the_plain_result():

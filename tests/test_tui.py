@@ -167,7 +167,9 @@ def test_a_fast_log_is_batched_capped_and_searchable(local, tmp_path):
         started = time.monotonic()
         await pilot.press("question_mark")  # the UI answers keys while the log pours in
         await until(pilot, lambda: not isinstance(app.screen, JobDetailScreen), "help")
-        assert time.monotonic() - started < 2.0
+        # the help came while the log was still being read, or soon: a view that read the
+        # whole log before answering keys would take as long as the log takes
+        assert not detail.log_done or time.monotonic() - started < 5.0
         await pilot.press("escape")
         await until(pilot, lambda: detail.log_done, "the whole log", timeout=30)
         await pilot.pause(0.2)

@@ -47,10 +47,11 @@ class SubmitArrayRequest(Request, op=Op.SUBMIT_ARRAY, reply=list[Job]):
         return cls(spec=spec, array=array, params=params, max_running=limit)
 
 
-class SubmitManyRequest(Request, op=Op.SUBMIT_MANY, reply=list[dict[str, Any]]):
-    """Specs queued with partial success: every valid one, in one transaction; the reply has
-    one entry per spec, in order: {row, ok, job} or {row, ok, error}. `defaults` (the
-    environment and directory every row shares) is sent once and merged under each row."""
+class SubmitManyRequest(Request, op=Op.SUBMIT_MANY, reply=dict[str, Any]):
+    """Specs queued with partial success: every valid one, in one transaction; the reply is
+    {fields, results}, with one result per spec, in order: the job's values, in the order of
+    `fields`, or {error}. `defaults` (the environment and directory every row shares) is
+    sent once and merged under each row."""
     specs: list[Any]
     defaults: dict[str, Any]
     unwalked = frozenset({"specs", "defaults"})  # each row is checked on its own
@@ -67,13 +68,14 @@ class SubmitManyRequest(Request, op=Op.SUBMIT_MANY, reply=list[dict[str, Any]]):
 
     @classmethod
     def read_reply(cls, result: Any) -> Any:
+        read = Job.table_reader(result["fields"])
         out: list[Job | LabqError] = []
-        for r in result:
-            if r.get("ok"):
-                out.append(Job.from_dict(r["job"]))
+        for row, r in enumerate(result["results"]):
+            if type(r) is list:
+                out.append(read(r))
             else:
                 err = from_wire(r.get("error") or {})
-                err.details["row"] = r.get("row")
+                err.details["row"] = row
                 out.append(err)
         return out
 
