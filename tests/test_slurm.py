@@ -311,3 +311,16 @@ def test_a_cancel_while_sbatch_is_slow_is_kept_and_the_pool_stays_up(slurm, logi
 def login_cluster(d) -> str:
     with d.client() as q:
         return q.ping()["cluster"]
+
+
+def test_an_sbatch_script_runs_in_the_pool_with_its_directives(slurm, alice):
+    script = alice.home / "pool-train.sbatch"
+    script.write_text("#!/bin/bash\n#SBATCH -J from-script\n#SBATCH --gres=gpu:1\n"
+                      "#SBATCH -t 5\necho CVD=$CUDA_VISIBLE_DEVICES args=$*\n")
+    os.chown(script, alice.uid, alice.gid)
+    jid = job_id(alice.ok("submit", str(script), "a", "b"))
+    assert alice.labq("wait", jid, timeout=90).returncode == 0
+    assert alice.ok("logs", jid).strip() == "CVD=0 args=a b"
+    sj = slurm.job(int(slurm_id(alice, jid)))
+    assert sj["JobName"] == "from-script" and sj["TimeLimit"] == "00:05:00"
+    assert sj["TresPerNode"] == "gres:gpu:1"
