@@ -18,7 +18,7 @@ from pathlib import Path
 FAKE_GPUS = 4
 CONF = """\
 ClusterName=labqtest
-SlurmctldHost={host}
+SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
@@ -50,7 +50,7 @@ KillWait=2
 OverTimeLimit=0
 InactiveLimit=0
 MessageTimeout=5
-NodeName={host} CPUs={cpus} RealMemory={mem} Gres=gpu:fake:{ngpus} State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} Gres=gpu:fake:{ngpus} State=UNKNOWN
 PartitionName=gpu Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 

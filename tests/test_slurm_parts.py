@@ -31,7 +31,8 @@ def test_the_spec_becomes_sbatchs_options():
     argv = launch()
     assert argv[:2] == ["sbatch", "--parsable"]
     for opt in ("--job-name=run-1", "--chdir=/home/alice/exp", "--output=/j/42.0/out/log",
-                "--open-mode=append", "--comment=labq:c/hpc/42.0", "--cpus-per-task=8",
+                "--open-mode=append", "--export=ALL", "--comment=labq:c/hpc/42.0",
+                "--cpus-per-task=8",
                 "--requeue", "--partition=gpu", "--account=mylab", "--mem=2048M",
                 "--signal=10@120", "--constraint=ib"):
         assert opt in argv

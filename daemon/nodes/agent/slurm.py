@@ -52,7 +52,8 @@ def sbatch_argv(req, pool, log, comment):
     s = req.get("slurm") or {}
     argv = ["sbatch", "--parsable", "--job-name=" + (s.get("name") or req["job"]),
             "--chdir=" + req["cwd"], "--output=" + log, "--open-mode=append",
-            "--comment=" + comment, "--cpus-per-task=%d" % max(1, int(s.get("cpus") or 1)),
+            "--export=ALL", "--comment=" + comment,
+            "--cpus-per-task=%d" % max(1, int(s.get("cpus") or 1)),
             "--requeue" if s.get("requeue", True) else "--no-requeue"]
     for key in ("partition", "account", "qos"):
         if pool.get(key):
