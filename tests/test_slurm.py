@@ -324,3 +324,44 @@ def test_an_sbatch_script_runs_in_the_pool_with_its_directives(slurm, alice):
     sj = slurm.job(int(slurm_id(alice, jid)))
     assert sj["JobName"] == "from-script" and sj["TimeLimit"] == "00:05:00"
     assert sj["TresPerNode"] == "gres:gpu:1"
+
+
+def pool_agent(slurm, root: Path, cluster: str):
+    from labq.daemon.nodes.agent.files import prepare_dir
+    from labq.daemon.nodes.agent.slurm import SlurmAgent
+    return SlurmAgent(prepare_dir(str(root), cluster, "hpc"), cluster, "hpc",
+                      {"partition": "gpu", "poll_s": 1})
+
+
+def test_an_agent_that_died_between_sbatch_and_its_record_finds_the_job_by_its_comment(
+        slurm, monkeypatch):
+    """The agent's own side of "never submit twice": a run whose sbatch went through but
+    whose Slurm id was never written counts as started, with its id, so labqd does not
+    launch it again."""
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    agent = pool_agent(slurm, slurm.dir.parent / "died", "c1")
+    os.mkdir(agent.jobdir("7.0"))
+    sid = slurm.sbatch("--comment=labq:c1/hpc/7.0", "--wrap", "sleep 30")
+    os.mkdir(agent.jobdir("8.0"))  # made, but its sbatch never ran
+    try:
+        runs = {j["job"]: j for j in agent.op_list({})["jobs"]}
+        assert runs["7.0"]["started"] and runs["7.0"]["slurm_id"] == str(sid)
+        assert not runs["8.0"]["started"] and runs["8.0"]["slurm_id"] is None
+        # and the record is written now, for the next agent
+        assert json.loads(Path(agent.jobdir("7.0"), "slurm.json").read_text())["id"] == str(sid)
+    finally:
+        slurm.cmd("scancel", str(sid))
+
+
+def test_a_job_slurm_no_longer_knows_is_reported_lost_after_a_few_polls(slurm, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    agent = pool_agent(slurm, slurm.dir.parent / "forgot", "c2")
+    os.mkdir(agent.jobdir("9.0"))
+    agent.known["9.0"] = {"id": "999999", "misses": 0}  # purged past MinJobAge meanwhile
+    exit_file = Path(agent.jobdir("9.0"), "exit")
+    for _ in range(2):
+        agent.poll_once()
+        assert not exit_file.exists()  # one silent answer is not yet a loss
+    agent.poll_once()
+    rec = json.loads(exit_file.read_text())
+    assert rec["reason"] == "lost" and rec["slurm_id"] == "999999"
