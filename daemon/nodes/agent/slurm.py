@@ -231,10 +231,11 @@ class SlurmAgent(Agent):
         reply = Agent.op_list(self, req)
         lost = [j for j in reply["jobs"] if j["exit"] is None]
         ids = {}
+        listing = []  # Slurm's jobs with their comments, asked for once
         for j in lost:
             rec = read_json(os.path.join(self.jobdir(j["job"]), "slurm.json"))
             if rec is None:
-                rec = self._find_by_comment(j["job"])
+                rec = self._find_by_comment(j["job"], listing)
             if rec is not None:
                 ids[j["job"]] = str(rec["id"])
         for j in reply["jobs"]:
@@ -242,12 +243,13 @@ class SlurmAgent(Agent):
             j["started"] = j["exit"] is not None or j["job"] in ids
         return reply
 
-    def _find_by_comment(self, key):
+    def _find_by_comment(self, key, listing):
         """Slurm's id of a run whose sbatch answered but whose id was never written (the
         agent died in between): found by the comment every run carries, never sent twice."""
-        r = self.run(["squeue", "-h", "-t", "all", "-o", "%i|%k"])
+        if not listing:
+            listing.append(self.run(["squeue", "-h", "-t", "all", "-o", "%i|%k"]).stdout)
         want = "labq:%s/%s/%s" % (self.cluster, self.node, key)
-        for line in r.stdout.splitlines():
+        for line in listing[0].splitlines():
             sid, _, comment = line.partition("|")
             if comment.strip() == want:
                 rec = {"id": sid.strip()}
