@@ -39,7 +39,7 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=64
 GresTypes=gpu
 SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=1
+SchedulerParameters=sched_interval=1,bf_interval=1
 MpiDefault=none
 ReturnToService=2
 JobAcctGatherType=jobacct_gather/none

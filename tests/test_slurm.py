@@ -142,7 +142,7 @@ def test_a_failing_job_ends_failed_with_its_exit_code(alice):
 
 def test_a_job_waits_in_slurm_as_pending_with_slurms_reason_then_cancels(slurm, alice, bob):
     # someone else on the cluster holds every GPU, outside labq
-    other = slurm.sbatch("--gres=gpu:4", "--wrap", "sleep 600")
+    other = slurm.sbatch("--gres=gpu:4", "--time=10", "--wrap", "sleep 600")
     try:
         wait_for(lambda: slurm.job(other)["JobState"] == "RUNNING", what="the other job")
         jid = job_id(alice.ok("submit", "--gpus", "1", "--", "true"))
@@ -150,6 +150,10 @@ def test_a_job_waits_in_slurm_as_pending_with_slurms_reason_then_cancels(slurm, 
                  what="Slurm's reason")
         job = show(alice, jid)
         assert job["state"] == "PENDING" and job["node"] == "hpc"
+        # Slurm's backfill expects it to start when the other job's 10 minutes are up
+        wait_for(lambda: show(alice, jid)["estimated_start"], timeout=30, what="an estimate")
+        assert 8 * 60 < show(alice, jid)["estimated_start"] - time.time() < 11 * 60
+        assert "est. start" in alice.ok("show", jid)
         # bob may neither cancel nor hold alice's job; alice may not hold it (it is in Slurm)
         assert bob.labq("cancel", jid).returncode != 0
         held = alice.labq("hold", jid)
