@@ -264,10 +264,14 @@ def test_a_pool_behind_ssh_keeps_its_jobs_while_the_login_host_is_away(slurm, lo
     alice = User("labqtest", venv, login.socket)
     jid = job_id(alice.ok("submit", "--gpus", "1", "--", "bash", "-c",
                           "echo before; sleep 8; echo after"))
+    other = job_id(alice.ok("submit", "--", "sleep", "300"))
     wait_state(alice, jid, "RUNNING")
-    sid = int(slurm_id(alice, jid))
+    wait_state(alice, other, "RUNNING")
+    sid, other_sid = int(slurm_id(alice, jid)), int(slurm_id(alice, other))
     assert slurm.job(sid)["UserId"].startswith("labqtest(")
     login.nodes[0].kill_all()  # the login host is gone: sshd, the link and the agent
+    alice.ok("cancel", other)  # ends in labq after requeue_grace; scancel once it is back
+    wait_state(alice, other, "CANCELLED")
     wait_for(lambda: slurm.job(sid)["JobState"] == "COMPLETED", timeout=60,
              what="Slurm to finish it meanwhile")
     time.sleep(3)  # past requeue_grace: a Slurm pool's jobs are not requeued for it
@@ -279,6 +283,8 @@ def test_a_pool_behind_ssh_keeps_its_jobs_while_the_login_host_is_away(slurm, lo
     assert alice.labq("wait", jid, timeout=120).returncode == 0
     assert alice.ok("logs", jid).split() == ["before", "after"]
     assert show(alice, jid)["exit_code"] == 0
+    wait_for(lambda: slurm.job(other_sid)["JobState"] == "CANCELLED", timeout=30,
+             what="the cancelled job's Slurm job cancelled on return")
 
 
 def test_a_login_host_without_slurm_is_refused_with_the_reason(slurm, tmp_path):

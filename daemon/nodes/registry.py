@@ -465,11 +465,14 @@ class NodeRegistry:
             for node in self.nodes.values():
                 if node.state not in ("down", "refused") or node.down_since is None:
                     continue
-                if node.kind == "slurm":
-                    continue  # Slurm runs them meanwhile: reconciled when the host is back
                 left = node.down_since + grace - now
                 running = [j for j in self.jobs.active.values()
                            if j["state"] == S.RUNNING.value and j["node"] == node.name]
+                if node.kind == "slurm":
+                    # Slurm runs them meanwhile, reconciled when the host is back; only what
+                    # was cancelled ends now (its Slurm job is cancelled then, as a stale copy)
+                    running = [j for j in self.jobs.active.values()
+                               if j["node"] == node.name and j["id"] in self.jobs.cancel_requests]
                 if left > 0:
                     if running:
                         nearest = left if nearest is None else min(nearest, left)
