@@ -19,6 +19,7 @@ import queue
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -96,15 +97,20 @@ def slurm_version():
     return r.stdout.strip()
 
 
-def _as_owner(uid):
-    """A preexec function that becomes `uid` with its groups, for a root agent."""
+def as_owner(uid):
+    """subprocess arguments that run a command as `uid` with its groups, for a root agent;
+    the groups are looked up here, not in the child (a fork of a threaded program must not
+    take locks the other threads may hold)."""
     pw = pwd.getpwuid(uid)
+    groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
+    if sys.version_info >= (3, 9):
+        return {"user": uid, "group": pw.pw_gid, "extra_groups": groups}
 
     def switch():
-        os.initgroups(pw.pw_name, pw.pw_gid)
+        os.setgroups(groups)
         os.setgid(pw.pw_gid)
         os.setuid(uid)
-    return switch
+    return {"preexec_fn": switch}
 
 
 class SlurmAgent(Agent):
@@ -142,13 +148,12 @@ class SlurmAgent(Agent):
         for name in ("SLURM_CONF", "PATH"):  # how this host reaches its cluster
             if os.environ.get(name) and name not in env:
                 env[name] = os.environ[name]
-        pre = _as_owner(uid) if uid is not None and os.geteuid() == 0 and uid != 0 else None
+        who = as_owner(uid) if uid is not None and os.geteuid() == 0 and uid != 0 else {}
         # Slurm's commands as this host's PATH finds them, not the job's
         argv = [shutil.which(argv[0]) or argv[0]] + list(argv[1:])
-        return subprocess.run(argv, env=env, preexec_fn=pre, input=stdin,
-                              stdout=subprocess.PIPE,
+        return subprocess.run(argv, env=env, input=stdin, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, universal_newlines=True, timeout=60,
-                              cwd="/")
+                              cwd="/", **who)
 
     def describe(self):
         return {"slurm": {"version": slurm_version()}}
@@ -170,6 +175,11 @@ class SlurmAgent(Agent):
         if owner == 0 and self.no_root_jobs:
             return {"ok": False, "code": "account", "error": "this pool runs no job as root"}
         try:
+            gid = None if owner is None else pwd.getpwuid(owner).pw_gid
+        except KeyError:
+            return {"ok": False, "code": "account",
+                    "error": "uid %d has no account on this login host" % owner}
+        try:
             os.mkdir(jobdir, 0o711)
         except FileExistsError:
             return {"ok": False, "code": "exists", "error": "job %s already launched here" % key}
@@ -177,7 +187,7 @@ class SlurmAgent(Agent):
         out = os.path.join(jobdir, "out")
         os.mkdir(out, 0o700)
         if owner is not None:
-            os.chown(out, owner, pwd.getpwuid(owner).pw_gid)
+            os.chown(out, owner, gid)
         self.launches.put((req, owner))
         return None
 
@@ -202,7 +212,15 @@ class SlurmAgent(Agent):
         argv = sbatch_argv(req, self.pool, os.path.join(jobdir, "out", "log"), comment)
         write_json(os.path.join(jobdir, "spec.json"), {"sbatch": argv, "uid": owner})
         env = {k: v for k, v in req["env"].items() if k != "CUDA_VISIBLE_DEVICES"}
-        r = self.run(argv, env, owner, stdin=batch_script(req["argv"]))
+        try:
+            r = self.run(argv, env, owner, stdin=batch_script(req["argv"]))
+        except subprocess.TimeoutExpired:
+            # the controller may have taken it all the same: never sent twice
+            rec = self._find_by_comment(key, [])
+            if rec is None:
+                remove_run_dir(jobdir)
+                return {"ok": False, "code": "error", "error": "sbatch did not answer"}
+            r = subprocess.CompletedProcess(argv, 0, rec["id"], "")
         if r.returncode != 0:
             remove_run_dir(jobdir)
             return {"ok": False, "code": "error",
