@@ -43,7 +43,9 @@ NODE = TABLE({
     "known_hosts": PATHV, "local": BOOL, "gpus": LIST(GPU), "gpu_indices": LIST(INT(0, 1023)),
     "cpus": INT(1, 1 << 16), "memory": SIZE_MB, "python": STR, "job_root": STR,
     "ssh_config": PATHV, "enabled": BOOL, "shared_account": BOOL, "agent_socket": PATHV,
-    "scratch_root": STR,
+    "scratch_root": STR, "kind": ONE_OF("host", "slurm"), "partition": STR, "account": STR,
+    "qos": STR, "max_gpus": INT(0, 1 << 20), "max_jobs": INT(1, 1 << 20),
+    "gpu_types": LIST(STR), "poll": DURATION, "sbatch_args": LIST(STR),
 }, required=("name",), removed={
     "run_as_owner": "run_as_owner is gone: a node whose agent runs as root always runs jobs as "
                     "their owners; remove the key",
@@ -123,6 +125,23 @@ class NodeConfig:
     # where runs' scratch directories (staged files) go; default <job_root>/<cluster>/<node>/
     # scratch. A root agent's must be passable by every job's user.
     scratch_root: str | None = None
+    # kind = "slurm": a Slurm cluster reached through this host (its login host), whose
+    # jobs go in with sbatch; labq may have max_gpus GPUs and max_jobs jobs there at once
+    kind: str = "host"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    max_gpus: int = 0
+    max_jobs: int = 100
+    gpu_types: list[str] = field(default_factory=list)
+    poll_s: float = 2.0
+    sbatch_args: list[str] = field(default_factory=list)
+
+    def slurm_pool(self) -> dict:
+        """What the pool's agent is told at start."""
+        return {"partition": self.partition, "account": self.account, "qos": self.qos,
+                "gpu_types": self.gpu_types, "poll_s": self.poll_s,
+                "sbatch_args": self.sbatch_args}
 
 
 @dataclass
@@ -244,7 +263,7 @@ def _add_nodes(cfg: Config, nodes: list[dict], local_node: bool | None) -> None:
             raise ConfigError(f"{where}.name", f"duplicate node name {n['name']!r}")
         seen[n["name"]] = i
         ncfg = node_config(n, where)
-        if ncfg.local:
+        if ncfg.local and ncfg.kind != "slurm":  # a local Slurm pool runs nothing here
             if first_local is not None:
                 raise ConfigError(f"{where}.local", f"node[{first_local}] is the local machine "
                                   "already; there is one local node at most")
@@ -341,7 +360,20 @@ def node_config(n: dict, where: str) -> NodeConfig:
             raise ConfigError(f"{where}.shared_account", "is for nodes whose agent is not "
                               "root; the agent on agent_socket runs as root and runs every "
                               "job as its owner")
+    slurm_keys = ("partition", "account", "qos", "max_gpus", "max_jobs", "gpu_types", "poll",
+                  "sbatch_args")
+    if n.get("kind") != "slurm":
+        for k in slurm_keys:
+            if k in n:
+                raise ConfigError(f"{where}.{k}", 'is for Slurm pools (kind = "slurm")')
+    elif any(k in n for k in ("gpus", "gpu_indices", "agent_socket")):
+        raise ConfigError(where, "a Slurm pool takes max_gpus and gpu_types, not gpus, "
+                          "gpu_indices or agent_socket")
     return NodeConfig(
+        kind=n.get("kind", "host"), partition=n.get("partition"), account=n.get("account"),
+        qos=n.get("qos"), max_gpus=n.get("max_gpus", 0), max_jobs=n.get("max_jobs", 100),
+        gpu_types=n.get("gpu_types", []), poll_s=n.get("poll", 2.0),
+        sbatch_args=n.get("sbatch_args", []),
         name=n["name"], local=n.get("local", False), host=n.get("host"), port=n.get("port"),
         user=n.get("user"), identity_file=n.get("identity_file"),
         known_hosts=n.get("known_hosts"), ssh_config=n.get("ssh_config"),

@@ -38,7 +38,7 @@ from .logcopy import LogCopies
 from .policy import JobView, PlanMemo, PolicyConfig
 from .policy.dependencies import find_cycle
 from .policy.fairshare import Run
-from .views import dep_ids, job_view
+from .views import dep_ids, job_view, sent_to_pool
 
 log = logging.getLogger("labqd")
 S = JobState
@@ -106,6 +106,8 @@ class JobTable:
         self.dep_edges: dict[int, list[int]] = {i: dep_ids(j) for i, j in self.active.items()
                                                 if j["dependencies"]}
         self.reasons: dict[int, str] = {}  # the latest plan's pending reasons
+        # jobs waiting in a Slurm pool -> the start Slurm expects (`squeue --start`)
+        self.pool_estimates: dict[int, float] = {}
         # the scheduler's view of every pending and running job, kept current on each change,
         # and the ids of running ones, so a scheduler pass does not walk the whole queue in
         # Python. Held jobs' views are kept apart: a pass looks only at those that dependencies
@@ -116,7 +118,7 @@ class JobTable:
             self._set_view(j)
         self.plan_memo = PlanMemo()  # lets the policy keep its grouping between passes
         self.running: set[int] = {i for i, j in self.active.items()
-                                  if j["state"] == S.RUNNING.value}
+                                  if j["state"] == S.RUNNING.value or sent_to_pool(j)}
         # owner uid -> jobs PENDING or HELD, so the submit limit costs O(1), not O(queue)
         self.waiting: Counter[int] = Counter(j["owner_uid"] for j in self.active.values()
                                              if j["state"] != S.RUNNING.value)
@@ -175,8 +177,10 @@ class JobTable:
             self.waiting[job["owner_uid"]] += 1 if dst in WAITING else -1
         job.update(fields)
         self.running.discard(job["id"])
-        if dst == S.RUNNING:
+        if dst == S.RUNNING or sent_to_pool(job):
             self.running.add(job["id"])
+        else:
+            self.pool_estimates.pop(job["id"], None)
         self._set_view(job)
         if dst in FINAL:
             self.active.pop(job["id"], None)
@@ -355,6 +359,8 @@ class JobTable:
             row["reason"] = self.reasons.get(job_id, "Held")
         elif row["state"] == S.PENDING.value:
             row["reason"] = self.reasons.get(job_id, row["reason"])
+            if sent_to_pool(row):  # the pool's own word: Slurm's estimated start
+                row["estimated_start"] = self.pool_estimates.get(job_id)
         return row
 
     def view(self, caller: Caller, row: dict) -> dict:
@@ -404,7 +410,8 @@ class JobTable:
                     job = self.active.get(row["id"])
                     if job is None:
                         continue  # already ended: cancelling is a no-op, as in scancel
-                    if job["state"] == S.RUNNING.value:
+                    if job["state"] == S.RUNNING.value or sent_to_pool(job):
+                        # a job waiting in a Slurm pool ends once scancel has taken it
                         self.cancel_requests[job["id"]] = why
                         if self.runs is not None:
                             self.runs.cancel_run(job)
@@ -460,6 +467,10 @@ class JobTable:
                 if row["state"] != src.value:
                     raise InvalidState(f"job {row['id']} is {row['state']}, not {src.value}",
                                        {"id": row["id"], "state": row["state"]})
+                if sent_to_pool(row):
+                    raise InvalidState(f"job {row['id']} waits in the Slurm pool "
+                                       f"{row['node']}; cancel it instead",
+                                       {"id": row["id"], "node": row["node"]})
         for start in range(0, len(rows), CHUNK):
             with self.lock:
                 for row in rows[start:start + CHUNK]:

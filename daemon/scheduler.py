@@ -43,12 +43,15 @@ def build_snapshot(table: JobTable, registry: NodeRegistry, fair: FairShare,
     nodes = []
     for n in registry.nodes.values():
         u = used.get(n.name, [set(), 0, 0])
+        if n.max_jobs is not None and pool_jobs(table, n.name) >= n.max_jobs:
+            u = [{g["index"] for g in n.gpus}, n.cpus, n.memory_mb]  # the pool is full
         state = "drain" if n.drained else ("up" if n.state == "up" else "down")
         slots = tuple(GpuSlot(g["index"], g["type"], g["memory_mb"] or 0) for g in n.gpus)
         nodes.append(NodeView(name=n.name, state=state, cpus=n.cpus, memory_mb=n.memory_mb,
                               gpus=slots, free_gpus=frozenset(g.index for g in slots) - u[0],
                               free_cpus=n.cpus - u[1], free_memory_mb=n.memory_mb - u[2],
-                              only_uid=n.only_uid, root_ok=n.root_ok))
+                              only_uid=n.only_uid, root_ok=n.root_ok,
+                              gang_ok=n.kind != "slurm"))
     ended = {}
     for t in targets:
         if t not in table.active:
@@ -63,6 +66,11 @@ def build_snapshot(table: JobTable, registry: NodeRegistry, fair: FairShare,
     table.ended_runs = []
     return Snapshot(nodes=nodes, jobs=jobs, ended=ended, group_usage=acc.group_usage,
                     user_usage=acc.user_usage, config=fair.policy_config, memo=table.plan_memo)
+
+
+def pool_jobs(table: JobTable, node: str) -> int:
+    """Jobs labq has in a Slurm pool, waiting there or running."""
+    return sum(1 for v in table.running_views() if v.node == node)
 
 
 class Scheduler:
@@ -162,7 +170,8 @@ class Scheduler:
                     or not all(self._usable(n) for n, _ in start.parts or ((start.node, ()),))):
                 continue
             seen.add(start.job)
-            changes.append((job, S.RUNNING, "labqd", None,
+            dst, why = self.nodes.start_state(start.node)
+            changes.append((job, dst, "labqd", why,
                             self.nodes.start_fields(start.node, start.gpus, start.parts)))
             started.append(job)
         if changes:

@@ -9,7 +9,7 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 from .activejob import HOT
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
 
 db = pw.DatabaseProxy()
@@ -84,6 +84,8 @@ class Job(Base):
     # schema 10: gangs (labq.daemon.gangs): parts, and each running part's node and GPUs
     nodes = pw.IntegerField(default=1)
     parts = JSONField(null=True)
+    # schema 11: the job's id in the Slurm pool it was sent to
+    slurm_id = pw.CharField(null=True)
     # the queue's change counter when the job last changed: what a poll asks for with
     # changed_since (version 6)
     seq = pw.IntegerField(null=True)
@@ -283,7 +285,13 @@ def migrate_10(database: pw.Database) -> None:
         database.execute_sql('ALTER TABLE "job" ADD COLUMN "parts" TEXT')
 
 
+def migrate_11(database: pw.Database) -> None:
+    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
+    if "slurm_id" not in cols:
+        database.execute_sql('ALTER TABLE "job" ADD COLUMN "slurm_id" VARCHAR(255)')
+
+
 # version -> function bringing the schema from version-1 up to it; never edit a released one
 MIGRATIONS = {1: migrate_1, 2: migrate_2, 3: migrate_3, 4: migrate_4, 5: migrate_5,
               6: migrate_6, 7: migrate_7, 8: migrate_8,
-              9: migrate_9, 10: migrate_10}
+              9: migrate_9, 10: migrate_10, 11: migrate_11}

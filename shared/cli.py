@@ -182,7 +182,8 @@ def cmd_show(q: Client, a: argparse.Namespace) -> int:
         ("submitted", when(job.submit_time)),
         ("est. start", when(job.estimated_start)), ("started", when(job.start_time)),
         ("ended", when(job.end_time)),
-        ("node", job.node or "-"),
+        ("node", (job.node or "-") + (f"  (Slurm job {job.slurm_id})" if job.slurm_id
+                                      else "")),
         ("gpu indices", ",".join(map(str, job.gpu_indices)) or "-"),
         *_gang_fields(job),
         ("exit code", "-" if job.exit_code is None else job.exit_code),

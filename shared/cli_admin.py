@@ -6,13 +6,14 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .cli_format import print_json, table
+from .cli_format import pool_summary, print_json, table
 from .cli_options import positive_int
 from .text import printable
 from .units import format_size_mb, parse_size_mb
 
 if TYPE_CHECKING:
     from .client import Client
+    from .models import Node
 
 Add = Callable[..., argparse.ArgumentParser]
 
@@ -24,6 +25,9 @@ def cmd_nodes(q: Client, a: argparse.Namespace) -> int:
         return 0
     rows = []
     for n in nodes:
+        if n.kind == "slurm":
+            rows.append(pool_line(n))
+            continue
         types: dict[str, int] = {}
         for g in n.gpus:
             types[g.type] = types.get(g.type, 0) + 1
@@ -37,6 +41,16 @@ def cmd_nodes(q: Client, a: argparse.Namespace) -> int:
     table(rows, ["NODE", "HOST", "STATE", "CPUS", "MEMORY", "GPUS", "GPU TYPES", "SOURCE",
                   "CONTAINMENT", "RUNS JOBS OF", "REASON"])
     return 0
+
+
+def pool_line(n: Node) -> list[str]:
+    """A Slurm pool's row: labq's GPUs there, and the pool in words where reasons go."""
+    p = n.pool or {}
+    free = p.get("max_gpus", 0) - p.get("labq_gpus", 0)
+    types = n.gpus[0].type if n.gpus else "-"
+    return [n.name, n.host, n.state, "-", "-", f"{free}/{p.get('max_gpus', 0)}", types,
+            "slurm", "slurm", (n.runs_jobs_of or "-").split(" (")[0],
+            "; ".join(x for x in (n.reason, pool_summary(n)) if x)]
 
 
 def cmd_node(q: Client, a: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ import json
 import time
 from typing import Any
 
-from .models import Job
+from .models import Job, Node
 from .text import printable
 from .units import format_duration
 
@@ -61,3 +61,16 @@ def status_text(job: Job, now: float) -> str:
         extra = job.reason if job.reason and not job.reason.startswith("exit code") else ""
         return f"exit {job.exit_code}" + (f" ({extra})" if extra else "")
     return job.reason or "-"
+
+
+def pool_summary(n: Node) -> str:
+    """A Slurm pool in words: labq's share of it, and its partition as sinfo last showed it."""
+    p = n.pool or {}
+    share = (f"labq: {p.get('labq_running', 0)} running, {p.get('labq_waiting', 0)} waiting "
+             f"in Slurm (max {p.get('max_jobs')}), {p.get('labq_gpus', 0)}/"
+             f"{p.get('max_gpus', 0)} GPUs")
+    if "nodes" not in p:
+        return "; ".join(x for x in (share, p.get("error")) if x)
+    return (f"{share}; partition {p.get('partition') or '(default)'}: "
+            f"{p.get('nodes_up')}/{p.get('nodes')} nodes up, {p.get('nodes_alloc')} allocated, "
+            f"GPUs {p.get('gpus_alloc')}/{p.get('gpus')} allocated")

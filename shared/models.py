@@ -77,6 +77,7 @@ class Job:
     results: list[str] | None = None  # the globs copied back when it ends
     files: dict[str, Any] | None = None  # its results' copy: {state, bytes, count, note}
     purged_time: float | None = None  # when its log copy, results and scratch were removed
+    slurm_id: str | None = None  # its job id in the Slurm pool it was sent to
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
@@ -154,6 +155,10 @@ class Node:
     runs_jobs_of: str | None = None
     # how a job is kept together and limited: cgroup2, cgroup1 or none (process group only)
     containment: str | None = None
+    kind: str = "host"  # or "slurm": a Slurm cluster behind its login host
+    # a Slurm pool's partition from sinfo (nodes, nodes_up, nodes_alloc, gpus, gpus_alloc)
+    # and labq's share (labq_running, labq_waiting, labq_gpus, max_gpus, max_jobs)
+    pool: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Node:

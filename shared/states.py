@@ -28,7 +28,9 @@ ACTIVE = frozenset(JobState) - FINAL
 
 S = JobState
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    S.PENDING: frozenset({S.RUNNING, S.HELD, S.CANCELLED}),
+    # PENDING -> PENDING: sent to a Slurm pool (still waiting there), or back from it;
+    # PENDING -> FAILED: the pool's sbatch refused the job
+    S.PENDING: frozenset({S.RUNNING, S.HELD, S.CANCELLED, S.PENDING, S.FAILED}),
     S.HELD: frozenset({S.PENDING, S.CANCELLED}),
     # RUNNING -> PENDING is a requeue after a node was lost
     S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.TIMEOUT, S.NODE_FAIL, S.PENDING}),

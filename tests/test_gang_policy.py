@@ -158,3 +158,18 @@ def test_the_plan_is_the_same_with_a_memo_and_the_estimates_hold_whole_sets():
     est = estimate(s, bare, NOW)
     assert est[g1.id] == NOW + 90  # a and b
     assert est[g2.id] == NOW + 90 + 1000  # after g1 frees a and b (c at NOW+490 is one node)
+
+
+def test_no_part_of_a_gang_goes_to_a_slurm_pool():
+    # a pool is one node to the policy, whatever Slurm has behind it: Slurm places what it
+    # is sent, so a gang there would have its parts anywhere, or not together
+    pool = NodeView("hpc", "up", 64, 512_000, tuple(GpuSlot(i, "A100", 40960) for i in range(8)),
+                    frozenset(range(8)), 64, 512_000, gang_ok=False)
+    g = job(gpus=4, nodes=2, time_limit_s=3600)
+    p = plan(snap([node("a"), pool], [g]), NOW)
+    assert not p.starts and p.reasons[g.id] == "NoNodeFits"
+    p = plan(snap([node("a"), pool, node("b")], [g]), NOW)
+    (s,) = p.starts
+    assert {n for n, _ in s.parts} == {"a", "b"}
+    one = job(gpus=4, time_limit_s=3600)  # a job on one node may still go to the pool
+    assert plan(snap([pool], [one]), NOW).starts[0].node == "hpc"

@@ -123,7 +123,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
                         [st.Job._meta.fields[k].db_value(v) for k, v in fields.items()])
     old.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 10
+    assert s.schema_version == st.SCHEMA_VERSION == 11
     assert s.cluster_id == "abc" and s.job_row(1)["owner"] == "alice"
     # owners become uids where the account exists; a name nobody has now stays unowned
     assert s.job_row(1)["owner_uid"] is None and s.job_row(2)["owner_uid"] == 0
@@ -196,7 +196,7 @@ def test_a_schema_4_database_gains_the_workflow_columns(tmp_path):
     st.Meta.replace(key="schema_version", value="4").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 10 and s.db.table_exists("token")
+    assert s.schema_version == st.SCHEMA_VERSION == 11 and s.db.table_exists("token")
     assert s.job_row(1)["experiment"] is None and s.job_row(1)["key"] is None
     assert s.integrity_check() == "ok"
     s.close()
@@ -275,7 +275,7 @@ def test_a_schema_7_database_gains_the_files_columns(tmp_path):
     st.Meta.replace(key="schema_version", value="7").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == 10
+    assert s.schema_version == 11
     row = s.job_row(1)
     assert row["stage"] is None and row["results"] is None and row["purged_time"] is None
     s.set_files(1, {"state": "complete", "bytes": 7}, reason="ResultsIncomplete: x")
@@ -293,7 +293,7 @@ def test_a_schema_9_database_gains_the_gang_columns(tmp_path):
     st.Meta.replace(key="schema_version", value="9").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 10
+    assert s.schema_version == st.SCHEMA_VERSION == 11
     row = s.job_row(1)  # a job from before runs on one node, as it did
     assert row["nodes"] == 1 and row["parts"] is None and row["gpus"] == 2
     s.insert_job(job_fields(owner_uid=1000, gpus=16, nodes=2,
@@ -320,4 +320,18 @@ def test_a_gang_holds_its_gpus_on_every_node_and_none_twice(tmp_path):
     assert s.job_row(one)["state"] == "PENDING"
     s.record_transition(gang, {"state": "COMPLETED"}, "labqd", "RUNNING", "COMPLETED", None, 3.0)
     assert st.Allocation.select().count() == 0
+
+
+def test_a_schema_10_database_gains_the_slurm_job_id(tmp_path):
+    path = tmp_path / "labq.db"
+    s = st.Store(path)
+    s.insert_job(job_fields(owner_uid=1000), "alice")
+    s.db.execute_sql('ALTER TABLE "job" DROP COLUMN "slurm_id"')
+    st.Meta.replace(key="schema_version", value="10").execute()
+    s.close()
+    s = st.Store(path)
+    assert s.schema_version == 11 and s.job_row(1)["slurm_id"] is None
+    with s.write():
+        s.update_job(1, slurm_id="918273")
+    assert s.job_row(1)["slurm_id"] == "918273" and s.integrity_check() == "ok"
     s.close()

@@ -10,6 +10,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from labq import Job, Node
+from labq.cli_format import pool_summary
 from labq.text import printable
 from labq.units import format_size_mb
 
@@ -42,6 +43,9 @@ def render_node(node: Node, live_stats: bool = True,
     lines: list[Text] = [head]
     if node.reason:  # its own line: a long reason must not run into the state
         lines.append(Text.assemble("  ", (printable(node.reason), "italic red")))
+    if node.kind == "slurm":  # Slurm places its jobs: no bars of labq's own to show
+        lines.append(Text.assemble("  ", printable(pool_summary(node))))
+        return Group(*lines, Text(""))
     grid = Table.grid(padding=(0, 1))
     for _ in range(4):
         grid.add_column(no_wrap=True)

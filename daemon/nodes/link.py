@@ -147,6 +147,8 @@ class NodeLink:
     # -- connection loop -------------------------------------------------------------------
     def _open(self):
         args = ["--root", self.cfg.job_root, "--cluster", self.cluster, "--node", self.name]
+        if self.cfg.kind == "slurm":
+            args += ["--slurm", json.dumps(self.cfg.slurm_pool())]
         if self.cfg.local and self.cfg.agent_socket:
             return SocketTransport(self.cfg.agent_socket, {"cluster": self.cluster,
                                                            "node": self.name})

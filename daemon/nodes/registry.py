@@ -23,8 +23,18 @@ from ..clock import SYSTEM, Clock
 from ..config import NODE, ConfigError, NodeConfig, check_node, confine_node_paths, node_config
 from ..gangs import log_key, part_env, part_failed, parts, ranks_on
 from ..jobtable import JobTable
-from .info import NodeInfo, node_rows, parse_part_key, run_key
+from .info import NodeInfo, accounts, node_gpus, node_rows, parse_part_key, run_key
 from .link import NodeLink
+from .slurmpool import (
+    SUBMITTED,
+    launch_extras,
+    pool_event,
+    pool_gpus,
+    pool_node_size,
+    record_slurm_id,
+    sent_here,
+    slurm_exit,
+)
 
 if TYPE_CHECKING:
     from .filemove import FileMover
@@ -106,7 +116,10 @@ class NodeRegistry:
     def _add_node(self, ncfg: NodeConfig, dynamic: bool = False) -> NodeLink:
         self.nodes[ncfg.name] = NodeInfo(ncfg.name, "local" if ncfg.local else ncfg.host,
                                          drained=self._drained.get(ncfg.name, False),
-                                         job_root=ncfg.job_root, dynamic=dynamic)
+                                         job_root=ncfg.job_root, dynamic=dynamic,
+                                         kind=ncfg.kind, partition=ncfg.partition,
+                                         max_jobs=ncfg.max_jobs if ncfg.kind == "slurm"
+                                         else None)
         link = self.links[ncfg.name] = NodeLink(ncfg, self.store.cluster_id, self,
                                                 heartbeat_s=self.cfg.heartbeat_s,
                                                 timeout_s=self.cfg.node_timeout_s,
@@ -186,7 +199,8 @@ class NodeRegistry:
         with self.lock:
             node = self._node_or_404(name)
             busy = [j["id"] for j in self.jobs.active.values()
-                    if j["state"] == S.RUNNING.value and ranks_on(j, name)]
+                    if (j["state"] == S.RUNNING.value and ranks_on(j, name))
+                    or sent_here(j, name)]
             if busy:
                 raise InvalidState(f"node {name} still runs jobs {busy}; drain it and let them "
                                    "end (or cancel them) first", {"node": name, "jobs": busy})
@@ -233,45 +247,10 @@ class NodeRegistry:
                 log.error("cannot record the state of node %s: %s", name, e.message)
         self.wake.set()
 
-    def _node_gpus(self, link: NodeLink, hello: dict) -> tuple[list[dict], str]:
-        cfg = link.cfg
-        if cfg.gpus is not None:
-            return ([{"index": g.get("index", i), "type": g["type"],
-                      "memory_mb": g.get("memory_mb", 0), "uuid": None}
-                     for i, g in enumerate(cfg.gpus)], "config")
-        detected = [{"index": g["index"], "type": g["type"], "memory_mb": g["memory_mb"],
-                     "uuid": g.get("uuid")} for g in hello.get("gpus", [])]
-        if cfg.gpu_indices is not None:
-            detected = [g for g in detected if g["index"] in set(cfg.gpu_indices)]
-        if not detected:
-            log.info("node %s: no GPUs detected (%s); it takes CPU jobs only", link.name,
-                     "; ".join(hello.get("gpu_notes", [])) or "none found")
-        return detected, hello.get("gpu_source", "none")
-
-    def accounts(self, link: NodeLink, hello: dict) -> tuple[int | None, bool, str]:
-        """(only_uid, root_ok, words): whose jobs the node's agent runs, as in Slurm: a root
-        agent runs each job as its owner; an agent that is not root runs only its own account's
-        jobs, or everyone's as that account where the node says shared_account = true, but
-        never as labqd's own account while labqd serves other users (a job would then own
-        labqd's database, keys and processes)."""
-        uid = hello.get("euid")
-        user = hello.get("user") or str(uid)
-        if uid is None:
-            return -2, False, "nobody (the agent did not say which account it runs as)"
-        if uid == 0:
-            root_ok = bool(hello.get("root_jobs"))
-            return None, root_ok, ("every user, as themselves" if root_ok else
-                                   "every user but root, as themselves")
-        if link.cfg.shared_account:
-            if uid == os.geteuid() and self.cfg.serves_others:
-                return uid, False, (f"only {user}: shared_account is refused for labqd's own "
-                                    "account while labqd serves other users")
-            return None, False, f"every user, all as {user} (shared_account)"
-        return uid, False, f"only {user} (the agent is not root)"
-
     def node_up(self, link: NodeLink, hello: dict, agent_jobs: list[dict]) -> None:
-        gpus, source = self._node_gpus(link, hello)
-        only_uid, root_ok, words = self.accounts(link, hello)
+        gpus, source = (pool_gpus(link.cfg), "slurm") if link.cfg.kind == "slurm" else (
+            node_gpus(link.name, link.cfg, hello))
+        only_uid, root_ok, words = accounts(link.cfg, hello, self.cfg.serves_others)
         with self.lock:
             node = self.nodes.get(link.name)
             if node is None:
@@ -283,6 +262,8 @@ class NodeRegistry:
                 node.containment += " (" + hello["containment_note"] + ")"
             node.cpus = link.cfg.cpus or hello.get("cpus", 1)
             node.memory_mb = link.cfg.memory_mb or hello.get("memory_mb", 0)
+            if link.cfg.kind == "slurm":
+                node.cpus, node.memory_mb = pool_node_size(link.cfg)
             node.gpus, node.gpu_source = gpus, source
             node.last_seen = self.clock.time()
             node.down_since = None
@@ -302,9 +283,13 @@ class NodeRegistry:
         """Match the runs the agent has with what the store says runs there."""
         mine = set()
         for job in list(self.jobs.active.values()):
-            if job["state"] != S.RUNNING.value:
+            if sent_here(job, link.name):
+                ranks = [0]  # a Slurm pool's job: one part, which Slurm may still hold
+            elif job["state"] == S.RUNNING.value:
+                ranks = ranks_on(job, link.name)
+            else:
                 continue
-            for rank in ranks_on(job, link.name):
+            for rank in ranks:
                 key = run_key(job, rank)
                 mine.add(key)
                 self._reconcile_run(link, job, rank, found.get(key))
@@ -337,6 +322,8 @@ class NodeRegistry:
                 timer.daemon = True
                 timer.start()
         elif info is not None:
+            if info.get("slurm_id"):  # labqd may have stopped before sbatch answered
+                record_slurm_id(self.store, job, info["slurm_id"])
             self._watch(link, job, rank)
             if job["id"] in self.jobs.cancel_requests:
                 link.request("cancel", job=key, reason="cancel")
@@ -385,6 +372,8 @@ class NodeRegistry:
             return
         stats = {k: reply[k] for k in ("cpu_percent", "memory_used_mb") if k in reply}
         stats["agent_pid"] = node.stats.get("agent_pid")
+        if "pool" in reply:
+            node.pool = reply["pool"]
         if "gpus" in reply:
             stats["gpus"] = reply["gpus"]
         elif "gpus" in node.stats:
@@ -396,8 +385,9 @@ class NodeRegistry:
         """The active job whose current run on this node `key` names, if any."""
         job_id, run, rank = parse_part_key(key)
         job = self.jobs.active.get(job_id)
-        if (job is None or job["state"] != S.RUNNING.value or job["restarts"] != run
-                or rank not in ranks_on(job, link.name)):
+        if (job is None or job["restarts"] != run
+                or not ((job["state"] == S.RUNNING.value and rank in ranks_on(job, link.name))
+                        or (rank == 0 and sent_here(job, link.name)))):
             return None
         return job
 
@@ -419,6 +409,13 @@ class NodeRegistry:
                 log.error("cannot keep the log of job %d: %s", job_id, e)
         elif ev == "exit":
             self._job_exited(link, msg)
+        elif ev == "slurm":
+            with self.lock:
+                job = self._current(link, msg["job"])
+                if job is not None:
+                    pool_event(self.jobs, job, msg, self.clock)
+        elif ev == "warning":
+            log.warning("node %s: %s", link.name, msg.get("error"))
 
     def _job_exited(self, link: NodeLink, msg: dict) -> None:
         try:
@@ -441,6 +438,9 @@ class NodeRegistry:
                 link.request("forget", job=key)  # a stale copy ended
                 return
             job_id = job["id"]
+            if link.cfg.kind == "slurm" and slurm_exit(self.jobs, job, msg, self._lost):
+                link.request("forget", job=key)
+                return
             code, sig, why = msg.get("code"), msg.get("signal"), msg.get("reason")
             end = msg.get("end") or self.clock.time()
             fields = dict(exit_code=code, signal=sig, end_time=end, when=end)
@@ -514,6 +514,11 @@ class NodeRegistry:
                 left = node.down_since + grace - now
                 running = [j for j in self.jobs.active.values()
                            if j["state"] == S.RUNNING.value and ranks_on(j, node.name)]
+                if node.kind == "slurm":
+                    # Slurm runs them meanwhile, reconciled when the host is back; only what
+                    # was cancelled ends now (its Slurm job is cancelled then, as a stale copy)
+                    running = [j for j in self.jobs.active.values()
+                               if j["node"] == node.name and j["id"] in self.jobs.cancel_requests]
                 if left > 0:
                     if running:
                         nearest = left if nearest is None else min(nearest, left)
@@ -529,10 +534,17 @@ class NodeRegistry:
         self.jobs.transition(job, S.RUNNING, "labqd", None, **self.start_fields(node, gpus))
         self.launch(job)
 
+    def start_state(self, node: str) -> tuple[S, str | None]:
+        """A start runs the job, except in a Slurm pool: there it waits until Slurm starts it."""
+        if self.nodes[node].kind == "slurm":
+            return S.PENDING, SUBMITTED
+        return S.RUNNING, None
+
     def start_fields(self, node: str, gpus: tuple[int, ...], gang: tuple = ()) -> dict:
         """What a start sets; the scheduler records a pass's starts together, then launches.
         `gang`: a gang's parts, ((node, GPUs), ...) in rank order."""
-        return dict(node=node, gpu_indices=list(gpus), start_time=self.clock.time(),
+        started = None if self.nodes[node].kind == "slurm" else self.clock.time()
+        return dict(node=node, gpu_indices=list(gpus), start_time=started,
                     exit_code=None, signal=None, end_time=None,
                     parts=[[n, list(g)] for n, g in gang] or None)
 
@@ -568,7 +580,9 @@ class NodeRegistry:
         cmd = job["command"]
         argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         remaining = None
-        if job["time_limit_s"]:
+        if job["time_limit_s"] and link.cfg.kind == "slurm":
+            remaining = job["time_limit_s"]  # Slurm counts it from its own start
+        elif job["time_limit_s"]:
             # a launch delayed by a restart keeps the original deadline
             # (in seconds with a fraction: truncating to whole seconds cut up to a second
             # off every limit, half of a 2 s one)
@@ -577,6 +591,9 @@ class NodeRegistry:
         key = run_key(job, rank)
 
         def reply(r: dict) -> None:
+            if r.get("slurm_id"):
+                with self.lock:
+                    record_slurm_id(self.store, self._current(link, key), r["slurm_id"])
             if r.get("ok") or r.get("code") in ("exists", "down"):
                 return  # started, or already there, or the node went away (reconciled later)
             with self.lock:
@@ -589,7 +606,8 @@ class NodeRegistry:
                         self.cancel_run(j, but=rank)
                     self.jobs.transition(j, S.FAILED, "labqd", why, end_time=self.clock.time())
         env = dict(self.launch_env(job, rank), LABQ_WORKDIR=workdir or job["cwd"])
-        link.request("launch", reply, job=key, argv=argv, env=env,
+        extra = launch_extras(job) if link.cfg.kind == "slurm" else {}
+        link.request("launch", reply, job=key, argv=argv, env=env, **extra,
                      cwd=workdir or job["cwd"], time_limit_s=remaining,
                      grace_s=self.cfg.kill_grace_s,
                      user=job["owner"], uid=job["owner_uid"], memory_mb=job["memory_mb"],

@@ -38,6 +38,8 @@ def could_ever_fit(node, job: JobView, any_owner: bool = False) -> bool:
     job it is."""
     if not any_owner and not runs_owner(node, job):
         return False
+    if job.nodes > 1 and not node.gang_ok:
+        return False
     if job.cpus > node.cpus or job.memory_mb > node.memory_mb:
         return False
     if job.gpus <= 0:
@@ -63,11 +65,11 @@ class NodeState:
     """A NodeView while a plan is made: what is free on it and what runs there until when,
     changed by the plan's starts (and the simulator's finishes)."""
     __slots__ = ("idx", "name", "state", "up", "cpus", "memory_mb", "gpus", "slots", "free",
-                 "free_cpus", "free_mem", "running", "only_uid", "root_ok", "_ends")
+                 "free_cpus", "free_mem", "running", "only_uid", "root_ok", "gang_ok", "_ends")
 
     def __init__(self, idx: int, name: str, state: str, cpus: int, memory_mb: int,
                  gpus: tuple[GpuSlot, ...], free: Iterable[int], free_cpus: int, free_mem: int,
-                 only_uid: int | None = None, root_ok: bool = True):
+                 only_uid: int | None = None, root_ok: bool = True, gang_ok: bool = True):
         self.idx = idx
         self.name = name
         self.state = state
@@ -81,6 +83,7 @@ class NodeState:
         self.free_mem = free_mem
         self.only_uid = only_uid
         self.root_ok = root_ok
+        self.gang_ok = gang_ok
         # job id -> (end by its time limit, gpu indices, cpus, memory)
         self.running: dict[int, tuple[float, tuple[int, ...], int, int]] = {}
         self._ends: list | None = None
@@ -101,7 +104,8 @@ class Cluster:
         self.by_name: dict[str, NodeState] = {}
         for n in nodes:
             ns = NodeState(len(self.nodes), n.name, n.state, n.cpus, n.memory_mb, n.gpus,
-                           n.free_gpus, n.free_cpus, n.free_memory_mb, n.only_uid, n.root_ok)
+                           n.free_gpus, n.free_cpus, n.free_memory_mb, n.only_uid, n.root_ok,
+                           n.gang_ok)
             self.nodes.append(ns)
             self.restricted = self.restricted or n.only_uid is not None or not n.root_ok
             self.by_name[n.name] = ns
@@ -275,6 +279,8 @@ class Cluster:
 
     def _part_on(self, ns: NodeState, job: JobView, avoid) -> tuple[int, ...] | None:
         """The GPUs one part of a gang would get on node `ns` now, or None."""
+        if not ns.gang_ok:
+            return None
         if job.cpus > ns.free_cpus or job.memory_mb > ns.free_mem:
             return None
         if self.restricted and not runs_owner(ns, job):

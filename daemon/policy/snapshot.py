@@ -27,6 +27,8 @@ class NodeView:
     # else only this uid's (an agent that is not root runs its own account's jobs alone)
     only_uid: int | None = None
     root_ok: bool = True  # False where the agent refuses root's jobs (the head node's agent)
+    # False for a Slurm pool: Slurm places what labq sends it, so no gang's part goes there
+    gang_ok: bool = True
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,24 @@ def main(argv=None):
         if opts.get("--from-socket"):
             cluster, node = _names_from_stdin()
         directory = prepare_dir(opts.get("--root", "~/.local/state/labq-node"), cluster, node)
+        if opts.get("--slurm"):
+            from .slurm import slurm_version
+            slurm_version()
     except (Refused, OSError) as e:
         sys.stdout.buffer.write((json.dumps({"ev": "refused", "error": str(e)}) + "\n").encode())
         sys.stdout.buffer.flush()
         raise SystemExit(3) from None
-    containment = Containment.probe("labq-%s-%s" % (cluster, node),
-                                    opts.get("--containment", "auto"))
-    agent = Agent(directory, cluster, node, containment, bool(opts.get("--no-root-jobs")))
+    if opts.get("--slurm"):
+        # a Slurm pool's login host: Slurm contains the jobs, not this host's cgroups
+        from .slurm import SlurmAgent
+        agent = SlurmAgent(directory, cluster, node, json.loads(opts["--slurm"]),
+                           Containment("slurm", "the cluster's own"),
+                           bool(opts.get("--no-root-jobs")))
+    else:
+        containment = Containment.probe("labq-%s-%s" % (cluster, node),
+                                        opts.get("--containment", "auto"))
+        agent = Agent(directory, cluster, node, containment, bool(opts.get("--no-root-jobs")))
+    containment = agent.containment
     agent.lock_fd = take_lock(agent.dir)
     remove_leftovers(agent.dir)
     runs = [n for n in os.listdir(agent.dir) if is_run_key(n) and is_dir(agent.jobdir(n))]

@@ -57,6 +57,9 @@ class Agent:
             raise ValueError("bad job key %r" % (key,))
         return os.path.join(self.dir, key)
 
+    def log_path(self, key):
+        return os.path.join(self.jobdir(key), "log")
+
     # requests --------------------------------------------------------------------------
     def op_launch(self, req):
         job = req["job"]
@@ -162,6 +165,10 @@ class Agent:
             stats["gpus"] = gpus
         return dict(ok=True, time=time.time(), **stats)
 
+    def describe(self):
+        """What a kind of agent adds to its hello."""
+        return {}
+
     # loops -----------------------------------------------------------------------------
     def monitor(self):
         """Stream new log bytes of watched jobs, then their exit record once drained.
@@ -209,7 +216,7 @@ class Agent:
         f = files.get(job)
         try:
             if f is None:
-                f = files[job] = RunLog(self.jobdir(job))
+                f = files[job] = RunLog(self.jobdir(job), self.log_path(job))
             got = f.read(offset, CHUNK)
         except (OSError, ValueError):
             return False
@@ -257,6 +264,7 @@ class Agent:
                  "containment": self.containment.kind,
                  "containment_note": self.containment.note}
         hello.update(probe_host())
+        hello.update(self.describe())
         self.send(hello)
         threading.Thread(target=self.monitor, daemon=True).start()
         ops = {"launch": self.op_launch, "list": self.op_list, "watch": self.op_watch,
@@ -279,6 +287,8 @@ class Agent:
             except Exception as e:
                 req = req if isinstance(req, dict) else {}
                 reply = {"ok": False, "code": "error", "error": "%s: %s" % (type(e).__name__, e)}
+            if reply is None:
+                continue  # the op answers later, from a thread of its own
             reply["re"] = req.get("id")
             self.send(reply)
 

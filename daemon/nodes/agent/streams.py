@@ -11,6 +11,7 @@ their line. A run without a `stderr` file (started before there was one) is all 
 import fcntl
 import os
 import select
+import stat
 import time
 
 from .files import open_nofollow
@@ -91,8 +92,14 @@ class ErrCopier:
 class RunLog:
     """In the agent: one run's log, read with the stderr ranges inside what is read."""
 
-    def __init__(self, jobdir):
-        self.log = open_nofollow(os.path.join(jobdir, "log"), os.O_RDONLY)
+    def __init__(self, jobdir, log_path=None):
+        # non-blocking, and only a plain file: a Slurm run's log is written by its owner,
+        # who must not stall the agent with a FIFO in its place
+        self.log = open_nofollow(log_path or os.path.join(jobdir, "log"),
+                                 os.O_RDONLY | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(self.log).st_mode):
+            os.close(self.log)
+            raise OSError("%s is not a plain file" % (log_path or "log"))
         try:
             self.err = open_nofollow(os.path.join(jobdir, ERR_NAME), os.O_RDONLY)
         except FileNotFoundError:
