@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
-import signal
-import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
-from labq.errors import InvalidState, LabqError, NotFound, PermissionDenied, ValidationError
+from labq.errors import LabqError
 from labq.states import JobState
 
 from .. import store as st
 from ..clock import SYSTEM, Clock
-from ..config import NODE, ConfigError, NodeConfig, check_node, confine_node_paths, node_config
-from ..gangs import log_key, part_env, part_failed, parts, ranks_on
+from ..config import NODE, NodeConfig, node_config
+from ..gangs import log_key, part_failed, parts, ranks_on
 from ..jobtable import JobTable
-from .info import NodeInfo, accounts, node_gpus, node_rows, parse_part_key, run_key
+from .info import NodeInfo, accounts, node_gpus, parse_part_key, run_key
+from .launching import Launching
 from .link import NodeLink
+from .noderequests import NodeRequests
 from .slurmpool import (
-    SUBMITTED,
-    launch_extras,
     pool_event,
     pool_gpus,
     pool_node_size,
@@ -47,15 +44,7 @@ LAUNCH_GRACE_S = 30
 
 
 
-def early_signal(job: dict) -> list[int] | None:
-    """[signal number, seconds] of the job's --signal SIG@SECS, for its node's agent."""
-    spec = job.get("early_signal")
-    if not spec:
-        return None
-    name, secs = spec.split("@")
-    return [int(getattr(signal, "SIG" + name)), int(secs)]
-
-class NodeRegistry:
+class NodeRegistry(NodeRequests, Launching):
     """Implements the links' LinkEvents and the job table's RunControl."""
 
     def __init__(self, cfg, store: st.Store, jobs: JobTable, wake: threading.Event,
@@ -129,87 +118,6 @@ class NodeRegistry:
     @staticmethod
     def dynamic_node_config(entry: dict) -> NodeConfig:
         return node_config(NODE("node", entry), "node")
-
-    # -- requests ----------------------------------------------------------------------------
-    def node_list(self) -> list[dict]:
-        with self.lock:
-            return node_rows(self.nodes.values(), self.jobs.active.values())
-
-    def _node_or_404(self, name: Any) -> NodeInfo:
-        node = self.nodes.get(name) if type(name) is str else None
-        if node is None:
-            raise NotFound(f"no node {name!r}", {"node": name})
-        return node
-
-    def _one_node(self, name: str) -> dict:
-        return next(n for n in self.node_list() if n["name"] == name)
-
-    def set_drain(self, caller, name: Any, drained: bool) -> dict:
-        if not caller.admin:
-            raise PermissionDenied("draining and resuming nodes is for admins")
-        with self.lock:
-            node = self._node_or_404(name)
-            self.store.set_drained(name, drained)
-            node.drained = drained
-            self._drained[name] = drained
-            if not drained:
-                self.links[name].retry_now()  # resume also retries a refused node
-        self.wake.set()
-        return self._one_node(name)
-
-    def node_add(self, caller, entry: Any) -> dict:
-        if not caller.admin:
-            raise PermissionDenied("adding nodes is for admins")
-        if type(entry) is not dict:
-            raise ValidationError("node: must be a mapping like a [[node]] config entry")
-        try:
-            ncfg = self.dynamic_node_config(entry)
-            check_node(ncfg, self.cfg, "node")
-            # root and labqd's own user can read every file labqd can; anyone else may only
-            # point it at files in its config directory
-            if caller.uid not in (0, os.geteuid()):
-                if ncfg.agent_socket is not None:
-                    raise ConfigError("node.agent_socket", "is set in labqd's config file only")
-                resolved = confine_node_paths(ncfg, self.cfg.config_dir, "node")
-                for key, path in resolved.items():
-                    setattr(ncfg, key, path)
-                # kept resolved, so that a restart reads the very files checked here
-                entry = dict(entry, **{k: str(p) for k, p in resolved.items()})
-        except ConfigError as e:
-            raise ValidationError(str(e), {"field": e.path}) from None
-        if ncfg.local and caller.uid not in (0, os.geteuid()):
-            # the local agent runs as labqd's account: a node added by another admin would
-            # hand them that account (or root)
-            raise PermissionDenied("only root or labqd's own account may add the local node")
-        with self.lock:
-            if ncfg.name in self.nodes:
-                raise ValidationError(f"node {ncfg.name!r} exists already", {"field": "name"})
-            if ncfg.local and any(self.links[n].cfg.local for n in self.links):
-                raise ValidationError("the local machine is a node already", {"field": "local"})
-            self.store.add_dynamic_node(ncfg.name, entry)
-            self._drained.pop(ncfg.name, None)
-            link = self._add_node(ncfg, dynamic=True)
-            self._set_node(ncfg.name, state="connecting", reason=None)
-        link.start()
-        return self._one_node(ncfg.name)
-
-    def node_remove(self, caller, name: Any) -> dict:
-        if not caller.admin:
-            raise PermissionDenied("removing nodes is for admins")
-        with self.lock:
-            node = self._node_or_404(name)
-            busy = [j["id"] for j in self.jobs.active.values()
-                    if (j["state"] == S.RUNNING.value and ranks_on(j, name))
-                    or sent_here(j, name)]
-            if busy:
-                raise InvalidState(f"node {name} still runs jobs {busy}; drain it and let them "
-                                   "end (or cancel them) first", {"node": name, "jobs": busy})
-            link = self.links.pop(name)
-            del self.nodes[name]
-            self.store.forget_node(name)
-        link.stop()
-        self.wake.set()
-        return {"name": name, "removed": True, "from_config": not node.dynamic}
 
     # -- link callbacks ----------------------------------------------------------------------
     def node_refused(self, link: NodeLink, why: str) -> None:
@@ -529,90 +437,6 @@ class NodeRegistry:
                     self._lost(job, f"node {node.name} was down for {grace} s")
         return nearest
 
-    # -- starting runs -----------------------------------------------------------------------
-    def start_job(self, job: dict, node: str, gpus: tuple[int, ...]) -> None:
-        self.jobs.transition(job, S.RUNNING, "labqd", None, **self.start_fields(node, gpus))
-        self.launch(job)
-
-    def start_state(self, node: str) -> tuple[S, str | None]:
-        """A start runs the job, except in a Slurm pool: there it waits until Slurm starts it."""
-        if self.nodes[node].kind == "slurm":
-            return S.PENDING, SUBMITTED
-        return S.RUNNING, None
-
-    def start_fields(self, node: str, gpus: tuple[int, ...], gang: tuple = ()) -> dict:
-        """What a start sets; the scheduler records a pass's starts together, then launches.
-        `gang`: a gang's parts, ((node, GPUs), ...) in rank order."""
-        started = None if self.nodes[node].kind == "slurm" else self.clock.time()
-        return dict(node=node, gpu_indices=list(gpus), start_time=started,
-                    exit_code=None, signal=None, end_time=None,
-                    parts=[[n, list(g)] for n, g in gang] or None)
-
-    def launch(self, job: dict) -> None:
-        for rank, (node, _) in enumerate(parts(job)):
-            self._launch(self.links[node], job, rank=rank)
-
-    def launch_env(self, job: dict, rank: int = 0) -> dict[str, str]:
-        node, gpus = parts(job)[rank]
-        env = dict(job["env"] or {})
-        env.update(CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)),
-                   CUDA_DEVICE_ORDER="PCI_BUS_ID", LABQ_JOB_ID=str(job["id"]),
-                   LABQ_JOB_NAME=job["name"], LABQ_NODE=node,
-                   LABQ_RESTART_COUNT=str(job["restarts"]))
-        if job["parts"]:
-            env.update(part_env(job, rank, self._address(job["node"])))
-        return env
-
-    def _address(self, node: str) -> str:
-        """Where the other nodes reach `node` (a gang's MASTER_ADDR)."""
-        cfg = self.links[node].cfg
-        return socket.getfqdn() if cfg.local else cfg.host
-
-    def _launch(self, link: NodeLink, job: dict, workdir: str | None = None,
-                rank: int = 0) -> None:
-        if "command" not in job:
-            # labqd keeps a job's command and environment on disk only (labq.daemon.activejob)
-            job = dict(job, **self.store.cold_fields(job["id"]))
-        if workdir is None and job.get("stage") and self.files is not None:
-            # into a scratch directory, once its files are there
-            self.files.stage(link, job, lambda path: self._launch(link, job, path))
-            return
-        cmd = job["command"]
-        argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-        remaining = None
-        if job["time_limit_s"] and link.cfg.kind == "slurm":
-            remaining = job["time_limit_s"]  # Slurm counts it from its own start
-        elif job["time_limit_s"]:
-            # a launch delayed by a restart keeps the original deadline
-            # (in seconds with a fraction: truncating to whole seconds cut up to a second
-            # off every limit, half of a 2 s one)
-            remaining = max(1.0, round(job["time_limit_s"]
-                                       - (self.clock.time() - job["start_time"]), 3))
-        key = run_key(job, rank)
-
-        def reply(r: dict) -> None:
-            if r.get("slurm_id"):
-                with self.lock:
-                    record_slurm_id(self.store, self._current(link, key), r["slurm_id"])
-            if r.get("ok") or r.get("code") in ("exists", "down"):
-                return  # started, or already there, or the node went away (reconciled later)
-            with self.lock:
-                j = self._current(link, key)
-                if j is not None:
-                    why = (f"{link.name} runs no job of {j['owner']}: {r.get('error')}"
-                           if r.get("code") == "account" else
-                           f"launch on {link.name} failed: {r.get('error')}")
-                    if j["parts"]:
-                        self.cancel_run(j, but=rank)
-                    self.jobs.transition(j, S.FAILED, "labqd", why, end_time=self.clock.time())
-        env = dict(self.launch_env(job, rank), LABQ_WORKDIR=workdir or job["cwd"])
-        extra = launch_extras(job) if link.cfg.kind == "slurm" else {}
-        link.request("launch", reply, job=key, argv=argv, env=env, **extra,
-                     cwd=workdir or job["cwd"], time_limit_s=remaining,
-                     grace_s=self.cfg.kill_grace_s,
-                     user=job["owner"], uid=job["owner_uid"], memory_mb=job["memory_mb"],
-                     pids_max=self.cfg.limits.get("job_max_pids"),
-                     shared=link.cfg.shared_account, early_signal=early_signal(job))
 
 
 def _spans(err: object) -> list[tuple[int, int]]:
