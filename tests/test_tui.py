@@ -15,7 +15,6 @@ from labq.tui.confirm import ConfirmScreen
 from labq.tui.detail import JobDetailScreen, JobLog
 from labq.tui.queue import QueueTable
 from labq.tui.submit import SubmitScreen
-from labq.tui.usage import render_usage
 
 SIZE = (160, 48)
 LOCAL_NODE = {
@@ -416,24 +415,6 @@ def test_non_admins_get_no_admin_tab(local):
 
 
 # -- pieces ---------------------------------------------------------------------------------
-def test_usage_chart_draws_a_bar_per_day_and_the_fairshare_table():
-    from rich.console import Console
-    data = {"groups": [{"group": "vision", "gpu_hours": 30.0, "share": 2.0, "fairshare": 0.25},
-                       {"group": "nlp", "gpu_hours": 10.0, "share": 1.0, "fairshare": 0.6}],
-            "users": [{"group": "nlp", "user": "ana", "gpu_hours": 10.0, "fairshare": 0.6}],
-            "series": [{"group": "vision", "day": "2025-03-01", "gpu_hours": 20.0},
-                       {"group": "vision", "day": "2025-03-02", "gpu_hours": 10.0},
-                       {"group": "nlp", "day": "2025-03-02", "gpu_hours": 10.0}]}
-    console = Console(width=100, record=True, color_system=None)
-    console.print(render_usage(data))
-    text = console.export_text()
-    assert "2025-03-01 to 2025-03-02" in text
-    vision = next(line for line in text.splitlines() if line.startswith("vision"))
-    assert "█▄" in vision and "30.0 h" in vision
-    assert "█" * 30 in text and "░" * 15 in text  # 20 h is the top; 10 h is half of it
-    assert "0.250" in text and "ana" in text
-
-
 def test_import_labq_loads_no_ui_database_or_ssh_modules():
     code = ("import labq, labq.cli, sys; bad = [m for m in ('textual', 'peewee', 'paramiko') "
             "if m in sys.modules]; assert not bad, bad")
