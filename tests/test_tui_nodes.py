@@ -1,5 +1,6 @@
 """The nodes tab with many nodes: `c` switches between one card per node and one line per
-node, and 50 nodes stay readable at 80x24. The snapshots draw the nodes tab's own widget with
+node, and 50 nodes stay readable at 80x24. Hidden tabs (nodes, admin) are not redrawn on
+every poll, and catch up when shown. The snapshots draw the nodes tab's own widget with
 50 nodes made here (a lab's labqd cannot be given 50 real nodes on a test machine); the toggle
 is also driven in the full app against a real labqd."""
 import pytest
@@ -10,6 +11,7 @@ from tuikit import drive, screen_text, until
 from labq.models import Gpu, Node
 from labq.tui.app import LabqApp
 from labq.tui.nodes import NodeCard, NodesView
+from labq.tui.queue import QueueTable
 
 SIZES = pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 STATES = ["up"] * 7 + ["drain", "down", "up"]
@@ -78,27 +80,66 @@ CONFIG = {
 
 
 def test_c_on_the_nodes_tab_toggles_cards_and_lines(tmp_path):
+    """Also: a job that starts while another tab is shown is on the node's card as soon as
+    the nodes tab is (a hidden tab is not redrawn on every poll)."""
     d = Daemon(tmp_path / "d", CONFIG)
     d.start(wait_nodes=1)
     try:
-        with d.client() as q:
-            job = q.submit(["sleep", "60"], gpus=1, cwd="/tmp", export_env=False)
-        app = LabqApp(socket=d.socket, interval=0.3)
+        # it polls only when woken here: what the nodes tab shows comes from the polls made
+        # while it was hidden
+        app = LabqApp(socket=d.socket, interval=3600)
+
+        def running(job_id):
+            return any(str(job_id) in x and "RUNNING" in x
+                       for x in screen_text(app).splitlines())
 
         async def scenario(pilot):
+            await until(pilot, lambda: app.query(NodeCard), "the node's card, drawn hidden")
+            with d.client() as q:
+                job = q.submit(["sleep", "60"], gpus=1, cwd="/tmp", export_env=False)
+            while not running(job.id):
+                app.settings.wake.set()
+                await pilot.pause(0.3)
             await pilot.press("2")
             view = app.query_one(NodesView)
-            await until(pilot, lambda: app.query(NodeCard) and "GPU0" in screen_text(app),
-                        "the node's card")
+            await until(pilot, lambda: "GPU0" in screen_text(app), "the node's card")
             await until(pilot, lambda: f"job {job.id}" in screen_text(app), "the job on it")
             await pilot.press("c")
             await until(pilot, lambda: "1 node: up 1" in screen_text(app), "one line")
             line = next(x for x in screen_text(app).splitlines() if "gpu1 " in x)
-            assert "█░" in line and "1/2" in line and str(job.id) in line
+            assert "█░" in line and "1/2" in line and f" {job.id}" in line
             assert "GPU0" not in screen_text(app) and view.compact
             await pilot.press("c")
             await until(pilot, lambda: "GPU0" in screen_text(app), "the cards again")
             assert "1 node:" not in screen_text(app)
+
+        drive(app, scenario, (80, 24))
+    finally:
+        d.close()
+
+
+def test_the_admin_tab_catches_up_when_it_is_shown(tmp_path):
+    """The admin tab's table of every user's jobs is not redrawn while another tab is shown;
+    a job submitted meanwhile is in it as soon as the tab is."""
+    d = Daemon(tmp_path / "d", CONFIG)
+    d.start(wait_nodes=1)
+    try:
+        app = LabqApp(socket=d.socket, interval=3600)  # polls only when woken here
+
+        async def scenario(pilot):
+            await until(pilot, lambda: app.query("#admin-nodes")
+                        and app.query_one("#admin-nodes").row_count == 1,
+                        "the admin tab (root), drawn once")
+            table = app.query_one("#admin-jobs", QueueTable)
+            with d.client() as q:
+                job = q.submit(["sleep", "60"], hold=True, cwd="/tmp", export_env=False)
+            while str(job.id) not in [str(k.value) for k in app.queue.table.rows]:
+                app.settings.wake.set()
+                await pilot.pause(0.3)
+            assert str(job.id) not in [str(k.value) for k in table.rows]  # hidden: not yet
+            await pilot.press("4")
+            await until(pilot, lambda: str(job.id) in [str(k.value) for k in table.rows],
+                        "the job in the admin tab")
 
         drive(app, scenario, (80, 24))
     finally:

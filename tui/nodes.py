@@ -156,6 +156,7 @@ class NodesView(VerticalScroll):
         self._cards: dict[str, NodeCard] = {}
         self._last: tuple[list[Node], dict[int, Job] | None] = ([], None)
         self._compact_key: tuple | None = None
+        self._behind = False  # nodes came while the view was not shown
 
     def compose(self) -> ComposeResult:
         yield Static("waiting for labqd…", id="nodes-empty")
@@ -172,9 +173,20 @@ class NodesView(VerticalScroll):
         self._compact_key = None
         self.set_nodes(*self._last)
 
+    def on_show(self) -> None:
+        if self._behind:
+            self.set_nodes(*self._last)
+
     def set_nodes(self, nodes: list[Node], jobs: dict[int, Job] | None = None) -> None:
         self._last = (nodes, jobs)
-        self.query_one("#nodes-empty").display = not nodes
+        # a node's measured CPU and GPU use change on every poll: on another tab they would
+        # lay out and draw the screen every second for nothing
+        self._behind = bool(self._shown or self._compact_key) and not self.is_on_screen
+        if self._behind:
+            return
+        empty = self.query_one("#nodes-empty")
+        if empty.display != (not nodes):
+            empty.display = not nodes
         if self.compact:  # the hidden cards catch up when they are shown again
             key = tuple((n.name, n.state, n.cpus, n.free_cpus, n.memory_mb, n.free_memory_mb,
                          tuple(g.job for g in n.gpus), tuple(n.running_jobs)) for n in nodes)
