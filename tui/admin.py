@@ -150,8 +150,11 @@ class AdminView(Vertical):
         yield AdminGroups(id="admin-groups")
 
     def on_mount(self) -> None:
+        jobs = self.query(AdminJobs)
+        if not jobs:  # the app closed while the tab was being added: its children are gone
+            return
         self._ready = True
-        self.query_one(AdminJobs).set_filter(ACTIVE_FILTER)
+        jobs.first().set_filter(ACTIVE_FILTER)
         if self._snapshot is not None:
             self.set_snapshot(*self._snapshot)
         if self._usage is not None:
