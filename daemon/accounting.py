@@ -42,12 +42,14 @@ class Accounting:
         self.t = now
 
 
-def usage_report(store: st.Store, since: float,
-                 now: float) -> tuple[list[dict], list[dict], list[dict]]:
-    """GPU-hours per group, per user and per group and day over [since, now]."""
+def usage_report(store: st.Store, since: float, now: float, hourly: bool = False
+                 ) -> tuple[list[dict], list[dict], list[dict]]:
+    """GPU-hours per group, per user, and per group and local day (or hour) over [since, now].
+    Each bucket of the series says its local day and, as `start`, when it begins."""
     groups: dict[str, float] = defaultdict(float)
     users: dict[tuple[str, str], float] = defaultdict(float)
-    series: dict[tuple[str, str], float] = defaultdict(float)
+    series: dict[tuple[str, float], float] = defaultdict(float)
+    next_bucket = _next_hour if hourly else _next_midnight
     for j in store.runs_since(since):
         gpus = len(j["gpu_indices"] or [])
         a, b = max(since, j["start_time"]), min(now, j["end_time"] or now)
@@ -56,17 +58,28 @@ def usage_report(store: st.Store, since: float,
         groups[j["group"]] += gpus * (b - a) / 3600
         users[(j["group"], j["owner"])] += gpus * (b - a) / 3600
         t = a
-        while t < b:  # split across local days
-            day_end = _next_midnight(t)
-            seg = min(b, day_end) - t
-            day = time.strftime("%Y-%m-%d", time.localtime(t))
-            series[(j["group"], day)] += gpus * seg / 3600
-            t = day_end
+        while t < b:  # split across buckets
+            end = next_bucket(t)
+            start = _bucket_start(t, hourly)
+            series[(j["group"], start)] += gpus * (min(b, end) - t) / 3600
+            t = end
     return ([{"group": g, "gpu_hours": round(h, 4)} for g, h in sorted(groups.items())],
             [{"group": g, "user": u, "gpu_hours": round(h, 4)}
              for (g, u), h in sorted(users.items())],
-            [{"group": g, "day": d, "gpu_hours": round(h, 4)}
-             for (g, d), h in sorted(series.items(), key=lambda x: (x[0][1], x[0][0]))])
+            [{"group": g, "day": time.strftime("%Y-%m-%d", time.localtime(s)), "start": s,
+              "gpu_hours": round(h, 4)}
+             for (g, s), h in sorted(series.items(), key=lambda x: (x[0][1], x[0][0]))])
+
+
+def _next_hour(t: float) -> float:
+    return (t // 3600 + 1) * 3600
+
+
+def _bucket_start(t: float, hourly: bool) -> float:
+    if hourly:
+        return t // 3600 * 3600
+    lt = time.localtime(t)
+    return time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))
 
 
 def _next_midnight(t: float) -> float:

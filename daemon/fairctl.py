@@ -69,12 +69,13 @@ class FairShare:
                      "usage": round(self.accounting.group_usage.get(g, 0.0), 3),
                      "fairshare": round(fs[(g, "")], 6)} for g in sorted(names)]
 
-    def usage(self, caller: Caller, days: Any) -> dict:
+    def usage(self, caller: Caller, days: Any, bucket: str = "day") -> dict:
         if type(days) not in (int, float) or not 0 < days <= 3660:
             raise ValidationError("days: must be a number of days from 1 to 3660",
                                   {"field": "days"})
         now = time.time()
-        groups, users, series = usage_report(self.store, now - days * 86400, now)
+        groups, users, series = usage_report(self.store, now - days * 86400, now,
+                                             hourly=bucket == "hour")
         with self.lock:
             pc = self.policy_config
             acc = self.accounting
@@ -87,4 +88,4 @@ class FairShare:
         for u in users:
             u["fairshare"] = round(fs.get((u["group"], u["user"]), 1.0), 6)
         return {"since": now - days * 86400, "until": now, "groups": groups, "users": users,
-                "series": series}
+                "series": series, "bucket": bucket}

@@ -208,7 +208,7 @@ def group_set(core: Core, caller: Caller, req: GroupSetRequest) -> GroupReply:
 
 
 def usage(core: Core, caller: Caller, req: UsageRequest) -> UsageReply:
-    return core.fair.usage(caller, req.days)
+    return core.fair.usage(caller, req.days, req.bucket)
 
 
 # -- notifications ----------------------------------------------------------------------------

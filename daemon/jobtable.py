@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import Any, Protocol
 
 from labq.errors import (
@@ -37,7 +38,9 @@ from .identity import Caller
 from .logcopy import LogCopies
 from .policy import JobView, PlanMemo, PolicyConfig
 from .policy.dependencies import find_cycle
+from .policy.estimates import WAITING_REASONS
 from .policy.fairshare import Run
+from .policy.waiting import Reserved
 from .views import dep_ids, job_view, sent_to_pool
 
 log = logging.getLogger("labqd")
@@ -108,6 +111,10 @@ class JobTable:
         self.reasons: dict[int, str] = {}  # the latest plan's pending reasons
         # jobs waiting in a Slurm pool -> the start Slurm expects (`squeue --start`)
         self.pool_estimates: dict[int, float] = {}
+        # the latest plan's backfill reservation as a reply shows it, and the longest time
+        # limits with which jobs it keeps waiting would start now
+        self.reservation: dict | None = None
+        self.backfill_limits: Mapping[int, float] = {}
         # the scheduler's view of every pending and running job, kept current on each change,
         # and the ids of running ones, so a scheduler pass does not walk the whole queue in
         # Python. Held jobs' views are kept apart: a pass looks only at those that dependencies
@@ -124,10 +131,14 @@ class JobTable:
                                              if j["state"] != S.RUNNING.value)
         self.ended_runs: list[Run] = []  # runs that ended since the last usage accrual
 
-    def set_plan(self, reasons, priorities, estimates: dict[int, float]) -> None:
+    def set_plan(self, reasons, priorities, estimates: dict[int, float],
+                 reservation: Reserved | None = None,
+                 backfill_limits: Mapping[int, float] | None = None) -> None:
         """The latest plan's figures, read when a job is shown (called with the lock held)."""
         self.reasons, self.priorities = reasons, priorities
         self.estimates = {k: v for k, v in estimates.items() if k in self.active}
+        self.reservation = None if reservation is None else asdict(reservation)
+        self.backfill_limits = backfill_limits or {}
 
     # -- transitions -----------------------------------------------------------------------
     def transition(self, job: ActiveJob, dst: JobState, who: str, reason: str | None,
@@ -361,6 +372,9 @@ class JobTable:
             row["reason"] = self.reasons.get(job_id, row["reason"])
             if sent_to_pool(row):  # the pool's own word: Slurm's estimated start
                 row["estimated_start"] = self.pool_estimates.get(job_id)
+            elif self.reservation is not None and row["reason"] in WAITING_REASONS:
+                row["reservation"] = self.reservation
+                row["backfill_limit_s"] = self.backfill_limits.get(job_id)
         return row
 
     def view(self, caller: Caller, row: dict) -> dict:
@@ -370,6 +384,8 @@ class JobTable:
             out["key"] = None
         out.setdefault("priority_score", None)
         out.setdefault("estimated_start", None)
+        out.setdefault("reservation", None)
+        out.setdefault("backfill_limit_s", None)
         return out
 
     def list_jobs(self, caller: Caller, states: list[str] | None = None,

@@ -138,7 +138,8 @@ class Scheduler:
             self._apply(plan)
             # pending reasons and priorities are read from the latest plan when shown; they
             # are stored with a job only when it changes state
-            jobs.set_plan(plan.reasons, plan.priorities, self.expected)
+            jobs.set_plan(plan.reasons, plan.priorities, self.expected, plan.reservation,
+                          plan.backfill_limits)
             self.passes += 1
 
     def _usable(self, name: str) -> bool:

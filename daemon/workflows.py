@@ -114,6 +114,8 @@ def _small(row: dict) -> dict:
     out = dict(row, env=None)
     out.setdefault("priority_score", None)
     out.setdefault("estimated_start", None)
+    out.setdefault("reservation", None)
+    out.setdefault("backfill_limit_s", None)
     return out
 
 

@@ -20,13 +20,23 @@ from . import (
     connect,
     userconfig,
 )
-from .cli_format import command_text, job_json, parse_ids, print_json, status_text, table, when
+from .cli_format import (
+    command_text,
+    job_json,
+    parse_ids,
+    print_json,
+    soon,
+    status_text,
+    table,
+    when,
+)
 from .cli_options import batch_options, positive_int, submit_options
 from .errors import LabqError, ValidationError
 from .models import Job
 from .spec import MAX_NODES
 from .text import printable
 from .units import format_duration, format_size_mb
+from .waiting import reservation_words
 
 if TYPE_CHECKING:
     from .client import Client
@@ -190,6 +200,9 @@ def cmd_show(q: Client, a: argparse.Namespace) -> int:
         ("restarts", job.restarts),
         ("notify", job.notify or "-"),
     ]
+    words = reservation_words(job, soon)
+    if words:  # beside the state and its reason
+        fields.insert(4, ("waiting for", words))
     if job.experiment:
         fields.append(("experiment", job.experiment))
     if job.array_id is not None:

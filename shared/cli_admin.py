@@ -3,6 +3,7 @@ usage and whoami."""
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -126,7 +127,7 @@ def cmd_group(q: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_usage(q: Client, a: argparse.Namespace) -> int:
-    rep = q.usage(days=a.days)
+    rep = q.usage(days=a.days, bucket=getattr(a, "by", None) or "day")
     if a.json:
         print_json(rep)
         return 0
@@ -136,6 +137,12 @@ def cmd_usage(q: Client, a: argparse.Namespace) -> int:
     print()
     table([[u["group"], u["user"], f"{u['gpu_hours']:.2f}", f"{u['fairshare']:.3f}"]
             for u in rep["users"]], ["GROUP", "USER", "GPU-HOURS", "FAIRSHARE"])
+    if getattr(a, "by", None):
+        shape = "%Y-%m-%d %H:00" if a.by == "hour" else "%Y-%m-%d"
+        print()
+        table([[p["group"], time.strftime(shape, time.localtime(p["start"])),
+                f"{p['gpu_hours']:.2f}"] for p in rep["series"]],
+              ["GROUP", a.by.upper(), "GPU-HOURS"])
     return 0
 
 
@@ -173,4 +180,6 @@ def add_parsers(add: Add) -> None:
     p.add_argument("--user-share", action="append", metavar="USER=SHARE")
     p = add("usage", cmd_usage, "GPU-hours per group and user, and fair-share factors")
     p.add_argument("--days", type=float, default=30)
+    p.add_argument("--by", choices=["day", "hour"],
+                   help="also GPU-hours per group per day or hour (hours: at most 31 days)")
     add("whoami", cmd_whoami, "who labqd thinks you are")

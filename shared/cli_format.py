@@ -8,6 +8,7 @@ from typing import Any
 from .models import Job, Node
 from .text import printable
 from .units import format_duration
+from .waiting import short_reason
 
 
 def job_json(job: Job) -> dict[str, Any]:
@@ -45,6 +46,13 @@ def when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
+def soon(ts: float) -> str:
+    """A time, with its date only when it is not today."""
+    t = time.localtime(ts)
+    same_day = t[:3] == time.localtime()[:3]
+    return time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", t)
+
+
 def command_text(job: Job) -> str:
     if isinstance(job.command, str):
         return job.command
@@ -56,7 +64,7 @@ def status_text(job: Job, now: float) -> str:
     if job.state.value == "RUNNING" and job.start_time:
         return format_duration(now - job.start_time)
     if job.state.value in ("PENDING", "HELD"):
-        return job.reason or "-"
+        return short_reason(job)
     if job.exit_code is not None:
         extra = job.reason if job.reason and not job.reason.startswith("exit code") else ""
         return f"exit {job.exit_code}" + (f" ({extra})" if extra else "")

@@ -576,9 +576,10 @@ class Client:
         return cast("GroupReply", self.request(protocol.GroupSetRequest(group=group, **settings)))
 
     @sends(Op.USAGE)
-    def usage(self, days: float = 30) -> UsageReply:
-        """GPU-hours per group, user and day over the last `days`, with fair-share factors."""
-        return cast("UsageReply", self.request(protocol.UsageRequest(days=days)))
+    def usage(self, days: float = 30, bucket: str = "day") -> UsageReply:
+        """GPU-hours per group and user over the last `days`, with fair-share factors, and per
+        group and `bucket` ("day", or "hour" over at most 31 days) as a series."""
+        return cast("UsageReply", self.request(protocol.UsageRequest(days=days, bucket=bucket)))
 
     # -- notifications ---------------------------------------------------------------------
     @sends(Op.NOTIFY_SHOW)

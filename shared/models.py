@@ -65,6 +65,10 @@ class Job:
     notify: str | None = None  # end, fail or all: when the owner is told
     priority_score: float | None = None
     estimated_start: float | None = None
+    # a waiting job: the backfill reservation in its way, {job, node, gpus, until} (the
+    # job's own where it is the reserved one), and the longest --time that would start it now
+    reservation: dict[str, Any] | None = None
+    backfill_limit_s: float | None = None
     # the queue's change counter when this job last changed: `jobs(changed_since=...)`
     seq: int | None = None
     experiment: str | None = None

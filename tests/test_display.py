@@ -17,7 +17,9 @@ from argparse import Namespace
 
 import pytest
 from daemonproc import Daemon, as_user
+from rich.text import Text
 from sshnodes import ensure_user
+from textual_plotext import Plot
 from tuikit import drive, screen_text, until
 
 import labq
@@ -31,7 +33,7 @@ from labq.tui.detail import JobDetailScreen, JobLog
 from labq.tui.format import log_text
 from labq.tui.nodes import render_node
 from labq.tui.queue import QueueTable
-from labq.tui.usage import render_usage
+from labq.tui.usage import draw_usage, render_shares
 
 LABQ = shutil.which("labq")
 SIZE = (200, 50)
@@ -191,7 +193,7 @@ def test_nodes_groups_and_usage_tables_escape_what_nodes_and_admins_named():
                      "max_gpus_by_type": {"A\x07": 1}, "gpus_in_use": 0, "usage": 0.0,
                      "fairshare": 1.0}]
 
-        def usage(self, days):
+        def usage(self, days, bucket="day"):
             return {"groups": [{"group": "g\x1b[2J", "gpu_hours": 1.0, "share": 1.0,
                                 "fairshare": 1.0}],
                     "users": [{"group": "g\x1b[2J", "user": "u\r", "gpu_hours": 1.0,
@@ -291,11 +293,18 @@ def test_tui_queue_detail_and_dialogs_show_the_text_as_written(daemon, jobs):
 def test_tui_usage_and_nodes_render_hostile_names():
     from rich.console import Console
     console = Console(width=120, record=True, color_system=None)
-    console.print(render_usage({
+    data = {
+        "until": 7200.0,
         "groups": [{"group": "[/]\x1b[2J", "gpu_hours": 1.0, "share": 1.0, "fairshare": 1.0}],
         "users": [{"group": "[/]\x1b[2J", "user": "[bold]u[/]", "gpu_hours": 1.0,
                    "fairshare": 1.0}],
-        "series": [{"group": "[/]\x1b[2J", "day": "2025-03-01", "gpu_hours": 1.0}]}))
+        "series": [{"group": "[/]\x1b[2J", "day": "1970-01-01", "start": 3600.0,
+                    "gpu_hours": 1.0}]}
+    console.print(render_shares(data))
+    plot = Plot()
+    plot.plotsize(80, 12)
+    draw_usage(plot, data, "day")
+    console.print(Text.from_ansi(plot.build()))
     console.print(render_node(Node(
         name="[/]", host="h\x1b[2J", state="refused", reason="[red]key\x1b]0;x\x07",
         gpus=[Gpu(index=0, type="[/]A\x1b[5m", memory_mb=1)])))

@@ -593,3 +593,33 @@ def test_an_array_throttle_lets_n_tasks_run_and_the_rest_wait_with_array_throttl
     p2 = plan(snap([node("n1", free=range(2, 8))], now_running + tasks[2:]), NOW + 1)
     assert p2.starts == []
     assert p2.reasons[102] == "ArrayThrottle"
+
+
+def test_a_job_that_backfill_keeps_waiting_learns_the_reservation_and_the_time_that_fits():
+    r = running("n", range(4), NOW - 100, 1000)  # ends at NOW + 900
+    top = job(gpus=8, submit=NOW - 500)  # reserved: all 8 GPUs at NOW + 900
+    long = job(gpus=2, submit=NOW - 10, time_limit_s=7200)  # fits on GPUs 4-7, but too long
+    wide = job(gpus=6, submit=NOW - 5, time_limit_s=60)  # fits nowhere now, whatever its limit
+    p = plan(snap([node("n", free=range(4, 8))], [r, top, long, wide]), NOW)
+    assert not p.starts
+    res = p.reservation
+    assert (res.job, res.node, res.gpus, res.until) == (top.id, "n", 8, NOW + 900)
+    assert p.reasons[long.id] == "Priority"
+    assert p.backfill_limits.get(long.id) == 900
+    assert wide.id not in p.backfill_limits and top.id not in p.backfill_limits
+    assert dict(p.backfill_limits) == {long.id: 900}
+    # with that limit the same job starts now
+    fits = job(gpus=2, submit=NOW - 10, time_limit_s=900)
+    p = plan(snap([node("n", free=range(4, 8))], [r, top, fits]), NOW)
+    assert set(started(p)) == {fits.id}
+
+
+def test_no_time_limit_helps_where_a_job_fits_clear_of_the_reservation_or_not_at_all():
+    r = running("n1", range(8), NOW - 100, 1000)
+    top = job(gpus=8, submit=NOW - 500)
+    big = job(gpus=4, submit=NOW - 5, time_limit_s=30 * DAY)  # n2 has only 2 free
+    p = plan(snap([node("n1", free=()), node("n2", free=range(2))], [r, top, big]), NOW)
+    assert p.reasons[big.id] == "Priority" and big.id not in p.backfill_limits
+    assert p.reservation.job == top.id and p.reservation.node == "n1"
+    free = plan(snap([node("n", free=range(8))], [job(gpus=1)]), NOW)
+    assert free.reservation is None and dict(free.backfill_limits) == {}

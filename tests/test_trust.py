@@ -4,6 +4,7 @@ A job runs as the user who submitted it on a node whose agent is root; an agent 
 root runs only its own account's jobs, and never everyone's as labqd's own account."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -325,3 +326,29 @@ def test_owners_lower_their_waiting_jobs_time_and_priority_and_no_more(root_daem
     r = alice.labq("update", jid, "--time", "1m")
     assert r.returncode != 0 and "only pending or held jobs can change time limit" in r.stderr
     assert shown() == (10800, 8)
+
+
+def test_usage_by_hour_shows_every_groups_gpu_hours_to_each_user(venv, tmp_path):
+    d = Daemon(tmp_path / "d", {
+        "daemon": {"local_node": False, "socket_mode": "0666", "kill_grace": "1s"},
+        "node": [{"name": "gpu1", "local": True, "cpus": 4, "memory": "8G",
+                  "gpus": [{"type": "A100", "memory_mb": 81920}] * 2}]})
+    with d.start(wait_nodes=1):
+        alice, bob = users(venv, d.socket, "labqtest", "labqtest2")
+        ids = [job_id(u.ok("submit", "--gpus", "1", "--", "sleep", "1")) for u in (alice, bob)]
+        alice.ok("wait", *ids)
+        groups = {json.loads(u.ok("whoami", "--json"))["group"] for u in (alice, bob)}
+        for u in (alice, bob):  # a non-admin sees every group's usage, as `labq usage` does
+            rep = json.loads(u.ok("usage", "--days", "1", "--by", "hour", "--json"))
+            assert rep["bucket"] == "hour"
+            hours = {}
+            for p in rep["series"]:
+                assert p["start"] % 3600 == 0 and p["start"] <= rep["until"]
+                hours[p["group"]] = hours.get(p["group"], 0.0) + p["gpu_hours"]
+            assert set(hours) == groups and all(0 < h < 0.01 for h in hours.values()), hours
+            text = u.ok("usage", "--days", "1", "--by", "hour")
+            assert re.search(r"\nlabqtest2? +\d{4}-\d\d-\d\d \d\d:00 +0\.00\n", text), text
+        for args, says in ((("--days", "40", "--by", "hour"), "at most 31 days"),
+                           (("--by", "week"), "invalid choice: 'week'")):
+            r = bob.labq("usage", *args)
+            assert r.returncode != 0 and says in r.stderr, (args, r.stderr)

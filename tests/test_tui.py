@@ -15,7 +15,6 @@ from labq.tui.confirm import ConfirmScreen
 from labq.tui.detail import JobDetailScreen, JobLog
 from labq.tui.queue import QueueTable
 from labq.tui.submit import SubmitScreen
-from labq.tui.usage import render_usage
 
 SIZE = (160, 48)
 LOCAL_NODE = {
@@ -175,7 +174,11 @@ def test_a_fast_log_is_batched_capped_and_searchable(local, tmp_path):
         await pilot.pause(0.2)
         assert log.line_count <= MAX_LINES
         lines = [line for line in log.lines if line]  # the text ends with a newline
-        assert lines[-1] == "300000" and int(lines[0]) > 300000 - MAX_LINES
+        first = lines[0]
+        if first.startswith("[labq: "):  # capped while it streamed in: the view says so
+            assert "earlier lines dropped" in first
+            first = lines[1]
+        assert lines[-1] == "300000" and int(first) > 300000 - MAX_LINES
         assert "complete" in screen_text(app)
 
         await pilot.press("slash")
@@ -418,24 +421,6 @@ def test_non_admins_get_no_admin_tab(local):
 
 
 # -- pieces ---------------------------------------------------------------------------------
-def test_usage_chart_draws_a_bar_per_day_and_the_fairshare_table():
-    from rich.console import Console
-    data = {"groups": [{"group": "vision", "gpu_hours": 30.0, "share": 2.0, "fairshare": 0.25},
-                       {"group": "nlp", "gpu_hours": 10.0, "share": 1.0, "fairshare": 0.6}],
-            "users": [{"group": "nlp", "user": "ana", "gpu_hours": 10.0, "fairshare": 0.6}],
-            "series": [{"group": "vision", "day": "2025-03-01", "gpu_hours": 20.0},
-                       {"group": "vision", "day": "2025-03-02", "gpu_hours": 10.0},
-                       {"group": "nlp", "day": "2025-03-02", "gpu_hours": 10.0}]}
-    console = Console(width=100, record=True, color_system=None)
-    console.print(render_usage(data))
-    text = console.export_text()
-    assert "2025-03-01 to 2025-03-02" in text
-    vision = next(line for line in text.splitlines() if line.startswith("vision"))
-    assert "█▄" in vision and "30.0 h" in vision
-    assert "█" * 30 in text and "░" * 15 in text  # 20 h is the top; 10 h is half of it
-    assert "0.250" in text and "ana" in text
-
-
 def test_import_labq_loads_no_ui_database_or_ssh_modules():
     code = ("import labq, labq.cli, sys; bad = [m for m in ('textual', 'peewee', 'paramiko') "
             "if m in sys.modules]; assert not bad, bad")

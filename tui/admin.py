@@ -136,6 +136,8 @@ class AdminView(Vertical):
         self._snapshot: tuple | None = None
         self._usage: Usage | None = None
         self._ready = False
+        self._drawn = False  # the tables have been filled once
+        self._behind = False  # a snapshot came while the tab was not shown
 
     def compose(self) -> ComposeResult:
         yield Static("Nodes  (d drain, r resume)", classes="section-title admin-title")
@@ -148,18 +150,32 @@ class AdminView(Vertical):
         yield AdminGroups(id="admin-groups")
 
     def on_mount(self) -> None:
+        jobs = self.query(AdminJobs)
+        if not jobs:  # the app closed while the tab was being added: its children are gone
+            return
         self._ready = True
-        self.query_one(AdminJobs).set_filter(ACTIVE_FILTER)
+        jobs.first().set_filter(ACTIVE_FILTER)
         if self._snapshot is not None:
             self.set_snapshot(*self._snapshot)
         if self._usage is not None:
             self.set_usage(self._usage)
 
+    def on_show(self) -> None:
+        if self._behind and self._snapshot is not None:
+            self.set_snapshot(*self._snapshot)
+
     def set_snapshot(self, jobs, nodes) -> None:
         self._snapshot = (jobs, nodes)
-        if self._ready:
-            self.query_one(AdminNodes).set_nodes(nodes)
-            self.query_one(AdminJobs).set_jobs(jobs)
+        if not self._ready:
+            return
+        # its table holds every user's jobs: diffing it on every poll while another tab is
+        # shown was most of what an idle UI did with 1,000 jobs queued
+        self._behind = self._drawn and not self.is_on_screen
+        if self._behind:
+            return
+        self._drawn = True
+        self.query_one(AdminNodes).set_nodes(nodes)
+        self.query_one(AdminJobs).set_jobs(jobs)
 
     def set_usage(self, usage: Usage) -> None:
         self._usage = usage

@@ -95,6 +95,7 @@ class LabqApp(App):
         self.admin: AdminView | None = None
         self.summary = Static("", id="cluster-summary")
         self._last_seen: tuple = ()
+        self._summary_shown: str | None = None
         self._last_redraw = 0.0
         self.settings = PollSettings(interval=interval)
         self.conn = Connection(self.socket, self.factory)
@@ -159,7 +160,10 @@ class LabqApp(App):
                 self.queue.table.set_only_user(self.me["user"])
             if self.is_admin:
                 self._mount_admin()
-        self.summary.update(cluster_line(msg.jobs, msg.nodes))
+        line = cluster_line(msg.jobs, msg.nodes)
+        if line.plain != self._summary_shown:  # an update lays the whole screen out again
+            self._summary_shown = line.plain
+            self.summary.update(line)
         self.query_one(NodesView).set_nodes(msg.nodes, self.jobs)
         if msg.experiments is not None:
             self.query_one(ExperimentsView).set_experiments(msg.experiments)

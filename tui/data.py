@@ -207,10 +207,13 @@ class QueueView:
                 del self.ended[old]
 
 
-def fetch_usage(q: labq.Client, days: int = 14) -> Usage:
+USAGE_DAYS = 7  # the usage tab's longest range
+
+
+def fetch_usage(q: labq.Client, days: int = USAGE_DAYS) -> Usage:
     out = Usage()
     try:
-        out.data = q.usage(days=days)
+        out.data = q.usage(days=days, bucket="hour")  # the usage tab plots hours
     except DaemonUnavailable:
         raise
     except LabqError as e:

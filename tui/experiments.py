@@ -124,5 +124,7 @@ class ExperimentsView(Vertical):
                      "make one", id="experiments-empty")
 
     def set_experiments(self, experiments: list[dict[str, Any]]) -> None:
-        self.query_one("#experiments-empty").display = not experiments
+        empty = self.query_one("#experiments-empty")
+        if empty.display != (not experiments):
+            empty.display = not experiments
         self.query_one(ExperimentsTable).set_experiments(experiments)

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from labq import Job, JobState, Node
 from labq.text import printable
+from labq.waiting import reservation_words, time_hint
 
 from .clock import Clock
 
@@ -68,6 +69,8 @@ def status_text(job: Job, clock: Clock) -> str:
     if job.state is JobState.RUNNING:
         return clock.span(job.start_time)
     if job.state in (JobState.PENDING, JobState.HELD):
+        if job.backfill_limit_s and job.reservation:  # the --time that would start it now
+            return f"{job.reason} ≤{time_hint(job.backfill_limit_s)}"
         return job.reason or "-"
     if job.exit_code is not None:
         # the daemon's reason often says the exit code again: say it once
@@ -112,9 +115,12 @@ def reason_words(job: Job, clock: Clock) -> str:
     words = REASON_WORDS.get(reason.split(":")[0].split(" ")[0], reason or "the scheduler")
     if job.state is JobState.HELD:
         words = REASON_WORDS["Held"]
+    held_back = reservation_words(job, clock.when) if job.state is JobState.PENDING else None
+    if held_back:
+        words += f"; {held_back}"
     if job.state is JobState.PENDING and job.estimated_start:
         words += f"; should start {clock.until(job.estimated_start)}"
-        if reason in ("Resources", "Priority") and job.time_limit_s:
+        if reason in ("Resources", "Priority") and job.time_limit_s and not held_back:
             words += " (a shorter --time may let backfill start it sooner)"
     return words
 

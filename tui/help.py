@@ -36,12 +36,16 @@ def sections(admin: bool) -> list[tuple[str, list[tuple[str, str]]]]:
     from .detail import JobDetailScreen
     from .experiments import ExperimentsTable
     from .logview import JobLog
+    from .nodes import NodesView
     from .queue import QueueTable, QueueView
     from .submit import SubmitScreen
+    from .usage import UsageView
     out = [
         ("Everywhere", binding_rows(LabqApp) + [("ctrl+p", "Command palette")]),
         ("Queue", [("↑ ↓", "Move")] + binding_rows(QueueTable) + binding_rows(QueueView)),
         ("Job detail", binding_rows(JobDetailScreen) + binding_rows(JobLog)),
+        ("Nodes", binding_rows(NodesView)),
+        ("Usage", binding_rows(UsageView)),
         ("Experiments", binding_rows(ExperimentsTable)),
         ("Submit form", [("tab", "Next field")] + binding_rows(SubmitScreen)),
         ("Confirmation", binding_rows(ConfirmScreen)),

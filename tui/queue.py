@@ -341,6 +341,7 @@ class QueueView(Vertical):
     def __init__(self, clock: Clock, **kwargs) -> None:
         super().__init__(**kwargs)
         self.clock = clock
+        self._summary_shown: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter: words, state:running user:NAME group:NAME exp:NAME",
@@ -389,6 +390,9 @@ class QueueView(Vertical):
         marks = f"  {len(t.marked)} marked (c/h/r act on them, u unmarks)" if t.marked else ""
         line = plain(f" {t.row_count} shown ({scope}): {', '.join(parts) or 'none'}"
                      f"{filt}{ended}{marks}")
+        if line.plain == self._summary_shown:  # an update lays the screen out again
+            return
+        self._summary_shown = line.plain
         # a poll can land while the screen is being torn down (quit, user switch)
         for summary in self.query("#queue-summary").results(Static):
             summary.update(line)

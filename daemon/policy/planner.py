@@ -28,6 +28,7 @@ from .priority import class_constant, time_limit
 from .queue import JobClass, PendingQueue, t0_of
 from .reasons import PlanPriorities, PlanReasons, _Eligible
 from .snapshot import JobView, Plan, PolicyConfig, Snapshot
+from .waiting import BackfillLimits, reserved
 from .walk import Walk
 
 
@@ -152,6 +153,10 @@ def _outputs(out: Plan, walk: Walk, elig: _Eligible, fixed: dict, frozen_prio: d
     inv_age = 1.0 / cfg.max_age_s if cfg.max_age_s > 0 else 0.0
     out.priorities = PlanPriorities(frozen_prio, elig, walk.consts, now, now - cfg.max_age_s,
                                     cfg.weight_age, inv_age, walk.starved)
+    res = walk.res if walk.res_job is not None else None
+    out.reservation = reserved(res, cluster)
+    out.backfill_limits = BackfillLimits(res, cluster, out.reasons, elig.locate, now,
+                                         cfg.default_time_limit_s)
 
 
 def schedule(cluster: Cluster, queue: PendingQueue, now: float, config: PolicyConfig,

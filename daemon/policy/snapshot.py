@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .waiting import Reserved
 
 
 @dataclass(frozen=True)
@@ -152,3 +156,7 @@ class Plan:
     priorities: Mapping[int, float] = field(default_factory=dict)
     # (running job to stop and requeue, the pending job it makes room for)
     preempts: list[tuple[int, int]] = field(default_factory=list)
+    # the backfill reservation, and job id -> the longest time limit with
+    # which a job that backfill keeps waiting would start now (a mapping computed on access)
+    reservation: Reserved | None = None
+    backfill_limits: Mapping[int, float] = field(default_factory=dict)

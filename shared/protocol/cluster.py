@@ -166,12 +166,22 @@ class GroupsRequest(Request, op=Op.GROUPS, reply=list[GroupReply]):
     pass
 
 
+USAGE_BUCKETS = ("day", "hour")
+MAX_HOURLY_DAYS = 31  # hour buckets: a month of them is 744 per group
+
+
 class UsageRequest(Request, op=Op.USAGE, reply=UsageReply):
     days: float = 30  # GPU-hours over the last this many days
+    bucket: str = "day"  # the series' buckets: local days, or hours
 
     @classmethod
     def parse(cls, args: dict[str, Any]) -> Self:
         v = args.get("days", 30)
         if type(v) not in (int, float) or not 0 < v <= MAX_DAYS:
             raise arg_error("days", f"must be a number of days above 0 and at most {MAX_DAYS}")
-        return cls(days=v)
+        bucket = args.get("bucket", "day")
+        if bucket not in USAGE_BUCKETS:
+            raise arg_error("bucket", "must be 'day' or 'hour'")
+        if bucket == "hour" and v > MAX_HOURLY_DAYS:
+            raise arg_error("days", f"hour buckets cover at most {MAX_HOURLY_DAYS} days")
+        return cls(days=v, bucket=bucket)
