@@ -7,12 +7,13 @@ import os
 import time
 from _thread import allocate_lock  # threading.Lock, without importing threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from . import protocol
+from .calls import ClusterCalls, sends
 from .connection import exported_env, open_socket
 from .errors import DaemonUnavailable, InternalError, LabqError, ValidationError, from_wire
-from .models import Event, Job, Node
+from .models import Event, Job
 from .protocol import Op, Request
 from .spec import MAX_REQUEST_CHARS, submit_request
 from .units import parse_duration_s
@@ -22,31 +23,11 @@ if TYPE_CHECKING:
 
     from .protocol import (
         ExperimentReply,
-        GroupReply,
-        NodeDict,
-        NodeRemovedReply,
-        NotifySettingsReply,
-        PingReply,
         PurgeReply,
         ResultsReply,
         StageReply,
-        TokenInfo,
-        UsageReply,
-        WhoamiReply,
     )
     from .remote import Remote
-
-_Method = TypeVar("_Method", bound=Callable[..., Any])
-
-
-def sends(op: Op) -> Callable[[_Method], _Method]:
-    """Marks the client method that sends `op`; tests check every Op has one."""
-    def mark(method: _Method) -> _Method:
-        # a function's own attribute, which its type does not name
-        setattr(method, "op", op)  # noqa: B010
-        return method
-    return mark
-
 
 def default_address() -> str | Path:
     """LABQ_URL, else LABQ_SOCKET, else the URL of the last `labq login`, else one's own
@@ -77,7 +58,7 @@ def connect(socket: str | os.PathLike[str] | None = None, timeout: float = 30.0,
 REFUSED = "labqd refused the call"
 
 
-class Client:
+class Client(ClusterCalls):
     """A connection to labqd. Thread-safe: calls are serialised on the one connection."""
 
     _four_args = False  # labqd answers read_log without stderr ranges (an older one)
@@ -536,85 +517,3 @@ class Client:
         """Admin: remove log copies, results and node scratch directories of jobs that ended
         before `before` (Unix time); their rows and events stay."""
         return cast("PurgeReply", self.request(protocol.PurgeRequest(before=before)))
-
-    # -- cluster ---------------------------------------------------------------------------
-    @sends(Op.NODES)
-    def nodes(self) -> list[Node]:
-        return cast(list[Node], self.request(protocol.NodesRequest()))
-
-    @sends(Op.NODE_DRAIN)
-    def drain(self, name: str) -> NodeDict:
-        """Admin: finish running jobs on a node, start no new ones there."""
-        return cast("NodeDict", self.request(protocol.NodeDrainRequest(name=name)))
-
-    @sends(Op.NODE_RESUME)
-    def resume(self, name: str) -> NodeDict:
-        return cast("NodeDict", self.request(protocol.NodeResumeRequest(name=name)))
-
-    @sends(Op.NODE_ADD)
-    def add_node(self, **entry: Any) -> NodeDict:
-        """Admin: add a node while labqd runs; `entry` takes the keys of a [[node]] entry."""
-        return cast("NodeDict", self.request(protocol.NodeAddRequest(node=entry)))
-
-    @sends(Op.NODE_REMOVE)
-    def remove_node(self, name: str) -> NodeRemovedReply:
-        return cast("NodeRemovedReply", self.request(protocol.NodeRemoveRequest(name=name)))
-
-    # -- fair share ------------------------------------------------------------------------
-    @sends(Op.GROUPS)
-    def groups(self) -> list[GroupReply]:
-        """Every group's share, limits, GPUs in use, decayed usage and fair-share factor."""
-        return cast("list[GroupReply]", self.request(protocol.GroupsRequest()))
-
-    @sends(Op.GROUP_SET)
-    def set_group(self, group: str, **settings: Any) -> GroupReply:
-        """Admin: share=, max_gpus=, max_gpus_by_type={type: n}, users={user: share}."""
-        unknown = sorted(set(settings) - set(protocol.GROUP_SETTINGS))
-        if unknown:
-            raise ValidationError(f"no group setting {unknown[0]!r}; they are "
-                                  + ", ".join(protocol.GROUP_SETTINGS), {"field": unknown[0]})
-        return cast("GroupReply", self.request(protocol.GroupSetRequest(group=group, **settings)))
-
-    @sends(Op.USAGE)
-    def usage(self, days: float = 30, bucket: str = "day") -> UsageReply:
-        """GPU-hours per group and user over the last `days`, with fair-share factors, and per
-        group and `bucket` ("day", or "hour" over at most 31 days) as a series."""
-        return cast("UsageReply", self.request(protocol.UsageRequest(days=days, bucket=bucket)))
-
-    # -- notifications ---------------------------------------------------------------------
-    @sends(Op.NOTIFY_SHOW)
-    def notify_settings(self, user: str | None = None) -> NotifySettingsReply:
-        """Where your notifications go, and the channels labqd's admin enabled."""
-        return cast("NotifySettingsReply", self.request(protocol.NotifyShowRequest(user=user)))
-
-    @sends(Op.NOTIFY_SET)
-    def set_notify(self, channel: str, value: str | None, *,
-                   user: str | None = None) -> NotifySettingsReply:
-        """Send your notifications' `channel` ('webhook' or 'mail') to `value`; None clears."""
-        return cast("NotifySettingsReply", self.request(protocol.NotifySetRequest(
-            channel=channel, value=value, user=user)))
-
-    # -- remote access ---------------------------------------------------------------------
-    @sends(Op.TOKEN_CREATE)
-    def create_token(self, *, user: str | None = None, days: int | None = None,
-                     note: str | None = None) -> TokenInfo:
-        """A token for labqd over TCP: yours, or (admins) `user`'s. Its secret is in the
-        reply's `token`, this once. Beyond labqd's tokens.max_per_user the oldest go."""
-        return cast("TokenInfo", self.request(protocol.TokenCreateRequest(user=user, days=days,
-                                                               note=note)))
-
-    @sends(Op.TOKEN_LIST)
-    def tokens(self, user: str | None = None) -> list[TokenInfo]:
-        return cast("list[TokenInfo]", self.request(protocol.TokenListRequest(user=user)))
-
-    @sends(Op.TOKEN_REVOKE)
-    def revoke_token(self, token_id: int) -> TokenInfo:
-        return cast("TokenInfo", self.request(protocol.TokenRevokeRequest(id=token_id)))
-
-    @sends(Op.WHOAMI)
-    def whoami(self) -> WhoamiReply:
-        return cast("WhoamiReply", self.request(protocol.WhoamiRequest()))
-
-    @sends(Op.PING)
-    def ping(self) -> PingReply:
-        return cast("PingReply", self.request(protocol.PingRequest()))

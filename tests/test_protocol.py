@@ -126,7 +126,8 @@ def test_every_op_has_a_handler_taking_its_request():
 
 def client_methods() -> dict[Op, str]:
     out: dict[Op, str] = {}
-    for name, member in vars(Client).items():
+    members = {name: m for cls in Client.__mro__ for name, m in vars(cls).items()}
+    for name, member in members.items():
         op = getattr(member, "op", None)
         if op is not None:
             assert op not in out, f"{op} is sent by {out[op]} and {name}"
