@@ -18,26 +18,23 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from labq.errors import (
-    DuplicateJob,
     InvalidState,
     NotFound,
     PermissionDenied,
-    QuotaExceeded,
     ValidationError,
 )
-from labq.spec import experiment_dependency, parse_dependency, validate_submit
 from labq.states import FINAL, JobState, allowed
 from labq.units import format_duration
 
 from . import store as st
 from .activejob import ActiveJob
+from .admission import Admission
 from .clock import SYSTEM, Clock
 from .config import Config
-from .gangs import fit_to_cluster, log_key
+from .gangs import log_key
 from .identity import Caller
 from .logcopy import LogCopies
 from .policy import JobView, PlanMemo, PolicyConfig
-from .policy.dependencies import find_cycle
 from .policy.estimates import WAITING_REASONS
 from .policy.fairshare import Run
 from .policy.waiting import Reserved
@@ -48,9 +45,6 @@ S = JobState
 WAITING = (S.PENDING, S.HELD)
 ACTIVE_STATES = [s.value for s in (S.PENDING, S.HELD, S.RUNNING)]
 FINAL_STATES = {s.value for s in FINAL}
-# a user's PENDING and HELD jobs at most, unless limits.user_max_pending says otherwise: a
-# runaway submit loop fills the queue, not labqd's memory
-DEFAULT_USER_MAX_PENDING = 10_000
 # transitions made under one hold of the lock: a request that changes thousands of jobs lets
 # others in between chunks
 CHUNK = 256
@@ -80,7 +74,7 @@ class SpecCheck(Protocol):
     def check_spec(self, caller: Caller, spec: dict) -> None: ...
 
 
-class JobTable:
+class JobTable(Admission):
     def __init__(self, cfg: Config, store: st.Store, logs: LogCopies, wake: threading.Event,
                  clock: Clock = SYSTEM):
         self.cfg = cfg
@@ -199,124 +193,6 @@ class JobTable:
             self.cancel_requests.pop(job["id"], None)
             self.ended_states[job["id"]] = dst.value
             self.logs.notify()
-
-    # -- jobs: requests --------------------------------------------------------------------
-    def submit(self, caller: Caller, raw: Any) -> dict:
-        spec = validate_submit(raw)
-        with self.lock:
-            spec = self.check_spec(caller, spec)
-            self.check_room(caller, 1)
-            return self.admit(caller, lambda first: [self.new_row(caller, spec)])[0]
-
-    def check_spec(self, caller: Caller, spec: dict, keys: set[str] | None = None) -> dict:
-        """A validated spec made ready to queue, or the error that refuses it: the group it
-        is charged to, limits on its size, its dependencies (experiments named in them
-        expanded to their jobs) and its key. Called with the lock held; `keys` are those
-        taken earlier in the same batch."""
-        spec = dict(spec)
-        group = spec.pop("group") or caller.group
-        if group != caller.group and group not in caller.groups and not caller.admin:
-            raise PermissionDenied(f"{caller.user} is not a member of group {group!r}",
-                                   {"group": group})
-        spec["group"] = group
-        self._check_submit_limits(caller, spec)
-        fit_to_cluster(spec, self.node_sizes())
-        if self.files is not None:
-            self.files.check_spec(caller, spec)
-        deps = self._dependencies(caller, spec["dependencies"])
-        spec["dependencies"] = [f"{k}:{j}" for k, j in deps]
-        key = spec.get("key")
-        if key is not None:
-            existing = self.store.job_by_key(caller.uid, key)
-            if existing is not None:
-                raise DuplicateJob(f"key {key!r} is already job {existing}; nothing was "
-                                   "queued", {"id": existing, "key": key})
-            if keys is not None:
-                if key in keys:
-                    raise DuplicateJob(f"key {key!r} is given twice in this batch",
-                                       {"key": key})
-                keys.add(key)
-        return spec
-
-    def _dependencies(self, caller: Caller, raw: list[str]) -> list[tuple[str, int]]:
-        deps: list[tuple[str, int]] = []
-        for d in raw:
-            exp = experiment_dependency(d)
-            if exp is None:
-                deps.append(parse_dependency(d))
-                continue
-            ids = self.store.experiment_job_ids(exp[1], caller.uid)
-            if not ids:
-                raise ValidationError(f"dependencies: you have no jobs in experiment "
-                                      f"{exp[1]!r}", {"field": "dependencies"})
-            deps.extend((exp[0], i) for i in ids)
-        deps = sorted(set(deps))
-        ids = [j for _, j in deps]
-        missing = [d for d in ids if d not in self.active and self.ended_state(d) is None]
-        if missing:
-            raise ValidationError(f"dependencies: no job {', '.join(map(str, missing[:10]))}",
-                                  {"field": "dependencies", "missing": missing[:100]})
-        # ids are handed out after the dependencies are checked to exist, so a new job
-        # cannot close a cycle today; the check guards any future way of adding edges
-        cycle = find_cycle(self.dep_edges, 0, ids) if ids else None
-        if cycle:
-            raise ValidationError("dependencies: would form a cycle "
-                                  + " -> ".join(map(str, cycle)), {"field": "dependencies"})
-        return deps
-
-    def check_room(self, caller: Caller, n: int, whole: bool = False) -> int:
-        """How many of `n` more waiting jobs the caller may have (limits.user_max_pending);
-        QuotaExceeded when not even one, or with `whole` when not all `n`."""
-        most = self.cfg.limits.get("user_max_pending", DEFAULT_USER_MAX_PENDING)
-        have = self.waiting[caller.uid]
-        if have >= most or (whole and have + n > most):
-            more = f" and asks for {n} more" if whole else ""
-            raise QuotaExceeded(f"{caller.user} already has {have} pending jobs{more}; the "
-                                f"most allowed is {most} (limits.user_max_pending); nothing "
-                                "was queued", {"limit": "user_max_pending", "value": have})
-        return min(n, most - have)
-
-    def new_row(self, caller: Caller, spec: dict) -> dict:
-        """The row of a checked spec, as it is queued now."""
-        row = dict(spec, owner=caller.user, owner_uid=caller.uid, submit_time=self.clock.time(),
-                   gpu_indices=[], restarts=0, preemptions=0, nodes=spec.get("nodes") or 1,
-                   parts=None)
-        hold = row.pop("hold")
-        row.update(state=(S.HELD if hold else S.PENDING).value, reason="Held" if hold else None,
-                   eligible_time=None if row["dependencies"] else row["submit_time"])
-        for key in ("experiment", "array_id", "array_index", "array_limit", "params", "key",
-                    "early_signal"):
-            row.setdefault(key, None)
-        return row
-
-    def admit(self, caller: Caller, make_rows: Callable[[int], list[dict]]) -> list[dict]:
-        """Queue the rows `make_rows(first id)` builds, in one transaction; called with the
-        lock held, after every row was checked."""
-        rows = self.store.insert_jobs(make_rows, caller.user)
-        wake = False
-        for row in rows:
-            for key in ("exit_code", "signal", "start_time", "end_time", "node"):
-                row.setdefault(key, None)
-            self.active[row["id"]] = ActiveJob(row)
-            self.waiting[caller.uid] += 1
-            self._set_view(self.active[row["id"]])
-            if row["dependencies"]:
-                self.dep_edges[row["id"]] = dep_ids(row)
-            wake = wake or row["state"] == S.PENDING.value
-        if wake:  # a held job changes no one's plan until it is released
-            self.wake.set()
-        return rows
-
-    def _check_submit_limits(self, caller: Caller, spec: dict) -> None:
-        lim = self.cfg.limits
-        if "job_max_gpus" in lim and spec["gpus"] > lim["job_max_gpus"]:
-            raise QuotaExceeded(f"a job may ask for at most {lim['job_max_gpus']} GPUs "
-                                f"(limits.job_max_gpus); this one asks for {spec['gpus']}",
-                                {"limit": "job_max_gpus", "value": lim["job_max_gpus"]})
-        if "job_max_time" in lim and (spec["time_limit_s"] or 0) > lim["job_max_time"]:
-            raise QuotaExceeded(f"time limit above the largest allowed, {lim['job_max_time']} s "
-                                "(limits.job_max_time)",
-                                {"limit": "job_max_time", "value": lim["job_max_time"]})
 
     def ended_state(self, job_id: int) -> str | None:
         if job_id in self.ended_states:

@@ -226,7 +226,7 @@ def test_a_huge_cancel_lets_others_in_between_its_chunks(tmp_path):
 
 
 def test_by_default_a_user_may_queue_ten_thousand_jobs_and_no_more(tmp_path):
-    from labq.daemon.jobtable import DEFAULT_USER_MAX_PENDING
+    from labq.daemon.admission import DEFAULT_USER_MAX_PENDING
     uid, gid = ensure_user("labqtest")
     other_uid, other_gid = ensure_user("labqtest2")
     d = Daemon(tmp_path, {"daemon": {"local_node": False, "socket_mode": "0666"}})
