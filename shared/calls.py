@@ -1,5 +1,6 @@
-"""Part of the client: the calls about the cluster rather than jobs (nodes, fair share,
-notifications, remote access), and `sends`, which marks each method with its request."""
+"""Part of the client: the calls besides submitting, following and changing jobs (staged
+files and results, nodes, fair share, notifications, remote access), and `sends`, which
+marks each method with its request."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from .errors import ValidationError
 from .protocol import Op
 
 if TYPE_CHECKING:
+
     from .models import Node
     from .protocol import (
         GroupReply,
@@ -17,7 +19,10 @@ if TYPE_CHECKING:
         NodeRemovedReply,
         NotifySettingsReply,
         PingReply,
+        PurgeReply,
         Request,
+        ResultsReply,
+        StageReply,
         TokenInfo,
         UsageReply,
         WhoamiReply,
@@ -41,6 +46,39 @@ class ClusterCalls:
 
     if TYPE_CHECKING:
         def request(self, req: Request) -> Any: ...
+
+    # -- staged files and results ----------------------------------------------------------
+    @sends(Op.STAGE_BEGIN)
+    def stage_begin(self, files: list[list[Any]]) -> StageReply:
+        """Announce an upload, [[path, size, mode], ...]; submit(stage=paths) does it all."""
+        return cast("StageReply", self.request(protocol.StageBeginRequest(files=files)))
+
+    @sends(Op.STAGE_PUT)
+    def stage_put(self, token: str, index: int, offset: int, data: bytes) -> int:
+        """One chunk of an upload's file `index`; the offset after it."""
+        from .client_files import b64
+        reply = self.request(protocol.StagePutRequest(token=token, index=index, offset=offset,
+                                             data=b64(data)))
+        return int(reply["offset"])
+
+    @sends(Op.RESULTS)
+    def results(self, job_id: int) -> ResultsReply:
+        """A job's results: `state` (none, pending, complete, incomplete, purged), `files` as
+        [path, size] pairs, `bytes`, and a `note` when the cap cut them or a copy failed."""
+        return cast("ResultsReply", self.request(protocol.ResultsRequest(id=job_id)))
+
+    @sends(Op.RESULTS_READ)
+    def results_read(self, job_id: int, index: int, offset: int = 0) -> bytes:
+        """Bytes of result file `index` from `offset` (empty at its end)."""
+        import base64
+        reply = self.request(protocol.ResultsReadRequest(id=job_id, index=index, offset=offset))
+        return base64.b64decode(reply["data"])
+
+    @sends(Op.PURGE)
+    def purge(self, before: float) -> PurgeReply:
+        """Admin: remove log copies, results and node scratch directories of jobs that ended
+        before `before` (Unix time); their rows and events stay."""
+        return cast("PurgeReply", self.request(protocol.PurgeRequest(before=before)))
 
     # -- cluster ---------------------------------------------------------------------------
     @sends(Op.NODES)

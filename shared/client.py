@@ -23,9 +23,6 @@ if TYPE_CHECKING:
 
     from .protocol import (
         ExperimentReply,
-        PurgeReply,
-        ResultsReply,
-        StageReply,
     )
     from .remote import Remote
 
@@ -478,42 +475,10 @@ class Client(ClusterCalls):
         return attach(self, job_id, stdout=stdout, stderr=stderr, offset=offset,
                       interrupted=interrupted, on_interrupt=on_interrupt, poll=poll)
 
-    # -- staged files and results ----------------------------------------------------------
-    @sends(Op.STAGE_BEGIN)
-    def stage_begin(self, files: list[list[Any]]) -> StageReply:
-        """Announce an upload, [[path, size, mode], ...]; submit(stage=paths) does it all."""
-        return cast("StageReply", self.request(protocol.StageBeginRequest(files=files)))
-
-    @sends(Op.STAGE_PUT)
-    def stage_put(self, token: str, index: int, offset: int, data: bytes) -> int:
-        """One chunk of an upload's file `index`; the offset after it."""
-        from .client_files import b64
-        reply = self.request(protocol.StagePutRequest(token=token, index=index, offset=offset,
-                                             data=b64(data)))
-        return int(reply["offset"])
-
-    @sends(Op.RESULTS)
-    def results(self, job_id: int) -> ResultsReply:
-        """A job's results: `state` (none, pending, complete, incomplete, purged), `files` as
-        [path, size] pairs, `bytes`, and a `note` when the cap cut them or a copy failed."""
-        return cast("ResultsReply", self.request(protocol.ResultsRequest(id=job_id)))
-
-    @sends(Op.RESULTS_READ)
-    def results_read(self, job_id: int, index: int, offset: int = 0) -> bytes:
-        """Bytes of result file `index` from `offset` (empty at its end)."""
-        import base64
-        reply = self.request(protocol.ResultsReadRequest(id=job_id, index=index, offset=offset))
-        return base64.b64decode(reply["data"])
-
+    # -- results ---------------------------------------------------------------------------
     def download_results(self, job_id: int, path: str | os.PathLike[str], *,
                          extract: bool = False) -> list[list[Any]]:
         """Save a job's results as a zip archive at `path`, or with extract=True as files
         under the directory `path`; return [path, size] of each file."""
         from .client_files import save_dir, save_zip
         return (save_dir if extract else save_zip)(self, job_id, path)
-
-    @sends(Op.PURGE)
-    def purge(self, before: float) -> PurgeReply:
-        """Admin: remove log copies, results and node scratch directories of jobs that ended
-        before `before` (Unix time); their rows and events stay."""
-        return cast("PurgeReply", self.request(protocol.PurgeRequest(before=before)))

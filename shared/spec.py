@@ -336,6 +336,19 @@ def _workflow_fields(data: dict[str, Any], out: dict[str, Any]) -> None:
     out["key"] = key
 
 
+def _name(name: Any, command: list[str] | str) -> str:
+    """The job's name, by default its program's."""
+    if name is None:
+        name = (command[0] if isinstance(command, list) else command.split()[0])
+        name = CONTROL_CHARS.sub("?", name.rsplit("/", 1)[-1])[:MAX_NAME]
+    checked: str = _text("name", name, 4 * MAX_NAME)
+    if len(checked) > MAX_NAME:
+        raise _fail("name", f"is longer than {MAX_NAME} characters")
+    if CONTROL_CHARS.search(checked):
+        raise _fail("name", "must not contain control characters", checked)
+    return checked
+
+
 def validate_submit(data: Any) -> dict[str, Any]:
     """Return the normalised request or raise ValidationError naming the first bad field."""
     if not isinstance(data, dict):
@@ -352,17 +365,7 @@ def validate_submit(data: Any) -> dict[str, Any]:
     if "command" not in data:
         raise _fail("command", "is required")
     out: dict[str, Any] = {"command": _command(data["command"])}
-    name = data.get("name")
-    if name is None:
-        cmd = out["command"]
-        name = (cmd[0] if isinstance(cmd, list) else cmd.split()[0]).rsplit("/", 1)[-1]
-        name = CONTROL_CHARS.sub("?", name)[:MAX_NAME]
-    name = _text("name", name, 4 * MAX_NAME)
-    if len(name) > MAX_NAME:
-        raise _fail("name", f"is longer than {MAX_NAME} characters")
-    if CONTROL_CHARS.search(name):
-        raise _fail("name", "must not contain control characters", name)
-    out["name"] = name
+    out["name"] = _name(data.get("name"), out["command"])
     cwd = data.get("cwd")
     cwd = _text("cwd", "/" if cwd is None or cwd == "" else cwd, MAX_CWD_BYTES)
     if not cwd.startswith("/"):
