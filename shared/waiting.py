@@ -6,10 +6,14 @@ from collections.abc import Callable
 
 from .models import Job
 
+# the hint must still hold once it has been read and typed, after the plan that worked it out
+HINT_MARGIN_S = 60
+
 
 def time_hint(seconds: float) -> str:
-    """A time limit no longer than `seconds`, as --time reads it: 45s, 25m, 150m, 5h."""
-    s = max(0, int(seconds))
+    """A time limit a minute shorter than `seconds`, as --time reads it: 45s, 25m, 150m,
+    5h."""
+    s = max(1, int(seconds) - HINT_MARGIN_S)
     if s < 60:
         return f"{s}s"
     if s < 3 * 3600:

@@ -235,8 +235,9 @@ def test_refused_naming_the_field(daemon, conn, op, args, field):
     (1, 0, NAN, 1024, "wait"), (1, 0, INF, 1024, "wait"), (1, 0, -1.0, 1024, "wait"),
     (1, 0, False, 1024, "wait"), (1, 0, 0.0, 0, "max_bytes"), (1, 0, 0.0, BIG, "max_bytes"),
     (1, 0, 0.0, 1.5, "max_bytes"), ("1", 0, 0.0, 1024, "id"),
-    (1, 0, 0.0, 1024, -1, "part"), (1, 0, 0.0, 1024, True, "part"),
-    (1, 0, 0.0, 1024, 1 << 20, "part"), (1, 0, 0.0, 1024, "0", "part"),
+    (1, 0, 0.0, 1024, "yes", "streams"), (1, 0, 0.0, 1024, 1, "streams"),
+    (1, 0, 0.0, 1024, False, -1, "part"), (1, 0, 0.0, 1024, False, True, "part"),
+    (1, 0, 0.0, 1024, False, 1 << 20, "part"), (1, 0, 0.0, 1024, False, "0", "part"),
 ])
 def test_read_log_refuses_bad_numbers(daemon, conn, args):
     *call, field = args

@@ -173,11 +173,11 @@ def test_example_config_covers_every_key(tmp_path):
         known = _known_keys(tmp_path, where, toml)
         missing += [f"{where}.{k}" for k in sorted(known - set(shown))]
     assert not missing, f"systemd/labq.toml does not show: {missing}"
-    # the three kinds of node: SSH with every key, an SSH config alias, the local machine
+    # the kinds of node: SSH with every key, an SSH config alias, a Slurm pool, the local machine
     alias_keys = {"name", "host", "ssh_config", "gpu_indices", "enabled"}
-    kinds = sorted("local" if n.get("local") else "alias" if set(n) <= alias_keys else "ssh"
-                   for n in example["node"])
-    assert kinds == ["alias", "local", "ssh"], kinds
+    kinds = sorted("local" if n.get("local") else "alias" if set(n) <= alias_keys
+                   else n.get("kind", "ssh") for n in example["node"])
+    assert kinds == ["alias", "local", "slurm", "ssh"], kinds
 
 
 @pytest.mark.parametrize("old, new, key", [

@@ -13,6 +13,7 @@ from tuikit import drive, screen_text, until
 from labq.tui.app import LabqApp
 from labq.tui.detail import JobDetailScreen
 from labq.tui.queue import QueueTable
+from labq.waiting import time_hint
 
 LABQ = shutil.which("labq")
 CONFIG = {
@@ -90,8 +91,8 @@ def test_the_tui_job_view_says_the_same(queue):
 def test_the_time_it_names_starts_the_job(queue):
     d, first, wide, long = queue
     with d.client() as q:
-        limit = q.job(long.id).backfill_limit_s
-        q.set_time_limit(long.id, f"{int(limit // 60)}m")
+        # the --time the hint names, as a user would type it a moment after reading it
+        q.set_time_limit(long.id, time_hint(q.job(long.id).backfill_limit_s))
         started = wait_for(lambda: (lambda j: j.state.value == "RUNNING" and j)(q.job(long.id)),
                            what="the shortened job running")
         assert started.gpu_indices == [2, 3]
