@@ -9,7 +9,7 @@ import pytest
 from daemonproc import Daemon, wait_for
 from faultkit import crash_node, kill_runs
 from sshnodes import NodeSet, alive
-from userkit import User, cli_venv
+from userkit import User, cli_venv, show, submit
 
 GPUS = [{"type": "A100", "memory_mb": 40960}] * 2
 NAMES = ["g1", "g2"]
@@ -52,14 +52,6 @@ def shared():
 
 def user(name, venv, daemon) -> User:
     return User(name, venv, daemon.socket, {})
-
-
-def submit(u: User, *args: str) -> str:
-    return u.ok("submit", "--chdir", "/tmp", *args).strip().splitlines()[-1]
-
-
-def show(u: User, jid: str) -> dict:
-    return json.loads(u.ok("show", "--json", jid))
 
 
 def pid_of(shared: Path, run: int, rank: int) -> int:

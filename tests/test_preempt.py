@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from daemonproc import Daemon, wait_for
 from sshnodes import NodeSet
-from userkit import User, cli_venv
+from userkit import User, cli_venv, show, submit
 
 GPUS = [{"type": "A100", "memory_mb": 40960}] * 2
 
@@ -37,14 +37,6 @@ def daemon(tmp_path_factory):
 
 def user(name, venv, daemon) -> User:
     return User(name, venv, daemon.socket, {})
-
-
-def submit(u: User, *args: str) -> str:
-    return u.ok("submit", "--chdir", "/tmp", *args).strip().splitlines()[-1]
-
-
-def show(u: User, jid: str) -> dict:
-    return json.loads(u.ok("show", "--json", jid))
 
 
 def events(u: User, jid: str) -> list[dict]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -109,3 +110,13 @@ class User:
             raise AssertionError(f"{self.name}: labq {' '.join(args)} -> {r.returncode}\n"
                                  f"{r.stdout}\n{r.stderr}")
         return r.stdout
+
+
+def submit(u: User, *args: str) -> str:
+    """`labq submit` as the user from /tmp; the id of the job it queued."""
+    return u.ok("submit", "--chdir", "/tmp", *args).strip().splitlines()[-1]
+
+
+def show(u: User, jid: str) -> dict:
+    """`labq show --json` as the user."""
+    return json.loads(u.ok("show", "--json", jid))
