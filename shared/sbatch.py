@@ -4,7 +4,7 @@ does not share the submitter's files.
 
 `parse_script` is pure: text in, a BatchScript (options, warnings) out, or a ValidationError
 that names the script's line. A directive labq cannot honour exactly is refused when
-ignoring it would run the job wrongly (`-N 2`, `--dependency=after:12`) and is a warning when
+ignoring it would run the job wrongly (`-N 2-4`, `--dependency=after:12`) and is a warning when
 the job runs as meant without it (`--qos`, `-o FILE`).
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ _DEP_KINDS = ("afterok", "afterany", "afternotok")
 _MAIL = {"NONE": "none", "END": "end", "FAIL": "fail", "ALL": "all", "BEGIN": "all"}
 
 # sbatch's option -> what labq does with it
-_LONG = {"gres": "gres", "gpus": "gpus", "gpus-per-node": "gpus", "cpus-per-task": "cpus",
+_LONG = {"gres": "gres", "gpus": "gpus", "gpus-per-node": "gpus_per_node", "cpus-per-task": "cpus",
          "mem": "mem", "mem-per-cpu": "mem_per_cpu", "mem-per-gpu": "mem_per_gpu", "time": "time",
          "job-name": "name", "chdir": "chdir", "array": "array", "dependency": "dependency",
          "partition": "partition", "export": "export", "output": "output", "error": "output",
@@ -182,8 +182,10 @@ class _Reader:
         self.warnings: list[str] = []
         self.at = (0, "")  # the line and the option being read, for messages
         self.mem_per: tuple[str, int] | None = None
+        self.per_node = False  # the GPU count is each node's (--gres, --gpus-per-node)
         self.handlers: dict[str, Callable[[str], None]] = {
             "gres": self._gres, "gpus": self._gpus, "cpus": self._cpus, "mem": self._mem,
+            "gpus_per_node": self._gpus_per_node,
             "mem_per_cpu": lambda v: self._mem_per("cpu", v),
             "mem_per_gpu": lambda v: self._mem_per("gpu", v), "time": self._time,
             "name": self._name,
@@ -252,6 +254,9 @@ class _Reader:
                 raise self.error("--mem and --mem-per-cpu/--mem-per-gpu exclude each other")
             count = self.options.get("gpus" if per == "gpu" else "cpus", 1)
             self.options["memory"] = mb * max(1, count)
+        nodes = self.options.get("nodes", 1)
+        if nodes > 1 and self.per_node and "gpus" in self.options:
+            self.options["gpus"] *= nodes  # labq's --gpus is the job's total, as Slurm's
         return self.options, self.array
 
     # -- one handler per kind of directive ----------------------------------------------------
@@ -272,16 +277,20 @@ class _Reader:
             count = rest[-1] if len(rest) == 2 else "1"
             if len(rest) == 1 and _COUNT.fullmatch(rest[0]):  # gpu:2, not gpu:a100
                 kind, count = None, rest[0]
-            self._set_gpus(self._count(count, "GPUs"), kind)
+            self._set_gpus(self._count(count, "GPUs"), kind, per_node=True)
 
-    def _gpus(self, value: str) -> None:
+    def _gpus(self, value: str, per_node: bool = False) -> None:
         kind, _, count = value.rpartition(":")
         if kind and ":" in kind:
             raise self.error(f"{value!r} is not [TYPE:]COUNT")
-        self._set_gpus(self._count(count, "GPUs"), kind or None)
+        self._set_gpus(self._count(count, "GPUs"), kind or None, per_node)
 
-    def _set_gpus(self, count: int, kind: str | None) -> None:
+    def _gpus_per_node(self, value: str) -> None:
+        self._gpus(value, per_node=True)
+
+    def _set_gpus(self, count: int, kind: str | None, per_node: bool = False) -> None:
         self.options["gpus"] = count
+        self.per_node = per_node
         if kind:
             self.options["gpu_type"] = kind
 
@@ -391,8 +400,14 @@ class _Reader:
             self.options["notify"] = max(known, key=order.index)
 
     def _nodes(self, value: str) -> None:
-        if value not in ("1", "1-1"):
-            raise self.error("labq runs a job on one node")
+        low, _, high = value.partition("-")
+        n = self._count(low, "nodes", 1)
+        if high and self._count(high, "nodes", 1) != n:
+            raise self.error(f"labq runs a job on a set number of nodes; give -N {n}")
+        if n > 1:
+            self.options["nodes"] = n  # a gang: a part on each node
+        else:
+            self.options.pop("nodes", None)
 
     def _ntasks(self, value: str) -> None:
         if self._count(value, "tasks", 1) > 1:

@@ -187,3 +187,22 @@ def test_a_running_gang_outlives_a_labqd_restart_whole(gang, venv, shared):
     assert "rank 0 done" in alice.ok("logs", jid)
     wait_for(lambda: "part 1 done" in alice.ok("logs", jid, "--part", "1"), what="part 1 end")
     assert not (shared / "pid.1.0").exists()
+
+
+def test_a_batch_script_with_two_nodes_runs_as_a_gang(gang, venv, shared):
+    bob = user("labqtest2", venv, gang)
+    path = shared / "two.sh"  # per node, as sbatch counts --gres: 2 nodes of 1 GPU
+    path.write_text("#!/bin/bash\n#SBATCH -N 2\n#SBATCH --gres=gpu:1\n#SBATCH -t 5\n"
+                    'echo "rank $NODE_RANK of $LABQ_NUM_NODES cuda=$CUDA_VISIBLE_DEVICES"\n'
+                    f'if [ "$NODE_RANK" = 0 ]; then\n'
+                    f"  while [ ! -e {shared}/done.$LABQ_JOB_ID ]; do sleep 0.1; done\n"
+                    f"else touch {shared}/done.$LABQ_JOB_ID; fi\n")
+    path.chmod(0o755)
+    jid = submit(bob, str(path))
+    assert bob.labq("wait", jid, "--timeout", "60", timeout=90).returncode == 0
+    job = show(bob, jid)
+    assert (job["state"], job["nodes"], job["gpus"], job["time_limit_s"]) == (
+        "COMPLETED", 2, 2, 300)
+    assert sorted(n for n, _ in job["parts"]) == NAMES
+    assert "rank 0 of 2 cuda=" in bob.ok("logs", jid)
+    assert "rank 1 of 2 cuda=" in bob.ok("logs", jid, "--part", "1")

@@ -45,6 +45,21 @@ def test_gpus_from_gres_and_from_gpus():
     assert options("--gpus-per-node 1")["gpus"] == 1
 
 
+def test_nodes_make_a_gang_with_gpus_per_node_as_in_slurm():
+    from labq.spec import validate_submit
+    # --gres and --gpus-per-node count each node's GPUs, --gpus the job's: labq's --gpus is
+    # the job's total
+    for directives in (("-N 2", "--gres=gpu:4"), ("--nodes=2", "--gpus-per-node=4"),
+                       ("-N 2-2", "-G 8"), ("--gres=gpu:4", "-N 2")):
+        opts = options(*directives)
+        assert (opts["nodes"], opts["gpus"]) == (2, 8), directives
+        spec = validate_submit({"command": ["true"], "cwd": "/", "nodes": opts["nodes"],
+                                "gpus": opts["gpus"]})
+        assert (spec["nodes"], spec["gpus"]) == (2, 8)
+    assert "nodes" not in options("-N 1", "--gres=gpu:2")
+    assert options("-N 1", "--gres=gpu:2")["gpus"] == 2
+
+
 def test_sizes_are_mib_without_a_unit_as_in_slurm():
     assert options("--mem=16G")["memory"] == 16384
     assert options("--mem=16000")["memory"] == 16000
@@ -112,7 +127,8 @@ def test_what_labq_ignores_is_a_warning_that_names_the_line():
     ("-d after:12", "'after': labq knows afterok, afterany, afternotok"),
     ("-d afterok:12?afterok:13", "not for any one ('?')"),
     ("-d afterok:12_3", "'12_3' is not a job id"),
-    ("-N 2", "labq runs a job on one node"),
+    ("-N 2-4", "labq runs a job on a set number of nodes; give -N 2"),
+    ("-N 0", "'0' is not a number of nodes"),
     ("-p a,b", "labq takes one partition"),
     ("--export=1BAD=x", "'1BAD' is not a variable name"),
     ("--time", "needs a value"),

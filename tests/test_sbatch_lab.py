@@ -187,5 +187,8 @@ def test_the_python_api_submits_scripts_with_overrides(lab, tmp_path):
         tasks = q.submit_script(tmp_path / "a.sh", hold=True)
         assert [t.state.value for t in tasks] == ["HELD", "HELD"]
         q.cancel(*(t.id for t in tasks))
-        with pytest.raises(ValidationError, match="script:2: #SBATCH -N 3"):
+        with pytest.raises(ValidationError, match="script:2: #SBATCH -N 2-4"):
+            q.submit_script("#!/bin/sh\n#SBATCH -N 2-4\necho\n")
+        # a gang wider than the cluster: labqd refuses it, naming the field
+        with pytest.raises(ValidationError, match="nodes: asks for 3 nodes"):
             q.submit_script("#!/bin/sh\n#SBATCH -N 3\necho\n")
