@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from daemonproc import Daemon, wait_for
-from sshnodes import NodeSet
+from sshnodes import NodeSet, alive
 from userkit import User, cli_venv, show, submit
 
 GPUS = [{"type": "A100", "memory_mb": 40960}] * 2
@@ -112,6 +112,7 @@ def test_the_early_signal_comes_before_a_preemption(daemon, venv):
     saved = shared / "saved"
     victim = submit(alice, "--preemptible", "--gpus", "2", "--signal", "USR2@60", "--wrap",
                     '[ "$LABQ_RESTART_COUNT" = 0 ] || exit 0; '
+                    f"echo $$ > {shared}/pid; "
                     f"trap 'echo checkpoint on USR2 > {saved}' USR2; "
                     "while :; do sleep 0.1; done")
     wait_for(lambda: show(alice, victim)["state"] == "RUNNING", what="victim running")
@@ -119,6 +120,9 @@ def test_the_early_signal_comes_before_a_preemption(daemon, venv):
     assert bob.labq("wait", urgent, "--timeout", "60", timeout=80).returncode == 0
     assert alice.labq("wait", victim, "--timeout", "60", timeout=80).returncode == 0
     assert saved.read_text() == "checkpoint on USR2\n"
+    # the stopped run is gone, not left running beside its requeued one
+    pid = int((shared / "pid").read_text())
+    wait_for(lambda: not alive(pid), timeout=10, what="the preempted run gone")
 
 
 def test_a_bad_signal_is_refused_and_queues_nothing(daemon, venv):
