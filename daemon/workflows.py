@@ -98,15 +98,13 @@ def submit_many(table: JobTable, caller: Caller, specs: list[Any],
                     "code": "QUOTA_EXCEEDED", "message": "more pending jobs than "
                     "limits.user_max_pending allows", "details": {"limit": "user_max_pending"}}}
             ready = ready[:room]
-        fields: list[str] = []  # none when no job was queued
         if ready:
             rows = table.admit(caller, lambda first: [table.new_row(caller, s)
                                                       for _, s in ready])
-            fields = JOB_FIELDS
             for (i, _), row in zip(ready, rows):
                 row["env"] = None  # as a listing shows it: `job` gives the environment
-                results[i] = [row.get(f) for f in fields]
-    return {"fields": fields, "results": results}
+                results[i] = [row.get(f) for f in JOB_FIELDS]
+    return {"fields": JOB_FIELDS, "results": results}
 
 
 def _small(row: dict) -> dict:

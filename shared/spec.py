@@ -2,9 +2,8 @@
 request's arguments share (plain JSON values, ids, names, numbers) that labq.protocol's
 request types are built from.
 
-The daemon runs `validate_submit` on every request before touching its store, so a bad request
-changes nothing; clients may run it too for early messages.
-"""
+labqd runs `validate_submit` on every submit before its store is touched: a bad one changes
+nothing. Clients may run it too, for early messages."""
 from __future__ import annotations
 
 import math
