@@ -25,7 +25,6 @@ from sshnodes import ensure_user  # noqa: E402
 
 import labq  # noqa: E402
 
-
 USER = "labqtest"
 
 
