@@ -193,6 +193,11 @@ def test_refused_rows_cost_no_submit_rate_and_are_not_counted(lab):
         assert len(mine) == 5
         fams = scrape(lab.metrics_port)
         assert value(fams, "labq_submits", "labq_submits_total") == 5
+        # every answered request is timed, the refused ones too
+        assert value(fams, "labq_request_seconds", "labq_request_seconds_count",
+                     op="submit") == 4
+        assert value(fams, "labq_request_seconds", "labq_request_seconds_count",
+                     op="submit_many") == 1
         q.cancel(*[j.id for j in mine])
 
 
@@ -208,7 +213,9 @@ def test_metrics_follow_a_gpu_job_from_submit_to_end(lab):
                      kind="allocated") == 1
         assert value(fams, "labq_node_up", "labq_node_up", node="head") == 1
         assert value(fams, "labq_jobs", "labq_jobs", state="RUNNING", group="root") == 1
-        assert value(fams, "labq_connections", "labq_connections", transport="unix") >= 2
+        wait_for(lambda: value(scrape(lab.metrics_port), "labq_connections",
+                               "labq_connections", transport="unix") >= 2, 10,
+                 what="both unix connections to be counted")
         assert value(fams, "labq_queue_wait_seconds", "labq_queue_wait_seconds_count") >= 1
         assert value(fams, "labq_scheduler_pass_seconds",
                      "labq_scheduler_pass_seconds_count") >= 1
@@ -222,8 +229,10 @@ def test_metrics_follow_a_gpu_job_from_submit_to_end(lab):
     assert value(fams, "labq_gpus", "labq_gpus", node="head", type="TestGPU",
                  kind="allocated") == 0
     with labq.connect(lab.url, token=lab_token(lab), fingerprint=lab.fingerprint):
-        fams = scrape(lab.metrics_port)
-        assert value(fams, "labq_connections", "labq_connections", transport="tls") == 1
+        # counted once labqd serves it, a moment after the client has its answer
+        wait_for(lambda: value(scrape(lab.metrics_port), "labq_connections",
+                               "labq_connections", transport="tls") == 1, 10,
+                 what="the TLS connection to be counted")
 
 
 def lab_token(lab) -> str:
