@@ -7,6 +7,7 @@ import re
 import socket
 import sqlite3
 import ssl
+import subprocess
 import time
 import urllib.request
 
@@ -140,6 +141,21 @@ def test_a_token_that_expired_while_labqd_was_down_is_refused(tmp_path):
         local_user = User(USER, venv, d.socket)
         listed = local_user.ok("token", "list")
         assert re.search(rf"^{info['id']}\s.*\sexpired\s", listed, re.M), listed
+
+
+def test_a_token_of_an_account_that_was_removed_is_refused(tmp_path):
+    ensure_user("labqgone")
+    d = tls_daemon(tmp_path)
+    with d.start():
+        [fp] = logged_fingerprints(d)
+        with d.client() as local:
+            token = local.create_token(user="labqgone")["token"]
+        with labq.connect(d.url, token=token, fingerprint=fp) as q:
+            assert q.whoami()["user"] == "labqgone"
+        subprocess.run(["userdel", "-r", "labqgone"], check=True, capture_output=True)
+        # its uid may go to the next account made: the token must not act as that one
+        with pytest.raises(Unauthenticated, match="no longer has an account"):
+            labq.connect(d.url, token=token, fingerprint=fp)
 
 
 def scrape(port: int) -> dict:
