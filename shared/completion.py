@@ -2,9 +2,13 @@
 `labq __complete WORDS...` for the candidates of the last word.
 
 Subcommands, options and their fixed choices come from the CLI's argparse parser, so a new
-option completes with no change here. What only labqd knows (the caller's active jobs, node
-and group names) is asked of labqd with a short timeout; whatever goes wrong, the answer is
-fewer candidates and never a message in the user's prompt.
+option completes with no change here. What only labqd knows (the caller's active jobs and
+experiments, node and group names) is asked of labqd with a short timeout; whatever goes
+wrong, the answer is fewer candidates and never a message in the user's prompt.
+
+bash splits `--state=ru` and `exp:NAME` at `=` and `:` (COMP_WORDBREAKS) and replaces only the
+text after the last of them, so its script sends the line as typed and gets candidates cut
+to that text; zsh and fish keep such a word whole.
 """
 from __future__ import annotations
 
@@ -27,16 +31,30 @@ DYNAMIC = {
     ("show", "id"): "jobs", ("events", "id"): "jobs", ("logs", "id"): "jobs",
     ("priority", "id"): "jobs", ("update", "id"): "jobs", ("cancel", "ids"): "jobs",
     ("hold", "ids"): "jobs", ("release", "ids"): "jobs", ("wait", "ids"): "jobs",
-    ("submit", "after"): "jobs",
+    ("submit", "after"): "deps",
     ("submit", "group"): "groups", ("group", "group"): "groups", ("node", "name"): "nodes",
     ("ls", "state"): "states",
+    ("submit", "experiment"): "experiments", ("ls", "experiment"): "experiments",
+    ("cancel", "experiment"): "experiments", ("hold", "experiment"): "experiments",
+    ("release", "experiment"): "experiments", ("wait", "experiment"): "experiments",
 }
+SAME_OPTIONS = {"run": "submit"}  # `labq run` takes submit's options
 LISTS = {("ls", "state"), ("submit", "after")}  # comma-separated values
 
 
 def _jobs(q: Client) -> list[str]:
     me = q.whoami()["user"]  # one's own jobs: another user's cannot be touched anyway
     return [f"{j.id}\t{j.name}" for j in q.jobs(user=me, include_ended=False)]
+
+
+def _experiments(q: Client) -> list[str]:
+    me = q.whoami()["user"]  # `-e NAME` means one's own experiment of that name
+    return [e["name"] for e in q.experiments(user=me)]
+
+
+def _deps(q: Client) -> list[str]:
+    """What --after takes: one's active jobs, and `exp:NAME` for every job of an experiment."""
+    return _jobs(q) + [f"exp:{name}" for name in _experiments(q)]
 
 
 def _nodes(q: Client) -> list[str]:
@@ -47,10 +65,11 @@ def _groups(q: Client) -> list[str]:
     return [g["group"] for g in q.groups()]
 
 
-# kind -> how labqd is asked; a new kind (experiment names, once labqd keeps them) is one
-# entry here and its (command, dest) pairs in DYNAMIC
+# kind -> how labqd is asked; a new kind is one entry here and its (command, dest) pairs
+# in DYNAMIC
 PROVIDERS: dict[str, Callable[[Client], list[str]]] = {
-    "jobs": _jobs, "nodes": _nodes, "groups": _groups,
+    "jobs": _jobs, "deps": _deps, "experiments": _experiments, "nodes": _nodes,
+    "groups": _groups,
 }
 
 
@@ -114,6 +133,12 @@ def candidates(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
                 index += 1
     if expecting is not None:
         return _values(cmd, expecting, cur, socket)
+    if cur.startswith("--") and "=" in cur:  # --opt=VALUE: the value, after its option
+        name, value = cur.split("=", 1)
+        act = _options(p).get(name)
+        if act is None or act.nargs == 0:
+            return []
+        return [f"{name}={v}" for v in _values(cmd, act, value, socket)]
     if cur.startswith("-"):
         return sorted(s for s, a in _options(p).items()
                       if s.startswith(cur) and a.help is not argparse.SUPPRESS)
@@ -124,6 +149,7 @@ def candidates(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
 
 
 def _values(cmd: str, act: argparse.Action, cur: str, socket: str | None) -> list[str]:
+    cmd = SAME_OPTIONS.get(cmd, cmd)
     head = cur[:cur.rfind(",") + 1] if (cmd, act.dest) in LISTS else ""
     if isinstance(act, argparse._SubParsersAction):
         names = [n for n in (act.choices or {}) if not n.startswith("_")]
@@ -136,14 +162,44 @@ def _values(cmd: str, act: argparse.Action, cur: str, socket: str | None) -> lis
     return [head + n for n in names if (head + n).startswith(cur)]
 
 
-def run(parser: argparse.ArgumentParser, words: list[str]) -> int:
-    """`labq __complete WORDS...`: candidates one per line ('value<TAB>description')."""
+def line_words(line: str) -> list[str]:
+    """The words of a command line typed up to the cursor, `labq` left out; the last one is
+    the word being completed ('' after a space). An unclosed quote is closed."""
+    import shlex
+    for end in ("", '"', "'"):
+        try:
+            words = shlex.split(line + end)
+            break
+        except ValueError:
+            continue
+    else:
+        return []
+    if not line or line[-1] in " \t":
+        words.append("")
+    return words[1:]
+
+
+def cut_at_breaks(found: list[str], cur: str, breaks: str) -> list[str]:
+    """The candidates as bash replaces them: only the text after the current word's last
+    COMP_WORDBREAKS character."""
+    k = max((cur.rfind(c) for c in set(breaks) - set(" \t\n\"'")), default=-1) + 1
+    return [c[k:] for c in found if c[:k] == cur[:k]]
+
+
+def run(parser: argparse.ArgumentParser, args: list[str]) -> int:
+    """`labq __complete WORDS...`, or `labq __complete --line BREAKS LINE` (bash):
+    candidates one per line ('value<TAB>description')."""
     # nothing may reach the prompt: not a warning, not a traceback from a thread
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     sys.stderr = open(devnull, "w")  # lives until the process ends
     try:
-        out = candidates(parser, words)
+        if args[:1] == ["--line"] and len(args) == 3:
+            words = line_words(args[2])
+            out = cut_at_breaks(candidates(parser, words), words[-1] if words else "",
+                                args[1])
+        else:
+            out = candidates(parser, args)
     except Exception:
         out = []
     sys.stdout.write("".join(c.replace("\n", " ") + "\n" for c in out))
@@ -159,7 +215,8 @@ BASH = r"""# labq completion for bash. Load it with: eval "$(labq completion bas
 _labq_complete() {
     local out line
     COMPREPLY=()
-    out=$(command labq __complete "${COMP_WORDS[@]:1:COMP_CWORD}" 2>/dev/null) || return 0
+    out=$(command labq __complete --line "$COMP_WORDBREAKS" "${COMP_LINE:0:COMP_POINT}" \
+          2>/dev/null) || return 0
     [ -n "$out" ] || return 0
     while IFS= read -r line; do
         COMPREPLY+=("${line%%$'\t'*}")
