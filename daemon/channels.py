@@ -83,9 +83,14 @@ def post_webhook(url: str, payload: dict[str, Any], allowed: list[str], timeout:
     body = {"text": text,  # Slack and Mattermost
             "topic": topic, "title": title, "message": text,  # ntfy's JSON publishing
             "labq": payload}
+    # ntfy publishes JSON as such only at its root URL; at a topic's URL (the one users
+    # have) it shows the body as text unless told to fill title and message from it (its
+    # templates, ntfy 2.10 and later). Slack and Mattermost ignore these headers.
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json",
-                                          "User-Agent": "labqd"})
+                                          "User-Agent": "labqd", "X-Template": "yes",
+                                          "X-Title": "{{.title}}",
+                                          "X-Message": "{{.message}}"})
     # no redirects: a redirect could lead to a host the admin did not allow
     opener = urllib.request.build_opener(_NoRedirect)
     try:

@@ -3,8 +3,12 @@ recipients read from the message) and reports its failure. The program here is a
 that keeps what it was given, as a local MTA's sendmail would queue it. Then the admin's
 command's timeout, and the queue's retries with backoff, on a fake clock."""
 import email
+import json
 import os
+import re
 import stat
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +17,7 @@ from fakeclock import FakeClock
 from test_store import job_fields
 
 from labq.daemon import store as st
-from labq.daemon.channels import ChannelError, run_command, send_mail
+from labq.daemon.channels import ChannelError, post_webhook, run_command, send_mail
 from labq.daemon.notices import Notices
 
 PAYLOAD = {"id": 42, "name": "train $(rm -rf /)", "user": "alice", "state": "FAILED",
@@ -91,3 +95,38 @@ def test_a_failing_channel_is_retried_with_doubling_waits_then_given_up(tmp_path
                        "notify command failed after 4 tries, giving up: "
                        "the notify command exited 3"]
     store.close()
+
+
+def test_a_webhook_is_json_that_slack_mattermost_and_ntfy_read(tmp_path):
+    """One POST for all three: Slack and Mattermost read `text`; ntfy, posted to at a topic's
+    URL, fills its title and message from the JSON through the templates the headers name."""
+    got = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            got.append((self.path, dict(self.headers), body))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    try:
+        post_webhook(f"http://127.0.0.1:{server.server_port}/lab-alerts", PAYLOAD,
+                     ["127.0.0.1"], 5)
+    finally:
+        server.server_close()
+    path, headers, body = got[0]
+    assert path == "/lab-alerts" and headers["Content-Type"] == "application/json"
+    assert body["text"] == body["message"] and body["text"].startswith("labq job 42 ")
+    assert "FAILED" in body["title"] and body["labq"] == PAYLOAD
+    assert headers["X-Template"] == "yes"
+
+    def ntfy_fills(template: str) -> str:  # Go's {{.field}} of the JSON body
+        return re.sub(r"\{\{\.(\w+)\}\}", lambda m: body[m.group(1)], template)
+    assert ntfy_fills(headers["X-Title"]) == body["title"]
+    assert ntfy_fills(headers["X-Message"]) == body["text"]
