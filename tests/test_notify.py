@@ -233,3 +233,20 @@ def test_a_hung_webhook_holds_up_neither_the_scheduler_nor_requests(env):
         hook.release.set()
     wait_for(lambda: (jid, "end", "COMPLETED") in hook.jobs("/alice"),
              what="the delivery once the webhook answers")
+
+
+def test_a_mail_address_of_ones_own_choice_and_back_to_the_default(env):
+    d, hook, sink, record, alice, bob = env
+    info = json.loads(bob.ok("notify", "set", "mail", "bob.home@elsewhere.test", "--json"))
+    assert info["mail_to"] == "bob.home@elsewhere.test"
+    assert json.loads(alice.ok("notify", "--json"))["mail_to"] == f"{ALICE}@lab.test"
+    try:
+        jid = submit(bob, "--notify", "fail", "--", "false")
+        bob.labq("wait", str(jid))
+        wait_for(lambda: any(f"labq job {jid} " in text for _, text in sink.mails),
+                 what="the mail of the failed job")
+        assert [rcpt for rcpt, text in sink.mails if f"labq job {jid} " in text] == \
+            [["bob.home@elsewhere.test"]]
+    finally:
+        info = json.loads(bob.ok("notify", "unset", "mail", "--json"))
+    assert info["mail"] is None and info["mail_to"] == f"{BOB}@lab.test"
