@@ -250,3 +250,22 @@ def test_a_mail_address_of_ones_own_choice_and_back_to_the_default(env):
     finally:
         info = json.loads(bob.ok("notify", "unset", "mail", "--json"))
     assert info["mail"] is None and info["mail_to"] == f"{BOB}@lab.test"
+
+
+def test_labqd_killed_while_sending_never_sends_that_message_again(env):
+    d, hook, sink, record, alice, bob = env
+    hook.release.clear()
+    try:
+        before = hook.entered
+        jid = submit(alice, "--notify", "end", "--", "true")
+        wait_for(lambda: hook.entered > before, what="labqd's POST to the hung webhook")
+        d.kill9()  # whether the webhook took the message, labqd cannot know
+        d.start(wait_nodes=1)
+        wait_for(lambda: "not sent again, as labqd stopped while sending it"
+                 in alice.ok("events", str(jid)), what="the unknown send in the job's events")
+    finally:
+        hook.release.set()
+    later = submit(alice, "--notify", "end", "--", "true")
+    alice.labq("wait", str(later))
+    wait_for(lambda: (later, "end", "COMPLETED") in hook.jobs("/alice"), what="a later one")
+    assert hook.entered == before + 2  # the first once (it had arrived), the later once
