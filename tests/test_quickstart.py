@@ -160,6 +160,8 @@ def test_the_quick_start_works_for_a_new_user(system_socket_dir_closed_to_others
     os.chmod(base, 0o755)
     home, src = base / "home", base / "labq"  # a fresh HOME: no ~/.local from an earlier run
     home.mkdir()
+    # a new account's files, as useradd -m copies them: its ~/.profile adds ~/.local/bin
+    shutil.copytree("/etc/skel", home, dirs_exist_ok=True)
     src.mkdir()
     _copy_tracked_files(src)
     _chown_tree(home, uid, gid)
@@ -191,6 +193,9 @@ def test_the_quick_start_works_for_a_new_user(system_socket_dir_closed_to_others
 
         who = as_user(str(labq), "whoami")
         assert who.stdout.startswith(f"{USER} "), who.stdout
+        # a new login shell finds `labq` on its PATH, as the README says
+        login = as_user("bash", "-lc", "command -v labq && labq whoami")
+        assert login.stdout.splitlines()[:1] == [str(labq)], (login.stdout, login.stderr)
         sub = as_user(str(labq), "submit", "--", "echo", "hello-quickstart")
         assert sub.returncode == 0, sub.stderr
         job_id = sub.stdout.strip()
