@@ -4,7 +4,9 @@
 Subcommands, options and their fixed choices come from the CLI's argparse parser, so a new
 option completes with no change here. What only labqd knows (the caller's active jobs and
 experiments, node and group names) is asked of labqd with a short timeout; whatever goes
-wrong, the answer is fewer candidates and never a message in the user's prompt.
+wrong, the answer is fewer candidates and never a message in the user's prompt. Where labq
+takes a path (a batch script, the command after `--`, --chdir, --stage, …) the answer is
+FILES, and each shell completes file names there as it would without this script.
 
 bash splits `--state=ru` and `exp:NAME` at `=` and `:` (COMP_WORDBREAKS) and replaces only the
 text after the last of them, so its script sends the line as typed and gets candidates cut
@@ -39,6 +41,11 @@ DYNAMIC = {
     ("release", "experiment"): "experiments", ("wait", "experiment"): "experiments",
 }
 SAME_OPTIONS = {"run": "submit"}  # `labq run` takes submit's options
+# what names a file or directory: the shell's own completion of paths does these
+PATHS = {("submit", "command"), ("submit", "chdir"), ("submit", "stage"),
+         ("submit", "from_file"), ("node", "identity_file"), ("results", "output"),
+         ("results", "dir"), ("", "socket")}
+FILES = "@files"  # the answer that asks the shell to complete paths
 LISTS = {("ls", "state"), ("submit", "after")}  # comma-separated values
 
 
@@ -115,7 +122,7 @@ def candidates(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
                 socket = w
             expecting = None
         elif w == "--":
-            return []  # a command to run follows: the shell's own business
+            return [FILES]  # a command to run follows: its words are paths
         elif w.startswith("-") and len(w) > 1:
             act = _options(p).get(w.split("=", 1)[0])
             if act is not None and act.nargs != 0 and "=" not in w:
@@ -123,7 +130,7 @@ def candidates(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
         else:
             pos = _positionals(p)
             if index < len(pos) and pos[index].nargs == argparse.REMAINDER:
-                return []
+                return [FILES]  # a batch script and its arguments
             if index < len(pos) and isinstance(pos[index], argparse._SubParsersAction):
                 sub = cast(dict[str, argparse.ArgumentParser], pos[index].choices)
                 if w not in sub:
@@ -138,7 +145,8 @@ def candidates(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
         act = _options(p).get(name)
         if act is None or act.nargs == 0:
             return []
-        return [f"{name}={v}" for v in _values(cmd, act, value, socket)]
+        found = _values(cmd, act, value, socket)
+        return found if found == [FILES] else [f"{name}={v}" for v in found]
     if cur.startswith("-"):
         return sorted(s for s, a in _options(p).items()
                       if s.startswith(cur) and a.help is not argparse.SUPPRESS)
@@ -150,6 +158,8 @@ def candidates(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
 
 def _values(cmd: str, act: argparse.Action, cur: str, socket: str | None) -> list[str]:
     cmd = SAME_OPTIONS.get(cmd, cmd)
+    if (cmd, act.dest) in PATHS:
+        return [FILES]
     head = cur[:cur.rfind(",") + 1] if (cmd, act.dest) in LISTS else ""
     if isinstance(act, argparse._SubParsersAction):
         names = [n for n in (act.choices or {}) if not n.startswith("_")]
@@ -188,7 +198,7 @@ def cut_at_breaks(found: list[str], cur: str, breaks: str) -> list[str]:
 
 def run(parser: argparse.ArgumentParser, args: list[str]) -> int:
     """`labq __complete WORDS...`, or `labq __complete --line BREAKS LINE` (bash):
-    candidates one per line ('value<TAB>description')."""
+    candidates one per line ('value<TAB>description'), or FILES alone."""
     # nothing may reach the prompt: not a warning, not a traceback from a thread
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
@@ -196,8 +206,9 @@ def run(parser: argparse.ArgumentParser, args: list[str]) -> int:
     try:
         if args[:1] == ["--line"] and len(args) == 3:
             words = line_words(args[2])
-            out = cut_at_breaks(candidates(parser, words), words[-1] if words else "",
-                                args[1])
+            out = candidates(parser, words)
+            if out != [FILES]:
+                out = cut_at_breaks(out, words[-1] if words else "", args[1])
         else:
             out = candidates(parser, args)
     except Exception:
@@ -218,6 +229,10 @@ _labq_complete() {
     out=$(command labq __complete --line "$COMP_WORDBREAKS" "${COMP_LINE:0:COMP_POINT}" \
           2>/dev/null) || return 0
     [ -n "$out" ] || return 0
+    if [ "$out" = @files ]; then
+        compopt -o default 2>/dev/null  # readline's own file names
+        return 0
+    fi
     while IFS= read -r line; do
         COMPREPLY+=("${line%%$'\t'*}")
     done <<< "$out"
@@ -232,6 +247,11 @@ _labq() {
     found=("${(@f)$(command labq __complete "${(@)words[2,CURRENT]}" 2>/dev/null)}")
     found=("${(@)found%%$'\t'*}")
     found=(${found:#})
+    if [[ $found == @files ]]; then
+        [[ $PREFIX == --*=* ]] && compset -P '*='  # --chdir=DIR: the part after =
+        (( $+functions[_files] )) && _files
+        return 0
+    fi
     (( ${#found} )) && compadd -- "${found[@]}"
     return 0
 }
@@ -241,7 +261,15 @@ compdef _labq labq
 FISH = r"""# labq completion for fish. Load it with: labq completion fish | source
 function __labq_complete
     set -l tokens (commandline -opc) (commandline -ct)
-    command labq __complete $tokens[2..-1] 2>/dev/null
+    set -l found (command labq __complete $tokens[2..-1] 2>/dev/null)
+    if test "$found" = @files
+        # --chdir=DIR: paths after the =, each given back with it
+        set -l opt (string match -r -- '^--[^=]*=' (commandline -ct))
+        __fish_complete_path (string replace -r -- '^--[^=]*=' '' (commandline -ct)) |
+            string replace -r -- '^' "$opt"
+    else
+        printf '%s\n' $found
+    end
 end
 complete -c labq -f -a '(__labq_complete)'
 """

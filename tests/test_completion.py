@@ -1,7 +1,8 @@
 """Shell completion in real bash, zsh and fish, loading the script `labq completion SHELL`
 prints, as two Unix users against a real labqd: each is offered their own active jobs and
 experiments only; with no labqd, completion offers nothing, says nothing and returns at once.
-The last tests press Tab in each shell in a terminal (tmux), as a user does."""
+The last tests press Tab in each shell in a terminal (tmux), as a user does, and see paths
+completed where labq takes a file or directory."""
 import itertools
 import os
 import shutil
@@ -243,6 +244,31 @@ def test_tab_in_a_terminal_completes_values_after_equals_and_colons(daemon, venv
     finally:
         term.close()
         alice.ok("cancel", job)
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_tab_in_a_terminal_completes_paths_where_labq_takes_them(daemon, venv, shell):
+    alice = User(ALICE, venv, daemon.socket)
+    script, data = alice.home / f"train-{shell}.sh", alice.home / f"data-{shell}"
+    script.write_text("#!/bin/sh\n#SBATCH --gpus 1\ntrue\n")
+    data.mkdir()
+    for p in (script, data):
+        os.chown(p, alice.uid, alice.gid)
+    term = Terminal(alice, shell, daemon.socket)
+    try:
+        assert term.tab(f"labq submit train-{shell}") == f"labq submit train-{shell}.sh"
+        assert term.tab(f"labq submit -- python3 train-{shell}") == \
+            f"labq submit -- python3 train-{shell}.sh"
+        # zsh takes back the slash it put after a directory once the cursor moves
+        assert term.tab(f"labq run --chdir data-{shell[:2]}").rstrip("/") == \
+            f"labq run --chdir data-{shell}"
+        assert term.tab(f"labq submit --chdir=data-{shell[:2]}").rstrip("/") == \
+            f"labq submit --chdir=data-{shell}"
+        assert term.tab("labq --notify=al") == "labq --notify=al"  # no such option: nothing
+    finally:
+        term.close()
+        script.unlink()
+        data.rmdir()
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
