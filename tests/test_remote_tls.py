@@ -25,7 +25,9 @@ import labq
 from labq.errors import RateLimited, Unauthenticated, ValidationError
 from labq.remote import fingerprint
 
-USER = "labqtest"
+# this module's own accounts: it writes their ~/.config/labq, which tests of other modules,
+# run beside these by pytest's workers, would otherwise read
+USER = "labqtls1"
 
 
 def free_port() -> int:
