@@ -217,13 +217,20 @@ def test_a_failing_channel_shows_in_events_and_a_restart_delivers_it_once(env):
     assert hook.jobs("/alice").count((later, "end", "COMPLETED")) == 1
 
 
+def end_message_hangs(hook, alice) -> tuple[int, int]:
+    """A job of alice's whose end message labqd is now posting to a webhook that does not
+    answer (until hook.release is set): the job's id, and the webhook's count before."""
+    hook.release.clear()
+    before = hook.entered
+    jid = submit(alice, "--notify", "end", "--", "true")
+    wait_for(lambda: hook.entered > before, what="labqd's POST to the hung webhook")
+    return jid, before
+
+
 def test_a_hung_webhook_holds_up_neither_the_scheduler_nor_requests(env):
     d, hook, sink, record, alice, bob = env
-    hook.release.clear()
     try:
-        before = hook.entered
-        jid = submit(alice, "--notify", "end", "--", "true")
-        wait_for(lambda: hook.entered > before, what="labqd's POST to the hung webhook")
+        jid, before = end_message_hangs(hook, alice)
         # while labqd waits on it (up to the webhook's timeout, 300 s, far past this wait's),
         # bob's job is placed, runs and ends, and labqd answers
         other = submit(bob, "--", "true")
@@ -256,11 +263,8 @@ def test_a_mail_address_of_ones_own_choice_and_back_to_the_default(env):
 
 def test_labqd_killed_while_sending_never_sends_that_message_again(env):
     d, hook, sink, record, alice, bob = env
-    hook.release.clear()
     try:
-        before = hook.entered
-        jid = submit(alice, "--notify", "end", "--", "true")
-        wait_for(lambda: hook.entered > before, what="labqd's POST to the hung webhook")
+        jid, before = end_message_hangs(hook, alice)
         d.kill9()  # whether the webhook took the message, labqd cannot know
         d.start(wait_nodes=1)
         wait_for(lambda: "not sent again, as labqd stopped while sending it"

@@ -83,6 +83,16 @@ def person(venv, name, socket=None, **env):
     return u
 
 
+def hung_up_on(port: int, plaintext: bytes) -> None:
+    """Plaintext sent to labqd's TLS port gets no answer: the connection is just closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(plaintext)
+        try:
+            assert s.recv(100) == b""
+        except ConnectionResetError:
+            pass
+
+
 def new_token(user, *args) -> str:
     return user.ok("token", "create", *args).strip()
 
@@ -169,13 +179,7 @@ def test_an_attacker_gets_nothing_and_loses_nothing(remote, venv):
     for bad in ("labq_1_guessed", "nonsense"):
         r = mallory.labq("ls", env=mallory.env(LABQ_TOKEN=bad))
         assert r.returncode == 1 and "UNAUTHENTICATED" in r.stderr
-    # plaintext: refused, no answer
-    with socket.create_connection(("127.0.0.1", remote.port), timeout=5) as s:
-        s.sendall(b"LABQ1 labq_1_x\n")
-        try:
-            assert s.recv(100) == b""
-        except ConnectionResetError:
-            pass
+    hung_up_on(remote.port, b"LABQ1 labq_1_x\n")  # plaintext
     # an oversized RPyC frame before the token: one refusal line, nothing parsed
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
