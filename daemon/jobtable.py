@@ -375,7 +375,8 @@ class JobTable(Admission):
         return [self.view(caller, r) for r in self._rows([r["id"] for r in rows])]
 
     def wait(self, caller: Caller, ids: list[int], timeout: float) -> list[dict]:
-        self._rows(ids)  # NotFound early
+        if not all(i in self.active for i in ids):
+            self._rows(ids)  # NotFound early
         deadline = time.monotonic() + max(0.0, min(timeout, 60.0))
         with self.changed:
             while any(i in self.active for i in ids) and not self.stopping:
