@@ -132,7 +132,8 @@ class JobTable(Admission):
         self.reasons, self.priorities = reasons, priorities
         self.estimates = {k: v for k, v in estimates.items() if k in self.active}
         self.reservation = None if reservation is None else asdict(reservation)
-        self.backfill_limits = backfill_limits or {}
+        # not `or {}`: its truth would count the limits, working out every one of them
+        self.backfill_limits = {} if backfill_limits is None else backfill_limits
 
     # -- transitions -----------------------------------------------------------------------
     def transition(self, job: ActiveJob, dst: JobState, who: str, reason: str | None,
