@@ -75,6 +75,18 @@ def _check_file(path: Path) -> None:
                               f"(tables: {', '.join(sorted(tables)[:5])}); labqd will not touch it")
 
 
+_EMPTY_JSON = {list: "[]", dict: "{}"}
+
+
+def _json_text(v: Any) -> str | None:
+    """A JSON column's text; most rows hold no value or an empty list or mapping there."""
+    if v is None:
+        return None
+    if not v and type(v) in _EMPTY_JSON:
+        return _EMPTY_JSON[type(v)]
+    return json.dumps(v)
+
+
 class Store(NotificationRows):
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -206,17 +218,16 @@ class Store(NotificationRows):
         # peewee's per-value conversion costs more than SQLite's insert; the rows hold plain
         # values already, and only JSON columns need converting
         json_keys = [k for k in keys if isinstance(fields[k], JSONField)]
-        plain = all(k in r for r in rows for k in keys)
+        n = len(keys)
         values = []
         for r in rows:
-            if not plain:
+            if len(r) != n:  # keys is the union of the rows': this one lacks some
                 r = {k: r[k] if k in r else (d() if callable(d := defaults.get(k)) else d)
                      for k in keys}
             if json_keys:
                 r = dict(r)
                 for k in json_keys:
-                    v = r[k]
-                    r[k] = None if v is None else json.dumps(v)
+                    r[k] = _json_text(r[k])
             values.append([r[k] for k in keys])
         self.db.cursor().executemany(sql, values)
 
