@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import smtplib
 import subprocess
 import urllib.error
@@ -82,9 +83,14 @@ def post_webhook(url: str, payload: dict[str, Any], allowed: list[str], timeout:
     body = {"text": text,  # Slack and Mattermost
             "topic": topic, "title": title, "message": text,  # ntfy's JSON publishing
             "labq": payload}
+    # ntfy publishes JSON as such only at its root URL; at a topic's URL (the one users
+    # have) it shows the body as text unless told to fill title and message from it (its
+    # templates, ntfy 2.10 and later). Slack and Mattermost ignore these headers.
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json",
-                                          "User-Agent": "labqd"})
+                                          "User-Agent": "labqd", "X-Template": "yes",
+                                          "X-Title": "{{.title}}",
+                                          "X-Message": "{{.message}}"})
     # no redirects: a redirect could lead to a host the admin did not allow
     opener = urllib.request.build_opener(_NoRedirect)
     try:
@@ -158,14 +164,20 @@ def run_command(template: list[str], payload: dict[str, Any], timeout: float) ->
                 for k in NOTIFY_FIELDS})
     env["LABQ_EVENT"] = payload["event"]
     try:
-        r = subprocess.run(command_argv(template, payload), stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=timeout, env=env, cwd="/")
-    except subprocess.TimeoutExpired:
-        raise ChannelError(f"the notify command ran past its {timeout:g} s timeout") from None
+        # a session of its own, so that a timeout stops what the command started too
+        proc = subprocess.Popen(command_argv(template, payload), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env, cwd="/", start_new_session=True)
     except OSError as e:
         raise ChannelError(f"the notify command could not start: {e.strerror}") from None
-    if r.returncode != 0:
-        raise ChannelError(f"the notify command exited {r.returncode}")
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise ChannelError(f"the notify command ran past its {timeout:g} s timeout") from None
+    if code != 0:
+        raise ChannelError(f"the notify command exited {code}")
 
 
 def _plain_env() -> dict[str, str]:

@@ -83,29 +83,56 @@ def whoami(core: Core, caller: Caller, req: WhoamiRequest) -> WhoamiReply:
 
 
 # -- jobs -------------------------------------------------------------------------------------
-def _count_submits(core: Core, caller: Caller, n: int) -> None:
+def _take_submits(core: Core, caller: Caller, n: int) -> None:
     """limits.submit_rate: a batch or an array counts its rows."""
     if core.submit_rate is not None:
         core.submit_rate.take(caller.uid, n, "submits", "limits.submit_rate")
-    if core.metrics is not None:
-        core.metrics.submitted(n)
+
+
+def _submitted(core: Core, caller: Caller, asked: int, queued: int) -> None:
+    """A refused row costs its submitter none of the rate, and the metrics count only the
+    jobs that were queued."""
+    if core.submit_rate is not None and asked > queued:
+        core.submit_rate.give_back(caller.uid, asked - queued)
+    if core.metrics is not None and queued:
+        core.metrics.submitted(queued)
 
 
 def submit(core: Core, caller: Caller, req: SubmitRequest) -> dict:
-    _count_submits(core, caller, 1)
-    return core.jobs.view(caller, core.jobs.submit(caller, req.spec))
+    _take_submits(core, caller, 1)
+    try:
+        row = core.jobs.submit(caller, req.spec)
+    except Exception:
+        _submitted(core, caller, 1, 0)
+        raise
+    _submitted(core, caller, 1, 1)
+    return core.jobs.view(caller, row)
 
 
 def submit_array(core: Core, caller: Caller, req: SubmitArrayRequest) -> list[dict]:
     params = None if req.params is None else [(n, v) for n, v in req.params]
-    _count_submits(core, caller, task_count(req.array, params))
-    rows = submit_tasks(core.jobs, caller, req.spec, req.array, params, req.max_running)
+    n = task_count(req.array, params)
+    _take_submits(core, caller, n)
+    try:
+        rows = submit_tasks(core.jobs, caller, req.spec, req.array, params, req.max_running)
+    except Exception:
+        _submitted(core, caller, n, 0)
+        raise
+    _submitted(core, caller, n, len(rows))
     return tasks_view(core.jobs, caller, rows)
 
 
 def submit_many_(core: Core, caller: Caller, req: SubmitManyRequest) -> dict:
-    _count_submits(core, caller, len(req.specs))
-    return submit_many(core.jobs, caller, req.specs, req.defaults)
+    _take_submits(core, caller, len(req.specs))
+    try:
+        reply = submit_many(core.jobs, caller, req.specs, req.defaults)
+    except Exception:
+        _submitted(core, caller, len(req.specs), 0)
+        raise
+    # a row that was refused holds its error, one that was queued the job's values
+    queued = sum(type(r) is list for r in reply["results"])
+    _submitted(core, caller, len(req.specs), queued)
+    return reply
 
 
 def experiments(core: Core, caller: Caller, req: ExperimentsRequest) -> list[ExperimentReply]:

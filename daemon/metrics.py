@@ -31,8 +31,8 @@ class Metrics:
         self.servers: list[Any] = []  # the GuardedServers, for their connection counts
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.submits = PromCounter("labq_submits", "Jobs submitted (a batch counts its rows)",
-                                   registry=r)
+        self.submits = PromCounter("labq_submits",
+                                   "Jobs queued (a batch counts the rows it queued)", registry=r)
         self.ends = PromCounter("labq_job_ends", "Jobs that ended, by final state", ["state"],
                                 registry=r)
         self.queue_wait = Histogram("labq_queue_wait_seconds", "Time from submit to start",

@@ -54,6 +54,12 @@ class Rate:
                 self._forget(now)
             return (need - level) * self.per_s / self.count
 
+    def give_back(self, key: object, n: int) -> None:
+        """Return `n` taken for something that did not happen."""
+        with self.lock:
+            level, when = self.buckets.get(key, (float(self.count), self.clock.monotonic()))
+            self.buckets[key] = (min(float(self.count), level + n), when)
+
     def _forget(self, now: float) -> None:
         full = [k for k, (lv, t) in self.buckets.items()
                 if lv + (now - t) * self.count / self.per_s >= self.count]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pwd
 import socket
 import ssl
 import threading
@@ -25,7 +26,7 @@ from labq.errors import LabqError, Unauthenticated
 from labq.remote import HELLO, MAX_TOKEN, fingerprint
 
 from .core import Core
-from .identity import caller_for_uid
+from .identity import Caller, caller_for_uid
 from .server import GuardedServer, _rpyc_log
 from .service import PROTOCOL_CONFIG, LabqService
 
@@ -65,16 +66,15 @@ class TlsServer(GuardedServer):
             return
         tls = None
         try:
-            tls, row = self._handshake(sock, source)
+            tls, row, caller = self._handshake(sock, source)
         finally:
             self._end(source)
-        if row is None:
+        if row is None or caller is None:
             if tls is not None:
                 tls.close()
             return
         self.clients.add(tls)
         try:
-            caller = caller_for_uid(row["uid"], self.core.cfg.admin_group)
             tls.settimeout(None)
             self._serve_as(tls, TlsStream(tls), caller.uid, classpartial(
                 LabqService, self.core, caller, row["id"]))
@@ -83,29 +83,30 @@ class TlsServer(GuardedServer):
             tls.close()
 
     def _handshake(self, sock, source: str):
-        """(TLS socket, token row), or (socket or None, None) when refused."""
+        """(TLS socket, token row, caller), or (socket or None, None, None) when refused."""
         deadline = time.monotonic() + HANDSHAKE_S
         sock.settimeout(HANDSHAKE_S)
         try:
             tls = self.context.wrap_socket(sock, server_side=True)
         except (OSError, ssl.SSLError) as e:
             log.info("refused a connection from %s: no TLS (%s)", source, e)
-            return None, None
+            return None, None, None
         try:
             line = _read_hello(tls, deadline)
             if line is None:
                 raise Unauthenticated("labqd over TCP takes a token first: connect with "
                                       "labq.connect(url, token=...) or `labq login`")
             row = self.core.tokens.authenticate(line, source)
+            caller = _token_caller(row, self.core.cfg.admin_group)
             tls.sendall(json.dumps({"ok": True, "user": row["user"]}).encode() + b"\n")
-            return tls, row
+            return tls, row, caller
         except LabqError as e:
             log.warning("refused a login from %s: %s", source, e.message)
             _send_quietly(tls, json.dumps({"ok": False, "error": e.to_wire()}).encode()
                           + b"\n")
         except (OSError, ssl.SSLError) as e:
             log.info("lost a connection from %s before its token: %s", source, e)
-        return tls, None
+        return tls, None, None
 
     def _begin(self, source: str) -> bool:
         with self.count_lock:
@@ -122,6 +123,20 @@ class TlsServer(GuardedServer):
             self.handshakes[source] -= 1
             if not self.handshakes[source]:
                 del self.handshakes[source]
+
+
+def _token_caller(row: dict, admin_group: str | None) -> Caller:
+    """The token's user as the system knows them now. A token whose account is gone, or whose
+    uid now has another name, is refused: its jobs would run as a uid that is no one's or
+    someone else's."""
+    try:
+        same = pwd.getpwuid(row["uid"]).pw_name == row["user"]
+    except KeyError:
+        same = False
+    if not same:
+        raise Unauthenticated(f"token {row['id']} is {row['user']}'s, who no longer has an "
+                              f"account with uid {row['uid']} here", {"id": row["id"]})
+    return caller_for_uid(row["uid"], admin_group)
 
 
 def _read_hello(tls: ssl.SSLSocket, deadline: float) -> str | None:

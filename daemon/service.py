@@ -66,13 +66,12 @@ class LabqService(rpyc.Service):
                 {"field": "op" if type(op) is not str else "args_json"}).to_wire()})
         name = op if len(op) <= MAX_OP else op[:MAX_OP] + "..."
         started = time.monotonic()
+        kind = None
         try:
             self._still_valid()
             kind = request_type(op)  # before the text is parsed: that alone has a cost
             req = kind.from_wire(_parse(args_json))
             result = HANDLERS[req.op](self.core, self.caller, req)
-            if self.core.metrics is not None:
-                self.core.metrics.request(req.op.value, time.monotonic() - started)
             return json.dumps({"ok": True, "result": result})
         except LabqError as e:
             return json.dumps({"ok": False, "error": e.to_wire()})
@@ -87,6 +86,10 @@ class LabqService(rpyc.Service):
             log.exception("request %r failed", name)
             return json.dumps({"ok": False, "error": InternalError(
                 f"labqd failed on {name!r}; see its log").to_wire()})
+        finally:
+            # refused requests are timed too; an unknown op is not, so the labels stay few
+            if kind is not None and self.core.metrics is not None:
+                self.core.metrics.request(op, time.monotonic() - started)
 
     def exposed_read_log(self, job_id, offset, wait, max_bytes, streams=False, part=0):
         """(data, offset, done, error), and with `streams` the stderr ranges in `data` too;

@@ -94,7 +94,7 @@ def cmd_login(a: argparse.Namespace) -> int:
         print(f"labq: {printable(e)}", file=sys.stderr)
         return 1
     print(printable(f"logged in to {url} as {me['user']}" + (" (admin)" if me["admin"] else "")
-                    + f"; saved in {path}"))
+                    + f"; certificate {pinned} pinned; saved in {path}"))
     return 0
 
 

@@ -1,7 +1,8 @@
 """Job-end notifications, end to end: a real labqd sends mail to a real SMTP server (aiosmtpd),
-posts to a webhook served here, and runs the admin's command; two Unix users each hear of
-their own jobs only, may not redirect each other's, and a message pending across a restart of
-labqd arrives once."""
+posts to a webhook served here, and runs the admin's command (as labqd's user, every field
+filled in); two Unix users each hear of their own jobs only, may not redirect each other's, a
+message pending across a restart of labqd arrives once, and a webhook that hangs holds up
+no job."""
 import json
 import os
 import socket
@@ -19,16 +20,22 @@ ALICE, BOB = "labqtest", "labqtest2"
 
 
 class Hook:
-    """A webhook receiver: every POST's path and JSON body; `status` is what it answers."""
+    """A webhook receiver: every POST's path and JSON body; `status` is what it answers, once
+    `release` is set (cleared, it hangs as a stuck server would)."""
 
     def __init__(self):
         self.got: list[tuple[str, dict]] = []
         self.status = 200
+        self.release = threading.Event()
+        self.release.set()
+        self.entered = 0
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.entered += 1
+                hook.release.wait(300)
                 if hook.status == 200:
                     hook.got.append((self.path, json.loads(body)))
                 self.send_response(hook.status)
@@ -79,16 +86,17 @@ def env(tmp_path_factory, venv):
     record = base / "command.jsonl"
     script = base / "record.py"
     script.write_text(f"import json, os, sys\nwith open({str(record)!r}, 'a') as f:\n"
-                      "    f.write(json.dumps([sys.argv[1:], os.environ.get('LABQ_NAME')])"
-                      " + '\\n')\n")
+                      "    f.write(json.dumps([sys.argv[1:], os.environ.get('LABQ_NAME'),"
+                      " os.getuid()]) + '\\n')\n")
     d = Daemon(base / "d", {
         "daemon": {"local_node": True, "socket_mode": "0666", "kill_grace": "1s"},
         "notify": {"retry_base": "1s", "retry_max": "1s", "max_attempts": 50,
                    "mail": {"smtp_host": "127.0.0.1", "smtp_port": sink.port,
                             "domain": "lab.test", "from": "labq@lab.test"},
-                   "webhook": {"allow_hosts": ["127.0.0.1"], "timeout": "5s"},
+                   "webhook": {"allow_hosts": ["127.0.0.1"], "timeout": "300s"},
                    "command": {"argv": [sys.executable, str(script), "{id}", "{name}",
-                                        "{state}", "{exit_code}", "{user}"]}},
+                                        "{state}", "{exit_code}", "{user}", "{node}",
+                                        "{runtime}"]}},
     })
     alice, bob = User(ALICE, venv, d.socket), User(BOB, venv, d.socket)
     with d.start(wait_nodes=1):
@@ -124,10 +132,15 @@ def test_each_user_hears_of_their_own_jobs_on_every_channel(env):
     runs = wait_for(lambda: len(record.read_text().splitlines()) >= 2 and
                     [json.loads(x) for x in record.read_text().splitlines()],
                     what="the command's runs")
-    assert [str(a_ok), "a; $(touch /tmp/pwned) 'x'", "COMPLETED", "0", ALICE] in \
-        [argv for argv, _ in runs]
+    job = json.loads(alice.ok("show", "--json", str(a_ok)))
+    argv, name, uid = next(r for r in runs if r[0][0] == str(a_ok))
+    assert argv[:6] == [str(a_ok), "a; $(touch /tmp/pwned) 'x'", "COMPLETED", "0", ALICE,
+                        job["node"]]
+    assert argv[6] == str(round(job["end_time"] - job["start_time"]))  # {runtime}, seconds
+    assert name == job["name"]
+    assert uid == os.getuid() != alice.uid  # as labqd's user, not the job's owner
     assert not Path("/tmp/pwned").exists()
-    assert json.loads(alice.ok("show", "--json", str(a_ok)))["notify"] == "end"
+    assert job["notify"] == "end"
 
 
 def test_bob_cannot_redirect_or_read_alices_notifications(env):
@@ -200,3 +213,59 @@ def test_a_failing_channel_shows_in_events_and_a_restart_delivers_it_once(env):
     threading.Event().wait(2.5)  # past retry_max: a message left pending would be resent
     assert hook.jobs("/alice").count((jid, "end", "COMPLETED")) == 1
     assert hook.jobs("/alice").count((later, "end", "COMPLETED")) == 1
+
+
+def test_a_hung_webhook_holds_up_neither_the_scheduler_nor_requests(env):
+    d, hook, sink, record, alice, bob = env
+    hook.release.clear()
+    try:
+        before = hook.entered
+        jid = submit(alice, "--notify", "end", "--", "true")
+        wait_for(lambda: hook.entered > before, what="labqd's POST to the hung webhook")
+        # while labqd waits on it (up to the webhook's timeout, 300 s, far past this wait's),
+        # bob's job is placed, runs and ends, and labqd answers
+        other = submit(bob, "--", "true")
+        r = bob.labq("wait", str(other), "--timeout", "60")
+        assert r.returncode == 0 and f"{other} COMPLETED" in r.stdout, (r.stdout, r.stderr)
+        assert hook.entered == before + 1
+        assert (jid, "end", "COMPLETED") not in hook.jobs("/alice")
+    finally:
+        hook.release.set()
+    wait_for(lambda: (jid, "end", "COMPLETED") in hook.jobs("/alice"),
+             what="the delivery once the webhook answers")
+
+
+def test_a_mail_address_of_ones_own_choice_and_back_to_the_default(env):
+    d, hook, sink, record, alice, bob = env
+    info = json.loads(bob.ok("notify", "set", "mail", "bob.home@elsewhere.test", "--json"))
+    assert info["mail_to"] == "bob.home@elsewhere.test"
+    assert json.loads(alice.ok("notify", "--json"))["mail_to"] == f"{ALICE}@lab.test"
+    try:
+        jid = submit(bob, "--notify", "fail", "--", "false")
+        bob.labq("wait", str(jid))
+        wait_for(lambda: any(f"labq job {jid} " in text for _, text in sink.mails),
+                 what="the mail of the failed job")
+        assert [rcpt for rcpt, text in sink.mails if f"labq job {jid} " in text] == \
+            [["bob.home@elsewhere.test"]]
+    finally:
+        info = json.loads(bob.ok("notify", "unset", "mail", "--json"))
+    assert info["mail"] is None and info["mail_to"] == f"{BOB}@lab.test"
+
+
+def test_labqd_killed_while_sending_never_sends_that_message_again(env):
+    d, hook, sink, record, alice, bob = env
+    hook.release.clear()
+    try:
+        before = hook.entered
+        jid = submit(alice, "--notify", "end", "--", "true")
+        wait_for(lambda: hook.entered > before, what="labqd's POST to the hung webhook")
+        d.kill9()  # whether the webhook took the message, labqd cannot know
+        d.start(wait_nodes=1)
+        wait_for(lambda: "not sent again, as labqd stopped while sending it"
+                 in alice.ok("events", str(jid)), what="the unknown send in the job's events")
+    finally:
+        hook.release.set()
+    later = submit(alice, "--notify", "end", "--", "true")
+    alice.labq("wait", str(later))
+    wait_for(lambda: (later, "end", "COMPLETED") in hook.jobs("/alice"), what="a later one")
+    assert hook.entered == before + 2  # the first once (it had arrived), the later once

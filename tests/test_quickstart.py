@@ -5,7 +5,7 @@ It runs as a fresh non-root account, with a login's environment and the distribu
 python3 (no pyenv, no XDG_RUNTIME_DIR, no LABQ_* or PIP_* variables), in a copy of the
 repository's tracked files that the account owns. pip fetches the dependencies from PyPI.
 Then that user submits a job with the `labq` the command put in ~/.local/bin and reads its
-output back.
+output back, while /run/labq is there and closed to them, as a system labqd leaves it.
 """
 from __future__ import annotations
 
@@ -89,6 +89,21 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
             os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
+@pytest.fixture
+def system_socket_dir_closed_to_others():
+    """/run/labq as a system labqd leaves it (0750, its own group): a user's `labq` must
+    pass it by for their own daemon, not stop on it."""
+    run_dir = Path("/run/labq")
+    made = not run_dir.exists()
+    if made:
+        run_dir.mkdir(mode=0o750)
+    try:
+        yield
+    finally:
+        if made:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _user_pids(uid: int) -> dict[int, str]:
     pids = {}
     for entry in os.listdir("/proc"):
@@ -134,7 +149,7 @@ def _stop_everything_of(uid: int, proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(INSTALL_TIMEOUT_S + 300)
-def test_the_quick_start_works_for_a_new_user():
+def test_the_quick_start_works_for_a_new_user(system_socket_dir_closed_to_others):
     command = quickstart_command()
     _ensure_venv_module()
     uid, gid = ensure_user(USER)
@@ -145,6 +160,8 @@ def test_the_quick_start_works_for_a_new_user():
     os.chmod(base, 0o755)
     home, src = base / "home", base / "labq"  # a fresh HOME: no ~/.local from an earlier run
     home.mkdir()
+    # a new account's files, as useradd -m copies them: its ~/.profile adds ~/.local/bin
+    shutil.copytree("/etc/skel", home, dirs_exist_ok=True)
     src.mkdir()
     _copy_tracked_files(src)
     _chown_tree(home, uid, gid)
@@ -176,6 +193,9 @@ def test_the_quick_start_works_for_a_new_user():
 
         who = as_user(str(labq), "whoami")
         assert who.stdout.startswith(f"{USER} "), who.stdout
+        # a new login shell finds `labq` on its PATH, as the README says
+        login = as_user("bash", "-lc", "command -v labq && labq whoami")
+        assert login.stdout.splitlines()[:1] == [str(labq)], (login.stdout, login.stderr)
         sub = as_user(str(labq), "submit", "--", "echo", "hello-quickstart")
         assert sub.returncode == 0, sub.stderr
         job_id = sub.stdout.strip()

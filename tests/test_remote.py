@@ -4,8 +4,10 @@ token, a wrong, expired or revoked one, plaintext, a wrong fingerprint, an overs
 before the token, and many failed logins. Also the submit rate, a remote `logs -f` and TUI,
 and /metrics scraped and parsed by prometheus_client's own parser."""
 import json
+import os
 import pwd
 import re
+import select
 import socket
 import ssl
 import struct
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 from daemonproc import Daemon
 from prometheus_client.parser import text_string_to_metric_families
-from sshnodes import add_user_to_group, ensure_group
+from sshnodes import add_user_to_group, ensure_group, run_as
 from tuikit import drive, until
 from userkit import User, cli_venv
 
@@ -200,6 +202,82 @@ def test_a_wrong_fingerprint_is_refused_before_the_token_leaves(remote, venv, tm
     alice.ok("login", remote.url, "--token", tok, "--fingerprint", remote.fingerprint)
     with pytest.raises(DaemonUnavailable, match="has changed"):
         labq.connect(remote.url, token=tok, fingerprint=wrong)
+
+
+def login_in_a_terminal(user, url, token, answer: str) -> tuple[int, str]:
+    """`labq login` as `user` on a terminal of its own, answering the trust question."""
+    pw = pwd.getpwnam(user.name)
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
+         str(user.venv / "bin" / "labq"), "login", url, "--token", token],
+        env=user.env(), cwd=str(user.home), stdin=slave, stdout=slave, stderr=slave,
+        start_new_session=True)
+    os.close(slave)
+    seen = b""
+    try:
+        while b"(yes/no)?" not in seen:
+            ready, _, _ = select.select([master], [], [], 30)
+            assert ready, f"no question from labq login: {seen!r}"
+            seen += os.read(master, 4096)
+        os.write(master, answer.encode() + b"\n")
+        rc = proc.wait(timeout=30)
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the terminal closed with labq
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return rc, seen.decode(errors="replace")
+
+
+def test_login_in_a_terminal_asks_and_then_every_call_uses_the_pin(remote, venv):
+    with remote.client() as local:
+        tok = local.create_token(user="labqtest2")["token"]
+    bob = person(venv, "labqtest2")
+    saved = bob.home / ".config" / "labq" / "remote.toml"
+    rc, out = login_in_a_terminal(bob, remote.url, tok, "no")
+    assert rc == 1 and remote.fingerprint in out and "not trusted" in out
+    assert not saved.exists()
+    rc, out = login_in_a_terminal(bob, remote.url, tok, "yes")
+    assert rc == 0 and f"certificate {remote.fingerprint} pinned" in out, out
+    assert remote.fingerprint in saved.read_text() and tok in saved.read_text()
+    # a script of the user's: labq.connect(url, token=...) finds the pinned fingerprint
+    script = ("import labq, sys\n"
+              "with labq.connect(sys.argv[1], token=sys.argv[2]) as q:\n"
+              "    print(q.whoami()['user'])\n")
+    r = run_as(bob.name, [str(venv / "bin" / "python"), "-c", script, remote.url, tok],
+               env=bob.env(), cwd=str(bob.home))
+    assert (r.returncode, r.stdout) == (0, "labqtest2\n"), r.stderr
+    # another user's script with the same token but no pin of its own is refused
+    alice = person(venv, "labqtest")
+    r = run_as(alice.name, [str(venv / "bin" / "python"), "-c", script, remote.url, tok],
+               env=alice.env(), cwd=str(alice.home))
+    assert r.returncode == 1 and "not trusted yet" in r.stderr
+
+
+def test_url_on_the_command_line_and_the_days_a_token_may_last(remote, venv):
+    carol_local = person(venv, "labqtest3", remote.socket)
+    r = carol_local.labq("token", "create", "--days", "31")
+    assert r.returncode == 1 and "VALIDATION_ERROR" in r.stderr and "at most 30 days" in r.stderr
+    r = carol_local.labq("token", "create", "--days", "0")
+    assert r.returncode == 1 and "VALIDATION_ERROR" in r.stderr
+    assert json.loads(carol_local.ok("token", "list", "--json")) == []  # nothing made
+    tok = new_token(carol_local, "--days", "30")
+    # --url wins over the socket in the environment; the token and pin come from there too
+    carol = person(venv, "labqtest3", remote.socket, LABQ_TOKEN=tok,
+                   LABQ_FINGERPRINT=remote.fingerprint)
+    me = json.loads(carol.ok("--url", remote.url, "whoami", "--json"))
+    assert me["user"] == "labqtest3"
+    assert carol.ok("ls") is not None  # without --url: the unix socket, no token needed
+    carol_local.ok("token", "revoke", str(json.loads(carol_local.ok("token", "list",
+                                                                    "--json"))[0]["id"]))
 
 
 def test_the_submit_rate_counts_array_rows_on_every_transport(remote, venv):

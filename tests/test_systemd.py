@@ -5,6 +5,7 @@
 - labqd speaks sd_notify: READY=1 only once a client can connect, STOPPING=1 on SIGTERM, and
   exit code 0; a job of the local node outlives the daemon, and the next daemon records how it
   ended;
+- under systemd's watchdog labqd pings from its scheduler loop and sends a STATUS= line;
 - a config error stops labqd at start with exit code 2 and no READY=1.
 """
 from __future__ import annotations
@@ -102,6 +103,7 @@ def test_unit_keeps_jobs_alive_and_waits_for_ready(unit):
     assert s.get("NotifyAccess") == ["main"]
     assert s.get("KillMode") == ["process"], "stopping labqd must not kill the local jobs"
     assert s.get("Restart") == ["on-failure"]
+    assert s.get("WatchdogSec") == ["60s"], "a hung scheduler loop must be restarted"
     if unit == "labqd.service":
         assert s.get("StateDirectory") == ["labq"]
         assert s.get("RuntimeDirectory") == ["labq"]
@@ -158,6 +160,8 @@ def test_example_config_covers_every_key(tmp_path):
         "limits": ("[limits]\nzz_unknown = 1\n", example["limits"]),
         "groups.g": ("[groups.g]\nzz_unknown = 1\n",
                      {k: v for g in example["groups"].values() for k, v in g.items()}),
+        "tokens": ("[tokens]\nzz_unknown = 1\n", example["tokens"]),
+        "metrics": ("[metrics]\nzz_unknown = 1\n", example["metrics"]),
         "notify": ("[notify]\nzz_unknown = 1\n", example["notify"]),
         "notify.webhook": ("[notify.webhook]\nzz_unknown = 1\n", example["notify"]["webhook"]),
         "notify.command": ("[notify.command]\nzz_unknown = 1\n", example["notify"]["command"]),
@@ -333,6 +337,28 @@ def test_sd_notify_lifecycle_and_jobs_outlive_the_daemon(tmp_path):
                 os.killpg(job_pid, signal.SIGKILL)  # the job leads its own process group
             except OSError:
                 pass
+        ns.close()
+
+
+def test_labqd_pings_the_watchdog_from_its_loop_and_says_how_the_queue_stands(tmp_path):
+    notify_path = tmp_path / "notify.sock"
+    ns = _notify_socket(notify_path)
+    env = _daemon_env(tmp_path, notify_path)
+    env["WATCHDOG_USEC"] = "3000000"  # as systemd sets it for WatchdogSec=3s
+    log = tmp_path / "labqd.log"
+    proc = None
+    try:
+        proc = _start(env, log)
+        _expect(ns, "READY=1", proc, log, timeout=20)
+        with labq.connect(tmp_path / "labq.sock", timeout=10) as q:
+            q.submit(["true"], hold=True, export_env=False, cwd="/tmp")
+        _expect(ns, "STATUS=1 pending, 0 running, 1/1 nodes up", proc, log, timeout=20)
+        # a ping at least every second (a third of the 3 s), with no pass asked for
+        seen = _expect(ns, "WATCHDOG=1", proc, log, timeout=5)
+        seen += _expect(ns, "WATCHDOG=1", proc, log, timeout=5)
+        assert seen.count("WATCHDOG=1") >= 2
+    finally:
+        _stop(proc)
         ns.close()
 
 

@@ -131,6 +131,28 @@ def test_rates_are_buckets_that_refill():
         rate.take(3, 6, "submits", "limits.submit_rate")  # more than ever fits
     clock.now += 12
     rate.take(1, 1, "submits", "limits.submit_rate")
+    rate.give_back(1, 1)  # a submit refused for what it asked
+    rate.take(1, 1, "submits", "limits.submit_rate")
+    with pytest.raises(RateLimited):
+        rate.take(1, 1, "submits", "limits.submit_rate")
+    rate.give_back(2, 99)  # never more than a full bucket
+    for _ in range(5):
+        rate.take(2, 1, "submits", "limits.submit_rate")
+    with pytest.raises(RateLimited):
+        rate.take(2, 1, "submits", "limits.submit_rate")
+
+
+def test_remote_access_metrics_and_the_submit_rate_are_off_by_default(tmp_path):
+    (tmp_path / "c.toml").write_text(f'[daemon]\ndatabase = "{tmp_path}/labq.db"\n')
+    cfg = load(tmp_path / "c.toml")
+    assert cfg.listen is None and cfg.metrics_listen is None
+    assert cfg.limits.get("submit_rate") is None
+    store = Store(cfg.database)
+    try:
+        tokens = Tokens(cfg, store, FakeClock())
+        assert (tokens.max_days, tokens.max_per_user) == (30, 1)
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("text", ["5", "5/fortnight", "0/min", "-1/min", "five/min"])

@@ -2,6 +2,9 @@
 
     python3 tests/bench/bench_remote.py [--submits N]
 
+Run as root: the submits are a test user's (labqtest) on both transports, since no token acts
+as root; the unix socket's are sent from a child that has become that user.
+
 - the round trip of one submit over TLS and over the unix socket (median, p95) and their ratio;
 - sequential submits per second over TLS on one connection;
 - a new TLS connection with its token (what one `labq` command over TCP pays once).
@@ -17,9 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemonproc import Daemon  # noqa: E402
+from daemonproc import Daemon, as_user  # noqa: E402
+from sshnodes import ensure_user  # noqa: E402
 
 import labq  # noqa: E402
+
+USER = "labqtest"
 
 
 def pct(values, p):
@@ -44,15 +50,20 @@ def main():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     base = Path(tempfile.mkdtemp(prefix="labq-bench-remote-"))
+    uid, gid = ensure_user(USER)
     d = Daemon(base, {"daemon": {"log_level": "info", "local_node": False,
-                                 "listen": f"127.0.0.1:{port}"}})
+                                 "socket_mode": "0666", "listen": f"127.0.0.1:{port}"}})
     d.start()
     try:
         fp = re.search(r"fingerprint (SHA256:\S+)", d.log()).group(1)
         url = f"labq://127.0.0.1:{port}"
         with d.client() as local:
-            token = local.create_token()["token"]
-            unix = submit_times(local, args.submits)
+            token = local.create_token(user=USER)["token"]
+
+        def unix_submits():
+            with labq.connect(d.socket) as q:
+                return submit_times(q, args.submits)
+        unix = as_user(uid, gid, unix_submits)
         connects = []
         for _ in range(50):
             t = time.perf_counter()
