@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import smtplib
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -132,7 +133,9 @@ def send_mail(address: str, payload: dict[str, Any], m: dict[str, Any],
     try:
         with smtplib.SMTP(m["smtp_host"], m.get("smtp_port", 25), timeout=timeout) as s:
             if m.get("starttls"):
-                s.starttls()
+                # smtplib's own default checks no certificate: anyone on the path could
+                # take the relay's password
+                s.starttls(context=ssl.create_default_context(cafile=m.get("ca_file")))
             if "username" in m:
                 s.login(m["username"], _password(m))
             s.send_message(msg)

@@ -57,7 +57,8 @@ NOTIFY_FIELDS = ("id", "name", "user", "state", "exit_code", "node", "runtime")
 NOTIFY = TABLE({
     "retry_base": DURATION, "retry_max": DURATION, "max_attempts": INT(1, 1000),
     "mail": TABLE({"sendmail": PATHV, "smtp_host": STR, "smtp_port": INT(1, 65535),
-                   "starttls": BOOL, "username": STR, "password_file": PATHV, "from": STR,
+                   "starttls": BOOL, "ca_file": PATHV, "username": STR,
+                   "password_file": PATHV, "from": STR,
                    "domain": STR, "timeout": DURATION}),
     "webhook": TABLE({"allow_hosts": LIST(STR), "timeout": DURATION},
                      required=("allow_hosts",)),
@@ -304,6 +305,9 @@ def _socket_mode(d: dict) -> int:
     return mode
 
 
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
 def _check_notify(n: dict) -> None:
     mail = n.get("mail")
     if mail is not None and ("sendmail" in mail) == ("smtp_host" in mail):
@@ -311,6 +315,12 @@ def _check_notify(n: dict) -> None:
                           "program) or smtp_host (a relay), one of them")
     if mail is not None and "password_file" in mail and "username" not in mail:
         raise ConfigError("notify.mail.password_file", "needs notify.mail.username")
+    if mail is not None and "ca_file" in mail and not mail.get("starttls"):
+        raise ConfigError("notify.mail.ca_file", "needs notify.mail.starttls = true")
+    if (mail is not None and "username" in mail and not mail.get("starttls")
+            and mail.get("smtp_host") not in LOOPBACK):
+        raise ConfigError("notify.mail.username", "needs notify.mail.starttls = true: the "
+                          "password would cross the network in clear")
     hosts = n.get("webhook", {}).get("allow_hosts", [])
     for i, h in enumerate(hosts):
         if not h or " " in h or "/" in h:

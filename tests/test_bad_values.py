@@ -314,6 +314,7 @@ def test_a_slip_past_validation_is_still_the_callers_error():
 
     class Core:
         jobs = Jobs()
+        metrics = None
 
     service = LabqService(Core())
     for job_id, code in ((1, "VALIDATION_ERROR"), (2, "VALIDATION_ERROR"),

@@ -6,7 +6,9 @@ import email
 import json
 import os
 import re
+import ssl
 import stat
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
@@ -14,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 from daemonproc import wait_for
 from fakeclock import FakeClock
+from sshnodes import free_port
 from test_store import job_fields
 
 from labq.daemon import store as st
@@ -130,3 +133,76 @@ def test_a_webhook_is_json_that_slack_mattermost_and_ntfy_read(tmp_path):
         return re.sub(r"\{\{\.(\w+)\}\}", lambda m: body[m.group(1)], template)
     assert ntfy_fills(headers["X-Title"]) == body["title"]
     assert ntfy_fills(headers["X-Message"]) == body["text"]
+
+
+# -- an SMTP relay with STARTTLS and a password --------------------------------------------
+class Relay:
+    """A real SMTP relay (aiosmtpd) that takes mail only after STARTTLS and a login."""
+
+    def __init__(self, tmp_path, password="s3cret"):
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult
+
+        self.cert, key = tmp_path / "relay.pem", tmp_path / "relay.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out",
+                        str(self.cert), "-days", "1", "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cert, key)
+        self.got, self.logins = [], []
+
+        relay = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                relay.got.append((session.authenticated, envelope))
+                return "250 OK"
+
+        def check(server, session, envelope, mechanism, auth_data):
+            relay.logins.append((auth_data.login, session.ssl is not None))
+            return AuthResult(success=auth_data.password == password.encode(), handled=False)
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port,
+                                     tls_context=ctx, require_starttls=True,
+                                     authenticator=check, auth_require_tls=True,
+                                     auth_exclude_mechanism=["LOGIN"])
+        self.controller.start()
+
+    def mail_conf(self, tmp_path, password="s3cret", **extra):
+        pw = tmp_path / "smtp-password"
+        pw.write_text(password + "\n")
+        return dict({"smtp_host": "localhost", "smtp_port": self.port, "starttls": True,
+                     "username": "labqd", "password_file": str(pw), "from": "labq@head"},
+                    **extra)
+
+
+@pytest.fixture
+def relay(tmp_path):
+    r = Relay(tmp_path)
+    yield r
+    r.controller.stop()
+
+
+def test_mail_to_a_relay_goes_over_starttls_with_its_certificate_checked(relay, tmp_path):
+    send_mail("alice@example.org", PAYLOAD,
+              relay.mail_conf(tmp_path, ca_file=str(relay.cert)), 10)
+    assert relay.logins == [(b"labqd", True)]  # the password went only over TLS
+    (authenticated, env), = relay.got
+    assert authenticated and env.rcpt_tos == ["alice@example.org"]
+    assert "FAILED" in email.message_from_bytes(env.original_content)["Subject"]
+
+
+def test_a_relay_whose_certificate_is_not_trusted_never_sees_the_password(relay, tmp_path):
+    with pytest.raises(ChannelError, match="CERTIFICATE_VERIFY_FAILED|certificate verify"):
+        send_mail("alice@example.org", PAYLOAD, relay.mail_conf(tmp_path), 10)
+    assert relay.logins == [] and relay.got == []
+
+
+def test_a_wrong_relay_password_is_a_channel_error(relay, tmp_path):
+    with pytest.raises(ChannelError, match="SMTPAuthenticationError"):
+        send_mail("alice@example.org", PAYLOAD,
+                  relay.mail_conf(tmp_path, "wrong", ca_file=str(relay.cert)), 10)
+    assert relay.got == []

@@ -172,6 +172,9 @@ def test_a_directory_is_no_config(tmp_path):
     ('[notify.command]\nargv = ["hook", "{id}"]\n', "notify.command.argv"),
     ('[notify.command]\nargv = ["/bin/hook", "{id}", "{env}"]\n', "notify.command.argv[2]"),
     ('[notify]\nmax_attempts = 0\n', "notify.max_attempts"),
+    ('[notify.mail]\nsmtp_host = "relay"\nca_file = "/etc/ca.pem"\n', "notify.mail.ca_file"),
+    ('[notify.mail]\nsmtp_host = "relay.example.org"\nusername = "labq"\n'
+     'password_file = "/etc/labq/smtp"\n', "notify.mail.username"),
 ])
 def test_bad_notify_settings_name_the_key(tmp_path, text, where):
     with pytest.raises(ConfigError) as e:
@@ -189,3 +192,9 @@ def test_the_notify_command_gets_each_value_as_its_own_argument():
     assert host_allowed("a.lab.org", ["*.lab.org"]) and not host_allowed("lab.org.evil",
                                                                           ["*.lab.org"])
     assert not host_allowed("evillab.org", ["*.lab.org"])
+
+
+def test_a_relay_on_this_machine_may_take_a_password_without_starttls(tmp_path):
+    cfg = load(write(tmp_path, '[notify.mail]\nsmtp_host = "localhost"\nusername = "labq"\n'
+                               'password_file = "/etc/labq/smtp"\n'))
+    assert cfg.notify["mail"]["username"] == "labq"
