@@ -54,9 +54,6 @@ def run(cfg) -> int:
     # whatever umask labqd was started with, its database, log copies and keys are its own:
     # they hold every job's environment
     os.umask(0o077)
-    # a job's end crosses several threads (link reader, job table, waiting client): at the
-    # default 5 ms switch interval each hand-over of the GIL can cost that much
-    sys.setswitchinterval(0.0005)
     store = open_store(cfg)
     if store is None:
         return 1
