@@ -16,6 +16,7 @@ class Caller:
     group: str  # primary group
     groups: frozenset[str]
     admin: bool
+    by_token: bool = False  # came in over TCP with a token, not on the unix socket
 
     def may_touch(self, job: dict) -> bool:
         # by uid: a name can be reused by a new account, or be a number another user has

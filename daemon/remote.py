@@ -10,6 +10,7 @@ again, so a revoked or expired one stops working on open connections too.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pwd
@@ -136,7 +137,7 @@ def _token_caller(row: dict, admin_group: str | None) -> Caller:
     if not same:
         raise Unauthenticated(f"token {row['id']} is {row['user']}'s, who no longer has an "
                               f"account with uid {row['uid']} here", {"id": row["id"]})
-    return caller_for_uid(row["uid"], admin_group)
+    return dataclasses.replace(caller_for_uid(row["uid"], admin_group), by_token=True)
 
 
 def _read_hello(tls: ssl.SSLSocket, deadline: float) -> str | None:

@@ -54,6 +54,11 @@ class Tokens:
     def create(self, caller: Caller, user: str | None, days: int | None,
                note: str | None) -> TokenInfo:
         user = user or caller.user
+        if caller.by_token and not caller.admin:
+            # a stolen token must not outlive its revocation by minting its successor
+            raise PermissionDenied("a token cannot make tokens: run labq token create on "
+                                   "labqd's machine, where your login says who you are",
+                                   {"user": user})
         if user != caller.user and not caller.admin:
             raise PermissionDenied("only admins create tokens for other users",
                                    {"user": user})

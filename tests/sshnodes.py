@@ -73,6 +73,8 @@ user cannot read it inside a root-only temporary directory.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import functools
 import grp
 import os
@@ -717,15 +719,16 @@ def _run_quiet(argv: list[str]) -> subprocess.CompletedProcess:
 
 def ensure_group(name: str) -> int:
     """Create group ``name`` if missing; return its gid."""
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        pass
-    r = _run_quiet(["groupadd", name])
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise RuntimeError(f"groupadd {name} failed: {r.stderr.strip()}") from None
+    with _accounts_lock():
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            pass
+        r = _run_quiet(["groupadd", name])
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            raise RuntimeError(f"groupadd {name} failed: {r.stderr.strip()}") from None
 
 
 def ensure_user(name: str = "labqtest") -> tuple[int, int]:
@@ -734,6 +737,20 @@ def ensure_user(name: str = "labqtest") -> tuple[int, int]:
     The account is left without a password but not locked (shadow field
     ``*``), so that key-based SSH logins to a node work for it.
     """
+    with _accounts_lock():
+        return _ensure_user(name)
+
+
+@contextlib.contextmanager
+def _accounts_lock():
+    """useradd and usermod refuse to run while another holds /etc/passwd: test workers that
+    run side by side take turns."""
+    with open("/var/tmp/labq-test-accounts.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _ensure_user(name: str) -> tuple[int, int]:
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
@@ -751,9 +768,10 @@ def ensure_user(name: str = "labqtest") -> tuple[int, int]:
 
 def add_user_to_group(user: str, group: str) -> None:
     """Add ``user`` to supplementary ``group`` (idempotent)."""
-    if user in grp.getgrnam(group).gr_mem:
-        return
-    r = _run_quiet(["usermod", "-aG", group, user])
+    with _accounts_lock():
+        if user in grp.getgrnam(group).gr_mem:
+            return
+        r = _run_quiet(["usermod", "-aG", group, user])
     if r.returncode != 0:
         raise RuntimeError(f"usermod -aG {group} {user} failed: {r.stderr.strip()}")
 

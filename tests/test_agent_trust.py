@@ -377,6 +377,8 @@ def start_and_orphan(ag, root, tester):
     assert ag.launch("1.0", ["bash", "-c", f"setsid sleep {a} & sleep {a}"],
                      uid=tester.pw_uid, user=tester.pw_name)["ok"]
     wait_for(lambda: len(tagged(a)) == 2, what="the sleeps")
+    # the shepherd notes its pid once the job is forked: the sleeps may be seen before
+    wait_for(lambda: (run_dir(root, "1.0") / "pid").exists(), what="the run's pid record")
     shepherd = json.loads((run_dir(root, "1.0") / "pid").read_text())["shepherd"]
     os.kill(shepherd, signal.SIGKILL)
     wait_for(lambda: not alive(shepherd), what="the shepherd to die")

@@ -16,7 +16,9 @@ from daemonproc import Daemon, wait_for
 from sshnodes import run_as
 from userkit import User, cli_venv
 
-ALICE, BOB = "labqtest", "labqtest2"
+# this module's own accounts: it writes their ~/.config/labq, which tests of other modules,
+# run beside these by pytest's workers, would otherwise read
+ALICE, BOB = "labqcompl1", "labqcompl2"
 
 # each shell loads the script, completes `labq LINE` and prints the candidates one a line
 # bash: the line and the cursor as bash gives them to a completion function; a candidate is

@@ -16,7 +16,9 @@ from aiosmtpd.controller import Controller
 from daemonproc import Daemon, wait_for
 from userkit import User, cli_venv
 
-ALICE, BOB = "labqtest", "labqtest2"
+# this module's own accounts: it writes their ~/.config/labq, which tests of other modules,
+# run beside these by pytest's workers, would otherwise read
+ALICE, BOB = "labqnotify1", "labqnotify2"
 
 
 class Hook:

@@ -55,7 +55,9 @@ def remote(tmp_path_factory):
         yield d
 
 
-USERS = ("labqtest", "labqtest2", "labqtest3", "labqadmin1")
+# this module's own accounts: it writes their ~/.config/labq, which tests of other modules,
+# run beside these by pytest's workers, would otherwise read
+USERS = ("labqremote1", "labqremote2", "labqremote3", "labqadmin1")
 
 
 def forget_logins():
@@ -86,36 +88,36 @@ def new_token(user, *args) -> str:
 
 
 def test_two_users_log_in_and_work_over_tls_as_themselves(remote, venv):
-    alice_local = person(venv, "labqtest", remote.socket)
-    bob_local = person(venv, "labqtest2", remote.socket)
+    alice_local = person(venv, "labqremote1", remote.socket)
+    bob_local = person(venv, "labqremote2", remote.socket)
     ta, tb = new_token(alice_local), new_token(bob_local, "--days", "2")
-    alice, bob = person(venv, "labqtest"), person(venv, "labqtest2")
+    alice, bob = person(venv, "labqremote1"), person(venv, "labqremote2")
     out = alice.ok("login", remote.url, "--token", ta, "--fingerprint", remote.fingerprint)
-    assert "as labqtest" in out
+    assert "as labqremote1" in out
     saved = alice.home / ".config" / "labq" / "remote.toml"
     assert oct(saved.stat().st_mode & 0o777) == "0o600" and saved.stat().st_uid == alice.uid
     bob.ok("login", remote.url, "--token", tb, "--yes")
     # every command now goes over TLS, as the token's user
-    assert json.loads(alice.ok("whoami", "--json"))["user"] == "labqtest"
+    assert json.loads(alice.ok("whoami", "--json"))["user"] == "labqremote1"
     jid = alice.ok("submit", "--", "bash", "-c", "for i in 1 2 3; do echo line$i; "
                    "sleep 0.2; done").strip()
     assert alice.ok("logs", "-f", jid).split() == ["line1", "line2", "line3"]
     r = alice.labq("run", "--", "bash", "-c", "echo o; echo e >&2")
     assert (r.returncode, r.stdout, r.stderr) == (0, "o\n", "e\n")  # apart over TLS too
-    assert json.loads(alice.ok("show", "--json", jid))["owner"] == "labqtest"
+    assert json.loads(alice.ok("show", "--json", jid))["owner"] == "labqremote1"
     held = alice.ok("submit", "--hold", "--", "true").strip()
     r = bob.labq("cancel", held)
-    assert r.returncode == 1 and "belongs to labqtest" in r.stderr
+    assert r.returncode == 1 and "belongs to labqremote1" in r.stderr
     assert json.loads(alice.ok("show", "--json", held))["state"] == "HELD"
     alice.ok("cancel", held)
     # tokens are each user's own
     listed = json.loads(bob.ok("token", "list", "--json"))
-    assert {t["user"] for t in listed} == {"labqtest2"}
-    r = bob.labq("token", "create", "--user", "labqtest")
+    assert {t["user"] for t in listed} == {"labqremote2"}
+    r = bob.labq("token", "create", "--user", "labqremote1")
     assert r.returncode == 1 and "PERMISSION_DENIED" in r.stderr
     r = bob.labq("token", "revoke", str(json.loads(alice.ok("token", "list", "--json"))[0]["id"]))
     assert r.returncode == 1 and "NOT_FOUND" in r.stderr
-    assert json.loads(alice.ok("whoami", "--json"))["user"] == "labqtest"
+    assert json.loads(alice.ok("whoami", "--json"))["user"] == "labqremote1"
 
 
 def test_an_admin_over_tls_creates_tokens_for_others(remote, venv):
@@ -125,23 +127,23 @@ def test_an_admin_over_tls_creates_tokens_for_others(remote, venv):
     admin = person(venv, "labqadmin1", None, LABQ_URL=remote.url, LABQ_TOKEN=tok,
                    LABQ_FINGERPRINT=remote.fingerprint)
     assert json.loads(admin.ok("whoami", "--json"))["admin"]
-    for_alice = json.loads(admin.ok("token", "create", "--user", "labqtest", "--json"))
-    assert for_alice["user"] == "labqtest" and for_alice["token"]
+    for_alice = json.loads(admin.ok("token", "create", "--user", "labqremote1", "--json"))
+    assert for_alice["user"] == "labqremote1" and for_alice["token"]
     everyone = {t["user"] for t in json.loads(admin.ok("token", "list", "--json"))}
-    assert {"labqtest", "labqadmin1"} <= everyone
+    assert {"labqremote1", "labqadmin1"} <= everyone
     with labq.connect(remote.url, token=for_alice["token"],
                       fingerprint=remote.fingerprint) as q:
-        assert q.whoami()["user"] == "labqtest" and not q.whoami()["admin"]
+        assert q.whoami()["user"] == "labqremote1" and not q.whoami()["admin"]
 
 
 def test_one_token_per_user_and_revocation_reach_open_connections(remote):
     with remote.client() as local:
         with pytest.raises(PermissionDenied, match="root"):
             local.create_token()  # root stays local
-        first = local.create_token(user="labqtest")["token"]
+        first = local.create_token(user="labqremote1")["token"]
         with labq.connect(remote.url, token=first, fingerprint=remote.fingerprint) as q:
-            assert q.whoami()["user"] == "labqtest"
-            second = local.create_token(user="labqtest")  # max_per_user = 1: the first goes
+            assert q.whoami()["user"] == "labqremote1"
+            second = local.create_token(user="labqremote1")  # max_per_user = 1: the first goes
             with pytest.raises(Unauthenticated, match="revoked"):
                 q.jobs()
             with pytest.raises(Unauthenticated, match="revoked"):
@@ -160,7 +162,7 @@ def test_an_attacker_gets_nothing_and_loses_nothing(remote, venv):
     with remote.client() as local:
         before = len(local.jobs())
     # no token, a made-up one, a wrong secret for a real id
-    mallory = person(venv, "labqtest2", None, LABQ_URL=remote.url,
+    mallory = person(venv, "labqremote2", None, LABQ_URL=remote.url,
                      LABQ_FINGERPRINT=remote.fingerprint)
     r = mallory.labq("submit", "--", "true")
     assert r.returncode == 1 and "UNAUTHENTICATED" in r.stderr and "no token" in r.stderr
@@ -189,9 +191,9 @@ def test_an_attacker_gets_nothing_and_loses_nothing(remote, venv):
 
 
 def test_a_wrong_fingerprint_is_refused_before_the_token_leaves(remote, venv, tmp_path):
-    alice = person(venv, "labqtest")
+    alice = person(venv, "labqremote1")
     with remote.client() as local:
-        tok = local.create_token(user="labqtest")["token"]
+        tok = local.create_token(user="labqremote1")["token"]
     wrong = "SHA256:" + "A" * 43
     r = alice.labq("login", remote.url, "--token", tok, "--fingerprint", wrong)
     assert r.returncode == 1 and "has changed" in r.stderr and remote.fingerprint in r.stderr
@@ -239,8 +241,8 @@ def login_in_a_terminal(user, url, token, answer: str) -> tuple[int, str]:
 
 def test_login_in_a_terminal_asks_and_then_every_call_uses_the_pin(remote, venv):
     with remote.client() as local:
-        tok = local.create_token(user="labqtest2")["token"]
-    bob = person(venv, "labqtest2")
+        tok = local.create_token(user="labqremote2")["token"]
+    bob = person(venv, "labqremote2")
     saved = bob.home / ".config" / "labq" / "remote.toml"
     rc, out = login_in_a_terminal(bob, remote.url, tok, "no")
     assert rc == 1 and remote.fingerprint in out and "not trusted" in out
@@ -254,16 +256,16 @@ def test_login_in_a_terminal_asks_and_then_every_call_uses_the_pin(remote, venv)
               "    print(q.whoami()['user'])\n")
     r = run_as(bob.name, [str(venv / "bin" / "python"), "-c", script, remote.url, tok],
                env=bob.env(), cwd=str(bob.home))
-    assert (r.returncode, r.stdout) == (0, "labqtest2\n"), r.stderr
+    assert (r.returncode, r.stdout) == (0, "labqremote2\n"), r.stderr
     # another user's script with the same token but no pin of its own is refused
-    alice = person(venv, "labqtest")
+    alice = person(venv, "labqremote1")
     r = run_as(alice.name, [str(venv / "bin" / "python"), "-c", script, remote.url, tok],
                env=alice.env(), cwd=str(alice.home))
     assert r.returncode == 1 and "not trusted yet" in r.stderr
 
 
 def test_url_on_the_command_line_and_the_days_a_token_may_last(remote, venv):
-    carol_local = person(venv, "labqtest3", remote.socket)
+    carol_local = person(venv, "labqremote3", remote.socket)
     r = carol_local.labq("token", "create", "--days", "31")
     assert r.returncode == 1 and "VALIDATION_ERROR" in r.stderr and "at most 30 days" in r.stderr
     r = carol_local.labq("token", "create", "--days", "0")
@@ -271,20 +273,20 @@ def test_url_on_the_command_line_and_the_days_a_token_may_last(remote, venv):
     assert json.loads(carol_local.ok("token", "list", "--json")) == []  # nothing made
     tok = new_token(carol_local, "--days", "30")
     # --url wins over the socket in the environment; the token and pin come from there too
-    carol = person(venv, "labqtest3", remote.socket, LABQ_TOKEN=tok,
+    carol = person(venv, "labqremote3", remote.socket, LABQ_TOKEN=tok,
                    LABQ_FINGERPRINT=remote.fingerprint)
     me = json.loads(carol.ok("--url", remote.url, "whoami", "--json"))
-    assert me["user"] == "labqtest3"
+    assert me["user"] == "labqremote3"
     assert carol.ok("ls") is not None  # without --url: the unix socket, no token needed
     carol_local.ok("token", "revoke", str(json.loads(carol_local.ok("token", "list",
                                                                     "--json"))[0]["id"]))
 
 
 def test_the_submit_rate_counts_array_rows_on_every_transport(remote, venv):
-    bob_local = person(venv, "labqtest3", remote.socket)
+    bob_local = person(venv, "labqremote3", remote.socket)
     out = bob_local.ok("submit", "--hold", "--array", "0-3", "--", "true")
     assert len(out.split()) == 4
-    bob = person(venv, "labqtest3", None, LABQ_URL=remote.url,
+    bob = person(venv, "labqremote3", None, LABQ_URL=remote.url,
                  LABQ_TOKEN=new_token(bob_local), LABQ_FINGERPRINT=remote.fingerprint)
     bob.ok("submit", "--hold", "--", "true")  # the fifth of 5/min
     r = bob.labq("submit", "--hold", "--json", "--", "true")
@@ -317,8 +319,8 @@ def test_metrics_are_prometheus_text(remote):
 
 def test_the_tui_works_over_tls(remote, monkeypatch):
     with remote.client() as local:
-        tok = local.create_token(user="labqtest")["token"]
-    # the TUI shows its user's own jobs first: the job is labqtest's, submitted over TLS
+        tok = local.create_token(user="labqremote1")["token"]
+    # the TUI shows its user's own jobs first: the job is labqremote1's, submitted over TLS
     with labq.connect(remote.url, token=tok, fingerprint=remote.fingerprint) as q:
         jid = q.submit(["true"], name="seen-remotely", hold=True, export_env=False,
                        cwd="/tmp").id
@@ -343,7 +345,7 @@ def test_the_tui_works_over_tls(remote, monkeypatch):
 # last: it leaves loopback waiting out its failed logins
 def test_many_failed_logins_from_one_address_are_rate_limited(remote):
     with remote.client() as local:
-        good = local.create_token(user="labqtest")["token"]
+        good = local.create_token(user="labqremote1")["token"]
     seen = []
     for _ in range(8):
         try:

@@ -22,10 +22,12 @@ from sshnodes import ensure_user
 from userkit import User, cli_venv
 
 import labq
-from labq.errors import RateLimited, Unauthenticated, ValidationError
+from labq.errors import PermissionDenied, RateLimited, Unauthenticated, ValidationError
 from labq.remote import fingerprint
 
-USER = "labqtest"
+# this module's own accounts: it writes their ~/.config/labq, which tests of other modules,
+# run beside these by pytest's workers, would otherwise read
+USER = "labqtls1"
 
 
 def free_port() -> int:
@@ -254,3 +256,24 @@ def test_metrics_follow_a_gpu_job_from_submit_to_end(lab):
 def lab_token(lab) -> str:
     with lab.client() as local:
         return local.create_token(user=USER)["token"]
+
+
+def test_a_users_token_cannot_make_tokens_but_the_user_can_on_the_head_node(tmp_path):
+    """A stolen token must end when it is revoked: it cannot mint its successor."""
+    venv = cli_venv()
+    ensure_user(USER)
+    d = tls_daemon(tmp_path)
+    with d.start():
+        [fp] = logged_fingerprints(d)
+        with d.client() as local:
+            info = local.create_token(user=USER)
+        with labq.connect(d.url, token=info["token"], fingerprint=fp) as q:
+            with pytest.raises(PermissionDenied, match="cannot make tokens"):
+                q.create_token()
+            assert [t["id"] for t in q.tokens()] == [info["id"]]
+        remote = User(USER, venv, None, {"LABQ_URL": d.url, "LABQ_TOKEN": info["token"],
+                                         "LABQ_FINGERPRINT": fp})
+        r = remote.labq("token", "create")
+        assert r.returncode == 1 and "PERMISSION_DENIED" in r.stderr and r.stdout == ""
+        on_head = User(USER, venv, d.socket)
+        assert on_head.ok("token", "create").strip()  # a login on labqd's machine may
