@@ -18,7 +18,7 @@ HOT = ("id", "owner", "owner_uid", "group", "gpus", "gpu_type", "gpu_memory_mb",
        "state", "exit_code", "signal", "reason", "submit_time", "eligible_time", "start_time",
        "end_time", "node", "gpu_indices", "restarts", "notify", "experiment", "array_id",
        "array_index", "array_limit", "preemptible", "preemptions", "early_signal", "nodes",
-       "parts")
+       "parts", "results")
 COLD = ("name", "command", "cwd", "env", "params", "key")
 # repeated in every job: one string object each, not one per job
 _SHARED = ("owner", "group", "partition", "state", "node", "gpu_type", "notify", "experiment")

@@ -132,7 +132,8 @@ class JobTable(Admission):
         self.reasons, self.priorities = reasons, priorities
         self.estimates = {k: v for k, v in estimates.items() if k in self.active}
         self.reservation = None if reservation is None else asdict(reservation)
-        self.backfill_limits = backfill_limits or {}
+        # not `or {}`: its truth would count the limits, working out every one of them
+        self.backfill_limits = {} if backfill_limits is None else backfill_limits
 
     # -- transitions -----------------------------------------------------------------------
     def transition(self, job: ActiveJob, dst: JobState, who: str, reason: str | None,
@@ -375,7 +376,8 @@ class JobTable(Admission):
         return [self.view(caller, r) for r in self._rows([r["id"] for r in rows])]
 
     def wait(self, caller: Caller, ids: list[int], timeout: float) -> list[dict]:
-        self._rows(ids)  # NotFound early
+        if not all(i in self.active for i in ids):
+            self._rows(ids)  # NotFound early
         deadline = time.monotonic() + max(0.0, min(timeout, 60.0))
         with self.changed:
             while any(i in self.active for i in ids) and not self.stopping:

@@ -75,6 +75,18 @@ def _check_file(path: Path) -> None:
                               f"(tables: {', '.join(sorted(tables)[:5])}); labqd will not touch it")
 
 
+_EMPTY_JSON = {list: "[]", dict: "{}"}
+
+
+def _json_text(v: Any) -> str | None:
+    """A JSON column's text; most rows hold no value or an empty list or mapping there."""
+    if v is None:
+        return None
+    if not v and type(v) in _EMPTY_JSON:
+        return _EMPTY_JSON[type(v)]
+    return json.dumps(v)
+
+
 class Store(NotificationRows):
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -206,17 +218,16 @@ class Store(NotificationRows):
         # peewee's per-value conversion costs more than SQLite's insert; the rows hold plain
         # values already, and only JSON columns need converting
         json_keys = [k for k in keys if isinstance(fields[k], JSONField)]
-        plain = all(k in r for r in rows for k in keys)
+        n = len(keys)
         values = []
         for r in rows:
-            if not plain:
+            if len(r) != n:  # keys is the union of the rows': this one lacks some
                 r = {k: r[k] if k in r else (d() if callable(d := defaults.get(k)) else d)
                      for k in keys}
             if json_keys:
                 r = dict(r)
                 for k in json_keys:
-                    v = r[k]
-                    r[k] = None if v is None else json.dumps(v)
+                    r[k] = _json_text(r[k])
             values.append([r[k] for k in keys])
         self.db.cursor().executemany(sql, values)
 
@@ -253,7 +264,31 @@ class Store(NotificationRows):
         return sorted(out.values(), key=lambda e: (e["first_submit"], e["owner"], e["name"]))
 
     def update_job(self, job_id: int, **fields: Any) -> None:
-        Job.update(**fields, seq=self._next_seq()).where(Job.id == job_id).execute()
+        self._update(Job, job_id, dict(fields, seq=self._next_seq()))
+
+    def _update(self, model: type[Base], row_id: int, fields: dict[str, Any]) -> None:
+        """UPDATE of one row by id, its SQL built once per column set (as `_insert`)."""
+        meta = model._meta.fields
+        keys = tuple(sorted(fields))
+        sql = self._sql_cache.get((model, "update", keys))
+        if sql is None:
+            sets = ", ".join(f'"{meta[k].column_name}" = ?' for k in keys)
+            sql = f'UPDATE "{model._meta.table_name}" SET {sets} WHERE "id" = ?'
+            self._sql_cache[(model, "update", keys)] = sql
+        self.db.execute_sql(sql, [meta[k].db_value(fields[k]) for k in keys] + [row_id])
+
+    def _select_by_ids(self, fields: Sequence[pw.Field], ids: Sequence[int]) -> list[dict]:
+        """Rows of `job` by id, as peewee's dicts() makes them, with SQL built once per shape:
+        a job's end and a client's wait read rows this way many times a second."""
+        key = (Job, "select", tuple(f.name for f in fields), len(ids))
+        sql = self._sql_cache.get(key)
+        if sql is None:
+            cols = ", ".join(f'"{f.column_name}"' for f in fields)
+            sql = f'SELECT {cols} FROM "job" WHERE "id" IN ({", ".join("?" * len(ids))})'
+            self._sql_cache[key] = sql
+        conv = [(f.name, f.python_value) for f in fields]
+        return [{name: value(v) for (name, value), v in zip(conv, r)}
+                for r in self.db.execute_sql(sql, list(ids))]
 
     def record_transition(self, job_id: int, fields: dict[str, Any], who: str, src: str,
                           dst: str, reason: str | None, when: float,
@@ -270,14 +305,15 @@ class Store(NotificationRows):
                 for n in notices:
                     self._insert(Notification, dict(n, job=job_id, status="pending",
                                                     next_try=when, created=when))
-                Job.update(**fields, seq=self._next_seq()).where(Job.id == job_id).execute()
+                self._update(Job, job_id, dict(fields, seq=self._next_seq()))
                 self.add_event(job_id, who, src, dst, reason, when)
-                Allocation.delete().where(Allocation.job == job_id).execute()
+                self.db.execute_sql('DELETE FROM "allocation" WHERE "job" = ?', [job_id])
+                if dst != "RUNNING":
+                    continue
                 held = fields.get("parts") or [[fields.get("node"), fields.get("gpu_indices")]]
-                rows = [{"job": job_id, "node": node, "gpu_index": g}
-                        for node, gpus in held for g in gpus or ()]
-                if dst == "RUNNING" and rows:
-                    Allocation.insert_many(rows).execute()
+                for node, gpus in held:
+                    for g in gpus or ():
+                        self._insert(Allocation, {"job": job_id, "node": node, "gpu_index": g})
 
     def record_change(self, job_id: int, state: str, who: str, field: str, why: str,
                       value: int) -> None:
@@ -341,8 +377,8 @@ class Store(NotificationRows):
 
     # -- reads -----------------------------------------------------------------------------
     def job_row(self, job_id: int) -> dict[str, Any] | None:
-        row = Job.select().where(Job.id == job_id).dicts().first()
-        return row
+        rows = self._select_by_ids(Job._meta.sorted_fields, [job_id])
+        return rows[0] if rows else None
 
     def job_rows(self, *, states: list[str] | None = None, owner: str | None = None,
                  ids: list[int] | None = None, limit: int | None = None,
@@ -350,6 +386,13 @@ class Store(NotificationRows):
                  experiment: str | None = None) -> list[dict[str, Any]]:
         # listings leave the environment in the database: it is the biggest column, and a
         # listing must never show it
+        if ids is not None and not (states or owner or limit or experiment is not None):
+            rows = []
+            for at in range(0, len(ids), 900):  # SQLite's bound on variables
+                rows += self._select_by_ids(Job._meta.sorted_fields if with_env else NO_ENV,
+                                            ids[at:at + 900])
+            rows.sort(key=lambda r: r["id"], reverse=newest_first)
+            return rows
         q = Job.select() if with_env else Job.select(*NO_ENV)
         if states:
             q = q.where(Job.state.in_(states))
@@ -370,9 +413,9 @@ class Store(NotificationRows):
 
     def cold_fields(self, job_id: int) -> dict[str, Any]:
         """What a launch needs besides what labqd keeps in memory."""
-        row = (Job.select(Job.name, Job.command, Job.cwd, Job.env, Job.stage, Job.results)
-               .where(Job.id == job_id).dicts().first())
-        return row or {}
+        rows = self._select_by_ids((Job.name, Job.command, Job.cwd, Job.env, Job.stage,
+                                    Job.results), [job_id])
+        return rows[0] if rows else {}
 
     def job_page(self, *, states: list[str] | None = None, where: dict[str, Any] | None = None,
                  after_id: int | None = None, changed_since: int | None = None,

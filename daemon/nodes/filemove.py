@@ -111,6 +111,8 @@ class FileMover:
     # -- results ---------------------------------------------------------------------------
     def ended(self, link: NodeLink, job: dict) -> None:
         """A run ended: copy its results back (on a thread), keeping its end reason aside."""
+        if not job.get("results"):
+            return  # most jobs: no read of the row on every end
         row = self.store.job_row(job["id"])
         if row is None or not row.get("results"):
             return

@@ -1,6 +1,7 @@
 """Entry point: arguments, the directory, the lock, then serve."""
 import json
 import os
+import pwd
 import socket
 import sys
 
@@ -69,5 +70,16 @@ def main(argv=None):
     runs = [n for n in os.listdir(agent.dir) if is_run_key(n) and is_dir(agent.jobdir(n))]
     for rec in containment.leftovers(runs):
         cg_destroy(rec)
+    _load_name_services()
     agent.serve()
+
+
+def _load_name_services():
+    """Each shepherd looks up its job's account. Done once here, the name-service modules
+    are loaded before the shepherds are forked, not once in each of them."""
+    try:
+        pw = pwd.getpwuid(os.getuid())
+        os.getgrouplist(pw.pw_name, pw.pw_gid)
+    except (KeyError, OSError):
+        pass
 

@@ -36,6 +36,7 @@ class Agent:
         self.lock_fd = None  # the agent lock, held for the agent's life
         self.out_lock = threading.Lock()
         self.watch_lock = threading.Lock()
+        self.shepherds = set()  # pids of this agent's shepherds, reaped once they end
         self.watched = {}  # job id -> log offset to stream from
         self.exit_sent = set()
         self.cpu = CpuMeter()
@@ -89,11 +90,13 @@ class Agent:
             shutil.rmtree(jobdir, ignore_errors=True)
             return {"ok": False, "code": "error",
                     "error": "cannot make the run's cgroup: %s" % e}
-        write_json(os.path.join(jobdir, "spec.json"), spec)
+        write_json(os.path.join(jobdir, "spec.json"), spec, durable=False)
         # made before the shepherd: a run's log is never read without it, so none of its
         # stderr is taken for stdout
         write_text(os.path.join(jobdir, ERR_NAME), "")
-        spawn_shepherd(jobdir, spec, float(req.get("grace_s", 10)), self.no_root_jobs)
+        pid = spawn_shepherd(jobdir, spec, float(req.get("grace_s", 10)), self.no_root_jobs)
+        with self.watch_lock:
+            self.shepherds.add(pid)
         with self.watch_lock:
             self.watched[job] = 0
         announce_end(self.dir, "")  # wakes the monitor: a new log to follow
@@ -198,6 +201,7 @@ class Agent:
                     if self._report_exit(job, offset, files, lost_check=scan):
                         due.discard(job)
             due &= {job for job, _ in items}
+            self._reap()
             self.flush()  # what this turn found goes out in one write
             for job in list(files):
                 if job not in self.watched:
@@ -209,6 +213,18 @@ class Agent:
                 select.select([ends], [], [], timeout)
             else:
                 time.sleep(min(timeout, POLL_S))
+
+    def _reap(self):
+        with self.watch_lock:
+            pids = list(self.shepherds)
+        for pid in pids:
+            try:
+                done = os.waitpid(pid, os.WNOHANG)[0]
+            except ChildProcessError:
+                done = pid
+            if done:
+                with self.watch_lock:
+                    self.shepherds.discard(pid)
 
     def _stream(self, job, offset, files):
         """Send the next chunk of a job's log; False when there is nothing new, None when
