@@ -2,8 +2,6 @@
 dependencies, key, room) and the rows it queues in one transaction."""
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +16,7 @@ from .policy.dependencies import find_cycle
 from .views import dep_ids
 
 if TYPE_CHECKING:
-    from . import store as st
-    from .clock import Clock
-    from .config import Config
-    from .jobtable import SpecCheck
+    from .jobtable import JobTable
 
 S = JobState
 # a user's PENDING and HELD jobs at most, unless limits.user_max_pending says otherwise: a
@@ -30,26 +25,15 @@ DEFAULT_USER_MAX_PENDING = 10_000
 
 
 class Admission:
-    """Part of JobTable: what admitting needs of it is declared here."""
+    """Admits jobs to the job table, through its public surface: its lock, active jobs and
+    their counts, the store, the config and the clock."""
 
-    if TYPE_CHECKING:
-        cfg: Config
-        clock: Clock
-        store: st.Store
-        lock: threading.RLock
-        wake: threading.Event
-        active: dict[int, ActiveJob]
-        waiting: Counter[int]
-        dep_edges: dict[int, list[int]]
-        files: SpecCheck | None
-        node_sizes: Callable[[], list[int | None]]
-
-        def ended_state(self, job_id: int) -> str | None: ...
-        def _set_view(self, job: ActiveJob) -> None: ...
+    def __init__(self, table: JobTable) -> None:
+        self.table = table
 
     def submit(self, caller: Caller, raw: Any) -> dict:
         spec = validate_submit(raw)
-        with self.lock:
+        with self.table.lock:
             spec = self.check_spec(caller, spec)
             self.check_room(caller, 1)
             return self.admit(caller, lambda first: [self.new_row(caller, spec)])[0]
@@ -65,15 +49,15 @@ class Admission:
             raise PermissionDenied(f"{caller.user} is not a member of group {group!r}",
                                    {"group": group})
         spec["group"] = group
-        self._check_submit_limits(caller, spec)
-        fit_to_cluster(spec, self.node_sizes())
-        if self.files is not None:
-            self.files.check_spec(caller, spec)
+        self.check_submit_limits(caller, spec)
+        fit_to_cluster(spec, self.table.node_sizes())
+        if self.table.files is not None:
+            self.table.files.check_spec(caller, spec)
         deps = self._dependencies(caller, spec["dependencies"])
         spec["dependencies"] = [f"{k}:{j}" for k, j in deps]
         key = spec.get("key")
         if key is not None:
-            existing = self.store.job_by_key(caller.uid, key)
+            existing = self.table.store.job_by_key(caller.uid, key)
             if existing is not None:
                 raise DuplicateJob(f"key {key!r} is already job {existing}; nothing was "
                                    "queued", {"id": existing, "key": key})
@@ -91,20 +75,21 @@ class Admission:
             if exp is None:
                 deps.append(parse_dependency(d))
                 continue
-            ids = self.store.experiment_job_ids(exp[1], caller.uid)
+            ids = self.table.store.experiment_job_ids(exp[1], caller.uid)
             if not ids:
                 raise ValidationError(f"dependencies: you have no jobs in experiment "
                                       f"{exp[1]!r}", {"field": "dependencies"})
             deps.extend((exp[0], i) for i in ids)
         deps = sorted(set(deps))
         ids = [j for _, j in deps]
-        missing = [d for d in ids if d not in self.active and self.ended_state(d) is None]
+        t = self.table
+        missing = [d for d in ids if d not in t.active and t.ended_state(d) is None]
         if missing:
             raise ValidationError(f"dependencies: no job {', '.join(map(str, missing[:10]))}",
                                   {"field": "dependencies", "missing": missing[:100]})
         # ids are handed out after the dependencies are checked to exist, so a new job
         # cannot close a cycle today; the check guards any future way of adding edges
-        cycle = find_cycle(self.dep_edges, 0, ids) if ids else None
+        cycle = find_cycle(self.table.dep_edges, 0, ids) if ids else None
         if cycle:
             raise ValidationError("dependencies: would form a cycle "
                                   + " -> ".join(map(str, cycle)), {"field": "dependencies"})
@@ -113,8 +98,8 @@ class Admission:
     def check_room(self, caller: Caller, n: int, whole: bool = False) -> int:
         """How many of `n` more waiting jobs the caller may have (limits.user_max_pending);
         QuotaExceeded when not even one, or with `whole` when not all `n`."""
-        most = self.cfg.limits.get("user_max_pending", DEFAULT_USER_MAX_PENDING)
-        have = self.waiting[caller.uid]
+        most = self.table.cfg.limits.get("user_max_pending", DEFAULT_USER_MAX_PENDING)
+        have = self.table.waiting[caller.uid]
         if have >= most or (whole and have + n > most):
             more = f" and asks for {n} more" if whole else ""
             raise QuotaExceeded(f"{caller.user} already has {have} pending jobs{more}; the "
@@ -124,9 +109,9 @@ class Admission:
 
     def new_row(self, caller: Caller, spec: dict) -> dict:
         """The row of a checked spec, as it is queued now."""
-        row = dict(spec, owner=caller.user, owner_uid=caller.uid, submit_time=self.clock.time(),
-                   gpu_indices=[], restarts=0, preemptions=0, nodes=spec.get("nodes") or 1,
-                   parts=None)
+        row = dict(spec, owner=caller.user, owner_uid=caller.uid,
+                   submit_time=self.table.clock.time(), gpu_indices=[], restarts=0,
+                   preemptions=0, nodes=spec.get("nodes") or 1, parts=None)
         hold = row.pop("hold")
         row.update(state=(S.HELD if hold else S.PENDING).value, reason="Held" if hold else None,
                    eligible_time=None if row["dependencies"] else row["submit_time"])
@@ -138,23 +123,23 @@ class Admission:
     def admit(self, caller: Caller, make_rows: Callable[[int], list[dict]]) -> list[dict]:
         """Queue the rows `make_rows(first id)` builds, in one transaction; called with the
         lock held, after every row was checked."""
-        rows = self.store.insert_jobs(make_rows, caller.user)
+        rows = self.table.store.insert_jobs(make_rows, caller.user)
         wake = False
         for row in rows:
             for key in ("exit_code", "signal", "start_time", "end_time", "node"):
                 row.setdefault(key, None)
-            self.active[row["id"]] = ActiveJob(row)
-            self.waiting[caller.uid] += 1
-            self._set_view(self.active[row["id"]])
+            self.table.active[row["id"]] = ActiveJob(row)
+            self.table.waiting[caller.uid] += 1
+            self.table.set_view(self.table.active[row["id"]])
             if row["dependencies"]:
-                self.dep_edges[row["id"]] = dep_ids(row)
+                self.table.dep_edges[row["id"]] = dep_ids(row)
             wake = wake or row["state"] == S.PENDING.value
         if wake:  # a held job changes no one's plan until it is released
-            self.wake.set()
+            self.table.wake.set()
         return rows
 
-    def _check_submit_limits(self, caller: Caller, spec: dict) -> None:
-        lim = self.cfg.limits
+    def check_submit_limits(self, caller: Caller, spec: dict) -> None:
+        lim = self.table.cfg.limits
         if "job_max_gpus" in lim and spec["gpus"] > lim["job_max_gpus"]:
             raise QuotaExceeded(f"a job may ask for at most {lim['job_max_gpus']} GPUs "
                                 f"(limits.job_max_gpus); this one asks for {spec['gpus']}",

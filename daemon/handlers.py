@@ -64,6 +64,7 @@ from labq.states import JobState
 from .config import ConfigError
 from .core import Core
 from .identity import Caller
+from .nodes import noderequests
 from .nodes.registry import NodeRegistry
 from .workflows import experiment_ids, submit_many, submit_tasks, task_count, tasks_view
 
@@ -101,7 +102,7 @@ def _submitted(core: Core, caller: Caller, asked: int, queued: int) -> None:
 def submit(core: Core, caller: Caller, req: SubmitRequest) -> dict:
     _take_submits(core, caller, 1)
     try:
-        row = core.jobs.submit(caller, req.spec)
+        row = core.jobs.admission.submit(caller, req.spec)
     except Exception:
         _submitted(core, caller, 1, 0)
         raise
@@ -194,24 +195,24 @@ def read_log(core: Core, caller: Caller,
 
 # -- nodes ------------------------------------------------------------------------------------
 def nodes(core: Core, caller: Caller, req: NodesRequest) -> list[dict]:
-    return core.nodes.node_list()
+    return noderequests.node_list(core.nodes)
 
 
 def node_drain(core: Core, caller: Caller, req: NodeDrainRequest) -> NodeDict:
-    return core.nodes.set_drain(caller, req.name, True)
+    return noderequests.set_drain(core.nodes, caller, req.name, True)
 
 
 def node_resume(core: Core, caller: Caller, req: NodeResumeRequest) -> NodeDict:
-    return core.nodes.set_drain(caller, req.name, False)
+    return noderequests.set_drain(core.nodes, caller, req.name, False)
 
 
 def node_add(core: Core, caller: Caller, req: NodeAddRequest) -> NodeDict:
     _check_as_config(core, req.node)
-    return core.nodes.node_add(caller, req.node)
+    return noderequests.node_add(core.nodes, caller, req.node)
 
 
 def node_remove(core: Core, caller: Caller, req: NodeRemoveRequest) -> NodeRemovedReply:
-    return core.nodes.node_remove(caller, req.name)
+    return noderequests.node_remove(core.nodes, caller, req.name)
 
 
 def _check_as_config(core: Core, entry: dict) -> None:

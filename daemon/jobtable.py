@@ -74,7 +74,7 @@ class SpecCheck(Protocol):
     def check_spec(self, caller: Caller, spec: dict) -> None: ...
 
 
-class JobTable(Admission):
+class JobTable:
     def __init__(self, cfg: Config, store: st.Store, logs: LogCopies, wake: threading.Event,
                  clock: Clock = SYSTEM):
         self.cfg = cfg
@@ -116,7 +116,7 @@ class JobTable(Admission):
         self.views: dict[int, JobView] = {}
         self.held: dict[int, JobView | None] = {}
         for j in self.active.values():
-            self._set_view(j)
+            self.set_view(j)
         self.plan_memo = PlanMemo()  # lets the policy keep its grouping between passes
         self.running: set[int] = {i for i, j in self.active.items()
                                   if j["state"] == S.RUNNING.value or sent_to_pool(j)}
@@ -124,6 +124,7 @@ class JobTable(Admission):
         self.waiting: Counter[int] = Counter(j["owner_uid"] for j in self.active.values()
                                              if j["state"] != S.RUNNING.value)
         self.ended_runs: list[Run] = []  # runs that ended since the last usage accrual
+        self.admission = Admission(self)  # a submit's checks and the rows it queues
 
     def set_plan(self, reasons, priorities, estimates: dict[int, float],
                  reservation: Reserved | None = None,
@@ -187,7 +188,7 @@ class JobTable(Admission):
             self.running.add(job["id"])
         else:
             self.pool_estimates.pop(job["id"], None)
-        self._set_view(job)
+        self.set_view(job)
         if dst in FINAL:
             self.active.pop(job["id"], None)
             self.dep_edges.pop(job["id"], None)
@@ -213,7 +214,7 @@ class JobTable(Admission):
             raise NotFound(f"no job {job_id}", {"id": job_id})
         return self._with_plan(row)
 
-    def _set_view(self, job: ActiveJob) -> None:
+    def set_view(self, job: ActiveJob) -> None:
         self.views.pop(job["id"], None)
         self.held.pop(job["id"], None)
         if job["state"] == S.HELD.value:
@@ -397,7 +398,7 @@ class JobTable(Admission):
         if type(seconds) is not int or seconds < 1:
             raise ValidationError("time_limit_s: must be a positive number of seconds",
                                   {"field": "time_limit_s"})
-        self._check_submit_limits(caller, {"gpus": 0, "time_limit_s": seconds})
+        self.admission.check_submit_limits(caller, {"gpus": 0, "time_limit_s": seconds})
         return self._lower(caller, job_id, "time_limit_s", seconds, format_duration)
 
     def _lower(self, caller: Caller, job_id: Any, field: str, new: int,
@@ -425,7 +426,7 @@ class JobTable(Admission):
                                      f"{WORDS[field]} {'none' if old is None else show(old)}"
                                      f" -> {show(new)}", new)
             job[field] = new
-            self._set_view(job)
+            self.set_view(job)
         self.wake.set()
         return self.view(caller, self.job_row(row["id"]))
 

@@ -18,6 +18,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from labq.states import FINAL, JobState
 
+from .nodes import noderequests
+
 log = logging.getLogger("labqd.metrics")
 WAIT_BUCKETS = (1, 10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400,
                 3 * 86400, 7 * 86400)
@@ -83,7 +85,7 @@ class _StateCollector:
                                  labels=["state", "group"])
         with core.jobs.lock:
             counts = Counter((j["state"], j["group"]) for j in core.jobs.active.values())
-        nodes = core.nodes.node_list()
+        nodes = noderequests.node_list(core.nodes)
         for state in (JobState.PENDING, JobState.HELD, JobState.RUNNING):
             for (s, g), n in sorted(counts.items()):
                 if s == state.value:

@@ -171,11 +171,11 @@ class Scheduler:
                     or not all(self._usable(n) for n, _ in start.parts or ((start.node, ()),))):
                 continue
             seen.add(start.job)
-            dst, why = self.nodes.start_state(start.node)
+            dst, why = self.nodes.launcher.start_state(start.node)
             changes.append((job, dst, "labqd", why,
-                            self.nodes.start_fields(start.node, start.gpus, start.parts)))
+                            self.nodes.launcher.start_fields(start.node, start.gpus, start.parts)))
             started.append(job)
         if changes:
             jobs.transition_many(changes)
         for job in started:
-            self.nodes.launch(job)
+            self.nodes.launcher.launch(job)

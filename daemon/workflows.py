@@ -37,9 +37,10 @@ def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
     limit = max_running or limit
     n = len(values)
     with table.lock:
-        spec = table.check_spec(caller, spec)
-        table.check_room(caller, n, whole=True)  # part of an array is worth less than none
-        base = table.new_row(caller, spec)
+        admission = table.admission
+        spec = admission.check_spec(caller, spec)
+        admission.check_room(caller, n, whole=True)  # part of an array is worth less than none
+        base = admission.new_row(caller, spec)
 
         def make_rows(first: int) -> list[dict]:
             rows = []
@@ -53,7 +54,7 @@ def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
                                   **task_env(int(v["index"]), row["params"] or {}))
                 rows.append(row)
             return rows
-        return table.admit(caller, make_rows)
+        return table.admission.admit(caller, make_rows)
 
 
 def task_count(array: str | None, params: list[tuple[str, list[str]]] | None) -> int:
@@ -82,12 +83,12 @@ def submit_many(table: JobTable, caller: Caller, specs: list[Any],
                                           {"field": "spec"})
                 merged = dict(defaults, **raw)
                 merged["env"] = dict(defaults.get("env") or {}, **(raw.get("env") or {}))
-                ready.append((i, table.check_spec(caller, validate_submit(merged), keys)))
+                ready.append((i, table.admission.check_spec(caller, validate_submit(merged), keys)))
             except LabqError as e:
                 results[i] = {"error": e.to_wire()}
         if ready:
             try:
-                room = table.check_room(caller, len(ready))
+                room = table.admission.check_room(caller, len(ready))
             except LabqError as e:
                 for i, _ in ready:
                     results[i] = {"error": e.to_wire()}
@@ -99,7 +100,7 @@ def submit_many(table: JobTable, caller: Caller, specs: list[Any],
                     "limits.user_max_pending allows", "details": {"limit": "user_max_pending"}}}
             ready = ready[:room]
         if ready:
-            rows = table.admit(caller, lambda first: [table.new_row(caller, s)
+            rows = table.admission.admit(caller, lambda first: [table.admission.new_row(caller, s)
                                                       for _, s in ready])
             for (i, _), row in zip(ready, rows):
                 row["env"] = None  # as a listing shows it: `job` gives the environment

@@ -32,12 +32,12 @@ ROOT = Caller(uid=0, user="root", group="root", groups=frozenset({"root"}), admi
 
 
 def running_job(core, requeue=True):
-    row = core.jobs.submit(ROOT, {"command": ["true"], "cwd": "/", "env": {},
+    row = core.jobs.admission.submit(ROOT, {"command": ["true"], "cwd": "/", "env": {},
                                   "requeue": requeue})
     link = core.nodes.links["n1"]
     core.nodes.node_up(link, HELLO, [])
     with core.jobs.lock:
-        core.nodes.start_job(core.jobs.active[row["id"]], "n1", ())
+        core.nodes.launcher.start_job(core.jobs.active[row["id"]], "n1", ())
     return row["id"], link
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from labq.states import JobState
 
@@ -14,12 +13,8 @@ from .info import run_key
 from .slurmpool import SUBMITTED, launch_extras, record_slurm_id
 
 if TYPE_CHECKING:
-    from .. import store as st
-    from ..clock import Clock
-    from ..jobtable import JobTable
-    from .filemove import FileMover
-    from .info import NodeInfo
     from .link import NodeLink
+    from .registry import NodeRegistry
 
 S = JobState
 
@@ -33,43 +28,34 @@ def early_signal(job: dict) -> list[int] | None:
     return [int(getattr(signal, "SIG" + name)), int(secs)]
 
 
-class Launching:
-    """Part of NodeRegistry: what starting runs needs of it is declared here."""
-    if TYPE_CHECKING:
-        cfg: Any
-        clock: Clock
-        store: st.Store
-        jobs: JobTable
-        lock: threading.RLock
-        nodes: dict[str, NodeInfo]
-        links: dict[str, NodeLink]
-        files: FileMover | None
+class Launcher:
+    """Starts runs for the node registry, through its public surface: its nodes and links,
+    the job table, the store and the clock it was made with."""
 
-        def _current(self, link: NodeLink, key: str) -> dict | None: ...
-        def cancel_run(self, job: dict, reason: str = "cancel",
-                       but: int | None = None) -> None: ...
+    def __init__(self, registry: NodeRegistry) -> None:
+        self.reg = registry
 
     def start_job(self, job: dict, node: str, gpus: tuple[int, ...]) -> None:
-        self.jobs.transition(job, S.RUNNING, "labqd", None, **self.start_fields(node, gpus))
+        self.reg.jobs.transition(job, S.RUNNING, "labqd", None, **self.start_fields(node, gpus))
         self.launch(job)
 
     def start_state(self, node: str) -> tuple[S, str | None]:
         """A start runs the job, except in a Slurm pool: there it waits until Slurm starts it."""
-        if self.nodes[node].kind == "slurm":
+        if self.reg.nodes[node].kind == "slurm":
             return S.PENDING, SUBMITTED
         return S.RUNNING, None
 
     def start_fields(self, node: str, gpus: tuple[int, ...], gang: tuple = ()) -> dict:
         """What a start sets; the scheduler records a pass's starts together, then launches.
         `gang`: a gang's parts, ((node, GPUs), ...) in rank order."""
-        started = None if self.nodes[node].kind == "slurm" else self.clock.time()
+        started = None if self.reg.nodes[node].kind == "slurm" else self.reg.clock.time()
         return dict(node=node, gpu_indices=list(gpus), start_time=started,
                     exit_code=None, signal=None, end_time=None,
                     parts=[[n, list(g)] for n, g in gang] or None)
 
     def launch(self, job: dict) -> None:
         for rank, (node, _) in enumerate(parts(job)):
-            self._launch(self.links[node], job, rank=rank)
+            self.launch_run(self.reg.links[node], job, rank=rank)
 
     def launch_env(self, job: dict, rank: int = 0) -> dict[str, str]:
         node, gpus = parts(job)[rank]
@@ -84,17 +70,17 @@ class Launching:
 
     def _address(self, node: str) -> str:
         """Where the other nodes reach `node` (a gang's MASTER_ADDR)."""
-        cfg = self.links[node].cfg
+        cfg = self.reg.links[node].cfg
         return socket.getfqdn() if cfg.local else cfg.host
 
-    def _launch(self, link: NodeLink, job: dict, workdir: str | None = None,
+    def launch_run(self, link: NodeLink, job: dict, workdir: str | None = None,
                 rank: int = 0) -> None:
         if "command" not in job:
             # labqd keeps a job's command and environment on disk only (labq.daemon.activejob)
-            job = dict(job, **self.store.cold_fields(job["id"]))
-        if workdir is None and job.get("stage") and self.files is not None:
+            job = dict(job, **self.reg.store.cold_fields(job["id"]))
+        if workdir is None and job.get("stage") and self.reg.files is not None:
             # into a scratch directory, once its files are there
-            self.files.stage(link, job, lambda path: self._launch(link, job, path))
+            self.reg.files.stage(link, job, lambda path: self.launch_run(link, job, path))
             return
         cmd = job["command"]
         argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
@@ -106,29 +92,30 @@ class Launching:
             # (in seconds with a fraction: truncating to whole seconds cut up to a second
             # off every limit, half of a 2 s one)
             remaining = max(1.0, round(job["time_limit_s"]
-                                       - (self.clock.time() - job["start_time"]), 3))
+                                       - (self.reg.clock.time() - job["start_time"]), 3))
         key = run_key(job, rank)
 
         def reply(r: dict) -> None:
             if r.get("slurm_id"):
-                with self.lock:
-                    record_slurm_id(self.store, self._current(link, key), r["slurm_id"])
+                with self.reg.lock:
+                    record_slurm_id(self.reg.store, self.reg.current(link, key), r["slurm_id"])
             if r.get("ok") or r.get("code") in ("exists", "down"):
                 return  # started, or already there, or the node went away (reconciled later)
-            with self.lock:
-                j = self._current(link, key)
+            with self.reg.lock:
+                j = self.reg.current(link, key)
                 if j is not None:
                     why = (f"{link.name} runs no job of {j['owner']}: {r.get('error')}"
                            if r.get("code") == "account" else
                            f"launch on {link.name} failed: {r.get('error')}")
                     if j["parts"]:
-                        self.cancel_run(j, but=rank)
-                    self.jobs.transition(j, S.FAILED, "labqd", why, end_time=self.clock.time())
+                        self.reg.cancel_run(j, but=rank)
+                    self.reg.jobs.transition(j, S.FAILED, "labqd", why,
+                                             end_time=self.reg.clock.time())
         env = dict(self.launch_env(job, rank), LABQ_WORKDIR=workdir or job["cwd"])
         extra = launch_extras(job) if link.cfg.kind == "slurm" else {}
         link.request("launch", reply, job=key, argv=argv, env=env, **extra,
                      cwd=workdir or job["cwd"], time_limit_s=remaining,
-                     grace_s=self.cfg.kill_grace_s,
+                     grace_s=self.reg.cfg.kill_grace_s,
                      user=job["owner"], uid=job["owner_uid"], memory_mb=job["memory_mb"],
-                     pids_max=self.cfg.limits.get("job_max_pids"),
+                     pids_max=self.reg.cfg.limits.get("job_max_pids"),
                      shared=link.cfg.shared_account, early_signal=early_signal(job))

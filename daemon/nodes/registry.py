@@ -21,9 +21,8 @@ from ..config import NODE, NodeConfig, node_config
 from ..gangs import log_key, part_failed, parts, ranks_on
 from ..jobtable import JobTable
 from .info import NodeInfo, accounts, node_gpus, parse_part_key, run_key
-from .launching import Launching
+from .launching import Launcher
 from .link import NodeLink
-from .noderequests import NodeRequests
 from .slurmpool import (
     pool_event,
     pool_gpus,
@@ -44,7 +43,7 @@ LAUNCH_GRACE_S = 30
 
 
 
-class NodeRegistry(NodeRequests, Launching):
+class NodeRegistry:
     """Implements the links' LinkEvents and the job table's RunControl."""
 
     def __init__(self, cfg, store: st.Store, jobs: JobTable, wake: threading.Event,
@@ -57,13 +56,14 @@ class NodeRegistry(NodeRequests, Launching):
         self.wake = wake
         self.nodes: dict[str, NodeInfo] = {}
         self.links: dict[str, NodeLink] = {}
-        self._drained = store.drained_nodes()
+        self.drained_at_start = store.drained_nodes()
         self.files: FileMover | None = None  # staged files and results, set by the core
+        self.launcher = Launcher(self)
         for ncfg in cfg.nodes:
             if ncfg.enabled:
-                self._add_node(ncfg)
+                self.add_node(ncfg)
         for entry in store.dynamic_nodes():
-            self._add_node(self.dynamic_node_config(entry))
+            self.add_node(self.dynamic_node_config(entry))
 
     def start(self) -> None:
         for link in self.links.values():
@@ -102,9 +102,9 @@ class NodeRegistry(NodeRequests, Launching):
             return [len(n.gpus) if n.cpus else None for n in self.nodes.values()]
 
     # -- building ----------------------------------------------------------------------------
-    def _add_node(self, ncfg: NodeConfig, dynamic: bool = False) -> NodeLink:
+    def add_node(self, ncfg: NodeConfig, dynamic: bool = False) -> NodeLink:
         self.nodes[ncfg.name] = NodeInfo(ncfg.name, "local" if ncfg.local else ncfg.host,
-                                         drained=self._drained.get(ncfg.name, False),
+                                         drained=self.drained_at_start.get(ncfg.name, False),
                                          job_root=ncfg.job_root, dynamic=dynamic,
                                          kind=ncfg.kind, partition=ncfg.partition,
                                          max_jobs=ncfg.max_jobs if ncfg.kind == "slurm"
@@ -127,7 +127,7 @@ class NodeRegistry(NodeRequests, Launching):
             # refused at the first connect (labqd restarted meanwhile): its runs must still
             # be requeued once the grace period has passed
             node.down_since = self.clock.monotonic()
-        self._set_node(link.name, state="refused", reason=why)
+        self.set_node(link.name, state="refused", reason=why)
 
     def node_down(self, link: NodeLink, why: str) -> None:
         node = self.nodes.get(link.name)
@@ -137,9 +137,9 @@ class NodeRegistry(NodeRequests, Launching):
             log.warning("node %s down: %s", link.name, why)
         if node.down_since is None:
             node.down_since = self.clock.monotonic()
-        self._set_node(link.name, state="down", reason=why)
+        self.set_node(link.name, state="down", reason=why)
 
-    def _set_node(self, name: str, **fields: Any) -> None:
+    def set_node(self, name: str, **fields: Any) -> None:
         with self.lock:
             node = self.nodes.get(name)
             if node is None:
@@ -179,7 +179,7 @@ class NodeRegistry(NodeRequests, Launching):
                 self.store.save_gpus(link.name, gpus)
             except LabqError as e:  # a full disk must not keep the node from coming up
                 log.error("cannot record the GPUs of node %s: %s", link.name, e.message)
-            self._set_node(link.name, state="up", reason=None)
+            self.set_node(link.name, state="up", reason=None)
             log.info("node %s up: %d CPUs, %d MiB, %d GPUs (%s), agent pid %s", link.name,
                      node.cpus, node.memory_mb, len(gpus), source, hello.get("pid"))
             node.stats["agent_pid"] = hello.get("pid")
@@ -240,7 +240,7 @@ class NodeRegistry(NodeRequests, Launching):
             # node: launch now; the agent refuses a second launch of the same run
             log.info("job %d: its start was in flight; launching on %s", job["id"],
                      link.name)
-            self._launch(link, job, rank=rank)
+            self.launcher.launch_run(link, job, rank=rank)
 
     def _relaunch(self, link: NodeLink, job: dict, rank: int = 0) -> None:
         """The run's directory was made but its shepherd never started (the agent died in
@@ -248,13 +248,13 @@ class NodeRegistry(NodeRequests, Launching):
         log.warning("job %d: the launch on %s never started; launching again", job["id"],
                     link.name)
         link.request("forget", job=run_key(job, rank))
-        self._launch(link, job, rank=rank)
+        self.launcher.launch_run(link, job, rank=rank)
 
     def _recheck_launch(self, link: NodeLink, key: str) -> None:
         def listed(reply: dict) -> None:
             info = {j["job"]: j for j in reply.get("jobs", [])}.get(key)
             with self.lock:
-                job = self._current(link, key)
+                job = self.current(link, key)
                 if job is not None and info is not None and not info.get("started"):
                     self._relaunch(link, job, parse_part_key(key)[2])
         link.request("list", listed)
@@ -289,7 +289,7 @@ class NodeRegistry(NodeRequests, Launching):
         node.stats = stats
         node.last_seen = self.clock.time()
 
-    def _current(self, link: NodeLink, key: str) -> dict | None:
+    def current(self, link: NodeLink, key: str) -> dict | None:
         """The active job whose current run on this node `key` names, if any."""
         job_id, run, rank = parse_part_key(key)
         job = self.jobs.active.get(job_id)
@@ -303,7 +303,7 @@ class NodeRegistry(NodeRequests, Launching):
         ev = msg.get("ev")
         if ev == "log":
             job_id, _, rank = parse_part_key(msg["job"])
-            job = self._current(link, msg["job"])
+            job = self.current(link, msg["job"])
             # a gang's part stopped as its gang ended still says its last words
             if job is None and not (rank and job_id not in self.jobs.active):
                 return  # output of a stale copy
@@ -319,7 +319,7 @@ class NodeRegistry(NodeRequests, Launching):
             self._job_exited(link, msg)
         elif ev == "slurm":
             with self.lock:
-                job = self._current(link, msg["job"])
+                job = self.current(link, msg["job"])
                 if job is not None:
                     pool_event(self.jobs, job, msg, self.clock)
         elif ev == "warning":
@@ -341,7 +341,7 @@ class NodeRegistry(NodeRequests, Launching):
     def _record_exit(self, link: NodeLink, msg: dict) -> None:
         key = msg["job"]
         with self.lock:
-            job = self._current(link, key)
+            job = self.current(link, key)
             if job is None:
                 link.request("forget", job=key)  # a stale copy ended
                 return
