@@ -76,7 +76,7 @@ class _Partition:
     """A cluster with its own queue: the whole cluster, or one VC under vc-fifo."""
 
     def __init__(self, nodes: list[NodeView], config: PolicyConfig):
-        self.cluster = Cluster(nodes, config.limits)
+        self.cluster = Cluster(nodes, config.limits, kept=True)
         self.queue = PendingQueue(config, 0.0)
         self.busy = {n.name: set() for n in nodes}  # independent check on double allocation
         self.asks: Counter[int] = Counter()  # queued jobs by GPUs asked for

@@ -171,9 +171,11 @@ def schedule(cluster: Cluster, queue: PendingQueue, now: float, config: PolicyCo
     out = out if out is not None else Plan()
     classes = list(queue.classes.values())
     heads: dict[int, str] = {}
-    # the caller goes on changing the cluster: verdicts are settled now
+    # the caller goes on changing the cluster: verdicts are settled now. A walk for the starts
+    # alone stops once no shape can start anything
     walk = Walk(cluster, classes, now, config, fairshare_factors, queue.cpu_only, full,
-                out.starts, heads, lazy=False).run()
+                out.starts, heads, lazy=False, shapes=None if full else queue.shapes(),
+                order=None if full else queue.shape_order).run()
     if not full:
         return out
     if walk.res_job is not None and walk.res is not None:

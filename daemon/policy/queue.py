@@ -92,6 +92,7 @@ class PendingQueue:
         self.eligible = 0  # members of the classes
         self.cpu_only = 0  # members asking for no GPU: they may fit when no GPU is free
         self.shape_tls: dict[tuple, Counter] | None = None  # see shapes()
+        self.shape_order: dict[tuple, list[float]] = {}  # see shapes()
         self.next_move = -INF  # no fresh member's t0 is below this (see advance)
         if jobs:
             self._fill(list(jobs))
@@ -163,7 +164,14 @@ class PendingQueue:
         if c.tls is not None:
             c.tls[j.time_limit_s] += 1
         if self.shape_tls is not None:
-            self.shape_tls.setdefault(c.shape, Counter())[j.time_limit_s] += 1
+            st = self.shape_tls.get(c.shape)
+            if st is None:
+                st = self.shape_tls[c.shape] = Counter()
+                self.shape_order[c.shape] = []
+            tl = j.time_limit_s
+            st[tl] += 1
+            if st[tl] == 1 and tl is not None:
+                insort(self.shape_order[c.shape], tl)
         self.eligible += 1
         if j.gpus <= 0:
             self.cpu_only += 1
@@ -188,10 +196,16 @@ class PendingQueue:
         if c.tls is not None:
             c.tls[j.time_limit_s] -= 1
         if self.shape_tls is not None:
-            st = self.shape_tls[c.shape]
-            st[j.time_limit_s] -= 1
-            if not any(st.values()):
-                del self.shape_tls[c.shape]
+            st, tl = self.shape_tls[c.shape], j.time_limit_s
+            st[tl] -= 1
+            if not st[tl]:
+                del st[tl]
+                if tl is not None:
+                    order = self.shape_order[c.shape]
+                    del order[bisect_left(order, tl)]
+                if not st:
+                    del self.shape_tls[c.shape]
+                    del self.shape_order[c.shape]
         self.eligible -= 1
         if j.gpus <= 0:
             self.cpu_only -= 1
@@ -232,7 +246,9 @@ class PendingQueue:
         self.next_move = next_move
 
     def shapes(self) -> dict[tuple, Counter]:
-        """Members' time limits by shape (placement.shape_of), over all classes."""
+        """Members' time limits by shape (placement.shape_of), over all classes, with no zero
+        counts; once asked for, kept up to date, and `shape_order` with it: per shape, the
+        limits (not None) in ascending order."""
         if self.shape_tls is None:
             out: dict[tuple, Counter] = {}
             for c in self.classes.values():
@@ -241,5 +257,10 @@ class PendingQueue:
                     out[c.shape] = Counter(c.tl_counts())
                 else:
                     t.update(c.tl_counts())
+            for t in out.values():
+                for tl in [tl for tl, k in t.items() if not k]:
+                    del t[tl]
             self.shape_tls = out
+            self.shape_order = {shape: sorted(tl for tl in t if tl is not None)
+                                for shape, t in out.items()}
         return self.shape_tls
