@@ -69,6 +69,25 @@ def starved_priority(config: PolicyConfig) -> float | None:
             + config.weight_short + config.weight_age)
 
 
+def static_rank(config: PolicyConfig, largest_node_gpus: int):
+    """With no weight on age or fair-share a class's priority is fixed by its key: class ->
+    (-priority, first member's submit time, its id), the order in which the walk takes the
+    classes. The priority is summed as the walk sums it, to the last bit."""
+    wf, wp, ws, wsh = (config.weight_fairshare, config.weight_priority, config.weight_size,
+                       config.weight_short)
+
+    def rank(c) -> tuple:
+        h = c.head
+        const = wf * 1.0 + wp * user_factor(h.priority)
+        if ws:
+            const += ws * size_factor(h.gpus, largest_node_gpus)
+        if wsh:
+            const += wsh * short_factor(h.time_limit_s, config)
+        first = c.ordered()[0]
+        return (-const, first.submit_time, first.id)
+    return rank
+
+
 def class_constant(head: JobView, config: PolicyConfig, fairshare: float,
                    largest_node_gpus: int) -> float:
     """The part of the priority that every member of `head`'s class shares."""

@@ -28,6 +28,7 @@ from .priority import short_factor, size_factor, starved_priority, time_limit, u
 from .queue import JobClass
 from .reasons import OPEN
 from .snapshot import JobView, PolicyConfig, Start
+from .streams import ShapeStreams
 
 _WAITS = object()  # the job's class was settled while placing it
 
@@ -52,8 +53,11 @@ class Walk:
     def __init__(self, cluster: Cluster, classes: list[JobClass], now: float,
                  config: PolicyConfig, fairshare_factors: dict, cpu_only: int, full: bool,
                  starts: list, heads: dict, lazy: bool = True, shapes: dict | None = None,
-                 order: dict | None = None):
+                 order: dict | None = None, streams: ShapeStreams | None = None):
         self.cluster, self.classes, self.now, self.config = cluster, classes, now, config
+        # with `streams` (a walk for the starts alone), the classes come from it, numbered as
+        # the walk reaches them, instead of from `classes`
+        self.streams = streams
         self.cpu_only, self.full, self.lazy, self.shapes = cpu_only, full, lazy, shapes
         self.order = order  # per shape, its limits in `shapes` in ascending order (None left out)
         self.starts, self.heads = starts, heads
@@ -62,7 +66,10 @@ class Walk:
         self.inv_age = 1.0 / config.max_age_s if config.max_age_s > 0 else 0.0
         self.floor = now - config.max_age_s
         self.starved = starved_priority(config)
-        self._queue_heads(fairshare_factors)
+        if streams is None:
+            self._queue_heads(fairshare_factors)
+        else:
+            self.lists, self.consts, self.heap = [], [], []
         self.pos = [0] * len(classes)  # per class, the member the walk is at
         self.verdicts: list = [None] * len(classes)
         # classes cut by backfill -> how many members not yet walked fit in the window: only
@@ -143,7 +150,29 @@ class Walk:
     def _push(self, n: int) -> None:
         """Put class `n` back on the heap at the member the walk is at."""
         j = self.lists[n][self.pos[n]]
-        heapq.heappush(self.heap, (-self._priority(self.consts[n], j), j.submit_time, j.id, n))
+        entry = (-self._priority(self.consts[n], j), j.submit_time, j.id, n)
+        if self.streams is None:
+            heapq.heappush(self.heap, entry)
+        else:
+            self.streams.push(self.classes[n].shape, entry)
+
+    def _pop(self) -> int | None:
+        """The next class in priority order, or None."""
+        if self.streams is None:
+            return heapq.heappop(self.heap)[3] if self.heap else None
+        return self.streams.pop(self._passed_over, self._number)
+
+    def _passed_over(self, shape: tuple) -> bool:
+        return self.settle and shape not in self.unsettled
+
+    def _number(self, c: JobClass) -> int:
+        """Number a class the streams give the walk (its priority is fixed: -rank[0])."""
+        self.classes.append(c)
+        self.lists.append(c.ordered())
+        self.consts.append(-c.rank[0])
+        self.pos.append(0)
+        self.verdicts.append(None)
+        return len(self.classes) - 1
 
     def _settle(self, n: int, job: JobView, reason: str, verdict: str) -> None:
         """`job`, the head of class `n`, waits for `reason`, and the members behind it for
@@ -154,9 +183,11 @@ class Walk:
 
     # -- the walk --------------------------------------------------------------------------
     def run(self) -> Walk:
-        heap, backfill = self.heap, self.config.backfill
-        while heap and not self._nothing_more():
-            n = heapq.heappop(heap)[3]
+        backfill = self.config.backfill
+        while not self._nothing_more():
+            n = self._pop()
+            if n is None:
+                break
             job = self.lists[n][self.pos[n]]
             placed = self._place(n, job)
             if placed is _WAITS:
@@ -230,7 +261,9 @@ class Walk:
             if started is None:
                 started = self.started_tls[shape] = Counter()
             started[job.time_limit_s] += 1
-            if self.settled_bf:
+            if self.settled_bf and self.full:
+                # a walk for the starts alone keeps them settled: a shape with no fit clear of
+                # the reservation finds none as resources shrink
                 self.unsettled.update(self.settled_bf)
                 self.settled_bf.clear()
             if self.res_job is not None:
@@ -257,7 +290,7 @@ class Walk:
         could start, or at the end); its class waits behind it."""
         self.res_job = job
         self._settle(n, job, "Resources", "Priority")
-        if self.settle:
+        if self.settle and self.config.backfill:  # else the walk ends here
             self._settle_shapes()
 
     def _settle_shapes(self) -> None:
