@@ -45,7 +45,7 @@ from .policy.placement import Cluster
 from .policy.queue import PendingQueue, age_floor
 from .trace import GPUS_PER_NODE, TraceJob, load_trace
 
-POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle")
+POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle", "labq-preempt")
 NODE_CPUS = 64
 NODE_MEM_MB = 512 * 1024
 # the labq policy replays with starved_first at this age (README: "Scheduling")
@@ -56,7 +56,7 @@ def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:
     if name in ("vc-fifo", "fifo"):
         return PolicyConfig(weight_age=1.0, weight_fairshare=0.0, weight_priority=0.0,
                             backfill=False)
-    if name == "labq":
+    if name in ("labq", "labq-preempt"):
         return PolicyConfig(group_shares={vc: float(g) for vc, g in vcs.items()},
                             starved_first=True, max_age_s=STARVED_AFTER_S)
     if name == "sjf-oracle":
@@ -130,6 +130,15 @@ class _Replay:
         self.timeline: list[tuple[float, int]] = []
         self.violations = 0
         self.share = ShareMeter(vcs)
+        # labq-preempt: running jobs as the policy sees them, and each one's end (a preempted
+        # job's entry in `ends` is then stale)
+        self.preempt = policy == "labq-preempt"
+        self.running: dict[int, JobView] = {}
+        self.ends_at: dict[int, float] = {}
+        self.preemptible_running = 0
+        self.preemptions = 0
+        self.lost_gpu_s = 0.0
+        self.all_pairs = {(vc, vc) for vc in vcs}
 
     def run(self, record: bool) -> None:
         jobs, i, n = self.jobs, 0, len(self.jobs)
@@ -145,6 +154,10 @@ class _Replay:
             dirty = self._finish_due(t)
             while i < n and jobs[i].submit <= t:
                 p = self.part_of[jobs[i].id]
+                if self.preempt:
+                    # a VC holding its share or more submits into the scavenger tier
+                    vc = jobs[i].vc
+                    self.views[i].preemptible = self.share.running[vc] >= self.vcs[vc]
                 p.add(self.views[i])
                 self.share.waiting(jobs[i].vc, jobs[i].gpus)
                 if p not in dirty:
@@ -165,7 +178,12 @@ class _Replay:
     def _finish_due(self, t: float) -> list[_Partition]:
         dirty: list[_Partition] = []
         while self.ends and self.ends[0][0] <= t:
-            _, jid = heapq.heappop(self.ends)
+            end, jid = heapq.heappop(self.ends)
+            if self.preempt:
+                if self.ends_at.get(jid) != end:
+                    continue  # preempted: it ends at its new run's end
+                del self.ends_at[jid]
+                self.preemptible_running -= self.running.pop(jid).preemptible
             p = self.part_of[jid]
             c = p.cluster
             held = c.gang_parts.get(jid) or ((c.jobs[jid][1], c.jobs[jid][2]),)
@@ -183,16 +201,31 @@ class _Replay:
         return dirty
 
     def _schedule(self, p: _Partition, t: float) -> None:
-        if p.nothing_fits():
+        preempting = self.preempt and self.preemptible_running > 0 and len(p.queue) > 0
+        if p.nothing_fits() and not preempting:
             return  # the plan would start nothing, and planning leaves nothing behind
         cfg = self.cfg
         p.queue.advance(age_floor(cfg, t))
         fs = {}
-        if self.use_fs and len(p.queue.classes) > 1:
+        if self.use_fs and (len(p.queue.classes) > 1 or preempting):
+            # over every VC when preempting, so that the running jobs are ranked too (a
+            # factor does not depend on which pairs are asked for: every VC has a share)
             fs = fairshare.factors(self.usage, {}, cfg.group_shares, {},
+                                   self.all_pairs if preempting else
                                    {(c.head.group, c.head.owner)
                                     for c in p.queue.classes.values()})
-        plan = schedule(p.cluster, p.queue, t, cfg, fs, full=False)
+        while True:
+            plan = schedule(p.cluster, p.queue, t, cfg, fs, full=False,
+                            running=self.running if preempting else None)
+            self._apply_starts(p, plan, t)
+            if not plan.preempts:
+                break
+            # the freed GPUs go to the job the victims made way for, in the same instant:
+            # the model stops a job at once (no grace) and it loses the work since its start
+            for victim, _ in plan.preempts:
+                self._requeue(p, victim, t)
+
+    def _apply_starts(self, p: _Partition, plan, t: float) -> None:
         for s in plan.starts:
             view = self.views[s.job - 1]
             p.remove(view)
@@ -211,6 +244,34 @@ class _Replay:
             heapq.heappush(self.ends, (t + self.by_id[s.job].duration, s.job))
             if self.use_fs:
                 self.rates[view.group] = self.rates.get(view.group, 0.0) + n
+            if self.preempt:
+                self.ends_at[s.job] = t + self.by_id[s.job].duration
+                self.running[s.job] = replace(view, state="RUNNING", start_time=t, node=s.node,
+                                              gpu_indices=s.gpus, parts=s.parts)
+                self.preemptible_running += view.preemptible
+
+    def _requeue(self, p: _Partition, jid: int, t: float) -> None:
+        """Stop a preempted job and queue it again, as the daemon does: it keeps its submit
+        time, its age counts from now, and its run so far is lost."""
+        c = p.cluster
+        held = c.gang_parts.get(jid) or ((c.jobs[jid][1], c.jobs[jid][2]),)
+        c.finish(jid)
+        for i, gpus in held:
+            p.busy[c.nodes[i].name].difference_update(gpus)
+        run = self.running.pop(jid)
+        del self.ends_at[jid]
+        self.preemptible_running -= run.preemptible
+        n = run.gpus * run.nodes
+        self.busy_total -= n
+        self.share.ended(run.group, n)
+        self.share.waiting(run.group, n)
+        if self.use_fs:
+            self.rates[run.group] -= n
+        self.preemptions += 1
+        self.lost_gpu_s += n * (t - (run.start_time or t))
+        view = replace(self.views[jid - 1], preemptions=run.preemptions + 1, eligible_time=t)
+        self.views[jid - 1] = view
+        p.add(view)
 
 
 class ShareMeter:
@@ -263,6 +324,8 @@ def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
     r.run(record)
     result = _metrics(jobs, vcs, r.start, r.finish, r.total_gpus)
     result["violations"] = r.violations
+    result["preemptions"] = r.preemptions
+    result["lost_gpu_hours"] = r.lost_gpu_s / 3600.0
     result["share_ratio"] = r.share.ratios()
     result["worst_share"] = min(result["share_ratio"].values(), default=1.0)
     if record:

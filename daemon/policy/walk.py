@@ -53,11 +53,13 @@ class Walk:
     def __init__(self, cluster: Cluster, classes: list[JobClass], now: float,
                  config: PolicyConfig, fairshare_factors: dict, cpu_only: int, full: bool,
                  starts: list, heads: dict, lazy: bool = True, shapes: dict | None = None,
-                 order: dict | None = None, streams: ShapeStreams | None = None):
+                 order: dict | None = None, streams: ShapeStreams | None = None,
+                 find_top: bool = False):
         self.cluster, self.classes, self.now, self.config = cluster, classes, now, config
         # with `streams` (a walk for the starts alone), the classes come from it, numbered as
         # the walk reaches them, instead of from `classes`
         self.streams = streams
+        self.find_top = find_top  # walk on to the top job that cannot start, for preemption
         self.cpu_only, self.full, self.lazy, self.shapes = cpu_only, full, lazy, shapes
         self.order = order  # per shape, its limits in `shapes` in ascending order (None left out)
         self.starts, self.heads = starts, heads
@@ -212,7 +214,7 @@ class Walk:
     def _nothing_more(self) -> bool:
         """Nothing more can start (once there is a reservation, or when only starts are
         wanted): no GPU is free and no job left asks for none, or no shape can start."""
-        if self.res_job is None and self.full:
+        if self.res_job is None and (self.full or self.find_top):
             return False
         if self.cluster.total_free == 0 and not self.cpu_only:
             return True
