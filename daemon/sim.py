@@ -18,6 +18,13 @@ Policies compared:
   real policy, configured as README suggests for a busy cluster.
 - sjf-oracle: pooled, shortest true duration first, with backfill on exact limits; a bound no
   real scheduler reaches.
+- labq-preempt: labq with preemption (Slurm's PreemptMode=REQUEUE) as the daemon decides it
+  (policy.preempt, through `schedule(..., running=...)`). The trace has no scavenger tier, so
+  the model makes one: a job whose VC holds its share of the GPUs or more when it is submitted
+  is preemptible. A preempted job stops at once (no grace) and loses all the work since its
+  start (no checkpoint); it is queued again with its submit time, its age counting from the
+  requeue as in the daemon, and runs its whole duration again. Its wait counts up to the start
+  of the run that finished.
 
 The trace as published loads the 2,816 GPUs to about 13 % on average, so queueing is rare
 whatever the policy; --arrival-scale compresses submit times to replay the same jobs under a
@@ -29,6 +36,7 @@ first submit)), Jain's index over the VCs' mean slowdowns (JCT / duration; 1 = e
 slowed equally), each VC's share of the GPU time used against its share of the GPUs, and what
 fair-share promises (ShareMeter): per VC, over the time it had jobs waiting, the GPU time it held
 against its share of the GPUs in use (or all it asked for, if less); "share" is the worst VC's.
+"preempt" counts preemptions; the JSON also gives the GPU-hours of work they lost.
 """
 from __future__ import annotations
 
@@ -130,12 +138,12 @@ class _Replay:
         self.timeline: list[tuple[float, int]] = []
         self.violations = 0
         self.share = ShareMeter(vcs)
-        # labq-preempt: running jobs as the policy sees them, and each one's end (a preempted
+        # labq-preempt: the preemptible running jobs as the policy sees them (only they can
+        # be victims, so the policy needs no others), and each running job's end (a preempted
         # job's entry in `ends` is then stale)
         self.preempt = policy == "labq-preempt"
         self.running: dict[int, JobView] = {}
         self.ends_at: dict[int, float] = {}
-        self.preemptible_running = 0
         self.preemptions = 0
         self.lost_gpu_s = 0.0
         self.all_pairs = {(vc, vc) for vc in vcs}
@@ -183,7 +191,7 @@ class _Replay:
                 if self.ends_at.get(jid) != end:
                     continue  # preempted: it ends at its new run's end
                 del self.ends_at[jid]
-                self.preemptible_running -= self.running.pop(jid).preemptible
+                self.running.pop(jid, None)
             p = self.part_of[jid]
             c = p.cluster
             held = c.gang_parts.get(jid) or ((c.jobs[jid][1], c.jobs[jid][2]),)
@@ -201,7 +209,7 @@ class _Replay:
         return dirty
 
     def _schedule(self, p: _Partition, t: float) -> None:
-        preempting = self.preempt and self.preemptible_running > 0 and len(p.queue) > 0
+        preempting = self.preempt and len(self.running) > 0 and len(p.queue) > 0
         if p.nothing_fits() and not preempting:
             return  # the plan would start nothing, and planning leaves nothing behind
         cfg = self.cfg
@@ -246,9 +254,10 @@ class _Replay:
                 self.rates[view.group] = self.rates.get(view.group, 0.0) + n
             if self.preempt:
                 self.ends_at[s.job] = t + self.by_id[s.job].duration
-                self.running[s.job] = replace(view, state="RUNNING", start_time=t, node=s.node,
-                                              gpu_indices=s.gpus, parts=s.parts)
-                self.preemptible_running += view.preemptible
+                if view.preemptible:
+                    self.running[s.job] = replace(view, state="RUNNING", start_time=t,
+                                                  node=s.node, gpu_indices=s.gpus,
+                                                  parts=s.parts)
 
     def _requeue(self, p: _Partition, jid: int, t: float) -> None:
         """Stop a preempted job and queue it again, as the daemon does: it keeps its submit
@@ -260,7 +269,6 @@ class _Replay:
             p.busy[c.nodes[i].name].difference_update(gpus)
         run = self.running.pop(jid)
         del self.ends_at[jid]
-        self.preemptible_running -= run.preemptible
         n = run.gpus * run.nodes
         self.busy_total -= n
         self.share.ended(run.group, n)
@@ -389,13 +397,13 @@ def run(trace: str, vcs_path: str, limit: int | None = None, seed: int = 0,
 def format_table(result: dict) -> str:
     head = (f"{'policy':<11} {'jobs':>6} {'avg JCT':>10} {'p50 JCT':>9} {'p99 JCT':>10} "
             f"{'avg wait':>9} {'p99 wait':>10} {'max wait':>10} {'util':>6} {'Jain':>5} "
-            f"{'share':>6} {'wall':>6}")
+            f"{'share':>6} {'preempt':>7} {'wall':>6}")
     lines = [head, "-" * len(head)]
     for name, m in result["policies"].items():
         lines.append(f"{name:<11} {m['jobs']:>6} {m['avg_jct_s']:>9.0f}s {m['p50_jct_s']:>8.0f}s "
                      f"{m['p99_jct_s']:>9.0f}s {m['avg_wait_s']:>8.0f}s {m['p99_wait_s']:>9.0f}s "
                      f"{m['max_wait_s']:>9.0f}s {m['utilization']:>6.3f} {m['jain']:>5.2f} "
-                     f"{m['worst_share']:>6.2f} {m['wall_s']:>5.1f}s")
+                     f"{m['worst_share']:>6.2f} {m['preemptions']:>7} {m['wall_s']:>5.1f}s")
     lines.append(f"total wall time {result['wall_s']:.1f} s (seconds are simulated time, "
                  "wall is real time)")
     return "\n".join(lines)
