@@ -18,6 +18,13 @@ Policies compared:
   real policy, configured as README suggests for a busy cluster.
 - sjf-oracle: pooled, shortest true duration first, with backfill on exact limits; a bound no
   real scheduler reaches.
+- labq-preempt: labq with preemption (Slurm's PreemptMode=REQUEUE) as the daemon decides it
+  (policy.preempt, through `schedule(..., running=...)`). The trace has no scavenger tier, so
+  the model makes one: a job whose VC holds its share of the GPUs or more when it is submitted
+  is preemptible. A preempted job stops at once (no grace) and loses all the work since its
+  start (no checkpoint); it is queued again with its submit time, its age counting from the
+  requeue as in the daemon, and runs its whole duration again. Its wait counts up to the start
+  of the run that finished.
 
 The trace as published loads the 2,816 GPUs to about 13 % on average, so queueing is rare
 whatever the policy; --arrival-scale compresses submit times to replay the same jobs under a
@@ -29,6 +36,7 @@ first submit)), Jain's index over the VCs' mean slowdowns (JCT / duration; 1 = e
 slowed equally), each VC's share of the GPU time used against its share of the GPUs, and what
 fair-share promises (ShareMeter): per VC, over the time it had jobs waiting, the GPU time it held
 against its share of the GPUs in use (or all it asked for, if less); "share" is the worst VC's.
+"preempt" counts preemptions; the JSON also gives the GPU-hours of work they lost.
 """
 from __future__ import annotations
 
@@ -45,7 +53,7 @@ from .policy.placement import Cluster
 from .policy.queue import PendingQueue, age_floor
 from .trace import GPUS_PER_NODE, TraceJob, load_trace
 
-POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle")
+POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle", "labq-preempt")
 NODE_CPUS = 64
 NODE_MEM_MB = 512 * 1024
 # the labq policy replays with starved_first at this age (README: "Scheduling")
@@ -56,7 +64,7 @@ def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:
     if name in ("vc-fifo", "fifo"):
         return PolicyConfig(weight_age=1.0, weight_fairshare=0.0, weight_priority=0.0,
                             backfill=False)
-    if name == "labq":
+    if name in ("labq", "labq-preempt"):
         return PolicyConfig(group_shares={vc: float(g) for vc, g in vcs.items()},
                             starved_first=True, max_age_s=STARVED_AFTER_S)
     if name == "sjf-oracle":
@@ -76,7 +84,7 @@ class _Partition:
     """A cluster with its own queue: the whole cluster, or one VC under vc-fifo."""
 
     def __init__(self, nodes: list[NodeView], config: PolicyConfig):
-        self.cluster = Cluster(nodes, config.limits)
+        self.cluster = Cluster(nodes, config.limits, kept=True)
         self.queue = PendingQueue(config, 0.0)
         self.busy = {n.name: set() for n in nodes}  # independent check on double allocation
         self.asks: Counter[int] = Counter()  # queued jobs by GPUs asked for
@@ -130,6 +138,15 @@ class _Replay:
         self.timeline: list[tuple[float, int]] = []
         self.violations = 0
         self.share = ShareMeter(vcs)
+        # labq-preempt: the preemptible running jobs as the policy sees them (only they can
+        # be victims, so the policy needs no others), and each running job's end (a preempted
+        # job's entry in `ends` is then stale)
+        self.preempt = policy == "labq-preempt"
+        self.running: dict[int, JobView] = {}
+        self.ends_at: dict[int, float] = {}
+        self.preemptions = 0
+        self.lost_gpu_s = 0.0
+        self.all_pairs = {(vc, vc) for vc in vcs}
 
     def run(self, record: bool) -> None:
         jobs, i, n = self.jobs, 0, len(self.jobs)
@@ -145,6 +162,10 @@ class _Replay:
             dirty = self._finish_due(t)
             while i < n and jobs[i].submit <= t:
                 p = self.part_of[jobs[i].id]
+                if self.preempt:
+                    # a VC holding its share or more submits into the scavenger tier
+                    vc = jobs[i].vc
+                    self.views[i].preemptible = self.share.running[vc] >= self.vcs[vc]
                 p.add(self.views[i])
                 self.share.waiting(jobs[i].vc, jobs[i].gpus)
                 if p not in dirty:
@@ -165,7 +186,12 @@ class _Replay:
     def _finish_due(self, t: float) -> list[_Partition]:
         dirty: list[_Partition] = []
         while self.ends and self.ends[0][0] <= t:
-            _, jid = heapq.heappop(self.ends)
+            end, jid = heapq.heappop(self.ends)
+            if self.preempt:
+                if self.ends_at.get(jid) != end:
+                    continue  # preempted: it ends at its new run's end
+                del self.ends_at[jid]
+                self.running.pop(jid, None)
             p = self.part_of[jid]
             c = p.cluster
             held = c.gang_parts.get(jid) or ((c.jobs[jid][1], c.jobs[jid][2]),)
@@ -183,16 +209,31 @@ class _Replay:
         return dirty
 
     def _schedule(self, p: _Partition, t: float) -> None:
-        if p.nothing_fits():
+        preempting = self.preempt and len(self.running) > 0 and len(p.queue) > 0
+        if p.nothing_fits() and not preempting:
             return  # the plan would start nothing, and planning leaves nothing behind
         cfg = self.cfg
         p.queue.advance(age_floor(cfg, t))
         fs = {}
-        if self.use_fs and len(p.queue.classes) > 1:
+        if self.use_fs and (len(p.queue.classes) > 1 or preempting):
+            # over every VC when preempting, so that the running jobs are ranked too (a
+            # factor does not depend on which pairs are asked for: every VC has a share)
             fs = fairshare.factors(self.usage, {}, cfg.group_shares, {},
+                                   self.all_pairs if preempting else
                                    {(c.head.group, c.head.owner)
                                     for c in p.queue.classes.values()})
-        plan = schedule(p.cluster, p.queue, t, cfg, fs, full=False)
+        while True:
+            plan = schedule(p.cluster, p.queue, t, cfg, fs, full=False,
+                            running=self.running if preempting else None)
+            self._apply_starts(p, plan, t)
+            if not plan.preempts:
+                break
+            # the freed GPUs go to the job the victims made way for, in the same instant:
+            # the model stops a job at once (no grace) and it loses the work since its start
+            for victim, _ in plan.preempts:
+                self._requeue(p, victim, t)
+
+    def _apply_starts(self, p: _Partition, plan, t: float) -> None:
         for s in plan.starts:
             view = self.views[s.job - 1]
             p.remove(view)
@@ -211,6 +252,34 @@ class _Replay:
             heapq.heappush(self.ends, (t + self.by_id[s.job].duration, s.job))
             if self.use_fs:
                 self.rates[view.group] = self.rates.get(view.group, 0.0) + n
+            if self.preempt:
+                self.ends_at[s.job] = t + self.by_id[s.job].duration
+                if view.preemptible:
+                    self.running[s.job] = replace(view, state="RUNNING", start_time=t,
+                                                  node=s.node, gpu_indices=s.gpus,
+                                                  parts=s.parts)
+
+    def _requeue(self, p: _Partition, jid: int, t: float) -> None:
+        """Stop a preempted job and queue it again, as the daemon does: it keeps its submit
+        time, its age counts from now, and its run so far is lost."""
+        c = p.cluster
+        held = c.gang_parts.get(jid) or ((c.jobs[jid][1], c.jobs[jid][2]),)
+        c.finish(jid)
+        for i, gpus in held:
+            p.busy[c.nodes[i].name].difference_update(gpus)
+        run = self.running.pop(jid)
+        del self.ends_at[jid]
+        n = run.gpus * run.nodes
+        self.busy_total -= n
+        self.share.ended(run.group, n)
+        self.share.waiting(run.group, n)
+        if self.use_fs:
+            self.rates[run.group] -= n
+        self.preemptions += 1
+        self.lost_gpu_s += n * (t - (run.start_time or t))
+        view = replace(self.views[jid - 1], preemptions=run.preemptions + 1, eligible_time=t)
+        self.views[jid - 1] = view
+        p.add(view)
 
 
 class ShareMeter:
@@ -263,6 +332,8 @@ def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
     r.run(record)
     result = _metrics(jobs, vcs, r.start, r.finish, r.total_gpus)
     result["violations"] = r.violations
+    result["preemptions"] = r.preemptions
+    result["lost_gpu_hours"] = r.lost_gpu_s / 3600.0
     result["share_ratio"] = r.share.ratios()
     result["worst_share"] = min(result["share_ratio"].values(), default=1.0)
     if record:
@@ -326,13 +397,13 @@ def run(trace: str, vcs_path: str, limit: int | None = None, seed: int = 0,
 def format_table(result: dict) -> str:
     head = (f"{'policy':<11} {'jobs':>6} {'avg JCT':>10} {'p50 JCT':>9} {'p99 JCT':>10} "
             f"{'avg wait':>9} {'p99 wait':>10} {'max wait':>10} {'util':>6} {'Jain':>5} "
-            f"{'share':>6} {'wall':>6}")
+            f"{'share':>6} {'preempt':>7} {'wall':>6}")
     lines = [head, "-" * len(head)]
     for name, m in result["policies"].items():
         lines.append(f"{name:<11} {m['jobs']:>6} {m['avg_jct_s']:>9.0f}s {m['p50_jct_s']:>8.0f}s "
                      f"{m['p99_jct_s']:>9.0f}s {m['avg_wait_s']:>8.0f}s {m['p99_wait_s']:>9.0f}s "
                      f"{m['max_wait_s']:>9.0f}s {m['utilization']:>6.3f} {m['jain']:>5.2f} "
-                     f"{m['worst_share']:>6.2f} {m['wall_s']:>5.1f}s")
+                     f"{m['worst_share']:>6.2f} {m['preemptions']:>7} {m['wall_s']:>5.1f}s")
     lines.append(f"total wall time {result['wall_s']:.1f} s (seconds are simulated time, "
                  "wall is real time)")
     return "\n".join(lines)

@@ -173,3 +173,21 @@ def test_no_part_of_a_gang_goes_to_a_slurm_pool():
     assert {n for n, _ in s.parts} == {"a", "b"}
     one = job(gpus=4, time_limit_s=3600)  # a job on one node may still go to the pool
     assert plan(snap([pool], [one]), NOW).starts[0].node == "hpc"
+
+
+
+def test_a_gang_backfills_as_a_gang_behind_a_one_node_job_of_the_same_size_per_node():
+    # node a is free and b frees at NOW + 990 by its limit: the top job, a 2-node gang, holds
+    # both from then on. bob's 8-GPU job would outlast that, so it waits; his gang behind it
+    # is short enough to backfill, but needs two free nodes and only a is
+    top = job(gpus=8, nodes=2, submit=NOW - 900, owner="carol", group="cv")
+    single = job(gpus=8, nodes=1, submit=NOW - 300, owner="bob", time_limit_s=7200)
+    gang = job(gpus=8, nodes=2, submit=NOW - 200, owner="bob", time_limit_s=600)
+    nodes = [node("a"), node("b", free=())]
+    kept = snap(nodes, [busy("b", range(8), 1000), top, single, gang])
+    kept.memo = PlanMemo()
+    for p in (plan(snap(nodes, [busy("b", range(8), 1000), top, single, gang]), NOW),
+              plan(kept, NOW)):
+        assert p.starts == []
+        assert p.reasons[top.id] == "Resources"
+        assert p.reasons[single.id] == p.reasons[gang.id] == "Priority"

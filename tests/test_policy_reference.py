@@ -19,8 +19,12 @@ from labq.daemon.policy import (
     PlanMemo,
     PolicyConfig,
     Snapshot,
+    fairshare,
     plan,
+    schedule,
 )
+from labq.daemon.policy.placement import Cluster
+from labq.daemon.policy.queue import PendingQueue, age_floor
 
 NOW = 1_000_000.0
 
@@ -219,3 +223,109 @@ def test_reservations_and_backfill_agree_with_the_reference(data):
         assert_same(plan(replace(snap, memo=None), now), ref)
         jobs, next_id = next_jobs(data, jobs, with_memo, now, ended, next_id)
         now += data.draw(st.sampled_from([0.0, 300.0, 900.0]))
+
+
+
+def kept_job(data, jid, now) -> JobView:
+    d = data.draw
+    nodes = d(st.sampled_from([1, 1, 1, 2]))
+    return JobView(jid, d(st.sampled_from(["u", "v"])), d(st.sampled_from(["g0", "g1"])),
+                   "PENDING", d(st.sampled_from([1, 5, 9])),
+                   now - d(st.sampled_from([0.0, 100.0, 3000.0, 9000.0])),
+                   gpus=d(st.sampled_from([0, 1, 1, 2, 3, 4, 8] if nodes == 1 else [2, 4, 8])),
+                   cpus=d(st.sampled_from([1, 2, 4])), nodes=nodes,
+                   memory_mb=d(st.sampled_from([0, 16000])),
+                   time_limit_s=d(st.sampled_from([None, 60.0, 300.0, 900.0, 3600.0, 7200.0])))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_a_walk_for_the_starts_alone_on_a_kept_cluster_starts_what_a_full_walk_starts(data):
+    # the replay simulator's way: a Cluster and a PendingQueue kept across passes, starts and
+    # ends applied to them, and a walk for the starts alone, which stops once no shape can
+    # start anything, takes the classes shape by shape when priorities are fixed, and asks
+    # the cluster's ReadyIndexes for reservations. A full walk that scans the nodes for them,
+    # on a twin cluster and queue, must start the same jobs on the same GPUs
+    d = data.draw
+    config = PolicyConfig(weight_age=d(st.sampled_from([0.0, 1000.0])),
+                          weight_fairshare=d(st.sampled_from([0.0, 10000.0])),
+                          weight_priority=d(st.sampled_from([0.0, 1000.0])),
+                          weight_size=d(st.sampled_from([0.0, 500.0])),
+                          weight_short=d(st.sampled_from([0.0, 300.0])),
+                          backfill=d(st.booleans()) or d(st.booleans()),
+                          max_age_s=4096.0, default_time_limit_s=3600.0)
+    node_list = [NodeView(f"n{i}", "up", 16, 64000,
+                          tuple(GpuSlot(k, "A100", 80000) for k in range(g)),
+                          frozenset(range(g)), 16, 64000)
+                 for i, g in enumerate(d(st.lists(st.sampled_from([4, 8]), min_size=1,
+                                                  max_size=5)))]
+    kept = (Cluster(node_list, config.limits, kept=True), PendingQueue(config, NOW))
+    scan = (Cluster(node_list, config.limits), PendingQueue(config, NOW))
+    usage = {"g0": 100.0, "g1": 300.0}
+    running: set[int] = set()
+    now, next_id = NOW, 0
+    for _ in range(d(st.integers(1, 12))):
+        for _ in range(d(st.integers(0, 10))):
+            next_id += 1
+            job = kept_job(data, next_id, now)
+            for _, queue in (kept, scan):
+                queue.add(job)
+        for jid in sorted(jid for jid in running if d(st.integers(0, 3)) == 0):
+            running.discard(jid)
+            for cluster, _ in (kept, scan):
+                cluster.finish(jid)
+        plans = []
+        for (cluster, queue), full in ((kept, False), (scan, True)):
+            queue.advance(age_floor(config, now))
+            pairs = {(c.head.group, c.head.owner) for c in queue.classes.values()}
+            fs = fairshare.factors(usage, {}, {}, {}, pairs)
+            plans.append(schedule(cluster, queue, now, config, fs, full=full))
+            jobs = {j.id: j for c in queue.classes.values() for j in c.ordered()}
+            for s in plans[-1].starts:
+                queue.remove(jobs[s.job])
+        assert plans[0].starts == plans[1].starts
+        running.update(s.job for s in plans[0].starts)
+        now += d(st.sampled_from([0.0, 60.0, 300.0, 900.0]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_kept_clusters_nodes_are_ready_when_their_running_jobs_limits_say(data):
+    # the ReadyIndex kept across starts and ends against every node worked out afresh
+    d = data.draw
+    node_list = [NodeView(f"n{i}", d(st.sampled_from(["up", "up", "up", "down"])), 8, 64000,
+                          tuple(GpuSlot(k, "A100", 80000) for k in range(g)),
+                          frozenset(range(g)), 8, 64000)
+                 for i, g in enumerate(d(st.lists(st.sampled_from([2, 4, 8]), min_size=1,
+                                                  max_size=6)))]
+    cluster = Cluster(node_list, kept=True)
+    asks = [JobView(-1, "u", "g", "PENDING", 5, NOW, gpus=g, cpus=c, nodes=n)
+            for g, c, n in [(1, 1, 1), (4, 2, 1), (8, 1, 1), (2, 4, 2), (0, 8, 1)]]
+    for step in range(d(st.integers(1, 30))):
+        if cluster.jobs and d(st.booleans()):
+            cluster.finish(d(st.sampled_from(sorted(cluster.jobs))))
+        else:
+            ns = d(st.sampled_from(cluster.nodes))
+            free = sorted(ns.free)
+            take = d(st.integers(0, len(free)))
+            if ns.up and ns.free_cpus >= 1:
+                j = JobView(step + 1, "u", "g", "RUNNING", 5, NOW, gpus=take, cpus=1)
+                cluster.start(j, ns.idx, tuple(free[:take]),
+                              NOW + d(st.sampled_from([60.0, 300.0, 900.0])))
+        job = d(st.sampled_from(asks))
+        expected = sorted((t, ns.idx) for ns in cluster.nodes
+                          if (t := afresh(ns, job)) is not None)
+        assert cluster.ready(job, 3) == expected[:3]
+
+
+def afresh(ns, job) -> float | None:
+    if not ns.up or len(ns.gpus) < job.gpus or job.cpus > ns.cpus:
+        return None
+    free, cpus = len(ns.free), ns.free_cpus
+    if free >= job.gpus and cpus >= job.cpus:
+        return float("-inf")
+    for end, gpus, c, _ in sorted(ns.running.values()):
+        free, cpus = free + len(gpus), cpus + c
+        if free >= job.gpus and cpus >= job.cpus:
+            return end
+    return None

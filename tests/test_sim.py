@@ -120,3 +120,50 @@ def test_multi_node_jobs_replay_as_gangs_as_they_ran(tmp_path):
     # it waits too, though the third node is free
     fifo = sim.simulate(jobs, vcs, "vc-fifo", record=True)["records"]
     assert fifo[2][1] == 100.0 and fifo[3][1] == 100.0
+
+
+def test_preemption_replays_the_daemons_decision_and_costs_the_run_so_far(tmp_path):
+    # "big" holds its share (2 nodes) with jobs 1 and 2, so its third job is submitted
+    # preemptible; "small"'s job then finds no node free
+    (tmp_path / "vcs.csv").write_text("vc,node num\nbig,2\nsmall,1\n")
+    (tmp_path / "jobs.csv").write_text(
+        "timestamp,duration,num_gpus,gpu_time,cluster\n"
+        "2017-10-09 07:00:00,10000.0,8,80000.0,big\n"
+        "2017-10-09 07:00:01,10000.0,8,80000.0,big\n"
+        "2017-10-09 07:00:02,10000.0,8,80000.0,big\n"
+        "2017-10-09 07:16:40,100.0,8,800.0,small\n")
+    jobs, vcs = load_trace(str(tmp_path / "jobs.csv"), str(tmp_path / "vcs.csv"))
+    plain = sim.simulate(jobs, vcs, "labq", record=True)
+    assert plain["preemptions"] == 0
+    assert plain["records"][4][1] == 10000.0  # small waits for the first of big's jobs to end
+    r = sim.simulate(jobs, vcs, "labq-preempt", record=True)
+    recs = r["records"]
+    assert r["violations"] == 0 and r["jobs"] == 4
+    assert r["preemptions"] == 1
+    assert recs[4][1:3] == (1000.0, 1100.0)  # small starts at once, on job 3's node
+    assert recs[1][1:3] == (0.0, 10000.0) and recs[2][1:3] == (1.0, 10001.0)  # never preempted
+    # job 3 lost its 998 s of run and runs again whole, from when small's job ended
+    assert recs[3][1:3] == (1100.0, 11100.0)
+    assert r["lost_gpu_hours"] == pytest.approx(8 * 998 / 3600)
+
+
+def test_a_preempted_job_is_preempted_at_most_preempt_max_times(tmp_path):
+    # big's 4th job is preemptible; small submits one short job after another: each may stop
+    # it, but after preempt_max (3) times it runs to its end
+    (tmp_path / "vcs.csv").write_text("vc,node num\nbig,1\nsmall,1\n")
+    rows = ["2017-10-09 07:00:00,5000.0,8,40000.0,big",
+            "2017-10-09 07:00:01,5000.0,8,40000.0,big"]
+    rows += [f"2017-10-09 {7 + k // 6:02d}:{(k % 6) * 10:02d}:30,60.0,8,480.0,small"
+             for k in range(1, 8)]
+    (tmp_path / "jobs.csv").write_text("timestamp,duration,num_gpus,gpu_time,cluster\n"
+                                       + "\n".join(rows) + "\n")
+    jobs, vcs = load_trace(str(tmp_path / "jobs.csv"), str(tmp_path / "vcs.csv"))
+    r = sim.simulate(jobs, vcs, "labq-preempt", record=True)
+    assert r["violations"] == 0 and r["jobs"] == len(jobs)
+    assert r["preemptions"] == sim.policy_config("labq", vcs).preempt_max == 3
+    recs = r["records"]
+    last = recs[2][1]  # job 2's last start, after small's 3rd job: it then ran to its end
+    assert recs[2][2] == last + 5000.0
+    assert last == recs[5][2]
+    # small's later jobs wait for job 1, which was never preemptible, to end
+    assert all(recs[k][1] >= recs[1][2] for k in range(6, len(jobs) + 1))

@@ -15,6 +15,9 @@ and times itself) keeps a cluster and a queue across events and calls `schedule`
 - reasons: the plan's pending reasons and priorities, computed on access
 - fairshare, dependencies, estimates: usage and its factor, afterok/afterany/afternotok, and the
   expected start of waiting jobs
+- preempt: which running jobs to requeue so that the top waiting job starts
+- ready, streams: for a cluster and queue kept across plans (the simulator), when each node
+  could take a job of a given size, and the classes in order when priorities are fixed
 """
 from .estimates import estimate
 from .memo import PlanMemo

@@ -52,6 +52,12 @@ def reserve(cluster: Cluster, job: JobView, now: float) -> Reservation | None:
     need, cpus, mem = job.gpus, job.cpus, job.memory_mb
     plain = not job.gpu_type and not job.gpu_memory_mb
     restricted = cluster.restricted
+    if plain and cluster.kept and not restricted:
+        first = cluster.ready(job, 1)
+        if not first:
+            return None
+        if first[0][0] > now:  # else several nodes tie at now: the scan below picks
+            return _earliest_part(cluster.nodes[first[0][1]], job, now, None)
     for ns in cluster.nodes:
         if not ns.up:
             continue
@@ -105,6 +111,13 @@ def reserve_gang(cluster: Cluster, job: JobView, now: float) -> Reservation | No
     """The earliest start of the gang `job`: when the `job.nodes`-th node that could take a
     part can take it; None if fewer nodes than that ever could. A node that can take its part
     earlier holds it from then on (its running jobs only end)."""
+    if cluster.kept and not cluster.restricted and not job.gpu_type and not job.gpu_memory_mb:
+        first = cluster.ready(job, job.nodes)
+        if len(first) < job.nodes:
+            return None
+        if first[-1][0] > now:  # else nodes that tie at now may be left out in another order
+            return _gang_reservation(job, [_earliest_part(cluster.nodes[i], job, now, None)
+                                           for _, i in first])
     best: list[tuple[float, int, Reservation]] = []  # the job.nodes earliest, as a max-heap
     for ns in cluster.nodes:
         if ns.up and could_ever_fit(ns, job):
@@ -119,7 +132,12 @@ def reserve_gang(cluster: Cluster, job: JobView, now: float) -> Reservation | No
                 heapq.heapreplace(best, (-got.time, -got.node, got))
     if len(best) < job.nodes:
         return None
-    chosen = sorted((r for _, _, r in best), key=lambda r: (r.time, r.node))
+    return _gang_reservation(job, [r for _, _, r in best])
+
+
+def _gang_reservation(job: JobView, parts: list) -> Reservation:
+    """The gang's reservation from each of its nodes' earliest part: all from the latest."""
+    chosen = sorted(parts, key=lambda r: (r.time, r.node))
     t = chosen[-1].time
     for r in chosen:
         r.time = t

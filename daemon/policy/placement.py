@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .ready import ReadyIndex
 from .snapshot import GpuSlot, JobView, Limits, NodeView
 
 
@@ -53,6 +54,14 @@ def shape_of(job: JobView) -> tuple:
     """What placement depends on; jobs with equal shapes fit in the same places."""
     return (job.gpus, job.gpu_type, job.gpu_memory_mb, job.cpus, job.memory_mb, job.owner_uid,
             job.nodes)
+
+
+def job_of_shape(shape: tuple) -> JobView:
+    """A job of this shape, to ask where one would fit (placement looks at nothing else)."""
+    gpus, gpu_type, gpu_memory_mb, cpus, memory_mb, owner_uid, nodes = shape
+    return JobView(-1, "", "", "PENDING", 5, 0.0, gpus=gpus, gpu_type=gpu_type,
+                   gpu_memory_mb=gpu_memory_mb, cpus=cpus, memory_mb=memory_mb,
+                   owner_uid=owner_uid, nodes=nodes)
 
 
 def parts_of(placed: tuple) -> tuple:
@@ -97,8 +106,14 @@ class NodeState:
 
 
 class Cluster:
-    def __init__(self, nodes: Iterable[NodeView], limits: Limits | None = None):
+    """With `kept` (a cluster the caller keeps across plans, as the replay simulator does),
+    when nodes could take the waiting jobs is kept in ReadyIndexes between plans."""
+
+    def __init__(self, nodes: Iterable[NodeView], limits: Limits | None = None,
+                 kept: bool = False):
         self.limits = limits or Limits()
+        self.kept = kept
+        self._ready: dict[tuple, ReadyIndex] = {}
         self.nodes: list[NodeState] = []
         self.restricted = False  # some node runs only some owners' jobs
         self.by_name: dict[str, NodeState] = {}
@@ -158,7 +173,7 @@ class Cluster:
             if ns is not None:
                 slots += [ns.slots[i] for i in idx if i in ns.slots]
                 ns.running[job.id] = (end, idx, job.cpus, job.memory_mb)
-                ns._ends = None
+                self._changed(ns)
             known.append((ns.idx if ns else -1, idx))
         self.jobs[job.id] = (job, known[0][0], known[0][1], end)
         if job.parts:
@@ -176,7 +191,7 @@ class Cluster:
             ns.free_cpus -= job.cpus
             ns.free_mem -= job.memory_mb
             ns.running[job.id] = (end, g, job.cpus, job.memory_mb)
-            ns._ends = None
+            self._changed(ns)
             self._move(ns, before)
             slots += [ns.slots[k] for k in g]
         self.jobs[job.id] = (job, node_idx, gpus, end)
@@ -194,13 +209,18 @@ class Cluster:
             ns = self.nodes[i]
             before = len(ns.free)
             ns.running.pop(job_id, None)
-            ns._ends = None
+            self._changed(ns)
             ns.free.update(g)
             ns.free_cpus += job.cpus
             ns.free_mem += job.memory_mb
             self._move(ns, before)
             slots += [ns.slots[k] for k in g]
         self._count(job, slots, -1)
+
+    def _changed(self, ns: NodeState) -> None:
+        ns._ends = None
+        for index in self._ready.values():
+            index.dirty.add(ns.idx)
 
     def _move(self, ns: NodeState, before: int) -> None:
         after = len(ns.free)
@@ -210,6 +230,17 @@ class Cluster:
             self.total_free += after - before
 
     # -- questions -----------------------------------------------------------------------
+    def ready(self, job: JobView, k: int) -> list[tuple[float, int]]:
+        """The k nodes that could take a part of `job` first by the running jobs' limits, as
+        (time, node index) in that order; the time is ready.NOW where there is room now. Only
+        for a job with no GPU type or memory asked for, on a cluster whose nodes run anyone's
+        jobs."""
+        key = (job.gpus, job.cpus, job.memory_mb, job.nodes > 1)
+        index = self._ready.get(key)
+        if index is None:
+            index = self._ready[key] = ReadyIndex(*key, len(self.nodes))
+        return index.earliest(self.nodes, k)
+
     def feasibility(self, job: JobView) -> str | None:
         """None if some up node could ever run the job, else NodeDown, NoNodeFits or
         NoNodeForUser (nodes would fit, but none may run jobs as the job's owner)."""

@@ -24,10 +24,11 @@ from . import fairshare, preempt
 from .dependencies import sort_out
 from .memo import ActiveJobs, JobIndex, PlanMemo
 from .placement import Cluster, shape_of
-from .priority import class_constant, time_limit
+from .priority import class_constant, static_rank, time_limit
 from .queue import JobClass, PendingQueue, t0_of
 from .reasons import PlanPriorities, PlanReasons, _Eligible
 from .snapshot import JobView, Plan, PolicyConfig, Snapshot
+from .streams import ShapeStreams
 from .waiting import BackfillLimits, reserved
 from .walk import Walk
 
@@ -161,19 +162,33 @@ def _outputs(out: Plan, walk: Walk, elig: _Eligible, fixed: dict, frozen_prio: d
 
 def schedule(cluster: Cluster, queue: PendingQueue, now: float, config: PolicyConfig,
              fairshare_factors: dict[tuple[str, str], float], *, out: Plan | None = None,
-             full: bool = True) -> Plan:
+             full: bool = True, running: dict[int, JobView] | None = None) -> Plan:
     """Start what can start now from a queue the caller keeps (the replay simulator), recording
     the starts in `cluster`.
 
     With `full` every queued job also gets its priority and a reason and the reserved job an
     estimate (as `plan` gives them); without it the walk stops as soon as nothing more can
-    start and the plan holds the starts only."""
+    start and the plan holds the starts only. With `running` (the running jobs, by id, as
+    RUNNING JobViews; `fairshare_factors` must cover their groups and users) the plan also
+    names the preemptions that would let the top waiting job start, as `plan` does."""
     out = out if out is not None else Plan()
-    classes = list(queue.classes.values())
     heads: dict[int, str] = {}
-    # the caller goes on changing the cluster: verdicts are settled now
+    streams = None
+    if not full and not config.weight_age and not config.weight_fairshare:
+        # priorities that do not change with time: the queue keeps its classes in order
+        basis = (config.weight_priority, config.weight_size, config.weight_short,
+                 config.default_time_limit_s, cluster.max_gpus)
+        streams = ShapeStreams(queue.by_shape(static_rank(config, cluster.max_gpus), basis))
+    classes = list(queue.classes.values()) if streams is None else []
+    # the caller goes on changing the cluster: verdicts are settled now. A walk for the starts
+    # alone stops once no shape can start anything
     walk = Walk(cluster, classes, now, config, fairshare_factors, queue.cpu_only, full,
-                out.starts, heads, lazy=False).run()
+                out.starts, heads, lazy=False, shapes=None if full else queue.shapes(),
+                order=None if full else queue.shape_order, streams=streams,
+                find_top=bool(running)).run()
+    if running and walk.res_job is not None:
+        out.preempts = [(v, walk.res_job.id) for v in preempt.victims(
+            cluster, walk.res_job, running, now, config, fairshare_factors)]
     if not full:
         return out
     if walk.res_job is not None and walk.res is not None:

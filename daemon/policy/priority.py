@@ -40,18 +40,20 @@ def time_limit(job: JobView, config: PolicyConfig) -> float:
 
 def _request(j: JobView) -> tuple:
     return (j.group, j.owner, j.owner_uid, j.priority, j.partition, j.gpus, j.gpu_type,
-            j.gpu_memory_mb, j.cpus, j.memory_mb, j.array_limit and j.array_id)
+            j.gpu_memory_mb, j.cpus, j.memory_mb, j.array_limit and j.array_id, j.nodes)
 
 
 def _request_and_limit(j: JobView) -> tuple:
     return (j.group, j.owner, j.owner_uid, j.priority, j.partition, j.gpus, j.gpu_type,
-            j.gpu_memory_mb, j.cpus, j.memory_mb, j.array_limit and j.array_id, j.time_limit_s)
+            j.gpu_memory_mb, j.cpus, j.memory_mb, j.array_limit and j.array_id, j.nodes,
+            j.time_limit_s)
 
 
 def class_key(config: PolicyConfig):
     """job -> its class under this config: the fields every member shares, all that placement,
     limits and priority look at. The uid counts apart from the user name: rows older than the
-    uid column have none (-1), and nodes that run one account's jobs only go by uid. The short
+    uid column have none (-1), and nodes that run one account's jobs only go by uid. A gang and
+    a job of one node differ in placement though they ask as much per node. The short
     factor splits classes by time limit; a throttled array is a class of its own, so that its
     throttle settles the whole class. Plain functions rather than attrgetter: CPython 3.11
     specialises their attribute loads, which counts over a queue of 100,000."""
@@ -65,6 +67,25 @@ def starved_priority(config: PolicyConfig) -> float | None:
         return None
     return (config.weight_fairshare + config.weight_priority + config.weight_size
             + config.weight_short + config.weight_age)
+
+
+def static_rank(config: PolicyConfig, largest_node_gpus: int):
+    """With no weight on age or fair-share a class's priority is fixed by its key: class ->
+    (-priority, first member's submit time, its id), the order in which the walk takes the
+    classes. The priority is summed as the walk sums it, to the last bit."""
+    wf, wp, ws, wsh = (config.weight_fairshare, config.weight_priority, config.weight_size,
+                       config.weight_short)
+
+    def rank(c) -> tuple:
+        h = c.head
+        const = wf * 1.0 + wp * user_factor(h.priority)
+        if ws:
+            const += ws * size_factor(h.gpus, largest_node_gpus)
+        if wsh:
+            const += wsh * short_factor(h.time_limit_s, config)
+        first = c.ordered()[0]
+        return (-const, first.submit_time, first.id)
+    return rank
 
 
 def class_constant(head: JobView, config: PolicyConfig, fairshare: float,

@@ -27,6 +27,7 @@ from .priority import class_key
 from .snapshot import JobView, PolicyConfig
 
 TIME_LIMIT = attrgetter("time_limit_s")
+RANK = attrgetter("rank")
 SUBMIT_ORDER = attrgetter("submit_time", "id")
 INF = float("inf")
 
@@ -47,7 +48,7 @@ def _fresh_order(job: JobView) -> tuple:
 
 class JobClass:
     """One class of eligible pending jobs (jobs that differ only in age)."""
-    __slots__ = ("key", "head", "shape", "sat", "fresh", "tls", "_ordered", "const")
+    __slots__ = ("key", "head", "shape", "sat", "fresh", "tls", "_ordered", "const", "rank")
 
     def __init__(self, key: tuple, head: JobView, sat: list, fresh: list):
         self.key = key
@@ -59,6 +60,7 @@ class JobClass:
         self._ordered: list | None = None
         # (fair-share factor, weights, constant part of the priority): kept by the walk
         self.const: tuple | None = None
+        self.rank: tuple = ()  # where it goes in PendingQueue.by_shape
 
     def tl_counts(self) -> Counter:
         """How many members have each time_limit_s (None included)."""
@@ -92,6 +94,10 @@ class PendingQueue:
         self.eligible = 0  # members of the classes
         self.cpu_only = 0  # members asking for no GPU: they may fit when no GPU is free
         self.shape_tls: dict[tuple, Counter] | None = None  # see shapes()
+        self.shape_order: dict[tuple, list[float]] = {}  # see shapes()
+        self._by_shape: dict[tuple, list[JobClass]] | None = None  # see by_shape()
+        self._rank = None
+        self._rank_basis: tuple = ()
         self.next_move = -INF  # no fresh member's t0 is below this (see advance)
         if jobs:
             self._fill(list(jobs))
@@ -150,6 +156,7 @@ class PendingQueue:
         """Queue a job; returns its class."""
         key = self.key(j)
         c = self.classes.get(key)
+        new = c is None
         if c is None:
             c = self.classes[key] = JobClass(key, j, [], [])
         t0 = t0_of(j)
@@ -160,10 +167,19 @@ class PendingQueue:
             if t0 < self.next_move:
                 self.next_move = t0
         c._ordered = None
+        if self._by_shape is not None and (new or c.ordered()[0] is j):
+            self._rerank(c, None if new else c.rank)
         if c.tls is not None:
             c.tls[j.time_limit_s] += 1
         if self.shape_tls is not None:
-            self.shape_tls.setdefault(c.shape, Counter())[j.time_limit_s] += 1
+            st = self.shape_tls.get(c.shape)
+            if st is None:
+                st = self.shape_tls[c.shape] = Counter()
+                self.shape_order[c.shape] = []
+            tl = j.time_limit_s
+            st[tl] += 1
+            if st[tl] == 1 and tl is not None:
+                insort(self.shape_order[c.shape], tl)
         self.eligible += 1
         if j.gpus <= 0:
             self.cpu_only += 1
@@ -175,6 +191,7 @@ class PendingQueue:
         c = self.classes[key]
         lst, order = (c.sat, SUBMIT_ORDER) if t0_of(j) <= self.floor else (c.fresh,
                                                                             _fresh_order)
+        first = bool(lst) and lst[0] is j and (lst is c.sat or not c.sat)
         if lst and lst[0] is j:  # the usual case: the class's first job started
             i = 0
         else:
@@ -188,17 +205,55 @@ class PendingQueue:
         if c.tls is not None:
             c.tls[j.time_limit_s] -= 1
         if self.shape_tls is not None:
-            st = self.shape_tls[c.shape]
-            st[j.time_limit_s] -= 1
-            if not any(st.values()):
-                del self.shape_tls[c.shape]
+            st, tl = self.shape_tls[c.shape], j.time_limit_s
+            st[tl] -= 1
+            if not st[tl]:
+                del st[tl]
+                if tl is not None:
+                    order = self.shape_order[c.shape]
+                    del order[bisect_left(order, tl)]
+                if not st:
+                    del self.shape_tls[c.shape]
+                    del self.shape_order[c.shape]
         self.eligible -= 1
         if j.gpus <= 0:
             self.cpu_only -= 1
         if not (c.sat or c.fresh):
             del self.classes[key]
-        elif c.head is j:
+            if self._by_shape is not None:
+                ranked = self._by_shape[c.shape]
+                del ranked[bisect_left(ranked, c.rank, key=RANK)]
+                if not ranked:
+                    del self._by_shape[c.shape]
+            return
+        if c.head is j:
             c.head = c.sat[0] if c.sat else c.fresh[0]
+        if first and self._by_shape is not None:
+            self._rerank(c, c.rank)
+
+    def by_shape(self, rank, basis: tuple) -> dict[tuple, list[JobClass]]:
+        """The classes by shape, each list in the order of `rank` (priority.static_rank, whose
+        result depends on nothing but `basis` and the class), kept up to date once asked for.
+        For a queue whose priorities do not change with time: no weight on age or fair-share."""
+        if self._by_shape is None or basis != self._rank_basis:
+            self._rank, self._rank_basis = rank, basis
+            out: dict[tuple, list[JobClass]] = {}
+            for c in self.classes.values():
+                c.rank = rank(c)
+                out.setdefault(c.shape, []).append(c)
+            for lst in out.values():
+                lst.sort(key=RANK)
+            self._by_shape = out
+        return self._by_shape
+
+    def _rerank(self, c: JobClass, old: tuple | None) -> None:
+        """Put class `c`, whose first member changed, where it now goes in by_shape."""
+        assert self._by_shape is not None and self._rank is not None
+        ranked = self._by_shape.setdefault(c.shape, [])
+        if old is not None:
+            del ranked[bisect_left(ranked, old, key=RANK)]
+        c.rank = self._rank(c)
+        insort(ranked, c, key=RANK)
 
     def advance(self, floor: float) -> None:
         """Raise the age floor to `floor` (age_floor(config, now)): members whose t0 it passed
@@ -208,6 +263,7 @@ class PendingQueue:
         self.floor = floor
         if floor < self.next_move:
             return
+        self._by_shape = None  # the order of classes changes with their age
         next_move = INF
         for c in self.classes.values():
             f = c.fresh
@@ -232,7 +288,9 @@ class PendingQueue:
         self.next_move = next_move
 
     def shapes(self) -> dict[tuple, Counter]:
-        """Members' time limits by shape (placement.shape_of), over all classes."""
+        """Members' time limits by shape (placement.shape_of), over all classes, with no zero
+        counts; once asked for, kept up to date, and `shape_order` with it: per shape, the
+        limits (not None) in ascending order."""
         if self.shape_tls is None:
             out: dict[tuple, Counter] = {}
             for c in self.classes.values():
@@ -241,5 +299,10 @@ class PendingQueue:
                     out[c.shape] = Counter(c.tl_counts())
                 else:
                     t.update(c.tl_counts())
+            for t in out.values():
+                for tl in [tl for tl, k in t.items() if not k]:
+                    del t[tl]
             self.shape_tls = out
+            self.shape_order = {shape: sorted(tl for tl in t if tl is not None)
+                                for shape, t in out.items()}
         return self.shape_tls

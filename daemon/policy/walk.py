@@ -18,15 +18,17 @@ limits look at the group).
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from itertools import islice
 
 from .backfill import Reservation, reserve, reserve_gang
 from .limits import quota_reason
-from .placement import Cluster, parts_of
+from .placement import Cluster, job_of_shape, parts_of
 from .priority import short_factor, size_factor, starved_priority, time_limit, user_factor
 from .queue import JobClass
 from .reasons import OPEN
 from .snapshot import JobView, PolicyConfig, Start
+from .streams import ShapeStreams
 
 _WAITS = object()  # the job's class was settled while placing it
 
@@ -39,7 +41,10 @@ class Walk:
     cluster, left as it is, answers when asked); without it the walk stops as soon as nothing
     more can start. `shapes` (the members' time limits by shape, over all classes) lets the walk
     stop once the reservation is made and no shape can start anything any more: then every
-    class left waits for a limit or for Priority, which the cluster tells as well then as later.
+    class left waits for a limit or for Priority, which the cluster tells as well then as later
+    (and a walk for the starts alone needs no verdicts). A shape can start nothing more when no
+    set of nodes has as many GPUs free as it asks, or when no node clear of the reservation
+    has and every member not started outlasts the reservation.
 
     What the plan reads afterwards: `consts` (per class, the part of the priority its members
     share), `verdicts`, `filtered` (classes cut by backfill), `res_job`, `res`, `window` and
@@ -47,16 +52,26 @@ class Walk:
 
     def __init__(self, cluster: Cluster, classes: list[JobClass], now: float,
                  config: PolicyConfig, fairshare_factors: dict, cpu_only: int, full: bool,
-                 starts: list, heads: dict, lazy: bool = True, shapes: dict | None = None):
+                 starts: list, heads: dict, lazy: bool = True, shapes: dict | None = None,
+                 order: dict | None = None, streams: ShapeStreams | None = None,
+                 find_top: bool = False):
         self.cluster, self.classes, self.now, self.config = cluster, classes, now, config
+        # with `streams` (a walk for the starts alone), the classes come from it, numbered as
+        # the walk reaches them, instead of from `classes`
+        self.streams = streams
+        self.find_top = find_top  # walk on to the top job that cannot start, for preemption
         self.cpu_only, self.full, self.lazy, self.shapes = cpu_only, full, lazy, shapes
+        self.order = order  # per shape, its limits in `shapes` in ascending order (None left out)
         self.starts, self.heads = starts, heads
         self.default_tl = config.default_time_limit_s
         self.weight_age = config.weight_age
         self.inv_age = 1.0 / config.max_age_s if config.max_age_s > 0 else 0.0
         self.floor = now - config.max_age_s
         self.starved = starved_priority(config)
-        self._queue_heads(fairshare_factors)
+        if streams is None:
+            self._queue_heads(fairshare_factors)
+        else:
+            self.lists, self.consts, self.heap = [], [], []
         self.pos = [0] * len(classes)  # per class, the member the walk is at
         self.verdicts: list = [None] * len(classes)
         # classes cut by backfill -> how many members not yet walked fit in the window: only
@@ -70,8 +85,9 @@ class Walk:
         self.failed_bf: set[tuple] = set()  # shapes that fit nowhere clear of the reservation
         self.fits: dict[tuple, tuple] | None = None if cluster._type_limits else {}
         self.blocked: dict[tuple, str | None] = {}  # limit in the way, by what limits look at
-        self.settle = shapes is not None and self.fits is not None and lazy
+        self.settle = shapes is not None and self.fits is not None and (lazy or not full)
         self.unsettled = set(shapes) if self.settle else set()  # shapes that might still start
+        self.started_tls: dict[tuple, Counter] = {}  # by shape, time limits of the starts
         self.settled_bf: set[tuple] = set()  # settled while the best fit is on the reserved node
         self.open_reason = "Resources"
         self.filtered: frozenset = frozenset()
@@ -136,7 +152,29 @@ class Walk:
     def _push(self, n: int) -> None:
         """Put class `n` back on the heap at the member the walk is at."""
         j = self.lists[n][self.pos[n]]
-        heapq.heappush(self.heap, (-self._priority(self.consts[n], j), j.submit_time, j.id, n))
+        entry = (-self._priority(self.consts[n], j), j.submit_time, j.id, n)
+        if self.streams is None:
+            heapq.heappush(self.heap, entry)
+        else:
+            self.streams.push(self.classes[n].shape, entry)
+
+    def _pop(self) -> int | None:
+        """The next class in priority order, or None."""
+        if self.streams is None:
+            return heapq.heappop(self.heap)[3] if self.heap else None
+        return self.streams.pop(self._passed_over, self._number)
+
+    def _passed_over(self, shape: tuple) -> bool:
+        return self.settle and shape not in self.unsettled
+
+    def _number(self, c: JobClass) -> int:
+        """Number a class the streams give the walk (its priority is fixed: -rank[0])."""
+        self.classes.append(c)
+        self.lists.append(c.ordered())
+        self.consts.append(-c.rank[0])
+        self.pos.append(0)
+        self.verdicts.append(None)
+        return len(self.classes) - 1
 
     def _settle(self, n: int, job: JobView, reason: str, verdict: str) -> None:
         """`job`, the head of class `n`, waits for `reason`, and the members behind it for
@@ -147,9 +185,11 @@ class Walk:
 
     # -- the walk --------------------------------------------------------------------------
     def run(self) -> Walk:
-        heap, backfill = self.heap, self.config.backfill
-        while heap and not self._nothing_more():
-            n = heapq.heappop(heap)[3]
+        backfill = self.config.backfill
+        while not self._nothing_more():
+            n = self._pop()
+            if n is None:
+                break
             job = self.lists[n][self.pos[n]]
             placed = self._place(n, job)
             if placed is _WAITS:
@@ -174,7 +214,7 @@ class Walk:
     def _nothing_more(self) -> bool:
         """Nothing more can start (once there is a reservation, or when only starts are
         wanted): no GPU is free and no job left asks for none, or no shape can start."""
-        if self.res_job is None and self.full:
+        if self.res_job is None and (self.full or self.find_top):
             return False
         if self.cluster.total_free == 0 and not self.cpu_only:
             return True
@@ -217,9 +257,19 @@ class Walk:
         self.cluster.start(job, node_idx, gpus, self.now + time_limit(job, self.config), parts)
         if self.fits:
             self.fits.clear()
-        if self.settled_bf:
-            self.unsettled.update(self.settled_bf)
-            self.settled_bf.clear()
+        if self.settle:
+            shape = self.classes[n].shape
+            started = self.started_tls.get(shape)
+            if started is None:
+                started = self.started_tls[shape] = Counter()
+            started[job.time_limit_s] += 1
+            if self.settled_bf and self.full:
+                # a walk for the starts alone keeps them settled: a shape with no fit clear of
+                # the reservation finds none as resources shrink
+                self.unsettled.update(self.settled_bf)
+                self.settled_bf.clear()
+            if self.res_job is not None:
+                self._settle_shapes()
         self.blocked.clear()
         names = self.cluster.nodes
         self.starts.append(Start(job.id, names[node_idx].name, gpus) if parts is None else
@@ -242,6 +292,30 @@ class Walk:
         could start, or at the end); its class waits behind it."""
         self.res_job = job
         self._settle(n, job, "Resources", "Priority")
+        if self.settle and self.config.backfill:  # else the walk ends here
+            self._settle_shapes()
+
+    def _settle_shapes(self) -> None:
+        """Settle the shapes that ask for more GPUs on more nodes than are free now (resources
+        only shrink while the walk goes on). A walk for the starts alone also settles, before
+        it meets them, the shapes that fit only where the reservation holds and whose every
+        member not started outlasts it."""
+        buckets, cluster = self.cluster.buckets, self.cluster
+        for shape in [s for s in self.unsettled if s[0] > 0]:
+            if sum(len(b) for b in buckets[shape[0]:]) < shape[6]:
+                self.unsettled.discard(shape)
+        if self.full or not self.unsettled:
+            return
+        res = self._reserve()
+        for shape in list(self.unsettled):
+            job = job_of_shape(shape)
+            placed = cluster.fit(job)
+            if placed is None:
+                self.unsettled.discard(shape)
+            elif (res is not None and any(res.on(i) is not None for i, _ in parts_of(placed))
+                  and not res.allows(self.now, self._shortest(shape))
+                  and cluster.fit(job, avoid=res) is None):
+                self.unsettled.discard(shape)
 
     def _reserve(self) -> Reservation | None:
         if not self.res_done:
@@ -296,10 +370,19 @@ class Walk:
         return self.default_tl if job.time_limit_s is None else job.time_limit_s
 
     def _shortest(self, shape: tuple) -> float:
-        """The shortest time limit of any queued job of this shape."""
-        dtl = self.default_tl
-        return min(((dtl if t is None else t) for t, k in self.shapes[shape].items() if k),
-                   default=float("inf"))
+        """The shortest time limit of any queued job of this shape the walk did not start."""
+        dtl, started, tls = self.default_tl, self.started_tls.get(shape) or {}, self.shapes[shape]
+        if self.order is None:
+            return min(((dtl if t is None else t) for t, k in tls.items()
+                        if k > started.get(t, 0)), default=float("inf"))
+        # the queue's limits in order: the walk started few of them
+        out = dtl if tls.get(None, 0) > started.get(None, 0) else float("inf")
+        for t in self.order[shape]:
+            if t >= out:
+                break
+            if tls[t] > started.get(t, 0):
+                return t
+        return out
 
     def _short_members_left(self, n: int) -> int:
         """Members of class `n` after the one the walk is at whose limit fits the window."""
