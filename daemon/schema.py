@@ -15,9 +15,16 @@ APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite head
 db = pw.DatabaseProxy()
 
 
+_EMPTY_JSON = {list: "[]", dict: "{}"}
+
+
 class JSONField(pw.TextField):
     def db_value(self, value):
-        return None if value is None else json.dumps(value)
+        if value is None:
+            return None
+        if not value and type(value) in _EMPTY_JSON:
+            return _EMPTY_JSON[type(value)]  # most rows: a batch of 10k skips 10k dumps
+        return json.dumps(value)
 
     def python_value(self, value):
         return None if value is None else json.loads(value)

@@ -6,7 +6,6 @@ transaction, so writes are serialised by design; readers use their own connectio
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -73,18 +72,6 @@ def _check_file(path: Path) -> None:
     if app_id != APPLICATION_ID and tables:
         raise ForeignDatabase(f"{path} is an SQLite database of another program "
                               f"(tables: {', '.join(sorted(tables)[:5])}); labqd will not touch it")
-
-
-_EMPTY_JSON = {list: "[]", dict: "{}"}
-
-
-def _json_text(v: Any) -> str | None:
-    """A JSON column's text; most rows hold no value or an empty list or mapping there."""
-    if v is None:
-        return None
-    if not v and type(v) in _EMPTY_JSON:
-        return _EMPTY_JSON[type(v)]
-    return json.dumps(v)
 
 
 class Store(NotificationRows):
@@ -227,7 +214,7 @@ class Store(NotificationRows):
             if json_keys:
                 r = dict(r)
                 for k in json_keys:
-                    r[k] = _json_text(r[k])
+                    r[k] = fields[k].db_value(r[k])
             values.append([r[k] for k in keys])
         self.db.cursor().executemany(sql, values)
 
