@@ -64,8 +64,10 @@ def ranks_on(job: dict, node: str) -> list[int]:
     return [r for r, (n, _) in enumerate(parts(job)) if n == node]
 
 
-def master_port(job_id: int) -> int:
-    return PORT_BASE + job_id % PORT_SPAN
+def master_port(job_id: int, restarts: int = 0) -> int:
+    """A gang's MASTER_PORT; another each time it is queued again (a run whose port was in
+    use on rank 0's node is queued again at once)."""
+    return PORT_BASE + (job_id + 7919 * restarts) % PORT_SPAN
 
 
 def part_env(job: dict, rank: int, master_addr: str) -> dict[str, str]:
@@ -75,7 +77,7 @@ def part_env(job: dict, rank: int, master_addr: str) -> dict[str, str]:
     --nnodes, --node-rank, --nproc-per-node, --master-addr and --master-port."""
     n = job["nodes"]
     per = job["gpus"] // n
-    port = str(master_port(job["id"]))
+    port = str(master_port(job["id"], job["restarts"]))
     env = {"LABQ_NODE_RANK": str(rank), "LABQ_NUM_NODES": str(n), "NODE_RANK": str(rank),
            "MASTER_ADDR": master_addr, "MASTER_PORT": port,
            "WORLD_SIZE": str(n * per if per else n),

@@ -88,16 +88,19 @@ def test_a_gang_the_cluster_cannot_hold_is_refused_with_the_reason():
 
 
 def test_each_part_is_told_what_torchrun_reads():
-    job = {"id": 12, "nodes": 2, "gpus": 16}
+    job = {"id": 12, "nodes": 2, "gpus": 16, "restarts": 0}
     env = gangs.part_env(job, 1, "10.0.0.5")
     assert env["NODE_RANK"] == env["LABQ_NODE_RANK"] == env["PET_NODE_RANK"] == "1"
     assert env["LABQ_NUM_NODES"] == env["PET_NNODES"] == "2"
     assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == "10.0.0.5"
     assert env["MASTER_PORT"] == env["PET_MASTER_PORT"] == str(gangs.master_port(12))
     assert env["WORLD_SIZE"] == "16" and env["PET_NPROC_PER_NODE"] == "8"
-    cpu = gangs.part_env({"id": 13, "nodes": 3, "gpus": 0}, 0, "h")
+    cpu = gangs.part_env({"id": 13, "nodes": 3, "gpus": 0, "restarts": 0}, 0, "h")
     assert cpu["WORLD_SIZE"] == "3" and "PET_NPROC_PER_NODE" not in cpu
     assert gangs.master_port(12) != gangs.master_port(13)
+    # queued again (its port was taken, say), a gang gets another port
+    again = gangs.part_env(dict(job, restarts=1), 0, "10.0.0.5")
+    assert again["MASTER_PORT"] == str(gangs.master_port(12, 1)) != env["MASTER_PORT"]
 
 
 def test_only_a_failing_part_or_rank_0_ends_a_gang():

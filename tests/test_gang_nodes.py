@@ -2,6 +2,7 @@
 starts on both nodes with the variables torchrun reads, keeps one log per part, ends when
 rank 0 ends or a part fails, is cancelled whole, and is requeued whole when a node dies."""
 import json
+import socket
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from daemonproc import Daemon, wait_for
 from faultkit import crash_node, kill_runs
 from sshnodes import NodeSet, alive
 from userkit import User, cli_venv, show, submit
+
+from labq.daemon import gangs
 
 GPUS = [{"type": "A100", "memory_mb": 40960}] * 2
 NAMES = ["g1", "g2"]
@@ -97,6 +100,25 @@ def test_a_gang_starts_on_both_nodes_with_torchrun_variables_and_a_log_per_part(
     assert r.returncode != 0 and "belongs to labqtest" in r.stderr
     r = alice.labq("logs", jid, "--part", "2")
     assert r.returncode != 0 and "has no part 2" in r.stderr
+
+
+def test_a_gang_whose_master_port_is_taken_is_queued_again_on_another(gang, venv, shared):
+    alice = user("labqtest", venv, gang)
+    jid = submit(alice, "--hold", "--nodes", "2", "--wrap",
+                 parts_script(shared, "echo port=$MASTER_PORT", "true"))
+    taken = gangs.master_port(int(jid))
+    with socket.socket() as s:  # something else listens on the port rank 0 would get
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("", taken))
+        s.listen()
+        alice.ok("release", jid)
+        assert alice.labq("wait", jid, "--timeout", "60", timeout=90).returncode == 0
+    job = show(alice, jid)
+    assert job["state"] == "COMPLETED" and job["restarts"] == 1
+    assert f"port={gangs.master_port(int(jid), 1)}" in alice.ok("logs", jid)
+    assert f"MASTER_PORT {taken} is in use" in alice.ok("events", jid)
+    # the first run's parts never started: none ran beside a rank 0 that could not
+    assert not (shared / "pid.0.0").exists() and not (shared / "pid.0.1").exists()
 
 
 def test_a_gang_the_cluster_cannot_hold_is_refused_and_nothing_is_queued(gang, venv):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from labq.states import JobState
@@ -54,8 +55,17 @@ class Launcher:
                     parts=[[n, list(g)] for n, g in gang] or None)
 
     def launch(self, job: dict) -> None:
-        for rank, (node, _) in enumerate(parts(job)):
-            self.launch_run(self.reg.links[node], job, rank=rank)
+        """A gang's rank 0 goes first, with its MASTER_PORT checked free on its node; the
+        other parts go once it has started, so that none runs beside a rank 0 that could
+        not."""
+        ranks = parts(job)
+
+        def the_others() -> None:
+            for rank, (node, _) in enumerate(ranks[1:], 1):
+                self.launch_run(self.reg.links[node], job, rank=rank)
+
+        self.launch_run(self.reg.links[ranks[0][0]], job, then=the_others if job["parts"]
+                        else None)
 
     def launch_env(self, job: dict, rank: int = 0) -> dict[str, str]:
         node, gpus = parts(job)[rank]
@@ -74,13 +84,14 @@ class Launcher:
         return socket.getfqdn() if cfg.local else cfg.host
 
     def launch_run(self, link: NodeLink, job: dict, workdir: str | None = None,
-                rank: int = 0) -> None:
+                   rank: int = 0, then: Callable[[], None] | None = None) -> None:
         if "command" not in job:
             # labqd keeps a job's command and environment on disk only (labq.daemon.activejob)
             job = dict(job, **self.reg.store.cold_fields(job["id"]))
         if workdir is None and job.get("stage") and self.reg.files is not None:
             # into a scratch directory, once its files are there
-            self.reg.files.stage(link, job, lambda path: self.launch_run(link, job, path))
+            self.reg.files.stage(link, job,
+                                 lambda path: self.launch_run(link, job, path, rank, then))
             return
         cmd = job["command"]
         argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
@@ -99,11 +110,20 @@ class Launcher:
             if r.get("slurm_id"):
                 with self.reg.lock:
                     record_slurm_id(self.reg.store, self.reg.current(link, key), r["slurm_id"])
-            if r.get("ok") or r.get("code") in ("exists", "down"):
-                return  # started, or already there, or the node went away (reconciled later)
+            if r.get("ok") or r.get("code") == "exists":
+                if then is not None:
+                    with self.reg.lock:
+                        still = self.reg.current(link, key) is not None
+                    if still:
+                        then()
+                return  # started, or already there
+            if r.get("code") == "down":
+                return  # the node went away: reconciled, or requeued with it, later
             with self.reg.lock:
                 j = self.reg.current(link, key)
-                if j is not None:
+                if j is not None and r.get("code") == "port":
+                    self.reg.requeue(j, f"{r.get('error')} on {link.name}")
+                elif j is not None:
                     why = (f"{link.name} runs no job of {j['owner']}: {r.get('error')}"
                            if r.get("code") == "account" else
                            f"launch on {link.name} failed: {r.get('error')}")
@@ -113,6 +133,8 @@ class Launcher:
                                              end_time=self.reg.clock.time())
         env = dict(self.launch_env(job, rank), LABQ_WORKDIR=workdir or job["cwd"])
         extra = launch_extras(job) if link.cfg.kind == "slurm" else {}
+        if then is not None:  # a gang's rank 0: its node checks MASTER_PORT is free
+            extra["master_port"] = int(env["MASTER_PORT"])
         link.request("launch", reply, job=key, argv=argv, env=env, **extra,
                      cwd=workdir or job["cwd"], time_limit_s=remaining,
                      grace_s=self.reg.cfg.kill_grace_s,

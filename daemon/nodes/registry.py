@@ -400,14 +400,18 @@ class NodeRegistry:
             self.jobs.transition(job, S.CANCELLED, "labqd", f"{cancelled} ({why})",
                              end_time=self.clock.time())
         elif job["requeue"]:
-            ranks = range(len(job["parts"] or ((),)))
-            self.jobs.transition(job, S.PENDING, "labqd", f"requeued: {why}",
-                             restarts=job["restarts"] + 1, node=None, gpu_indices=[],
-                             parts=None, start_time=None, eligible_time=self.clock.time())
-            for rank in ranks:
-                self.jobs.logs.new_run(log_key(job["id"], rank), job["restarts"], why)
+            self.requeue(job, why)
         else:
             self.jobs.transition(job, S.NODE_FAIL, "labqd", why, end_time=self.clock.time())
+
+    def requeue(self, job: dict, why: str) -> None:
+        """Queue a job again under its id, one restart more (a gang whole)."""
+        ranks = range(len(job["parts"] or ((),)))
+        self.jobs.transition(job, S.PENDING, "labqd", f"requeued: {why}",
+                             restarts=job["restarts"] + 1, node=None, gpu_indices=[],
+                             parts=None, start_time=None, eligible_time=self.clock.time())
+        for rank in ranks:
+            self.jobs.logs.new_run(log_key(job["id"], rank), job["restarts"], why)
 
     def check_nodes(self) -> float | None:
         """Requeue the runs of nodes down longer than the grace period; return the seconds

@@ -6,6 +6,7 @@ import pwd
 import select
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -78,6 +79,10 @@ class Agent:
             os.mkdir(jobdir, 0o700)  # atomic: a second launch of the same run fails here
         except FileExistsError:
             return {"ok": False, "code": "exists", "error": "job %s already launched here" % job}
+        port = req.get("master_port")
+        if port is not None and not _port_free(int(port)):
+            os.rmdir(jobdir)
+            return {"ok": False, "code": "port", "error": "MASTER_PORT %d is in use" % port}
         spec = {"argv": list(req["argv"]), "env": dict(req["env"]), "cwd": req["cwd"],
                 "time_limit_s": req.get("time_limit_s"),
                 "early_signal": req.get("early_signal"), "user": req.get("user"),
@@ -360,6 +365,20 @@ def lost_run(jobdir, key, pid):
     return ex
 
 
+
+
+def _port_free(port):
+    """Whether a gang's rank 0 could listen on `port` here (as torchrun would, with
+    SO_REUSEADDR, so a connection lingering in TIME_WAIT does not count)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 def _user_name(uid):
