@@ -40,6 +40,11 @@ def build_snapshot(table: JobTable, registry: NodeRegistry, fair: FairShare,
             u[0].update(gpus)
             u[1] += view.cpus
             u[2] += view.memory_mb
+    for node, gpus, cpus, mem in registry.stopping_runs(table.running):
+        u = used.setdefault(node, [set(), 0, 0])
+        u[0].update(gpus)
+        u[1] += cpus
+        u[2] += mem
     nodes = []
     for n in registry.nodes.values():
         u = used.get(n.name, [set(), 0, 0])

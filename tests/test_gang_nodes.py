@@ -121,6 +121,21 @@ def test_a_gang_whose_master_port_is_taken_is_queued_again_on_another(gang, venv
     assert not (shared / "pid.0.0").exists() and not (shared / "pid.0.1").exists()
 
 
+def test_a_part_still_stopping_keeps_its_gpus_from_the_next_job(gang, venv, shared):
+    alice, bob = user("labqtest", venv, gang), user("labqtest2", venv, gang)
+    # rank 0 ends at once; part 1 shrugs off SIGTERM and beats until its SIGKILL
+    jid = submit(alice, "--nodes", "2", "--gpus-per-node", "2", "--wrap", parts_script(
+        shared, f"while [ ! -s {shared}/beat ]; do sleep 0.05; done",
+        f'trap "" TERM; while :; do date +%s.%N > {shared}/beat.tmp; '
+        f"mv {shared}/beat.tmp {shared}/beat; sleep 0.05; done"))
+    assert alice.labq("wait", jid, "--timeout", "60", timeout=90).returncode == 0
+    # a gang on both nodes' GPUs needs those part 1 still holds
+    after = submit(bob, "--nodes", "2", "--gpus-per-node", "2", "--", "true")
+    assert bob.labq("wait", after, "--timeout", "60", timeout=90).returncode == 0
+    last_beat = float((shared / "beat").read_text())
+    assert show(bob, after)["start_time"] > last_beat
+
+
 def test_a_gang_the_cluster_cannot_hold_is_refused_and_nothing_is_queued(gang, venv):
     bob = user("labqtest2", venv, gang)
     before = len(json.loads(bob.ok("ls", "--all", "--json")))

@@ -125,6 +125,25 @@ def test_the_early_signal_comes_before_a_preemption(daemon, venv):
     wait_for(lambda: not alive(pid), timeout=10, what="the preempted run gone")
 
 
+def test_the_preempting_job_starts_only_once_the_stopped_run_has_let_go(daemon, venv):
+    """The stopped run keeps its GPUs through its grace time: the preemptor starts after it
+    is gone, never beside it on the same GPUs."""
+    alice, bob = user("labqtest", venv, daemon), user("labqtest2", venv, daemon)
+    shared = Path(tempfile.mkdtemp(prefix="labq-grace-"))
+    shared.chmod(0o777)
+    # the first run shrugs off SIGTERM and beats until the SIGKILL a grace later
+    victim = submit(alice, "--preemptible", "--gpus", "2", "--wrap",
+                    '[ "$LABQ_RESTART_COUNT" = 0 ] || exit 0; trap "" TERM; '
+                    f"while :; do date +%s.%N > {shared}/beat.tmp; "
+                    f"mv {shared}/beat.tmp {shared}/beat; sleep 0.05; done")
+    wait_for(lambda: (shared / "beat").exists(), what="the victim beating")
+    urgent = submit(bob, "--priority", "9", "--gpus", "2", "--", "true")
+    assert bob.labq("wait", urgent, "--timeout", "60", timeout=80).returncode == 0
+    last_beat = float((shared / "beat").read_text())
+    assert show(bob, urgent)["start_time"] > last_beat
+    assert alice.labq("wait", victim, "--timeout", "60", timeout=80).returncode == 0
+
+
 def test_a_bad_signal_is_refused_and_queues_nothing(daemon, venv):
     bob = user("labqtest2", venv, daemon)
     before = bob.ok("ls", "--all", "--json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from labq.errors import LabqError
@@ -59,6 +60,11 @@ class NodeRegistry:
         self.drained_at_start = store.drained_nodes()
         self.files: FileMover | None = None  # staged files and results, set by the core
         self.launcher = Launcher(self)
+        # runs told to stop whose job no longer holds their GPUs (a preempted job queued
+        # again, the other parts of a gang that ended): run key -> (job id, node, GPUs,
+        # CPUs, MiB, until). The scheduler counts them busy until they end, as Slurm does in
+        # a preemption's grace time, so no job starts on GPUs a stopping run still holds
+        self.stopping: dict[str, tuple[int, str, list[int], int, int, float]] = {}
         for ncfg in cfg.nodes:
             if ncfg.enabled:
                 self.add_node(ncfg)
@@ -79,7 +85,9 @@ class NodeRegistry:
         this one changes nothing."""
         link = self.links.get(job["node"])
         if link is not None:
-            link.request("cancel", job=run_key(job), reason="preempt")
+            link.request("cancel", self._stop_reply(run_key(job)), job=run_key(job),
+                         reason="preempt")
+            self._until_ended(job, 0)
         why = (f"preempted by job {by['id']} of {by['owner']} (group {by['group']}) "
                f"on {job['node']}")
         log.info("job %d: %s", job["id"], why)
@@ -93,7 +101,33 @@ class NodeRegistry:
         for rank, (node, _) in enumerate(parts(job)):
             link = self.links.get(node)
             if link is not None and rank != but:
-                link.request("cancel", job=run_key(job, rank), reason=reason)
+                key = run_key(job, rank)
+                link.request("cancel", self._stop_reply(key), job=key, reason=reason)
+                self._until_ended(job, rank)
+
+    def _stop_reply(self, key: str) -> Callable[[dict], None]:
+        def reply(r: dict) -> None:
+            if r.get("code") == "unknown":  # it had ended already (a part before rank 0)
+                with self.lock:
+                    if self.stopping.pop(key, None) is not None:
+                        self.wake.set()
+        return reply
+
+    def _until_ended(self, job: dict, rank: int) -> None:
+        node, gpus = parts(job)[rank]
+        # SIGTERM, the grace, SIGKILL (after an early signal, twice the grace), and the news
+        until = self.clock.monotonic() + 2 * self.cfg.kill_grace_s + 30
+        self.stopping[run_key(job, rank)] = (job["id"], node, list(gpus), job["cpus"],
+                                             job["memory_mb"] or 0, until)
+
+    def stopping_runs(self, running: set[int]) -> list[tuple[str, list[int], int, int]]:
+        """(node, GPUs, CPUs, MiB) of the runs still stopping whose job no longer runs: its
+        own view counts them while it does. Called with the lock held."""
+        now = self.clock.monotonic()
+        for key in [k for k, v in self.stopping.items() if v[5] < now]:
+            del self.stopping[key]  # its end never came (its node went away, say)
+        return [(node, gpus, cpus, mem) for job_id, node, gpus, cpus, mem, _ in
+                self.stopping.values() if job_id not in running]
 
     def gpu_counts(self) -> list[int | None]:
         """The GPU count of each node, None for one not seen up since labqd started (gangs
@@ -341,6 +375,8 @@ class NodeRegistry:
     def _record_exit(self, link: NodeLink, msg: dict) -> None:
         key = msg["job"]
         with self.lock:
+            if self.stopping.pop(key, None) is not None:
+                self.wake.set()  # its GPUs are free now
             job = self.current(link, key)
             if job is None:
                 link.request("forget", job=key)  # a stale copy ended
