@@ -98,15 +98,22 @@ def test_installed_executable_json():
     assert KEYS <= set(data["policies"]["labq"])
 
 
+def small_trace(tmp_path, nodes: dict[str, int], rows: list[str]):
+    """A trace in the shipped files' format: VCs with their node counts, and job rows
+    (timestamp, duration, GPUs, GPU time, VC)."""
+    (tmp_path / "vcs.csv").write_text("vc,node num\n"
+                                      + "".join(f"{vc},{n}\n" for vc, n in nodes.items()))
+    (tmp_path / "jobs.csv").write_text("timestamp,duration,num_gpus,gpu_time,cluster\n"
+                                       + "".join(r + "\n" for r in rows))
+    return load_trace(str(tmp_path / "jobs.csv"), str(tmp_path / "vcs.csv"))
+
+
 def test_multi_node_jobs_replay_as_gangs_as_they_ran(tmp_path):
-    (tmp_path / "vcs.csv").write_text("vc,node num\nbig,3\nsmall,1\n")
-    (tmp_path / "jobs.csv").write_text(
-        "timestamp,duration,num_gpus,gpu_time,cluster\n"
-        "2017-10-09 07:00:00,100.0,16,1600.0,big\n"
-        "2017-10-09 07:00:01,100.0,12,1200.0,big\n"
-        "2017-10-09 07:00:02,100.0,8,800.0,big\n"
-        "2017-10-09 07:00:03,100.0,16,1600.0,small\n")
-    jobs, vcs = load_trace(str(tmp_path / "jobs.csv"), str(tmp_path / "vcs.csv"))
+    jobs, vcs = small_trace(tmp_path, {"big": 3, "small": 1}, [
+        "2017-10-09 07:00:00,100.0,16,1600.0,big",
+        "2017-10-09 07:00:01,100.0,12,1200.0,big",
+        "2017-10-09 07:00:02,100.0,8,800.0,big",
+        "2017-10-09 07:00:03,100.0,16,1600.0,small"])
     assert [(j.nodes, j.gpus, j.duration) for j in jobs] == [
         (2, 16, 100.0), (2, 12, 100.0), (1, 8, 100.0),
         (1, 8, 200.0)]  # a VC of one node: on it, for twice as long
@@ -125,14 +132,11 @@ def test_multi_node_jobs_replay_as_gangs_as_they_ran(tmp_path):
 def test_preemption_replays_the_daemons_decision_and_costs_the_run_so_far(tmp_path):
     # "big" holds its share (2 nodes) with jobs 1 and 2, so its third job is submitted
     # preemptible; "small"'s job then finds no node free
-    (tmp_path / "vcs.csv").write_text("vc,node num\nbig,2\nsmall,1\n")
-    (tmp_path / "jobs.csv").write_text(
-        "timestamp,duration,num_gpus,gpu_time,cluster\n"
-        "2017-10-09 07:00:00,10000.0,8,80000.0,big\n"
-        "2017-10-09 07:00:01,10000.0,8,80000.0,big\n"
-        "2017-10-09 07:00:02,10000.0,8,80000.0,big\n"
-        "2017-10-09 07:16:40,100.0,8,800.0,small\n")
-    jobs, vcs = load_trace(str(tmp_path / "jobs.csv"), str(tmp_path / "vcs.csv"))
+    jobs, vcs = small_trace(tmp_path, {"big": 2, "small": 1}, [
+        "2017-10-09 07:00:00,10000.0,8,80000.0,big",
+        "2017-10-09 07:00:01,10000.0,8,80000.0,big",
+        "2017-10-09 07:00:02,10000.0,8,80000.0,big",
+        "2017-10-09 07:16:40,100.0,8,800.0,small"])
     plain = sim.simulate(jobs, vcs, "labq", record=True)
     assert plain["preemptions"] == 0
     assert plain["records"][4][1] == 10000.0  # small waits for the first of big's jobs to end
@@ -150,14 +154,11 @@ def test_preemption_replays_the_daemons_decision_and_costs_the_run_so_far(tmp_pa
 def test_a_preempted_job_is_preempted_at_most_preempt_max_times(tmp_path):
     # big's 4th job is preemptible; small submits one short job after another: each may stop
     # it, but after preempt_max (3) times it runs to its end
-    (tmp_path / "vcs.csv").write_text("vc,node num\nbig,1\nsmall,1\n")
     rows = ["2017-10-09 07:00:00,5000.0,8,40000.0,big",
             "2017-10-09 07:00:01,5000.0,8,40000.0,big"]
     rows += [f"2017-10-09 {7 + k // 6:02d}:{(k % 6) * 10:02d}:30,60.0,8,480.0,small"
              for k in range(1, 8)]
-    (tmp_path / "jobs.csv").write_text("timestamp,duration,num_gpus,gpu_time,cluster\n"
-                                       + "\n".join(rows) + "\n")
-    jobs, vcs = load_trace(str(tmp_path / "jobs.csv"), str(tmp_path / "vcs.csv"))
+    jobs, vcs = small_trace(tmp_path, {"big": 1, "small": 1}, rows)
     r = sim.simulate(jobs, vcs, "labq-preempt", record=True)
     assert r["violations"] == 0 and r["jobs"] == len(jobs)
     assert r["preemptions"] == sim.policy_config("labq", vcs).preempt_max == 3
