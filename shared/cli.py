@@ -95,15 +95,19 @@ def cmd_submit(q: Client, a: argparse.Namespace) -> int:
         return cli_batch.submit_from(q, a)
     command, options = _submit_args(a, "labq submit [options] -- CMD ARGS...")
     if a.array or a.param:
-        return cli_batch.submit_tasks(q, a, command, options)
-    if a.max_running is not None:
+        rc = cli_batch.submit_tasks(q, a, command, options)
+    elif a.max_running is not None:
         raise SystemExit("labq: --max-running is for --array or --param")
-    job = q.submit(command, **options)
-    if a.json:
-        print_json(job_json(job))
     else:
-        print(job.id)
-    return 0
+        job = q.submit(command, **options)
+        if a.json:
+            print_json(job_json(job))
+        else:
+            print(job.id)
+        rc = 0
+    if a.notify not in (None, "none") and rc == 0:
+        clinotify.warn_if_unheard(q, a.notify)
+    return rc
 
 
 def cmd_run(q: Client, a: argparse.Namespace) -> int:

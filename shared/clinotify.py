@@ -37,3 +37,17 @@ def cmd_notify(q: Client, a: argparse.Namespace) -> int:
                     + ("" if "mail" in enabled else "  (not enabled by the admin)")))
     print(f"channels: {', '.join(enabled) or 'none (labqd has no [notify] config)'}")
     return 0
+
+
+def warn_if_unheard(q: Client, when: str) -> None:
+    """After a submit with --notify: the job is queued either way, but a user whose
+    notifications reach nowhere is told so, once, rather than waiting for a message."""
+    import sys
+    info = q.notify_settings()
+    heard = [c for c in info["channels"]
+             if c == "command" or (c == "webhook" and info["webhook"])
+             or (c == "mail" and info["mail_to"])]
+    if not heard:
+        print(f"labq: note: --notify {when}: no notification will reach you; labqd has "
+              + ("no channel enabled (ask its admin)" if not info["channels"] else
+                 "webhooks only: labq notify set webhook URL"), file=sys.stderr)

@@ -275,3 +275,24 @@ def test_labqd_killed_while_sending_never_sends_that_message_again(env):
     alice.labq("wait", str(later))
     wait_for(lambda: (later, "end", "COMPLETED") in hook.jobs("/alice"), what="a later one")
     assert hook.entered == before + 2  # the first once (it had arrived), the later once
+
+
+def test_a_notify_that_can_reach_no_one_is_queued_with_a_note(env, tmp_path, venv):
+    d, hook, sink, record, alice, bob = env
+    r = alice.labq("submit", "--notify", "end", "--", "true")  # mail, webhook, command: heard
+    assert r.returncode == 0 and r.stderr == ""
+    bare = Daemon(tmp_path / "bare", {"daemon": {"local_node": True, "socket_mode": "0666"}})
+    with bare.start(wait_nodes=1):
+        carol = User(ALICE, venv, bare.socket)
+        r = carol.labq("submit", "--notify", "end", "--", "true")
+        assert r.returncode == 0 and r.stdout.strip().isdigit()  # queued all the same
+        assert "no notification will reach you" in r.stderr and "admin" in r.stderr
+        r = carol.labq("submit", "--notify", "none", "--", "true")
+        assert r.returncode == 0 and r.stderr == ""
+    only_hooks = Daemon(tmp_path / "hooks", {
+        "daemon": {"local_node": True, "socket_mode": "0666"},
+        "notify": {"webhook": {"allow_hosts": ["127.0.0.1"]}}})
+    with only_hooks.start(wait_nodes=1):
+        dave = User(BOB, venv, only_hooks.socket)
+        r = dave.labq("submit", "--notify", "fail", "--", "true")
+        assert r.returncode == 0 and "labq notify set webhook URL" in r.stderr
