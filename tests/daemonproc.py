@@ -128,6 +128,16 @@ class Daemon:
         self.stop()
         shutil.rmtree(self.sockdir, ignore_errors=True)
 
+    def cancel_all(self) -> None:
+        """End the jobs still running or waiting: jobs outlive labqd by design, so a test
+        whose jobs run on this machine would otherwise leave them behind."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with self.client() as q:
+            ids = [j.id for j in q.jobs(states=["PENDING", "HELD", "RUNNING"])]
+            if ids:
+                q.cancel(*ids)
+
     def __enter__(self) -> Daemon:
         return self
 

@@ -45,6 +45,7 @@ def daemon(tmp_path_factory):
                      what="pending reasons")
         yield d
     finally:
+        d.cancel_all()
         d.close()
 
 

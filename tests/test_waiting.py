@@ -41,6 +41,7 @@ def queue(tmp_path_factory):
             wait_for(lambda: q.job(long.id).backfill_limit_s, what="the backfill limit")
         yield d, first, wide, long
     finally:
+        d.cancel_all()
         d.close()
 
 
