@@ -6,7 +6,7 @@ is also driven in the full app against a real labqd."""
 import pytest
 from daemonproc import Daemon
 from textual.app import App
-from tuikit import drive, screen_text, until
+from tuikit import drive, pressing, screen_text, until
 
 from labq.models import Gpu, Node
 from labq.tui.app import LabqApp
@@ -46,10 +46,7 @@ class NodesApp(App):
 
 @SIZES
 def test_fifty_nodes_one_line_each(snap_compare, size):
-    async def run_before(pilot):
-        await pilot.press("c")
-        await pilot.pause(0.2)
-    assert snap_compare(NodesApp(), terminal_size=size, run_before=run_before)
+    assert snap_compare(NodesApp(), terminal_size=size, run_before=pressing("c"))
 
 
 def test_compact_lines_fit_80_columns():

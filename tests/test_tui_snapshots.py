@@ -10,6 +10,7 @@ import time
 
 import pytest
 from daemonproc import Daemon, wait_for
+from tuikit import pressing
 
 from labq.tui.app import LabqApp
 from labq.tui.clock import FrozenClock
@@ -74,11 +75,8 @@ async def loaded(pilot) -> None:
 # lift the line by one dot
 @SIZES
 def test_usage(daemon, snap_compare, size):
-    async def run_before(pilot):
-        await loaded(pilot)
-        await pilot.press("3")
-        await pilot.pause(0.2)
-    assert snap_compare(make_app(daemon.socket), terminal_size=size, run_before=run_before)
+    assert snap_compare(make_app(daemon.socket), terminal_size=size,
+                        run_before=pressing("3", loaded))
 
 
 @SIZES
@@ -103,11 +101,8 @@ def test_job_detail(daemon, snap_compare, size):
 
 @SIZES
 def test_nodes(daemon, snap_compare, size):
-    async def run_before(pilot):
-        await loaded(pilot)
-        await pilot.press("2")
-        await pilot.pause(0.2)
-    assert snap_compare(make_app(daemon.socket), terminal_size=size, run_before=run_before)
+    assert snap_compare(make_app(daemon.socket), terminal_size=size,
+                        run_before=pressing("2", loaded))
 
 
 @SIZES

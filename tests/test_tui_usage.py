@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 from textual.app import App
-from tuikit import screen_text
+from tuikit import pressing, screen_text
 
 from labq.tui.clock import FrozenClock
 from labq.tui.data import Usage
@@ -51,10 +51,7 @@ class UsageApp(App):
 @SIZES
 @pytest.mark.parametrize("key", ["d", "w"], ids=["day", "week"])
 def test_usage_plot(snap_compare, size, key):
-    async def run_before(pilot):
-        await pilot.press(key)
-        await pilot.pause(0.2)
-    assert snap_compare(UsageApp(), terminal_size=size, run_before=run_before)
+    assert snap_compare(UsageApp(), terminal_size=size, run_before=pressing(key))
 
 
 def test_d_and_w_switch_the_range_and_redraw_only_on_a_change():

@@ -19,6 +19,17 @@ async def until(pilot, predicate, what: str, timeout: float = 20.0) -> None:
         await pilot.pause(0.05)
 
 
+def pressing(key: str, first=None):
+    """A snapshot's run_before: after `first(pilot)` if given, press `key` and let the
+    screen draw."""
+    async def run_before(pilot):
+        if first is not None:
+            await first(pilot)
+        await pilot.press(key)
+        await pilot.pause(0.2)
+    return run_before
+
+
 def drive(app, scenario, size: tuple[int, int]) -> None:
     """Run `scenario(pilot)` once the app has had its first poll of labqd."""
     async def main():
