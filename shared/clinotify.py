@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ def cmd_notify(q: Client, a: argparse.Namespace) -> int:
 def warn_if_unheard(q: Client, when: str) -> None:
     """After a submit with --notify: the job is queued either way, but a user whose
     notifications reach nowhere is told so, once, rather than waiting for a message."""
-    import sys
     info = q.notify_settings()
     heard = [c for c in info["channels"]
              if c == "command" or (c == "webhook" and info["webhook"])

@@ -102,7 +102,6 @@ class Agent:
         pid = spawn_shepherd(jobdir, spec, float(req.get("grace_s", 10)), self.no_root_jobs)
         with self.watch_lock:
             self.shepherds.add(pid)
-        with self.watch_lock:
             self.watched[job] = 0
         announce_end(self.dir, "")  # wakes the monitor: a new log to follow
         return {"ok": True}
@@ -192,8 +191,8 @@ class Agent:
         while True:
             with self.watch_lock:
                 items = list(self.watched.items())
-            if ends is not None:
-                due |= read_ends(ends)
+            ended = read_ends(ends) if ends is not None else set()
+            due |= ended
             now = time.time()
             scan = now - last_scan >= SCAN_S
             if scan:
@@ -206,7 +205,8 @@ class Agent:
                     if self._report_exit(job, offset, files, lost_check=scan):
                         due.discard(job)
             due &= {job for job, _ in items}
-            self._reap()
+            if ended or scan:  # a shepherd ends just after announcing it; the scan reaps it
+                self._reap()
             self.flush()  # what this turn found goes out in one write
             for job in list(files):
                 if job not in self.watched:
