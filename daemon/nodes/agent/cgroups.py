@@ -100,8 +100,10 @@ class Containment:
     whose own cgroup cannot take children (cgroup v2, a cgroup with other processes in it, such
     as an SSH session's scope) uses the top of the hierarchy instead."""
 
-    def __init__(self, kind="none", note="", parents=None):
+    def __init__(self, kind="none", note="", parents=None, homes=None):
         self.kind, self.note, self.parents = kind, note, parents or {}
+        # the agent's own cgroup(s), where a shepherd goes back to once its job is spawned
+        self.homes = homes or {}
 
     @classmethod
     def probe(cls, label, want="auto"):
@@ -140,15 +142,16 @@ class Containment:
             tops = [top] + ([mnt] if os.geteuid() == 0 and top != mnt else [])
             for t in tops:
                 try:
-                    parent = cls._v2_parent(t, t == mnt, label)
+                    parent, home = cls._v2_parent(t, t == mnt, label, top)
                     return cls("cgroup2", "cgroup2 memory+pids under %s" % parent,
-                               {"": parent})
+                               {"": parent}, {"": home})
                 except OSError as e:
                     notes.append("cgroup2 at %s: %s" % (t, e.strerror or e))
         return None
 
     @staticmethod
-    def _v2_parent(top, is_root, label):
+    def _v2_parent(top, is_root, label, home):
+        """The parent of runs under `top`, and the agent's cgroup once it is made."""
         ctl = os.path.join(top, "cgroup.subtree_control")
         if not all(c in _cg_read(os.path.join(top, "cgroup.controllers")).split()
                    for c in WANT_V2):
@@ -162,9 +165,9 @@ class Containment:
                 procs = _cg_read(os.path.join(top, "cgroup.procs")).split()
                 if [p for p in procs if p != str(os.getpid())]:
                     raise OSError(errno.EBUSY, "holds other processes")
-                leaf = os.path.join(top, "labq-agent")
-                _mkdir_cg(leaf)
-                _cg_write(os.path.join(leaf, "cgroup.procs"), os.getpid())
+                home = os.path.join(top, "labq-agent")
+                _mkdir_cg(home)
+                _cg_write(os.path.join(home, "cgroup.procs"), os.getpid())
             _cg_write(ctl, " ".join("+" + c for c in WANT_V2))
         parent = os.path.join(top, label)
         _mkdir_cg(parent)
@@ -172,13 +175,13 @@ class Containment:
         sub = os.path.join(parent, "cgroup.subtree_control")
         if not all(c in _cg_read(sub).split() for c in WANT_V2):
             _cg_write(sub, " ".join("+" + c for c in WANT_V2))
-        return parent
+        return parent, home
 
     @classmethod
     def _probe_v1(cls, label, notes):
         own = _own_cgroups()
         mounts = [m for m in _cgroup_mounts() if m[0] == "cgroup"]
-        parents = {}
+        parents, homes = {}, {}
         for ctrl in ("memory", "pids", "freezer"):
             found = [m for m in mounts if ctrl in m[3]]
             top = _in_mount(found[0][1], found[0][2], own.get(ctrl, "/")) if found else None
@@ -186,6 +189,7 @@ class Containment:
                 notes.append("cgroup1: no %s hierarchy" % ctrl)
                 return None
             parents[ctrl] = os.path.join(top, label)
+            homes[ctrl] = top
         try:
             for d in sorted(set(parents.values())):
                 _mkdir_cg(d)
@@ -194,7 +198,7 @@ class Containment:
             notes.append("cgroup1: %s: %s" % (e.filename or d, e.strerror))
             return None
         return cls("cgroup1", "cgroup1 memory, pids and freezer under %s"
-                   % os.path.dirname(parents["memory"]), parents)
+                   % os.path.dirname(parents["memory"]), parents, homes)
 
     def create(self, key, memory_mb=None, pids_max=None):
         """Make the run's cgroup with its limits; returns its record (None without cgroups)."""
@@ -251,8 +255,10 @@ class Containment:
     def record(self, key):
         if self.kind == "cgroup2":
             d = os.path.join(self.parents[""], key)
-            return {"kind": "cgroup2", "dirs": [d], "memory": d, "freezer": d}
-        rec = {"kind": "cgroup1", "memory": os.path.join(self.parents["memory"], key),
+            return {"kind": "cgroup2", "dirs": [d], "memory": d, "freezer": d,
+                    "home": [self.homes[""]]}
+        rec = {"kind": "cgroup1", "home": sorted(set(self.homes.values())),
+               "memory": os.path.join(self.parents["memory"], key),
                "pids": os.path.join(self.parents["pids"], key),
                "freezer": os.path.join(self.parents["freezer"], key)}
         rec["dirs"] = sorted(set((rec["memory"], rec["pids"], rec["freezer"])))
@@ -269,6 +275,16 @@ def cg_join(rec, pid):
             _cg_write(os.path.join(d, "tasks"), 0)
         else:
             _cg_write(os.path.join(d, "cgroup.procs"), pid)
+
+
+def cg_leave(rec):
+    """Moves this process from the run's cgroup back to the agent's own, where it came from."""
+    if rec.get("kind") == "cgroup1":
+        for d in rec["home"]:
+            _cg_write(os.path.join(d, "tasks"), 0)
+    else:
+        for d in rec["home"]:
+            _cg_write(os.path.join(d, "cgroup.procs"), os.getpid())
 
 
 def cg_procs(rec):

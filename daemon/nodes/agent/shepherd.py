@@ -4,9 +4,11 @@ import os
 import pwd
 import select
 import signal
+import subprocess
+import sys
 import time
 
-from .cgroups import cg_join, cg_kill, cg_oom, cg_remove, cg_signal, sweep_marker
+from .cgroups import cg_join, cg_kill, cg_leave, cg_oom, cg_remove, cg_signal, sweep_marker
 from .ends import announce_end, make_wake_fifo
 from .files import open_nofollow, read_text, write_json
 from .streams import ErrCopier
@@ -58,6 +60,8 @@ def _become(account):
 
 
 SAFETY_S = 5.0
+# what a job starts with whatever the agent was started with (a nohup'd agent ignores SIGHUP)
+DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 DRAIN_S = 2.0  # the longest the job's stderr is waited for once the job is gone
 
 
@@ -79,12 +83,16 @@ def shepherd(jobdir, spec, grace_s, no_root_jobs=False):
         env["LABQ_RUN_MARKER"] = spec["marker"]
     err = ErrCopier(jobdir)
     wake = _listen(jobdir)
-    pid = os.fork()
-    if pid == 0:
-        _exec_job(spec, env, account, refusal, devnull, log, err.wfd)
-    err.forked()
     start = time.time()
     run_uid = account[1] if account else os.geteuid()
+    try:
+        pid = _start_job(spec, env, account, refusal, devnull, log, err.wfd)
+    except NotStarted as e:
+        err.forked()
+        err.note(e.message)
+        _finish(jobdir, spec, err, start, code=e.code)
+        return
+    err.forked()
     write_json(os.path.join(jobdir, "pid"), {"pid": pid, "pgid": pid, "start": start,
                                              "shepherd": os.getpid(), "uid": run_uid},
                durable=False)
@@ -99,67 +107,170 @@ def shepherd(jobdir, spec, grace_s, no_root_jobs=False):
     status, stop_reason = _supervise(pid, jobdir, spec, start, grace_s, kill_all, wake, err)
     # the job's leader is gone; whatever it started, detached or not, goes with it
     kill_all()
-    err.drain(DRAIN_S)  # its last words are in the log before its exit record
-    oom = False
-    if cg:
-        oom = cg_oom(cg)
-        cg_remove(cg)
     code = sig = None
     if os.WIFEXITED(status):
         code = os.WEXITSTATUS(status)
     elif os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         code = 128 + sig
+    _finish(jobdir, spec, err, start, code, sig, stop_reason)
+
+
+def _finish(jobdir, spec, err, start, code, sig=None, stop_reason=None):
+    cg = spec.get("cgroup")
+    err.drain(DRAIN_S)  # its last words are in the log before its exit record
+    oom = False
+    if cg:
+        oom = cg_oom(cg)
+        cg_remove(cg)
     write_json(os.path.join(jobdir, "exit"),
                {"code": code, "signal": sig, "reason": stop_reason or ("oom" if oom else "exit"),
                 "end": time.time(), "start": start})
     announce_end(*os.path.split(jobdir.rstrip("/")))
 
 
-def _exec_job(spec, env, account, refusal, devnull, log, err):
-    """In the forked child: become the job (never returns)."""
+class NotStarted(Exception):
+    """The job could not be started: what its log says, and the exit code it gets."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _start_job(spec, env, account, refusal, devnull, log, err):
+    """Starts the job and returns its pid. The job is spawned, not forked from this Python
+    process: a fork would copy this process's pages one fault at a time and run Python in
+    the copy before exec. So what the job must not start without is done here, around the
+    spawn: its working directory is entered with its account's rights, and this process
+    joins the run's cgroup for the moment of the spawn, so that the job is born inside it
+    (nothing it forks ever ran outside), and leaves it at once."""
+    if refusal:
+        raise NotStarted(126, refusal)
+    switch = account is not None and not _is_me(account)
+    _enter_cwd(spec["cwd"], account if switch else None)
     cg = spec.get("cgroup")
+    if cg:
+        try:
+            cg_join(cg, os.getpid())
+        except OSError as e:
+            raise NotStarted(126, "labq: cannot enter the run's cgroup: %s" % e) from None
     try:
-        os.setsid()
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
-                    signal.SIGHUP):
-            try:
-                signal.signal(sig, signal.SIG_DFL)
-            except (ValueError, OSError):
-                pass
-        os.dup2(devnull, 0)
-        os.dup2(log, 1)
-        os.dup2(err, 2)
-        if refusal:
-            os.write(2, (refusal + "\n").encode())
-            os._exit(126)
-        if cg:  # joined while still root, so nothing the job forks can leave it
-            try:
-                cg_join(cg, os.getpid())
-            except OSError as e:
-                os.write(2, ("labq: cannot enter the run's cgroup: %s\n" % e).encode())
-                os._exit(126)
-        if account:
-            try:
-                _become(account)
-            except OSError as e:
-                os.write(2, ("labq: cannot run as user %r on this node: %s\n"
-                             % (account[0], e)).encode())
-                os._exit(126)
-        try:
-            os.chdir(spec["cwd"])
-        except OSError as e:
-            os.write(2, ("labq: cannot enter working directory %r: %s\n"
-                         % (spec["cwd"], e.strerror)).encode())
-            os._exit(1)
-        argv = spec["argv"]
-        try:
-            os.execvpe(argv[0], argv, env)
-        except OSError as e:
-            os.write(2, ("labq: cannot run %r: %s\n" % (argv[0], e.strerror)).encode())
-            os._exit(127 if e.errno == errno.ENOENT else 126)
+        if switch:
+            return _spawn_as(account, spec["argv"], env, (devnull, log, err))
+        return _spawn(spec["argv"], env, (devnull, log, err))
+    except OSError as e:
+        raise NotStarted(127 if e.errno == errno.ENOENT else 126, "labq: cannot run %r: %s"
+                         % (spec["argv"][0], e.strerror)) from None
     finally:
-        os._exit(127)
+        if cg:
+            _leave(cg)
+
+
+def _spawn(argv, env, fds):
+    """posix_spawn: the child shares this process's memory until it execs (no copy, no
+    faults), and no Python runs in it. Every descriptor of this process but the three
+    given closes on exec."""
+    actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(fds)]
+    err = OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+    # the job's PATH, not this process's, as execvpe would: the first that runs
+    for path in _candidates(argv[0], env):
+        try:
+            return os.posix_spawn(path, argv, env, file_actions=actions, setsid=True,
+                                  setsigdef=DEFAULT_SIGNALS, setsigmask=())
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except PermissionError as e:
+            err = e
+    raise err
+
+
+def _candidates(name, env):
+    if "/" in name:
+        return [name]
+    paths = (os.path.join(d, name) for d in os.get_exec_path(env))
+    return (p for p in paths if os.path.exists(p))
+
+
+def _spawn_as(account, argv, env, fds):
+    """Another account's job: forked all the same (the switch of account in the child
+    rules out sharing memory), but still with no Python in the child."""
+    for sig in DEFAULT_SIGNALS:  # restore_signals covers only SIGPIPE and SIGXFSZ
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
+    if sys.version_info >= (3, 9):
+        kw = {"user": account[1], "group": account[2], "extra_groups": account[3]}
+    else:
+        kw = {"preexec_fn": lambda: _become(account)}
+    try:
+        job = subprocess.Popen(argv, env=env, stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                               close_fds=True, start_new_session=True, **kw)
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        # failed before exec: the switch of account
+        raise NotStarted(126, "labq: cannot run as user %r on this node: %s"
+                         % (account[0], e.strerror)) from None
+    except subprocess.SubprocessError as e:
+        raise NotStarted(126, "labq: cannot run as user %r on this node: %s"
+                         % (account[0], e)) from None
+    job.returncode = 0  # reaped here with waitpid, never through the Popen object
+    return job.pid
+
+
+def _leave(cg):
+    try:
+        cg_leave(cg)
+    except OSError:
+        # still inside the run's cgroup, whose killing would take this process too: end
+        # without an exit record, and the agent's lost-run handling kills the whole run
+        os._exit(1)
+
+
+def _is_me(account):
+    """Whether the account is this process's own identity already (a root job under a root
+    agent): then nothing is switched, and the spawn can share this process's memory."""
+    _, uid, gid, groups = account
+    # the primary group in the list of the others or not: the same rights either way
+    return (uid == os.getuid() == os.geteuid() and gid == os.getgid() == os.getegid()
+            and set(groups) - {gid} == set(os.getgroups()) - {gid})
+
+
+def _enter_cwd(cwd, account):
+    """The job's working directory, entered here with its account's rights (a home on NFS
+    may be closed to root), for the job to inherit."""
+    if account is None:
+        _chdir(cwd)
+        return
+    saved = os.getgroups(), os.getegid(), os.geteuid()
+    try:
+        os.setgroups(account[3])
+        os.setegid(account[2])
+        os.seteuid(account[1])
+    except OSError as e:
+        _restore(saved)
+        raise NotStarted(126, "labq: cannot run as user %r on this node: %s"
+                         % (account[0], e.strerror)) from None
+    try:
+        _chdir(cwd)
+    finally:
+        _restore(saved)
+
+
+def _restore(saved):
+    groups, egid, euid = saved
+    os.seteuid(euid)  # first: the rest needs the rights back
+    os.setegid(egid)
+    os.setgroups(groups)
+
+
+def _chdir(cwd):
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise NotStarted(1, "labq: cannot enter working directory %r: %s"
+                         % (cwd, e.strerror)) from None
 
 
 def _listen(jobdir):

@@ -42,6 +42,10 @@ class ErrCopier:
     def fds(self):
         return [] if self.rfd is None else [self.rfd]
 
+    def note(self, text):
+        """A line of the shepherd's own on the job's stderr (why the job did not start)."""
+        self._append((text + "\n").encode())
+
     def pump(self):
         """Copy what the pipe holds into the log; False once no writer is left."""
         got = 0
