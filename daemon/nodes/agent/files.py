@@ -24,11 +24,15 @@ def write_json(path, data, durable=True):
     except FileExistsError:  # left by a writer that died mid-write
         os.unlink(tmp)
         fd = open_nofollow(tmp, flags)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
+    try:
+        # dumps, not dump: its encoder is the C one, dump's is Python
+        data = json.dumps(data).encode()
+        while data:
+            data = data[os.write(fd, data):]
         if durable:
-            f.flush()
-            os.fsync(f.fileno())
+            os.fsync(fd)
+    finally:
+        os.close(fd)
     os.rename(tmp, path)
 
 

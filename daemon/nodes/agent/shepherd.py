@@ -1,5 +1,6 @@
 """Accounts and the shepherd: the process that owns one run from start to exit record."""
 import errno
+import gc
 import os
 import pwd
 import select
@@ -66,17 +67,10 @@ DRAIN_S = 2.0  # the longest the job's stderr is waited for once the job is gone
 
 
 # -- the shepherd (runs in its own session, forked from the agent) --------------------------
-def shepherd(jobdir, spec, grace_s, no_root_jobs=False):
+def shepherd(jobdir, spec, grace_s, account, refusal):
     devnull = os.open(os.devnull, os.O_RDWR)
     # opened by the agent's account; the job only ever gets this descriptor, never the path
     log = open_nofollow(os.path.join(jobdir, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    refusal, account = None, None
-    try:
-        account = resolve_account(spec, no_root_jobs)
-    except Refusal as e:
-        refusal = str(e)
-    except Exception as e:
-        refusal = "labq: cannot look up the job's account: %s" % e
     cg = spec.get("cgroup")
     env = dict(spec["env"])
     if spec.get("marker"):
@@ -367,16 +361,26 @@ def spawn_shepherd(jobdir, spec, grace_s, no_root_jobs=False):
     a session of its own, so nothing aimed at the agent's SSH session reaches it, and init
     adopts it if the agent ends first. (A second fork, to hand it to init at once, cost a
     millisecond of every job's start.)"""
+    # looked up before the fork: in the shepherd, every page it touches is a copy to make
+    refusal, account = None, None
+    try:
+        account = resolve_account(spec, no_root_jobs)
+    except Refusal as e:
+        refusal = str(e)
+    except Exception as e:
+        refusal = "labq: cannot look up the job's account: %s" % e
     pid = os.fork()
     if pid:
         return pid
     try:
+        # a collection would visit, and so copy, every page of objects the agent made
+        gc.disable()
         os.setsid()
         fd = os.open(os.devnull, os.O_RDWR)
         for target in (0, 1, 2):
             os.dup2(fd, target)
         os.closerange(3, 65536)
-        shepherd(jobdir, spec, grace_s, no_root_jobs)
+        shepherd(jobdir, spec, grace_s, account, refusal)
     except BaseException:
         pass
     os._exit(0)
