@@ -67,6 +67,21 @@ def announce_end(directory, key):
         s.close()
 
 
+class Announcer:
+    """The agent's own datagrams to its monitor (a new run to follow, a watch to look at):
+    one socket for all of them, not one per datagram."""
+
+    def __init__(self, directory):
+        self.addr = ends_address(directory)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def __call__(self, key):
+        try:
+            self.sock.sendto(key.encode(), self.addr)
+        except OSError:
+            pass  # no monitor socket: it scans
+
+
 def make_wake_fifo(jobdir):
     """The shepherd's end of its wake FIFO, opened read-write so it never sees EOF."""
     path = os.path.join(jobdir, "wake")

@@ -12,7 +12,7 @@ import threading
 import time
 
 from .cgroups import Containment, cg_destroy, cg_exists, sweep_marker
-from .ends import announce_end, open_ends_socket, read_ends, wake_shepherd
+from .ends import Announcer, open_ends_socket, read_ends, wake_shepherd
 from .files import is_dir, is_run_key, lsize, open_nofollow, read_json, write_json, write_text
 from .probe import CpuMeter, meminfo, probe_gpus, probe_host
 from .shepherd import killpg_quiet, spawn_shepherd
@@ -42,6 +42,7 @@ class Agent:
         self.exit_sent = set()
         self.cpu = CpuMeter()
         self.gpu_source = None
+        self.announce = Announcer(directory)
 
     def send(self, msg, flush=True):
         line = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
@@ -103,7 +104,7 @@ class Agent:
         with self.watch_lock:
             self.shepherds.add(pid)
             self.watched[job] = 0
-        announce_end(self.dir, "")  # wakes the monitor: a new log to follow
+        self.announce("")  # wakes the monitor: a new log to follow
         return {"ok": True}
 
     def op_list(self, req):
@@ -134,7 +135,7 @@ class Agent:
         with self.watch_lock:
             self.watched[job] = int(req.get("offset", 0))
             self.exit_sent.discard(job)
-        announce_end(self.dir, job)  # it may have ended already: look now
+        self.announce(job)  # it may have ended already: look now
         return {"ok": True}
 
     def op_cancel(self, req):
@@ -323,7 +324,25 @@ def remove_run_dir(jobdir):
         os.rename(jobdir, gone)
     except OSError:
         gone = jobdir
-    shutil.rmtree(gone, ignore_errors=True)
+    try:
+        _remove_flat(gone)
+    except OSError:
+        shutil.rmtree(gone, ignore_errors=True)
+
+
+def _remove_flat(path):
+    """A run's directory holds files only: removed by name, without rmtree's walk (a stat
+    and an open for each entry)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        for name in os.listdir(fd):
+            try:
+                os.unlink(name, dir_fd=fd)
+            except IsADirectoryError:
+                shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
 
 
 def remove_leftovers(directory):
