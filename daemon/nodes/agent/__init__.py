@@ -17,10 +17,11 @@ Every directory from <root> down is the agent's own, never a symlink, and closed
 (checked at start; the agent refuses to run otherwise); the records are 0600. A job writes
 its log only through the descriptor it inherits.
 
-Each job has a shepherd: a double-forked process in its own session that starts the job in a
-new session (so its process group is its own) and, where the node allows, in a cgroup of its
-own (memory and pids limits; killed whole), switches to the job owner's account, enforces
-the time limit, carries out cancel requests (SIGTERM, SIGKILL to all of the job after the
-grace period) and writes the exit record. Because the shepherd, not the agent, owns the job,
-the agent can die and come back freely.
+Each job has a shepherd: a process forked from the agent, in its own session, that spawns
+the job (posix_spawn, or a fork with no Python in the child where the job's account differs)
+in a new session (so its process group is its own), as the job owner's account and, where
+the node allows, born in a cgroup of its own (memory and pids limits; killed whole); it
+enforces the time limit, carries out cancel requests (SIGTERM, SIGKILL to all of the job
+after the grace period) and writes the exit record. Because the shepherd, not the agent,
+owns the job, the agent can die and come back freely.
 """

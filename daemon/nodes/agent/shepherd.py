@@ -164,6 +164,8 @@ def _spawn(argv, env, fds):
     """posix_spawn: the child shares this process's memory until it execs (no copy, no
     faults), and no Python runs in it. Every descriptor of this process but the three
     given closes on exec."""
+    if not hasattr(os, "POSIX_SPAWN_DUP2"):
+        return _spawn_as(None, argv, env, fds)
     actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(fds)]
     err = OSError(errno.ENOENT, os.strerror(errno.ENOENT))
     # the job's PATH, not this process's, as execvpe would: the first that runs
@@ -175,6 +177,8 @@ def _spawn(argv, env, fds):
             pass
         except PermissionError as e:
             err = e
+        except NotImplementedError:  # a C library without POSIX_SPAWN_SETSID (glibc < 2.26)
+            return _spawn_as(None, argv, env, fds)
     raise err
 
 
@@ -186,22 +190,24 @@ def _candidates(name, env):
 
 
 def _spawn_as(account, argv, env, fds):
-    """Another account's job: forked all the same (the switch of account in the child
-    rules out sharing memory), but still with no Python in the child."""
+    """Another account's job (or any, where posix_spawn cannot make a session): forked all
+    the same (the switch of account in the child rules out sharing memory), but still with
+    no Python in the child."""
     for sig in DEFAULT_SIGNALS:  # restore_signals covers only SIGPIPE and SIGXFSZ
         try:
             signal.signal(sig, signal.SIG_DFL)
         except (ValueError, OSError):
             pass
-    if sys.version_info >= (3, 9):
+    kw = {}
+    if account is not None and sys.version_info >= (3, 9):
         kw = {"user": account[1], "group": account[2], "extra_groups": account[3]}
-    else:
+    elif account is not None:
         kw = {"preexec_fn": lambda: _become(account)}
     try:
         job = subprocess.Popen(argv, env=env, stdin=fds[0], stdout=fds[1], stderr=fds[2],
                                close_fds=True, start_new_session=True, **kw)
     except OSError as e:
-        if e.filename is not None:
+        if e.filename is not None or account is None:
             raise
         # failed before exec: the switch of account
         raise NotStarted(126, "labq: cannot run as user %r on this node: %s"
