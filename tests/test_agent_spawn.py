@@ -96,3 +96,20 @@ def test_working_directory_is_entered_with_the_owners_rights(base, agents, teste
     assert ag.wait_exit("2.0")["code"] == 0 and ag.log("2.0") == f"{mine}\n"
     assert ag.launch("3.0", ["pwd"], cwd=str(closed), uid=0, user="root")["ok"]
     assert ag.wait_exit("3.0")["code"] == 0 and ag.log("3.0") == f"{closed}\n"
+
+
+def test_a_job_starts_with_default_signals_whatever_the_agent_ignores(base, agents, account,
+                                                                       monkeypatch):
+    wrapper = base / "python"
+    wrapper.write_text(f"#!/bin/sh\ntrap '' HUP INT TERM PIPE XFSZ\nexec {trust.PY} \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(trust, "PY", str(wrapper))  # as under nohup, and more
+    ag = agents(base / "jobs")
+    agent_ignores = Path(f"/proc/{ag.p.pid}/status").read_text().split("SigIgn:")[1].split()[0]
+    assert int(agent_ignores, 16) & (1 << (1 - 1)), agent_ignores  # SIGHUP
+    assert ag.launch("1.0", ["grep", "SigIgn", "/proc/self/status"], **account)["ok"]
+    assert ag.wait_exit("1.0")["code"] == 0
+    # 32 and 33 are the C library's own, which glibc's posix_spawn leaves ignored and
+    # installs its handlers for when they are first needed
+    libc = (1 << 31) | (1 << 32)
+    assert int(ag.log("1.0").split()[1], 16) & ~libc == 0, ag.log("1.0")

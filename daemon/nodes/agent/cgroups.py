@@ -279,6 +279,8 @@ def cg_join(rec, pid):
 
 def cg_leave(rec):
     """Moves this process from the run's cgroup back to the agent's own, where it came from."""
+    if not rec.get("home"):
+        raise OSError(errno.ENOENT, "the run's cgroup record names no way back")
     if rec.get("kind") == "cgroup1":
         for d in rec["home"]:
             _cg_write(os.path.join(d, "tasks"), 0)

@@ -147,6 +147,7 @@ def _start_job(spec, env, account, refusal, devnull, log, err):
         try:
             cg_join(cg, os.getpid())
         except OSError as e:
+            _leave(cg)  # from the hierarchies it did join
             raise NotStarted(126, "labq: cannot enter the run's cgroup: %s" % e) from None
     try:
         if switch:
@@ -193,7 +194,7 @@ def _spawn_as(account, argv, env, fds):
     """Another account's job (or any, where posix_spawn cannot make a session): forked all
     the same (the switch of account in the child rules out sharing memory), but still with
     no Python in the child."""
-    for sig in DEFAULT_SIGNALS:  # restore_signals covers only SIGPIPE and SIGXFSZ
+    for sig in DEFAULT_SIGNALS[2:]:  # restore_signals covers SIGPIPE and SIGXFSZ
         try:
             signal.signal(sig, signal.SIG_DFL)
         except (ValueError, OSError):
@@ -262,7 +263,8 @@ def _restore(saved):
     groups, egid, euid = saved
     os.seteuid(euid)  # first: the rest needs the rights back
     os.setegid(egid)
-    os.setgroups(groups)
+    if sorted(os.getgroups()) != sorted(groups):  # never changed where there was no right to
+        os.setgroups(groups)
 
 
 def _chdir(cwd):
