@@ -103,8 +103,12 @@ class Agent:
         pid = spawn_shepherd(jobdir, spec, float(req.get("grace_s", 10)), self.no_root_jobs)
         with self.watch_lock:
             self.shepherds.add(pid)
+            idle = not self.watched
             self.watched[job] = 0
-        self.announce("")  # wakes the monitor: a new log to follow
+        if idle:
+            # the monitor may be in its long sleep: a new log to follow. Otherwise it looks
+            # at every watched log within POLL_S anyway, and the wake would cost it a turn
+            self.announce("")
         return {"ok": True}
 
     def op_list(self, req):
