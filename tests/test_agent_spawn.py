@@ -73,6 +73,10 @@ def test_a_job_that_cannot_start_says_why(base, agents, account):
         assert why in ag.log(key) and "ran" not in ag.log(key)
         # the reason is the job's stderr, as its own complaints would be
         assert (run_dir(base / "jobs", key) / "stderr").read_text().strip()
+    # what the C library cannot take is refused as well, not left to kill the shepherd
+    assert ag.launch("4.0", ["true"], env=dict(trust.ENV, **{"A=B": "1"}), **account)["ok"]
+    ex = ag.wait_exit("4.0")
+    assert (ex["code"], ex["reason"]) == (126, "exit") and "environment" in ag.log("4.0")
     for key, *_ in cases:
         assert not run_cgroups(base / "jobs", key) or not any(
             os.path.exists(d) for d in run_cgroups(base / "jobs", key))

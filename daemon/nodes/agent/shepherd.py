@@ -156,6 +156,8 @@ def _start_job(spec, env, account, refusal, devnull, log, err):
     except OSError as e:
         raise NotStarted(127 if e.errno == errno.ENOENT else 126, "labq: cannot run %r: %s"
                          % (spec["argv"][0], e.strerror)) from None
+    except ValueError as e:  # a NUL byte in an argument or the environment, say
+        raise NotStarted(126, "labq: cannot run %r: %s" % (spec["argv"][0], e)) from None
     finally:
         if cg:
             _leave(cg)
