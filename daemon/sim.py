@@ -22,8 +22,8 @@ Policies compared:
   (policy.preempt, through `schedule(..., running=...)`). The trace has no scavenger tier, so
   the model makes one: a job whose VC holds its share of the GPUs or more when it is submitted
   is preemptible. A preempted job stops at once (no grace) and loses all the work since its
-  start (no checkpoint); it is queued again with its submit time, its age counting from the
-  requeue as in the daemon, and runs its whole duration again. Its wait counts up to the start
+  start (no checkpoint); it is queued again with its submit time and its age, as in the
+  daemon, and runs its whole duration again. Its wait counts up to the start
   of the run that finished.
 
 The trace as published loads the 2,816 GPUs to about 13 % on average, so queueing is rare
@@ -261,7 +261,7 @@ class _Replay:
 
     def _requeue(self, p: _Partition, jid: int, t: float) -> None:
         """Stop a preempted job and queue it again, as the daemon does: it keeps its submit
-        time, its age counts from now, and its run so far is lost."""
+        time and its age, and its run so far is lost."""
         c = p.cluster
         held = c.gang_parts.get(jid) or ((c.jobs[jid][1], c.jobs[jid][2]),)
         c.finish(jid)
@@ -277,7 +277,7 @@ class _Replay:
             self.rates[run.group] -= n
         self.preemptions += 1
         self.lost_gpu_s += n * (t - (run.start_time or t))
-        view = replace(self.views[jid - 1], preemptions=run.preemptions + 1, eligible_time=t)
+        view = replace(self.views[jid - 1], preemptions=run.preemptions + 1)
         self.views[jid - 1] = view
         p.add(view)
 

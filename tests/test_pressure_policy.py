@@ -119,3 +119,19 @@ def test_preemption_budget_and_who_may_preempt():
     same_rank = pending(4, "light", NOW)  # the victim requeued would rank above it
     assert preempts(on_node(1, (0,), NOW - 900, preemptible=True), same_rank) == []
     assert preempts(on_node(1, (0,), NOW - 900, preemptible=True), scavenger) == []
+
+
+def test_a_preempted_job_keeps_its_age_so_a_starved_one_is_never_a_victim():
+    def preempts(victim: JobView) -> list:
+        waiting = pending(4, "light", NOW - 10, priority=9)
+        return plan(Snapshot([four_gpu_node()], [victim, on_node(9, (1, 2, 3), NOW - 60),
+                                                 waiting],
+                             config=PolicyConfig(max_age_s=2 * DAY, starved_first=True)),
+                    NOW).preempts
+    # both started a quarter of an hour ago; one was submitted 3 days ago, and requeued it
+    # would be starved, ranking above every job that is not
+    recent = on_node(1, (0,), NOW - 900, preemptible=True)
+    assert preempts(recent) == [(1, 4)]
+    starved = on_node(1, (0,), NOW - 900, preemptible=True)
+    starved.submit_time = NOW - 3 * DAY
+    assert preempts(starved) == []

@@ -2,7 +2,10 @@
 reserved job, the highest-priority job that cannot start, starts now.
 
 Only a job that is not itself preemptible preempts, and only jobs that would rank below it once
-requeued, so two jobs never bounce each other. A victim is preemptible, has run at least
+requeued, so two jobs never bounce each other. A requeued job keeps its age (from its submit,
+or from when it was released or its dependency was met), so that starved_first still bounds
+its wait: a job that has waited max_age_s ranks above every job that has not and is never a
+victim of one. A victim is preemptible, has run at least
 preempt_min_run_s, and has been preempted fewer than preempt_max times. On each node where the
 reserved job could run, victims are taken latest start first (the least work lost) until the
 job fits; the node needing the fewest preempted GPUs wins, then the one losing the least run
@@ -22,12 +25,11 @@ def may_be_preempted(victim: JobView, now: float, config: PolicyConfig) -> bool:
             and now - (victim.start_time or now) >= config.preempt_min_run_s)
 
 
-def rank(job: JobView, now: float, config: PolicyConfig, fs: Mapping, max_gpus: int,
-         requeued: bool = False) -> float:
-    """The job's priority as a pending job; `requeued`: as it would be once requeued now."""
+def rank(job: JobView, now: float, config: PolicyConfig, fs: Mapping, max_gpus: int) -> float:
+    """The job's priority as a pending job (a running one: as it would be once requeued now,
+    with the age it had)."""
     p = class_constant(job, config, fs.get((job.group, job.owner), 1.0), max_gpus)
-    t0 = now if requeued else (job.submit_time if job.eligible_time is None
-                               else job.eligible_time)
+    t0 = job.submit_time if job.eligible_time is None else job.eligible_time
     starved = starved_priority(config)
     if starved is not None and t0 <= now - config.max_age_s:
         return starved
@@ -45,7 +47,7 @@ def victims(cluster: Cluster, job: JobView, running: Mapping[int, JobView], now:
     running = {jid: v for jid, v in running.items() if v.nodes == 1}
     top = rank(job, now, config, fs, cluster.max_gpus)
     running = {jid: v for jid, v in running.items()
-               if rank(v, now, config, fs, cluster.max_gpus, requeued=True) < top}
+               if rank(v, now, config, fs, cluster.max_gpus) < top}
     best: tuple | None = None
     for ns in cluster.nodes:
         if not ns.up or not could_ever_fit(ns, job):
