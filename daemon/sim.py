@@ -13,18 +13,22 @@ Policies compared:
 - vc-fifo: each VC queues FIFO on its own nodes, as Philly ran.
 - fifo: one pooled FIFO queue over all nodes, no backfill.
 - labq: pooled, the default multifactor priority (fair-share between VCs with shares equal to
-  their GPU counts, usage half-life 7 days) with EASY backfill, and starved_first with a
-  maximum age of 2 days (a job that has waited 2 days goes ahead of all that have not): the
-  real policy, configured as README suggests for a busy cluster.
+  their GPU counts, usage half-life 7 days) with EASY backfill, the short factor weighing as
+  much as fair-share (a day's time limit counts half; limits rounded up to a power of 2 s),
+  and starved_first with a maximum age of 5 days (a job that has waited 5 days goes ahead of
+  all that have not): the real policy, configured as README suggests for a busy cluster. Every
+  job of the trace has a time limit, so the default time limit sets only the short factor's
+  scale.
 - sjf-oracle: pooled, shortest true duration first, with backfill on exact limits; a bound no
   real scheduler reaches.
 - labq-preempt: labq with preemption (Slurm's PreemptMode=REQUEUE) as the daemon decides it
-  (policy.preempt, through `schedule(..., running=...)`). The trace has no scavenger tier, so
-  the model makes one: a job whose VC holds its share of the GPUs or more when it is submitted
-  is preemptible. A preempted job stops at once (no grace) and loses all the work since its
-  start (no checkpoint); it is queued again with its submit time and its age, as in the
-  daemon, and runs its whole duration again. Its wait counts up to the start
-  of the run that finished.
+  (policy.preempt, through `schedule(..., running=...)`), with preempt_over_share: the trace
+  has no scavenger tier, so the model is the one many labs run, where what a VC runs beyond
+  its share may be preempted while it is beyond, for the top waiting job or for the first
+  waiting job of a VC under its share. A preempted job stops at once (no grace) and loses all
+  the work since its start (no checkpoint); it is queued again with its submit time and its
+  age, as in the daemon, and runs its whole duration again. Its wait counts up to the start of
+  the run that finished.
 
 The trace as published loads the 2,816 GPUs to about 13 % on average, so queueing is rare
 whatever the policy; --arrival-scale compresses submit times to replay the same jobs under a
@@ -57,7 +61,12 @@ POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle", "labq-preempt")
 NODE_CPUS = 64
 NODE_MEM_MB = 512 * 1024
 # the labq policy replays with starved_first at this age (README: "Scheduling")
-STARVED_AFTER_S = 2 * 86400.0
+STARVED_AFTER_S = 5 * 86400.0
+# and with the short factor weighing as much as fair-share, a day's time limit counting half
+# of it, time limits rounded up to a power of 2 seconds (README: "Trace replay")
+SHORT_WEIGHT = 10000.0
+SHORT_SCALE_S = 86400.0
+SHORT_STEP = 2.0
 
 
 def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:
@@ -66,7 +75,9 @@ def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:
                             backfill=False)
     if name in ("labq", "labq-preempt"):
         return PolicyConfig(group_shares={vc: float(g) for vc, g in vcs.items()},
-                            starved_first=True, max_age_s=STARVED_AFTER_S)
+                            starved_first=True, max_age_s=STARVED_AFTER_S,
+                            weight_short=SHORT_WEIGHT, default_time_limit_s=SHORT_SCALE_S,
+                            short_step=SHORT_STEP, preempt_over_share=name == "labq-preempt")
     if name == "sjf-oracle":
         return PolicyConfig(weight_age=0.0, weight_fairshare=0.0, weight_priority=0.0,
                             weight_short=1.0)
@@ -138,8 +149,8 @@ class _Replay:
         self.timeline: list[tuple[float, int]] = []
         self.violations = 0
         self.share = ShareMeter(vcs)
-        # labq-preempt: the preemptible running jobs as the policy sees them (only they can
-        # be victims, so the policy needs no others), and each running job's end (a preempted
+        # labq-preempt: the running jobs of one node as the policy sees them (only they can
+        # be victims, so the policy needs no gangs), and each running job's end (a preempted
         # job's entry in `ends` is then stale)
         self.preempt = policy == "labq-preempt"
         self.running: dict[int, JobView] = {}
@@ -162,10 +173,6 @@ class _Replay:
             dirty = self._finish_due(t)
             while i < n and jobs[i].submit <= t:
                 p = self.part_of[jobs[i].id]
-                if self.preempt:
-                    # a VC holding its share or more submits into the scavenger tier
-                    vc = jobs[i].vc
-                    self.views[i].preemptible = self.share.running[vc] >= self.vcs[vc]
                 p.add(self.views[i])
                 self.share.waiting(jobs[i].vc, jobs[i].gpus)
                 if p not in dirty:
@@ -254,7 +261,7 @@ class _Replay:
                 self.rates[view.group] = self.rates.get(view.group, 0.0) + n
             if self.preempt:
                 self.ends_at[s.job] = t + self.by_id[s.job].duration
-                if view.preemptible:
+                if view.nodes == 1:
                     self.running[s.job] = replace(view, state="RUNNING", start_time=t,
                                                   node=s.node, gpu_indices=s.gpus,
                                                   parts=s.parts)
