@@ -61,19 +61,41 @@ def rank(job: JobView, now: float, config: PolicyConfig, fs: Mapping, max_gpus: 
     return p + config.weight_age * age
 
 
+def _ranker(now: float, config: PolicyConfig, fs: Mapping, max_gpus: int):
+    """rank() for many jobs, the part of it that jobs of one request share computed once."""
+    consts: dict[tuple, float] = {}
+    starved = starved_priority(config)
+    floor = now - config.max_age_s
+    inv_age = 1.0 / config.max_age_s if config.max_age_s > 0 else 0.0
+
+    def ranked(job: JobView) -> float:
+        key = (job.group, job.owner, job.priority, job.gpus, job.time_limit_s)
+        p = consts.get(key)
+        if p is None:
+            p = consts[key] = class_constant(job, config, fs.get((job.group, job.owner), 1.0),
+                                             max_gpus)
+        t0 = job.submit_time if job.eligible_time is None else job.eligible_time
+        if starved is not None and t0 <= floor:
+            return starved
+        age = min(1.0, max(0.0, now - t0) * inv_age) if inv_age else 1.0
+        return p + config.weight_age * age
+    return ranked
+
+
 def victims(cluster: Cluster, job: JobView, running: Mapping[int, JobView], now: float,
             config: PolicyConfig, fs: Mapping, over: set[str] | None = None) -> list[int]:
     """Running jobs to preempt so that `job` fits on one node now, or [] if none will do.
     `over`: the groups over their share, with preempt_over_share."""
-    return _victims(job, _pool(cluster, running, now, config, over), now, config, fs, over,
-                    cluster.max_gpus)
+    return _victims(job, _pool(cluster, running, now, config, fs, over), now, config, fs,
+                    over, cluster.max_gpus)
 
 
 def _pool(cluster: Cluster, running: Mapping[int, JobView], now: float, config: PolicyConfig,
-          over: set[str] | None) -> list[tuple]:
-    """(node, the jobs on it that may be preempted, latest start first, GPUs free once they
-    are stopped) for each up node with such jobs."""
+          fs: Mapping, over: set[str] | None) -> list[tuple]:
+    """(node, the jobs on it that may be preempted, latest start first, each with its rank,
+    GPUs free once they are stopped) for each up node with such jobs."""
     out = []
+    ranked = _ranker(now, config, fs, cluster.max_gpus)
     for ns in cluster.nodes:
         if not ns.up or not ns.running:
             continue
@@ -81,7 +103,8 @@ def _pool(cluster: Cluster, running: Mapping[int, JobView], now: float, config: 
                  and v.nodes == 1 and may_be_preempted(v, now, config, over)]
         if found:
             found.sort(key=lambda v: (-(v.start_time or now), v.id))
-            out.append((ns, found, len(ns.free) + sum(len(v.gpu_indices) for v in found)))
+            out.append((ns, [(ranked(v), v) for v in found],
+                        len(ns.free) + sum(len(v.gpu_indices) for v in found)))
     return out
 
 
@@ -97,9 +120,8 @@ def _victims(job: JobView, pool: list[tuple], now: float, config: PolicyConfig, 
     for ns, found, most in pool:
         if most < job.gpus or not could_ever_fit(ns, job):
             continue
-        found = [v for v in found if rank(v, now, config, fs, max_gpus) < top]
         free = sum(1 for g in ns.free if gpu_matches(ns.slots[g], job))
-        chosen = _enough(ns, job, found, free)
+        chosen = _enough(ns, job, [v for r, v in found if r < top], free)
         if chosen is None:
             continue
         lost = sum(now - (v.start_time or now) for v in chosen)
@@ -160,7 +182,7 @@ def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, J
     found = candidates(top, heads, over)
     if not found:
         return []
-    pool = _pool(cluster, running, now, config, over)
+    pool = _pool(cluster, running, now, config, fs, over)
     out: list[tuple[int, int]] = []
     for job in found:
         if not pool:
