@@ -46,7 +46,12 @@ def may_be_preempted(victim: JobView, now: float, config: PolicyConfig,
                      over: set[str] | None = None) -> bool:
     return ((victim.preemptible or (over is not None and victim.group in over))
             and victim.preemptions < config.preempt_max
-            and now - (victim.start_time or now) >= config.preempt_min_run_s)
+            and now - _started(victim, now) >= config.preempt_min_run_s)
+
+
+def _started(job: JobView, now: float) -> float:
+    # a start at time 0 (the replay's first instant) is a start
+    return now if job.start_time is None else job.start_time
 
 
 def rank(job: JobView, now: float, config: PolicyConfig, fs: Mapping, max_gpus: int) -> float:
@@ -102,7 +107,7 @@ def _pool(cluster: Cluster, running: Mapping[int, JobView], now: float, config: 
         found = [v for jid in ns.running if (v := running.get(jid)) is not None
                  and v.nodes == 1 and may_be_preempted(v, now, config, over)]
         if found:
-            found.sort(key=lambda v: (-(v.start_time or now), v.id))
+            found.sort(key=lambda v: (-_started(v, now), v.id))
             out.append((ns, [(ranked(v), v) for v in found],
                         len(ns.free) + sum(len(v.gpu_indices) for v in found)))
     return out
@@ -124,7 +129,7 @@ def _victims(job: JobView, pool: list[tuple], now: float, config: PolicyConfig, 
         chosen = _enough(ns, job, [v for r, v in found if r < top], free)
         if chosen is None:
             continue
-        lost = sum(now - (v.start_time or now) for v in chosen)
+        lost = sum(now - _started(v, now) for v in chosen)
         score = (sum(len(v.gpu_indices) for v in chosen), lost, ns.idx)
         if best is None or score < best[0]:
             best = (score, [v.id for v in chosen], ns)
