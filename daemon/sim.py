@@ -1,6 +1,6 @@
 """Replay a GPU-cluster trace through the scheduling policy in simulated time.
 
-    labq-sim --trace jobs.csv --vcs vcs.csv [--limit N] [--json] [--seed S]
+    labq-sim --trace jobs.csv --vcs vcs.csv [--limit N] [--policy P] [--json] [--seed S]
 
 Event driven: time jumps from one submit or finish to the next, finishes are applied first, then
 submits, then the policy plans once for that instant. The policy is the daemon's own code
@@ -424,9 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the time-limit model")
     ap.add_argument("--arrival-scale", type=float, default=1.0,
                     help="multiply submit times by this (0.25 = arrivals 4x denser, 4x the load)")
+    ap.add_argument("--policy", action="append", choices=POLICIES, default=None,
+                    help="replay this policy only (repeat for several; default: all)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
-    result = run(args.trace, args.vcs, args.limit, args.seed, arrival_scale=args.arrival_scale)
+    result = run(args.trace, args.vcs, args.limit, args.seed, policies=args.policy or POLICIES,
+                 arrival_scale=args.arrival_scale)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")

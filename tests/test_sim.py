@@ -171,3 +171,14 @@ def test_a_preempted_job_is_preempted_at_most_preempt_max_times(tmp_path):
     assert recs[1][1:3] == (recs[8][2], recs[8][2] + 5000.0)
     # small's last job waits for one of them to end
     assert recs[9][1] == recs[2][2]
+
+
+def test_the_executable_replays_the_policies_asked_for_and_refuses_an_unknown_one():
+    exe = shutil.which("labq-sim") or os.path.join(os.path.dirname(sys.executable), "labq-sim")
+    args = [exe, "--trace", JOBS, "--vcs", VCS, "--limit", "200", "--json"]
+    out = subprocess.run(args + ["--policy", "labq", "--policy", "fifo"], capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert list(json.loads(out.stdout)["policies"]) == ["labq", "fifo"]
+    bad = subprocess.run(args + ["--policy", "sjf"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "invalid choice: 'sjf'" in bad.stderr and not bad.stdout
