@@ -22,13 +22,16 @@ Policies compared:
 - sjf-oracle: pooled, shortest true duration first, with backfill on exact limits; a bound no
   real scheduler reaches.
 - labq-preempt: labq with preemption (Slurm's PreemptMode=REQUEUE) as the daemon decides it
-  (policy.preempt, through `schedule(..., running=...)`), with preempt_over_share: the trace
-  has no scavenger tier, so the model is the one many labs run, where what a VC runs beyond
-  its share may be preempted while it is beyond, for the top waiting job or for the first
-  waiting job of a VC under its share. A preempted job stops at once (no grace) and loses all
-  the work since its start (no checkpoint); it is queued again with its submit time and its
-  age, as in the daemon, and runs its whole duration again. Its wait counts up to the start of
-  the run that finished.
+  (policy.preempt, through `schedule(..., running=...)`). The trace has no scavenger tier, so
+  the model makes one: a job whose VC holds its share of the GPUs or more when it is submitted
+  is preemptible. A preempted job stops at once (no grace) and loses all the work since its
+  start (no checkpoint); it is queued again with its submit time and its age, as in the
+  daemon, and runs its whole duration again. Its wait counts up to the start of the run that
+  finished.
+- labq-preempt-share (only when asked for: it replays in minutes): labq-preempt with the
+  scavenger tier of preempt_over_share instead, which many labs run: what a VC runs beyond its
+  share may be preempted while it is beyond, for the top job or for the first waiting job of a
+  VC under its share.
 
 The trace as published loads the 2,816 GPUs to about 13 % on average, so queueing is rare
 whatever the policy; --arrival-scale compresses submit times to replay the same jobs under a
@@ -58,6 +61,8 @@ from .policy.queue import PendingQueue, age_floor
 from .trace import GPUS_PER_NODE, TraceJob, load_trace
 
 POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle", "labq-preempt")
+# replayed only when named (--policy): slower
+MORE_POLICIES = ("labq-preempt-share",)
 NODE_CPUS = 64
 NODE_MEM_MB = 512 * 1024
 # the labq policy replays with starved_first at this age (README: "Scheduling")
@@ -73,11 +78,12 @@ def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:
     if name in ("vc-fifo", "fifo"):
         return PolicyConfig(weight_age=1.0, weight_fairshare=0.0, weight_priority=0.0,
                             backfill=False)
-    if name in ("labq", "labq-preempt"):
+    if name in ("labq", "labq-preempt", "labq-preempt-share"):
         return PolicyConfig(group_shares={vc: float(g) for vc, g in vcs.items()},
                             starved_first=True, max_age_s=STARVED_AFTER_S,
                             weight_short=SHORT_WEIGHT, default_time_limit_s=SHORT_SCALE_S,
-                            short_step=SHORT_STEP, preempt_over_share=name == "labq-preempt")
+                            short_step=SHORT_STEP,
+                            preempt_over_share=name == "labq-preempt-share")
     if name == "sjf-oracle":
         return PolicyConfig(weight_age=0.0, weight_fairshare=0.0, weight_priority=0.0,
                             weight_short=1.0)
@@ -149,10 +155,11 @@ class _Replay:
         self.timeline: list[tuple[float, int]] = []
         self.violations = 0
         self.share = ShareMeter(vcs)
-        # labq-preempt: the running jobs of one node as the policy sees them (only they can
-        # be victims, so the policy needs no gangs), and each running job's end (a preempted
-        # job's entry in `ends` is then stale)
-        self.preempt = policy == "labq-preempt"
+        # labq-preempt: the running jobs that may be victims as the policy sees them (the
+        # preemptible ones; with the over-share tier, all those of one node), and each running
+        # job's end (a preempted job's entry in `ends` is then stale)
+        self.preempt = policy in ("labq-preempt", "labq-preempt-share")
+        self.by_submit = policy == "labq-preempt"  # the tier is fixed at submit
         self.running: dict[int, JobView] = {}
         self.ends_at: dict[int, float] = {}
         self.preemptions = 0
@@ -173,6 +180,10 @@ class _Replay:
             dirty = self._finish_due(t)
             while i < n and jobs[i].submit <= t:
                 p = self.part_of[jobs[i].id]
+                if self.by_submit:
+                    # a VC holding its share or more submits into the scavenger tier
+                    vc = jobs[i].vc
+                    self.views[i].preemptible = self.share.running[vc] >= self.vcs[vc]
                 p.add(self.views[i])
                 self.share.waiting(jobs[i].vc, jobs[i].gpus)
                 if p not in dirty:
@@ -261,7 +272,7 @@ class _Replay:
                 self.rates[view.group] = self.rates.get(view.group, 0.0) + n
             if self.preempt:
                 self.ends_at[s.job] = t + self.by_id[s.job].duration
-                if view.nodes == 1:
+                if view.preemptible or (view.nodes == 1 and not self.by_submit):
                     self.running[s.job] = replace(view, state="RUNNING", start_time=t,
                                                   node=s.node, gpu_indices=s.gpus,
                                                   parts=s.parts)
@@ -424,8 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the time-limit model")
     ap.add_argument("--arrival-scale", type=float, default=1.0,
                     help="multiply submit times by this (0.25 = arrivals 4x denser, 4x the load)")
-    ap.add_argument("--policy", action="append", choices=POLICIES, default=None,
-                    help="replay this policy only (repeat for several; default: all)")
+    ap.add_argument("--policy", action="append", choices=POLICIES + MORE_POLICIES,
+                    default=None, help="replay this policy only (repeat for several; default: "
+                    + ", ".join(POLICIES) + ")")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
     result = run(args.trace, args.vcs, args.limit, args.seed, policies=args.policy or POLICIES,

@@ -35,7 +35,7 @@ def test_trace_model(trace):
     assert again == jobs  # the limit model is seeded
 
 
-@pytest.mark.parametrize("policy", sim.POLICIES)
+@pytest.mark.parametrize("policy", sim.POLICIES + sim.MORE_POLICIES)
 def test_invariants(trace, policy):
     jobs, vcs = trace
     capacity = sum(vcs.values())
@@ -130,9 +130,8 @@ def test_multi_node_jobs_replay_as_gangs_as_they_ran(tmp_path):
 
 
 def test_preemption_replays_the_daemons_decision_and_costs_the_run_so_far(tmp_path):
-    # "big" holds its share (2 nodes) with jobs 1 and 2 and runs job 3 beyond it, on the
-    # third node: job 3 may be preempted while big is over its share. "small"'s job then finds
-    # no node free
+    # "big" holds its share (2 nodes) with jobs 1 and 2, so its third job is submitted
+    # preemptible; "small"'s job then finds no node free
     jobs, vcs = small_trace(tmp_path, {"big": 2, "small": 1}, [
         "2017-10-09 07:00:00,10000.0,8,80000.0,big",
         "2017-10-09 07:00:01,10000.0,8,80000.0,big",
@@ -153,15 +152,36 @@ def test_preemption_replays_the_daemons_decision_and_costs_the_run_so_far(tmp_pa
 
 
 def test_a_preempted_job_is_preempted_at_most_preempt_max_times(tmp_path):
-    # big runs two jobs on its share of one node, so both are beyond it while both run; small
-    # submits one short job after another: each stops the latest of big's jobs that may still
-    # be stopped, but after preempt_max (3) times a job runs to its end
+    # big's 2nd job is preemptible; small submits one short job after another: each may stop
+    # it, but after preempt_max (3) times it runs to its end
     rows = ["2017-10-09 07:00:00,5000.0,8,40000.0,big",
             "2017-10-09 07:00:01,5000.0,8,40000.0,big"]
     rows += [f"2017-10-09 {7 + k // 6:02d}:{(k % 6) * 10:02d}:30,60.0,8,480.0,small"
              for k in range(1, 8)]
     jobs, vcs = small_trace(tmp_path, {"big": 1, "small": 1}, rows)
     r = sim.simulate(jobs, vcs, "labq-preempt", record=True)
+    assert r["violations"] == 0 and r["jobs"] == len(jobs)
+    assert r["preemptions"] == sim.policy_config("labq", vcs).preempt_max == 3
+    recs = r["records"]
+    last = recs[2][1]  # job 2's last start, after small's 3rd job: it then ran to its end
+    assert recs[2][2] == last + 5000.0
+    assert last == recs[5][2]
+    # small's later jobs wait for job 1, which was never preemptible, to end
+    assert all(recs[k][1] >= recs[1][2] for k in range(6, len(jobs) + 1))
+
+
+def test_over_its_share_a_vcs_latest_jobs_are_preempted_each_at_most_preempt_max_times(
+        tmp_path):
+    # labq-preempt-share: big runs two jobs on its share of one node, so both are beyond it
+    # while both run; small submits one short job after another: each stops the latest of
+    # big's jobs that may still be stopped, but after preempt_max (3) times a job runs to
+    # its end
+    rows = ["2017-10-09 07:00:00,5000.0,8,40000.0,big",
+            "2017-10-09 07:00:01,5000.0,8,40000.0,big"]
+    rows += [f"2017-10-09 {7 + k // 6:02d}:{(k % 6) * 10:02d}:30,60.0,8,480.0,small"
+             for k in range(1, 8)]
+    jobs, vcs = small_trace(tmp_path, {"big": 1, "small": 1}, rows)
+    r = sim.simulate(jobs, vcs, "labq-preempt-share", record=True)
     assert r["violations"] == 0 and r["jobs"] == len(jobs)
     assert r["preemptions"] == 2 * sim.policy_config("labq", vcs).preempt_max == 6
     recs = r["records"]
