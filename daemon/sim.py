@@ -413,12 +413,13 @@ def run(trace: str, vcs_path: str, limit: int | None = None, seed: int = 0,
 
 
 def format_table(result: dict) -> str:
-    head = (f"{'policy':<11} {'jobs':>6} {'avg JCT':>10} {'p50 JCT':>9} {'p99 JCT':>10} "
+    w = max([11] + [len(name) for name in result["policies"]])
+    head = (f"{'policy':<{w}} {'jobs':>6} {'avg JCT':>10} {'p50 JCT':>9} {'p99 JCT':>10} "
             f"{'avg wait':>9} {'p99 wait':>10} {'max wait':>10} {'util':>6} {'Jain':>5} "
             f"{'share':>6} {'preempt':>7} {'wall':>6}")
     lines = [head, "-" * len(head)]
     for name, m in result["policies"].items():
-        lines.append(f"{name:<11} {m['jobs']:>6} {m['avg_jct_s']:>9.0f}s {m['p50_jct_s']:>8.0f}s "
+        lines.append(f"{name:<{w}} {m['jobs']:>6} {m['avg_jct_s']:>9.0f}s {m['p50_jct_s']:>8.0f}s "
                      f"{m['p99_jct_s']:>9.0f}s {m['avg_wait_s']:>8.0f}s {m['p99_wait_s']:>9.0f}s "
                      f"{m['max_wait_s']:>9.0f}s {m['utilization']:>6.3f} {m['jain']:>5.2f} "
                      f"{m['worst_share']:>6.2f} {m['preemptions']:>7} {m['wall_s']:>5.1f}s")
