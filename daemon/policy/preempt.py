@@ -113,12 +113,16 @@ def _pool(cluster: Cluster, running: Mapping[int, JobView], now: float, config: 
     return out
 
 
+def may_preempt(job: JobView, config: PolicyConfig, over: set[str] | None) -> bool:
+    return not (job.preemptible or config.preempt_max <= 0 or job.nodes > 1
+                or (over is not None and job.group in over))
+
+
 def _victims(job: JobView, pool: list[tuple], now: float, config: PolicyConfig, fs: Mapping,
              over: set[str] | None, max_gpus: int) -> list[int]:
     """The victims on the best node of `pool` for `job`, or []. A victim must rank below
     `job` once requeued, or it would start again at once."""
-    if (job.preemptible or config.preempt_max <= 0 or job.nodes > 1
-            or (over is not None and job.group in over)):
+    if not may_preempt(job, config, over):
         return []
     top = rank(job, now, config, fs, max_gpus)
     best: tuple | None = None
@@ -184,9 +188,9 @@ def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, J
     """(victim, the job it makes way for) for each candidate that preemption lets start,
     each on a node of its own."""
     over = over_share(cluster, config, groups) if config.preempt_over_share else None
-    found = candidates(top, heads, over)
+    found = [j for j in candidates(top, heads, over) if may_preempt(j, config, over)]
     if not found:
-        return []
+        return []  # before looking at the running jobs: most plans end here
     pool = _pool(cluster, running, now, config, fs, over)
     out: list[tuple[int, int]] = []
     for job in found:
