@@ -87,14 +87,6 @@ def _ranker(now: float, config: PolicyConfig, fs: Mapping, max_gpus: int):
     return ranked
 
 
-def victims(cluster: Cluster, job: JobView, running: Mapping[int, JobView], now: float,
-            config: PolicyConfig, fs: Mapping, over: set[str] | None = None) -> list[int]:
-    """Running jobs to preempt so that `job` fits on one node now, or [] if none will do.
-    `over`: the groups over their share, with preempt_over_share."""
-    return _victims(job, _pool(cluster, running, now, config, fs, over), now, config, fs,
-                    over, cluster.max_gpus)
-
-
 def _pool(cluster: Cluster, running: Mapping[int, JobView], now: float, config: PolicyConfig,
           fs: Mapping, over: set[str] | None) -> list[tuple]:
     """(node, the jobs on it that may be preempted, latest start first, each with its rank,
