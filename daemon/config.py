@@ -80,10 +80,12 @@ SCHEMA = TABLE({
     "metrics": TABLE({"listen": ADDRESS}),
     "scheduler": TABLE({
         "weight_age": NUM(0, 1e9), "weight_fairshare": NUM(0, 1e9),
-        "weight_priority": NUM(0, 1e9), "weight_size": NUM(0, 1e9), "max_age": DURATION,
+        "weight_priority": NUM(0, 1e9), "weight_size": NUM(0, 1e9),
+        "weight_short": NUM(0, 1e9), "short_step": NUM(0, 100), "max_age": DURATION,
         "default_time_limit": DURATION, "usage_half_life": DURATION,
         "cpu_weight": NUM(0, 1e6), "backfill": BOOL, "starved_first": BOOL,
         "preempt_max": INT(0, 1 << 20), "preempt_min_run": DURATION,
+        "preempt_over_share": BOOL,
         "interval": DURATION,
         "unsatisfiable_dependency": ONE_OF("cancel", "pend"),
     }),

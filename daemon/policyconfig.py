@@ -33,10 +33,12 @@ def build(cfg: Config, overrides: dict[str, dict]) -> PolicyConfig:
                                    for u, sh in (v.get("users") or {}).items()})
     for key, attr in (("weight_age", "weight_age"), ("weight_fairshare", "weight_fairshare"),
                       ("weight_priority", "weight_priority"), ("weight_size", "weight_size"),
+                      ("weight_short", "weight_short"), ("short_step", "short_step"),
                       ("max_age", "max_age_s"), ("default_time_limit", "default_time_limit_s"),
                       ("usage_half_life", "usage_half_life_s"), ("cpu_weight", "cpu_weight"),
                       ("backfill", "backfill"), ("starved_first", "starved_first"),
-                      ("preempt_max", "preempt_max"), ("preempt_min_run", "preempt_min_run_s")):
+                      ("preempt_max", "preempt_max"), ("preempt_min_run", "preempt_min_run_s"),
+                      ("preempt_over_share", "preempt_over_share")):
         if key in s:
             setattr(pc, attr, s[key])
     pc.cancel_unsatisfiable = s.get("unsatisfiable_dependency", "cancel") == "cancel"

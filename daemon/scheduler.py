@@ -162,10 +162,13 @@ class Scheduler:
             if job is not None and job["state"] != RUNNING and job_id not in seen:
                 seen.add(job_id)
                 changes.append((job, S.CANCELLED, "labqd", why, {"end_time": self.clock.time()}))
+        # with preempt_over_share the plan picks victims of a group over its share, whether
+        # or not they were submitted preemptible
+        any_job = self.fair.policy_config.preempt_over_share
         for victim_id, for_id in plan.preempts:
             victim, by = jobs.active.get(victim_id), jobs.active.get(for_id)
             if (victim is not None and by is not None and victim["state"] == RUNNING
-                    and victim["preemptible"] and by["state"] == PENDING
+                    and (victim["preemptible"] or any_job) and by["state"] == PENDING
                     and victim_id not in seen):
                 seen.add(victim_id)
                 self.nodes.preempt(victim, by)

@@ -1,6 +1,6 @@
 """Replay a GPU-cluster trace through the scheduling policy in simulated time.
 
-    labq-sim --trace jobs.csv --vcs vcs.csv [--limit N] [--json] [--seed S]
+    labq-sim --trace jobs.csv --vcs vcs.csv [--limit N] [--policy P] [--json] [--seed S]
 
 Event driven: time jumps from one submit or finish to the next, finishes are applied first, then
 submits, then the policy plans once for that instant. The policy is the daemon's own code
@@ -13,18 +13,25 @@ Policies compared:
 - vc-fifo: each VC queues FIFO on its own nodes, as Philly ran.
 - fifo: one pooled FIFO queue over all nodes, no backfill.
 - labq: pooled, the default multifactor priority (fair-share between VCs with shares equal to
-  their GPU counts, usage half-life 7 days) with EASY backfill, and starved_first with a
-  maximum age of 2 days (a job that has waited 2 days goes ahead of all that have not): the
-  real policy, configured as README suggests for a busy cluster.
+  their GPU counts, usage half-life 7 days) with EASY backfill, the short factor weighing as
+  much as fair-share (a day's time limit counts half; limits rounded up to a power of 2 s),
+  and starved_first with a maximum age of 5 days (a job that has waited 5 days goes ahead of
+  all that have not): the real policy, configured as README suggests for a busy cluster. Every
+  job of the trace has a time limit, so the default time limit sets only the short factor's
+  scale.
 - sjf-oracle: pooled, shortest true duration first, with backfill on exact limits; a bound no
   real scheduler reaches.
 - labq-preempt: labq with preemption (Slurm's PreemptMode=REQUEUE) as the daemon decides it
   (policy.preempt, through `schedule(..., running=...)`). The trace has no scavenger tier, so
   the model makes one: a job whose VC holds its share of the GPUs or more when it is submitted
   is preemptible. A preempted job stops at once (no grace) and loses all the work since its
-  start (no checkpoint); it is queued again with its submit time, its age counting from the
-  requeue as in the daemon, and runs its whole duration again. Its wait counts up to the start
-  of the run that finished.
+  start (no checkpoint); it is queued again with its submit time and its age, as in the
+  daemon, and runs its whole duration again. Its wait counts up to the start of the run that
+  finished.
+- labq-preempt-share (only when asked for: it replays in minutes): labq-preempt with the
+  scavenger tier of preempt_over_share instead, which many labs run: what a VC runs beyond its
+  share may be preempted while it is beyond, for the top job or for the first waiting job of a
+  VC under its share.
 
 The trace as published loads the 2,816 GPUs to about 13 % on average, so queueing is rare
 whatever the policy; --arrival-scale compresses submit times to replay the same jobs under a
@@ -54,19 +61,29 @@ from .policy.queue import PendingQueue, age_floor
 from .trace import GPUS_PER_NODE, TraceJob, load_trace
 
 POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle", "labq-preempt")
+# replayed only when named (--policy): slower
+MORE_POLICIES = ("labq-preempt-share",)
 NODE_CPUS = 64
 NODE_MEM_MB = 512 * 1024
 # the labq policy replays with starved_first at this age (README: "Scheduling")
-STARVED_AFTER_S = 2 * 86400.0
+STARVED_AFTER_S = 5 * 86400.0
+# and with the short factor weighing as much as fair-share, a day's time limit counting half
+# of it, time limits rounded up to a power of 2 seconds (README: "Trace replay")
+SHORT_WEIGHT = 10000.0
+SHORT_SCALE_S = 86400.0
+SHORT_STEP = 2.0
 
 
 def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:
     if name in ("vc-fifo", "fifo"):
         return PolicyConfig(weight_age=1.0, weight_fairshare=0.0, weight_priority=0.0,
                             backfill=False)
-    if name in ("labq", "labq-preempt"):
+    if name in ("labq", "labq-preempt", "labq-preempt-share"):
         return PolicyConfig(group_shares={vc: float(g) for vc, g in vcs.items()},
-                            starved_first=True, max_age_s=STARVED_AFTER_S)
+                            starved_first=True, max_age_s=STARVED_AFTER_S,
+                            weight_short=SHORT_WEIGHT, default_time_limit_s=SHORT_SCALE_S,
+                            short_step=SHORT_STEP,
+                            preempt_over_share=name == "labq-preempt-share")
     if name == "sjf-oracle":
         return PolicyConfig(weight_age=0.0, weight_fairshare=0.0, weight_priority=0.0,
                             weight_short=1.0)
@@ -138,10 +155,11 @@ class _Replay:
         self.timeline: list[tuple[float, int]] = []
         self.violations = 0
         self.share = ShareMeter(vcs)
-        # labq-preempt: the preemptible running jobs as the policy sees them (only they can
-        # be victims, so the policy needs no others), and each running job's end (a preempted
-        # job's entry in `ends` is then stale)
-        self.preempt = policy == "labq-preempt"
+        # labq-preempt: the running jobs that may be victims as the policy sees them (the
+        # preemptible ones; with the over-share tier, all those of one node), and each running
+        # job's end (a preempted job's entry in `ends` is then stale)
+        self.preempt = policy in ("labq-preempt", "labq-preempt-share")
+        self.by_submit = policy == "labq-preempt"  # the tier is fixed at submit
         self.running: dict[int, JobView] = {}
         self.ends_at: dict[int, float] = {}
         self.preemptions = 0
@@ -162,7 +180,7 @@ class _Replay:
             dirty = self._finish_due(t)
             while i < n and jobs[i].submit <= t:
                 p = self.part_of[jobs[i].id]
-                if self.preempt:
+                if self.by_submit:
                     # a VC holding its share or more submits into the scavenger tier
                     vc = jobs[i].vc
                     self.views[i].preemptible = self.share.running[vc] >= self.vcs[vc]
@@ -254,14 +272,14 @@ class _Replay:
                 self.rates[view.group] = self.rates.get(view.group, 0.0) + n
             if self.preempt:
                 self.ends_at[s.job] = t + self.by_id[s.job].duration
-                if view.preemptible:
+                if view.preemptible or (view.nodes == 1 and not self.by_submit):
                     self.running[s.job] = replace(view, state="RUNNING", start_time=t,
                                                   node=s.node, gpu_indices=s.gpus,
                                                   parts=s.parts)
 
     def _requeue(self, p: _Partition, jid: int, t: float) -> None:
         """Stop a preempted job and queue it again, as the daemon does: it keeps its submit
-        time, its age counts from now, and its run so far is lost."""
+        time and its age, and its run so far is lost."""
         c = p.cluster
         held = c.gang_parts.get(jid) or ((c.jobs[jid][1], c.jobs[jid][2]),)
         c.finish(jid)
@@ -277,7 +295,7 @@ class _Replay:
             self.rates[run.group] -= n
         self.preemptions += 1
         self.lost_gpu_s += n * (t - (run.start_time or t))
-        view = replace(self.views[jid - 1], preemptions=run.preemptions + 1, eligible_time=t)
+        view = replace(self.views[jid - 1], preemptions=run.preemptions + 1)
         self.views[jid - 1] = view
         p.add(view)
 
@@ -395,12 +413,13 @@ def run(trace: str, vcs_path: str, limit: int | None = None, seed: int = 0,
 
 
 def format_table(result: dict) -> str:
-    head = (f"{'policy':<11} {'jobs':>6} {'avg JCT':>10} {'p50 JCT':>9} {'p99 JCT':>10} "
+    w = max([11] + [len(name) for name in result["policies"]])
+    head = (f"{'policy':<{w}} {'jobs':>6} {'avg JCT':>10} {'p50 JCT':>9} {'p99 JCT':>10} "
             f"{'avg wait':>9} {'p99 wait':>10} {'max wait':>10} {'util':>6} {'Jain':>5} "
             f"{'share':>6} {'preempt':>7} {'wall':>6}")
     lines = [head, "-" * len(head)]
     for name, m in result["policies"].items():
-        lines.append(f"{name:<11} {m['jobs']:>6} {m['avg_jct_s']:>9.0f}s {m['p50_jct_s']:>8.0f}s "
+        lines.append(f"{name:<{w}} {m['jobs']:>6} {m['avg_jct_s']:>9.0f}s {m['p50_jct_s']:>8.0f}s "
                      f"{m['p99_jct_s']:>9.0f}s {m['avg_wait_s']:>8.0f}s {m['p99_wait_s']:>9.0f}s "
                      f"{m['max_wait_s']:>9.0f}s {m['utilization']:>6.3f} {m['jain']:>5.2f} "
                      f"{m['worst_share']:>6.2f} {m['preemptions']:>7} {m['wall_s']:>5.1f}s")
@@ -417,9 +436,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the time-limit model")
     ap.add_argument("--arrival-scale", type=float, default=1.0,
                     help="multiply submit times by this (0.25 = arrivals 4x denser, 4x the load)")
+    ap.add_argument("--policy", action="append", choices=POLICIES + MORE_POLICIES,
+                    default=None, help="replay this policy only (repeat for several; default: "
+                    + ", ".join(POLICIES) + ")")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
-    result = run(args.trace, args.vcs, args.limit, args.seed, arrival_scale=args.arrival_scale)
+    result = run(args.trace, args.vcs, args.limit, args.seed, policies=args.policy or POLICIES,
+                 arrival_scale=args.arrival_scale)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -64,6 +64,24 @@ def test_a_preemptible_job_is_requeued_for_another_users_job_and_finishes(daemon
     assert "run 0" in log and "run 1" in log and "preempted by job" in log
 
 
+def test_a_preempted_job_keeps_its_age_and_runs_again_before_a_later_job(daemon, venv):
+    """Queued again, the stopped job keeps the age it had: a job of the same priority
+    submitted after it neither preempts it nor starts before it."""
+    alice, bob = user("labqtest", venv, daemon), user("labqtest2", venv, daemon)
+    victim = submit(alice, "--preemptible", "--gpus", "2", "--wrap",
+                    '[ "$LABQ_RESTART_COUNT" = 0 ] && exec sleep 600; exit 0')
+    wait_for(lambda: show(alice, victim)["state"] == "RUNNING", what="victim running")
+    later = submit(alice, "--gpus", "2", "--", "true")
+    wait_for(lambda: show(alice, later)["reason"] == "Resources", what="later's reason")
+    urgent = submit(bob, "--priority", "9", "--gpus", "2", "--", "true")
+    assert bob.labq("wait", urgent, later, "--timeout", "60", timeout=90).returncode == 0
+    assert alice.labq("wait", victim, "--timeout", "60", timeout=90).returncode == 0
+    requeued = [e for e in events(alice, victim)
+                if e["from_state"] == "RUNNING" and e["to_state"] == "PENDING"]
+    assert len(requeued) == 1 and f"preempted by job {urgent} " in requeued[0]["reason"]
+    assert show(alice, victim)["start_time"] < show(alice, later)["start_time"]
+
+
 def test_a_job_that_is_not_preemptible_is_never_stopped(daemon, venv):
     alice, bob = user("labqtest", venv, daemon), user("labqtest2", venv, daemon)
     shared = Path(tempfile.mkdtemp(prefix="labq-preempt-"))  # where bob's job can look

@@ -119,3 +119,84 @@ def test_preemption_budget_and_who_may_preempt():
     same_rank = pending(4, "light", NOW)  # the victim requeued would rank above it
     assert preempts(on_node(1, (0,), NOW - 900, preemptible=True), same_rank) == []
     assert preempts(on_node(1, (0,), NOW - 900, preemptible=True), scavenger) == []
+
+
+def test_a_preempted_job_keeps_its_age_so_a_starved_one_is_never_a_victim():
+    def preempts(victim: JobView) -> list:
+        waiting = pending(4, "light", NOW - 10, priority=9)
+        return plan(Snapshot([four_gpu_node()], [victim, on_node(9, (1, 2, 3), NOW - 60),
+                                                 waiting],
+                             config=PolicyConfig(max_age_s=2 * DAY, starved_first=True)),
+                    NOW).preempts
+    # both started a quarter of an hour ago; one was submitted 3 days ago, and requeued it
+    # would be starved, ranking above every job that is not
+    recent = on_node(1, (0,), NOW - 900, preemptible=True)
+    assert preempts(recent) == [(1, 4)]
+    starved = on_node(1, (0,), NOW - 900, preemptible=True)
+    starved.submit_time = NOW - 3 * DAY
+    assert preempts(starved) == []
+
+
+def node4(name: str, free: tuple = ()) -> NodeView:
+    slots = tuple(GpuSlot(i, "A100", 40960) for i in range(4))
+    return NodeView(name, "up", 8, 64000, slots, frozenset(free), 8 - 4 + len(free), 64000)
+
+
+def runs(jid: int, group: str, node: str, gpus: tuple, started: float) -> JobView:
+    return JobView(jid, f"u-{group}", group, "RUNNING", 5, started, gpus=len(gpus),
+                   node=node, gpu_indices=gpus, start_time=started)
+
+
+def over_share_plan(jobs: list, **cfg) -> list:
+    # three groups of equal share on 8 GPUs: each is owed 8/3; heavy has used the most
+    config = PolicyConfig(group_shares={"heavy": 1, "light": 1, "mid": 1}, starved_first=True,
+                          max_age_s=2 * DAY, **cfg)
+    return plan(Snapshot([node4("a"), node4("b")], jobs, group_usage={"heavy": 1e7},
+                         config=config), NOW).preempts
+
+
+def test_over_share_a_group_under_its_share_preempts_what_a_group_runs_beyond_its_own():
+    jobs = [runs(1, "heavy", "a", (0, 1), NOW - 3000), runs(2, "heavy", "a", (2,), NOW - 2000),
+            runs(3, "heavy", "b", (0, 1, 3), NOW - 1000), runs(4, "mid", "a", (3,), NOW - 600),
+            runs(5, "mid", "b", (2,), NOW - 500),
+            # heavy's starved job is the top job and cannot start; heavy holds 6 GPUs, over
+            # its share, so it may not preempt; light's job, ranked below it, may
+            JobView(6, "u-heavy", "heavy", "PENDING", 5, NOW - 3 * DAY, gpus=4),
+            JobView(7, "u-light", "light", "PENDING", 5, NOW - 10, gpus=1)]
+    # not submitted preemptible: nothing may be stopped
+    assert over_share_plan(jobs) == []
+    # heavy's latest job on a node where one GPU is enough; not mid's (within its share),
+    # though they started later
+    assert over_share_plan(jobs, preempt_over_share=True) == [(2, 7)]
+    # the budget still holds
+    jobs[1].preemptions = 3
+    assert over_share_plan(jobs, preempt_over_share=True) == [(1, 7)]
+    assert over_share_plan(jobs, preempt_over_share=True, preempt_min_run_s=5000) == []
+
+
+def test_over_share_a_group_over_its_share_never_preempts():
+    jobs = [runs(1, "heavy", "a", (0, 1, 2, 3), NOW - 3000),
+            runs(2, "mid", "b", (0, 1, 2, 3), NOW - 2000),
+            JobView(3, "u-mid", "mid", "PENDING", 10, NOW - 50, gpus=1)]
+    # mid holds 4 of the 8/3 it is owed, as heavy does: it preempts nobody
+    assert over_share_plan(jobs, preempt_over_share=True) == []
+
+
+def test_the_short_factor_starts_the_shorter_limit_first_and_steps_keep_near_limits_together():
+    from labq.daemon.policy.queue import PendingQueue
+    config = dict(weight_short=10000.0, default_time_limit_s=DAY, short_step=2.0)
+
+    def job(jid: int, submit: float, minutes: float) -> JobView:
+        return JobView(jid, "u-a", "a", "PENDING", 5, submit, gpus=1,
+                       time_limit_s=minutes * 60)
+    long, short = job(1, NOW - 600, 180), job(2, NOW - 60, 10)
+    p = plan(Snapshot([one_gpu_node()], [long, short], config=PolicyConfig(**config)), NOW)
+    assert [s.job for s in p.starts] == [2]
+    # 120 and 70 minutes both round up to 2^13 s: one class, in submit order
+    early, late = job(3, NOW - 600, 120), job(4, NOW - 60, 70)
+    cfg = PolicyConfig(weight_age=0.0, **config)
+    p = plan(Snapshot([one_gpu_node()], [late, early], config=cfg), NOW)
+    assert [s.job for s in p.starts] == [3]
+    assert len(PendingQueue(cfg, NOW, [early, late]).classes) == 1
+    assert len(PendingQueue(PolicyConfig(weight_age=0.0, weight_short=10000.0), NOW,
+                            [early, late]).classes) == 2

@@ -35,7 +35,7 @@ def test_trace_model(trace):
     assert again == jobs  # the limit model is seeded
 
 
-@pytest.mark.parametrize("policy", sim.POLICIES)
+@pytest.mark.parametrize("policy", sim.POLICIES + sim.MORE_POLICIES)
 def test_invariants(trace, policy):
     jobs, vcs = trace
     capacity = sum(vcs.values())
@@ -152,7 +152,7 @@ def test_preemption_replays_the_daemons_decision_and_costs_the_run_so_far(tmp_pa
 
 
 def test_a_preempted_job_is_preempted_at_most_preempt_max_times(tmp_path):
-    # big's 4th job is preemptible; small submits one short job after another: each may stop
+    # big's 2nd job is preemptible; small submits one short job after another: each may stop
     # it, but after preempt_max (3) times it runs to its end
     rows = ["2017-10-09 07:00:00,5000.0,8,40000.0,big",
             "2017-10-09 07:00:01,5000.0,8,40000.0,big"]
@@ -168,3 +168,37 @@ def test_a_preempted_job_is_preempted_at_most_preempt_max_times(tmp_path):
     assert last == recs[5][2]
     # small's later jobs wait for job 1, which was never preemptible, to end
     assert all(recs[k][1] >= recs[1][2] for k in range(6, len(jobs) + 1))
+
+
+def test_over_its_share_a_vcs_latest_jobs_are_preempted_each_at_most_preempt_max_times(
+        tmp_path):
+    # labq-preempt-share: big runs two jobs on its share of one node, so both are beyond it
+    # while both run; small submits one short job after another: each stops the latest of
+    # big's jobs that may still be stopped, but after preempt_max (3) times a job runs to
+    # its end
+    rows = ["2017-10-09 07:00:00,5000.0,8,40000.0,big",
+            "2017-10-09 07:00:01,5000.0,8,40000.0,big"]
+    rows += [f"2017-10-09 {7 + k // 6:02d}:{(k % 6) * 10:02d}:30,60.0,8,480.0,small"
+             for k in range(1, 8)]
+    jobs, vcs = small_trace(tmp_path, {"big": 1, "small": 1}, rows)
+    r = sim.simulate(jobs, vcs, "labq-preempt-share", record=True)
+    assert r["violations"] == 0 and r["jobs"] == len(jobs)
+    assert r["preemptions"] == 2 * sim.policy_config("labq", vcs).preempt_max == 6
+    recs = r["records"]
+    # job 2's last start, after small's 3rd job, and job 1's (started at 0), after its 6th:
+    # each then ran to its end
+    assert recs[2][1:3] == (recs[5][2], recs[5][2] + 5000.0)
+    assert recs[1][1:3] == (recs[8][2], recs[8][2] + 5000.0)
+    # small's last job waits for one of them to end
+    assert recs[9][1] == recs[2][2]
+
+
+def test_the_executable_replays_the_policies_asked_for_and_refuses_an_unknown_one():
+    exe = shutil.which("labq-sim") or os.path.join(os.path.dirname(sys.executable), "labq-sim")
+    args = [exe, "--trace", JOBS, "--vcs", VCS, "--limit", "200", "--json"]
+    out = subprocess.run(args + ["--policy", "labq", "--policy", "fifo"], capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert list(json.loads(out.stdout)["policies"]) == ["labq", "fifo"]
+    bad = subprocess.run(args + ["--policy", "sjf"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "invalid choice: 'sjf'" in bad.stderr and not bad.stdout

@@ -81,8 +81,9 @@ class NodeRegistry:
 
     def preempt(self, job: dict, by: dict) -> None:
         """Stop a preemptible job's run (SIGTERM, the grace, SIGKILL) and queue it again, in
-        the same way as a run lost with its node; its next run has a new key, so the end of
-        this one changes nothing."""
+        the same way as a run lost with its node, but with the age it had (eligible_time
+        kept), so that starved_first still bounds its wait; its next run has a new key, so
+        the end of this one changes nothing."""
         link = self.links.get(job["node"])
         if link is not None:
             link.request("cancel", self._stop_reply(run_key(job)), job=run_key(job),
@@ -93,7 +94,7 @@ class NodeRegistry:
         log.info("job %d: %s", job["id"], why)
         self.jobs.transition(job, S.PENDING, "labqd", why, restarts=job["restarts"] + 1,
                              preemptions=job.get("preemptions", 0) + 1, node=None,
-                             gpu_indices=[], start_time=None, eligible_time=self.clock.time())
+                             gpu_indices=[], start_time=None)
         self.jobs.logs.new_run(job["id"], job["restarts"], why)
 
     def cancel_run(self, job: dict, reason: str = "cancel", but: int | None = None) -> None:

@@ -125,6 +125,7 @@ class Cluster:
             self.restricted = self.restricted or n.only_uid is not None or not n.root_ok
             self.by_name[n.name] = ns
         self.max_gpus = max((len(n.gpus) for n in self.nodes), default=0)
+        self.up_gpus = sum(len(ns.gpus) for ns in self.nodes if ns.up)
         # up nodes by free GPU count; dicts keep a stable order
         self.buckets: list[dict[int, None]] = [{} for _ in range(self.max_gpus + 1)]
         self.total_free = 0

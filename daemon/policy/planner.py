@@ -72,8 +72,9 @@ def _plan(st: ActiveJobs, snapshot: Snapshot, now: float) -> Plan:
                 shapes=shapes).run()
     if walk.res_job is not None and walk.res is not None:
         out.estimates[walk.res_job.id] = walk.res.time
-    if walk.res_job is not None and any(j.preemptible for j in st.running.values()):
-        out.preempts = _preempts(walk.res_job, st.running, snapshot, cluster, now)
+    if st.running and (cfg.preempt_over_share or (
+            walk.res_job is not None and any(j.preemptible for j in st.running.values()))):
+        out.preempts = _preempts(walk, out.starts, st.running, snapshot, cluster, now)
     frozen_prio = _frozen_priorities(frozen, queue.key, cfg, fs, cluster.max_gpus)
     class_no = dict(zip(classes, count()))
     for c, merged in alias.items():
@@ -84,13 +85,32 @@ def _plan(st: ActiveJobs, snapshot: Snapshot, now: float) -> Plan:
     return out
 
 
-def _preempts(job: JobView, running: dict, snapshot: Snapshot, cluster: Cluster,
+def _preempts(walk: Walk, starts: list, running: dict, snapshot: Snapshot, cluster: Cluster,
               now: float) -> list[tuple[int, int]]:
     cfg = snapshot.config
-    pairs = {(j.group, j.owner) for j in running.values()} | {(job.group, job.owner)}
+    heads = list(_waiting_heads(walk, starts)) if cfg.preempt_over_share else []
+    pairs = {(j.group, j.owner) for j in running.values()}
+    pairs.update((j.group, j.owner) for _, j in heads)
+    if walk.res_job is not None:
+        pairs.add((walk.res_job.group, walk.res_job.owner))
     fs = fairshare.factors(snapshot.group_usage, snapshot.user_usage, cfg.group_shares,
                            cfg.user_shares, sorted(pairs))
-    return [(v, job.id) for v in preempt.victims(cluster, job, running, now, cfg, fs)]
+    return preempt.choose(cluster, walk.res_job, heads, running, now, cfg, fs,
+                          {g for g, _ in pairs})
+
+
+def _waiting_heads(walk: Walk, starts: list):
+    """(priority, job) of each class's first job that did not start, unless a limit or the
+    nodes keep its class waiting (preempting would not start it)."""
+    started = {s.job for s in starts}
+    for n, lst in enumerate(walk.lists):
+        v = walk.verdicts[n]
+        if isinstance(v, str) and v not in ("Priority", "Resources"):
+            continue
+        for j in lst:
+            if j.id not in started:
+                yield walk._priority(walk.consts[n], j), j
+                break
 
 
 def _with_extra(queue: PendingQueue, classes: list, extra: list[JobView]):
@@ -170,14 +190,14 @@ def schedule(cluster: Cluster, queue: PendingQueue, now: float, config: PolicyCo
     estimate (as `plan` gives them); without it the walk stops as soon as nothing more can
     start and the plan holds the starts only. With `running` (the running jobs, by id, as
     RUNNING JobViews; `fairshare_factors` must cover their groups and users) the plan also
-    names the preemptions that would let the top waiting job start, as `plan` does."""
+    names the preemptions that would let waiting jobs start, as `plan` does."""
     out = out if out is not None else Plan()
     heads: dict[int, str] = {}
     streams = None
     if not full and not config.weight_age and not config.weight_fairshare:
         # priorities that do not change with time: the queue keeps its classes in order
         basis = (config.weight_priority, config.weight_size, config.weight_short,
-                 config.default_time_limit_s, cluster.max_gpus)
+                 config.default_time_limit_s, config.short_step, cluster.max_gpus)
         streams = ShapeStreams(queue.by_shape(static_rank(config, cluster.max_gpus), basis))
     classes = list(queue.classes.values()) if streams is None else []
     # the caller goes on changing the cluster: verdicts are settled now. A walk for the starts
@@ -186,9 +206,10 @@ def schedule(cluster: Cluster, queue: PendingQueue, now: float, config: PolicyCo
                 out.starts, heads, lazy=False, shapes=None if full else queue.shapes(),
                 order=None if full else queue.shape_order, streams=streams,
                 find_top=bool(running)).run()
-    if running and walk.res_job is not None:
-        out.preempts = [(v, walk.res_job.id) for v in preempt.victims(
-            cluster, walk.res_job, running, now, config, fairshare_factors)]
+    if running and (walk.res_job is not None or config.preempt_over_share):
+        heads = list(_waiting_heads(walk, out.starts)) if config.preempt_over_share else []
+        out.preempts = preempt.choose(cluster, walk.res_job, heads, running, now, config,
+                                      fairshare_factors, {g for g, _ in fairshare_factors})
     if not full:
         return out
     if walk.res_job is not None and walk.res is not None:

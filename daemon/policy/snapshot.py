@@ -107,6 +107,8 @@ class PolicyConfig:
     cpu_weight: float = 0.0
     # optional factor favouring short time limits (0 = off, as in Slurm)
     weight_short: float = 0.0
+    # above 1: the short factor counts time limits rounded up to a power of this ratio
+    short_step: float = 0.0
     # a job that has waited max_age_s goes ahead of every job that has not, first come first
     # served among them (needs weight_age > 0): a bound on waits that fair-share cannot undo
     starved_first: bool = False
@@ -114,6 +116,9 @@ class PolicyConfig:
     # run this long (0 preemptions: never preempt)
     preempt_max: int = 3
     preempt_min_run_s: float = 300.0
+    # the scavenger tier is what a group runs beyond its share: its jobs may be preempted
+    # while it holds more GPUs than its share, for a group under its share (preempt.py)
+    preempt_over_share: bool = False
 
 
 @dataclass

@@ -106,7 +106,7 @@ class Walk:
         starved = self.starved
         # a class's constant is kept on it with what it was computed from: the replay
         # simulator walks the same classes at every event
-        basis = (wf, wp, ws, wsh, cfg.default_time_limit_s, max_gpus)
+        basis = (wf, wp, ws, wsh, cfg.default_time_limit_s, cfg.short_step, max_gpus)
         user_f: dict[int, float] = {}
         self.lists = lists = []
         self.consts = consts = []

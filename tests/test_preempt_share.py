@@ -1,0 +1,91 @@
+"""Preemption of what a group runs beyond its share (scheduler.preempt_over_share), in a real
+labqd with a real SSH node, as two Unix users of two groups of equal share: a job of the group
+over its share is stopped and requeued for the other group's job, though it was not submitted
+preemptible; a group within its share is never stopped."""
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from daemonproc import Daemon, wait_for
+from sshnodes import NodeSet
+from userkit import User, cli_venv, show, submit
+
+GPUS = [{"type": "A100", "memory_mb": 40960}] * 2
+
+
+@pytest.fixture(scope="module")
+def venv():
+    return cli_venv()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    base = tmp_path_factory.mktemp("preempt-share")
+    with NodeSet(base / "nodes", names=["s2"]) as ns:
+        entries = ns.config_entries({"s2": GPUS})
+        entries[0]["job_root"] = str(base / "jobs")
+        d = Daemon(base / "daemon", {
+            "daemon": {"socket_mode": "0666", "kill_grace": "1s"},
+            "scheduler": {"interval": "1s", "preempt_min_run": "0s",
+                          "preempt_over_share": True},
+            # each group is owed one of the node's two GPUs
+            "groups": {"labqtest": {"share": 1}, "labqtest2": {"share": 1}},
+            "node": entries,
+        })
+        with d.start(wait_nodes=1):
+            yield d
+
+
+def user(name, venv, daemon) -> User:
+    return User(name, venv, daemon.socket, {})
+
+
+def requeues(u: User, jid: str) -> list[dict]:
+    return [e for e in json.loads(u.ok("events", "--json", jid))
+            if e["from_state"] == "RUNNING" and e["to_state"] == "PENDING"]
+
+
+def test_a_group_over_its_share_has_its_latest_job_requeued_for_a_group_under_it(daemon, venv):
+    alice, bob = user("labqtest", venv, daemon), user("labqtest2", venv, daemon)
+    shared = Path(tempfile.mkdtemp(prefix="labq-share-"))
+    shared.chmod(0o777)
+    gate = shared / "gate"
+    # alice takes both GPUs, neither job preemptible; the second's rerun ends at once
+    first = submit(alice, "--gpus", "1", "--wrap", f"while [ ! -e {gate} ]; do sleep 0.1; done")
+    wait_for(lambda: show(alice, first)["state"] == "RUNNING", what="first running")
+    second = submit(alice, "--gpus", "1", "--wrap",
+                    '[ "$LABQ_RESTART_COUNT" = 0 ] && exec sleep 600; exit 0')
+    wait_for(lambda: show(alice, second)["state"] == "RUNNING", what="second running")
+    assert show(alice, second)["preemptible"] is False
+    mine = submit(bob, "--gpus", "1", "--", "echo", "mine")
+    assert bob.labq("wait", mine, "--timeout", "60", timeout=90).returncode == 0
+    assert alice.labq("wait", second, "--timeout", "60", timeout=90).returncode == 0
+    stopped = requeues(alice, second)
+    assert len(stopped) == 1
+    assert f"preempted by job {mine} of labqtest2 (group labqtest2)" in stopped[0]["reason"]
+    assert show(alice, second)["preemptions"] == 1
+    assert show(alice, first)["state"] == "RUNNING" and not requeues(alice, first)
+    gate.write_text("")
+    assert alice.labq("wait", first, "--timeout", "60", timeout=90).returncode == 0
+
+
+def test_a_group_within_its_share_is_never_stopped(daemon, venv):
+    alice, bob = user("labqtest", venv, daemon), user("labqtest2", venv, daemon)
+    shared = Path(tempfile.mkdtemp(prefix="labq-share-"))
+    shared.chmod(0o777)
+    gate = shared / "gate"
+    hers = submit(alice, "--gpus", "1", "--wrap", f"while [ ! -e {gate} ]; do sleep 0.1; done")
+    his = submit(bob, "--gpus", "1", "--wrap", f"while [ ! -e {gate} ]; do sleep 0.1; done")
+    wait_for(lambda: show(alice, hers)["state"] == "RUNNING"
+             and show(bob, his)["state"] == "RUNNING", what="both running")
+    # bob holds his share: his next job, even at the top priority, waits for a free GPU
+    more = submit(bob, "--priority", "10", "--gpus", "1", "--", "true")
+    # reserved for, with an estimated start: several scheduling passes
+    wait_for(lambda: show(bob, more)["reason"] == "Resources"
+             and show(bob, more)["estimated_start"], what="more waits")
+    assert show(alice, hers)["state"] == "RUNNING" and not requeues(alice, hers)
+    gate.write_text("")
+    assert bob.labq("wait", his, more, "--timeout", "60", timeout=90).returncode == 0
+    assert alice.labq("wait", hers, "--timeout", "60", timeout=90).returncode == 0
+    assert show(alice, hers)["preemptions"] == 0
