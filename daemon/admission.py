@@ -31,8 +31,9 @@ class Admission:
     def __init__(self, table: JobTable) -> None:
         self.table = table
 
-    def submit(self, caller: Caller, raw: Any) -> dict:
-        spec = validate_submit(raw)
+    def submit(self, caller: Caller, raw: Any, valid: bool = False) -> dict:
+        """Queue one job; `valid`: `raw` is what validate_submit returned already."""
+        spec = raw if valid else validate_submit(raw)
         with self.table.lock:
             spec = self.check_spec(caller, spec)
             self.check_room(caller, 1)

@@ -102,7 +102,7 @@ def _submitted(core: Core, caller: Caller, asked: int, queued: int) -> None:
 def submit(core: Core, caller: Caller, req: SubmitRequest) -> dict:
     _take_submits(core, caller, 1)
     try:
-        row = core.jobs.admission.submit(caller, req.spec)
+        row = core.jobs.admission.submit(caller, req.spec, valid=True)
     except Exception:
         _submitted(core, caller, 1, 0)
         raise

@@ -50,8 +50,11 @@ def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
                            key=base["key"] if k == 0 else None,
                            command=fill(base["command"], v),
                            params={p: x for p, x in v.items() if p != "index"} or None)
-                row["env"] = dict(base["env"], LABQ_ARRAY_ID=str(first),
-                                  **task_env(int(v["index"]), row["params"] or {}))
+                own = dict(LABQ_ARRAY_ID=str(first),
+                           **task_env(int(v["index"]), row["params"] or {}))
+                # the spec's environment is stored once for every task, each task's own
+                # variables in its row
+                row.update(env=dict(base["env"], **own), env_base=base["env"], env_add=own)
                 rows.append(row)
             return rows
         return table.admission.admit(caller, make_rows)
