@@ -108,10 +108,11 @@ class Admission:
                                 "was queued", {"limit": "user_max_pending", "value": have})
         return min(n, most - have)
 
-    def new_row(self, caller: Caller, spec: dict) -> dict:
-        """The row of a checked spec, as it is queued now."""
+    def new_row(self, caller: Caller, spec: dict, now: float | None = None) -> dict:
+        """The row of a checked spec, as it is queued now (or at `now`)."""
         row = dict(spec, owner=caller.user, owner_uid=caller.uid,
-                   submit_time=self.table.clock.time(), gpu_indices=[], restarts=0,
+                   submit_time=self.table.clock.time() if now is None else now,
+                   gpu_indices=[], restarts=0,
                    preemptions=0, nodes=spec.get("nodes") or 1, parts=None)
         hold = row.pop("hold")
         row.update(state=(S.HELD if hold else S.PENDING).value, reason="Held" if hold else None,

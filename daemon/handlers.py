@@ -124,15 +124,16 @@ def submit_array(core: Core, caller: Caller, req: SubmitArrayRequest) -> list[di
 
 
 def submit_many_(core: Core, caller: Caller, req: SubmitManyRequest) -> dict:
-    _take_submits(core, caller, len(req.specs))
+    n = len(req.specs if req.rows is None else req.rows)  # every row counts, repeated or not
+    _take_submits(core, caller, n)
     try:
-        reply = submit_many(core.jobs, caller, req.specs, req.defaults)
+        reply = submit_many(core.jobs, caller, req.specs, req.defaults, req.rows)
     except Exception:
-        _submitted(core, caller, len(req.specs), 0)
+        _submitted(core, caller, n, 0)
         raise
     # a row that was refused holds its error, one that was queued the job's values
     queued = sum(type(r) is list for r in reply["results"])
-    _submitted(core, caller, len(req.specs), queued)
+    _submitted(core, caller, n, queued)
     return reply
 
 

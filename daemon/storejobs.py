@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from operator import itemgetter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +94,6 @@ class JobRows:
 
     def _job_values(self, row: dict[str, Any], dumped: dict[int, str],
                     envs: dict[int, int]) -> list[Any]:
-        get = row.get
         base, add = row.pop("env_base", None), row.pop("env_add", None)
         if base is None:
             base = row["env"]
@@ -101,11 +101,13 @@ class JobRows:
         if base:
             env_id = envs.get(id(base))
             if env_id is None:
-                env_id = envs[id(base)] = self._env_ref(get("owner_uid"), base)
-        out = [get(k, d) for k, d in _PLAIN]
+                env_id = envs[id(base)] = self._env_ref(row.get("owner_uid"), base)
+        full = {**_DEFAULTS, **row}
+        out = list(_PLAIN_VALUES(full))
         out[_ENV_ID] = env_id
-        for k, d in _JSON:
-            v = get(k, d) if k != "env" else (add or {}) if env_id is not None else row["env"]
+        if env_id is not None:
+            full["env"] = add or {}
+        for v in _JSON_VALUES(full):
             if not v:
                 out.append(None if v is None else _EMPTY[type(v)])
             else:
@@ -159,3 +161,6 @@ class JobRows:
 
 
 _ENV_ID = [n for n, _ in _PLAIN].index("env_id")
+_DEFAULTS = dict(_PLAIN + _JSON)
+_PLAIN_VALUES = itemgetter(*(n for n, _ in _PLAIN))
+_JSON_VALUES = itemgetter(*(n for n, _ in _JSON))

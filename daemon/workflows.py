@@ -70,25 +70,15 @@ def task_count(array: str | None, params: list[tuple[str, list[str]]] | None) ->
     return n
 
 
-def submit_many(table: JobTable, caller: Caller, specs: list[Any],
-                defaults: dict[str, Any]) -> dict[str, Any]:
-    """Every valid spec queued in one transaction. The reply is a table, one entry per spec
-    in order: a job's values under `fields`, or {"error": ...}. Ten thousand jobs as
-    dicts repeat every field name ten thousand times, in the encoding and the decoding."""
-    results: list[Any] = [None] * len(specs)
-    ready: list[tuple[int, dict]] = []
+def submit_many(table: JobTable, caller: Caller, specs: list[Any], defaults: dict[str, Any],
+                rows: list[int] | None = None) -> dict[str, Any]:
+    """Every valid row queued in one transaction; row k is `specs[rows[k]]` (each spec once
+    however many rows repeat it), or `specs[k]` without `rows`. The reply is a table, one
+    entry per row in order: the job's values, or {"error": ...} (see `job_table`)."""
+    order = rows if rows is not None else range(len(specs))
+    results: list[Any] = [None] * len(order)
     with table.lock:
-        keys: set[str] = set()
-        for i, raw in enumerate(specs):
-            try:
-                if type(raw) is not dict:
-                    raise ValidationError("a row must be a mapping of submit fields",
-                                          {"field": "spec"})
-                merged = dict(defaults, **raw)
-                merged["env"] = dict(defaults.get("env") or {}, **(raw.get("env") or {}))
-                ready.append((i, table.admission.check_spec(caller, validate_submit(merged), keys)))
-            except LabqError as e:
-                results[i] = {"error": e.to_wire()}
+        ready = _checked(table, caller, specs, defaults, order, results)
         if ready:
             try:
                 room = table.admission.check_room(caller, len(ready))
@@ -102,13 +92,74 @@ def submit_many(table: JobTable, caller: Caller, specs: list[Any],
                     "code": "QUOTA_EXCEEDED", "message": "more pending jobs than "
                     "limits.user_max_pending allows", "details": {"limit": "user_max_pending"}}}
             ready = ready[:room]
-        if ready:
-            rows = table.admission.admit(caller, lambda first: [table.admission.new_row(caller, s)
-                                                      for _, s in ready])
-            for (i, _), row in zip(ready, rows):
-                row["env"] = None  # as a listing shows it: `job` gives the environment
-                results[i] = [row.get(f) for f in JOB_FIELDS]
-    return {"fields": JOB_FIELDS, "results": results}
+        if not ready:
+            return job_table([], results, [])
+        now = table.clock.time()
+        made: dict[int, dict] = {}  # a spec's row as queued, made once for its equal rows
+
+        def make_rows(first: int) -> list[dict]:
+            out = []
+            for _, spec in ready:
+                base = made.get(id(spec))
+                if base is None:
+                    base = made[id(spec)] = table.admission.new_row(caller, spec, now)
+                out.append(dict(base, gpu_indices=[]))
+            return out
+        queued = table.admission.admit(caller, make_rows)
+    for (i, _), row in zip(ready, queued):
+        results[i] = row
+    # rows of one spec differ in their id and change counter only
+    first = next(iter(made.values()))
+    return job_table(queued, results, ["id", "seq"] + [
+        f for f in JOB_FIELDS if f not in ("id", "seq", "env")
+        and any(t.get(f) != first.get(f) for t in made.values())])
+
+
+def _checked(table: JobTable, caller: Caller, specs: list[Any], defaults: dict[str, Any],
+             order: Any, results: list[Any]) -> list[tuple[int, dict]]:
+    """(row, checked spec) of each valid row; each refused one's error in `results`. A spec
+    repeated by several rows is checked once, unless it has a key (which only one may
+    take)."""
+    ready: list[tuple[int, dict]] = []
+    keys: set[str] = set()
+    seen: dict[int, dict | dict[str, Any]] = {}  # spec index -> its checked spec or error
+    for i, s in enumerate(order):
+        got = seen.get(s)
+        if got is None:
+            raw = specs[s]
+            try:
+                if type(raw) is not dict:
+                    raise ValidationError("a row must be a mapping of submit fields",
+                                          {"field": "spec"})
+                merged = dict(defaults, **raw)
+                merged["env"] = dict(defaults.get("env") or {}, **(raw.get("env") or {}))
+                got = table.admission.check_spec(caller, validate_submit(merged), keys)
+            except LabqError as e:
+                got = {"error": e.to_wire()}
+            if type(raw) is not dict or raw.get("key") is None:
+                seen[s] = got
+        if "error" in got:
+            results[i] = got
+        else:
+            ready.append((i, got))
+    return ready
+
+
+def job_table(rows: list[dict], results: list[Any], vary: list[str]) -> dict[str, Any]:
+    """A reply of many jobs: `fields`; `shared`, the values every job has alike; `vary`, the
+    fields that may differ (the caller knows which); and `results`, each a job's values of
+    `vary` (or another entry kept as it is, an error). Ten thousand jobs as dicts repeat
+    every field name and value ten thousand times, in the encoding and the decoding."""
+    for row in rows:
+        row["env"] = None  # as a listing shows it: `job` gives the environment
+        for key in ("priority_score", "estimated_start", "reservation", "backfill_limit_s"):
+            row.setdefault(key, None)
+    first = rows[0] if rows else {}
+    at = {id(r): k for k, r in enumerate(rows)}
+    picked = [[r.get(f) for f in vary] for r in rows]
+    out = [picked[at[id(r)]] if id(r) in at else r for r in results]
+    return {"fields": JOB_FIELDS, "shared": [first.get(f) for f in JOB_FIELDS],
+            "vary": vary, "results": out}
 
 
 def _small(row: dict) -> dict:

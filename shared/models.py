@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .states import JobState
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from _typeshed import DataclassInstance
 
@@ -22,6 +22,15 @@ def _known(cls: type[DataclassInstance], data: dict[str, Any]) -> dict[str, Any]
     """Fields this version knows; a newer daemon may send more."""
     names = _names(cls)
     return {k: v for k, v in data.items() if k in names}
+
+
+def _fresh(v: Any) -> Any:
+    """A copy of a decoded JSON value that shares no list or mapping with it."""
+    if type(v) is list:
+        return [_fresh(x) if type(x) in (list, dict) else x for x in v]
+    if type(v) is dict:
+        return {k: _fresh(x) if type(x) in (list, dict) else x for k, x in v.items()}
+    return v
 
 
 @dataclass
@@ -105,6 +114,33 @@ class Job:
             args[state] = JobState(args[state])
             return cls(*args)
         return read
+
+    @classmethod
+    def table_rows(cls, table: dict[str, Any]) -> Iterator[tuple[Job | None, Any]]:
+        """The entries of a reply's table of jobs, in order: (job, None), or (None, the
+        error) for an entry that is not a job. The table has `fields`, and `results`, each a
+        job's values; or, from labqd since schema 12, the values every job has alike in
+        `shared` and each job's values of the fields in `vary`."""
+        names, vary = table["fields"], table.get("vary")
+        read = cls.table_reader(names)
+        if vary is None:
+            for r in table["results"]:
+                yield (read(r), None) if type(r) is list else (None, r.get("error"))
+            return
+        shared = table["shared"]
+        at = [names.index(f) for f in vary]
+        # a shared list or mapping is each job's own, as if each had been sent whole
+        own = [i for i, v in enumerate(shared) if type(v) in (list, dict) and i not in at]
+        for r in table["results"]:
+            if type(r) is not list:
+                yield None, r.get("error")
+                continue
+            values = list(shared)
+            for i, v in zip(at, r, strict=True):
+                values[i] = v
+            for i in own:
+                values[i] = _fresh(values[i])
+            yield read(values), None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

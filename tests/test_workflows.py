@@ -202,6 +202,30 @@ def test_stdin_takes_ndjson(alice):
     assert show(alice, r.stdout.strip())["state"] == "HELD"
 
 
+def test_rows_alike_are_sent_once_and_each_queued_as_its_own_job(daemon, bob):
+    def many():
+        with labq.connect(daemon.socket) as q:
+            row = {"command": ["true"], "hold": True, "experiment": "alike"}
+            keyed = dict(row, key="alike-k")
+            res = q.submit_many([dict(row), dict(keyed), dict(row), dict(keyed),
+                                 {"command": []}, dict(row)])
+            jobs = [r for r in res if isinstance(r, labq.Job)]
+            jobs[0].command.append("x")  # each job's values are its own
+            try:  # a row naming a spec that is not there queues nothing
+                q.call("submit_many", specs=[dict(row, command=["true"])], rows=[0, 1])
+            except ValidationError as e:
+                bad = e.details["field"]
+            queued = q.jobs(experiment="alike", user="labqwfb")
+            q.cancel(experiment="alike")
+            return ([type(r).__name__ for r in res], [j.command for j in jobs],
+                    sorted(j.id for j in jobs) == sorted(j.id for j in queued),
+                    res[3].details, bad)
+    kinds, commands, same, dup, bad = as_user(bob.uid, bob.gid, many)
+    assert kinds == ["Job", "Job", "Job", "DuplicateJob", "ValidationError", "Job"]
+    assert commands == [["true", "x"], ["true"], ["true"], ["true"]] and same
+    assert dup["key"] == "alike-k" and dup["row"] == 3 and bad == "rows"
+
+
 def test_submit_many_queues_every_valid_row_and_limits_count_tasks(daemon, bob):
     def many():
         with labq.connect(daemon.socket) as q:
