@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from operator import itemgetter
 from collections.abc import Callable
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import peewee as pw
