@@ -66,7 +66,7 @@ from .core import Core
 from .identity import Caller
 from .nodes import noderequests
 from .nodes.registry import NodeRegistry
-from .workflows import experiment_ids, submit_many, submit_tasks, task_count, tasks_view
+from .workflows import experiment_ids, submit_many, submit_tasks, task_count
 
 S = JobState
 
@@ -110,17 +110,17 @@ def submit(core: Core, caller: Caller, req: SubmitRequest) -> dict:
     return core.jobs.view(caller, row)
 
 
-def submit_array(core: Core, caller: Caller, req: SubmitArrayRequest) -> list[dict]:
+def submit_array(core: Core, caller: Caller, req: SubmitArrayRequest) -> dict[str, Any]:
     params = None if req.params is None else [(n, v) for n, v in req.params]
     n = task_count(req.array, params)
     _take_submits(core, caller, n)
     try:
-        rows = submit_tasks(core.jobs, caller, req.spec, req.array, params, req.max_running)
+        reply = submit_tasks(core.jobs, caller, req.spec, req.array, params, req.max_running)
     except Exception:
         _submitted(core, caller, n, 0)
         raise
-    _submitted(core, caller, n, len(rows))
-    return tasks_view(core.jobs, caller, rows)
+    _submitted(core, caller, n, len(reply["results"]))
+    return reply
 
 
 def submit_many_(core: Core, caller: Caller, req: SubmitManyRequest) -> dict:

@@ -71,8 +71,8 @@ class JobRows:
                     who: str) -> list[dict[str, Any]]:
         """Many jobs in one transaction, with ids first, first + 1, ...: `make_rows(first)`
         builds the rows knowing their ids (an array's tasks carry the first one's). A row's
-        `env` is its whole environment; one may also say how it was made, `env_base` (shared
-        with other rows) plus `env_add`, so that the shared part is stored once."""
+        `env` is its whole environment; or its environment is `env_base` (shared with other
+        rows: stored once) with `env_add` added, and `env` is not read."""
         with self.write():
             seq = self.db.execute_sql(
                 "SELECT seq FROM sqlite_sequence WHERE name = 'job'").fetchone()
@@ -107,6 +107,8 @@ class JobRows:
         out[_ENV_ID] = env_id
         if env_id is not None:
             full["env"] = add or {}
+        elif add is not None:  # nothing shared: what is added is the whole environment
+            full["env"] = add
         for v in _JSON_VALUES(full):
             if not v:
                 out.append(None if v is None else _EMPTY[type(v)])

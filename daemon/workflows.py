@@ -25,9 +25,10 @@ JOB_FIELDS = [f.name for f in _fields(Job)]
 
 def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
                  params: list[tuple[str, list[str]]] | None,
-                 max_running: int | None) -> list[dict]:
+                 max_running: int | None) -> dict[str, Any]:
     """An array (`array`: Slurm's syntax) or a sweep (`params`: the grid of their values):
-    one job per task, sharing the first task's id as their array id. Refused whole."""
+    one job per task, sharing the first task's id as their array id. Refused whole. The
+    reply is a table of jobs (see `job_table`), without their environments."""
     limit: int | None = None
     if array is not None:
         indices, limit = parse_array(array)
@@ -41,23 +42,28 @@ def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
         spec = admission.check_spec(caller, spec)
         admission.check_room(caller, n, whole=True)  # part of an array is worth less than none
         base = admission.new_row(caller, spec)
+        command = base["command"]
+        # a command without {NAME} is every task's: one object, stored as one text
+        templated = any("{" in a for a in ([command] if type(command) is str else command))
 
         def make_rows(first: int) -> list[dict]:
             rows = []
             for k, v in enumerate(values):
-                row = dict(base, array_id=first, array_index=int(v["index"]),
-                           array_limit=limit, experiment=base["experiment"] or f"array-{first}",
-                           key=base["key"] if k == 0 else None,
-                           command=fill(base["command"], v),
-                           params={p: x for p, x in v.items() if p != "index"} or None)
-                own = dict(LABQ_ARRAY_ID=str(first),
-                           **task_env(int(v["index"]), row["params"] or {}))
+                task = {p: x for p, x in v.items() if p != "index"} or None
                 # the spec's environment is stored once for every task, each task's own
                 # variables in its row
-                row.update(env=dict(base["env"], **own), env_base=base["env"], env_add=own)
-                rows.append(row)
+                rows.append(dict(base, array_id=first, array_index=int(v["index"]),
+                                 array_limit=limit, key=base["key"] if k == 0 else None,
+                                 experiment=base["experiment"] or f"array-{first}",
+                                 command=fill(command, v) if templated else command,
+                                 params=task, gpu_indices=[], env=None, env_base=base["env"],
+                                 env_add=dict(LABQ_ARRAY_ID=str(first),
+                                              **task_env(int(v["index"]), task or {}))))
             return rows
-        return table.admission.admit(caller, make_rows)
+        rows = table.admission.admit(caller, make_rows)
+    vary = ["id", "seq", "array_index"] + ["key"] * (base["key"] is not None) + [
+        "params"] * (params is not None) + ["command"] * templated
+    return job_table(rows, rows, vary)
 
 
 def task_count(array: str | None, params: list[tuple[str, list[str]]] | None) -> int:
@@ -160,20 +166,6 @@ def job_table(rows: list[dict], results: list[Any], vary: list[str]) -> dict[str
     out = [picked[at[id(r)]] if id(r) in at else r for r in results]
     return {"fields": JOB_FIELDS, "shared": [first.get(f) for f in JOB_FIELDS],
             "vary": vary, "results": out}
-
-
-def _small(row: dict) -> dict:
-    """A job for a reply that holds many: without its environment, as a listing shows it."""
-    out = dict(row, env=None)
-    out.setdefault("priority_score", None)
-    out.setdefault("estimated_start", None)
-    out.setdefault("reservation", None)
-    out.setdefault("backfill_limit_s", None)
-    return out
-
-
-def tasks_view(table: JobTable, caller: Caller, rows: list[dict]) -> list[dict]:
-    return [table.view(caller, _small(r)) for r in rows]
 
 
 def experiment_ids(table: JobTable, caller: Caller, name: str,

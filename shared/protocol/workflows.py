@@ -46,6 +46,12 @@ class SubmitArrayRequest(Request, op=Op.SUBMIT_ARRAY, reply=list[Job]):
             raise arg_error("max_running", f"must be a number of tasks from 1 to {MAX_TASKS}")
         return cls(spec=spec, array=array, params=params, max_running=limit)
 
+    @classmethod
+    def read_reply(cls, result: Any) -> Any:
+        if type(result) is list:  # from a labqd before schema 12: each job whole
+            return [Job.from_dict(r) for r in result]
+        return [job for job, _ in Job.table_rows(result)]
+
 
 class SubmitManyRequest(Request, op=Op.SUBMIT_MANY, reply=dict[str, Any]):
     """Specs queued with partial success: every valid one, in one transaction. `rows`, when
