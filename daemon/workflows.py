@@ -137,9 +137,7 @@ def _checked(table: JobTable, caller: Caller, specs: list[Any], defaults: dict[s
                 if type(raw) is not dict:
                     raise ValidationError("a row must be a mapping of submit fields",
                                           {"field": "spec"})
-                merged = dict(defaults, **raw)
-                merged["env"] = dict(defaults.get("env") or {}, **(raw.get("env") or {}))
-                got = table.admission.check_spec(caller, validate_submit(merged), keys)
+                got = _row_spec(table, caller, raw, defaults, keys)
             except LabqError as e:
                 got = {"error": e.to_wire()}
             if type(raw) is not dict or raw.get("key") is None:
@@ -149,6 +147,21 @@ def _checked(table: JobTable, caller: Caller, specs: list[Any], defaults: dict[s
         else:
             ready.append((i, got))
     return ready
+
+
+def _row_spec(table: JobTable, caller: Caller, raw: dict, defaults: dict[str, Any],
+              keys: set[str]) -> dict:
+    """One row's spec, merged with the defaults, checked."""
+    merged = dict(defaults, **raw)
+    shared, own = defaults.get("env") or {}, raw.get("env")
+    if type(own) is dict:  # else the check says what is wrong with it
+        merged["env"] = dict(shared, **own)
+    spec = table.admission.check_spec(caller, validate_submit(merged), keys)
+    if own and shared:
+        # the exported environment is stored once for the batch, a row's own variables
+        # in its row
+        spec.update(env_base=shared, env_add=own)
+    return spec
 
 
 def job_table(rows: list[dict], results: list[Any], vary: list[str]) -> dict[str, Any]:

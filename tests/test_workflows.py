@@ -226,6 +226,31 @@ def test_rows_alike_are_sent_once_and_each_queued_as_its_own_job(daemon, bob):
     assert dup["key"] == "alike-k" and dup["row"] == 3 and bad == "rows"
 
 
+def test_a_batch_rows_own_variables_go_over_the_exported_environment(daemon, bob):
+    from labq.connection import exported_env
+
+    def many():
+        with labq.connect(daemon.socket) as q:
+            res = q.submit_many([{"command": ["true"], "hold": True, "env": {"ROW": "1"}},
+                                 {"command": ["true"], "hold": True, "env": {"PATH": "/own"}},
+                                 {"command": ["true"], "hold": True}])
+            envs = [q.job(j.id).env for j in res]
+            # a row whose env is no mapping is refused alone, with what is wrong with it
+            raw = q.call("submit_many", specs=[{"command": ["true"], "env": ["X=1"]}])
+            tasks = q.submit_array(["true"], array="0-1", hold=True, env={"OWN": "x"})
+            envs.append(q.job(tasks[1].id).env)
+            q.cancel(*[j.id for j in res + tasks])
+            return envs, exported_env(), raw["results"][0]["error"], tasks[0].id
+    envs, exported, err, first = as_user(bob.uid, bob.gid, many)
+    # an array task's: the spec's, then the task's own
+    assert list(envs.pop().items()) == list(dict(
+        exported, OWN="x", LABQ_ARRAY_ID=str(first), LABQ_ARRAY_INDEX="1").items())
+    assert [list(e.items()) for e in envs] == [
+        list(dict(exported, ROW="1").items()), list(dict(exported, PATH="/own").items()),
+        list(exported.items())]
+    assert err["code"] == "VALIDATION_ERROR" and err["details"]["field"] == "env"
+
+
 def test_submit_many_queues_every_valid_row_and_limits_count_tasks(daemon, bob):
     def many():
         with labq.connect(daemon.socket) as q:
