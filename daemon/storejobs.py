@@ -79,8 +79,10 @@ class JobRows:
             first = (seq[0] if seq else 0) + 1
             rows = make_rows(first)
             values, events = [], []
-            dumped: dict[int, str] = {}  # a value many rows share is dumped once
-            envs: dict[int, int] = {}
+            # a value many rows share is dumped once, an environment looked up once; each
+            # is kept with its result, so that its id cannot name another one in the batch
+            dumped: dict[int, tuple[Any, str]] = {}
+            envs: dict[int, tuple[Any, int]] = {}
             for i, row in enumerate(rows):
                 row["id"] = first + i
                 row["seq"] = self._next_seq()
@@ -92,16 +94,17 @@ class JobRows:
             cur.executemany(_EVENT_SQL, events)
         return rows
 
-    def _job_values(self, row: dict[str, Any], dumped: dict[int, str],
-                    envs: dict[int, int]) -> list[Any]:
+    def _job_values(self, row: dict[str, Any], dumped: dict[int, tuple[Any, str]],
+                    envs: dict[int, tuple[Any, int]]) -> list[Any]:
         base, add = row.pop("env_base", None), row.pop("env_add", None)
         if base is None:
             base = row["env"]
         env_id = None
         if base:
-            env_id = envs.get(id(base))
-            if env_id is None:
-                env_id = envs[id(base)] = self._env_ref(row.get("owner_uid"), base)
+            known = envs.get(id(base))
+            if known is None:
+                known = envs[id(base)] = (base, self._env_ref(row.get("owner_uid"), base))
+            env_id = known[1]
         full = {**_DEFAULTS, **row}
         out = list(_PLAIN_VALUES(full))
         out[_ENV_ID] = env_id
@@ -113,10 +116,10 @@ class JobRows:
             if not v:
                 out.append(None if v is None else _EMPTY[type(v)])
             else:
-                text = dumped.get(id(v))
-                if text is None:
-                    text = dumped[id(v)] = json.dumps(v)
-                out.append(text)
+                done = dumped.get(id(v))
+                if done is None:
+                    done = dumped[id(v)] = (v, json.dumps(v))
+                out.append(done[1])
         return out
 
     def _env_ref(self, uid: int | None, env: dict[str, str]) -> int:

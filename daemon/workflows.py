@@ -128,7 +128,7 @@ def _checked(table: JobTable, caller: Caller, specs: list[Any], defaults: dict[s
     take)."""
     ready: list[tuple[int, dict]] = []
     keys: set[str] = set()
-    seen: dict[int, dict | dict[str, Any]] = {}  # spec index -> its checked spec or error
+    seen: dict[int, dict] = {}  # spec index -> its checked spec, or {"error": ...}
     for i, s in enumerate(order):
         got = seen.get(s)
         if got is None:

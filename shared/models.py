@@ -127,20 +127,29 @@ class Job:
             for r in table["results"]:
                 yield (read(r), None) if type(r) is list else (None, r.get("error"))
             return
-        shared = table["shared"]
-        at = [names.index(f) for f in vary]
+        # one job made from the shared values, and each job a copy of its fields with its
+        # own values put in: binding fifty arguments per job costs more than the copy
+        proto = read(list(table["shared"])).__dict__
+        known = proto.keys()
+        put = [(f, f == "state") for f in vary if f in known]
+        skip = [f not in known for f in vary]
+        skipping = any(skip)  # a newer labqd's field this client does not know
         # a shared list or mapping is each job's own, as if each had been sent whole
-        own = [i for i, v in enumerate(shared) if type(v) in (list, dict) and i not in at]
+        own = [f for f, v in proto.items() if type(v) in (list, dict) and f not in vary]
         for r in table["results"]:
             if type(r) is not list:
                 yield None, r.get("error")
                 continue
-            values = list(shared)
-            for i, v in zip(at, r, strict=True):
-                values[i] = v
-            for i in own:
-                values[i] = _fresh(values[i])
-            yield read(values), None
+            d = dict(proto)
+            if skipping:
+                r = [v for v, s in zip(r, skip, strict=True) if not s]
+            for (f, state), v in zip(put, r, strict=True):
+                d[f] = JobState(v) if state else v
+            for f in own:
+                d[f] = _fresh(d[f])
+            job = cls.__new__(cls)
+            job.__dict__ = d
+            yield job, None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

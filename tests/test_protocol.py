@@ -234,6 +234,12 @@ def test_a_batch_reply_sends_what_its_jobs_share_once():
     jobs[0].params["lr"] = "1"  # each job's values are its own
     jobs[0].command.append("x")
     assert jobs[2].params == {"lr": "0.1"} and jobs[2].command == ["true"]
+    assert jobs[2] == Job.from_dict(dict(full, id=6, seq=60))
+    # a newer labqd's field this client does not know is left out
+    [job] = SubmitManyRequest.read_reply({
+        "fields": fields + ["future"], "shared": [full[f] for f in fields] + [0],
+        "vary": ["id", "future", "state"], "results": [[7, 1, "PENDING"]]})
+    assert (job.id, job.state, job.command) == (7, JobState.PENDING, ["true"])
 
 
 def test_a_batch_reply_reads_with_columns_this_client_lacks_or_does_not_know():

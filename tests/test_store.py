@@ -400,3 +400,14 @@ def test_a_schema_11_database_keeps_each_jobs_environment_in_its_row(tmp_path):
     assert s.job_row(2)["env"] == ENV and schema.Env.select().count() == 1
     assert s.integrity_check() == "ok"
     s.close()
+
+
+def test_each_row_of_a_batch_keeps_its_own_variables(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    rows = s.insert_jobs(lambda first: [
+        job_fields(owner_uid=1000, env=None, env_base=ENV, env_add={"I": str(i)},
+                   params={"i": str(i)}) for i in range(300)], "alice")
+    for i, row in enumerate(rows):
+        got = s.job_row(row["id"])
+        assert got["env"] == dict(ENV, I=str(i)) and got["params"] == {"i": str(i)}
+    s.close()
