@@ -107,7 +107,10 @@ def submit(core: Core, caller: Caller, req: SubmitRequest) -> dict:
         _submitted(core, caller, 1, 0)
         raise
     _submitted(core, caller, 1, 1)
-    return core.jobs.view(caller, row)
+    view = core.jobs.view(caller, row)
+    if not req.echo_env:
+        view["env"] = None
+    return view
 
 
 def submit_array(core: Core, caller: Caller, req: SubmitArrayRequest) -> dict[str, Any]:

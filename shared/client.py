@@ -193,7 +193,9 @@ class Client(ClusterCalls):
                               key=key, stage=self._upload(stage), results=results,
                               preemptible=preemptible, early_signal=early_signal,
                               nodes=nodes, gpus_per_node=gpus_per_node)
-        return cast(Job, self.request(protocol.SubmitRequest(spec=spec)))
+        job = cast(Job, self.request(protocol.SubmitRequest(spec=spec, echo_env=False)))
+        job.env = dict(full_env)  # as labqd keeps it: what was sent
+        return job
 
     def _upload(self, stage: list[str] | str | None) -> str | None:
         if not stage:

@@ -238,6 +238,10 @@ def test_a_batch_rows_own_variables_go_over_the_exported_environment(daemon, bob
             # a row whose env is no mapping is refused alone, with what is wrong with it
             raw = q.call("submit_many", specs=[{"command": ["true"], "env": ["X=1"]}])
             tasks = q.submit_array(["true"], array="0-1", hold=True, env={"OWN": "x"})
+            one = q.submit(["true"], hold=True, env={"OWN": "y"})
+            res.append(one)
+            envs.append(q.job(one.id).env)
+            assert list(one.env.items()) == list(envs[-1].items())  # the reply's is labqd's
             envs.append(q.job(tasks[1].id).env)
             q.cancel(*[j.id for j in res + tasks])
             return envs, exported_env(), raw["results"][0]["error"], tasks[0].id
@@ -247,7 +251,7 @@ def test_a_batch_rows_own_variables_go_over_the_exported_environment(daemon, bob
         exported, OWN="x", LABQ_ARRAY_ID=str(first), LABQ_ARRAY_INDEX="1").items())
     assert [list(e.items()) for e in envs] == [
         list(dict(exported, ROW="1").items()), list(dict(exported, PATH="/own").items()),
-        list(exported.items())]
+        list(exported.items()), list(dict(exported, OWN="y").items())]
     assert err["code"] == "VALIDATION_ERROR" and err["details"]["field"] == "env"
 
 
