@@ -118,26 +118,26 @@ class Admission:
         row.update(state=(S.HELD if hold else S.PENDING).value, reason="Held" if hold else None,
                    eligible_time=None if row["dependencies"] else row["submit_time"])
         for key in ("experiment", "array_id", "array_index", "array_limit", "params", "key",
-                    "early_signal"):
+                    "early_signal", "exit_code", "signal", "start_time", "end_time", "node"):
             row.setdefault(key, None)
         return row
 
     def admit(self, caller: Caller, make_rows: Callable[[int], list[dict]]) -> list[dict]:
         """Queue the rows `make_rows(first id)` builds, in one transaction; called with the
         lock held, after every row was checked."""
-        rows = self.table.store.insert_jobs(make_rows, caller.user)
+        table = self.table
+        rows = table.store.insert_jobs(make_rows, caller.user)
+        active, set_view = table.active, table.set_view
         wake = False
-        for row in rows:
-            for key in ("exit_code", "signal", "start_time", "end_time", "node"):
-                row.setdefault(key, None)
-            self.table.active[row["id"]] = ActiveJob(row)
-            self.table.waiting[caller.uid] += 1
-            self.table.set_view(self.table.active[row["id"]])
+        for row in rows:  # each made by new_row, so holding every field of an ActiveJob
+            active[row["id"]] = job = ActiveJob(row)
+            set_view(job)
             if row["dependencies"]:
-                self.table.dep_edges[row["id"]] = dep_ids(row)
+                table.dep_edges[row["id"]] = dep_ids(row)
             wake = wake or row["state"] == S.PENDING.value
+        table.waiting[caller.uid] += len(rows)
         if wake:  # a held job changes no one's plan until it is released
-            self.table.wake.set()
+            table.wake.set()
         return rows
 
     def check_submit_limits(self, caller: Caller, spec: dict) -> None:
