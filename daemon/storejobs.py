@@ -28,10 +28,11 @@ ENV_CACHE = 512
 _EMPTY = {list: "[]", dict: "{}"}
 _EVENT_SQL = ('INSERT INTO "job_event" ("job", "time", "who", "from_state", "to_state", '
               '"reason") VALUES (?, ?, ?, NULL, ?, ?)')
+_EVENT_NO_REASON_SQL = _EVENT_SQL.replace("?, ?)", "?, NULL)")
 
 
-def _columns() -> tuple[str, list[tuple[str, Any]], list[tuple[str, Any]]]:
-    """The INSERT of a job row, its plain columns and its JSON ones, each with the value a
+def _columns() -> tuple[list[str], list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """The columns of a job row, its plain ones and its JSON ones, each with the value a
     row that leaves it out gets."""
     fields = Job._meta.sorted_fields
     plain, js = [], []
@@ -39,12 +40,29 @@ def _columns() -> tuple[str, list[tuple[str, Any]], list[tuple[str, Any]]]:
         d = f.default() if callable(f.default) else f.default
         (js if isinstance(f, JSONField) else plain).append((f.name, d))
     names = [n for n, _ in plain] + [n for n, _ in js]
-    cols = ", ".join(f'"{Job._meta.fields[n].column_name}"' for n in names)
-    sql = f'INSERT INTO "job" ({cols}) VALUES ({", ".join("?" * len(names))})'
-    return sql, plain, js
+    return [Job._meta.fields[n].column_name for n in names], plain, js
 
 
-_JOB_SQL, _PLAIN, _JSON = _columns()
+_COLUMNS, _PLAIN, _JSON = _columns()
+_BOOLS = {i for i, (n, _) in enumerate(_PLAIN) if isinstance(Job._meta.fields[n], pw.BooleanField)}
+_INSERTS: dict[tuple[int, ...], str] = {}
+
+
+def _without_nulls(values: list[list[Any]]) -> tuple[str, list[tuple[Any, ...]]]:
+    """The INSERT of the columns some row gives a value, and the rows' values of them.
+    sqlite3 binds None and bools through its adapter lookup, which costs more than the
+    insert itself; a column left out is NULL all the same."""
+    cols = list(zip(*values, strict=True))
+    n = len(values)
+    keep = tuple(i for i, c in enumerate(cols) if c.count(None) != n)
+    sql = _INSERTS.get(keep)
+    if sql is None:
+        names = ", ".join(f'"{_COLUMNS[i]}"' for i in keep)
+        sql = _INSERTS[keep] = (f'INSERT INTO "job" ({names}) '
+                                f'VALUES ({", ".join("?" * len(keep))})')
+    kept = [cols[i] if i not in _BOOLS else [None if v is None else int(v) for v in cols[i]]
+            for i in keep]
+    return sql, list(zip(*kept, strict=True))
 
 
 class JobRows:
@@ -89,9 +107,13 @@ class JobRows:
                 values.append(self._job_values(row, dumped, envs))
                 events.append((row["id"], row["submit_time"], who, row["state"],
                                row.get("reason")))
+            sql, values = _without_nulls(values)
             cur = self.db.cursor()
-            cur.executemany(_JOB_SQL, values)
-            cur.executemany(_EVENT_SQL, events)
+            cur.executemany(sql, values)
+            if all(e[4] is None for e in events):  # a NULL bound costs, one written not
+                cur.executemany(_EVENT_NO_REASON_SQL, [e[:4] for e in events])
+            else:
+                cur.executemany(_EVENT_SQL, events)
         return rows
 
     def _job_values(self, row: dict[str, Any], dumped: dict[int, tuple[Any, str]],

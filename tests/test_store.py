@@ -411,3 +411,17 @@ def test_each_row_of_a_batch_keeps_its_own_variables(tmp_path):
         got = s.job_row(row["id"])
         assert got["env"] == dict(ENV, I=str(i)) and got["params"] == {"i": str(i)}
     s.close()
+
+
+def test_a_batch_writes_each_rows_values_whichever_columns_the_others_leave_empty(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    rows = s.insert_jobs(lambda first: [
+        job_fields(owner_uid=1000, gpu_type="a100", requeue=False, reason="Held"),
+        job_fields(owner_uid=1000, preemptible=True, time_limit_s=60)], "alice")
+    a, b = (s.job_row(r["id"]) for r in rows)
+    assert (a["gpu_type"], a["requeue"], a["preemptible"], a["time_limit_s"]) == (
+        "a100", False, False, None)
+    assert (b["gpu_type"], b["requeue"], b["preemptible"], b["time_limit_s"]) == (
+        None, True, True, 60)
+    assert [e["reason"] for e in s.events(a["id"]) + s.events(b["id"])] == ["Held", None]
+    s.close()
