@@ -32,7 +32,6 @@ from .schema import (
     GroupSetting,
     Job,
     JobEvent,
-    JSONField,
     Meta,
     Node,
     Notification,
@@ -173,31 +172,6 @@ class Store(NotificationRows, JobRows):
     def _next_seq(self) -> int:
         self.seq += 1  # called inside a write, under its lock
         return self.seq
-
-    def _insert_many(self, model: type[Base], rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        fields = model._meta.fields
-        defaults = {name: f.default for name, f in fields.items() if f.default is not None}
-        keys = tuple(sorted(set().union(*rows, defaults)))
-        cols = ", ".join(f'"{fields[k].column_name}"' for k in keys)
-        sql = (f'INSERT INTO "{model._meta.table_name}" ({cols}) '
-               f'VALUES ({", ".join("?" * len(keys))})')
-        # peewee's per-value conversion costs more than SQLite's insert; the rows hold plain
-        # values already, and only JSON columns need converting
-        json_keys = [k for k in keys if isinstance(fields[k], JSONField)]
-        n = len(keys)
-        values = []
-        for r in rows:
-            if len(r) != n:  # keys is the union of the rows': this one lacks some
-                r = {k: r[k] if k in r else (d() if callable(d := defaults.get(k)) else d)
-                     for k in keys}
-            if json_keys:
-                r = dict(r)
-                for k in json_keys:
-                    r[k] = fields[k].db_value(r[k])
-            values.append([r[k] for k in keys])
-        self.db.cursor().executemany(sql, values)
 
     def job_by_key(self, owner_uid: int | None, key: str) -> int | None:
         row = (Job.select(Job.id).where((Job.owner_uid == owner_uid) & (Job.key == key))

@@ -266,7 +266,8 @@ class Client(ClusterCalls):
         if sent:
             defaults = {"env": exported_env() if export_env else {}, "cwd": os.getcwd()}
             replies = cast(list[Job | LabqError], self.request(
-                protocol.SubmitManyRequest(specs=sent, defaults=defaults, rows=rows)))
+                protocol.SubmitManyRequest(specs=sent, defaults=defaults,
+                                           rows=rows if len(rows) > len(sent) else None)))
             if len(replies) != len(rows):
                 raise LabqError(f"labqd answered {len(replies)} of {len(rows)} rows: it is "
                                 "older than this client; upgrade it", {"rows": len(rows)})
