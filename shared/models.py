@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .states import JobState
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from _typeshed import DataclassInstance
 
@@ -116,40 +116,43 @@ class Job:
         return read
 
     @classmethod
-    def table_rows(cls, table: dict[str, Any]) -> Iterator[tuple[Job | None, Any]]:
-        """The entries of a reply's table of jobs, in order: (job, None), or (None, the
-        error) for an entry that is not a job. The table has `fields`, and `results`, each a
-        job's values; or, from labqd since schema 12, the values every job has alike in
-        `shared` and each job's values of the fields in `vary`."""
-        names, vary = table["fields"], table.get("vary")
+    def table_rows(cls, table: dict[str, Any]) -> list[Job | dict[str, Any]]:
+        """The entries of a reply's table of jobs, in order: a job, or the entry as sent
+        where it is not one (an error). The table has `fields`, and `results`, each a job's
+        values; or, from labqd since schema 12, the values every job has alike in `shared`
+        and each job's values of the fields in `vary`."""
+        names, vary, results = table["fields"], table.get("vary"), table["results"]
         read = cls.table_reader(names)
         if vary is None:
-            for r in table["results"]:
-                yield (read(r), None) if type(r) is list else (None, r.get("error"))
-            return
+            return [read(r) if type(r) is list else r for r in results]
         # one job made from the shared values, and each job a copy of its fields with its
         # own values put in: binding fifty arguments per job costs more than the copy
         proto = read(list(table["shared"])).__dict__
-        known = proto.keys()
-        put = [(f, f == "state") for f in vary if f in known]
-        skip = [f not in known for f in vary]
+        put = [f for f in vary if f in proto]
+        skip = [f not in proto for f in vary]
         skipping = any(skip)  # a newer labqd's field this client does not know
+        state = "state" in put
         # a shared list or mapping is each job's own, as if each had been sent whole
-        own = [f for f, v in proto.items() if type(v) in (list, dict) and f not in vary]
-        for r in table["results"]:
+        own = [(f, v, all(type(x) not in (list, dict) for x in
+                          (v.values() if type(v) is dict else v)))
+               for f, v in proto.items() if type(v) in (list, dict) and f not in vary]
+        new = cls.__new__
+        out: list[Job | dict[str, Any]] = []
+        for r in results:
             if type(r) is not list:
-                yield None, r.get("error")
+                out.append(r)
                 continue
-            d = dict(proto)
-            if skipping:
-                r = [v for v, s in zip(r, skip, strict=True) if not s]
-            for (f, state), v in zip(put, r, strict=True):
-                d[f] = JobState(v) if state else v
-            for f in own:
-                d[f] = _fresh(d[f])
-            job = cls.__new__(cls)
+            d = proto.copy()
+            d.update(zip(put, [v for v, s in zip(r, skip) if not s] if skipping else r,
+                         strict=True))
+            if state:
+                d["state"] = JobState(d["state"])
+            for f, v, flat in own:
+                d[f] = v.copy() if flat else _fresh(v)
+            job = new(cls)
             job.__dict__ = d
-            yield job, None
+            out.append(job)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

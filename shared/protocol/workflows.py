@@ -50,7 +50,7 @@ class SubmitArrayRequest(Request, op=Op.SUBMIT_ARRAY, reply=list[Job]):
     def read_reply(cls, result: Any) -> Any:
         if type(result) is list:  # from a labqd before schema 12: each job whole
             return [Job.from_dict(r) for r in result]
-        return [job for job, _ in Job.table_rows(result)]
+        return Job.table_rows(result)
 
 
 class SubmitManyRequest(Request, op=Op.SUBMIT_MANY, reply=dict[str, Any]):
@@ -84,11 +84,11 @@ class SubmitManyRequest(Request, op=Op.SUBMIT_MANY, reply=dict[str, Any]):
     @classmethod
     def read_reply(cls, result: Any) -> Any:
         out: list[Job | LabqError] = []
-        for row, (values, error) in enumerate(Job.table_rows(result)):
-            if values is not None:
-                out.append(values)
+        for row, entry in enumerate(Job.table_rows(result)):
+            if isinstance(entry, Job):
+                out.append(entry)
             else:
-                err = from_wire(error or {})
+                err = from_wire(entry.get("error") or {})
                 err.details["row"] = row
                 out.append(err)
         return out
