@@ -31,8 +31,9 @@ class Admission:
     def __init__(self, table: JobTable) -> None:
         self.table = table
 
-    def submit(self, caller: Caller, raw: Any) -> dict:
-        spec = validate_submit(raw)
+    def submit(self, caller: Caller, raw: Any, valid: bool = False) -> dict:
+        """Queue one job; `valid`: `raw` is what validate_submit returned already."""
+        spec = raw if valid else validate_submit(raw)
         with self.table.lock:
             spec = self.check_spec(caller, spec)
             self.check_room(caller, 1)
@@ -107,35 +108,36 @@ class Admission:
                                 "was queued", {"limit": "user_max_pending", "value": have})
         return min(n, most - have)
 
-    def new_row(self, caller: Caller, spec: dict) -> dict:
-        """The row of a checked spec, as it is queued now."""
+    def new_row(self, caller: Caller, spec: dict, now: float | None = None) -> dict:
+        """The row of a checked spec, as it is queued now (or at `now`)."""
         row = dict(spec, owner=caller.user, owner_uid=caller.uid,
-                   submit_time=self.table.clock.time(), gpu_indices=[], restarts=0,
+                   submit_time=self.table.clock.time() if now is None else now,
+                   gpu_indices=[], restarts=0,
                    preemptions=0, nodes=spec.get("nodes") or 1, parts=None)
         hold = row.pop("hold")
         row.update(state=(S.HELD if hold else S.PENDING).value, reason="Held" if hold else None,
                    eligible_time=None if row["dependencies"] else row["submit_time"])
         for key in ("experiment", "array_id", "array_index", "array_limit", "params", "key",
-                    "early_signal"):
+                    "early_signal", "exit_code", "signal", "start_time", "end_time", "node"):
             row.setdefault(key, None)
         return row
 
     def admit(self, caller: Caller, make_rows: Callable[[int], list[dict]]) -> list[dict]:
         """Queue the rows `make_rows(first id)` builds, in one transaction; called with the
         lock held, after every row was checked."""
-        rows = self.table.store.insert_jobs(make_rows, caller.user)
+        table = self.table
+        rows = table.store.insert_jobs(make_rows, caller.user)
+        active, set_view = table.active, table.set_view
         wake = False
-        for row in rows:
-            for key in ("exit_code", "signal", "start_time", "end_time", "node"):
-                row.setdefault(key, None)
-            self.table.active[row["id"]] = ActiveJob(row)
-            self.table.waiting[caller.uid] += 1
-            self.table.set_view(self.table.active[row["id"]])
+        for row in rows:  # each made by new_row, so holding every field of an ActiveJob
+            active[row["id"]] = job = ActiveJob(row)
+            set_view(job)
             if row["dependencies"]:
-                self.table.dep_edges[row["id"]] = dep_ids(row)
+                table.dep_edges[row["id"]] = dep_ids(row)
             wake = wake or row["state"] == S.PENDING.value
+        table.waiting[caller.uid] += len(rows)
         if wake:  # a held job changes no one's plan until it is released
-            self.table.wake.set()
+            table.wake.set()
         return rows
 
     def check_submit_limits(self, caller: Caller, spec: dict) -> None:

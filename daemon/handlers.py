@@ -66,7 +66,7 @@ from .core import Core
 from .identity import Caller
 from .nodes import noderequests
 from .nodes.registry import NodeRegistry
-from .workflows import experiment_ids, submit_many, submit_tasks, task_count, tasks_view
+from .workflows import experiment_ids, submit_many, submit_tasks, task_count
 
 S = JobState
 
@@ -102,37 +102,41 @@ def _submitted(core: Core, caller: Caller, asked: int, queued: int) -> None:
 def submit(core: Core, caller: Caller, req: SubmitRequest) -> dict:
     _take_submits(core, caller, 1)
     try:
-        row = core.jobs.admission.submit(caller, req.spec)
+        row = core.jobs.admission.submit(caller, req.spec, valid=True)
     except Exception:
         _submitted(core, caller, 1, 0)
         raise
     _submitted(core, caller, 1, 1)
-    return core.jobs.view(caller, row)
+    view = core.jobs.view(caller, row)
+    if not req.echo_env:
+        view["env"] = None
+    return view
 
 
-def submit_array(core: Core, caller: Caller, req: SubmitArrayRequest) -> list[dict]:
+def submit_array(core: Core, caller: Caller, req: SubmitArrayRequest) -> dict[str, Any]:
     params = None if req.params is None else [(n, v) for n, v in req.params]
     n = task_count(req.array, params)
     _take_submits(core, caller, n)
     try:
-        rows = submit_tasks(core.jobs, caller, req.spec, req.array, params, req.max_running)
+        reply = submit_tasks(core.jobs, caller, req.spec, req.array, params, req.max_running)
     except Exception:
         _submitted(core, caller, n, 0)
         raise
-    _submitted(core, caller, n, len(rows))
-    return tasks_view(core.jobs, caller, rows)
+    _submitted(core, caller, n, len(reply["results"]))
+    return reply
 
 
 def submit_many_(core: Core, caller: Caller, req: SubmitManyRequest) -> dict:
-    _take_submits(core, caller, len(req.specs))
+    n = len(req.specs if req.rows is None else req.rows)  # every row counts, repeated or not
+    _take_submits(core, caller, n)
     try:
-        reply = submit_many(core.jobs, caller, req.specs, req.defaults)
+        reply = submit_many(core.jobs, caller, req.specs, req.defaults, req.rows)
     except Exception:
-        _submitted(core, caller, len(req.specs), 0)
+        _submitted(core, caller, n, 0)
         raise
     # a row that was refused holds its error, one that was queued the job's values
     queued = sum(type(r) is list for r in reply["results"])
-    _submitted(core, caller, len(req.specs), queued)
+    _submitted(core, caller, n, queued)
     return reply
 
 

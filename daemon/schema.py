@@ -9,7 +9,7 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 from .activejob import HOT
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 APPLICATION_ID = 0x6C616271  # "labq": marks the file as ours in the SQLite header
 
 db = pw.DatabaseProxy()
@@ -93,12 +93,15 @@ class Job(Base):
     parts = JSONField(null=True)
     # schema 11: the job's id in the Slurm pool it was sent to
     slurm_id = pw.CharField(null=True)
+    # schema 12: the environment the job runs with is the stored one (Env) this names, with
+    # the `env` column's variables added on top; without it, `env` is the whole environment
+    env_id = pw.IntegerField(null=True)
     # the queue's change counter when the job last changed: what a poll asks for with
     # changed_since (version 6)
     seq = pw.IntegerField(null=True)
 
 
-NO_ENV = [f for f in Job._meta.sorted_fields if f.name != "env"]
+NO_ENV = [f for f in Job._meta.sorted_fields if f.name not in ("env", "env_id")]
 # what labqd keeps in memory for an active job (labq.daemon.activejob.HOT)
 HOT_FIELDS = [f for f in Job._meta.sorted_fields if f.name in HOT]
 
@@ -110,6 +113,18 @@ class JobEvent(Base):
     from_state = pw.CharField(null=True)
     to_state = pw.CharField()
     reason = pw.TextField(null=True)
+
+
+class Env(Base):
+    """An environment jobs run with, stored once per user however many jobs share it: the
+    exported environment is most of a submit's bytes, and a user's submits repeat it."""
+    id = pw.AutoField()
+    owner_uid = pw.IntegerField(null=True)
+    digest = pw.CharField()  # SHA-256 of `body`
+    body = pw.TextField()  # the variables as a JSON object, in their order
+
+    class Meta:
+        indexes = ((("owner_uid", "digest"), True),)
 
 
 class Node(Base):
@@ -298,7 +313,15 @@ def migrate_11(database: pw.Database) -> None:
         database.execute_sql('ALTER TABLE "job" ADD COLUMN "slurm_id" VARCHAR(255)')
 
 
+def migrate_12(database: pw.Database) -> None:
+    # jobs from before keep their whole environment in their own row
+    cols = {r[1] for r in database.execute_sql('PRAGMA table_info("job")').fetchall()}
+    if "env_id" not in cols:
+        database.execute_sql('ALTER TABLE "job" ADD COLUMN "env_id" INTEGER')
+    database.create_tables([Env])
+
+
 # version -> function bringing the schema from version-1 up to it; never edit a released one
 MIGRATIONS = {1: migrate_1, 2: migrate_2, 3: migrate_3, 4: migrate_4, 5: migrate_5,
               6: migrate_6, 7: migrate_7, 8: migrate_8,
-              9: migrate_9, 10: migrate_10, 11: migrate_11}
+              9: migrate_9, 10: migrate_10, 11: migrate_11, 12: migrate_12}

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,13 @@ from .schema import (
     GroupSetting,
     Job,
     JobEvent,
-    JSONField,
     Meta,
     Node,
     Notification,
     Token,
     db,
 )
+from .storejobs import JobRows
 from .storenotify import NotificationRows
 
 # (job id, changed fields, who, from state, to state, reason, when, notifications to send):
@@ -74,7 +74,7 @@ def _check_file(path: Path) -> None:
                               f"(tables: {', '.join(sorted(tables)[:5])}); labqd will not touch it")
 
 
-class Store(NotificationRows):
+class Store(NotificationRows, JobRows):
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +85,7 @@ class Store(NotificationRows):
         db.initialize(self.db)
         self.lock = threading.RLock()
         self._sql_cache: dict[tuple, str] = {}
+        self._env_ids, self._env_bodies = {}, {}
         self._migrate()
         self.cluster_id = self._meta("cluster_id")
         # the last change counter handed out; advanced inside each write
@@ -122,9 +123,11 @@ class Store(NotificationRows):
     def write(self) -> Iterator[None]:
         """One serialised transaction; a failed write surfaces as StorageError."""
         with self.lock:
+            done = False
             try:
                 with self.db.atomic():
                     yield
+                done = True
                 if self.db.transaction_depth() == 0:  # the outermost write: committed
                     self.committed_seq = self.seq
             except (pw.OperationalError, sqlite3.OperationalError) as e:
@@ -140,6 +143,9 @@ class Store(NotificationRows):
                     raise StorageError(f"labqd cannot write its database ({msg}); "
                                        "nothing was changed", {"database": str(self.path)}) from e
                 raise
+            finally:
+                if not done:
+                    self.forget_envs()
 
     def _insert(self, model: type[Base], row: dict[str, Any]) -> int:
         """INSERT with SQL built once per column set: peewee's query builder costs more than
@@ -166,57 +172,6 @@ class Store(NotificationRows):
     def _next_seq(self) -> int:
         self.seq += 1  # called inside a write, under its lock
         return self.seq
-
-    def insert_job(self, fields: dict[str, Any], who: str) -> int:
-        with self.write():
-            fields["seq"] = self._next_seq()
-            job_id = self._insert(Job, fields)
-            self.add_event(job_id, who, None, fields["state"], fields.get("reason"),
-                           fields["submit_time"])
-        return job_id
-
-    def insert_jobs(self, make_rows: Callable[[int], list[dict[str, Any]]],
-                    who: str) -> list[dict[str, Any]]:
-        """Many jobs in one transaction, with ids first, first + 1, ...: `make_rows(first)`
-        builds the rows knowing their ids (an array's tasks carry the first one's)."""
-        with self.write():
-            seq = self.db.execute_sql(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'job'").fetchone()
-            first = (seq[0] if seq else 0) + 1
-            rows = make_rows(first)
-            for i, row in enumerate(rows):
-                row["id"] = first + i
-                row["seq"] = self._next_seq()
-            self._insert_many(Job, rows)
-            self._insert_many(JobEvent, [
-                {"job": r["id"], "time": r["submit_time"], "who": who, "from_state": None,
-                 "to_state": r["state"], "reason": r.get("reason")} for r in rows])
-        return rows
-
-    def _insert_many(self, model: type[Base], rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        fields = model._meta.fields
-        defaults = {name: f.default for name, f in fields.items() if f.default is not None}
-        keys = tuple(sorted(set().union(*rows, defaults)))
-        cols = ", ".join(f'"{fields[k].column_name}"' for k in keys)
-        sql = (f'INSERT INTO "{model._meta.table_name}" ({cols}) '
-               f'VALUES ({", ".join("?" * len(keys))})')
-        # peewee's per-value conversion costs more than SQLite's insert; the rows hold plain
-        # values already, and only JSON columns need converting
-        json_keys = [k for k in keys if isinstance(fields[k], JSONField)]
-        n = len(keys)
-        values = []
-        for r in rows:
-            if len(r) != n:  # keys is the union of the rows': this one lacks some
-                r = {k: r[k] if k in r else (d() if callable(d := defaults.get(k)) else d)
-                     for k in keys}
-            if json_keys:
-                r = dict(r)
-                for k in json_keys:
-                    r[k] = fields[k].db_value(r[k])
-            values.append([r[k] for k in keys])
-        self.db.cursor().executemany(sql, values)
 
     def job_by_key(self, owner_uid: int | None, key: str) -> int | None:
         row = (Job.select(Job.id).where((Job.owner_uid == owner_uid) & (Job.key == key))
@@ -267,15 +222,20 @@ class Store(NotificationRows):
     def _select_by_ids(self, fields: Sequence[pw.Field], ids: Sequence[int]) -> list[dict]:
         """Rows of `job` by id, as peewee's dicts() makes them, with SQL built once per shape:
         a job's end and a client's wait read rows this way many times a second."""
-        key = (Job, "select", tuple(f.name for f in fields), len(ids))
+        names = tuple(f.name for f in fields)
+        env = "env" in names
+        if env and "env_id" not in names:
+            fields, names = (*fields, Job.env_id), (*names, "env_id")
+        key = (Job, "select", names, len(ids))
         sql = self._sql_cache.get(key)
         if sql is None:
             cols = ", ".join(f'"{f.column_name}"' for f in fields)
             sql = f'SELECT {cols} FROM "job" WHERE "id" IN ({", ".join("?" * len(ids))})'
             self._sql_cache[key] = sql
         conv = [(f.name, f.python_value) for f in fields]
-        return [{name: value(v) for (name, value), v in zip(conv, r)}
+        rows = [{name: value(v) for (name, value), v in zip(conv, r)}
                 for r in self.db.execute_sql(sql, list(ids))]
+        return self.with_envs(rows) if env else rows
 
     def record_transition(self, job_id: int, fields: dict[str, Any], who: str, src: str,
                           dst: str, reason: str | None, when: float,
@@ -392,7 +352,7 @@ class Store(NotificationRows):
         q = q.order_by(Job.id.desc() if newest_first else Job.id)
         if limit:
             q = q.limit(limit)
-        return list(q.dicts())
+        return self.with_envs(list(q.dicts())) if with_env else list(q.dicts())
 
     def active_rows(self, states: list[str]) -> list[dict[str, Any]]:
         """Jobs in these states, oldest first, without the fields labqd leaves on disk."""
@@ -414,6 +374,14 @@ class Store(NotificationRows):
         `where` holds column equality filters (owner, ...). With `after_id` the page is the
         first `limit` jobs past it; with `changed_since`, the jobs changed since that change
         counter, in the order they changed; else the oldest (or newest) `limit`."""
+        rows = self._page(states=states, where=where, after_id=after_id,
+                          changed_since=changed_since, limit=limit, newest_first=newest_first,
+                          with_env=with_env)
+        return self.with_envs(rows) if with_env else rows
+
+    def _page(self, *, states: list[str] | None, where: dict[str, Any] | None,
+              after_id: int | None, changed_since: int | None, limit: int | None,
+              newest_first: bool, with_env: bool) -> list[dict[str, Any]]:
         cols = Job._meta.sorted_fields if with_env else NO_ENV
         q = Job.select(*cols)
         for name, value in (where or {}).items():

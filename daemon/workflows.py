@@ -25,9 +25,10 @@ JOB_FIELDS = [f.name for f in _fields(Job)]
 
 def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
                  params: list[tuple[str, list[str]]] | None,
-                 max_running: int | None) -> list[dict]:
+                 max_running: int | None) -> dict[str, Any]:
     """An array (`array`: Slurm's syntax) or a sweep (`params`: the grid of their values):
-    one job per task, sharing the first task's id as their array id. Refused whole."""
+    one job per task, sharing the first task's id as their array id. Refused whole. The
+    reply is a table of jobs (see `job_table`), without their environments."""
     limit: int | None = None
     if array is not None:
         indices, limit = parse_array(array)
@@ -41,20 +42,28 @@ def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
         spec = admission.check_spec(caller, spec)
         admission.check_room(caller, n, whole=True)  # part of an array is worth less than none
         base = admission.new_row(caller, spec)
+        command = base["command"]
+        # a command without {NAME} is every task's: one object, stored as one text
+        templated = any("{" in a for a in ([command] if type(command) is str else command))
 
         def make_rows(first: int) -> list[dict]:
             rows = []
             for k, v in enumerate(values):
-                row = dict(base, array_id=first, array_index=int(v["index"]),
-                           array_limit=limit, experiment=base["experiment"] or f"array-{first}",
-                           key=base["key"] if k == 0 else None,
-                           command=fill(base["command"], v),
-                           params={p: x for p, x in v.items() if p != "index"} or None)
-                row["env"] = dict(base["env"], LABQ_ARRAY_ID=str(first),
-                                  **task_env(int(v["index"]), row["params"] or {}))
-                rows.append(row)
+                task = {p: x for p, x in v.items() if p != "index"} or None
+                # the spec's environment is stored once for every task, each task's own
+                # variables in its row
+                rows.append(dict(base, array_id=first, array_index=int(v["index"]),
+                                 array_limit=limit, key=base["key"] if k == 0 else None,
+                                 experiment=base["experiment"] or f"array-{first}",
+                                 command=fill(command, v) if templated else command,
+                                 params=task, gpu_indices=[], env=None, env_base=base["env"],
+                                 env_add=dict(LABQ_ARRAY_ID=str(first),
+                                              **task_env(int(v["index"]), task or {}))))
             return rows
-        return table.admission.admit(caller, make_rows)
+        rows = table.admission.admit(caller, make_rows)
+    vary = ["id", "seq", "array_index"] + ["key"] * (base["key"] is not None) + [
+        "params"] * (params is not None) + ["command"] * templated
+    return job_table(rows, rows, vary)
 
 
 def task_count(array: str | None, params: list[tuple[str, list[str]]] | None) -> int:
@@ -67,25 +76,15 @@ def task_count(array: str | None, params: list[tuple[str, list[str]]] | None) ->
     return n
 
 
-def submit_many(table: JobTable, caller: Caller, specs: list[Any],
-                defaults: dict[str, Any]) -> dict[str, Any]:
-    """Every valid spec queued in one transaction. The reply is a table, one entry per spec
-    in order: a job's values under `fields`, or {"error": ...}. Ten thousand jobs as
-    dicts repeat every field name ten thousand times, in the encoding and the decoding."""
-    results: list[Any] = [None] * len(specs)
-    ready: list[tuple[int, dict]] = []
+def submit_many(table: JobTable, caller: Caller, specs: list[Any], defaults: dict[str, Any],
+                rows: list[int] | None = None) -> dict[str, Any]:
+    """Every valid row queued in one transaction; row k is `specs[rows[k]]` (each spec once
+    however many rows repeat it), or `specs[k]` without `rows`. The reply is a table, one
+    entry per row in order: the job's values, or {"error": ...} (see `job_table`)."""
+    order = rows if rows is not None else range(len(specs))
+    results: list[Any] = [None] * len(order)
     with table.lock:
-        keys: set[str] = set()
-        for i, raw in enumerate(specs):
-            try:
-                if type(raw) is not dict:
-                    raise ValidationError("a row must be a mapping of submit fields",
-                                          {"field": "spec"})
-                merged = dict(defaults, **raw)
-                merged["env"] = dict(defaults.get("env") or {}, **(raw.get("env") or {}))
-                ready.append((i, table.admission.check_spec(caller, validate_submit(merged), keys)))
-            except LabqError as e:
-                results[i] = {"error": e.to_wire()}
+        ready = _checked(table, caller, specs, defaults, order, results)
         if ready:
             try:
                 room = table.admission.check_room(caller, len(ready))
@@ -99,27 +98,87 @@ def submit_many(table: JobTable, caller: Caller, specs: list[Any],
                     "code": "QUOTA_EXCEEDED", "message": "more pending jobs than "
                     "limits.user_max_pending allows", "details": {"limit": "user_max_pending"}}}
             ready = ready[:room]
-        if ready:
-            rows = table.admission.admit(caller, lambda first: [table.admission.new_row(caller, s)
-                                                      for _, s in ready])
-            for (i, _), row in zip(ready, rows):
-                row["env"] = None  # as a listing shows it: `job` gives the environment
-                results[i] = [row.get(f) for f in JOB_FIELDS]
-    return {"fields": JOB_FIELDS, "results": results}
+        if not ready:
+            return job_table([], results, [])
+        now = table.clock.time()
+        made: dict[int, dict] = {}  # a spec's row as queued, made once for its equal rows
+
+        def make_rows(first: int) -> list[dict]:
+            out = []
+            for _, spec in ready:
+                base = made.get(id(spec))
+                if base is None:
+                    base = made[id(spec)] = table.admission.new_row(caller, spec, now)
+                out.append(dict(base, gpu_indices=[]))
+            return out
+        queued = table.admission.admit(caller, make_rows)
+    for (i, _), row in zip(ready, queued):
+        results[i] = row
+    # rows of one spec differ in their id and change counter only
+    first = next(iter(made.values()))
+    return job_table(queued, results, ["id", "seq"] + [
+        f for f in JOB_FIELDS if f not in ("id", "seq", "env")
+        and any(t.get(f) != first.get(f) for t in made.values())])
 
 
-def _small(row: dict) -> dict:
-    """A job for a reply that holds many: without its environment, as a listing shows it."""
-    out = dict(row, env=None)
-    out.setdefault("priority_score", None)
-    out.setdefault("estimated_start", None)
-    out.setdefault("reservation", None)
-    out.setdefault("backfill_limit_s", None)
-    return out
+def _checked(table: JobTable, caller: Caller, specs: list[Any], defaults: dict[str, Any],
+             order: Any, results: list[Any]) -> list[tuple[int, dict]]:
+    """(row, checked spec) of each valid row; each refused one's error in `results`. A spec
+    repeated by several rows is checked once, unless it has a key (which only one may
+    take)."""
+    ready: list[tuple[int, dict]] = []
+    keys: set[str] = set()
+    seen: dict[int, dict] = {}  # spec index -> its checked spec, or {"error": ...}
+    for i, s in enumerate(order):
+        got = seen.get(s)
+        if got is None:
+            raw = specs[s]
+            try:
+                if type(raw) is not dict:
+                    raise ValidationError("a row must be a mapping of submit fields",
+                                          {"field": "spec"})
+                got = _row_spec(table, caller, raw, defaults, keys)
+            except LabqError as e:
+                got = {"error": e.to_wire()}
+            if type(raw) is not dict or raw.get("key") is None:
+                seen[s] = got
+        if "error" in got:
+            results[i] = got
+        else:
+            ready.append((i, got))
+    return ready
 
 
-def tasks_view(table: JobTable, caller: Caller, rows: list[dict]) -> list[dict]:
-    return [table.view(caller, _small(r)) for r in rows]
+def _row_spec(table: JobTable, caller: Caller, raw: dict, defaults: dict[str, Any],
+              keys: set[str]) -> dict:
+    """One row's spec, merged with the defaults, checked."""
+    merged = dict(defaults, **raw)
+    shared, own = defaults.get("env") or {}, raw.get("env")
+    if type(own) is dict:  # else the check says what is wrong with it
+        merged["env"] = dict(shared, **own)
+    spec = table.admission.check_spec(caller, validate_submit(merged), keys)
+    if own and shared:
+        # the exported environment is stored once for the batch, a row's own variables
+        # in its row
+        spec.update(env_base=shared, env_add=own)
+    return spec
+
+
+def job_table(rows: list[dict], results: list[Any], vary: list[str]) -> dict[str, Any]:
+    """A reply of many jobs: `fields`; `shared`, the values every job has alike; `vary`, the
+    fields that may differ (the caller knows which); and `results`, each a job's values of
+    `vary` (or another entry kept as it is, an error). Ten thousand jobs as dicts repeat
+    every field name and value ten thousand times, in the encoding and the decoding."""
+    for row in rows:
+        row["env"] = None  # as a listing shows it: `job` gives the environment
+        for key in ("priority_score", "estimated_start", "reservation", "backfill_limit_s"):
+            row.setdefault(key, None)
+    first = rows[0] if rows else {}
+    at = {id(r): k for k, r in enumerate(rows)}
+    picked = [[r.get(f) for f in vary] for r in rows]
+    out = [picked[at[id(r)]] if id(r) in at else r for r in results]
+    return {"fields": JOB_FIELDS, "shared": [first.get(f) for f in JOB_FIELDS],
+            "vary": vary, "results": out}
 
 
 def experiment_ids(table: JobTable, caller: Caller, name: str,

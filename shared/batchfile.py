@@ -68,6 +68,29 @@ def read_rows(data: bytes, fmt: str) -> list[tuple[int, dict[str, Any] | LabqErr
     return out
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def plain_row(row: Any) -> bool:
+    """`row` holds only plain values (text, numbers, lists and mappings of them), so two
+    rows with the same repr are the same row."""
+    if type(row) is not dict:
+        return False
+    for v in row.values():
+        t = type(v)
+        if t in _SCALARS:
+            continue
+        if t is list or t is tuple:
+            if not all(type(x) in _SCALARS for x in v):
+                return False
+        elif t is dict:
+            if not all(type(k) is str and type(x) in _SCALARS for k, x in v.items()):
+                return False
+        else:
+            return False
+    return True
+
+
 def row_spec(row: Any) -> dict[str, Any]:
     """A row (the submit options' long names; strings as a CSV file has them) as the spec
     labqd checks."""

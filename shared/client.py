@@ -193,7 +193,9 @@ class Client(ClusterCalls):
                               key=key, stage=self._upload(stage), results=results,
                               preemptible=preemptible, early_signal=early_signal,
                               nodes=nodes, gpus_per_node=gpus_per_node)
-        return cast(Job, self.request(protocol.SubmitRequest(spec=spec)))
+        job = cast(Job, self.request(protocol.SubmitRequest(spec=spec, echo_env=False)))
+        job.env = dict(full_env)  # as labqd keeps it: what was sent
+        return job
 
     def _upload(self, stage: list[str] | str | None) -> str | None:
         if not stage:
@@ -238,22 +240,37 @@ class Client(ClusterCalls):
         and details["row"]). Rows take submit's options by their long names (`command` or
         `wrap`, `gpus`, `gpu_type`, `gpu_mem`, `cpus`, `mem`, `time`, `name`, `priority`,
         `after`, `group`, `experiment`, `key`, `env`, `hold`, ...)."""
-        from .batchfile import row_spec
+        from .batchfile import plain_row, row_spec
         results: list[Job | LabqError | None] = []
-        sent: list[dict[str, Any]] = []
-        where: list[int] = []
+        sent: list[dict[str, Any]] = []  # each distinct spec once
+        rows: list[int] = []  # each row that was not refused here: its spec in `sent`
+        where: list[int] = []  # and its place among the caller's rows
+        seen: dict[str, int] = {}
         for i, row in enumerate(specs):
-            try:
-                sent.append(row_spec(dict(row)))
-                where.append(i)
-                results.append(None)
-            except LabqError as e:
-                e.details["row"] = i
-                results.append(e)
+            # rows alike are sent once: a row of plain values is known by its repr
+            key = repr(row) if plain_row(row) else None
+            at = seen.get(key) if key is not None else None
+            if at is None:
+                try:
+                    sent.append(row_spec(dict(row)))
+                except LabqError as e:
+                    e.details["row"] = i
+                    results.append(e)
+                    continue
+                at = len(sent) - 1
+                if key is not None:
+                    seen[key] = at
+            rows.append(at)
+            where.append(i)
+            results.append(None)
         if sent:
             defaults = {"env": exported_env() if export_env else {}, "cwd": os.getcwd()}
             replies = cast(list[Job | LabqError], self.request(
-                protocol.SubmitManyRequest(specs=sent, defaults=defaults)))
+                protocol.SubmitManyRequest(specs=sent, defaults=defaults,
+                                           rows=rows if len(rows) > len(sent) else None)))
+            if len(replies) != len(rows):
+                raise LabqError(f"labqd answered {len(replies)} of {len(rows)} rows: it is "
+                                "older than this client; upgrade it", {"rows": len(rows)})
             for k, reply in enumerate(replies):
                 if isinstance(reply, LabqError):
                     reply.details["row"] = where[k]

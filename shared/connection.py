@@ -22,11 +22,29 @@ _SESSION_NAMES = frozenset(_SESSION_ENV)
 _SESSION_PREFIXES = tuple(p for p in _SESSION_ENV if p.endswith("_"))
 
 
+# the last os.environ exported, as its raw bytes, and what it gave
+_last: tuple[dict[bytes, bytes] | None, dict[str, str]] = (None, {})
+
+
 def exported_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The caller's environment minus session-bound variables (Slurm's --export=ALL)."""
-    environ = dict(os.environ if environ is None else environ)
-    # read on every submit (a script may change os.environ between them), so kept cheap
-    return {k: v for k, v in environ.items()
+    global _last
+    if environ is None:
+        # read on every submit (a script may change os.environ between them); decoding
+        # each variable costs more than comparing the raw bytes with the last submit's
+        raw = getattr(os.environ, "_data", None)
+        if type(raw) is dict:
+            raw = dict(raw)
+            if raw == _last[0]:
+                return dict(_last[1])
+            out = _exported(os.environ)
+            _last = (raw, out)
+            return dict(out)
+    return _exported(os.environ if environ is None else environ)
+
+
+def _exported(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    return {k: v for k, v in dict(environ).items()
             if k not in _SESSION_NAMES and not k.startswith(_SESSION_PREFIXES)}
 
 

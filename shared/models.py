@@ -24,6 +24,15 @@ def _known(cls: type[DataclassInstance], data: dict[str, Any]) -> dict[str, Any]
     return {k: v for k, v in data.items() if k in names}
 
 
+def _fresh(v: Any) -> Any:
+    """A copy of a decoded JSON value that shares no list or mapping with it."""
+    if type(v) is list:
+        return [_fresh(x) if type(x) in (list, dict) else x for x in v]
+    if type(v) is dict:
+        return {k: _fresh(x) if type(x) in (list, dict) else x for k, x in v.items()}
+    return v
+
+
 @dataclass
 class Job:
     """A job as labqd reports it: its spec, state and where and how it ran."""
@@ -105,6 +114,45 @@ class Job:
             args[state] = JobState(args[state])
             return cls(*args)
         return read
+
+    @classmethod
+    def table_rows(cls, table: dict[str, Any]) -> list[Job | dict[str, Any]]:
+        """The entries of a reply's table of jobs, in order: a job, or the entry as sent
+        where it is not one (an error). The table has `fields`, and `results`, each a job's
+        values; or, from labqd since schema 12, the values every job has alike in `shared`
+        and each job's values of the fields in `vary`."""
+        names, vary, results = table["fields"], table.get("vary"), table["results"]
+        read = cls.table_reader(names)
+        if vary is None:
+            return [read(r) if type(r) is list else r for r in results]
+        # one job made from the shared values, and each job a copy of its fields with its
+        # own values put in: binding fifty arguments per job costs more than the copy
+        proto = read(list(table["shared"])).__dict__
+        put = [f for f in vary if f in proto]
+        skip = [f not in proto for f in vary]
+        skipping = any(skip)  # a newer labqd's field this client does not know
+        state = "state" in put
+        # a shared list or mapping is each job's own, as if each had been sent whole
+        own = [(f, v, all(type(x) not in (list, dict) for x in
+                          (v.values() if type(v) is dict else v)))
+               for f, v in proto.items() if type(v) in (list, dict) and f not in vary]
+        new = cls.__new__
+        out: list[Job | dict[str, Any]] = []
+        for r in results:
+            if type(r) is not list:
+                out.append(r)
+                continue
+            d = proto.copy()
+            d.update(zip(put, [v for v, s in zip(r, skip) if not s] if skipping else r,
+                         strict=True))
+            if state:
+                d["state"] = JobState(d["state"])
+            for f, v, flat in own:
+                d[f] = v.copy() if flat else _fresh(v)
+            job = new(cls)
+            job.__dict__ = d
+            out.append(job)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

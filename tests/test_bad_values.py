@@ -50,7 +50,7 @@ def stored(d: Daemon) -> dict:
     try:
         return {t: db.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall()
                 for t in ("job", "job_event", "group_setting", "dynamic_node", "node",
-                          "allocation", "sqlite_sequence")}
+                          "allocation", "sqlite_sequence", "env")}
     finally:
         db.close()
 
@@ -194,6 +194,12 @@ CASES = [
     ("jobs", {"states": ["RUNING"]}, "states"),
     ("jobs", {"include_ended": "yes"}, "include_ended"),
     ("jobs", {"with_env": 1}, "with_env"),
+    ("submit", dict(spec(), echo_env="no"), "echo_env"),
+    ("submit_many", {"specs": [{"command": ["true"]}], "rows": [1]}, "rows"),
+    ("submit_many", {"specs": [{"command": ["true"]}], "rows": [0, True]}, "rows"),
+    ("submit_many", {"specs": [{"command": ["true"]}], "rows": []}, "rows"),
+    ("submit_many", {"specs": [{"command": ["true"]}], "rows": "0"}, "rows"),
+    ("submit_many", {"specs": [{"command": ["true"]}], "rows": [-1]}, "rows"),
     ("wait", {"ids": [1], "timeout": "10"}, "timeout"),
     ("submit", {"spec": "true"}, "spec"),
     ("submit", spec(cwd=0), "cwd"),

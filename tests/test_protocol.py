@@ -220,6 +220,28 @@ def test_submit_many_answers_a_job_or_an_error_per_row_in_order():
     assert [s["command"] for s in json.loads(text)["specs"]] == [["a"], ["c", "d"]]
 
 
+def test_a_batch_reply_sends_what_its_jobs_share_once():
+    from labq.protocol import SubmitManyRequest
+    full = dict(Job.from_dict(JOB).to_dict(), params={"lr": "0.1"})
+    fields = list(full)
+    err = {"error": {"code": "VALIDATION_ERROR", "message": "m", "details": {}}}
+    jobs = SubmitManyRequest.read_reply({
+        "fields": fields, "shared": [full[f] for f in fields], "vary": ["id", "seq"],
+        "results": [[5, 50], err, [6, 60]]})
+    assert [j.id for j in jobs[::2]] == [5, 6] and [j.seq for j in jobs[::2]] == [50, 60]
+    assert isinstance(jobs[1], ValidationError) and jobs[1].details["row"] == 1
+    assert jobs[0].command == jobs[2].command == ["true"] and jobs[0].state == JobState.HELD
+    jobs[0].params["lr"] = "1"  # each job's values are its own
+    jobs[0].command.append("x")
+    assert jobs[2].params == {"lr": "0.1"} and jobs[2].command == ["true"]
+    assert jobs[2] == Job.from_dict(dict(full, id=6, seq=60))
+    # a newer labqd's field this client does not know is left out
+    [job] = SubmitManyRequest.read_reply({
+        "fields": fields + ["future"], "shared": [full[f] for f in fields] + [0],
+        "vary": ["id", "future", "state"], "results": [[7, 1, "PENDING"]]})
+    assert (job.id, job.state, job.command) == (7, JobState.PENDING, ["true"])
+
+
 def test_a_batch_reply_reads_with_columns_this_client_lacks_or_does_not_know():
     # a newer labqd may send a column more, an older one a column fewer: the job still reads
     from labq.protocol import SubmitManyRequest

@@ -105,7 +105,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
         old.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
     for name in ("preemptible", "preemptions", "early_signal"):  # nor preemption
         old.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
-    for name in ("nodes", "parts"):  # nor gangs
+    for name in ("nodes", "parts", "env_id"):  # nor gangs, nor stored environments
         old.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{name}"')
     old.execute_sql(f"PRAGMA application_id = {st.APPLICATION_ID}")
     st.Meta.insert_many([{"key": "schema_version", "value": "1"},
@@ -115,7 +115,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
         fields.pop("owner_uid", None)
         for name, f in st.Job._meta.fields.items():
             if (name not in fields and name not in ("owner_uid", "notify", "preemptible",
-                                                    "preemptions", "nodes")
+                                                    "preemptions", "nodes", "env_id")
                     and f.default is not None):
                 fields[name] = f.default() if callable(f.default) else f.default
         cols = ", ".join(f'"{k}"' for k in fields)
@@ -123,7 +123,7 @@ def test_a_first_release_database_migrates_keeping_its_jobs(tmp_path):
                         [st.Job._meta.fields[k].db_value(v) for k, v in fields.items()])
     old.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 11
+    assert s.schema_version == st.SCHEMA_VERSION == 12
     assert s.cluster_id == "abc" and s.job_row(1)["owner"] == "alice"
     # owners become uids where the account exists; a name nobody has now stays unowned
     assert s.job_row(1)["owner_uid"] is None and s.job_row(2)["owner_uid"] == 0
@@ -196,7 +196,7 @@ def test_a_schema_4_database_gains_the_workflow_columns(tmp_path):
     st.Meta.replace(key="schema_version", value="4").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 11 and s.db.table_exists("token")
+    assert s.schema_version == st.SCHEMA_VERSION == 12 and s.db.table_exists("token")
     assert s.job_row(1)["experiment"] is None and s.job_row(1)["key"] is None
     assert s.integrity_check() == "ok"
     s.close()
@@ -275,7 +275,7 @@ def test_a_schema_7_database_gains_the_files_columns(tmp_path):
     st.Meta.replace(key="schema_version", value="7").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == 11
+    assert s.schema_version == 12
     row = s.job_row(1)
     assert row["stage"] is None and row["results"] is None and row["purged_time"] is None
     s.set_files(1, {"state": "complete", "bytes": 7}, reason="ResultsIncomplete: x")
@@ -293,7 +293,7 @@ def test_a_schema_9_database_gains_the_gang_columns(tmp_path):
     st.Meta.replace(key="schema_version", value="9").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == st.SCHEMA_VERSION == 11
+    assert s.schema_version == st.SCHEMA_VERSION == 12
     row = s.job_row(1)  # a job from before runs on one node, as it did
     assert row["nodes"] == 1 and row["parts"] is None and row["gpus"] == 2
     s.insert_job(job_fields(owner_uid=1000, gpus=16, nodes=2,
@@ -330,8 +330,98 @@ def test_a_schema_10_database_gains_the_slurm_job_id(tmp_path):
     st.Meta.replace(key="schema_version", value="10").execute()
     s.close()
     s = st.Store(path)
-    assert s.schema_version == 11 and s.job_row(1)["slurm_id"] is None
+    assert s.schema_version == 12 and s.job_row(1)["slurm_id"] is None
     with s.write():
         s.update_job(1, slurm_id="918273")
     assert s.job_row(1)["slurm_id"] == "918273" and s.integrity_check() == "ok"
+    s.close()
+
+
+ENV = {"HOME": "/home/alice", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "X": "é \\ \" ☃"}
+
+
+def test_each_distinct_environment_is_stored_once_per_user(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    a = [s.insert_job(job_fields(owner_uid=1000, env=dict(ENV)), "alice") for _ in range(3)]
+    b = s.insert_job(job_fields(owner="bob", owner_uid=1001, env=dict(ENV)), "bob")
+    # an array task's own variables ride on the shared environment, in the order given
+    s.insert_jobs(lambda first: [job_fields(owner_uid=1000, env=dict(ENV, LABQ_ARRAY_ID="9"),
+                                            env_base=ENV, env_add={"LABQ_ARRAY_ID": "9"})],
+                  "alice")
+    rows = schema.Env.select().order_by(schema.Env.id)
+    assert [r.owner_uid for r in rows] == [1000, 1001]  # never shared between users
+    for job in (*a, b):
+        env = s.job_row(job)["env"]
+        assert env == ENV and list(env) == list(ENV)
+    assert list(s.job_row(5)["env"].items()) == list(ENV.items()) + [("LABQ_ARRAY_ID", "9")]
+    assert s.cold_fields(1)["env"] == ENV
+    assert [r["env"] for r in s.job_rows(ids=[1, 4])] == [ENV, ENV]
+    assert [r["env"] for r in s.job_page(with_env=True)] == [ENV] * 4 + [s.job_row(5)["env"]]
+    assert all("env_id" not in r for r in s.job_page(with_env=False))
+    s.close()
+    s = st.Store(tmp_path / "labq.db")  # a new labqd finds the stored ones again
+    s.insert_job(job_fields(owner_uid=1000, env=dict(ENV)), "alice")
+    assert schema.Env.select().count() == 2 and s.job_row(6)["env"] == ENV
+    s.close()
+
+
+def test_an_environment_stored_by_a_failed_write_is_not_named_later(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    with pytest.raises(RuntimeError), s.write():
+        s.insert_job(job_fields(owner_uid=1000, env=dict(ENV)), "alice")
+        raise RuntimeError("the rest of the submit failed")
+    assert schema.Env.select().count() == 0
+    job = s.insert_job(job_fields(owner_uid=1000, env=dict(ENV)), "alice")
+    assert s.job_row(job)["env"] == ENV
+    s.close()
+
+
+def test_a_schema_11_database_keeps_each_jobs_environment_in_its_row(tmp_path):
+    path = tmp_path / "labq.db"
+    s = st.Store(path)
+    old = {"PATH": "/opt/bin", "HOME": "/root"}
+    s.db.execute_sql('ALTER TABLE "job" DROP COLUMN "env_id"')
+    s.db.execute_sql('DROP TABLE "env"')
+    fields = job_fields(owner_uid=1000, env=old)
+    for name, f in st.Job._meta.fields.items():
+        if name not in fields and name != "env_id" and f.default is not None:
+            fields[name] = f.default() if callable(f.default) else f.default
+    cols = list(fields)
+    names = ", ".join(f'"{c}"' for c in cols)
+    s.db.execute_sql(f'INSERT INTO "job" ({names}) VALUES '
+                     f'({", ".join("?" * len(cols))})',
+                     [st.Job._meta.fields[k].db_value(fields[k]) for k in cols])
+    st.Meta.replace(key="schema_version", value="11").execute()
+    s.close()
+    s = st.Store(path)
+    assert s.schema_version == 12 and s.job_row(1)["env"] == old
+    assert s.cold_fields(1)["env"] == old
+    s.insert_job(job_fields(owner_uid=1000, env=dict(ENV)), "alice")
+    assert s.job_row(2)["env"] == ENV and schema.Env.select().count() == 1
+    assert s.integrity_check() == "ok"
+    s.close()
+
+
+def test_each_row_of_a_batch_keeps_its_own_variables(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    rows = s.insert_jobs(lambda first: [
+        job_fields(owner_uid=1000, env=None, env_base=ENV, env_add={"I": str(i)},
+                   params={"i": str(i)}) for i in range(300)], "alice")
+    for i, row in enumerate(rows):
+        got = s.job_row(row["id"])
+        assert got["env"] == dict(ENV, I=str(i)) and got["params"] == {"i": str(i)}
+    s.close()
+
+
+def test_a_batch_writes_each_rows_values_whichever_columns_the_others_leave_empty(tmp_path):
+    s = st.Store(tmp_path / "labq.db")
+    rows = s.insert_jobs(lambda first: [
+        job_fields(owner_uid=1000, gpu_type="a100", requeue=False, reason="Held"),
+        job_fields(owner_uid=1000, preemptible=True, time_limit_s=60)], "alice")
+    a, b = (s.job_row(r["id"]) for r in rows)
+    assert (a["gpu_type"], a["requeue"], a["preemptible"], a["time_limit_s"]) == (
+        "a100", False, False, None)
+    assert (b["gpu_type"], b["requeue"], b["preemptible"], b["time_limit_s"]) == (
+        None, True, True, 60)
+    assert [e["reason"] for e in s.events(a["id"]) + s.events(b["id"])] == ["Held", None]
     s.close()

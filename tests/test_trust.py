@@ -352,3 +352,37 @@ def test_usage_by_hour_shows_every_groups_gpu_hours_to_each_user(venv, tmp_path)
                            (("--by", "week"), "invalid choice: 'week'")):
             r = bob.labq("usage", *args)
             assert r.returncode != 0 and says in r.stderr, (args, r.stderr)
+
+
+def test_an_environment_two_users_share_stays_each_ones_own_to_the_byte(root_daemon, venv):
+    import sqlite3
+
+    import labq
+    odd = 'é ☃ \\ "q" $HOME `x`\ttab\nline'
+    alice, bob = users(venv, root_daemon.socket, "labqtest", "labqtest2", TEST_ODD=odd)
+    script = tempfile.NamedTemporaryFile("w", suffix=".ndjson", delete=False)
+    # rows that are alike: sent once, queued as three jobs, each with the exported env
+    script.write('{"command": ["bash", "-c", "printf %s \\"$TEST_ODD\\""]}\n' * 3)
+    script.close()
+    os.chmod(script.name, 0o644)
+    ids = {}
+    for u in (alice, bob):
+        ids[u.name] = batch = u.ok("submit", "--from", script.name).split()
+        assert len(batch) == 3 and len(set(batch)) == 3
+        ids[u.name].append(job_id(u.ok("submit", "--", "bash", "-c", 'printf %s "$TEST_ODD"')))
+    for u in (alice, bob):
+        assert u.labq("wait", *ids[u.name]).returncode == 0
+        for jid in ids[u.name]:
+            assert u.ok("logs", jid) == odd  # delivered to the job exactly
+            assert json.loads(u.ok("show", "--json", jid))["env"]["TEST_ODD"] == odd
+    other = bob.labq("show", "--json", ids[alice.name][0])
+    assert json.loads(other.stdout)["env"] is None and odd not in other.stdout
+    with labq.connect(root_daemon.socket) as q:  # an admin sees it
+        assert q.job(int(ids[bob.name][0])).env["TEST_ODD"] == odd
+    # one stored environment each, not one per job, and none shared between them
+    db = sqlite3.connect(f"file:{root_daemon.config['daemon']['database']}?mode=ro", uri=True)
+    stored = db.execute("SELECT owner_uid, COUNT(*) FROM env WHERE body LIKE '%TEST_ODD%' "
+                        "GROUP BY owner_uid").fetchall()
+    db.close()
+    assert sorted(stored) == sorted([(alice.uid, 1), (bob.uid, 1)])
+    os.unlink(script.name)

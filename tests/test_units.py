@@ -92,3 +92,17 @@ def test_a_job_gets_the_callers_environment_without_the_sessions():
            "XDG_SESSION": "1", "XDG_SESSION_ID": "3", "KITTY_WINDOW_ID": "2", "TMUX": "x"}
     assert exported_env(env) == {"PATH": "/usr/bin", "CUDA_HOME": "/opt/cuda",
                                  "TERMINAL": "kitty"}
+
+
+def test_each_submit_exports_os_environ_as_it_is_then(monkeypatch):
+    from labq.connection import exported_env
+    first = exported_env()
+    monkeypatch.setenv("LABQTEST_LR", "0.1")
+    assert exported_env()["LABQTEST_LR"] == "0.1"
+    monkeypatch.setenv("LABQTEST_LR", "0.2")
+    assert exported_env()["LABQTEST_LR"] == "0.2"
+    got = exported_env()
+    got["MINE"] = "x"  # the caller's copy, not the next submit's
+    assert "MINE" not in exported_env()
+    monkeypatch.delenv("LABQTEST_LR")
+    assert exported_env() == first

@@ -202,6 +202,59 @@ def test_stdin_takes_ndjson(alice):
     assert show(alice, r.stdout.strip())["state"] == "HELD"
 
 
+def test_rows_alike_are_sent_once_and_each_queued_as_its_own_job(daemon, bob):
+    def many():
+        with labq.connect(daemon.socket) as q:
+            row = {"command": ["true"], "hold": True, "experiment": "alike"}
+            keyed = dict(row, key="alike-k")
+            res = q.submit_many([dict(row), dict(keyed), dict(row), dict(keyed),
+                                 {"command": []}, dict(row)])
+            jobs = [r for r in res if isinstance(r, labq.Job)]
+            jobs[0].command.append("x")  # each job's values are its own
+            try:  # a row naming a spec that is not there queues nothing
+                q.call("submit_many", specs=[dict(row, command=["true"])], rows=[0, 1])
+            except ValidationError as e:
+                bad = e.details["field"]
+            queued = q.jobs(experiment="alike", user="labqwfb")
+            q.cancel(experiment="alike")
+            return ([type(r).__name__ for r in res], [j.command for j in jobs],
+                    sorted(j.id for j in jobs) == sorted(j.id for j in queued),
+                    res[3].details, bad)
+    kinds, commands, same, dup, bad = as_user(bob.uid, bob.gid, many)
+    assert kinds == ["Job", "Job", "Job", "DuplicateJob", "ValidationError", "Job"]
+    assert commands == [["true", "x"], ["true"], ["true"], ["true"]] and same
+    assert dup["key"] == "alike-k" and dup["row"] == 3 and bad == "rows"
+
+
+def test_a_batch_rows_own_variables_go_over_the_exported_environment(daemon, bob):
+    from labq.connection import exported_env
+
+    def many():
+        with labq.connect(daemon.socket) as q:
+            res = q.submit_many([{"command": ["true"], "hold": True, "env": {"ROW": "1"}},
+                                 {"command": ["true"], "hold": True, "env": {"PATH": "/own"}},
+                                 {"command": ["true"], "hold": True}])
+            envs = [q.job(j.id).env for j in res]
+            # a row whose env is no mapping is refused alone, with what is wrong with it
+            raw = q.call("submit_many", specs=[{"command": ["true"], "env": ["X=1"]}])
+            tasks = q.submit_array(["true"], array="0-1", hold=True, env={"OWN": "x"})
+            one = q.submit(["true"], hold=True, env={"OWN": "y"})
+            res.append(one)
+            envs.append(q.job(one.id).env)
+            assert list(one.env.items()) == list(envs[-1].items())  # the reply's is labqd's
+            envs.append(q.job(tasks[1].id).env)
+            q.cancel(*[j.id for j in res + tasks])
+            return envs, exported_env(), raw["results"][0]["error"], tasks[0].id
+    envs, exported, err, first = as_user(bob.uid, bob.gid, many)
+    # an array task's: the spec's, then the task's own
+    assert list(envs.pop().items()) == list(dict(
+        exported, OWN="x", LABQ_ARRAY_ID=str(first), LABQ_ARRAY_INDEX="1").items())
+    assert [list(e.items()) for e in envs] == [
+        list(dict(exported, ROW="1").items()), list(dict(exported, PATH="/own").items()),
+        list(exported.items()), list(dict(exported, OWN="y").items())]
+    assert err["code"] == "VALIDATION_ERROR" and err["details"]["field"] == "env"
+
+
 def test_submit_many_queues_every_valid_row_and_limits_count_tasks(daemon, bob):
     def many():
         with labq.connect(daemon.socket) as q:

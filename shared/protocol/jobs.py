@@ -32,11 +32,15 @@ from .base import _STATES, MAX_LOG_OFFSET, MAX_WAIT_S, Op, Request
 # -- jobs -------------------------------------------------------------------------------------
 class SubmitRequest(Request, op=Op.SUBMIT, reply=Job):
     spec: dict[str, Any]  # labq.spec's fields; normalised by validate_submit
+    # false: the reply leaves out the environment, which the caller sent and labqd keeps
+    # as it was sent (it is most of a reply's bytes)
+    echo_env: bool = True
     unwalked = frozenset({"spec"})  # validate_submit walks it, naming the spec's own fields
 
     @classmethod
     def parse(cls, args: dict[str, Any]) -> Self:
-        return cls(spec=validate_submit(args.get("spec")))
+        return cls(spec=validate_submit(args.get("spec")),
+                   echo_env=check_flag(args, "echo_env", True))
 
 
 class JobRequest(Request, op=Op.JOB, reply=Job):

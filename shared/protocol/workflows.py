@@ -46,14 +46,23 @@ class SubmitArrayRequest(Request, op=Op.SUBMIT_ARRAY, reply=list[Job]):
             raise arg_error("max_running", f"must be a number of tasks from 1 to {MAX_TASKS}")
         return cls(spec=spec, array=array, params=params, max_running=limit)
 
+    @classmethod
+    def read_reply(cls, result: Any) -> Any:
+        if type(result) is list:  # from a labqd before schema 12: each job whole
+            return [Job.from_dict(r) for r in result]
+        return Job.table_rows(result)
+
 
 class SubmitManyRequest(Request, op=Op.SUBMIT_MANY, reply=dict[str, Any]):
-    """Specs queued with partial success: every valid one, in one transaction; the reply is
-    {fields, results}, with one result per spec, in order: the job's values, in the order of
-    `fields`, or {error}. `defaults` (the environment and directory every row shares) is
-    sent once and merged under each row."""
+    """Specs queued with partial success: every valid one, in one transaction. `rows`, when
+    given, lists each row as the index of its spec, so that rows that are alike are sent and
+    checked once. The reply is {fields, shared, vary, results}: one result per row, in
+    order, the job's values of the fields in `vary` (the others are in `shared`, in the order
+    of `fields`), or {error}. `defaults` (the environment and directory every row shares)
+    is sent once and merged under each spec."""
     specs: list[Any]
     defaults: dict[str, Any]
+    rows: list[int] | None = None
     unwalked = frozenset({"specs", "defaults"})  # each row is checked on its own
 
     @classmethod
@@ -64,17 +73,22 @@ class SubmitManyRequest(Request, op=Op.SUBMIT_MANY, reply=dict[str, Any]):
         if type(defaults) is not dict or set(defaults) - {"env", "cwd"}:
             raise arg_error("defaults", "may hold env and cwd only")
         check_plain(defaults, "defaults")
-        return cls(specs=specs, defaults=defaults)
+        rows = args.get("rows")
+        if rows is not None:
+            n = len(specs)
+            if (type(rows) is not list or not 1 <= len(rows) <= MAX_TASKS
+                    or any(type(r) is not int or not 0 <= r < n for r in rows)):
+                raise arg_error("rows", f"must be a list of 1 to {MAX_TASKS} indices of specs")
+        return cls(specs=specs, defaults=defaults, rows=rows)
 
     @classmethod
     def read_reply(cls, result: Any) -> Any:
-        read = Job.table_reader(result["fields"])
         out: list[Job | LabqError] = []
-        for row, r in enumerate(result["results"]):
-            if type(r) is list:
-                out.append(read(r))
+        for row, entry in enumerate(Job.table_rows(result)):
+            if isinstance(entry, Job):
+                out.append(entry)
             else:
-                err = from_wire(r.get("error") or {})
+                err = from_wire(entry.get("error") or {})
                 err.details["row"] = row
                 out.append(err)
         return out
