@@ -161,7 +161,9 @@ class JobTable:
         for (job, dst, _who, _reason, fields), row in zip(changes, rows, strict=True):
             self._applied(job, JobState(row[3]), dst, fields, row[6])
         self.wake.set()
-        self.changed.notify_all()
+        if any(dst in FINAL for _, dst, *_ in changes):
+            # every waiter waits for jobs to end: a start wakes none of them for nothing
+            self.changed.notify_all()
 
     def _notices(self, job: ActiveJob, dst: JobState, fields: dict[str, Any],
                  now: float) -> list[dict]:
@@ -380,8 +382,13 @@ class JobTable:
         if not all(i in self.active for i in ids):
             self._rows(ids)  # NotFound early
         deadline = time.monotonic() + max(0.0, min(timeout, 60.0))
+        k = 0  # ids before it have ended, for good: a wake looks only past them
         with self.changed:
-            while any(i in self.active for i in ids) and not self.stopping:
+            while not self.stopping:
+                while k < len(ids) and ids[k] not in self.active:
+                    k += 1
+                if k == len(ids):
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

@@ -182,5 +182,6 @@ class Scheduler:
             started.append(job)
         if changes:
             jobs.transition_many(changes)
-        for job in started:
-            self.nodes.launcher.launch(job)
+        with self.nodes.together():
+            for job in started:
+                self.nodes.launcher.launch(job)

@@ -76,6 +76,8 @@ class AgentProc:
                     base64.b64decode(msg["data"])
             elif msg.get("ev") == "exit":
                 self.exits[msg["job"]] = msg
+            elif msg.get("ev") == "exits":  # the ends one turn of the monitor found
+                self.exits.update((ex["job"], ex) for ex in msg["exits"])
             elif "re" in msg:
                 self.replies[msg["re"]] = msg
 
