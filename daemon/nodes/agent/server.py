@@ -304,15 +304,21 @@ class Agent:
         ops.update({name[3:]: getattr(files, name) for name in dir(files)
                     if name.startswith("op_")})
         stdin = sys.stdin.buffer
-        rest = b""
+        start = []  # the pieces of a line not complete yet (an upload's chunk is megabytes)
         while True:
             # all the requests that have come, answered in one write: labqd sends a scheduler
             # pass's launches, and a turn's forgets, together
             chunk = stdin.read1(CHUNK)
             if not chunk:
                 return  # labqd went away; jobs carry on under their shepherds
-            lines = (rest + chunk).split(b"\n")
+            if b"\n" not in chunk:
+                start.append(chunk)
+                continue
+            lines = chunk.split(b"\n")
+            if start:
+                lines[0] = b"".join(start + [lines[0]])
             rest = lines.pop()
+            start = [rest] if rest else []
             for n, line in enumerate(lines, 1):
                 self.answer(ops, line)
                 if n % 32 == 0:
