@@ -124,3 +124,26 @@ def test_ends_that_cannot_be_stored_together_are_stored_one_by_one(parts, monkey
     rows = ended_rows(core, ids)
     assert rows == {i: ("COMPLETED" if i % 5 == 0 else "FAILED", i % 5, 1) for i in ids}
     assert all(core.store.job_row(i)["end_time"] == clock.now - 1 for i in ids)
+
+
+def test_a_wait_returns_once_all_its_jobs_ended_in_whatever_order(parts):
+    core, clock = parts
+    first, second, third = (running_job(core)[0] for _ in range(3))
+    link = core.nodes.links["n1"]
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(
+        core.jobs.wait(ROOT, [first, second, third], 30)))
+    waiter.start()
+
+    def end(job_id):
+        core.nodes.node_event(link, {"ev": "exit", "job": f"{job_id}.0", "code": 0,
+                                     "signal": None, "reason": "exit", "end": clock.now})
+    for job_id in (third, first):  # the newest first: the one the wait looks at
+        end(job_id)
+        waiter.join(0.2)
+        assert waiter.is_alive()
+    end(second)
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert [v["state"] for v in got[0]] == ["COMPLETED"] * 3
+    assert not core.jobs.enders  # nothing left behind for jobs that ended
