@@ -59,4 +59,4 @@ class Core:
         self.notices.stop()
         self.wake.set()
         with self.jobs.changed:  # waiters see the stop at once
-            self.jobs.changed.notify_all()
+            self.jobs.wake_waits()

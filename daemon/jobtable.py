@@ -96,6 +96,8 @@ class JobTable:
                                              for r in store.active_rows(ACTIVE_STATES)}
         self.ended_states: dict[int, str] = {}  # cache for dependency checks
         self.cancel_requests: dict[int, str] = {}  # running job -> who asked
+        # active job -> the waits to wake when it ends (JobTable.wait)
+        self.enders: dict[int, list[threading.Condition]] = {}
         # the latest plan's figures: job -> computed priority, job -> expected start
         self.priorities: dict[int, float] = {}
         self.estimates: dict[int, float] = {}
@@ -161,7 +163,9 @@ class JobTable:
         for (job, dst, _who, _reason, fields), row in zip(changes, rows, strict=True):
             self._applied(job, JobState(row[3]), dst, fields, row[6])
         self.wake.set()
-        self.changed.notify_all()
+        if any(dst in FINAL for _, dst, *_ in changes):
+            # every waiter waits for jobs to end: a start wakes none of them for nothing
+            self.changed.notify_all()
 
     def _notices(self, job: ActiveJob, dst: JobState, fields: dict[str, Any],
                  now: float) -> list[dict]:
@@ -194,6 +198,8 @@ class JobTable:
             self.dep_edges.pop(job["id"], None)
             self.cancel_requests.pop(job["id"], None)
             self.ended_states[job["id"]] = dst.value
+            for woken in self.enders.pop(job["id"], ()):
+                woken.notify()
             self.logs.notify()
 
     def ended_state(self, job_id: int) -> str | None:
@@ -380,13 +386,31 @@ class JobTable:
         if not all(i in self.active for i in ids):
             self._rows(ids)  # NotFound early
         deadline = time.monotonic() + max(0.0, min(timeout, 60.0))
-        with self.changed:
-            while any(i in self.active for i in ids) and not self.stopping:
+        k = len(ids)  # ids from k on have ended, for good: a wake looks only before them
+        with self.lock:
+            woken = threading.Condition(self.lock)
+            while not self.stopping:
+                while k and ids[k - 1] not in self.active:
+                    k -= 1
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if not k or left <= 0:
                     break
-                self.changed.wait(left)
+                # woken when that job ends (the newest, likely the last), not by every end
+                enders = self.enders.setdefault(ids[k - 1], [])
+                enders.append(woken)
+                woken.wait(left)
+                if woken in enders:
+                    enders.remove(woken)
+                    if not enders:
+                        self.enders.pop(ids[k - 1], None)
         return [self.view(caller, r) for r in self._rows(ids)]
+
+    def wake_waits(self) -> None:
+        """Every wait looks again now (labqd is stopping). Called with the lock held."""
+        self.changed.notify_all()
+        for enders in self.enders.values():
+            for woken in enders:
+                woken.notify()
 
     def set_priority(self, caller: Caller, job_id: Any, priority: Any) -> dict:
         if type(priority) is not int or not 1 <= priority <= 10:

@@ -185,5 +185,8 @@ class Scheduler:
             started.append(job)
         if changes:
             jobs.transition_many(changes)
-        for job in started:
-            self.nodes.launcher.launch(job)
+        # what the launches need from disk, in one read
+        cold = jobs.store.cold_fields_many([j["id"] for j in started]) if started else {}
+        with self.nodes.together():
+            for job in started:
+                self.nodes.launcher.launch(dict(job, **cold.get(job["id"], {})))

@@ -76,6 +76,8 @@ class AgentProc:
                     base64.b64decode(msg["data"])
             elif msg.get("ev") == "exit":
                 self.exits[msg["job"]] = msg
+            elif msg.get("ev") == "exits":  # the ends one turn of the monitor found
+                self.exits.update((ex["job"], ex) for ex in msg["exits"])
             elif "re" in msg:
                 self.replies[msg["re"]] = msg
 
@@ -444,3 +446,18 @@ def test_a_run_half_removed_by_a_killed_agent_is_not_listed_and_goes(base, agent
     ag = agents(root)
     assert ag.request("list")["jobs"] == []
     assert not run_dir(root, "5.0.gone").exists()
+
+
+def test_requests_sent_together_are_done_in_order_and_only_those_with_an_id_answered(base,
+                                                                                    agents):
+    ag = agents(base / "jobs")
+    for n in (1, 2, 3):
+        assert ag.launch(f"{n}.0", ["bash", "-c", f"exit {n}"])["ok"]
+    assert [ag.wait_exit(f"{n}.0")["code"] for n in (1, 2, 3)] == [1, 2, 3]
+    # one write: two forgets labqd does not wait on, then a listing it does
+    ag.p.stdin.write(b'{"op":"forget","job":"1.0"}\n{"op":"forget","job":"2.0"}\n'
+                     b'{"op":"list","id":99}\n')
+    ag.p.stdin.flush()
+    ag._pump(lambda: 99 in ag.replies, 10)
+    assert [j["job"] for j in ag.replies.pop(99)["jobs"]] == ["3.0"]
+    assert ag.request("ping")["ok"] and not ag.replies  # the forgets had no answer

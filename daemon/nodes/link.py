@@ -11,7 +11,8 @@ import logging
 import queue
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from ..clock import SYSTEM, Clock
@@ -66,7 +67,9 @@ class NodeLink:
         self._pending: dict[int, Callable[[dict], None]] = {}
         # requests wait here for the link's writer thread: a caller (often holding the job
         # lock) never blocks on a stalled channel
-        self._outbox: queue.SimpleQueue[dict | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[dict | list[dict] | None] = queue.SimpleQueue()
+        # a thread's requests kept back to go to the writer together: (thread, outbox, them)
+        self._held: tuple[int, queue.SimpleQueue, list[dict]] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # ask for an immediate reconnect
@@ -106,10 +109,38 @@ class NodeLink:
             if callback:
                 self._pending[rid] = callback
             # encoded by the writer thread: the caller often holds the job lock
-            self._outbox.put(dict(kw, op=op, id=rid))
+            # a request nobody waits on goes without an id: the agent does not answer it
+            msg = dict(kw, op=op, id=rid) if callback else dict(kw, op=op)
+            held = self._held
+            if (held is not None and held[0] == threading.get_ident()
+                    and held[1] is self._outbox):
+                held[2].append(msg)
+            else:
+                self._outbox.put(msg)
         return True
 
-    def _write_loop(self, t, outbox: queue.SimpleQueue[dict | None]) -> None:
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """This thread's requests meanwhile reach the writer as one: it is woken once, and
+        sends them in one write (a scheduler pass's launches)."""
+        held: list[dict] = []
+        with self._lock:
+            mine = self._held is None  # else held already: these go one by one
+            if mine:
+                self._held = (threading.get_ident(), self._outbox, held)
+        try:
+            yield
+        finally:
+            if mine:
+                with self._lock:
+                    _, box, _ = self._held or (0, None, held)
+                    self._held = None
+                    if held and box is not None:
+                        # to the connection they were made on: one that ended since has
+                        # failed their callbacks already
+                        box.put(held)
+
+    def _write_loop(self, t, outbox: queue.SimpleQueue[dict | list[dict] | None]) -> None:
         """Send queued requests in order until the connection ends, all that are waiting in one
         write; a failed write closes the link, and the reader then fails what is pending."""
         while True:
@@ -120,7 +151,10 @@ class NodeLink:
                 except queue.Empty:
                     break
             stop = None in batch or self.transport is not t
-            msgs = [m for m in batch[:batch.index(None)] if m] if None in batch else batch
+            if None in batch:
+                batch = batch[:batch.index(None)]
+            msgs = [m for item in batch for m in (item if isinstance(item, list) else (item,))
+                    if m]
             try:
                 if msgs and self.transport is t:
                     t.write(b"".join((json.dumps(m) + "\n").encode() for m in msgs))
@@ -208,7 +242,7 @@ class NodeLink:
                 continue
             backoff = 0.5
             self.last_heard = self.clock.monotonic()
-            outbox: queue.SimpleQueue[dict | None] = queue.SimpleQueue()
+            outbox: queue.SimpleQueue[dict | list[dict] | None] = queue.SimpleQueue()
             self._outbox = outbox  # nothing queued for an earlier connection is sent here
             threading.Thread(target=self._write_loop, args=(t, outbox), daemon=True,
                              name=f"node-{self.name}-writer").start()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from labq.errors import LabqError
@@ -19,8 +20,9 @@ from labq.states import JobState
 from .. import store as st
 from ..clock import SYSTEM, Clock
 from ..config import NODE, NodeConfig, node_config
-from ..gangs import log_key, part_failed, parts, ranks_on
+from ..gangs import log_key, parts, ranks_on
 from ..jobtable import JobTable
+from .ends import record_end, record_ends
 from .info import NodeInfo, accounts, node_gpus, parse_part_key, run_key
 from .launching import Launcher
 from .link import NodeLink
@@ -30,7 +32,6 @@ from .slurmpool import (
     pool_node_size,
     record_slurm_id,
     sent_here,
-    slurm_exit,
 )
 
 if TYPE_CHECKING:
@@ -129,6 +130,14 @@ class NodeRegistry:
             del self.stopping[key]  # its end never came (its node went away, say)
         return [(node, gpus, cpus, mem) for job_id, node, gpus, cpus, mem, _ in
                 self.stopping.values() if job_id not in running]
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """This thread's requests to each node meanwhile go in one write (NodeLink.together)."""
+        with ExitStack() as stack:
+            for link in list(self.links.values()):
+                stack.enter_context(link.together())
+            yield
 
     def gpu_counts(self) -> list[int | None]:
         """The GPU count of each node, None for one not seen up since labqd started (gangs
@@ -350,8 +359,10 @@ class NodeRegistry:
                                       f"{link.name}/{msg['job']}/log", _spans(msg.get("err")))
             except OSError as e:
                 log.error("cannot keep the log of job %d: %s", job_id, e)
+        elif ev == "exits":
+            record_ends(self, link, msg["exits"])
         elif ev == "exit":
-            self._job_exited(link, msg)
+            record_end(self, link, msg)
         elif ev == "slurm":
             with self.lock:
                 job = self.current(link, msg["job"])
@@ -360,73 +371,12 @@ class NodeRegistry:
         elif ev == "warning":
             log.warning("node %s: %s", link.name, msg.get("error"))
 
-    def _job_exited(self, link: NodeLink, msg: dict) -> None:
-        try:
-            self._record_exit(link, msg)
-        except LabqError as e:
-            # the end could not be stored (full disk): the run stays on the node and the agent
-            # is asked for its exit record again later, so nothing is lost meanwhile
-            log.error("job %s: cannot record its end yet (%s); retrying in 5 s", msg["job"],
-                      e.message)
-            timer = threading.Timer(5.0, link.request, ("watch",),
-                                    {"job": msg["job"], "offset": 1 << 62})
-            timer.daemon = True
-            timer.start()
-
-    def _record_exit(self, link: NodeLink, msg: dict) -> None:
-        key = msg["job"]
-        with self.lock:
-            if self.stopping.pop(key, None) is not None:
-                self.wake.set()  # its GPUs are free now
-            job = self.current(link, key)
-            if job is None:
-                link.request("forget", job=key)  # a stale copy ended
-                return
-            job_id = job["id"]
-            if link.cfg.kind == "slurm" and slurm_exit(self.jobs, job, msg, self._lost):
-                link.request("forget", job=key)
-                return
-            code, sig, why = msg.get("code"), msg.get("signal"), msg.get("reason")
-            end = msg.get("end") or self.clock.time()
-            fields = dict(exit_code=code, signal=sig, end_time=end, when=end)
-            rank = parse_part_key(key)[2]
-            if job["parts"] and job_id not in self.jobs.cancel_requests and why != "lost":
-                # a gang ends when rank 0 ends or any part fails or times out; the other
-                # parts are stopped
-                failed = part_failed(rank, link.name, code, sig, why)
-                if rank and failed is None and why != "timeout":
-                    link.request("forget", job=key)
-                    return  # a part done before rank 0: the gang goes on
-                self.cancel_run(job, but=rank)
-                if failed is not None:
-                    self.jobs.transition(job, S.FAILED, "labqd", failed, **fields)
-                    self._ended_forget(link, job, key)
-                    return
-            if job_id in self.jobs.cancel_requests:
-                self.jobs.transition(job, S.CANCELLED, "labqd", self.jobs.cancel_requests[job_id],
-                                 **fields)
-            elif why == "timeout":
-                self.jobs.transition(job, S.TIMEOUT, "labqd",
-                                 f"time limit of {job['time_limit_s']} s reached", **fields)
-            elif why == "lost":
-                self._lost(job, f"its supervisor on {link.name} vanished (node rebooted?)")
-            elif code == 0:
-                self.jobs.transition(job, S.COMPLETED, "labqd", None, **fields)
-            else:
-                detail = f"killed by signal {sig}" if sig else f"exit code {code}"
-                if why == "oom":
-                    mem = job["memory_mb"]
-                    detail = (f"out of memory: killed at its limit of {mem} MiB (--mem)" if mem
-                              else "out of memory: killed by the kernel") + f" ({detail})"
-                self.jobs.transition(job, S.FAILED, "labqd", detail, **fields)
-            self._ended_forget(link, job, key)
-
-    def _ended_forget(self, link: NodeLink, job: dict, key: str) -> None:
+    def ended_forget(self, link: NodeLink, job: dict, key: str) -> None:
         if self.files is not None and job["id"] not in self.jobs.active:
             self.files.ended(link, job)
         link.request("forget", job=key)
 
-    def _lost(self, job: dict, why: str) -> None:
+    def lost(self, job: dict, why: str) -> None:
         """A run is gone with its node: requeue it (same id) or end it NODE_FAIL. A gang goes
         whole: its parts on other nodes are stopped."""
         if job["parts"]:
@@ -475,7 +425,7 @@ class NodeRegistry:
                 for job in running:
                     log.warning("job %d: node %s down for %d s; %s", job["id"], node.name,
                                 grace, "requeueing" if job["requeue"] else "NODE_FAIL")
-                    self._lost(job, f"node {node.name} was down for {grace} s")
+                    self.lost(job, f"node {node.name} was down for {grace} s")
         return nearest
 
 

@@ -194,6 +194,7 @@ class Agent:
         last_scan = 0.0
         due = set()  # announced ends not reported yet
         while True:
+            exits = []  # this turn's ends, reported in one message
             with self.watch_lock:
                 items = list(self.watched.items())
             ended = read_ends(ends) if ends is not None else set()
@@ -207,9 +208,13 @@ class Agent:
                 if self._stream(job, offset, files):
                     busy = True
                 elif job not in self.exit_sent and (scan or job in due):
-                    if self._report_exit(job, offset, files, lost_check=scan):
+                    if self._report_exit(job, offset, files, scan, exits):
                         due.discard(job)
             due &= {job for job, _ in items}
+            if exits:
+                # after the turn's log chunks: labqd has a run's whole log when its end comes
+                self.send(exits[0] if len(exits) == 1 else {"ev": "exits", "exits": exits},
+                          flush=False)
             if ended or scan:  # a shepherd ends just after announcing it; the scan reaps it
                 self._reap()
             self.flush()  # what this turn found goes out in one write
@@ -262,7 +267,7 @@ class Agent:
         self.send(msg, flush=False)
         return True
 
-    def _report_exit(self, job, offset, files, lost_check):
+    def _report_exit(self, job, offset, files, lost_check, exits):
         jobdir = self.jobdir(job)
         ex = read_json(os.path.join(jobdir, "exit"))
         if ex is None and lost_check:
@@ -277,7 +282,7 @@ class Agent:
         with self.watch_lock:
             self.exit_sent.add(job)
         ex.update(ev="exit", job=job, log_size=offset)
-        self.send(ex, flush=False)
+        exits.append(ex)
         return True
 
     def serve(self):
@@ -299,24 +304,44 @@ class Agent:
         ops.update({name[3:]: getattr(files, name) for name in dir(files)
                     if name.startswith("op_")})
         stdin = sys.stdin.buffer
+        start = []  # the pieces of a line not complete yet (an upload's chunk is megabytes)
         while True:
-            line = stdin.readline()
-            if not line:
+            # all the requests that have come, answered in one write: labqd sends a scheduler
+            # pass's launches, and a turn's forgets, together
+            chunk = stdin.read1(CHUNK)
+            if not chunk:
                 return  # labqd went away; jobs carry on under their shepherds
-            try:
-                req = json.loads(line)
-                fn = ops.get(req.get("op"))
-                reply = fn(req) if fn else {"ok": False, "code": "bad_op",
-                                            "error": "unknown op %r" % req.get("op")}
-            except TransferError as e:
-                reply = {"ok": False, "code": "transfer", "error": str(e)}
-            except Exception as e:
-                req = req if isinstance(req, dict) else {}
-                reply = {"ok": False, "code": "error", "error": "%s: %s" % (type(e).__name__, e)}
-            if reply is None:
-                continue  # the op answers later, from a thread of its own
-            reply["re"] = req.get("id")
-            self.send(reply)
+            if b"\n" not in chunk:
+                start.append(chunk)
+                continue
+            lines = chunk.split(b"\n")
+            if start:
+                lines[0] = b"".join(start + [lines[0]])
+            rest = lines.pop()
+            start = [rest] if rest else []
+            for n, line in enumerate(lines, 1):
+                self.answer(ops, line)
+                if n % 32 == 0:
+                    self.flush()  # a long batch of launches: the first answers go out meanwhile
+            self.flush()
+
+    def answer(self, ops, line):
+        req = None
+        try:
+            req = json.loads(line)
+            fn = ops.get(req.get("op"))
+            reply = fn(req) if fn else {"ok": False, "code": "bad_op",
+                                        "error": "unknown op %r" % req.get("op")}
+        except TransferError as e:
+            reply = {"ok": False, "code": "transfer", "error": str(e)}
+        except Exception as e:
+            reply = {"ok": False, "code": "error", "error": "%s: %s" % (type(e).__name__, e)}
+        if reply is None:
+            return  # the op answers later, from a thread of its own
+        if isinstance(req, dict) and "id" not in req:
+            return  # labqd waits for no answer (a forget), so none is sent
+        reply["re"] = req.get("id") if isinstance(req, dict) else None
+        self.send(reply, flush=False)
 
 
 def remove_run_dir(jobdir):
