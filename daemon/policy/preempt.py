@@ -17,7 +17,8 @@ max_age_s ranks above every job that has not and is never a victim of one.
 Where: on each node where the job could run, victims are taken latest start first (the least
 work lost) until the job fits; the node needing the fewest preempted GPUs wins, then the one
 losing the least run time. Gangs neither preempt nor are preempted: that would take freeing
-several nodes at once.
+several nodes at once. The GPUs freed there are the job's until it starts (holds.py), and a
+job that holds GPUs does not preempt again.
 """
 from __future__ import annotations
 
