@@ -20,6 +20,7 @@ from .jobtable import Change, JobTable
 from .nodes.registry import NodeRegistry
 from .policy import GpuSlot, NodeView, Snapshot, estimate
 from .policy.fairshare import Run
+from .policy.holds import Hold
 
 log = logging.getLogger("labqd.scheduler")
 S = JobState
@@ -88,6 +89,8 @@ class Scheduler:
         self.passes = 0
         self.expected: dict[int, float] = {}
         self.estimated_at = 0.0
+        # pending job id -> the GPUs its preemption freed, its until it starts (policy.holds)
+        self.holds: dict[int, Hold] = {}
         # called after each turn of the loop with the pass's seconds: the watchdog's pings
         # come from here, so a loop that hangs stops them
         self.observers: list[Callable[[float], None]] = []
@@ -125,6 +128,9 @@ class Scheduler:
         now = self.clock.time()
         with jobs.lock:
             snap = build_snapshot(jobs, self.nodes, self.fair, now)
+            self.holds = {i: h for i, h in self.holds.items() if h.until >= now
+                          and (j := jobs.active.get(i)) is not None and j["state"] == PENDING}
+            snap.holds = dict(self.holds)
         # the policy runs without the lock: submits and reads go on meanwhile, and the plan
         # is checked against the state it finds when applied
         plan = policy.plan(snap, now)
@@ -172,6 +178,11 @@ class Scheduler:
                     and victim_id not in seen):
                 seen.add(victim_id)
                 self.nodes.preempt(victim, by)
+                if for_id in plan.holds:
+                    node, gpus = plan.holds[for_id]
+                    # the victims' SIGTERM, grace and SIGKILL, and the news of their end
+                    until = self.clock.time() + 2 * self.nodes.cfg.kill_grace_s + 60
+                    self.holds[for_id] = Hold(node, gpus, until)
         started: list[ActiveJob] = []
         for start in plan.starts:
             job = jobs.active.get(start.job)

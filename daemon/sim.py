@@ -27,7 +27,8 @@ Policies compared:
   is preemptible. A preempted job stops at once (no grace) and loses all the work since its
   start (no checkpoint); it is queued again with its submit time and its age, as in the
   daemon, and runs its whole duration again. Its wait counts up to the start of the run that
-  finished.
+  finished. The GPUs its victims free are the preemptor's (policy.holds), as in
+  the daemon: no job ranked above it takes them first.
 - labq-preempt-share (only when asked for: it replays in minutes): labq-preempt with the
   scavenger tier of preempt_over_share instead, which many labs run: what a VC runs beyond its
   share may be preempted while it is beyond, for the top job or for the first waiting job of a
@@ -56,6 +57,7 @@ from collections import Counter
 from dataclasses import replace
 
 from .policy import GpuSlot, JobView, NodeView, PolicyConfig, fairshare, schedule
+from .policy.holds import Hold
 from .policy.placement import Cluster
 from .policy.queue import PendingQueue, age_floor
 from .trace import GPUS_PER_NODE, TraceJob, load_trace
@@ -72,6 +74,9 @@ STARVED_AFTER_S = 5 * 86400.0
 SHORT_WEIGHT = 10000.0
 SHORT_SCALE_S = 86400.0
 SHORT_STEP = 2.0
+# how long the GPUs a preemption freed are kept for the preemptor: its victims stop at once
+# here, so it starts in the same instant unless the walk started it elsewhere
+HOLD_S = 60.0
 
 
 def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:
@@ -165,6 +170,8 @@ class _Replay:
         self.preemptions = 0
         self.lost_gpu_s = 0.0
         self.all_pairs = {(vc, vc) for vc in vcs}
+        # pending job id -> the GPUs its preemption freed (policy.holds), as the daemon keeps
+        self.holds: dict[int, Hold] = {}
 
     def run(self, record: bool) -> None:
         jobs, i, n = self.jobs, 0, len(self.jobs)
@@ -241,9 +248,14 @@ class _Replay:
                                    {(c.head.group, c.head.owner)
                                     for c in p.queue.classes.values()})
         while True:
+            held = {i: h for i, h in self.holds.items()
+                    if h.until >= t and self.part_of[i] is p} if self.holds else None
             plan = schedule(p.cluster, p.queue, t, cfg, fs, full=False,
-                            running=self.running if preempting else None)
+                            running=self.running if preempting else None, held=held,
+                            lookup=self._held_view)
             self._apply_starts(p, plan, t)
+            for jid, (node, gpus) in plan.holds.items():
+                self.holds[jid] = Hold(node, gpus, t + HOLD_S)
             if not plan.preempts:
                 break
             # the freed GPUs go to the job the victims made way for, in the same instant:
@@ -251,8 +263,12 @@ class _Replay:
             for victim, _ in plan.preempts:
                 self._requeue(p, victim, t)
 
+    def _held_view(self, jid: int) -> JobView | None:
+        return self.views[jid - 1] if jid in self.holds else None
+
     def _apply_starts(self, p: _Partition, plan, t: float) -> None:
         for s in plan.starts:
+            self.holds.pop(s.job, None)
             view = self.views[s.job - 1]
             p.remove(view)
             parts = s.parts or ((s.node, s.gpus),)

@@ -245,6 +245,30 @@ def test_node_crash_requeues_the_job_on_another_node(tmp_path):
         check_db(d, [job.id])
 
 
+def test_a_job_requeued_after_its_node_died_keeps_its_age(tmp_path):
+    """Requeued, the job keeps the age it had: a job of the same class submitted after it
+    (so younger) does not start before it once a node frees."""
+    with NodeSet(tmp_path / "nodes", 2) as ns, \
+            running_daemon(tmp_path / "daemon", entries_for(ns, tmp_path)) as d, \
+            d.client() as q:
+        old = q.submit(gate_loop(tmp_path / "old.$LABQ_RESTART_COUNT"))
+        wait_for(lambda: state_of(q, old.id) == "RUNNING", what="old RUNNING")
+        other = q.submit(gate_loop(tmp_path / "other"))
+        wait_for(lambda: state_of(q, other.id) == "RUNNING", what="other RUNNING")
+        young = q.submit("true")
+        node_a = q.job(old.id).node
+        crash_node(ns[0 if node_a == "node0" else 1], tmp_path / f"jobs-{node_a}")
+        wait_for(lambda: q.job(old.id).restarts == 1, what="requeue")
+        assert state_of(q, young.id) == "PENDING"
+        (tmp_path / "other").write_text("")  # the node left frees: the older job takes it
+        wait_for(lambda: state_of(q, old.id) == "RUNNING", what="old RUNNING again")
+        assert state_of(q, young.id) == "PENDING"
+        (tmp_path / "old.1").write_text("")
+        q.wait(old.id, other.id, young.id, timeout=30)
+        assert q.job(old.id).start_time < q.job(young.id).start_time
+        check_db(d, [old.id, other.id, young.id])
+
+
 def test_cancel_while_the_node_is_down_ends_the_job_instead_of_requeueing(tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()

@@ -169,3 +169,43 @@ def test_a_bad_signal_is_refused_and_queues_nothing(daemon, venv):
         r = bob.labq("submit", "--signal", bad, "--", "true")
         assert r.returncode != 0 and "early_signal: must be SIG@SECONDS" in r.stderr, r.stderr
     assert bob.ok("ls", "--all", "--json") == before
+
+
+@pytest.fixture(scope="module")
+def slow_stop(tmp_path_factory):
+    """A labqd whose preempted runs take their time to stop (a grace of 4 s)."""
+    base = tmp_path_factory.mktemp("preempt-hold")
+    with NodeSet(base / "nodes", names=["h2"]) as ns:
+        entries = ns.config_entries({"h2": GPUS})
+        entries[0]["job_root"] = str(base / "jobs")
+        d = Daemon(base / "daemon", {
+            "daemon": {"socket_mode": "0666", "kill_grace": "4s"},
+            "scheduler": {"interval": "1s", "preempt_min_run": "0s", "preempt_max": 2,
+                          "weight_fairshare": 0},
+            "node": entries,
+        })
+        with d.start(wait_nodes=1):
+            yield d
+
+
+def test_the_gpus_a_preemption_frees_go_to_the_job_that_preempted(slow_stop, venv):
+    """While its victim stops, a job ranked above the preemptor is submitted: the freed GPUs
+    still go to the preemptor first."""
+    alice, bob = user("labqtest", venv, slow_stop), user("labqtest2", venv, slow_stop)
+    # the first run ignores SIGTERM, so it stops only at the grace's SIGKILL
+    victim = submit(alice, "--preemptible", "--priority", "1", "--gpus", "2", "--wrap",
+                    '[ "$LABQ_RESTART_COUNT" = 0 ] && trap "" TERM && exec sleep 600; exit 0')
+    wait_for(lambda: show(alice, victim)["state"] == "RUNNING", what="victim running")
+    urgent = submit(bob, "--priority", "5", "--gpus", "2", "--", "sleep", "1")
+    wait_for(lambda: show(alice, victim)["state"] == "PENDING", interval=0.05,
+             what="victim preempted")
+    higher = submit(alice, "--priority", "9", "--gpus", "2", "--", "true")
+    assert show(alice, higher)["state"] == "PENDING"
+    assert bob.labq("wait", urgent, "--timeout", "60", timeout=90).returncode == 0
+    assert alice.labq("wait", higher, victim, "--timeout", "60", timeout=90).returncode == 0
+    assert show(bob, urgent)["start_time"] < show(alice, higher)["start_time"]
+    assert f"preempted by job {urgent} " in next(
+        e["reason"] for e in events(alice, victim) if e["to_state"] == "PENDING"
+        and e["from_state"] == "RUNNING")
+    # bob's job was the only preemptor: the victim was stopped once
+    assert show(alice, victim)["preemptions"] == 1

@@ -392,11 +392,13 @@ class NodeRegistry:
             self.jobs.transition(job, S.NODE_FAIL, "labqd", why, end_time=self.clock.time())
 
     def requeue(self, job: dict, why: str) -> None:
-        """Queue a job again under its id, one restart more (a gang whole)."""
+        """Queue a job again under its id, one restart more (a gang whole), with the age it
+        had (eligible_time kept, as a preempted job's): losing its node is no reason to wait
+        longer, and starved_first still bounds its wait."""
         ranks = range(len(job["parts"] or ((),)))
         self.jobs.transition(job, S.PENDING, "labqd", f"requeued: {why}",
                              restarts=job["restarts"] + 1, node=None, gpu_indices=[],
-                             parts=None, start_time=None, eligible_time=self.clock.time())
+                             parts=None, start_time=None)
         for rank in ranks:
             self.jobs.logs.new_run(log_key(job["id"], rank), job["restarts"], why)
 

@@ -20,7 +20,7 @@ from bisect import insort
 from collections import Counter
 from itertools import count
 
-from . import fairshare, preempt
+from . import fairshare, holds, preempt
 from .dependencies import sort_out
 from .memo import ActiveJobs, JobIndex, PlanMemo
 from .placement import Cluster, shape_of
@@ -68,13 +68,20 @@ def _plan(st: ActiveJobs, snapshot: Snapshot, now: float) -> Plan:
     # early; without one, counting them would cost more than it saves
     shapes = _shapes(queue, extra) if st.kept else None
     heads: dict[int, str] = {}
+    held = holds.live(snapshot.holds, now)
+    taken = holds.withhold(cluster, held)
     walk = Walk(cluster, classes, now, cfg, fs, cpu_only, True, out.starts, heads,
                 shapes=shapes).run()
+    if held:
+        holds.release(cluster, taken)
+        holds.start_holders(cluster, held, lambda i: _pending(st.lookup(i)), out.starts,
+                            lambda j: now + time_limit(j, cfg))
     if walk.res_job is not None and walk.res is not None:
         out.estimates[walk.res_job.id] = walk.res.time
     if st.running and (cfg.preempt_over_share or (
             walk.res_job is not None and any(j.preemptible for j in st.running.values()))):
-        out.preempts = _preempts(walk, out.starts, st.running, snapshot, cluster, now)
+        out.preempts = _preempts(walk, out.starts, st.running, snapshot, cluster, now,
+                                 held, out.holds)
     frozen_prio = _frozen_priorities(frozen, queue.key, cfg, fs, cluster.max_gpus)
     class_no = dict(zip(classes, count()))
     for c, merged in alias.items():
@@ -85,8 +92,12 @@ def _plan(st: ActiveJobs, snapshot: Snapshot, now: float) -> Plan:
     return out
 
 
+def _pending(job: JobView | None) -> JobView | None:
+    return job if job is not None and job.state == "PENDING" else None
+
+
 def _preempts(walk: Walk, starts: list, running: dict, snapshot: Snapshot, cluster: Cluster,
-              now: float) -> list[tuple[int, int]]:
+              now: float, holding: dict, made: dict) -> list[tuple[int, int]]:
     cfg = snapshot.config
     heads = list(_waiting_heads(walk, starts)) if cfg.preempt_over_share else []
     pairs = {(j.group, j.owner) for j in running.values()}
@@ -96,7 +107,7 @@ def _preempts(walk: Walk, starts: list, running: dict, snapshot: Snapshot, clust
     fs = fairshare.factors(snapshot.group_usage, snapshot.user_usage, cfg.group_shares,
                            cfg.user_shares, sorted(pairs))
     return preempt.choose(cluster, walk.res_job, heads, running, now, cfg, fs,
-                          {g for g, _ in pairs})
+                          {g for g, _ in pairs}, holding, made)
 
 
 def _waiting_heads(walk: Walk, starts: list):
@@ -182,7 +193,8 @@ def _outputs(out: Plan, walk: Walk, elig: _Eligible, fixed: dict, frozen_prio: d
 
 def schedule(cluster: Cluster, queue: PendingQueue, now: float, config: PolicyConfig,
              fairshare_factors: dict[tuple[str, str], float], *, out: Plan | None = None,
-             full: bool = True, running: dict[int, JobView] | None = None) -> Plan:
+             full: bool = True, running: dict[int, JobView] | None = None,
+             held: dict | None = None, lookup=None) -> Plan:
     """Start what can start now from a queue the caller keeps (the replay simulator), recording
     the starts in `cluster`.
 
@@ -190,7 +202,8 @@ def schedule(cluster: Cluster, queue: PendingQueue, now: float, config: PolicyCo
     estimate (as `plan` gives them); without it the walk stops as soon as nothing more can
     start and the plan holds the starts only. With `running` (the running jobs, by id, as
     RUNNING JobViews; `fairshare_factors` must cover their groups and users) the plan also
-    names the preemptions that would let waiting jobs start, as `plan` does."""
+    names the preemptions that would let waiting jobs start, as `plan` does. `held`: the
+    live holds (holds.py), with `lookup` (job id -> its pending JobView, or None)."""
     out = out if out is not None else Plan()
     heads: dict[int, str] = {}
     streams = None
@@ -205,11 +218,20 @@ def schedule(cluster: Cluster, queue: PendingQueue, now: float, config: PolicyCo
     walk = Walk(cluster, classes, now, config, fairshare_factors, queue.cpu_only, full,
                 out.starts, heads, lazy=False, shapes=None if full else queue.shapes(),
                 order=None if full else queue.shape_order, streams=streams,
-                find_top=bool(running)).run()
+                find_top=bool(running))
+    if held:
+        taken = holds.withhold(cluster, held)
+        walk.run()
+        holds.release(cluster, taken)
+        holds.start_holders(cluster, held, lookup, out.starts,
+                            lambda j: now + time_limit(j, config))
+    else:
+        walk.run()
     if running and (walk.res_job is not None or config.preempt_over_share):
         heads = list(_waiting_heads(walk, out.starts)) if config.preempt_over_share else []
         out.preempts = preempt.choose(cluster, walk.res_job, heads, running, now, config,
-                                      fairshare_factors, {g for g, _ in fairshare_factors})
+                                      fairshare_factors, {g for g, _ in fairshare_factors},
+                                      held or (), out.holds)
     if not full:
         return out
     if walk.res_job is not None and walk.res is not None:

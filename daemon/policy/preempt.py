@@ -17,11 +17,12 @@ max_age_s ranks above every job that has not and is never a victim of one.
 Where: on each node where the job could run, victims are taken latest start first (the least
 work lost) until the job fits; the node needing the fewest preempted GPUs wins, then the one
 losing the least run time. Gangs neither preempt nor are preempted: that would take freeing
-several nodes at once.
+several nodes at once. The GPUs freed there are the job's until it starts (holds.py), and a
+job that holds GPUs does not preempt again.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 
 from .placement import Cluster, could_ever_fit, gpu_matches
 from .priority import class_constant, starved_priority
@@ -111,11 +112,12 @@ def may_preempt(job: JobView, config: PolicyConfig, over: set[str] | None) -> bo
 
 
 def _victims(job: JobView, pool: list[tuple], now: float, config: PolicyConfig, fs: Mapping,
-             over: set[str] | None, max_gpus: int) -> list[int]:
-    """The victims on the best node of `pool` for `job`, or []. A victim must rank below
-    `job` once requeued, or it would start again at once."""
+             over: set[str] | None, max_gpus: int) -> tuple[list[int], tuple]:
+    """The victims on the best node of `pool` for `job`, or [], and (the node's name, the
+    GPUs `job` may have there once they are stopped). A victim must rank below `job` once
+    requeued, or it would start again at once."""
     if not may_preempt(job, config, over):
-        return []
+        return [], ()
     top = rank(job, now, config, fs, max_gpus)
     best: tuple | None = None
     for ns, found, most in pool:
@@ -128,11 +130,14 @@ def _victims(job: JobView, pool: list[tuple], now: float, config: PolicyConfig, 
         lost = sum(now - _started(v, now) for v in chosen)
         score = (sum(len(v.gpu_indices) for v in chosen), lost, ns.idx)
         if best is None or score < best[0]:
-            best = (score, [v.id for v in chosen], ns)
+            best = (score, chosen, ns)
     if best is None:
-        return []
-    pool.remove(next(e for e in pool if e[0] is best[2]))  # one preemptor per node
-    return best[1]
+        return [], ()
+    ns = best[2]
+    pool.remove(next(e for e in pool if e[0] is ns))  # one preemptor per node
+    held = {g for v in best[1] for g in v.gpu_indices}
+    held.update(g for g in ns.free if gpu_matches(ns.slots[g], job))
+    return [v.id for v in best[1]], (ns.name, tuple(sorted(held)))
 
 
 def _enough(ns, job: JobView, found: list[JobView], free: int) -> list[JobView] | None:
@@ -176,11 +181,14 @@ def candidates(top: JobView | None, heads: Iterable[tuple[float, JobView]],
 
 def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, JobView]],
            running: Mapping[int, JobView], now: float, config: PolicyConfig,
-           fs: Mapping, groups: Iterable[str]) -> list[tuple[int, int]]:
+           fs: Mapping, groups: Iterable[str], holding: Container[int] = (),
+           holds: dict | None = None) -> list[tuple[int, int]]:
     """(victim, the job it makes way for) for each candidate that preemption lets start,
-    each on a node of its own."""
+    each on a node of its own; a job in `holding` (GPUs freed for it are coming) is no
+    candidate. Each candidate's node and the GPUs it may have there go in `holds`."""
     over = over_share(cluster, config, groups) if config.preempt_over_share else None
-    found = [j for j in candidates(top, heads, over) if may_preempt(j, config, over)]
+    found = [j for j in candidates(top, heads, over)
+             if j.id not in holding and may_preempt(j, config, over)]
     if not found:
         return []  # before looking at the running jobs: most plans end here
     pool = _pool(cluster, running, now, config, fs, over)
@@ -188,6 +196,8 @@ def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, J
     for job in found:
         if not pool:
             break
-        out += [(v, job.id) for v in _victims(job, pool, now, config, fs, over,
-                                              cluster.max_gpus)]
+        victims, held = _victims(job, pool, now, config, fs, over, cluster.max_gpus)
+        out += [(v, job.id) for v in victims]
+        if victims and holds is not None:
+            holds[job.id] = held
     return out

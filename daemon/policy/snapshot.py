@@ -136,6 +136,8 @@ class Snapshot:
     # the same. With a memo, an unchanged job must be the same JobView object as in the
     # previous snapshot and a changed job a new object: JobViews are never modified.
     memo: object | None = field(default=None, compare=False, repr=False)
+    # pending job id -> the policy.holds.Hold of the GPUs its preemption freed
+    holds: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,9 @@ class Plan:
     priorities: Mapping[int, float] = field(default_factory=dict)
     # (running job to stop and requeue, the pending job it makes room for)
     preempts: list[tuple[int, int]] = field(default_factory=list)
+    # the pending job a preemption makes room for -> (node, the GPUs it may have there): the
+    # caller keeps them as a policy.holds.Hold for it until it starts (holds.py)
+    holds: dict[int, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
     # the backfill reservation, and job id -> the longest time limit with
     # which a job that backfill keeps waiting would start now (a mapping computed on access)
     reservation: Reserved | None = None
