@@ -2,7 +2,7 @@
 other job is kept off them until it starts there, and it does not preempt again meanwhile."""
 from __future__ import annotations
 
-from labq.daemon.policy import GpuSlot, JobView, NodeView, Snapshot, plan
+from labq.daemon.policy import GpuSlot, JobView, Limits, NodeView, PolicyConfig, Snapshot, plan
 from labq.daemon.policy.holds import Hold
 
 NOW = 1_000_000.0
@@ -57,3 +57,15 @@ def test_a_preemptor_whose_gpus_are_coming_does_not_preempt_again():
     assert plan(Snapshot([node(())], jobs), NOW).preempts == [(1, 4)]
     held = plan(Snapshot([node(())], jobs, holds={4: Hold("n", (2,), NOW + 60)}), NOW)
     assert held.preempts == [] and held.starts == []
+
+
+def test_a_holder_whose_user_reached_a_limit_since_it_preempted_waits():
+    # its user started another job while the victim was stopping, and may run one at a time
+    jobs = [JobView(7, "u-lab", "lab", "RUNNING", 1, NOW - 5, gpus=1, node="n",
+                    gpu_indices=(0,), start_time=NOW - 5), pending(4, 1, 9)]
+    held = {4: Hold("n", (2,), NOW + 60)}
+    free = plan(Snapshot([node((1, 2, 3))], jobs, holds=held), NOW)
+    assert [s.job for s in free.starts] == [4]
+    cfg = PolicyConfig(limits=Limits(user_jobs=1))
+    capped = plan(Snapshot([node((1, 2, 3))], jobs, holds=held, config=cfg), NOW)
+    assert capped.starts == [] and capped.reasons[4] == "QuotaUserJobs"

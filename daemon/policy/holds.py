@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from .limits import quota_reason
 from .placement import Cluster, gpu_matches
 from .snapshot import JobView, Start
 
@@ -72,5 +73,10 @@ def start_holders(cluster: Cluster, holds: Mapping[int, Hold], lookup: Callable,
         if len(usable) < job.gpus:
             continue
         gpus = tuple(sorted(g for _, g in usable[:job.gpus]))
+        # the limits held when it preempted; jobs started since may have used them up
+        type_limits = cluster._type_limits.get(job.group, ())
+        if quota_reason(cluster, job) or (
+                type_limits and cluster._over_type_limit(job, [(ns, gpus)], type_limits)):
+            continue
         cluster.start(job, ns.idx, gpus, end_of(job))
         starts.append(Start(job.id, ns.name, gpus))
