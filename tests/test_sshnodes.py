@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import paramiko
@@ -141,6 +142,11 @@ def test_kill_all_and_restart(nodes):
     )
     job_pids = [int(p) for p in out.split()]
     assert len(job_pids) == 2 and all(alive(p) for p in job_pids)
+    # the detached one is found by its environment, which /proc shows only once the
+    # `setsid nohup sleep` chain has finished its execs
+    deadline = time.monotonic() + 10
+    while not set(job_pids) <= node._node_pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert set(job_pids) <= node._node_pids()
 
     node.kill_all()
