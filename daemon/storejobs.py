@@ -52,17 +52,28 @@ def _without_nulls(values: list[list[Any]]) -> tuple[str, list[tuple[Any, ...]]]
     """The INSERT of the columns some row gives a value, and the rows' values of them.
     sqlite3 binds None and bools through its adapter lookup, which costs more than the
     insert itself; a column left out is NULL all the same."""
-    cols = list(zip(*values, strict=True))
-    n = len(values)
-    keep = tuple(i for i, c in enumerate(cols) if c.count(None) != n)
+    first = values[0]
+    # the rows of a batch are mostly alike: only the first row's empty columns are searched
+    empty = [i for i, v in enumerate(first) if v is None]
+    for row in values[1:]:
+        if not empty:
+            break
+        empty = [i for i in empty if row[i] is None]
+    gone = set(empty)
+    keep = tuple(i for i in range(len(first)) if i not in gone)
     sql = _INSERTS.get(keep)
     if sql is None:
         names = ", ".join(f'"{_COLUMNS[i]}"' for i in keep)
         sql = _INSERTS[keep] = (f'INSERT INTO "job" ({names}) '
                                 f'VALUES ({", ".join("?" * len(keep))})')
-    kept = [cols[i] if i not in _BOOLS else [None if v is None else int(v) for v in cols[i]]
-            for i in keep]
-    return sql, list(zip(*kept, strict=True))
+    bools = [i for i in _BOOLS if i not in gone]
+    for row in values:
+        for i in bools:
+            v = row[i]
+            if v is not None:
+                row[i] = int(v)
+    pick = itemgetter(*keep)
+    return sql, [pick(row) for row in values]
 
 
 class JobRows:
