@@ -18,21 +18,25 @@ def venv():
     return cli_venv()
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    base = tmp_path_factory.mktemp("preempt")
-    with NodeSet(base / "nodes", names=["p2"]) as ns:
-        entries = ns.config_entries({"p2": GPUS})
+def _labqd(tmp_path_factory, name: str, node: str, grace: str):
+    """A labqd with one two-GPU SSH node, whose jobs rank by --priority alone."""
+    base = tmp_path_factory.mktemp(name)
+    with NodeSet(base / "nodes", names=[node]) as ns:
+        entries = ns.config_entries({node: GPUS})
         entries[0]["job_root"] = str(base / "jobs")
         d = Daemon(base / "daemon", {
-            "daemon": {"socket_mode": "0666", "kill_grace": "1s"},
-            # jobs rank by --priority alone here
+            "daemon": {"socket_mode": "0666", "kill_grace": grace},
             "scheduler": {"interval": "1s", "preempt_min_run": "0s", "preempt_max": 2,
                           "weight_fairshare": 0},
             "node": entries,
         })
         with d.start(wait_nodes=1):
             yield d
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    yield from _labqd(tmp_path_factory, "preempt", "p2", "1s")
 
 
 def user(name, venv, daemon) -> User:
@@ -174,18 +178,7 @@ def test_a_bad_signal_is_refused_and_queues_nothing(daemon, venv):
 @pytest.fixture(scope="module")
 def slow_stop(tmp_path_factory):
     """A labqd whose preempted runs take their time to stop (a grace of 4 s)."""
-    base = tmp_path_factory.mktemp("preempt-hold")
-    with NodeSet(base / "nodes", names=["h2"]) as ns:
-        entries = ns.config_entries({"h2": GPUS})
-        entries[0]["job_root"] = str(base / "jobs")
-        d = Daemon(base / "daemon", {
-            "daemon": {"socket_mode": "0666", "kill_grace": "4s"},
-            "scheduler": {"interval": "1s", "preempt_min_run": "0s", "preempt_max": 2,
-                          "weight_fairshare": 0},
-            "node": entries,
-        })
-        with d.start(wait_nodes=1):
-            yield d
+    yield from _labqd(tmp_path_factory, "preempt-hold", "h2", "4s")
 
 
 def test_the_gpus_a_preemption_frees_go_to_the_job_that_preempted(slow_stop, venv):
