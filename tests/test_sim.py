@@ -151,14 +151,19 @@ def test_preemption_replays_the_daemons_decision_and_costs_the_run_so_far(tmp_pa
     assert r["lost_gpu_hours"] == pytest.approx(8 * 998 / 3600)
 
 
-def test_a_preempted_job_is_preempted_at_most_preempt_max_times(tmp_path):
-    # big's 2nd job is preemptible; small submits one short job after another: each may stop
-    # it, but after preempt_max (3) times it runs to its end
+def big_then_small(tmp_path):
+    """Two 8-GPU jobs of big, on one node each, then seven short 8-GPU jobs of small."""
     rows = ["2017-10-09 07:00:00,5000.0,8,40000.0,big",
             "2017-10-09 07:00:01,5000.0,8,40000.0,big"]
     rows += [f"2017-10-09 {7 + k // 6:02d}:{(k % 6) * 10:02d}:30,60.0,8,480.0,small"
              for k in range(1, 8)]
-    jobs, vcs = small_trace(tmp_path, {"big": 1, "small": 1}, rows)
+    return small_trace(tmp_path, {"big": 1, "small": 1}, rows)
+
+
+def test_a_preempted_job_is_preempted_at_most_preempt_max_times(tmp_path):
+    # big's 2nd job is preemptible; small submits one short job after another: each may stop
+    # it, but after preempt_max (3) times it runs to its end
+    jobs, vcs = big_then_small(tmp_path)
     r = sim.simulate(jobs, vcs, "labq-preempt", record=True)
     assert r["violations"] == 0 and r["jobs"] == len(jobs)
     assert r["preemptions"] == sim.policy_config("labq", vcs).preempt_max == 3
@@ -176,11 +181,7 @@ def test_over_its_share_a_vcs_latest_jobs_are_preempted_each_at_most_preempt_max
     # while both run; small submits one short job after another: each stops the latest of
     # big's jobs that may still be stopped, but after preempt_max (3) times a job runs to
     # its end
-    rows = ["2017-10-09 07:00:00,5000.0,8,40000.0,big",
-            "2017-10-09 07:00:01,5000.0,8,40000.0,big"]
-    rows += [f"2017-10-09 {7 + k // 6:02d}:{(k % 6) * 10:02d}:30,60.0,8,480.0,small"
-             for k in range(1, 8)]
-    jobs, vcs = small_trace(tmp_path, {"big": 1, "small": 1}, rows)
+    jobs, vcs = big_then_small(tmp_path)
     r = sim.simulate(jobs, vcs, "labq-preempt-share", record=True)
     assert r["violations"] == 0 and r["jobs"] == len(jobs)
     assert r["preemptions"] == 2 * sim.policy_config("labq", vcs).preempt_max == 6
