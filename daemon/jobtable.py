@@ -304,20 +304,26 @@ class JobTable:
                wait: bool = True) -> list[dict]:
         rows = self._owned_many(caller, ids)  # check all before changing any
         why = f"cancelled by {caller.user}" + (f": {reason}" if reason else "")
+        seen: set[int] = set()
         for start in range(0, len(rows), CHUNK):
             with self.lock:
+                # the queued ones of a chunk end in one transaction, not one each
+                queued: list[Change] = []
                 for row in rows[start:start + CHUNK]:
                     job = self.active.get(row["id"])
-                    if job is None:
+                    if job is None or row["id"] in seen:
                         continue  # already ended: cancelling is a no-op, as in scancel
+                    seen.add(row["id"])
                     if job["state"] == S.RUNNING.value or sent_to_pool(job):
                         # a job waiting in a Slurm pool ends once scancel has taken it
                         self.cancel_requests[job["id"]] = why
                         if self.runs is not None:
                             self.runs.cancel_run(job)
                     else:
-                        self.transition(job, S.CANCELLED, caller.user, why,
-                                         end_time=self.clock.time())
+                        queued.append((job, S.CANCELLED, caller.user, why,
+                                       {"end_time": self.clock.time()}))
+                if queued:
+                    self.transition_many(queued)
         # a running job ends once its process group is gone; wait a moment for it
         deadline = time.monotonic() + (self.cfg.kill_grace_s + 2 if wait else 0)
         with self.changed:

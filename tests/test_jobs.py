@@ -133,6 +133,19 @@ def test_cancel_pending_job(q, tmp_path):
     assert c.state.value == "CANCELLED" and c.start_time is None
 
 
+def test_cancelling_many_queued_jobs_ends_each_once_even_when_named_twice(q, tmp_path):
+    # more than one chunk of jobs, held and pending, one of them named twice
+    jobs = [q.submit(["true"], gpus=99, hold=k % 2 == 0, cwd=str(tmp_path))
+            for k in range(300)]
+    ids = [j.id for j in jobs]
+    out = q.cancel(*ids, ids[7], reason="too many")
+    assert sorted({c.id for c in out}) == ids
+    assert all(c.state.value == "CANCELLED" and c.start_time is None for c in out)
+    for jid in (ids[0], ids[7], ids[-1]):
+        ends = [e for e in q.events(jid) if e.to_state == "CANCELLED"]
+        assert len(ends) == 1 and ends[0].reason.endswith(": too many")
+
+
 def test_follow_streams_lines_while_the_job_runs(q, tmp_path):
     gate = tmp_path / "gate"
     job = q.submit(sh(f"echo first; while [ ! -e {gate} ]; do sleep 0.05; done; echo second"),
