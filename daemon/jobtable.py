@@ -302,7 +302,7 @@ class JobTable:
 
     def cancel(self, caller: Caller, ids: list[int], reason: str | None,
                wait: bool = True) -> list[dict]:
-        rows = self._owned_many(caller, ids)  # check all before changing any
+        rows = self._owned_many(caller, ids, light=True)  # check all before changing any
         why = f"cancelled by {caller.user}" + (f": {reason}" if reason else "")
         seen: set[int] = set()
         for start in range(0, len(rows), CHUNK):
@@ -345,8 +345,20 @@ class JobTable:
         with self.lock:
             return [self._with_plan(found[i]) for i in ids]
 
-    def _owned_many(self, caller: Caller, ids: list[int]) -> list[dict]:
-        rows = self._rows(ids)
+    def _owned_many(self, caller: Caller, ids: list[int], light: bool = False) -> list[dict]:
+        """The rows of the jobs, each the caller's to touch; `light`: of an active job, only
+        what the check reads, from memory (a cancel of ten thousand reads them once, not
+        twice)."""
+        if not light:
+            rows = self._rows(ids)
+        else:
+            with self.lock:
+                known = {i: {"id": i, "owner": j["owner"], "owner_uid": j["owner_uid"]}
+                         for i in ids if (j := self.active.get(i)) is not None}
+            rest = [i for i in ids if i not in known]
+            if rest:
+                known.update((r["id"], r) for r in self._rows(rest))
+            rows = [known[i] for i in ids]
         for row in rows:
             if not caller.may_touch(row):
                 raise PermissionDenied(f"job {row['id']} belongs to {row['owner']}",
