@@ -30,6 +30,7 @@ S = JobState
 def record_ends(reg: NodeRegistry, link: NodeLink, msgs: list[dict]) -> None:
     """The ends one message of the agent reported, in one transaction where they can be."""
     todo: list[tuple[Change, dict]] = []
+    again: list[dict] = []  # a second report of a job's end in the batch: seen after it
     with reg.lock:
         seen: set[int] = set()
         for msg in msgs:
@@ -38,32 +39,26 @@ def record_ends(reg: NodeRegistry, link: NodeLink, msgs: list[dict]) -> None:
             except LabqError as e:
                 retry_later(link, msg, e)
                 continue
-            if change is not None and change[0]["id"] not in seen:
+            if change is not None and change[0]["id"] in seen:
+                again.append(msg)
+            elif change is not None:
                 seen.add(change[0]["id"])
                 todo.append((change, msg))
-        if not todo:
-            return
-        try:
-            # copies: a failed write leaves the fields as they came, for the retry alone
-            reg.jobs.transition_many([(j, dst, who, why, dict(f))
-                                      for (j, dst, who, why, f), _ in todo])
-        except LabqError:
-            for change, msg in todo:
-                _record_alone(reg, link, change, msg)
-            return
-        for (job, *_), msg in todo:
-            reg.ended_forget(link, job, msg["job"])
-
-
-def record_end(reg: NodeRegistry, link: NodeLink, msg: dict) -> None:
-    with reg.lock:
-        try:
-            change = end_change(reg, link, msg)
-        except LabqError as e:
-            retry_later(link, msg, e)
-            return
-        if change is not None:
+        if len(todo) > 1:
+            try:
+                # copies: a failed write leaves the fields as they came, for the retry alone
+                reg.jobs.transition_many([(j, dst, who, why, dict(f))
+                                          for (j, dst, who, why, f), _ in todo])
+            except LabqError:
+                pass
+            else:
+                for (job, *_), msg in todo:
+                    reg.ended_forget(link, job, msg["job"])
+                todo = []
+        for change, msg in todo:
             _record_alone(reg, link, change, msg)
+    if again:
+        record_ends(reg, link, again)
 
 
 def _record_alone(reg: NodeRegistry, link: NodeLink, change: Change, msg: dict) -> None:

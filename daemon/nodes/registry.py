@@ -22,7 +22,7 @@ from ..clock import SYSTEM, Clock
 from ..config import NODE, NodeConfig, node_config
 from ..gangs import log_key, parts, ranks_on
 from ..jobtable import JobTable
-from .ends import record_end, record_ends
+from .ends import record_ends
 from .info import NodeInfo, accounts, node_gpus, parse_part_key, run_key
 from .launching import Launcher
 from .link import NodeLink
@@ -359,10 +359,8 @@ class NodeRegistry:
                                       f"{link.name}/{msg['job']}/log", _spans(msg.get("err")))
             except OSError as e:
                 log.error("cannot keep the log of job %d: %s", job_id, e)
-        elif ev == "exits":
-            record_ends(self, link, msg["exits"])
-        elif ev == "exit":
-            record_end(self, link, msg)
+        elif ev in ("exit", "exits"):
+            record_ends(self, link, msg["exits"] if ev == "exits" else [msg])
         elif ev == "slurm":
             with self.lock:
                 job = self.current(link, msg["job"])
