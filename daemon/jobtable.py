@@ -302,18 +302,14 @@ class JobTable:
 
     def cancel(self, caller: Caller, ids: list[int], reason: str | None,
                wait: bool = True) -> list[dict]:
-        rows = self._owned_many(caller, ids, light=True)  # check all before changing any
+        self._owned_ids(caller, ids)  # check all before changing any
         why = f"cancelled by {caller.user}" + (f": {reason}" if reason else "")
         seen: set[int] = set()
-        for start in range(0, len(rows), CHUNK):
+        for start in range(0, len(ids), CHUNK):
             with self.lock:
                 # the queued ones of a chunk end in one transaction, not one each
                 queued: list[Change] = []
-                for row in rows[start:start + CHUNK]:
-                    job = self.active.get(row["id"])
-                    if job is None or row["id"] in seen:
-                        continue  # already ended: cancelling is a no-op, as in scancel
-                    seen.add(row["id"])
+                for job in self._active_once(ids[start:start + CHUNK], seen):
                     if job["state"] == S.RUNNING.value or sent_to_pool(job):
                         # a job waiting in a Slurm pool ends once scancel has taken it
                         self.cancel_requests[job["id"]] = why
@@ -327,10 +323,10 @@ class JobTable:
         # a running job ends once its process group is gone; wait a moment for it
         deadline = time.monotonic() + (self.cfg.kill_grace_s + 2 if wait else 0)
         with self.changed:
-            while (any(r["id"] in self.active for r in rows)
+            while (any(i in self.active for i in ids)
                    and time.monotonic() < deadline and not self.stopping):
                 self.changed.wait(0.2)
-        return [self.view(caller, r) for r in self._rows([r["id"] for r in rows])]
+        return [self.view(caller, r) for r in self._rows(ids)]
 
     def _rows(self, ids: list[int]) -> list[dict]:
         """Many jobs at once, in one query per 900 (SQLite's bound on variables)."""
@@ -345,20 +341,15 @@ class JobTable:
         with self.lock:
             return [self._with_plan(found[i]) for i in ids]
 
-    def _owned_many(self, caller: Caller, ids: list[int], light: bool = False) -> list[dict]:
-        """The rows of the jobs, each the caller's to touch; `light`: of an active job, only
-        what the check reads, from memory (a cancel of ten thousand reads them once, not
-        twice)."""
-        if not light:
-            rows = self._rows(ids)
-        else:
-            with self.lock:
-                known = {i: {"id": i, "owner": j["owner"], "owner_uid": j["owner_uid"]}
-                         for i in ids if (j := self.active.get(i)) is not None}
-            rest = [i for i in ids if i not in known]
-            if rest:
-                known.update((r["id"], r) for r in self._rows(rest))
-            rows = [known[i] for i in ids]
+    def _owned_ids(self, caller: Caller, ids: list[int]) -> None:
+        """Each job the caller's to touch: an active one checked in memory (a cancel of ten
+        thousand then reads their rows once, for its reply), the others from the store."""
+        with self.lock:
+            active = [j for i in ids if (j := self.active.get(i)) is not None]
+            rest = [i for i in ids if i not in self.active]
+        self._check_owned(caller, active + (self._rows(rest) if rest else []))
+
+    def _check_owned(self, caller: Caller, rows: list) -> list:
         for row in rows:
             if not caller.may_touch(row):
                 raise PermissionDenied(f"job {row['id']} belongs to {row['owner']}",
@@ -366,11 +357,7 @@ class JobTable:
         return rows
 
     def _owned(self, caller: Caller, job_id: Any) -> dict:
-        row = self.job_row(job_id)
-        if not caller.may_touch(row):
-            raise PermissionDenied(f"job {job_id} belongs to {row['owner']}",
-                                   {"id": job_id, "owner": row["owner"]})
-        return row
+        return self._check_owned(caller, [self.job_row(job_id)])[0]
 
     def hold(self, caller: Caller, ids: list[int]) -> list[dict]:
         return self._hold_release(caller, ids, S.PENDING, S.HELD, "held by")
@@ -379,7 +366,7 @@ class JobTable:
         return self._hold_release(caller, ids, S.HELD, S.PENDING, "released by")
 
     def _hold_release(self, caller, ids, src, dst, verb) -> list[dict]:
-        rows = self._owned_many(caller, ids)
+        rows = self._check_owned(caller, self._rows(ids))
         with self.lock:
             for row in rows:
                 if row["state"] != src.value:
@@ -389,16 +376,27 @@ class JobTable:
                     raise InvalidState(f"job {row['id']} waits in the Slurm pool "
                                        f"{row['node']}; cancel it instead",
                                        {"id": row["id"], "node": row["node"]})
-        for start in range(0, len(rows), CHUNK):
+        why = f"{verb} {caller.user}" if dst == S.HELD else None
+        seen: set[int] = set()
+        for start in range(0, len(ids), CHUNK):
             with self.lock:
-                for row in rows[start:start + CHUNK]:
-                    job = self.active.get(row["id"])
-                    if job is None or job["state"] != src.value:
-                        continue  # changed while an earlier chunk was made
-                    extra = {"eligible_time": self.clock.time()} if dst == S.PENDING else {}
-                    self.transition(job, dst, caller.user, f"{verb} {caller.user}"
-                                     if dst == S.HELD else None, **extra)
-        return [self.view(caller, r) for r in self._rows([r["id"] for r in rows])]
+                extra = {"eligible_time": self.clock.time()} if dst == S.PENDING else {}
+                # one changed while an earlier chunk was made is left as it is
+                changes: list[Change] = [
+                    (job, dst, caller.user, why, dict(extra))
+                    for job in self._active_once(ids[start:start + CHUNK], seen)
+                    if job["state"] == src.value]
+                if changes:
+                    self.transition_many(changes)
+        return [self.view(caller, r) for r in self._rows(ids)]
+
+    def _active_once(self, ids: list[int], seen: set[int]) -> list[ActiveJob]:
+        """The jobs of `ids` still active and not in `seen` (added there): a job named twice
+        changes once, and one ended meanwhile not at all. Called with the lock held."""
+        out = [j for i in dict.fromkeys(ids)
+               if i not in seen and (j := self.active.get(i)) is not None]
+        seen.update(j["id"] for j in out)
+        return out
 
     def wait(self, caller: Caller, ids: list[int], timeout: float) -> list[dict]:
         if not all(i in self.active for i in ids):
