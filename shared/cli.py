@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from . import (
+    __version__,
     cli_admin,
     cli_batch,
     cli_files,
@@ -355,6 +356,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                     "own daemon, else the system daemon)")
     ap.add_argument("--url", help="labqd over TCP: labq://HOST:PORT (default: $LABQ_URL, else "
                     "the last `labq login`)")
+    ap.add_argument("--version", action="version", version=f"labq {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[..., int], help_: str, json_flag: bool = True,
@@ -468,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_completion(a)
     if a.cmd == "login":
         return cli_remote.cmd_login(a)
+    if a.cmd == "version" and not a.json:
+        # the client's own line first: it is what to report when labqd does not answer
+        from .protocol import PROTOCOL
+        print(f"labq {__version__} (protocol {PROTOCOL})", flush=True)
     try:
         if getattr(a, "dry_run", False):
             from .cli_script import dry_run
