@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .jobtable import JobTable
 
 S = JobState
+HELD, PENDING = S.HELD.value, S.PENDING.value
 # a user's PENDING and HELD jobs at most, unless limits.user_max_pending says otherwise: a
 # runaway submit loop fills the queue, not labqd's memory
 DEFAULT_USER_MAX_PENDING = 10_000
@@ -39,7 +40,9 @@ class Admission:
             spec = self.check_spec(caller, spec)
             self.check_room(caller, 1)
             row = self.new_row(caller, spec)
-            return self.admit(caller, lambda first: JobBatch([row], [0])).row(0)
+            batch = self.admit(caller, lambda first: JobBatch([row], [0]))
+            row.update(id=batch.first, seq=batch.seq)
+            return row
 
     def check_spec(self, caller: Caller, spec: dict, keys: set[str] | None = None) -> dict:
         """A validated spec made ready to queue, or the error that refuses it: the group it
@@ -131,24 +134,28 @@ class Admission:
         batch = table.store.insert_batch(make, caller.user)
         ids = batch.ids
         protos = [ActiveJob(p) for p in batch.protos]  # each made by new_row: every field
-        jobs = [protos[p].copy(i) for i, p in zip(ids, batch.of)]
+        if len(batch) == 1:  # a single submit: its prototype is its job
+            protos[0].id = batch.first
+            jobs = protos
+        else:
+            jobs = [protos[p].copy(i) for i, p in zip(ids, batch.of)]
         for j, f in enumerate(batch.own_fields):
             if f in HOT:
                 for job, own in zip(jobs, batch.own or []):
                     job[f] = own[j]
         table.active.update(zip(ids, jobs))
-        if all(p.state == S.HELD.value for p in protos):
+        if all([p.state == HELD for p in protos]):
             # as set_view does for each: a held job's view is made when a plan first looks
             table.held.update(dict.fromkeys(ids))
         else:
             for job in jobs:
                 table.set_view(job)
-        if any(p.dependencies for p in protos):
+        if any([p.dependencies for p in protos]):
             for i, p in zip(ids, batch.of):
                 if protos[p].dependencies:
                     table.dep_edges[i] = dep_ids(batch.protos[p])
         table.waiting[caller.uid] += len(batch)
-        if any(p.state == S.PENDING.value for p in protos):
+        if any([p.state == PENDING for p in protos]):
             table.wake.set()  # a held job changes no one's plan until it is released
         return batch
 

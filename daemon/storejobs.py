@@ -47,7 +47,7 @@ def _columns() -> tuple[list[str], list[tuple[str, Any]], list[tuple[str, Any]]]
 _COLUMNS, _PLAIN, _JSON = _columns()
 _BOOLS = [i for i, (n, _) in enumerate(_PLAIN) if isinstance(Job._meta.fields[n], pw.BooleanField)]
 _AT = {n: i for i, n in enumerate([n for n, _ in _PLAIN] + [n for n, _ in _JSON])}
-_INSERTS: dict[tuple[int, ...], str] = {}
+_INSERTS: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[str, Any]] = {}
 
 
 @dataclass
@@ -81,13 +81,20 @@ class JobBatch:
         return row
 
 
-def _insert_sql(cols: tuple[int, ...]) -> str:
-    sql = _INSERTS.get(cols)
-    if sql is None:
+def _insert_of(lead: tuple[int, ...], empty: tuple[int, ...]) -> tuple[str, Any]:
+    """The INSERT of the columns `lead` and then those not in `empty`, and what picks the
+    latter from a prototype's values; built once for each such set."""
+    got = _INSERTS.get((lead, empty))
+    if got is None:
+        gone = set(lead).union(empty)
+        keep = [i for i in range(len(_COLUMNS)) if i not in gone]
+        cols = lead + tuple(keep)
         names = ", ".join(f'"{_COLUMNS[i]}"' for i in cols)
-        sql = _INSERTS[cols] = (f'INSERT INTO "job" ({names}) '
-                                f'VALUES ({", ".join("?" * len(cols))})')
-    return sql
+        sql = f'INSERT INTO "job" ({names}) VALUES ({", ".join("?" * len(cols))})'
+        # itemgetter of one index returns the value, not a 1-tuple
+        pick = itemgetter(*keep) if len(keep) > 1 else lambda v: tuple(v[i] for i in keep)
+        got = _INSERTS[(lead, empty)] = (sql, pick)
+    return got
 
 
 def _json(v: Any) -> str | None:
@@ -146,7 +153,7 @@ class JobRows:
             # every row of a prototype has the same event but for its job
             ev = [(p["submit_time"], who, p["state"], p.get("reason")) for p in batch.protos]
             sql = _EVENT_SQL
-            if all(e[3] is None for e in ev):  # a NULL bound costs, one written not
+            if not any([e[3] for e in ev]):  # a NULL bound costs, one written not
                 sql, ev = _EVENT_NO_REASON_SQL, [e[:3] for e in ev]
             if len(ev) == 1:
                 one = ev[0]
@@ -164,12 +171,18 @@ class JobRows:
         # kept with its result, so that its id cannot name another one in the batch
         dumped: dict[int, tuple[Any, str]] = {}
         envs: dict[int, tuple[Any, int]] = {}
-        protos = [self._job_values(dict(p), dumped, envs) for p in batch.protos]
-        own_at = tuple(_AT["env" if f == "env_add" else f] for f in batch.own_fields)
-        lead = (_AT["id"], _AT["seq"]) + own_at
-        keep = tuple(i for i in range(len(_COLUMNS)) if i not in lead
-                     and any(v[i] is not None for v in protos))
-        rest = [tuple([v[i] for i in keep]) for v in protos]
+        protos = [self._job_values(p, dumped, envs) for p in batch.protos]
+        lead = _LEAD
+        if batch.own_fields:
+            lead += tuple(_AT["env" if f == "env_add" else f] for f in batch.own_fields)
+        # the prototypes are mostly alike: only the first one's empty columns are searched
+        empty = [i for i, v in enumerate(protos[0]) if v is None]
+        for values in protos[1:]:
+            if not empty:
+                break
+            empty = [i for i in empty if values[i] is None]
+        sql, pick = _insert_of(lead, tuple(empty))
+        rest = [pick(v) for v in protos]
         ids, seqs = batch.ids, range(batch.seq, batch.seq + len(batch))
         if batch.own is not None:
             own = _own_values(batch, protos)
@@ -179,11 +192,11 @@ class JobRows:
             values = [(i, s) + one for i, s in zip(ids, seqs)]
         else:
             values = [(i, s) + rest[p] for i, s, p in zip(ids, seqs, batch.of)]
-        return _insert_sql(lead + keep), values
+        return sql, values
 
     def _job_values(self, row: dict[str, Any], dumped: dict[int, tuple[Any, str]],
                     envs: dict[int, tuple[Any, int]]) -> list[Any]:
-        base, add = row.pop("env_base", None), row.pop("env_add", None)
+        base, add = row.get("env_base"), row.get("env_add")
         if base is None:
             base = row["env"]
         env_id = None
@@ -256,6 +269,7 @@ class JobRows:
 
 
 _ENV_ID = _AT["env_id"]
+_LEAD = (_AT["id"], _AT["seq"])
 _DEFAULTS = dict(_PLAIN + _JSON)
 _PLAIN_VALUES = itemgetter(*(n for n, _ in _PLAIN))
 _JSON_VALUES = itemgetter(*(n for n, _ in _JSON))
