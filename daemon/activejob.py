@@ -38,7 +38,7 @@ def _init() -> Any:
 
 def _copy() -> Any:
     """ActiveJob.copy: a batch of alike submits makes ten thousand jobs from one, and
-    copying the fields costs a third of reading them from a row."""
+    copying the fields costs a quarter of reading them from a row."""
     lines = ["def copy(self, id):", "    new = make(type(self))", "    new.id = id"]
     lines += [f"    new.{k} = self.{k}" for k in HOT if k not in ("id", "gpu_indices")]
     lines += ["    gpus = self.gpu_indices",

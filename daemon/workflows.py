@@ -6,6 +6,9 @@ is checked whole before anything is written: an array is refused whole, a batch 
 """
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields as _fields
 from itertools import repeat
 from typing import Any
@@ -25,6 +28,22 @@ S = JobState
 JOB_FIELDS = [f.name for f in _fields(Job)]
 
 
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """Python's cycle collector paused while a batch is queued: its rows, jobs and reply
+    are tens of thousands of objects, most of which live on, and the collector, run every
+    700 new ones and at times over every object labqd holds, would find nothing among
+    them. Two batches' pauses may overlap: one ends the other's early, no more."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
                  params: list[tuple[str, list[str]]] | None,
                  max_running: int | None) -> dict[str, Any]:
@@ -39,7 +58,7 @@ def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
         values = [dict(v, index=str(i)) for i, v in enumerate(grid(params or []))]
     limit = max_running or limit
     n = len(values)
-    with table.lock:
+    with table.lock, collection_paused():
         admission = table.admission
         spec = admission.check_spec(caller, spec)
         admission.check_room(caller, n, whole=True)  # part of an array is worth less than none
@@ -70,8 +89,8 @@ def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
                 own.append(mine)
             return JobBatch([proto], [0] * n, own_fields, own)
         batch = table.admission.admit(caller, make)
-    vary = ["id", "seq"] + [f for f in own_fields if f != "env_add"]
-    return job_table(batch, _picked(batch, vary), vary)
+        vary = ["id", "seq"] + [f for f in own_fields if f != "env_add"]
+        return job_table(batch, _picked(batch, vary), vary)
 
 
 def task_count(array: str | None, params: list[tuple[str, list[str]]] | None) -> int:
@@ -91,7 +110,7 @@ def submit_many(table: JobTable, caller: Caller, specs: list[Any], defaults: dic
     entry per row in order: the job's values, or {"error": ...} (see `job_table`)."""
     order = rows if rows is not None else range(len(specs))
     results: list[Any] = [None] * len(order)
-    with table.lock:
+    with table.lock, collection_paused():
         ready = _checked(table, caller, specs, defaults, order, results)
         if ready:
             try:
@@ -119,12 +138,12 @@ def submit_many(table: JobTable, caller: Caller, specs: list[Any], defaults: dic
                 protos.append(table.admission.new_row(caller, spec, now))
             of.append(p)
         batch = table.admission.admit(caller, lambda first: JobBatch(protos, of))
-    # rows of one spec differ in their id and change counter only
-    vary = ["id", "seq"] + [f for f in JOB_FIELDS if f not in ("id", "seq", "env")
-                            and any(p.get(f) != protos[0].get(f) for p in protos)]
-    for (i, _), picked in zip(ready, _picked(batch, vary)):
-        results[i] = picked
-    return job_table(batch, results, vary)
+        # rows of one spec differ in their id and change counter only
+        vary = ["id", "seq"] + [f for f in JOB_FIELDS if f not in ("id", "seq", "env")
+                                and any(p.get(f) != protos[0].get(f) for p in protos)]
+        for (i, _), picked in zip(ready, _picked(batch, vary)):
+            results[i] = picked
+        return job_table(batch, results, vary)
 
 
 def _checked(table: JobTable, caller: Caller, specs: list[Any], defaults: dict[str, Any],
