@@ -72,8 +72,7 @@ class JobBatch:
 
     def row(self, k: int) -> dict[str, Any]:
         """Row k whole, as it was queued."""
-        row = dict(self.protos[self.of[k]], id=self.first + k, seq=self.seq + k,
-                   gpu_indices=[])
+        row = dict(self.protos[self.of[k]], id=self.first + k, seq=self.seq + k)
         if self.own is not None:
             row.update(zip(self.own_fields, self.own[k]))
         row.pop("env_base", None)
