@@ -6,6 +6,8 @@ import pytest
 
 from labq.daemon.policy import GpuSlot, JobView, NodeView, PolicyConfig, Snapshot, plan
 from labq.daemon.sim import ShareMeter
+from labq.daemon.trace import TraceJob
+from labq.daemon.waitbound import least_max_wait, worst_window
 
 NOW = 1_000_000.0
 DAY = 86400.0
@@ -200,3 +202,16 @@ def test_the_short_factor_starts_the_shorter_limit_first_and_steps_keep_near_lim
     assert len(PendingQueue(cfg, NOW, [early, late]).classes) == 1
     assert len(PendingQueue(PolicyConfig(weight_age=0.0, weight_short=10000.0), NOW,
                             [early, late]).classes) == 2
+
+
+def test_no_policy_keeps_waits_under_the_bound_and_a_policy_reaches_it():
+    # one 8-GPU node; three jobs of the whole node for 10 h each, all at once: the last one
+    # waits 20 h whatever the order, and the bound finds that to the hour
+    jobs = [TraceJob(i, "vc", 0.0, 36000.0, 8, 36000.0, 8) for i in (1, 2, 3)]
+    w, why = least_max_wait(jobs, 8, step=3600.0, tolerance=600.0)
+    assert 20 * 3600 - 3600 <= w <= 20 * 3600
+    assert why is not None and why.excess > 0
+    assert worst_window(jobs, 8, 20 * 3600.0, 3600.0).excess <= 0
+    # spread out so that each ends before the next arrives: nothing need wait
+    spread = [TraceJob(i, "vc", i * 40000.0, 36000.0, 8, 36000.0, 8) for i in (1, 2, 3)]
+    assert least_max_wait(spread, 8, step=3600.0)[0] == 0.0
