@@ -6,6 +6,8 @@ from dataclasses import replace
 
 import pytest
 
+from labq.daemon import policyconfig
+from labq.daemon.config import ConfigError, load
 from labq.daemon.policy import GpuSlot, JobView, NodeView, PolicyConfig, Snapshot, plan
 from labq.daemon.sim import ShareMeter
 from labq.daemon.trace import TraceJob
@@ -243,3 +245,16 @@ def test_no_policy_keeps_waits_under_the_bound_and_a_policy_reaches_it():
     # spread out so that each ends before the next arrives: nothing need wait
     spread = [TraceJob(i, "vc", i * 40000.0, 36000.0, 8, 36000.0, 8) for i in (1, 2, 3)]
     assert least_max_wait(spread, 8, step=3600.0)[0] == 0.0
+
+
+def test_starved_reservations_is_a_scheduler_setting(tmp_path):
+    conf = tmp_path / "labq.toml"
+    conf.write_text("[scheduler]\nstarved_first = true\nstarved_reservations = 8\n")
+    assert policyconfig.build(load(conf), {}).starved_reservations == 8
+    conf.write_text("[scheduler]\n")
+    assert policyconfig.build(load(conf), {}).starved_reservations == 1  # EASY, as before
+    for bad in ("0", '"many"', "1.5"):
+        conf.write_text(f"[scheduler]\nstarved_reservations = {bad}\n")
+        with pytest.raises(ConfigError) as e:
+            load(conf)
+        assert e.value.path == "scheduler.starved_reservations"
