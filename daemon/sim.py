@@ -15,8 +15,8 @@ Policies compared:
 - labq: pooled, the default multifactor priority (fair-share between VCs with shares equal to
   their GPU counts, usage half-life 7 days) with EASY backfill, the short factor weighing as
   much as fair-share (a day's time limit counts half; limits rounded up to a power of 2 s),
-  and starved_first with a maximum age of 6 days (a job that has waited 6 days goes ahead of
-  all that have not; the first 16 such jobs that cannot start hold a backfill reservation
+  and starved_first with a maximum age of 5 days (a job that has waited 5 days goes ahead of
+  all that have not; the first 64 such jobs that cannot start hold a backfill reservation
   each): the real policy, configured as README suggests for a busy cluster. Every
   job of the trace has a time limit, so the default time limit sets only the short factor's
   scale.
@@ -71,8 +71,8 @@ NODE_CPUS = 64
 NODE_MEM_MB = 512 * 1024
 # the labq policy replays with starved_first at this age, and this many starved jobs hold a
 # backfill reservation each (README: "Scheduling", "Trace replay")
-STARVED_AFTER_S = 6 * 86400.0
-STARVED_RESERVATIONS = 16
+STARVED_AFTER_S = 5 * 86400.0
+STARVED_RESERVATIONS = 64
 # and with the short factor weighing as much as fair-share, a day's time limit counting half
 # of it, time limits rounded up to a power of 2 seconds (README: "Trace replay")
 SHORT_WEIGHT = 10000.0
