@@ -16,8 +16,7 @@ Policies compared:
   their GPU counts, usage half-life 7 days) with EASY backfill, the short factor weighing as
   much as fair-share (a day's time limit counts half; limits rounded up to a power of 2 s),
   and starved_first with a maximum age of 5 days (a job that has waited 5 days goes ahead of
-  all that have not; the first 64 such jobs that cannot start hold a backfill reservation
-  each): the real policy, configured as README suggests for a busy cluster. Every
+  all that have not): the real policy, configured as README suggests for a busy cluster. Every
   job of the trace has a time limit, so the default time limit sets only the short factor's
   scale.
 - sjf-oracle: pooled, shortest true duration first, with backfill on exact limits; a bound no
@@ -69,10 +68,8 @@ POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle", "labq-preempt")
 MORE_POLICIES = ("labq-preempt-share",)
 NODE_CPUS = 64
 NODE_MEM_MB = 512 * 1024
-# the labq policy replays with starved_first at this age, and this many starved jobs hold a
-# backfill reservation each (README: "Scheduling", "Trace replay")
+# the labq policy replays with starved_first at this age (README: "Scheduling")
 STARVED_AFTER_S = 5 * 86400.0
-STARVED_RESERVATIONS = 64
 # and with the short factor weighing as much as fair-share, a day's time limit counting half
 # of it, time limits rounded up to a power of 2 seconds (README: "Trace replay")
 SHORT_WEIGHT = 10000.0
@@ -90,7 +87,6 @@ def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:
     if name in ("labq", "labq-preempt", "labq-preempt-share"):
         return PolicyConfig(group_shares={vc: float(g) for vc, g in vcs.items()},
                             starved_first=True, max_age_s=STARVED_AFTER_S,
-                            starved_reservations=STARVED_RESERVATIONS,
                             weight_short=SHORT_WEIGHT, default_time_limit_s=SHORT_SCALE_S,
                             short_step=SHORT_STEP,
                             preempt_over_share=name == "labq-preempt-share")

@@ -236,15 +236,17 @@ class Reference:
                                        mem - job.memory_mb)
         return best
 
-    def reserve_more(self, job, res: Reservation | None, more: list) -> bool:
-        """A starved job after the top one reserves a node that no reservation holds, while
-        there are fewer than starved_reservations."""
+    def may_reserve_more(self, job, more: list) -> bool:
+        """A starved job may hold a reservation after the top job's, while there are fewer
+        than starved_reservations."""
         c = self.cfg
         t0 = job.submit_time if job.eligible_time is None else job.eligible_time
-        if (len(more) + 1 >= c.starved_reservations or not c.starved_first
-                or not c.weight_age > 0 or not c.max_age_s > 0
-                or t0 > self.now - c.max_age_s):
-            return False
+        return not (len(more) + 1 >= c.starved_reservations or not c.starved_first
+                    or not c.weight_age > 0 or not c.max_age_s > 0
+                    or t0 > self.now - c.max_age_s)
+
+    def reserve_more(self, job, res: Reservation | None, more: list) -> bool:
+        """The starved `job` after the top one reserves a node that no reservation holds."""
         r = self.reserve(job, exclude=tuple(h.node for h in [res] + more if h is not None))
         if r is not None:
             more.append(r)
@@ -318,11 +320,14 @@ class Reference:
                 continue
             if placed is None:
                 out.reasons[j.id] = "Priority" if held is not None else "Resources"
+                may = key not in kept_off and self.may_reserve_more(j, more)
                 if held is None:
                     held, res = j, self.reserve(j)
                     if res is not None:
                         out.estimates[j.id] = res.time
-                if held is j or key in kept_off or not self.reserve_more(j, res, more):
+                elif may:
+                    may = self.reserve_more(j, res, more)
+                if not may:  # else its starved twins behind it may reserve
                     settled[key] = "Priority"
                 continue
             node, gpus = placed

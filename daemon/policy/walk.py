@@ -296,7 +296,10 @@ class Walk:
         """The first job that cannot start: the reservation is for it (made when a later job
         could start, or at the end); its class waits behind it."""
         self.res_job = job
-        self._settle(n, job, "Resources", "Priority")
+        if self._may_reserve_more(n, job):
+            self._go_on(n, job, "Resources")  # the starved members behind it may reserve
+        else:
+            self._settle(n, job, "Resources", "Priority")
         if self.settle and self.config.backfill:  # else the walk ends here
             self._settle_shapes()
 
@@ -333,11 +336,7 @@ class Walk:
         """A starved job after the top one that cannot start reserves too, on nodes no other
         reservation holds, while there are fewer than starved_reservations; the walk goes on
         with the member behind it."""
-        cfg = self.config
-        if (len(self.more_jobs) + 1 >= cfg.starved_reservations or self.starved is None
-                or not cfg.backfill or n in self.short_left
-                or (job.submit_time if job.eligible_time is None else job.eligible_time)
-                > self.floor):
+        if not self._may_reserve_more(n, job):
             return False
         top = self._reserve()
         taken = set(self.more.by_node)
@@ -350,11 +349,23 @@ class Walk:
         self.more_jobs.append(job)
         # its reason and estimate stay those of a job behind the top one: a walk that stops
         # early, once nothing more can start, would not have reached it
-        self.heads[job.id] = "Priority"
+        self._go_on(n, job, "Priority")
+        return True
+
+    def _may_reserve_more(self, n: int, job: JobView) -> bool:
+        """`job`, starved and unable to start, may hold a reservation after the top job's."""
+        cfg = self.config
+        return not (len(self.more_jobs) + 1 >= cfg.starved_reservations
+                    or self.starved is None or not cfg.backfill or n in self.short_left
+                    or (job.submit_time if job.eligible_time is None else job.eligible_time)
+                    > self.floor)
+
+    def _go_on(self, n: int, job: JobView, reason: str) -> None:
+        """`job` waits for `reason`; the walk goes on with the member of class `n` behind it."""
+        self.heads[job.id] = reason
         self.pos[n] += 1
         if self.pos[n] < len(self.lists[n]):
             self._push(n)
-        return True
 
     # -- backfill --------------------------------------------------------------------------
     def _backfill(self, n: int, job: JobView, placed: tuple) -> tuple | None:
