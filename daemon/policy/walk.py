@@ -84,6 +84,7 @@ class Walk:
         # starved jobs' reservations after the top job's (config.starved_reservations)
         self.more = StarvedReservations()
         self.more_jobs: list[JobView] = []
+        self.reserving = config.starved_reservations > 1 and self.starved is not None
         self.window = 0.0
         self.failed_now: set[tuple] = set()  # shapes that fit nowhere now: resources only shrink
         self.failed_bf: set[tuple] = set()  # shapes that fit nowhere clear of the reservation
@@ -205,11 +206,13 @@ class Walk:
                         break
                     continue
             elif placed is None:
-                if not self._reserve_more(n, job):
+                if not (self.reserving and self._reserve_more(n, job)):
                     self._settle(n, job, "Priority", "Priority")
                 continue
             else:
                 placed = self._backfill(n, job, placed)
+                if placed is not None and self.more_jobs:
+                    placed = self._clear_of_more(n, job, placed)
                 if placed is None:
                     continue
             self._start(n, job, placed)
@@ -296,7 +299,7 @@ class Walk:
         """The first job that cannot start: the reservation is for it (made when a later job
         could start, or at the end); its class waits behind it."""
         self.res_job = job
-        if self._may_reserve_more(n, job):
+        if self.reserving and self._may_reserve_more(n, job):
             self._go_on(n, job, "Resources")  # the starved members behind it may reserve
         else:
             self._settle(n, job, "Resources", "Priority")
@@ -368,11 +371,9 @@ class Walk:
             self._push(n)
 
     # -- backfill --------------------------------------------------------------------------
-    def _backfill(self, n: int, job: JobView, placed: tuple) -> tuple | None:
-        """Where `job` may start without delaying any reservation, or None."""
-        placed_ = self._backfill_top(n, job, placed)
-        if placed_ is None or not self.more_jobs:
-            return placed_
+    def _clear_of_more(self, n: int, job: JobView, placed_: tuple) -> tuple | None:
+        """Where `job`, clear of the top job's reservation at `placed_`, may start without
+        delaying the starved jobs' after it, or None."""
         now, limit = self.now, self._limit(job)
         if self.more.in_way(placed_, job, now, limit):
             placed_ = self.cluster.fit(job, avoid=KeepOff(self.res, self.more, now, limit))
@@ -391,7 +392,7 @@ class Walk:
         self.more.took(placed_, job, now, limit)
         return placed_
 
-    def _backfill_top(self, n: int, job: JobView, placed: tuple) -> tuple | None:
+    def _backfill(self, n: int, job: JobView, placed: tuple) -> tuple | None:
         """Where `job` may start without delaying the top job's reservation, or None."""
         res = self._reserve()
         if res is None:
