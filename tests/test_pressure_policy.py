@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from labq.daemon.policy import GpuSlot, JobView, NodeView, PolicyConfig, Snapshot, plan
-from labq.daemon.sim import ShareMeter
+from labq.daemon.simshare import ShareMeter
 
 NOW = 1_000_000.0
 DAY = 86400.0

@@ -32,15 +32,24 @@ from .snapshot import JobView, PolicyConfig
 def over_share(cluster: Cluster, config: PolicyConfig, groups: Iterable[str]) -> set[str]:
     """The groups holding more GPUs than their share of the up nodes' GPUs; shares are over
     the configured groups and `groups` (a group not configured has a share of 1)."""
+    return set(excess(cluster, config, groups))
+
+
+def excess(cluster: Cluster, config: PolicyConfig, groups: Iterable[str]) -> dict[str, float]:
+    """The GPUs each group over its share (as in over_share) holds beyond it."""
     shares = dict(config.group_shares)
     for g in groups:
         shares.setdefault(g, 1.0)
     total = sum(shares.values())
     gpus = cluster.up_gpus
     if total <= 0:
-        return set()
-    return {g for g, n in cluster.group_gpus.items()
-            if n > gpus * shares.get(g, 1.0) / total}
+        return {}
+    out = {}
+    for g, n in cluster.group_gpus.items():
+        beyond = n - gpus * shares.get(g, 1.0) / total
+        if beyond > 0:
+            out[g] = beyond
+    return out
 
 
 def may_be_preempted(victim: JobView, now: float, config: PolicyConfig,
@@ -89,72 +98,155 @@ def _ranker(now: float, config: PolicyConfig, fs: Mapping, max_gpus: int):
 
 
 def _pool(cluster: Cluster, running: Mapping[int, JobView], now: float, config: PolicyConfig,
-          fs: Mapping, over: set[str] | None) -> list[tuple]:
-    """(node, the jobs on it that may be preempted, latest start first, each with its rank,
-    GPUs free once they are stopped) for each up node with such jobs."""
+          fs: Mapping, over: set[str] | None, busy: Container[str] = ()) -> list[tuple]:
+    """(node, the jobs on it that may be preempted, latest start first, each as (its rank, the
+    job, its GPUs on this node), GPUs free once they are stopped) for each up node with such
+    jobs, but those in `busy` (GPUs there are held for a preemptor already)."""
     out = []
     ranked = _ranker(now, config, fs, cluster.max_gpus)
+    gangs = cluster.gang_parts
     for ns in cluster.nodes:
-        if not ns.up or not ns.running:
+        if not ns.up or not ns.running or ns.name in busy:
             continue
         found = [v for jid in ns.running if (v := running.get(jid)) is not None
-                 and v.nodes == 1 and may_be_preempted(v, now, config, over)]
+                 and may_be_preempted(v, now, config, over)]
         if found:
             found.sort(key=lambda v: (-_started(v, now), v.id))
-            out.append((ns, [(ranked(v), v) for v in found],
-                        len(ns.free) + sum(len(v.gpu_indices) for v in found)))
+            here = [(ranked(v), v, _gpus_on(v, ns.idx, gangs)) for v in found]
+            out.append((ns, here, len(ns.free) + sum(len(g) for _, _, g in here)))
     return out
 
 
+def _gpus_on(v: JobView, idx: int, gangs: Mapping[int, tuple]) -> tuple[int, ...]:
+    for i, gpus in gangs.get(v.id) or ((idx, v.gpu_indices),):
+        if i == idx:
+            return tuple(gpus)
+    return ()
+
+
 def may_preempt(job: JobView, config: PolicyConfig, over: set[str] | None) -> bool:
-    return not (job.preemptible or config.preempt_max <= 0 or job.nodes > 1
+    return not (job.preemptible or config.preempt_max <= 0
                 or (over is not None and job.group in over))
 
 
+import os
+_EXP_NOPROTECT = bool(os.environ.get("LABQ_EXP_NOPROTECT"))
+
+
+class _Choice:
+    """What one plan's preemptions have used so far: the GPUs each group over its share may
+    still lose (its run beyond its share), the victims taken and the nodes given."""
+
+    def __init__(self, beyond: dict[str, float] | None, protect: float | None):
+        self.beyond, self.protect = beyond, protect
+        self.taken: set[int] = set()
+
+    def allowed(self, v: JobView, r: float, top: float, job: JobView,
+                budget: dict[str, float]) -> bool:
+        """`v` may make way for `job`: it was submitted preemptible and ranks below `job`
+        (else it would start again at once), or it is part of what its group runs beyond
+        its share, which a group under its share may take back whatever the ranks."""
+        if v.id in self.taken:
+            return False
+        if v.preemptible and r < top:
+            return True
+        if (self.beyond is None or job.group in self.beyond
+                or (self.protect is not None and r >= self.protect and not _EXP_NOPROTECT)):
+            return False
+        # at least half of it beyond: taking it back does not leave its group owed more
+        # than the preemptor's group gets
+        return budget.get(v.group, 0.0) >= v.gpus * v.nodes / 2
+
+
 def _victims(job: JobView, pool: list[tuple], now: float, config: PolicyConfig, fs: Mapping,
-             over: set[str] | None, max_gpus: int) -> tuple[list[int], tuple]:
-    """The victims on the best node of `pool` for `job`, or [], and (the node's name, the
-    GPUs `job` may have there once they are stopped). A victim must rank below `job` once
-    requeued, or it would start again at once."""
-    if not may_preempt(job, config, over):
-        return [], ()
+             choice: _Choice, max_gpus: int, cluster: Cluster,
+             busy: Container[str]) -> tuple[list[int], tuple]:
+    """The victims on the best node of `pool` for `job` (a gang: on its best nodes, or on
+    nodes free already), or [], and what `job` may hold once they are stopped: (node, GPUs),
+    or a gang's ((node, GPUs), ...). Nodes given are taken out of `pool`."""
     top = rank(job, now, config, fs, max_gpus)
-    best: tuple | None = None
-    for ns, found, most in pool:
-        if most < job.gpus or not could_ever_fit(ns, job):
-            continue
-        free = sum(1 for g in ns.free if gpu_matches(ns.slots[g], job))
-        chosen = _enough(ns, job, [v for r, v in found if r < top], free)
-        if chosen is None:
-            continue
-        lost = sum(now - _started(v, now) for v in chosen)
-        score = (sum(len(v.gpu_indices) for v in chosen), lost, ns.idx)
-        if best is None or score < best[0]:
-            best = (score, chosen, ns)
-    if best is None:
+    scored = []
+    for entry in pool:
+        got = _on_node(job, entry, top, now, choice, dict(choice.beyond or {}))
+        if got is not None:
+            scored.append(got)
+    if job.nodes > 1:
+        scored += _free_nodes(cluster, job, pool, busy)
+    if len(scored) < job.nodes:
         return [], ()
-    ns = best[2]
-    pool.remove(next(e for e in pool if e[0] is ns))  # one preemptor per node
-    held = {g for v in best[1] for g in v.gpu_indices}
-    held.update(g for g in ns.free if gpu_matches(ns.slots[g], job))
-    return [v.id for v in best[1]], (ns.name, tuple(sorted(held)))
+    scored.sort(key=lambda e: e[0])
+    budget = dict(choice.beyond or {})
+    chosen: list[tuple] = []
+    for score, victims, entry in scored:
+        if len(chosen) == job.nodes:
+            break
+        if victims:  # again, with what the nodes chosen before left of the budget
+            got = _on_node(job, entry, top, now, choice, budget)
+            if got is None:
+                continue
+            victims = got[1]
+        chosen.append((victims, entry))
+    if len(chosen) < job.nodes or not any(v for v, _ in chosen):
+        return [], ()
+    if choice.beyond is not None:
+        choice.beyond.update(budget)
+    held = []
+    out: list[int] = []
+    for victims, (ns, *_) in chosen:
+        if any(e[0] is ns for e in pool):
+            pool.remove(next(e for e in pool if e[0] is ns))  # one preemptor per node
+        gpus = {g for v in victims for g in _gpus_on(v, ns.idx, cluster.gang_parts)}
+        gpus.update(g for g in ns.free if gpu_matches(ns.slots[g], job))
+        held.append((ns.name, tuple(sorted(gpus))))
+        for v in victims:
+            if v.id not in choice.taken:
+                choice.taken.add(v.id)
+                out.append(v.id)
+    return out, (held[0] if job.nodes == 1 else tuple(held))
 
 
-def _enough(ns, job: JobView, found: list[JobView], free: int) -> list[JobView] | None:
-    """The first of `found` (in order) that, stopped, let `job` fit on the node; None if all
-    of them would not do, or none is needed."""
+def _on_node(job: JobView, entry: tuple, top: float, now: float, choice: _Choice,
+             budget: dict[str, float]) -> tuple | None:
+    """(score, the victims, `entry`) for `job` (a gang: one part of it) on the pool entry's
+    node, or None where the node cannot make way. Score: GPUs stopped (a gang victim's on
+    every node), GPU-seconds of work lost, node index."""
+    ns, found, most = entry
+    if most < job.gpus or not could_ever_fit(ns, job):
+        return None
+    free = sum(1 for g in ns.free if gpu_matches(ns.slots[g], job))
     cpus, mem = ns.free_cpus, ns.free_mem
     chosen: list[JobView] = []
-    for v in found:
+    for r, v, gpus in found:
         if free >= job.gpus and cpus >= job.cpus and mem >= job.memory_mb:
             break
+        if not choice.allowed(v, r, top, job, budget):
+            continue
         chosen.append(v)
-        free += sum(1 for g in v.gpu_indices if g in ns.slots and gpu_matches(ns.slots[g], job))
+        budget[v.group] = budget.get(v.group, 0.0) - v.gpus * v.nodes
+        free += sum(1 for g in gpus if g in ns.slots and gpu_matches(ns.slots[g], job))
         cpus += v.cpus
         mem += v.memory_mb
-    if not chosen or free < job.gpus or cpus < job.cpus or mem < job.memory_mb:
-        return None
-    return chosen
+    if (not chosen and job.nodes == 1) or free < job.gpus or cpus < job.cpus \
+            or mem < job.memory_mb:
+        return None  # a one-node job that fits there already waits for something else
+    lost = sum(v.gpus * v.nodes * (now - _started(v, now)) for v in chosen)
+    return (sum(v.gpus * v.nodes for v in chosen), lost, ns.idx), chosen, entry
+
+
+def _free_nodes(cluster: Cluster, job: JobView, pool: list[tuple],
+                busy: Container[str]) -> list[tuple]:
+    """Nodes where a part of the gang `job` fits now, without preempting, as _on_node's."""
+    inpool = {e[0].idx for e in pool}
+    out = []
+    for k in range(job.gpus, cluster.max_gpus + 1):
+        for i in cluster.buckets[k]:
+            ns = cluster.nodes[i]
+            if (i in inpool or ns.name in busy or not could_ever_fit(ns, job)
+                    or job.cpus > ns.free_cpus or job.memory_mb > ns.free_mem
+                    or sum(1 for g in ns.free if gpu_matches(ns.slots[g], job)) < job.gpus):
+                continue
+            out.append(((0, 0.0, i), [], (ns, [], len(ns.free))))
+    return out
 
 
 def candidates(top: JobView | None, heads: Iterable[tuple[float, JobView]],
@@ -167,7 +259,7 @@ def candidates(top: JobView | None, heads: Iterable[tuple[float, JobView]],
         return out
     best: dict[str, tuple[float, JobView]] = {}
     for p, j in heads:
-        if j.group in over or j.preemptible or j.nodes > 1 or j is top:
+        if j.group in over or j.preemptible or j is top:
             continue
         b = best.get(j.group)
         if b is None or (p, -j.submit_time, -j.id) > (b[0], -b[1].submit_time, -b[1].id):
@@ -184,19 +276,25 @@ def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, J
            fs: Mapping, groups: Iterable[str], holding: Container[int] = (),
            holds: dict | None = None) -> list[tuple[int, int]]:
     """(victim, the job it makes way for) for each candidate that preemption lets start,
-    each on a node of its own; a job in `holding` (GPUs freed for it are coming) is no
-    candidate. Each candidate's node and the GPUs it may have there go in `holds`."""
-    over = over_share(cluster, config, groups) if config.preempt_over_share else None
+    each on nodes of its own; a job in `holding` (GPUs freed for it are coming) is no
+    candidate, and the nodes of those holds (a Mapping of policy.holds.Hold) are no one's
+    to take. What each candidate may hold goes in `holds` (as Plan.holds)."""
+    beyond = excess(cluster, config, groups) if config.preempt_over_share else None
+    over = set(beyond) if beyond is not None else None
     found = [j for j in candidates(top, heads, over)
              if j.id not in holding and may_preempt(j, config, over)]
     if not found:
         return []  # before looking at the running jobs: most plans end here
-    pool = _pool(cluster, running, now, config, fs, over)
+    busy = ({n for h in holding.values() for n, _ in h.parts()}
+            if isinstance(holding, Mapping) else set())
+    pool = _pool(cluster, running, now, config, fs, over, busy)
+    choice = _Choice(beyond, starved_priority(config))
     out: list[tuple[int, int]] = []
     for job in found:
         if not pool:
             break
-        victims, held = _victims(job, pool, now, config, fs, over, cluster.max_gpus)
+        victims, held = _victims(job, pool, now, config, fs, choice, cluster.max_gpus,
+                                 cluster, busy)
         out += [(v, job.id) for v in victims]
         if victims and holds is not None:
             holds[job.id] = held
