@@ -168,9 +168,10 @@ def test_over_share_a_group_under_its_share_preempts_what_a_group_runs_beyond_it
     # heavy's latest job on a node where one GPU is enough; not mid's (within its share),
     # though they started later
     assert over_share_plan(jobs, preempt_over_share=True) == [(2, 7)]
-    # the budget still holds
+    # the budget still holds: then heavy's job that loses the fewest GPU-seconds (3 GPUs
+    # for 1000 s, not 2 for 3000 s)
     jobs[1].preemptions = 3
-    assert over_share_plan(jobs, preempt_over_share=True) == [(1, 7)]
+    assert over_share_plan(jobs, preempt_over_share=True) == [(3, 7)]
     assert over_share_plan(jobs, preempt_over_share=True, preempt_min_run_s=5000) == []
 
 

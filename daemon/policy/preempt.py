@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterable, Mapping
 
-from .placement import Cluster, could_ever_fit, gpu_matches
+from .placement import Cluster, could_ever_fit, gpu_matches, shape_of
 from .priority import class_constant, starved_priority
 from .snapshot import JobView, PolicyConfig
 
@@ -37,19 +37,21 @@ def over_share(cluster: Cluster, config: PolicyConfig, groups: Iterable[str]) ->
 
 def excess(cluster: Cluster, config: PolicyConfig, groups: Iterable[str]) -> dict[str, float]:
     """The GPUs each group over its share (as in over_share) holds beyond it."""
+    return {g: -r for g, r in room(cluster, config, groups).items() if r < 0}
+
+
+def room(cluster: Cluster, config: PolicyConfig, groups: Iterable[str]) -> dict[str, float]:
+    """Each group's share of the up nodes' GPUs less what it holds (below 0: over it)."""
     shares = dict(config.group_shares)
     for g in groups:
         shares.setdefault(g, 1.0)
+    for g in cluster.group_gpus:
+        shares.setdefault(g, 1.0)
     total = sum(shares.values())
-    gpus = cluster.up_gpus
     if total <= 0:
         return {}
-    out = {}
-    for g, n in cluster.group_gpus.items():
-        beyond = n - gpus * shares.get(g, 1.0) / total
-        if beyond > 0:
-            out[g] = beyond
-    return out
+    gpus = cluster.up_gpus
+    return {g: gpus * s / total - cluster.group_gpus.get(g, 0) for g, s in shares.items()}
 
 
 def may_be_preempted(victim: JobView, now: float, config: PolicyConfig,
@@ -137,9 +139,17 @@ class _Choice:
     """What one plan's preemptions have used so far: the GPUs each group over its share may
     still lose (its run beyond its share), the victims taken and the nodes given."""
 
-    def __init__(self, beyond: dict[str, float] | None, protect: float | None):
-        self.beyond, self.protect = beyond, protect
+    def __init__(self, left: dict[str, float] | None, protect: float | None):
+        self.beyond = None if left is None else {g: -r for g, r in left.items() if r < 0}
+        self.left = left or {}
+        self.protect = protect
         self.taken: set[int] = set()
+
+    def within(self, job: JobView) -> bool:
+        """At least half of `job` fits in what its group is owed and does not hold: so
+        starting it does not put its group over its share by more than the jobs that the
+        tier may take back from a group."""
+        return self.left.get(job.group, 0.0) >= job.gpus * job.nodes / 2
 
     def allowed(self, v: JobView, r: float, top: float, job: JobView,
                 budget: dict[str, float]) -> bool:
@@ -150,7 +160,7 @@ class _Choice:
             return False
         if v.preemptible and r < top:
             return True
-        if (self.beyond is None or job.group in self.beyond
+        if (self.beyond is None or job.group in self.beyond or not self.within(job)
                 or (self.protect is not None and r >= self.protect and not _EXP_NOPROTECT)):
             return False
         # at least half of it beyond: taking it back does not leave its group owed more
@@ -208,8 +218,8 @@ def _victims(job: JobView, pool: list[tuple], now: float, config: PolicyConfig, 
 def _on_node(job: JobView, entry: tuple, top: float, now: float, choice: _Choice,
              budget: dict[str, float]) -> tuple | None:
     """(score, the victims, `entry`) for `job` (a gang: one part of it) on the pool entry's
-    node, or None where the node cannot make way. Score: GPUs stopped (a gang victim's on
-    every node), GPU-seconds of work lost, node index."""
+    node, or None where the node cannot make way. Score: GPU-seconds of work lost, GPUs
+    stopped (a gang victim's on every node), node index."""
     ns, found, most = entry
     if most < job.gpus or not could_ever_fit(ns, job):
         return None
@@ -230,7 +240,7 @@ def _on_node(job: JobView, entry: tuple, top: float, now: float, choice: _Choice
             or mem < job.memory_mb:
         return None  # a one-node job that fits there already waits for something else
     lost = sum(v.gpus * v.nodes * (now - _started(v, now)) for v in chosen)
-    return (sum(v.gpus * v.nodes for v in chosen), lost, ns.idx), chosen, entry
+    return (lost, sum(v.gpus * v.nodes for v in chosen), ns.idx), chosen, entry
 
 
 def _free_nodes(cluster: Cluster, job: JobView, pool: list[tuple],
@@ -245,30 +255,23 @@ def _free_nodes(cluster: Cluster, job: JobView, pool: list[tuple],
                     or job.cpus > ns.free_cpus or job.memory_mb > ns.free_mem
                     or sum(1 for g in ns.free if gpu_matches(ns.slots[g], job)) < job.gpus):
                 continue
-            out.append(((0, 0.0, i), [], (ns, [], len(ns.free))))
+            out.append(((0.0, 0, i), [], (ns, [], len(ns.free))))
     return out
 
 
 def candidates(top: JobView | None, heads: Iterable[tuple[float, JobView]],
                over: set[str] | None) -> list[JobView]:
     """Who may preempt, best first: the top waiting job, then (with `over`) the first waiting
-    job of each group under its share, by priority. `heads`: (priority, job) of each class's
-    first waiting job."""
+    job of each class of a group under its share, by priority (a group's first job may need
+    a whole node where a later one of another shape fits in what can be taken back).
+    `heads`: (priority, job) of each class's first waiting job."""
     out = [top] if top is not None else []
     if over is None:
         return out
-    best: dict[str, tuple[float, JobView]] = {}
-    for p, j in heads:
-        if j.group in over or j.preemptible or j is top:
-            continue
-        b = best.get(j.group)
-        if b is None or (p, -j.submit_time, -j.id) > (b[0], -b[1].submit_time, -b[1].id):
-            best[j.group] = (p, j)
-    if top is not None:
-        best.pop(top.group, None)
-    out += [j for _, j in sorted(best.values(), key=lambda b: (-b[0], b[1].submit_time,
-                                                               b[1].id))]
-    return out
+    found = [(p, j) for p, j in heads
+             if not (j.group in over or j.preemptible or j is top)]
+    found.sort(key=lambda b: (-b[0], b[1].submit_time, b[1].id))
+    return out + [j for _, j in found]
 
 
 def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, JobView]],
@@ -279,8 +282,8 @@ def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, J
     each on nodes of its own; a job in `holding` (GPUs freed for it are coming) is no
     candidate, and the nodes of those holds (a Mapping of policy.holds.Hold) are no one's
     to take. What each candidate may hold goes in `holds` (as Plan.holds)."""
-    beyond = excess(cluster, config, groups) if config.preempt_over_share else None
-    over = set(beyond) if beyond is not None else None
+    left = room(cluster, config, groups) if config.preempt_over_share else None
+    over = {g for g, r in left.items() if r < 0} if left is not None else None
     found = [j for j in candidates(top, heads, over)
              if j.id not in holding and may_preempt(j, config, over)]
     if not found:
@@ -288,14 +291,22 @@ def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, J
     busy = ({n for h in holding.values() for n, _ in h.parts()}
             if isinstance(holding, Mapping) else set())
     pool = _pool(cluster, running, now, config, fs, over, busy)
-    choice = _Choice(beyond, starved_priority(config))
+    choice = _Choice(left, starved_priority(config))
     out: list[tuple[int, int]] = []
+    failed: set[tuple] = set()  # (group, shape): a later job of these finds no more
     for job in found:
         if not pool:
             break
+        key = (job.group, shape_of(job))
+        if key in failed or (job is not top and not choice.within(job)):
+            continue
         victims, held = _victims(job, pool, now, config, fs, choice, cluster.max_gpus,
                                  cluster, busy)
+        if not victims:
+            failed.add(key)
+            continue
         out += [(v, job.id) for v in victims]
-        if victims and holds is not None:
+        choice.left[job.group] = choice.left.get(job.group, 0.0) - job.gpus * job.nodes
+        if holds is not None:
             holds[job.id] = held
     return out
