@@ -119,9 +119,23 @@ def test_a_gang_of_a_group_under_its_share_makes_way_on_several_nodes_and_starts
     assert rival.id not in {x.job for x in p.starts}
 
 
-def test_a_starved_job_stays_no_victim_and_the_top_job_keeps_the_rank_rule():
+def test_a_starved_job_beyond_its_groups_share_is_taken_back_too():
     nodes = [node("a")]
     old = runs("big", {"a": tuple(range(8))}, NOW - 1800)
-    old.submit_time = NOW - 6 * DAY  # it waited max_age: requeued it would be starved
+    old.submit_time = NOW - 6 * DAY  # it waited max_age: requeued it is starved, first again
     mine = waits("small", 8)
-    assert tier(nodes, [old, mine], {"big": 1, "small": 1}).preempts == []
+    p = tier(nodes, [old, mine], {"big": 1, "small": 1})
+    assert p.preempts == [(old.id, mine.id)]
+
+
+def test_a_group_whose_job_would_be_mostly_beyond_its_share_does_not_preempt():
+    # small holds 4 of the 8 it is owed: a 4-GPU job is within it, a 16-GPU gang mostly not
+    nodes = [node(n) for n in "abcd"]
+    jobs = [runs("big", {n: tuple(range(8))}) for n in "bcd"]
+    jobs.append(runs("small", {"a": (0, 1, 2, 3)}))
+    jobs.append(runs("big", {"a": (4, 5, 6, 7)}))
+    gang = waits("small", 8, nodes=2, priority=9)
+    assert tier(nodes, jobs + [gang], {"big": 3, "small": 1}).preempts == []
+    four = waits("small", 4)
+    p = tier(nodes, jobs + [four], {"big": 3, "small": 1})
+    assert p.preempts == [(jobs[-1].id, four.id)]

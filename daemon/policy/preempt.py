@@ -5,20 +5,24 @@ Who may be stopped: a job submitted preemptible, and with `preempt_over_share` a
 group that holds more GPUs than its share (its share over all groups' shares, of the GPUs of
 the nodes that are up): the scavenger tier is then whatever a group runs beyond its share,
 for as long as it does. A victim has run at least preempt_min_run_s and has been preempted
-fewer than preempt_max times.
+fewer than preempt_max times. A gang is stopped whole.
 
 Who may preempt: a job that may not be stopped itself, when it is the top waiting job (the
-reservation's) or, with `preempt_over_share`, the first waiting job of a group under its
-share. Only jobs that would rank below it once requeued are stopped, so two jobs never bounce
-each other. A requeued job keeps its age (from its submit, or from when it was released or its
-dependency was met), so that starved_first still bounds its wait: a job that has waited
-max_age_s ranks above every job that has not and is never a victim of one.
+reservation's) or, with `preempt_over_share`, the first waiting job of each class of a group
+under its share, so long as at least half of it fits in what its group is owed and does not
+hold. A job submitted preemptible is stopped only for a job it would rank below once
+requeued, so two jobs never bounce each other; a requeued job keeps its age (from its submit,
+or from when it was released or its dependency was met), so that starved_first still bounds
+its wait, and a job that has waited max_age_s is never such a victim. The over-share tier is
+taken back whatever the ranks, starved jobs included (fair-share is the promise there; the
+GPUs freed are held for the preemptor, so the victim, first in line again, takes the next
+ones), but only jobs of which at least half runs beyond their group's share: a group never
+loses more than it runs beyond its share by more than half a job.
 
 Where: on each node where the job could run, victims are taken latest start first (the least
-work lost) until the job fits; the node needing the fewest preempted GPUs wins, then the one
-losing the least run time. Gangs neither preempt nor are preempted: that would take freeing
-several nodes at once. The GPUs freed there are the job's until it starts (holds.py), and a
-job that holds GPUs does not preempt again.
+work lost) until the job fits; the node losing the fewest GPU-seconds of work wins. A gang
+takes the nodes that lose the least, free ones first. The GPUs freed there are the job's until
+it starts (holds.py), and a job that holds GPUs does not preempt again.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ from collections.abc import Container, Iterable, Mapping
 from .placement import Cluster, could_ever_fit, gpu_matches, shape_of
 from .priority import class_constant, starved_priority
 from .snapshot import JobView, PolicyConfig
+
+_INF = float("inf")
 
 
 def over_share(cluster: Cluster, config: PolicyConfig, groups: Iterable[str]) -> set[str]:
@@ -100,10 +106,13 @@ def _ranker(now: float, config: PolicyConfig, fs: Mapping, max_gpus: int):
 
 
 def _pool(cluster: Cluster, running: Mapping[int, JobView], now: float, config: PolicyConfig,
-          fs: Mapping, over: set[str] | None, busy: Container[str] = ()) -> list[tuple]:
+          fs: Mapping, over: set[str] | None, busy: Container[str] = (),
+          protect: float | None = None) -> list[tuple]:
     """(node, the jobs on it that may be preempted, latest start first, each as (its rank, the
     job, its GPUs on this node), GPUs free once they are stopped) for each up node with such
-    jobs, but those in `busy` (GPUs there are held for a preemptor already)."""
+    jobs, but those in `busy` (GPUs there are held for a preemptor already). A job ranked at
+    `protect` or above (starved) may be a victim only as part of what its group runs beyond
+    its share (in `over`)."""
     out = []
     ranked = _ranker(now, config, fs, cluster.max_gpus)
     gangs = cluster.gang_parts
@@ -114,8 +123,10 @@ def _pool(cluster: Cluster, running: Mapping[int, JobView], now: float, config: 
                  and may_be_preempted(v, now, config, over)]
         if found:
             found.sort(key=lambda v: (-_started(v, now), v.id))
-            here = [(ranked(v), v, _gpus_on(v, ns.idx, gangs)) for v in found]
-            out.append((ns, here, len(ns.free) + sum(len(g) for _, _, g in here)))
+            here = [(r, v, _gpus_on(v, ns.idx, gangs)) for v in found
+                    if (r := ranked(v)) < (protect or _INF) or v.group in (over or ())]
+            if here:
+                out.append((ns, here, len(ns.free) + sum(len(g) for _, _, g in here)))
     return out
 
 
@@ -131,18 +142,15 @@ def may_preempt(job: JobView, config: PolicyConfig, over: set[str] | None) -> bo
                 or (over is not None and job.group in over))
 
 
-import os
-_EXP_NOPROTECT = bool(os.environ.get("LABQ_EXP_NOPROTECT"))
 
 
 class _Choice:
     """What one plan's preemptions have used so far: the GPUs each group over its share may
     still lose (its run beyond its share), the victims taken and the nodes given."""
 
-    def __init__(self, left: dict[str, float] | None, protect: float | None):
+    def __init__(self, left: dict[str, float] | None):
         self.beyond = None if left is None else {g: -r for g, r in left.items() if r < 0}
         self.left = left or {}
-        self.protect = protect
         self.taken: set[int] = set()
 
     def within(self, job: JobView) -> bool:
@@ -160,8 +168,7 @@ class _Choice:
             return False
         if v.preemptible and r < top:
             return True
-        if (self.beyond is None or job.group in self.beyond or not self.within(job)
-                or (self.protect is not None and r >= self.protect and not _EXP_NOPROTECT)):
+        if self.beyond is None or job.group in self.beyond or not self.within(job):
             return False
         # at least half of it beyond: taking it back does not leave its group owed more
         # than the preemptor's group gets
@@ -290,15 +297,17 @@ def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, J
         return []  # before looking at the running jobs: most plans end here
     busy = ({n for h in holding.values() for n, _ in h.parts()}
             if isinstance(holding, Mapping) else set())
-    pool = _pool(cluster, running, now, config, fs, over, busy)
-    choice = _Choice(left, starved_priority(config))
+    pool = _pool(cluster, running, now, config, fs, over, busy, starved_priority(config))
+    choice = _Choice(left)
     out: list[tuple[int, int]] = []
     failed: set[tuple] = set()  # (group, shape): a later job of these finds no more
+    most = max((e[2] for e in pool), default=0)  # the most GPUs one node could free
     for job in found:
         if not pool:
             break
         key = (job.group, shape_of(job))
-        if key in failed or (job is not top and not choice.within(job)):
+        if (key in failed or (job.nodes == 1 and job.gpus > most)
+                or (job is not top and not choice.within(job))):
             continue
         victims, held = _victims(job, pool, now, config, fs, choice, cluster.max_gpus,
                                  cluster, busy)
@@ -306,6 +315,7 @@ def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, J
             failed.add(key)
             continue
         out += [(v, job.id) for v in victims]
+        most = max((e[2] for e in pool), default=0)
         choice.left[job.group] = choice.left.get(job.group, 0.0) - job.gpus * job.nodes
         if holds is not None:
             holds[job.id] = held
