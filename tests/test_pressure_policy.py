@@ -83,6 +83,25 @@ def test_share_meter_caps_what_is_owed_at_what_was_asked_for():
     assert m.ratios() == {"b": pytest.approx(0.5)}
 
 
+def test_share_meter_says_how_long_a_vc_waited_and_what_it_was_short_of():
+    from labq.daemon.simshare import format_worst
+    m = ShareMeter({"a": 8, "b": 8})
+    m.advance(0.0, 0)
+    m.waiting("a", 8)
+    m.started("a", 8)
+    m.waiting("b", 8, gang=True)  # b's gang waits 100 s holding nothing: owed 4 of 8
+    m.advance(100.0, 8)
+    m.waiting("b", 1)  # then a one-node job too, for 50 s more
+    m.advance(150.0, 8)
+    d = m.detail()
+    assert list(d) == ["b"]
+    assert d["b"]["backlogged_s"] == 150.0 and d["b"]["empty_s"] == 150.0
+    assert d["b"]["short_gang_gpu_h"] == pytest.approx(4 * 100 / 3600)
+    assert d["b"]["short_one_node_gpu_h"] == pytest.approx(4 * 50 / 3600)
+    text = format_worst("labq", d, 5)
+    assert "the 5 worst" in text and "b" in text.splitlines()[2]
+
+
 def four_gpu_node() -> NodeView:
     slots = tuple(GpuSlot(i, "A100", 40960) for i in range(4))
     return NodeView("n", "up", 8, 64000, slots, frozenset(), 6, 64000)

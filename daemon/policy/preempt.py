@@ -194,7 +194,7 @@ def _victims(job: JobView, pool: list[tuple], now: float, config: PolicyConfig, 
     scored.sort(key=lambda e: e[0])
     budget = dict(choice.beyond or {})
     chosen: list[tuple] = []
-    for score, victims, entry in scored:
+    for _score, victims, entry in scored:
         if len(chosen) == job.nodes:
             break
         if victims:  # again, with what the nodes chosen before left of the budget
