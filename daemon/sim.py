@@ -31,8 +31,8 @@ Policies compared:
   the daemon: no job ranked above it takes them first.
 - labq-preempt-share (only when asked for: it replays in minutes): labq-preempt with the
   scavenger tier of preempt_over_share instead, which many labs run: what a VC runs beyond its
-  share may be preempted while it is beyond, for the top job or for the first waiting job of a
-  VC under its share.
+  share may be preempted while it is beyond, gangs whole, for the top job or for the first
+  waiting job of each class of a VC under its share.
 
 The trace as published loads the 2,816 GPUs to about 13 % on average, so queueing is rare
 whatever the policy; --arrival-scale compresses submit times to replay the same jobs under a
@@ -44,7 +44,8 @@ first submit)), Jain's index over the VCs' mean slowdowns (JCT / duration; 1 = e
 slowed equally), each VC's share of the GPU time used against its share of the GPUs, and what
 fair-share promises (ShareMeter): per VC, over the time it had jobs waiting, the GPU time it held
 against its share of the GPUs in use (or all it asked for, if less); "share" is the worst VC's.
-"preempt" counts preemptions; the JSON also gives the GPU-hours of work they lost.
+"preempt" counts preemptions; the JSON also gives the GPU-hours of work they lost, and per VC
+where it fell short of its share (simshare.py; --worst N prints the N worst VCs).
 """
 from __future__ import annotations
 
