@@ -70,11 +70,13 @@ def pid_of(shared: Path, run: int, rank: int) -> int:
 def test_a_gang_beyond_its_groups_share_is_stopped_and_requeued_whole(daemon, venv, shared):
     alice, bob = user("labqtest", venv, daemon), user("labqtest2", venv, daemon)
     # alice's gang takes all four GPUs, not submitted preemptible; its first run waits to be
-    # stopped, its second ends at once on both nodes
+    # stopped; in its second, rank 0 ends once part 1 has
     gang = submit(alice, "--nodes", "2", "--gpus-per-node", "2", "--wrap",
                   f"echo $$ > {shared}/pid.$LABQ_RESTART_COUNT.$NODE_RANK; "
                   'echo "part $NODE_RANK run $LABQ_RESTART_COUNT"; '
-                  '[ "$LABQ_RESTART_COUNT" = 0 ] && exec sleep 600; exit 0')
+                  '[ "$LABQ_RESTART_COUNT" = 0 ] && exec sleep 600; '
+                  f'if [ "$NODE_RANK" = 0 ]; then while [ ! -e {shared}/one ]; do sleep 0.1; '
+                  f"done; else touch {shared}/one; fi")
     first = [pid_of(shared, 0, 0), pid_of(shared, 0, 1)]
     assert show(alice, gang)["preemptible"] is False
     mine = submit(bob, "--gpus", "2", "--", "echo", "mine")
@@ -89,9 +91,11 @@ def test_a_gang_beyond_its_groups_share_is_stopped_and_requeued_whole(daemon, ve
     assert job["state"] == "COMPLETED" and job["preemptions"] == 1 and job["restarts"] == 1
     assert sorted(n for n, _ in job["parts"]) == NAMES
     for part in ("0", "1"):
+        # a part's log is copied as it comes: the second run's line may follow the job's end
+        wait_for(lambda p=part: f"part {p} run 1" in alice.ok("logs", gang, "--part", p),
+                 what=f"part {part}'s second run in its log")
         log = alice.ok("logs", gang, "--part", part)
-        assert f"part {part} run 0" in log and f"part {part} run 1" in log
-        assert "preempted by job" in log
+        assert f"part {part} run 0" in log and "preempted by job" in log
     # bob cannot read the parts of alice's gang
     r = bob.labq("logs", gang, "--part", "1")
     assert r.returncode != 0 and "belongs to labqtest" in r.stderr
