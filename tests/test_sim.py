@@ -236,3 +236,16 @@ def test_over_share_a_gang_of_a_vc_under_its_share_makes_way_on_two_nodes(tmp_pa
     assert recs[5][1:3] == (1000.0, 1500.0)
     # big's two latest jobs went, and ran again once mid's gang ended
     assert [recs[k][1] for k in (1, 2, 3, 4)] == [0.0, 1.0, 1500.0, 1500.0]
+
+
+def test_worst_lists_each_policys_worst_backlogged_vcs(capsys):
+    args = ["--trace", JOBS, "--vcs", VCS, "--limit", "2000", "--seed", "3",
+            "--arrival-scale", "0.05", "--policy", "vc-fifo", "--worst", "2"]
+    assert sim.main(args) == 0
+    out = capsys.readouterr().out.split("vc-fifo: the 2 worst backlogged VCs\n")[1]
+    rows = out.splitlines()[1:]
+    jobs, vcs = load_trace(JOBS, VCS, limit=2000, seed=3)
+    dense = [sim.replace(j, submit=j.submit * 0.05) for j in jobs]
+    detail = sim.simulate(dense, vcs, "vc-fifo")["share_detail"]  # worst first
+    assert 1 <= len(rows) <= 2 and rows[0].split()[0] == next(iter(detail))
+    assert list(detail.values())[0]["ratio"] == min(d["ratio"] for d in detail.values())
