@@ -36,10 +36,24 @@ def _init() -> Any:
     return scope["__init__"]
 
 
+def _copy() -> Any:
+    """ActiveJob.copy: a batch of alike submits makes ten thousand jobs from one, and
+    copying the fields costs a quarter of reading them from a row."""
+    lines = ["def copy(self, id):", "    new = make(type(self))", "    new.id = id"]
+    lines += [f"    new.{k} = self.{k}" for k in HOT if k not in ("id", "gpu_indices")]
+    lines += ["    gpus = self.gpu_indices",
+              "    new.gpu_indices = gpus if gpus is None else list(gpus)", "    return new"]
+    scope: dict[str, Any] = {"make": object.__new__}
+    exec("\n".join(lines), scope)  # the text is built from HOT alone
+    return scope["copy"]
+
+
 class ActiveJob:
     __slots__ = HOT
 
     __init__ = _init()
+    # a job like this one with id `id`: its own list of GPUs, every other value shared
+    copy = _copy()
 
     def __getitem__(self, key: str) -> Any:
         try:

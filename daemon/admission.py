@@ -9,16 +9,18 @@ from labq.errors import DuplicateJob, PermissionDenied, QuotaExceeded, Validatio
 from labq.spec import experiment_dependency, parse_dependency, validate_submit
 from labq.states import JobState
 
-from .activejob import ActiveJob
+from .activejob import HOT, ActiveJob
 from .gangs import fit_to_cluster
 from .identity import Caller
 from .policy.dependencies import find_cycle
+from .storejobs import JobBatch
 from .views import dep_ids
 
 if TYPE_CHECKING:
     from .jobtable import JobTable
 
 S = JobState
+HELD, PENDING = S.HELD.value, S.PENDING.value
 # a user's PENDING and HELD jobs at most, unless limits.user_max_pending says otherwise: a
 # runaway submit loop fills the queue, not labqd's memory
 DEFAULT_USER_MAX_PENDING = 10_000
@@ -37,7 +39,10 @@ class Admission:
         with self.table.lock:
             spec = self.check_spec(caller, spec)
             self.check_room(caller, 1)
-            return self.admit(caller, lambda first: [self.new_row(caller, spec)])[0]
+            row = self.new_row(caller, spec)
+            batch = self.admit(caller, lambda first: JobBatch([row], [0]))
+            row.update(id=batch.first, seq=batch.seq)
+            return row
 
     def check_spec(self, caller: Caller, spec: dict, keys: set[str] | None = None) -> dict:
         """A validated spec made ready to queue, or the error that refuses it: the group it
@@ -122,23 +127,37 @@ class Admission:
             row.setdefault(key, None)
         return row
 
-    def admit(self, caller: Caller, make_rows: Callable[[int], list[dict]]) -> list[dict]:
-        """Queue the rows `make_rows(first id)` builds, in one transaction; called with the
-        lock held, after every row was checked."""
+    def admit(self, caller: Caller, make: Callable[[int], JobBatch]) -> JobBatch:
+        """Queue the rows of the batch `make(first id)` builds, in one transaction; called
+        with the lock held, after every row was checked."""
         table = self.table
-        rows = table.store.insert_jobs(make_rows, caller.user)
-        active, set_view = table.active, table.set_view
-        wake = False
-        for row in rows:  # each made by new_row, so holding every field of an ActiveJob
-            active[row["id"]] = job = ActiveJob(row)
-            set_view(job)
-            if row["dependencies"]:
-                table.dep_edges[row["id"]] = dep_ids(row)
-            wake = wake or row["state"] == S.PENDING.value
-        table.waiting[caller.uid] += len(rows)
-        if wake:  # a held job changes no one's plan until it is released
-            table.wake.set()
-        return rows
+        batch = table.store.insert_batch(make, caller.user)
+        ids = batch.ids
+        protos = [ActiveJob(p) for p in batch.protos]  # each made by new_row: every field
+        if len(batch) == 1:  # a single submit: its prototype is its job
+            protos[0].id = batch.first
+            jobs = protos
+        else:
+            jobs = [protos[p].copy(i) for i, p in zip(ids, batch.of)]
+        for j, f in enumerate(batch.own_fields):
+            if f in HOT:
+                for job, own in zip(jobs, batch.own or []):
+                    job[f] = own[j]
+        table.active.update(zip(ids, jobs))
+        if all([p.state == HELD for p in protos]):
+            # as set_view does for each: a held job's view is made when a plan first looks
+            table.held.update(dict.fromkeys(ids))
+        else:
+            for job in jobs:
+                table.set_view(job)
+        if any([p.dependencies for p in protos]):
+            for i, p in zip(ids, batch.of):
+                if protos[p].dependencies:
+                    table.dep_edges[i] = dep_ids(batch.protos[p])
+        table.waiting[caller.uid] += len(batch)
+        if any([p.state == PENDING for p in protos]):
+            table.wake.set()  # a held job changes no one's plan until it is released
+        return batch
 
     def check_submit_limits(self, caller: Caller, spec: dict) -> None:
         lim = self.table.cfg.limits

@@ -84,6 +84,7 @@ SCHEMA = TABLE({
         "weight_short": NUM(0, 1e9), "short_step": NUM(0, 100), "max_age": DURATION,
         "default_time_limit": DURATION, "usage_half_life": DURATION,
         "cpu_weight": NUM(0, 1e6), "backfill": BOOL, "starved_first": BOOL,
+        "starved_reservations": INT(1, 1 << 16),
         "preempt_max": INT(0, 1 << 20), "preempt_min_run": DURATION,
         "preempt_over_share": BOOL,
         "interval": DURATION,

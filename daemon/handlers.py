@@ -8,8 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from labq import __version__
 from labq.errors import PermissionDenied, ValidationError
 from labq.protocol import (
+    PROTOCOL,
     CancelRequest,
     EventsRequest,
     ExperimentReply,
@@ -75,7 +77,7 @@ S = JobState
 def ping(core: Core, caller: Caller, req: PingRequest) -> PingReply:
     # the cluster id tells a client that a restarted labqd is still the same queue
     return {"time": time.time(), "pid": os.getpid(), "cluster": core.store.cluster_id,
-            "seq": core.store.committed_seq}
+            "seq": core.store.committed_seq, "version": __version__, "protocol": PROTOCOL}
 
 
 def whoami(core: Core, caller: Caller, req: WhoamiRequest) -> WhoamiReply:

@@ -37,6 +37,7 @@ def build(cfg: Config, overrides: dict[str, dict]) -> PolicyConfig:
                       ("max_age", "max_age_s"), ("default_time_limit", "default_time_limit_s"),
                       ("usage_half_life", "usage_half_life_s"), ("cpu_weight", "cpu_weight"),
                       ("backfill", "backfill"), ("starved_first", "starved_first"),
+                      ("starved_reservations", "starved_reservations"),
                       ("preempt_max", "preempt_max"), ("preempt_min_run", "preempt_min_run_s"),
                       ("preempt_over_share", "preempt_over_share")):
         if key in s:

@@ -12,12 +12,14 @@ import time
 
 import rpyc
 
+from labq import __version__
 from labq.errors import InternalError, LabqError, RateLimited, ValidationError
 from labq.protocol import (
     MAX_LOG_OFFSET,
     MAX_OP,
     Op,
     ReadLogRequest,
+    check_protocol,
     pack_spans,
     request_type,
 )
@@ -70,7 +72,9 @@ class LabqService(rpyc.Service):
         try:
             self._still_valid()
             kind = request_type(op)  # before the text is parsed: that alone has a cost
-            req = kind.from_wire(_parse(args_json))
+            args = _parse(args_json)
+            check_protocol(args.pop("protocol", None), __version__)
+            req = kind.from_wire(args)
             result = HANDLERS[req.op](self.core, self.caller, req)
             return json.dumps({"ok": True, "result": result})
         except LabqError as e:

@@ -63,6 +63,7 @@ from .policy.placement import Cluster
 from .policy.queue import PendingQueue, age_floor
 from .simshare import ShareMeter, format_worst
 from .trace import GPUS_PER_NODE, TraceJob, load_trace
+from .waitbound import least_max_wait
 
 POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle", "labq-preempt")
 # replayed only when named (--policy): slower
@@ -392,6 +393,20 @@ def run(trace: str, vcs_path: str, limit: int | None = None, seed: int = 0,
     return {"wall_s": time.perf_counter() - t0, "policies": out}
 
 
+def wait_bound(trace: str, vcs_path: str, limit: int | None, seed: int,
+               arrival_scale: float) -> str:
+    jobs, vcs = load_trace(trace, vcs_path, limit, seed)
+    jobs = [replace(j, submit=j.submit * arrival_scale) for j in jobs]
+    gpus = sum(vcs.values())
+    w, why = least_max_wait(jobs, gpus)
+    if why is None:
+        return f"no wait is forced: all {gpus} GPUs as one pool could start every job at once"
+    return (f"no policy keeps every wait within {w:.0f} s ({w / 86400:.2f} days): with waits "
+            f"within that, the jobs need {why.excess / gpus / 86400:.2f} days of all {gpus} "
+            f"GPUs more than there are from day {why.start / 86400:.2f} to day "
+            f"{why.end / 86400:.2f}")
+
+
 def format_table(result: dict) -> str:
     w = max([11] + [len(name) for name in result["policies"]])
     head = (f"{'policy':<{w}} {'jobs':>6} {'avg JCT':>10} {'p50 JCT':>9} {'p99 JCT':>10} "
@@ -423,7 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worst", type=int, default=0, metavar="N",
                     help="after the table, each policy's N worst backlogged VCs: share, time "
                     "backlogged, and the shortfall by what waited")
+    ap.add_argument("--wait-bound", action="store_true",
+                    help="print the least max wait any policy could reach (waitbound.py)")
     args = ap.parse_args(argv)
+    if args.wait_bound:
+        print(wait_bound(args.trace, args.vcs, args.limit, args.seed, args.arrival_scale))
+        return 0
     result = run(args.trace, args.vcs, args.limit, args.seed, policies=args.policy or POLICIES,
                  arrival_scale=args.arrival_scale)
     if args.json:

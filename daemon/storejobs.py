@@ -12,6 +12,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -44,36 +45,59 @@ def _columns() -> tuple[list[str], list[tuple[str, Any]], list[tuple[str, Any]]]
 
 
 _COLUMNS, _PLAIN, _JSON = _columns()
-_BOOLS = {i for i, (n, _) in enumerate(_PLAIN) if isinstance(Job._meta.fields[n], pw.BooleanField)}
-_INSERTS: dict[tuple[int, ...], str] = {}
+_BOOLS = [i for i, (n, _) in enumerate(_PLAIN) if isinstance(Job._meta.fields[n], pw.BooleanField)]
+_AT = {n: i for i, n in enumerate([n for n, _ in _PLAIN] + [n for n, _ in _JSON])}
+_INSERTS: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[str, Any]] = {}
 
 
-def _without_nulls(values: list[list[Any]]) -> tuple[str, list[tuple[Any, ...]]]:
-    """The INSERT of the columns some row gives a value, and the rows' values of them.
-    sqlite3 binds None and bools through its adapter lookup, which costs more than the
-    insert itself; a column left out is NULL all the same."""
-    first = values[0]
-    # the rows of a batch are mostly alike: only the first row's empty columns are searched
-    empty = [i for i, v in enumerate(first) if v is None]
-    for row in values[1:]:
-        if not empty:
-            break
-        empty = [i for i in empty if row[i] is None]
-    gone = set(empty)
-    keep = tuple(i for i in range(len(first)) if i not in gone)
-    sql = _INSERTS.get(keep)
-    if sql is None:
-        names = ", ".join(f'"{_COLUMNS[i]}"' for i in keep)
-        sql = _INSERTS[keep] = (f'INSERT INTO "job" ({names}) '
-                                f'VALUES ({", ".join("?" * len(keep))})')
-    bools = [i for i in _BOOLS if i not in gone]
-    for row in values:
-        for i in bools:
-            v = row[i]
-            if v is not None:
-                row[i] = int(v)
-    pick = itemgetter(*keep)
-    return sql, [pick(row) for row in values]
+@dataclass
+class JobBatch:
+    """The rows of one submit, most of them alike: row k is `protos[of[k]]` with its own
+    values of `own_fields` (`own[k]`, in that order), the id `first + k` and the change
+    counter `seq + k`. A row's environment is as `insert_jobs` says; `env_add` may be one
+    of its own fields. Ten thousand rows built as dicts cost more than SQLite storing them."""
+    protos: list[dict[str, Any]]
+    of: list[int]
+    own_fields: tuple[str, ...] = ()
+    own: list[tuple[Any, ...]] | None = None
+    first: int = 0  # the ids and change counters, set when the rows are stored
+    seq: int = 0
+
+    def __len__(self) -> int:
+        return len(self.of)
+
+    @property
+    def ids(self) -> range:
+        return range(self.first, self.first + len(self.of))
+
+    def row(self, k: int) -> dict[str, Any]:
+        """Row k whole, as it was queued."""
+        row = dict(self.protos[self.of[k]], id=self.first + k, seq=self.seq + k)
+        if self.own is not None:
+            row.update(zip(self.own_fields, self.own[k]))
+        row.pop("env_base", None)
+        row.pop("env_add", None)
+        return row
+
+
+def _insert_of(lead: tuple[int, ...], empty: tuple[int, ...]) -> tuple[str, Any]:
+    """The INSERT of the columns `lead` and then those not in `empty`, and what picks the
+    latter from a prototype's values; built once for each such set."""
+    got = _INSERTS.get((lead, empty))
+    if got is None:
+        gone = set(lead).union(empty)
+        keep = [i for i in range(len(_COLUMNS)) if i not in gone]
+        cols = lead + tuple(keep)
+        names = ", ".join(f'"{_COLUMNS[i]}"' for i in cols)
+        sql = f'INSERT INTO "job" ({names}) VALUES ({", ".join("?" * len(cols))})'
+        # itemgetter of one index returns the value, not a 1-tuple
+        pick = itemgetter(*keep) if len(keep) > 1 else lambda v: tuple(v[i] for i in keep)
+        got = _INSERTS[(lead, empty)] = (sql, pick)
+    return got
+
+
+def _json(v: Any) -> str | None:
+    return json.dumps(v) if v else None if v is None else _EMPTY[type(v)]
 
 
 class JobRows:
@@ -82,9 +106,9 @@ class JobRows:
     if TYPE_CHECKING:
         db: pw.SqliteDatabase
         lock: threading.RLock
+        seq: int
 
         def write(self) -> AbstractContextManager[None]: ...
-        def _next_seq(self) -> int: ...
 
     _env_ids: dict[tuple[int | None, tuple[tuple[str, str], ...]], int]
     _env_bodies: dict[int, dict[str, str]]
@@ -102,34 +126,76 @@ class JobRows:
         builds the rows knowing their ids (an array's tasks carry the first one's). A row's
         `env` is its whole environment; or its environment is `env_base` (shared with other
         rows: stored once) with `env_add` added, and `env` is not read."""
+        rows: list[dict[str, Any]] = []
+
+        def make(first: int) -> JobBatch:
+            rows.extend(make_rows(first))
+            return JobBatch(rows, list(range(len(rows))))
+        batch = self.insert_batch(make, who)
+        for k, row in enumerate(rows):
+            row.update(id=batch.first + k, seq=batch.seq + k)
+            row.pop("env_base", None)
+            row.pop("env_add", None)
+        return rows
+
+    def insert_batch(self, make: Callable[[int], JobBatch], who: str) -> JobBatch:
+        """The rows `make(first id)` builds, in one transaction, each with a submit event."""
         with self.write():
             seq = self.db.execute_sql(
                 "SELECT seq FROM sqlite_sequence WHERE name = 'job'").fetchone()
             first = (seq[0] if seq else 0) + 1
-            rows = make_rows(first)
-            values, events = [], []
-            # a value many rows share is dumped once, an environment looked up once; each
-            # is kept with its result, so that its id cannot name another one in the batch
-            dumped: dict[int, tuple[Any, str]] = {}
-            envs: dict[int, tuple[Any, int]] = {}
-            for i, row in enumerate(rows):
-                row["id"] = first + i
-                row["seq"] = self._next_seq()
-                values.append(self._job_values(row, dumped, envs))
-                events.append((row["id"], row["submit_time"], who, row["state"],
-                               row.get("reason")))
-            sql, values = _without_nulls(values)
+            batch = make(first)
+            batch.first, batch.seq = first, self.seq + 1
+            self.seq += len(batch)  # under the write's lock
             cur = self.db.cursor()
-            cur.executemany(sql, values)
-            if all(e[4] is None for e in events):  # a NULL bound costs, one written not
-                cur.executemany(_EVENT_NO_REASON_SQL, [e[:4] for e in events])
+            cur.executemany(*self._batch_values(batch))
+            # every row of a prototype has the same event but for its job
+            ev = [(p["submit_time"], who, p["state"], p.get("reason")) for p in batch.protos]
+            sql = _EVENT_SQL
+            if not any([e[3] for e in ev]):  # a NULL bound costs, one written not
+                sql, ev = _EVENT_NO_REASON_SQL, [e[:3] for e in ev]
+            if len(ev) == 1:
+                one = ev[0]
+                cur.executemany(sql, [(i, *one) for i in batch.ids])
             else:
-                cur.executemany(_EVENT_SQL, events)
-        return rows
+                cur.executemany(sql, [(i, *ev[p]) for i, p in zip(batch.ids, batch.of)])
+        return batch
+
+    def _batch_values(self, batch: JobBatch) -> tuple[str, list[tuple[Any, ...]]]:
+        """The INSERT of a batch and its rows' values: each prototype's values made once,
+        each row's its id, change counter and own values put before them. The INSERT leaves
+        out the columns no row fills: sqlite3 binds None and bools through its adapter
+        lookup, which costs more than the insert itself; a column left out is NULL."""
+        # a value many rows share is dumped once, an environment looked up once; each is
+        # kept with its result, so that its id cannot name another one in the batch
+        dumped: dict[int, tuple[Any, str]] = {}
+        envs: dict[int, tuple[Any, int]] = {}
+        protos = [self._job_values(p, dumped, envs) for p in batch.protos]
+        lead = _LEAD
+        if batch.own_fields:
+            lead += tuple(_AT["env" if f == "env_add" else f] for f in batch.own_fields)
+        # the prototypes are mostly alike: only the first one's empty columns are searched
+        empty = [i for i, v in enumerate(protos[0]) if v is None]
+        for values in protos[1:]:
+            if not empty:
+                break
+            empty = [i for i in empty if values[i] is None]
+        sql, pick = _insert_of(lead, tuple(empty))
+        rest = [pick(v) for v in protos]
+        ids, seqs = batch.ids, range(batch.seq, batch.seq + len(batch))
+        if batch.own is not None:
+            own = _own_values(batch, protos)
+            values = [(i, s, *o) + rest[p] for i, s, o, p in zip(ids, seqs, own, batch.of)]
+        elif len(rest) == 1:
+            one = rest[0]
+            values = [(i, s) + one for i, s in zip(ids, seqs)]
+        else:
+            values = [(i, s) + rest[p] for i, s, p in zip(ids, seqs, batch.of)]
+        return sql, values
 
     def _job_values(self, row: dict[str, Any], dumped: dict[int, tuple[Any, str]],
                     envs: dict[int, tuple[Any, int]]) -> list[Any]:
-        base, add = row.pop("env_base", None), row.pop("env_add", None)
+        base, add = row.get("env_base"), row.get("env_add")
         if base is None:
             base = row["env"]
         env_id = None
@@ -141,6 +207,9 @@ class JobRows:
         full = {**_DEFAULTS, **row}
         out = list(_PLAIN_VALUES(full))
         out[_ENV_ID] = env_id
+        for i in _BOOLS:
+            if out[i] is not None:
+                out[i] = int(out[i])
         if env_id is not None:
             full["env"] = add or {}
         elif add is not None:  # nothing shared: what is added is the whole environment
@@ -198,7 +267,28 @@ class JobRows:
         return rows
 
 
-_ENV_ID = [n for n, _ in _PLAIN].index("env_id")
+_ENV_ID = _AT["env_id"]
+_LEAD = (_AT["id"], _AT["seq"])
 _DEFAULTS = dict(_PLAIN + _JSON)
 _PLAIN_VALUES = itemgetter(*(n for n, _ in _PLAIN))
 _JSON_VALUES = itemgetter(*(n for n, _ in _JSON))
+
+
+def _own_values(batch: JobBatch, protos: list[list[Any]]) -> list[tuple[Any, ...]]:
+    """Each row's values of its own fields, as stored."""
+    own = batch.own or []
+    cols: list[list[Any]] = []
+    for j, f in enumerate(batch.own_fields):
+        got = [o[j] for o in own]
+        if f == "env_add":  # as _job_values: beside a stored environment, {} for none
+            env = _AT["env"]
+            cols.append([_json(a or {}) if protos[p][_ENV_ID] is not None
+                         else _json(a) if a is not None else protos[p][env]
+                         for a, p in zip(got, batch.of)])
+        elif _AT[f] >= len(_PLAIN):
+            cols.append([_json(v) for v in got])
+        elif _AT[f] in _BOOLS:
+            cols.append([None if v is None else int(v) for v in got])
+        else:
+            cols.append(got)
+    return list(zip(*cols))

@@ -6,7 +6,11 @@ is checked whole before anything is written: an array is refused whole, a batch 
 """
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields as _fields
+from itertools import repeat
 from typing import Any
 
 from labq.errors import LabqError, NotFound, ValidationError
@@ -17,10 +21,27 @@ from labq.sweep import fill, grid, parse_array, task_env
 
 from .identity import Caller
 from .jobtable import JobTable
+from .storejobs import JobBatch
 
 S = JobState
 # what a client reads of a job: a batch's reply sends these columns, in this order
 JOB_FIELDS = [f.name for f in _fields(Job)]
+
+
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """Python's cycle collector paused while a batch is queued: its rows, jobs and reply
+    are tens of thousands of objects, most of which live on, and the collector, run every
+    700 new ones and at times over every object labqd holds, would find nothing among
+    them. Two batches' pauses may overlap: one ends the other's early, no more."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
@@ -37,7 +58,7 @@ def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
         values = [dict(v, index=str(i)) for i, v in enumerate(grid(params or []))]
     limit = max_running or limit
     n = len(values)
-    with table.lock:
+    with table.lock, collection_paused():
         admission = table.admission
         spec = admission.check_spec(caller, spec)
         admission.check_room(caller, n, whole=True)  # part of an array is worth less than none
@@ -45,25 +66,31 @@ def submit_tasks(table: JobTable, caller: Caller, spec: dict, array: str | None,
         command = base["command"]
         # a command without {NAME} is every task's: one object, stored as one text
         templated = any("{" in a for a in ([command] if type(command) is str else command))
+        own_fields = ("array_index", "env_add") + ("key",) * (base["key"] is not None) + (
+            "params",) * (params is not None) + ("command",) * templated
 
-        def make_rows(first: int) -> list[dict]:
-            rows = []
+        def make(first: int) -> JobBatch:
+            # the spec's environment is stored once for every task, each task's own
+            # variables in its row
+            proto = dict(base, array_id=first, array_limit=limit, key=None, params=None,
+                         experiment=base["experiment"] or f"array-{first}", env=None,
+                         env_base=base["env"])
+            own = []
             for k, v in enumerate(values):
                 task = {p: x for p, x in v.items() if p != "index"} or None
-                # the spec's environment is stored once for every task, each task's own
-                # variables in its row
-                rows.append(dict(base, array_id=first, array_index=int(v["index"]),
-                                 array_limit=limit, key=base["key"] if k == 0 else None,
-                                 experiment=base["experiment"] or f"array-{first}",
-                                 command=fill(command, v) if templated else command,
-                                 params=task, gpu_indices=[], env=None, env_base=base["env"],
-                                 env_add=dict(LABQ_ARRAY_ID=str(first),
-                                              **task_env(int(v["index"]), task or {}))))
-            return rows
-        rows = table.admission.admit(caller, make_rows)
-    vary = ["id", "seq", "array_index"] + ["key"] * (base["key"] is not None) + [
-        "params"] * (params is not None) + ["command"] * templated
-    return job_table(rows, rows, vary)
+                mine: tuple[Any, ...] = (int(v["index"]), dict(
+                    LABQ_ARRAY_ID=str(first), **task_env(int(v["index"]), task or {})))
+                if base["key"] is not None:
+                    mine += (base["key"] if k == 0 else None,)
+                if params is not None:
+                    mine += (task,)
+                if templated:
+                    mine += (fill(command, v),)
+                own.append(mine)
+            return JobBatch([proto], [0] * n, own_fields, own)
+        batch = table.admission.admit(caller, make)
+        vary = ["id", "seq"] + [f for f in own_fields if f != "env_add"]
+        return job_table(batch, _picked(batch, vary), vary)
 
 
 def task_count(array: str | None, params: list[tuple[str, list[str]]] | None) -> int:
@@ -83,7 +110,7 @@ def submit_many(table: JobTable, caller: Caller, specs: list[Any], defaults: dic
     entry per row in order: the job's values, or {"error": ...} (see `job_table`)."""
     order = rows if rows is not None else range(len(specs))
     results: list[Any] = [None] * len(order)
-    with table.lock:
+    with table.lock, collection_paused():
         ready = _checked(table, caller, specs, defaults, order, results)
         if ready:
             try:
@@ -99,26 +126,24 @@ def submit_many(table: JobTable, caller: Caller, specs: list[Any], defaults: dic
                     "limits.user_max_pending allows", "details": {"limit": "user_max_pending"}}}
             ready = ready[:room]
         if not ready:
-            return job_table([], results, [])
+            return job_table(None, results, [])
         now = table.clock.time()
-        made: dict[int, dict] = {}  # a spec's row as queued, made once for its equal rows
-
-        def make_rows(first: int) -> list[dict]:
-            out = []
-            for _, spec in ready:
-                base = made.get(id(spec))
-                if base is None:
-                    base = made[id(spec)] = table.admission.new_row(caller, spec, now)
-                out.append(dict(base, gpu_indices=[]))
-            return out
-        queued = table.admission.admit(caller, make_rows)
-    for (i, _), row in zip(ready, queued):
-        results[i] = row
-    # rows of one spec differ in their id and change counter only
-    first = next(iter(made.values()))
-    return job_table(queued, results, ["id", "seq"] + [
-        f for f in JOB_FIELDS if f not in ("id", "seq", "env")
-        and any(t.get(f) != first.get(f) for t in made.values())])
+        made: dict[int, int] = {}  # a spec's row as queued, made once for its equal rows
+        protos: list[dict] = []
+        of = []
+        for _, spec in ready:
+            p = made.get(id(spec))
+            if p is None:
+                p = made[id(spec)] = len(protos)
+                protos.append(table.admission.new_row(caller, spec, now))
+            of.append(p)
+        batch = table.admission.admit(caller, lambda first: JobBatch(protos, of))
+        # rows of one spec differ in their id and change counter only
+        vary = ["id", "seq"] + [f for f in JOB_FIELDS if f not in ("id", "seq", "env")
+                                and any(p.get(f) != protos[0].get(f) for p in protos)]
+        for (i, _), picked in zip(ready, _picked(batch, vary)):
+            results[i] = picked
+        return job_table(batch, results, vary)
 
 
 def _checked(table: JobTable, caller: Caller, specs: list[Any], defaults: dict[str, Any],
@@ -164,21 +189,33 @@ def _row_spec(table: JobTable, caller: Caller, raw: dict, defaults: dict[str, An
     return spec
 
 
-def job_table(rows: list[dict], results: list[Any], vary: list[str]) -> dict[str, Any]:
+def job_table(batch: JobBatch | None, results: list[Any], vary: list[str]) -> dict[str, Any]:
     """A reply of many jobs: `fields`; `shared`, the values every job has alike; `vary`, the
     fields that may differ (the caller knows which); and `results`, each a job's values of
-    `vary` (or another entry kept as it is, an error). Ten thousand jobs as dicts repeat
-    every field name and value ten thousand times, in the encoding and the decoding."""
-    for row in rows:
-        row["env"] = None  # as a listing shows it: `job` gives the environment
-        for key in ("priority_score", "estimated_start", "reservation", "backfill_limit_s"):
-            row.setdefault(key, None)
-    first = rows[0] if rows else {}
-    at = {id(r): k for k, r in enumerate(rows)}
-    picked = [[r.get(f) for f in vary] for r in rows]
-    out = [picked[at[id(r)]] if id(r) in at else r for r in results]
+    `vary` (see `_picked`), or an error. Ten thousand jobs as dicts repeat every field name
+    and value ten thousand times, in the encoding and the decoding."""
+    first = {} if batch is None else batch.row(0)
+    first["env"] = None  # as a listing shows it: `job` gives the environment
     return {"fields": JOB_FIELDS, "shared": [first.get(f) for f in JOB_FIELDS],
-            "vary": vary, "results": out}
+            "vary": vary, "results": results}
+
+
+def _picked(batch: JobBatch, vary: list[str]) -> list[list[Any]]:
+    """Each row's values of the fields in `vary`, in the batch's order."""
+    n = len(batch)
+    cols: list[Any] = []
+    for f in vary:
+        if f == "id":
+            cols.append(batch.ids)
+        elif f == "seq":
+            cols.append(range(batch.seq, batch.seq + n))
+        elif f in batch.own_fields:
+            j = batch.own_fields.index(f)
+            cols.append([o[j] for o in batch.own or []])
+        else:
+            got = [p.get(f) for p in batch.protos]
+            cols.append(repeat(got[0], n) if len(got) == 1 else [got[p] for p in batch.of])
+    return list(map(list, zip(*cols)))
 
 
 def experiment_ids(table: JobTable, caller: Caller, name: str,

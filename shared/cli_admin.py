@@ -156,6 +156,23 @@ def cmd_whoami(q: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_version(q: Client, a: argparse.Namespace) -> int:
+    """The daemon's release and protocol beside the client's, which main() has printed."""
+    from . import __version__
+    from .protocol import PROTOCOL
+    info = q.ping()
+    daemon, proto = info.get("version"), info.get("protocol")
+    if a.json:
+        print_json({"client": {"version": __version__, "protocol": PROTOCOL},
+                    "daemon": {"version": daemon, "protocol": proto}})
+        return 0
+    if daemon is None:  # labqd from before releases were reported
+        print("labqd: older than 0.1.0 (no protocol number): upgrade it")
+        return 1
+    print(printable(f"labqd {daemon} (protocol {proto})"))
+    return 0
+
+
 def add_parsers(add: Add) -> None:
     add("nodes", cmd_nodes, "list nodes and their GPUs")
     p = add("node", cmd_node, "admin: drain, resume, add or remove a node")
@@ -183,3 +200,4 @@ def add_parsers(add: Add) -> None:
     p.add_argument("--by", choices=["day", "hour"],
                    help="also GPU-hours per group per day or hour (hours: at most 31 days)")
     add("whoami", cmd_whoami, "who labqd thinks you are")
+    add("version", cmd_version, "labq's and labqd's releases and protocols")

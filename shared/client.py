@@ -14,7 +14,7 @@ from .calls import ClusterCalls, sends
 from .connection import exported_env, open_socket
 from .errors import DaemonUnavailable, InternalError, LabqError, ValidationError, from_wire
 from .models import Event, Job
-from .protocol import Op, Request
+from .protocol import PROTOCOL, Op, Request
 from .spec import MAX_REQUEST_CHARS, submit_request
 from .units import parse_duration_s
 
@@ -147,6 +147,7 @@ class Client(ClusterCalls):
         return req.read_reply(self._send(req.op.value, req.to_wire()))
 
     def _send(self, op: str, args: dict[str, Any]) -> Any:
+        args["protocol"] = PROTOCOL  # so a labqd that cannot serve this client says so
         text = json.dumps(args)  # ASCII: as many bytes as characters
         if len(text) > MAX_REQUEST_CHARS:
             # labqd would refuse it too, or drop the connection once it passes its frame cap

@@ -74,6 +74,12 @@ class DaemonUnavailable(LabqError):
     code = "UNAVAILABLE"
 
 
+class VersionMismatch(LabqError):
+    """The client and labqd speak protocols too far apart to understand each other; the
+    message says which side to upgrade."""
+    code = "VERSION_MISMATCH"
+
+
 class InternalError(LabqError):
     code = "INTERNAL"
 
@@ -81,7 +87,7 @@ class InternalError(LabqError):
 _BY_CODE = {cls.code: cls for cls in (
     ValidationError, NotFound, PermissionDenied, InvalidState, QuotaExceeded, RateLimited,
     StorageError, DaemonUnavailable, InternalError, DuplicateJob, BadEncoding, BadFormat,
-    Unauthenticated)}
+    Unauthenticated, VersionMismatch)}
 
 
 def from_wire(data: dict[str, Any]) -> LabqError:

@@ -1,6 +1,7 @@
 """Plain dataclasses that the client returns. They are built from the JSON the daemon sends."""
 from __future__ import annotations
 
+import gc
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -138,20 +139,28 @@ class Job:
                for f, v in proto.items() if type(v) in (list, dict) and f not in vary]
         new = cls.__new__
         out: list[Job | dict[str, Any]] = []
-        for r in results:
-            if type(r) is not list:
-                out.append(r)
-                continue
-            d = proto.copy()
-            d.update(zip(put, [v for v, s in zip(r, skip) if not s] if skipping else r,
-                         strict=True))
-            if state:
-                d["state"] = JobState(d["state"])
-            for f, v, flat in own:
-                d[f] = v.copy() if flat else _fresh(v)
-            job = new(cls)
-            job.__dict__ = d
-            out.append(job)
+        # the jobs all live on: the cycle collector, run every 700 new objects, would walk
+        # them again and again and find nothing (unless the caller has it off already)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for r in results:
+                if type(r) is not list:
+                    out.append(r)
+                    continue
+                d = proto.copy()
+                d.update(zip(put, [v for v, s in zip(r, skip) if not s] if skipping else r,
+                             strict=True))
+                if state:
+                    d["state"] = JobState(d["state"])
+                for f, v, flat in own:
+                    d[f] = v.copy() if flat else _fresh(v)
+                job = new(cls)
+                job.__dict__ = d
+                out.append(job)
+        finally:
+            if collecting:
+                gc.enable()
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -188,21 +188,22 @@ class Reference:
                 return True
         return False
 
-    def best_fit(self, job, avoid: Reservation | None = None):
-        """((node, gpus) or None, whether a per-type group limit stood in the way)."""
+    def best_fit(self, job, avoid: tuple = ()):
+        """((node, gpus) or None, whether a per-type group limit stood in the way), kept off
+        what the reservations in `avoid` hold."""
         type_blocked = False
         up = [n for n in self.nodes if n.view.state == "up" and len(n.free) >= job.gpus]
         for n in sorted(up, key=lambda n: (len(n.free), n.since)):
             if job.cpus > n.free_cpus or job.memory_mb > n.free_mem or not may_run(n.view, job):
                 continue
-            reserved = avoid is not None and n is avoid.node
-            if reserved and (job.cpus > avoid.spare_cpus or job.memory_mb > avoid.spare_mem):
+            holds = [r for r in avoid if n is r.node]
+            if any(job.cpus > r.spare_cpus or job.memory_mb > r.spare_mem for r in holds):
                 continue
             if job.gpus <= 0:
                 return (n, ()), False
             slots = {g.index: g for g in n.view.gpus}
             usable = sorted(i for i in n.free if slot_matches(slots[i], job)
-                            and not (reserved and i in avoid.gpus))
+                            and not any(i in r.gpus for r in holds))
             if len(usable) < job.gpus:
                 continue
             gpus = tuple(usable[:job.gpus])
@@ -212,11 +213,12 @@ class Reference:
             return (n, gpus), False
         return None, type_blocked
 
-    def reserve(self, job) -> Reservation | None:
-        """The earliest time and node at which `job` fits as running jobs reach their limits."""
+    def reserve(self, job, exclude: tuple = ()) -> Reservation | None:
+        """The earliest time and node, not in `exclude`, at which `job` fits as running jobs
+        reach their limits."""
         best = None
         for n in self.nodes:
-            if n.view.state != "up" or not fits_empty(n.view, job):
+            if n.view.state != "up" or not fits_empty(n.view, job) or n in exclude:
                 continue
             match = {g.index for g in n.view.gpus if slot_matches(g, job)}
             free = [i for i in sorted(n.free) if i in match]
@@ -233,6 +235,22 @@ class Reference:
                     best = Reservation(t, n, set((freed + free)[:job.gpus]), cpus - job.cpus,
                                        mem - job.memory_mb)
         return best
+
+    def may_reserve_more(self, job, more: list) -> bool:
+        """A starved job may hold a reservation after the top job's, while there are fewer
+        than starved_reservations."""
+        c = self.cfg
+        t0 = job.submit_time if job.eligible_time is None else job.eligible_time
+        return not (len(more) + 1 >= c.starved_reservations or not c.starved_first
+                    or not c.weight_age > 0 or not c.max_age_s > 0
+                    or t0 > self.now - c.max_age_s)
+
+    def reserve_more(self, job, res: Reservation | None, more: list) -> bool:
+        """The starved `job` after the top one reserves a node that no reservation holds."""
+        r = self.reserve(job, exclude=tuple(h.node for h in [res] + more if h is not None))
+        if r is not None:
+            more.append(r)
+        return r is not None
 
     def start(self, job, node: Node, gpus: tuple) -> None:
         if gpus:
@@ -278,6 +296,7 @@ class Reference:
     def walk(self, queue: list, out: Plan) -> None:
         held = None  # the reserved job
         res = None
+        more: list[Reservation] = []  # starved jobs' reservations after the top job's
         settled: dict[tuple, str] = {}  # twins -> what the ones behind wait for
         kept_off: dict[tuple, float] = {}  # twins -> window: longer limits wait for Priority
         for j in queue:
@@ -301,15 +320,20 @@ class Reference:
                 continue
             if placed is None:
                 out.reasons[j.id] = "Priority" if held is not None else "Resources"
-                settled[key] = "Priority"
+                may = key not in kept_off and self.may_reserve_more(j, more)
                 if held is None:
                     held, res = j, self.reserve(j)
                     if res is not None:
                         out.estimates[j.id] = res.time
+                elif may:
+                    may = self.reserve_more(j, res, more)
+                if not may:  # else its starved twins behind it may reserve
+                    settled[key] = "Priority"
                 continue
             node, gpus = placed
-            if res is not None and node is res.node and self.now + self.limit(j) > res.time:
-                placed, _ = self.best_fit(j, avoid=res)
+            ends = self.now + self.limit(j)
+            if res is not None and node is res.node and ends > res.time:
+                placed, _ = self.best_fit(j, avoid=(res,))
                 if placed is None:
                     out.reasons[j.id] = "Priority"
                     kept_off[key] = res.time - self.now
@@ -318,6 +342,27 @@ class Reference:
                 if node is res.node:
                     res.spare_cpus -= j.cpus
                     res.spare_mem -= j.memory_mb
+            if any(r.node is node and ends > r.time and (
+                    set(gpus) & r.gpus or j.cpus > r.spare_cpus or j.memory_mb > r.spare_mem)
+                   for r in more):
+                outlasted = [r for r in ([res] if res is not None else []) + more
+                             if ends > r.time]
+                placed, _ = self.best_fit(j, avoid=tuple(outlasted))
+                if placed is None:
+                    out.reasons[j.id] = "Priority"
+                    if res is not None:
+                        kept_off[key] = res.time - self.now
+                    else:
+                        settled[key] = "Priority"
+                    continue
+                node, gpus = placed
+                if res is not None and node is res.node and ends > res.time:
+                    res.spare_cpus -= j.cpus
+                    res.spare_mem -= j.memory_mb
+            for r in more:
+                if r.node is node and ends > r.time:
+                    r.spare_cpus -= j.cpus
+                    r.spare_mem -= j.memory_mb
             self.start(j, node, gpus)
             out.starts.append(Start(j.id, node.view.name, gpus))
 

@@ -10,7 +10,7 @@ from sshnodes import run_as
 from userkit import User, cli_venv
 
 import labq
-from labq.cli import LS_PAGE
+from labq.cli_views import LS_PAGE
 from labq.errors import ValidationError
 
 ALICE, BOB = "labqtest", "labqtest2"

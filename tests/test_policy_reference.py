@@ -53,6 +53,7 @@ def configs(draw):
         weight_size=draw(st.sampled_from([0.0, 0.0, 500.0])),
         weight_short=draw(st.sampled_from([0.0, 0.0, 300.0])),
         starved_first=draw(st.booleans()),
+        starved_reservations=draw(st.sampled_from([1, 2, 3])),
         max_age_s=draw(st.sampled_from([4096.0, 65536.0])),
         default_time_limit_s=draw(st.sampled_from([3600.0, 86400.0])),
         limits=limits, backfill=draw(st.booleans()) or draw(st.booleans()),

@@ -2,10 +2,16 @@
 replay's measure of what fair-share promises."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from labq.daemon import policyconfig
+from labq.daemon.config import ConfigError, load
 from labq.daemon.policy import GpuSlot, JobView, NodeView, PolicyConfig, Snapshot, plan
 from labq.daemon.simshare import ShareMeter
+from labq.daemon.trace import TraceJob
+from labq.daemon.waitbound import least_max_wait, worst_window
 
 NOW = 1_000_000.0
 DAY = 86400.0
@@ -220,3 +226,55 @@ def test_the_short_factor_starts_the_shorter_limit_first_and_steps_keep_near_lim
     assert len(PendingQueue(cfg, NOW, [early, late]).classes) == 1
     assert len(PendingQueue(PolicyConfig(weight_age=0.0, weight_short=10000.0), NOW,
                             [early, late]).classes) == 2
+
+
+def test_starved_jobs_after_the_top_one_reserve_nodes_of_their_own():
+    # a: full until NOW + 1 h; b: half full until NOW + 2 h. Two starved 4-GPU jobs wait;
+    # a fresh 1-GPU job with a 10-hour limit would take b's free GPUs from the second
+    jobs = [runs(1, "x", "a", (0, 1, 2, 3), NOW - 600), runs(2, "x", "b", (0, 1), NOW - 600),
+            JobView(3, "u-x", "x", "PENDING", 5, NOW - 4 * DAY, gpus=4, time_limit_s=3600.0),
+            JobView(4, "u-y", "y", "PENDING", 5, NOW - 3 * DAY, gpus=4, time_limit_s=3600.0),
+            JobView(5, "u-z", "z", "PENDING", 5, NOW - 60, gpus=1, time_limit_s=36000.0),
+            JobView(6, "u-z", "z", "PENDING", 5, NOW - 60, gpus=1, time_limit_s=1800.0)]
+    jobs[0].time_limit_s = jobs[1].time_limit_s = 600.0 + 3600.0
+    jobs[1].time_limit_s = 600.0 + 7200.0
+
+    def planned(k: int):
+        config = PolicyConfig(max_age_s=2 * DAY, starved_first=True, starved_reservations=k)
+        return plan(Snapshot([node4("a"), node4("b", (2, 3))], jobs, config=config), NOW)
+    easy = planned(1)  # the top job's reservation alone: job 5 takes b from job 4
+    assert sorted(s.job for s in easy.starts) == [5, 6]
+    assert easy.estimates == {3: NOW + 3600.0}
+    two = planned(2)  # job 4 holds b from NOW + 2 h: only the job that ends by then starts
+    assert [s.job for s in two.starts] == [6]
+    assert two.estimates == {3: NOW + 3600.0}  # shown for the top job, as before
+    assert two.reasons[4] == "Priority" and two.reasons[5] == "Priority"
+    # a job that has not waited max_age reserves nothing beyond the top job's
+    jobs[3] = replace(jobs[3], submit_time=NOW - DAY)
+    assert sorted(s.job for s in planned(2).starts) == [5, 6]
+
+
+def test_no_policy_keeps_waits_under_the_bound_and_a_policy_reaches_it():
+    # one 8-GPU node; three jobs of the whole node for 10 h each, all at once: the last one
+    # waits 20 h whatever the order, and the bound finds that to the hour
+    jobs = [TraceJob(i, "vc", 0.0, 36000.0, 8, 36000.0, 8) for i in (1, 2, 3)]
+    w, why = least_max_wait(jobs, 8, step=3600.0, tolerance=600.0)
+    assert 20 * 3600 - 3600 <= w <= 20 * 3600
+    assert why is not None and why.excess > 0
+    assert worst_window(jobs, 8, 20 * 3600.0, 3600.0).excess <= 0
+    # spread out so that each ends before the next arrives: nothing need wait
+    spread = [TraceJob(i, "vc", i * 40000.0, 36000.0, 8, 36000.0, 8) for i in (1, 2, 3)]
+    assert least_max_wait(spread, 8, step=3600.0)[0] == 0.0
+
+
+def test_starved_reservations_is_a_scheduler_setting(tmp_path):
+    conf = tmp_path / "labq.toml"
+    conf.write_text("[scheduler]\nstarved_first = true\nstarved_reservations = 8\n")
+    assert policyconfig.build(load(conf), {}).starved_reservations == 8
+    conf.write_text("[scheduler]\n")
+    assert policyconfig.build(load(conf), {}).starved_reservations == 1  # EASY, as before
+    for bad in ("0", '"many"', "1.5"):
+        conf.write_text(f"[scheduler]\nstarved_reservations = {bad}\n")
+        with pytest.raises(ConfigError) as e:
+            load(conf)
+        assert e.value.path == "scheduler.starved_reservations"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -249,3 +250,17 @@ def test_worst_lists_each_policys_worst_backlogged_vcs(capsys):
     detail = sim.simulate(dense, vcs, "vc-fifo")["share_detail"]  # worst first
     assert 1 <= len(rows) <= 2 and rows[0].split()[0] == next(iter(detail))
     assert list(detail.values())[0]["ratio"] == min(d["ratio"] for d in detail.values())
+
+
+def test_the_executable_prints_the_least_max_wait_the_trace_allows(tmp_path):
+    # one node; three jobs of the whole node for 10 hours, submitted together: the last to
+    # start waits 20 hours whatever the policy, and the bound (on a grid of 3 hours) comes near
+    small_trace(tmp_path, {"vc": 1}, ["2017-10-09 07:00:00,36000.0,8,288000.0,vc"] * 3)
+    exe = shutil.which("labq-sim") or os.path.join(os.path.dirname(sys.executable), "labq-sim")
+    out = subprocess.run([exe, "--trace", str(tmp_path / "jobs.csv"), "--vcs",
+                          str(tmp_path / "vcs.csv"), "--wait-bound"], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    m = re.match(r"no policy keeps every wait within (\d+) s", out)
+    assert m and 15 * 3600 <= int(m[1]) <= 20 * 3600, out
+    replayed = sim.run(str(tmp_path / "jobs.csv"), str(tmp_path / "vcs.csv"))["policies"]
+    assert all(r["max_wait_s"] >= int(m[1]) for r in replayed.values())  # none beats it

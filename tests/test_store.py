@@ -9,6 +9,7 @@ import pytest
 
 from labq.daemon import schema
 from labq.daemon import store as st
+from labq.daemon.storejobs import JobBatch
 
 
 def digest(path):
@@ -425,3 +426,31 @@ def test_a_batch_writes_each_rows_values_whichever_columns_the_others_leave_empt
         None, True, True, 60)
     assert [e["reason"] for e in s.events(a["id"]) + s.events(b["id"])] == ["Held", None]
     s.close()
+
+
+def test_a_batch_of_prototypes_stores_what_its_rows_one_by_one_would(tmp_path):
+    held = job_fields(owner_uid=1000, env=None, env_base=ENV, state="HELD", reason="Held",
+                      requeue=False, experiment="e")
+    pending = job_fields(owner_uid=1000, gpu_type="a100", priority=9, dependencies=["afterok:1"])
+    own_fields = ("array_index", "env_add", "key", "params", "command")
+    own = [(k, {"I": str(k)}, "k" if k == 0 else None, {"i": str(k)}, ["echo", str(k)])
+           for k in range(5)]
+    of = [0, 1, 1, 0, 0]
+    a = st.Store(tmp_path / "a.db")
+    batch = a.insert_batch(lambda first: JobBatch([held, pending], of, own_fields, own),
+                           "alice")
+    b = st.Store(tmp_path / "b.db")
+    rows = b.insert_jobs(lambda first: [dict([held, pending][p], **dict(zip(own_fields, o)))
+                                        for p, o in zip(of, own)], "alice")
+    assert list(batch.ids) == [r["id"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [batch.row(k) for k in range(5)] == rows
+    for i in batch.ids:
+        assert a.job_row(i) == b.job_row(i)
+        assert [dict(e, time=0) for e in a.events(i)] == [dict(e, time=0) for e in b.events(i)]
+    assert a.job_row(1)["env"] == dict(ENV, I="0") and a.job_row(2)["env"] == {"I": "1"}
+    assert [a.job_row(i)["command"] for i in batch.ids] == [["echo", str(k)] for k in range(5)]
+    assert [e["reason"] for i in batch.ids for e in a.events(i)] == [
+        "Held", None, None, "Held", "Held"]
+    assert a.job_by_key(1000, "k") == 1
+    a.close()
+    b.close()

@@ -283,3 +283,42 @@ def test_submit_many_queues_every_valid_row_and_limits_count_tasks(daemon, bob):
     assert isinstance(out[0], int) and isinstance(out[3], int)
     assert out[1] == ["VALIDATION_ERROR", 1] and out[2] == ["VALIDATION_ERROR", 2]
     assert out[4:] == ["QUOTA_EXCEEDED", "array", 2, 2]
+
+
+def test_each_job_of_a_batch_or_an_array_has_its_own_record_and_history(alice, bob):
+    tmp_path = Path(tempfile.mkdtemp(prefix="labq-hist-"))  # where both can read
+    a = {"command": ["echo", "a"], "hold": True, "experiment": "hist"}
+    b = {"command": ["echo", "b"], "hold": True, "experiment": "hist", "priority": 7}
+    path = tmp_path / "jobs.ndjson"
+    path.write_text("\n".join(json.dumps(r) for r in (a, b, a, b)) + "\n")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(path, 0o644)
+    batch = alice.ok("submit", "--from", str(path)).split()
+    tasks = [t["id"] for t in json.loads(alice.ok(
+        "submit", "--json", "--array", "0-2", "--hold", "--key", "hist-k", "-e", "hist",
+        "--", "echo", "{index}"))]
+    theirs = bob.ok("submit", "--from", str(path)).split()
+    assert len(set(batch + theirs)) == 8
+    for jid, want in zip(batch, (a, b, a, b)):
+        job = show(alice, jid)
+        assert (job["command"], job["priority"], job["state"], job["owner"]) == (
+            want["command"], want.get("priority", 5), "HELD", "labqwfa")
+    for k, jid in enumerate(tasks):
+        job = show(alice, jid)
+        assert (job["command"], job["array_index"], job["array_id"]) == (
+            ["echo", str(k)], k, tasks[0])
+        assert job["key"] == ("hist-k" if k == 0 else None)
+    # every job's history starts with its own submit, by its owner
+    for user, ids in ((alice, batch + [str(t) for t in tasks]), (bob, theirs)):
+        for jid in ids:
+            [event] = json.loads(user.ok("events", "--json", jid))
+            assert (event["who"], event["from_state"], event["to_state"], event["reason"]) == (
+                user.name, None, "HELD", "Held")
+    # the other user sees neither the key nor may end the jobs
+    assert show(bob, tasks[0])["key"] is None
+    r = bob.labq("cancel", batch[0], str(tasks[1]))
+    assert r.returncode != 0 and "PERMISSION_DENIED" in r.stderr
+    assert {show(alice, j)["state"] for j in (batch[0], str(tasks[1]))} == {"HELD"}
+    assert [show(bob, j)["owner"] for j in theirs] == ["labqwfb"] * 4
+    alice.ok("cancel", *batch, *map(str, tasks))
+    bob.ok("cancel", *theirs)

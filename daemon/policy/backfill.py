@@ -8,13 +8,18 @@ beyond what will be spare there. Either way the reserved job is never pushed lat
 
 A gang's reservation is a whole set of nodes, the earliest time at which that many distinct
 nodes can each take a part, and a lower-priority job keeps off what it needs on every one.
+
+With starved_reservations above 1, starved jobs that cannot start after the top one reserve
+too (StarvedReservations), each on nodes no other reservation holds: under a long overload one
+reservation drains one node at a time, while jobs that need whole nodes queue up behind it.
 """
 from __future__ import annotations
 
 import heapq
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from .placement import Cluster, could_ever_fit, gpu_matches, runs_owner
+from .placement import Cluster, could_ever_fit, gpu_matches, parts_of, runs_owner
 from .snapshot import JobView
 
 
@@ -45,21 +50,72 @@ class Reservation:
         self.spare_mem -= mem
 
 
-def reserve(cluster: Cluster, job: JobView, now: float) -> Reservation | None:
+class StarvedReservations:
+    """The reservations of starved jobs after the top job's, by node: one node belongs to one
+    reservation at most. A later job that outlasts a reservation keeps off what it holds."""
+
+    def __init__(self) -> None:
+        self.by_node: dict[int, Reservation] = {}
+        self.made: list[Reservation] = []
+
+    def add(self, res: Reservation) -> None:
+        self.made.append(res)
+        for i in (res.parts if res.parts is not None else (res.node,)):
+            part = res.on(i)
+            assert part is not None
+            self.by_node[i] = part
+
+    def in_way(self, placed: tuple, job: JobView, now: float, limit: float) -> bool:
+        """Starting `job` (which runs `limit` seconds) on `placed` would delay one of them."""
+        for i, gpus in parts_of(placed):
+            hold = self.by_node.get(i)
+            if hold is not None and not hold.allows(now, limit) and (
+                    hold.gpus.intersection(gpus) or job.cpus > hold.spare_cpus
+                    or job.memory_mb > hold.spare_mem):
+                return True
+        return False
+
+    def took(self, placed: tuple, job: JobView, now: float, limit: float) -> None:
+        for i, _ in parts_of(placed):
+            hold = self.by_node.get(i)
+            if hold is not None and not hold.allows(now, limit):
+                hold.took(job.cpus, job.memory_mb)
+
+
+class KeepOff:
+    """What a job that runs `limit` seconds keeps off (placement's `avoid`): the top job's
+    reservation unless the job ends before it, and each starved job's the same way."""
+
+    def __init__(self, top: Reservation | None, more: StarvedReservations, now: float,
+                 limit: float):
+        self.top = top if top is not None and not top.allows(now, limit) else None
+        self.more, self.now, self.limit = more, now, limit
+
+    def on(self, node: int) -> Reservation | None:
+        hold = self.top.on(node) if self.top is not None else None
+        if hold is None:
+            hold = self.more.by_node.get(node)
+            if hold is not None and hold.allows(self.now, self.limit):
+                return None
+        return hold
+
+
+def reserve(cluster: Cluster, job: JobView, now: float,
+            exclude: Collection[int] = ()) -> Reservation | None:
     """The earliest start of `job` from the running jobs' limits, or None if nothing known to
-    end would ever free enough for it."""
+    end would ever free enough for it. Nodes in `exclude` (indexes) are not considered."""
     best: Reservation | None = None
     need, cpus, mem = job.gpus, job.cpus, job.memory_mb
     plain = not job.gpu_type and not job.gpu_memory_mb
     restricted = cluster.restricted
     if plain and cluster.kept and not restricted:
-        first = cluster.ready(job, 1)
+        first = [e for e in cluster.ready(job, 1 + len(exclude)) if e[1] not in exclude][:1]
         if not first:
             return None
         if first[0][0] > now:  # else several nodes tie at now: the scan below picks
             return _earliest_part(cluster.nodes[first[0][1]], job, now, None)
     for ns in cluster.nodes:
-        if not ns.up:
+        if not ns.up or (exclude and ns.idx in exclude):
             continue
         if plain:  # could_ever_fit, inlined: this loop runs over every node
             if (cpus > ns.cpus or mem > ns.memory_mb or len(ns.gpus) < need
@@ -107,12 +163,15 @@ def reserve(cluster: Cluster, job: JobView, now: float) -> Reservation | None:
     return best
 
 
-def reserve_gang(cluster: Cluster, job: JobView, now: float) -> Reservation | None:
+def reserve_gang(cluster: Cluster, job: JobView, now: float,
+                 exclude: Collection[int] = ()) -> Reservation | None:
     """The earliest start of the gang `job`: when the `job.nodes`-th node that could take a
     part can take it; None if fewer nodes than that ever could. A node that can take its part
-    earlier holds it from then on (its running jobs only end)."""
+    earlier holds it from then on (its running jobs only end). Nodes in `exclude` are not
+    considered."""
     if cluster.kept and not cluster.restricted and not job.gpu_type and not job.gpu_memory_mb:
-        first = cluster.ready(job, job.nodes)
+        first = [e for e in cluster.ready(job, job.nodes + len(exclude))
+                 if e[1] not in exclude][:job.nodes]
         if len(first) < job.nodes:
             return None
         if first[-1][0] > now:  # else nodes that tie at now may be left out in another order
@@ -120,7 +179,7 @@ def reserve_gang(cluster: Cluster, job: JobView, now: float) -> Reservation | No
                                            for _, i in first])
     best: list[tuple[float, int, Reservation]] = []  # the job.nodes earliest, as a max-heap
     for ns in cluster.nodes:
-        if ns.up and could_ever_fit(ns, job):
+        if ns.up and could_ever_fit(ns, job) and not (exclude and ns.idx in exclude):
             # a node that is not earlier than the latest of the earliest so far changes nothing
             bound = -best[0][0] if len(best) == job.nodes else None
             got = _earliest_part(ns, job, now, bound)

@@ -112,6 +112,9 @@ class PolicyConfig:
     # a job that has waited max_age_s goes ahead of every job that has not, first come first
     # served among them (needs weight_age > 0): a bound on waits that fair-share cannot undo
     starved_first: bool = False
+    # how many starved jobs hold a backfill reservation each (the top job's is the first;
+    # 1: the top job's alone, EASY backfill)
+    starved_reservations: int = 1
     # preemption budget: a job is preempted at most this many times, and only after it has
     # run this long (0 preemptions: never preempt)
     preempt_max: int = 3

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from collections.abc import Collection
 from itertools import islice
 
-from .backfill import Reservation, reserve, reserve_gang
+from .backfill import KeepOff, Reservation, StarvedReservations, reserve, reserve_gang
 from .limits import quota_reason
 from .placement import Cluster, job_of_shape, parts_of
 from .priority import short_factor, size_factor, starved_priority, time_limit, user_factor
@@ -80,6 +81,10 @@ class Walk:
         self.res: Reservation | None = None
         self.res_job: JobView | None = None
         self.res_done = False  # reservation computed (it may be None)
+        # starved jobs' reservations after the top job's (config.starved_reservations)
+        self.more = StarvedReservations()
+        self.more_jobs: list[JobView] = []
+        self.reserving = config.starved_reservations > 1 and self.starved is not None
         self.window = 0.0
         self.failed_now: set[tuple] = set()  # shapes that fit nowhere now: resources only shrink
         self.failed_bf: set[tuple] = set()  # shapes that fit nowhere clear of the reservation
@@ -201,10 +206,13 @@ class Walk:
                         break
                     continue
             elif placed is None:
-                self._settle(n, job, "Priority", "Priority")
+                if not (self.reserving and self._reserve_more(n, job)):
+                    self._settle(n, job, "Priority", "Priority")
                 continue
             else:
                 placed = self._backfill(n, job, placed)
+                if placed is not None and self.more_jobs:
+                    placed = self._clear_of_more(n, job, placed)
                 if placed is None:
                     continue
             self._start(n, job, placed)
@@ -291,7 +299,10 @@ class Walk:
         """The first job that cannot start: the reservation is for it (made when a later job
         could start, or at the end); its class waits behind it."""
         self.res_job = job
-        self._settle(n, job, "Resources", "Priority")
+        if self.reserving and self._may_reserve_more(n, job):
+            self._go_on(n, job, "Resources")  # the starved members behind it may reserve
+        else:
+            self._settle(n, job, "Resources", "Priority")
         if self.settle and self.config.backfill:  # else the walk ends here
             self._settle_shapes()
 
@@ -324,9 +335,65 @@ class Walk:
                 self.window = self.res.time - self.now
         return self.res
 
+    def _reserve_more(self, n: int, job: JobView) -> bool:
+        """A starved job after the top one that cannot start reserves too, on nodes no other
+        reservation holds, while there are fewer than starved_reservations; the walk goes on
+        with the member behind it."""
+        if not self._may_reserve_more(n, job):
+            return False
+        top = self._reserve()
+        taken = set(self.more.by_node)
+        if top is not None:
+            taken.update(top.parts if top.parts is not None else (top.node,))
+        res = _reserve_for(self.cluster, job, self.now, taken)
+        if res is None:
+            return False
+        self.more.add(res)
+        self.more_jobs.append(job)
+        # its reason and estimate stay those of a job behind the top one: a walk that stops
+        # early, once nothing more can start, would not have reached it
+        self._go_on(n, job, "Priority")
+        return True
+
+    def _may_reserve_more(self, n: int, job: JobView) -> bool:
+        """`job`, starved and unable to start, may hold a reservation after the top job's."""
+        cfg = self.config
+        return not (len(self.more_jobs) + 1 >= cfg.starved_reservations
+                    or self.starved is None or not cfg.backfill or n in self.short_left
+                    or (job.submit_time if job.eligible_time is None else job.eligible_time)
+                    > self.floor)
+
+    def _go_on(self, n: int, job: JobView, reason: str) -> None:
+        """`job` waits for `reason`; the walk goes on with the member of class `n` behind it."""
+        self.heads[job.id] = reason
+        self.pos[n] += 1
+        if self.pos[n] < len(self.lists[n]):
+            self._push(n)
+
     # -- backfill --------------------------------------------------------------------------
+    def _clear_of_more(self, n: int, job: JobView, placed_: tuple) -> tuple | None:
+        """Where `job`, clear of the top job's reservation at `placed_`, may start without
+        delaying the starved jobs' after it, or None."""
+        now, limit = self.now, self._limit(job)
+        if self.more.in_way(placed_, job, now, limit):
+            placed_ = self.cluster.fit(job, avoid=KeepOff(self.res, self.more, now, limit))
+            if placed_ is None:
+                # as for the top job's: the members behind it that end before it go on
+                if self.res is not None:
+                    self._keep_short(n, job)
+                else:
+                    self._settle(n, job, "Priority", "Priority")
+                return None
+            if self.res is not None and not self.res.allows(now, limit):
+                for i, _ in parts_of(placed_):
+                    hold = self.res.on(i)
+                    if hold is not None:
+                        hold.took(job.cpus, job.memory_mb)
+        self.more.took(placed_, job, now, limit)
+        return placed_
+
     def _backfill(self, n: int, job: JobView, placed: tuple) -> tuple | None:
-        """Where `job` may start without delaying the reservation, or None."""
+        """Where `job` may start without delaying the top job's reservation, or None."""
         res = self._reserve()
         if res is None:
             return placed
@@ -357,6 +424,11 @@ class Walk:
             # next start)
             self.unsettled.discard(shape)
             self.settled_bf.add(shape)
+        self._keep_short(n, job)
+
+    def _keep_short(self, n: int, job: JobView) -> None:
+        """`job` waits (Priority), and of the members behind it only those whose limit ends
+        within the window are walked."""
         self.heads[job.id] = "Priority"
         left = self._short_members_left(n)
         self.short_left[n] = left
@@ -419,5 +491,7 @@ class Walk:
         self.filtered = frozenset(self.short_left)
 
 
-def _reserve_for(cluster: Cluster, job: JobView, now: float) -> Reservation | None:
-    return reserve_gang(cluster, job, now) if job.nodes > 1 else reserve(cluster, job, now)
+def _reserve_for(cluster: Cluster, job: JobView, now: float,
+                 exclude: Collection[int] = ()) -> Reservation | None:
+    return (reserve_gang(cluster, job, now, exclude) if job.nodes > 1
+            else reserve(cluster, job, now, exclude))

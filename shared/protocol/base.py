@@ -16,7 +16,7 @@ from typing import (
     get_origin,
 )
 
-from ..errors import ValidationError
+from ..errors import ValidationError, VersionMismatch
 from ..models import Event, Job, Node
 from ..spec import (
     MAX_VALUES,
@@ -65,6 +65,34 @@ class Op(str, Enum):
     PURGE = "purge"
 
 
+# The shape of requests and replies. Raised when a change would be misread by the other
+# side: an older labqd ignores arguments it does not know, and an older client cannot read a
+# newer reply, so each request carries its client's number and labqd refuses one it cannot
+# serve before doing anything.
+PROTOCOL = 1
+MIN_PROTOCOL = 1  # the oldest client this labqd still answers correctly
+
+
+
+def check_protocol(client: Any, version: str) -> None:
+    """Refuse a request whose client speaks a protocol this labqd (release `version`) cannot
+    serve. A request without a number (a raw RPyC call) is taken as it is."""
+    if client is None:
+        return
+    if type(client) is not int:
+        raise ValidationError("protocol must be an integer", {"field": "protocol"})
+    if client > PROTOCOL:
+        raise VersionMismatch(
+            f"this labq client speaks protocol {client}, newer than labqd {version} "
+            f"(protocol {PROTOCOL}): upgrade labqd, or use labq {version}",
+            {"client": client, "daemon": PROTOCOL, "version": version})
+    if client < MIN_PROTOCOL:
+        raise VersionMismatch(
+            f"this labq client speaks protocol {client}, older than labqd {version} "
+            f"answers (protocol {MIN_PROTOCOL} to {PROTOCOL}): upgrade labq to {version}",
+            {"client": client, "daemon": PROTOCOL, "version": version})
+
+
 MAX_OP = 64  # an unknown request's name is quoted back at most this long
 MAX_NODE_NAME = 255  # a host name
 MAX_NODE_TEXT = 4096  # paths and the like in a node entry
@@ -85,6 +113,8 @@ class PingReply(TypedDict):
     pid: int
     cluster: str
     seq: int  # the queue's change counter: what `jobs(changed_since=...)` counts from
+    version: str  # labqd's release
+    protocol: int  # and the newest protocol it speaks (PROTOCOL)
 
 
 class WhoamiReply(TypedDict):

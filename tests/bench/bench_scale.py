@@ -45,7 +45,7 @@ def fill(q, n: int, cwd: str) -> float:
 
 def ls_first_page(socket: Path) -> tuple[float, float]:
     """Seconds until `labq ls` has printed its first page, and until it has printed all."""
-    from labq.cli import LS_PAGE
+    from labq.cli_views import LS_PAGE
     env = dict(os.environ, LABQ_SOCKET=str(socket))
     t0 = time.perf_counter()
     p = subprocess.Popen([shutil.which("labq"), "ls"], stdout=subprocess.PIPE, env=env)
