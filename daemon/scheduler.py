@@ -20,7 +20,7 @@ from .jobtable import Change, JobTable
 from .nodes.registry import NodeRegistry
 from .policy import GpuSlot, NodeView, Snapshot, estimate
 from .policy.fairshare import Run
-from .policy.holds import Hold
+from .policy.holds import Hold, hold
 
 log = logging.getLogger("labqd.scheduler")
 S = JobState
@@ -179,10 +179,9 @@ class Scheduler:
                 seen.add(victim_id)
                 self.nodes.preempt(victim, by)
                 if for_id in plan.holds:
-                    node, gpus = plan.holds[for_id]
                     # the victims' SIGTERM, grace and SIGKILL, and the news of their end
                     until = self.clock.time() + 2 * self.nodes.cfg.kill_grace_s + 60
-                    self.holds[for_id] = Hold(node, gpus, until)
+                    self.holds[for_id] = hold(plan.holds[for_id], until)
         started: list[ActiveJob] = []
         for start in plan.starts:
             job = jobs.active.get(start.job)

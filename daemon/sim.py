@@ -31,8 +31,8 @@ Policies compared:
   the daemon: no job ranked above it takes them first.
 - labq-preempt-share (only when asked for: it replays in minutes): labq-preempt with the
   scavenger tier of preempt_over_share instead, which many labs run: what a VC runs beyond its
-  share may be preempted while it is beyond, for the top job or for the first waiting job of a
-  VC under its share.
+  share may be preempted while it is beyond, gangs whole, for the top job or for the first
+  waiting job of each class of a VC under its share.
 
 The trace as published loads the 2,816 GPUs to about 13 % on average, so queueing is rare
 whatever the policy; --arrival-scale compresses submit times to replay the same jobs under a
@@ -44,7 +44,8 @@ first submit)), Jain's index over the VCs' mean slowdowns (JCT / duration; 1 = e
 slowed equally), each VC's share of the GPU time used against its share of the GPUs, and what
 fair-share promises (ShareMeter): per VC, over the time it had jobs waiting, the GPU time it held
 against its share of the GPUs in use (or all it asked for, if less); "share" is the worst VC's.
-"preempt" counts preemptions; the JSON also gives the GPU-hours of work they lost.
+"preempt" counts preemptions; the JSON also gives the GPU-hours of work they lost, and per VC
+where it fell short of its share (simshare.py; --worst N prints the N worst VCs).
 """
 from __future__ import annotations
 
@@ -57,9 +58,10 @@ from collections import Counter
 from dataclasses import replace
 
 from .policy import GpuSlot, JobView, NodeView, PolicyConfig, fairshare, schedule
-from .policy.holds import Hold
+from .policy.holds import Hold, hold
 from .policy.placement import Cluster
 from .policy.queue import PendingQueue, age_floor
+from .simshare import ShareMeter, format_worst
 from .trace import GPUS_PER_NODE, TraceJob, load_trace
 from .waitbound import least_max_wait
 
@@ -162,7 +164,7 @@ class _Replay:
         self.violations = 0
         self.share = ShareMeter(vcs)
         # labq-preempt: the running jobs that may be victims as the policy sees them (the
-        # preemptible ones; with the over-share tier, all those of one node), and each running
+        # preemptible ones; with the over-share tier, all), and each running
         # job's end (a preempted job's entry in `ends` is then stale)
         self.preempt = policy in ("labq-preempt", "labq-preempt-share")
         self.by_submit = policy == "labq-preempt"  # the tier is fixed at submit
@@ -193,7 +195,7 @@ class _Replay:
                     vc = jobs[i].vc
                     self.views[i].preemptible = self.share.running[vc] >= self.vcs[vc]
                 p.add(self.views[i])
-                self.share.waiting(jobs[i].vc, jobs[i].gpus)
+                self.share.waiting(jobs[i].vc, jobs[i].gpus, jobs[i].nodes > 1)
                 if p not in dirty:
                     dirty.append(p)
                 i += 1
@@ -255,8 +257,8 @@ class _Replay:
                             running=self.running if preempting else None, held=held,
                             lookup=self._held_view)
             self._apply_starts(p, plan, t)
-            for jid, (node, gpus) in plan.holds.items():
-                self.holds[jid] = Hold(node, gpus, t + HOLD_S)
+            for jid, named in plan.holds.items():
+                self.holds[jid] = hold(named, t + HOLD_S)
             if not plan.preempts:
                 break
             # the freed GPUs go to the job the victims made way for, in the same instant:
@@ -282,14 +284,14 @@ class _Replay:
                 held.update(gpus)
             n = view.gpus * view.nodes
             self.busy_total += n
-            self.share.started(view.group, n)
+            self.share.started(view.group, n, view.nodes > 1)
             self.start[s.job] = t
             heapq.heappush(self.ends, (t + self.by_id[s.job].duration, s.job))
             if self.use_fs:
                 self.rates[view.group] = self.rates.get(view.group, 0.0) + n
             if self.preempt:
                 self.ends_at[s.job] = t + self.by_id[s.job].duration
-                if view.preemptible or (view.nodes == 1 and not self.by_submit):
+                if view.preemptible or not self.by_submit:
                     self.running[s.job] = replace(view, state="RUNNING", start_time=t,
                                                   node=s.node, gpu_indices=s.gpus,
                                                   parts=s.parts)
@@ -307,54 +309,15 @@ class _Replay:
         n = run.gpus * run.nodes
         self.busy_total -= n
         self.share.ended(run.group, n)
-        self.share.waiting(run.group, n)
+        self.share.waiting(run.group, n, run.nodes > 1)
         if self.use_fs:
             self.rates[run.group] -= n
         self.preemptions += 1
-        self.lost_gpu_s += n * (t - (run.start_time or t))
+        # a run that started at 0, the replay's first instant, lost its time since 0
+        self.lost_gpu_s += n * (t - (t if run.start_time is None else run.start_time))
         view = replace(self.views[jid - 1], preemptions=run.preemptions + 1)
         self.views[jid - 1] = view
         p.add(view)
-
-
-class ShareMeter:
-    """What fair-share promises, measured: while a VC has jobs waiting, it should hold at least
-    its share of the GPUs in use (its GPUs over all GPUs), or all it asks for if that is less.
-    Per VC, the GPU time it held over the GPU time it was so entitled to, both over the time it
-    had jobs waiting; 1.0 or more means it always got its share."""
-
-    def __init__(self, vcs: dict[str, int]):
-        total = sum(vcs.values()) or 1
-        self.share = {vc: g / total for vc, g in vcs.items()}
-        self.running = dict.fromkeys(vcs, 0)
-        self.queued = dict.fromkeys(vcs, 0)  # GPUs asked for by waiting jobs
-        self.held = dict.fromkeys(vcs, 0.0)
-        self.owed = dict.fromkeys(vcs, 0.0)
-        self.last = None
-
-    def advance(self, t: float, busy: int) -> None:
-        """Count the time since the last event, during which nothing changed."""
-        if self.last is not None and t > self.last:
-            dt = t - self.last
-            for vc, q in self.queued.items():
-                if q:
-                    run = self.running[vc]
-                    self.held[vc] += run * dt
-                    self.owed[vc] += min(self.share[vc] * busy, run + q) * dt
-        self.last = t
-
-    def waiting(self, vc: str, gpus: int) -> None:
-        self.queued[vc] += gpus
-
-    def started(self, vc: str, gpus: int) -> None:
-        self.queued[vc] -= gpus
-        self.running[vc] += gpus
-
-    def ended(self, vc: str, gpus: int) -> None:
-        self.running[vc] -= gpus
-
-    def ratios(self) -> dict[str, float]:
-        return {vc: self.held[vc] / o for vc, o in sorted(self.owed.items()) if o > 0}
 
 
 def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
@@ -371,6 +334,7 @@ def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
     result["lost_gpu_hours"] = r.lost_gpu_s / 3600.0
     result["share_ratio"] = r.share.ratios()
     result["worst_share"] = min(result["share_ratio"].values(), default=1.0)
+    result["share_detail"] = r.share.detail()
     if record:
         result["timeline"] = r.timeline
         result["records"] = {j.id: (j.submit, r.start.get(j.id), r.finish.get(j.id), j.gpus)
@@ -471,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
                     default=None, help="replay this policy only (repeat for several; default: "
                     + ", ".join(POLICIES) + ")")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--worst", type=int, default=0, metavar="N",
+                    help="after the table, each policy's N worst backlogged VCs: share, time "
+                    "backlogged, and the shortfall by what waited")
     ap.add_argument("--wait-bound", action="store_true",
                     help="print the least max wait any policy could reach (waitbound.py)")
     args = ap.parse_args(argv)
@@ -484,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("\n")
     else:
         print(format_table(result))
+        for name, m in result["policies"].items():
+            if args.worst > 0:
+                print(format_worst(name, m["share_detail"], args.worst))
     return 0
 
 

@@ -460,8 +460,6 @@ def _gang(data: dict[str, Any], out: dict[str, Any]) -> None:
 
 def _gang_options(out: dict[str, Any]) -> None:
     """What a gang (a job on several nodes) cannot have."""
-    if out["preemptible"]:
-        raise _fail("preemptible", "a job on several nodes (--nodes) is never preempted")
     for key in ("stage", "results"):
         if out.get(key):
             raise _fail(key, "staged files and results are for jobs on one node, not a job "

@@ -18,7 +18,7 @@ FAST_MODULES = {"test_policy", "test_policy_reference", "test_units", "test_stor
                 "test_sweep", "test_sbatch", "test_tokens", "test_agent_transfer",
                 "test_pressure_policy", "test_startup", "test_channels", "test_logcopy",
                 "test_agent_streams", "test_gang_policy", "test_gang", "test_slurm_parts",
-                "test_preempt_holds"}
+                "test_preempt_holds", "test_preempt_tier"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -46,10 +46,10 @@ def test_gang_options_that_disagree_or_make_no_sense_are_refused_by_name():
     refused("nodes", nodes=5000)
     refused("gpus_per_node", gpus_per_node=-1)
     refused("gpus_per_node", nodes=1024, gpus_per_node=8)  # more GPUs than any job may have
-    assert "never preempted" in refused("preemptible", nodes=2, gpus=2, preemptible=True)
     refused("results", nodes=2, results=["out/*"])
-    # on one node, both are fine
+    # on one node, it is fine; a gang may be preemptible (it is stopped whole)
     assert spec(gpus=2, preemptible=True, results=["out/*"])["nodes"] is None
+    assert spec(gpus=2, nodes=2, preemptible=True)["preemptible"] is True
 
 
 def test_the_cli_and_the_client_send_what_the_user_asked_for():

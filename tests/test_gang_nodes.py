@@ -141,8 +141,7 @@ def test_a_gang_the_cluster_cannot_hold_is_refused_and_nothing_is_queued(gang, v
     before = len(json.loads(bob.ok("ls", "--all", "--json")))
     for args, words in ((["--nodes", "3"], "the cluster has 2"),
                         (["--nodes", "2", "--gpus-per-node", "4"], "no node has more than 2"),
-                        (["--nodes", "2", "--gpus", "3"], "split evenly"),
-                        (["--nodes", "2", "--preemptible"], "never preempted")):
+                        (["--nodes", "2", "--gpus", "3"], "split evenly")):
         r = bob.labq("submit", *args, "--", "true")
         assert r.returncode != 0 and words in r.stderr, (args, r.stderr)
     assert len(json.loads(bob.ok("ls", "--all", "--json"))) == before

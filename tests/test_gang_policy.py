@@ -136,12 +136,20 @@ def test_a_gang_backfills_only_where_it_leaves_the_reservation_alone():
     assert [s.job for s in p.starts] == [short.id]
 
 
-def test_a_gang_neither_preempts_nor_is_preempted():
+def test_a_gang_preempts_on_all_its_nodes_and_is_preempted_whole():
     nodes = [node("a", free=()), node("b", free=())]
     scav = [busy(n, range(8), 100_000, preemptible=True, priority=1) for n in "ab"]
     gang = job(gpus=8, nodes=2, priority=10)
     p = plan(snap(nodes, scav + [gang], preempt_min_run_s=0), NOW)
-    assert p.preempts == []
+    assert sorted(p.preempts) == sorted((s.id, gang.id) for s in scav)
+    assert p.holds[gang.id] == (("a", tuple(range(8))), ("b", tuple(range(8))))
+    # a preemptible gang on both nodes makes way for a one-node job: stopped whole
+    running = job(gpus=8, nodes=2, state="RUNNING", node="a", gpu_indices=tuple(range(8)),
+                  parts=(("a", tuple(range(8))), ("b", tuple(range(8)))), start_time=NOW - 10,
+                  submit=NOW - 20, preemptible=True, priority=1)
+    one = job(gpus=4, priority=10)
+    p = plan(snap(nodes, [running, one], preempt_min_run_s=0), NOW)
+    assert p.preempts == [(running.id, one.id)]
 
 
 def test_the_plan_is_the_same_with_a_memo_and_the_estimates_hold_whole_sets():

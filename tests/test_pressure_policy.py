@@ -9,7 +9,7 @@ import pytest
 from labq.daemon import policyconfig
 from labq.daemon.config import ConfigError, load
 from labq.daemon.policy import GpuSlot, JobView, NodeView, PolicyConfig, Snapshot, plan
-from labq.daemon.sim import ShareMeter
+from labq.daemon.simshare import ShareMeter
 from labq.daemon.trace import TraceJob
 from labq.daemon.waitbound import least_max_wait, worst_window
 
@@ -87,6 +87,25 @@ def test_share_meter_caps_what_is_owed_at_what_was_asked_for():
     m.waiting("b", 1)  # b holds 1 and asks for 1 more: owed 2, not half of 7
     m.advance(50.0, 7)
     assert m.ratios() == {"b": pytest.approx(0.5)}
+
+
+def test_share_meter_says_how_long_a_vc_waited_and_what_it_was_short_of():
+    from labq.daemon.simshare import format_worst
+    m = ShareMeter({"a": 8, "b": 8})
+    m.advance(0.0, 0)
+    m.waiting("a", 8)
+    m.started("a", 8)
+    m.waiting("b", 8, gang=True)  # b's gang waits 100 s holding nothing: owed 4 of 8
+    m.advance(100.0, 8)
+    m.waiting("b", 1)  # then a one-node job too, for 50 s more
+    m.advance(150.0, 8)
+    d = m.detail()
+    assert list(d) == ["b"]
+    assert d["b"]["backlogged_s"] == 150.0 and d["b"]["empty_s"] == 150.0
+    assert d["b"]["short_gang_gpu_h"] == pytest.approx(4 * 100 / 3600)
+    assert d["b"]["short_one_node_gpu_h"] == pytest.approx(4 * 50 / 3600)
+    text = format_worst("labq", d, 5)
+    assert "the 5 worst" in text and "b" in text.splitlines()[2]
 
 
 def four_gpu_node() -> NodeView:
@@ -174,9 +193,10 @@ def test_over_share_a_group_under_its_share_preempts_what_a_group_runs_beyond_it
     # heavy's latest job on a node where one GPU is enough; not mid's (within its share),
     # though they started later
     assert over_share_plan(jobs, preempt_over_share=True) == [(2, 7)]
-    # the budget still holds
+    # the budget still holds: then heavy's job that loses the fewest GPU-seconds (3 GPUs
+    # for 1000 s, not 2 for 3000 s)
     jobs[1].preemptions = 3
-    assert over_share_plan(jobs, preempt_over_share=True) == [(1, 7)]
+    assert over_share_plan(jobs, preempt_over_share=True) == [(3, 7)]
     assert over_share_plan(jobs, preempt_over_share=True, preempt_min_run_s=5000) == []
 
 

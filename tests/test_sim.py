@@ -206,6 +206,52 @@ def test_the_executable_replays_the_policies_asked_for_and_refuses_an_unknown_on
     assert bad.returncode == 2 and "invalid choice: 'sjf'" in bad.stderr and not bad.stdout
 
 
+def test_over_share_a_gang_is_preempted_whole_for_a_small_vcs_whole_node_job(tmp_path):
+    # big's 2-node gang and (just started) 8-GPU job fill the cluster; tiny's 8-GPU job then
+    # takes back its node from the gang, which runs beyond big's share
+    jobs, vcs = small_trace(tmp_path, {"big": 2, "tiny": 1}, [
+        "2017-10-09 07:00:00,10000.0,16,160000.0,big",
+        "2017-10-09 07:15:00,10000.0,8,80000.0,big",
+        "2017-10-09 07:16:40,100.0,8,800.0,tiny"])
+    assert jobs[0].nodes == 2
+    plain = sim.simulate(jobs, vcs, "labq", record=True)
+    assert plain["records"][3][1] == 10000.0 and plain["share_ratio"]["tiny"] == 0.0
+    r = sim.simulate(jobs, vcs, "labq-preempt-share", record=True)
+    recs = r["records"]
+    assert r["violations"] == 0 and r["jobs"] == 3 and r["preemptions"] == 1
+    assert recs[3][1:3] == (1000.0, 1100.0)  # at once
+    assert "tiny" not in r["share_ratio"]  # it never waited
+    # the gang lost its 1000 s on both nodes, and ran again whole once tiny's job was done
+    # (its other node stayed free meanwhile: no job waited for it)
+    assert r["lost_gpu_hours"] == pytest.approx(16 * 1000 / 3600)
+    assert recs[1][1:3] == (1100.0, 11100.0) and recs[2][1:3] == (900.0, 10900.0)
+
+
+def test_over_share_a_gang_of_a_vc_under_its_share_makes_way_on_two_nodes(tmp_path):
+    rows = [f"2017-10-09 07:00:0{k},10000.0,8,80000.0,big" for k in range(4)]
+    jobs, vcs = small_trace(tmp_path, {"big": 2, "mid": 2},
+                            rows + ["2017-10-09 07:16:40,500.0,16,8000.0,mid"])
+    r = sim.simulate(jobs, vcs, "labq-preempt-share", record=True)
+    recs = r["records"]
+    assert r["violations"] == 0 and r["preemptions"] == 2
+    assert recs[5][1:3] == (1000.0, 1500.0)
+    # big's two latest jobs went, and ran again once mid's gang ended
+    assert [recs[k][1] for k in (1, 2, 3, 4)] == [0.0, 1.0, 1500.0, 1500.0]
+
+
+def test_worst_lists_each_policys_worst_backlogged_vcs(capsys):
+    args = ["--trace", JOBS, "--vcs", VCS, "--limit", "2000", "--seed", "3",
+            "--arrival-scale", "0.05", "--policy", "vc-fifo", "--worst", "2"]
+    assert sim.main(args) == 0
+    out = capsys.readouterr().out.split("vc-fifo: the 2 worst backlogged VCs\n")[1]
+    rows = out.splitlines()[1:]
+    jobs, vcs = load_trace(JOBS, VCS, limit=2000, seed=3)
+    dense = [sim.replace(j, submit=j.submit * 0.05) for j in jobs]
+    detail = sim.simulate(dense, vcs, "vc-fifo")["share_detail"]  # worst first
+    assert 1 <= len(rows) <= 2 and rows[0].split()[0] == next(iter(detail))
+    assert list(detail.values())[0]["ratio"] == min(d["ratio"] for d in detail.values())
+
+
 def test_the_executable_prints_the_least_max_wait_the_trace_allows(tmp_path):
     # one node; three jobs of the whole node for 10 hours, submitted together: the last to
     # start waits 20 hours whatever the policy, and the bound (on a grid of 3 hours) comes near

@@ -84,19 +84,18 @@ class NodeRegistry:
         """Stop a preemptible job's run (SIGTERM, the grace, SIGKILL) and queue it again, in
         the same way as a run lost with its node, but with the age it had (eligible_time
         kept), so that starved_first still bounds its wait; its next run has a new key, so
-        the end of this one changes nothing."""
-        link = self.links.get(job["node"])
-        if link is not None:
-            link.request("cancel", self._stop_reply(run_key(job)), job=run_key(job),
-                         reason="preempt")
-            self._until_ended(job, 0)
+        the end of this one changes nothing. A gang is stopped and queued again whole."""
+        self.cancel_run(job, "preempt")
+        where = ", ".join(dict.fromkeys(n for n, _ in parts(job)))
         why = (f"preempted by job {by['id']} of {by['owner']} (group {by['group']}) "
-               f"on {job['node']}")
+               f"on {where}")
         log.info("job %d: %s", job["id"], why)
+        ranks = range(len(job["parts"] or ((),)))
         self.jobs.transition(job, S.PENDING, "labqd", why, restarts=job["restarts"] + 1,
                              preemptions=job.get("preemptions", 0) + 1, node=None,
-                             gpu_indices=[], start_time=None)
-        self.jobs.logs.new_run(job["id"], job["restarts"], why)
+                             gpu_indices=[], parts=None, start_time=None)
+        for rank in ranks:
+            self.jobs.logs.new_run(log_key(job["id"], rank), job["restarts"], why)
 
     def cancel_run(self, job: dict, reason: str = "cancel", but: int | None = None) -> None:
         """Stop a job's run: each part of a gang's (but part `but`)."""
