@@ -236,6 +236,28 @@ def test_key_hints_on_buttons_and_a_true_log_state(local, size):
     drive(app, scenario, size)
 
 
+def test_a_job_view_closed_while_its_refresh_was_on_the_way_stays_closed(local):
+    """The view's refresh reads the job in a thread; its answer can come back after the view
+    was closed (Escape), when its widgets are gone. The app goes on, on the queue."""
+    with local.client() as q:
+        job = q.submit(["true"], name="closed-early", **KW)
+        q.wait(job.id, timeout=30)
+        events = q.events(job.id)
+    app = app_for(local)
+
+    async def scenario(pilot):
+        detail = await open_job(pilot, job.id)
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, JobDetailScreen), "the queue")
+        await pilot.pause(0.1)
+        app.call_later(detail._shown_if_open, job, events)  # as the worker's reply would
+        await pilot.pause(0.2)
+        assert app.is_running and not isinstance(app.screen, JobDetailScreen)
+        assert "closed-early" in screen_text(app)  # the queue, still drawn
+
+    drive(app, scenario, (160, 48))
+
+
 def test_a_refused_log_says_unavailable_not_following(local):
     app = app_for(local)
     ghost = Job.from_dict({"id": 99999, "name": "ghost", "owner": "root", "group": "root",

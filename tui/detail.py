@@ -19,6 +19,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
@@ -223,7 +224,16 @@ class JobDetailScreen(Screen):
             self.results = self.conn.run(lambda q: results.fetch(q, job))
         except LabqError:
             return  # the banner on the main screen says why; keep what is shown
-        self.app.call_from_thread(self.show_job, job, events)
+        self.app.call_from_thread(self._shown_if_open, job, events)
+
+    def _shown_if_open(self, job: Job, events: list[Event]) -> None:
+        # the reply may come back after the screen was closed, while its widgets go away
+        if self._stop.is_set() or not self.is_mounted:
+            return
+        try:
+            self.show_job(job, events)
+        except NoMatches:
+            pass  # closing: some of its widgets are gone already
 
     def show_job(self, job: Job, events: list[Event] | None = None) -> None:
         self.job = job
