@@ -691,12 +691,19 @@ class NodeSet:
             raise KeyError(key)
         return self.nodes[key]
 
-    def config_entries(self, gpus: dict[str, object] | None = None) -> list[dict]:
-        """``config_entry`` of every node; ``gpus`` maps node name -> gpus value."""
+    def config_entries(self, gpus: dict[str, object] | None = None,
+                       job_roots: Path | None = None) -> list[dict]:
+        """``config_entry`` of every node; ``gpus`` maps node name -> gpus value. With
+        ``job_roots``, each node keeps its jobs in its own ``jobs-NAME`` there, so that two
+        nodes on one machine do not share a job directory."""
         gpus = gpus or {}
-        return [
+        entries = [
             n.config_entry(self.user_key, self.known_hosts, gpus.get(n.name)) for n in self.nodes
         ]
+        if job_roots is not None:
+            for e in entries:
+                e["job_root"] = str(job_roots / f"jobs-{e['name']}")
+        return entries
 
 
 @atexit.register

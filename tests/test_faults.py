@@ -40,9 +40,8 @@ FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
 
 # -- helpers --------------------------------------------------------------------------------
 def entries_for(ns: NodeSet, base: Path, cpus: int = 1) -> list[dict]:
-    entries = ns.config_entries()
+    entries = ns.config_entries(job_roots=base)
     for e in entries:
-        e["job_root"] = str(base / f"jobs-{e['name']}")
         e["cpus"] = cpus  # one job fills a node: placement is predictable
     return entries
 

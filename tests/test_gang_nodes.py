@@ -7,9 +7,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from daemonproc import Daemon, wait_for
-from faultkit import crash_node, kill_runs
-from sshnodes import NodeSet, alive
+from daemonproc import wait_for
+from faultkit import crash_node
+from nodedaemon import daemon_on_nodes
+from sshnodes import alive
 from userkit import User, cli_venv, show, submit
 
 from labq.daemon import gangs
@@ -25,24 +26,12 @@ def venv():
 
 @pytest.fixture(scope="module")
 def gang(tmp_path_factory):
-    base = tmp_path_factory.mktemp("gang")
-    with NodeSet(base / "nodes", names=NAMES) as ns:
-        entries = ns.config_entries({n: GPUS for n in NAMES})
-        for e in entries:
-            e["job_root"] = str(base / f"jobs-{e['name']}")
-        d = Daemon(base / "daemon", {
-            "daemon": {"socket_mode": "0666", "kill_grace": "1s", "heartbeat": "1s",
-                       "node_timeout": "3s", "requeue_grace": "3s", "local_node": False},
-            "scheduler": {"interval": "1s"},
-            "node": entries,
-        })
-        d.nodes, d.entries = ns, entries
-        try:
-            with d.start(wait_nodes=2):
-                yield d
-        finally:
-            for e in entries:
-                kill_runs(e["job_root"])
+    with daemon_on_nodes(tmp_path_factory.mktemp("gang"), NAMES, GPUS, {
+        "daemon": {"socket_mode": "0666", "kill_grace": "1s", "heartbeat": "1s",
+                   "node_timeout": "3s", "requeue_grace": "3s", "local_node": False},
+        "scheduler": {"interval": "1s"},
+    }) as d:
+        yield d
 
 
 @pytest.fixture

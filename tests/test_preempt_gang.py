@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from daemonproc import Daemon, wait_for
-from faultkit import kill_runs
-from sshnodes import NodeSet, alive
+from daemonproc import wait_for
+from nodedaemon import daemon_on_nodes
+from sshnodes import alive
 from userkit import User, cli_venv, show, submit
 
 GPUS = [{"type": "A100", "memory_mb": 40960}] * 2
@@ -24,25 +24,13 @@ def venv():
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    base = tmp_path_factory.mktemp("preempt-gang")
-    with NodeSet(base / "nodes", names=NAMES) as ns:
-        entries = ns.config_entries({n: GPUS for n in NAMES})
-        for e in entries:
-            e["job_root"] = str(base / f"jobs-{e['name']}")
-        d = Daemon(base / "daemon", {
-            "daemon": {"socket_mode": "0666", "kill_grace": "1s", "local_node": False},
-            "scheduler": {"interval": "1s", "preempt_min_run": "0s",
-                          "preempt_over_share": True},
-            # each group is owed two of the four GPUs
-            "groups": {"labqtest": {"share": 1}, "labqtest2": {"share": 1}},
-            "node": entries,
-        })
-        try:
-            with d.start(wait_nodes=2):
-                yield d
-        finally:
-            for e in entries:
-                kill_runs(e["job_root"])
+    with daemon_on_nodes(tmp_path_factory.mktemp("preempt-gang"), NAMES, GPUS, {
+        "daemon": {"socket_mode": "0666", "kill_grace": "1s", "local_node": False},
+        "scheduler": {"interval": "1s", "preempt_min_run": "0s", "preempt_over_share": True},
+        # each group is owed two of the four GPUs
+        "groups": {"labqtest": {"share": 1}, "labqtest2": {"share": 1}},
+    }) as d:
+        yield d
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 one holds the node it waits for, so a newer job that would outlast the wait stays off it, and
 one that ends in time starts there."""
 import pytest
-from daemonproc import Daemon, wait_for
-from sshnodes import NodeSet
+from daemonproc import wait_for
+from nodedaemon import daemon_on_nodes
 
 GPUS = [{"type": "A100", "memory_mb": 40960}] * 2
 NAMES = ["s1", "s2"]
@@ -12,21 +12,14 @@ STARVED = 10000 + 1000 + 1000  # the default weights of fair-share, user priorit
 
 @pytest.fixture(scope="module")
 def starved(tmp_path_factory):
-    base = tmp_path_factory.mktemp("starved")
-    with NodeSet(base / "nodes", names=NAMES) as ns:
-        entries = ns.config_entries({n: GPUS for n in NAMES})
-        for e in entries:
-            e["job_root"] = str(base / f"jobs-{e['name']}")
-        d = Daemon(base / "daemon", {
-            "daemon": {"socket_mode": "0666", "kill_grace": "1s", "heartbeat": "1s",
-                       "local_node": False},
-            # a job is starved once it has waited 2 seconds
-            "scheduler": {"interval": "1s", "starved_first": True, "max_age": "2s",
-                          "starved_reservations": 2},
-            "node": entries,
-        })
-        with d.start(wait_nodes=2):
-            yield d
+    with daemon_on_nodes(tmp_path_factory.mktemp("starved"), NAMES, GPUS, {
+        "daemon": {"socket_mode": "0666", "kill_grace": "1s", "heartbeat": "1s",
+                   "local_node": False},
+        # a job is starved once it has waited 2 seconds
+        "scheduler": {"interval": "1s", "starved_first": True, "max_age": "2s",
+                      "starved_reservations": 2},
+    }) as d:
+        yield d
 
 
 def test_a_starved_job_after_the_top_one_keeps_its_node_from_a_longer_newer_job(starved, tmp_path):

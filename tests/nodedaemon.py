@@ -1,0 +1,29 @@
+"""A real labqd over real loopback SSH nodes, each with its own job root: what the gang,
+preemption and reservation tests each start."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from daemonproc import Daemon
+from faultkit import kill_runs
+from sshnodes import NodeSet
+
+
+@contextlib.contextmanager
+def daemon_on_nodes(base: Path, names: list[str], gpus: list[dict],
+                    config: dict) -> Iterator[Daemon]:
+    """labqd (its `config`, with the nodes added) once every node is up; `d.nodes` and
+    `d.entries` are the NodeSet and the nodes' entries. Runs left on the nodes are killed
+    at the end, so a failed test leaves no job behind."""
+    with NodeSet(base / "nodes", names=names) as ns:
+        entries = ns.config_entries({n: gpus for n in names}, job_roots=base)
+        d = Daemon(base / "daemon", {**config, "node": entries})
+        d.nodes, d.entries = ns, entries
+        try:
+            with d.start(wait_nodes=len(names)):
+                yield d
+        finally:
+            for e in entries:
+                kill_runs(e["job_root"])
