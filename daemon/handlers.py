@@ -60,7 +60,8 @@ from labq.protocol import (
     WhoamiReply,
     WhoamiRequest,
 )
-from labq.spec import MAX_MEMORY_MB, arg_error
+from labq.protocol.args import arg_error
+from labq.spec import MAX_MEMORY_MB
 from labq.states import JobState
 
 from .config import ConfigError

@@ -6,12 +6,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import ValidationError
 from ..models import Node
-from ..spec import (
-    CONTROL_CHARS,
-    MAX_IDENT,
-    arg_error,
-    check_name,
-)
+from ..spec import CONTROL_CHARS, MAX_IDENT
+from .args import arg_error, check_name
 
 if TYPE_CHECKING:
     pass

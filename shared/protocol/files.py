@@ -10,7 +10,7 @@ import base64
 import binascii
 from typing import Any, Self, TypedDict
 
-from ..spec import MAX_INT, arg_error, check_id, check_int, check_number
+from ..spec import MAX_INT
 from ..stagefiles import (
     CHUNK,
     MAX_FILE_BYTES,
@@ -18,6 +18,7 @@ from ..stagefiles import (
     check_relpath,
     check_token,
 )
+from .args import arg_error, check_id, check_int, check_number
 from .base import Op, Request
 
 

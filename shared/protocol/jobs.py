@@ -7,21 +7,8 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from ..models import Event, Job
-from ..spec import (
-    MAX_IDENT,
-    MAX_INT,
-    MAX_NODES,
-    MAX_REASON_BYTES,
-    MAX_TIME_S,
-    arg_error,
-    check_flag,
-    check_id,
-    check_ids,
-    check_int,
-    check_number,
-    check_text,
-    validate_submit,
-)
+from ..spec import MAX_IDENT, MAX_INT, MAX_NODES, MAX_REASON_BYTES, MAX_TIME_S, validate_submit
+from .args import arg_error, check_flag, check_id, check_ids, check_int, check_number, check_text
 
 if TYPE_CHECKING:
     pass

@@ -4,11 +4,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Self
 
-from ..spec import (
-    MAX_IDENT,
-    arg_error,
-    check_text,
-)
+from ..spec import MAX_IDENT
+from .args import arg_error, check_text
 
 if TYPE_CHECKING:
     pass

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Self, TypedDict
 
-from ..spec import MAX_IDENT, check_int, check_text
+from ..spec import MAX_IDENT
+from .args import check_int, check_text
 from .base import Op, Request
 
 MAX_TOKEN_DAYS = 3660  # labqd's tokens.max_days narrows this

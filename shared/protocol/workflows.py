@@ -7,8 +7,9 @@ from typing import Any, Self, TypedDict
 
 from ..errors import LabqError, from_wire
 from ..models import Job
-from ..spec import MAX_IDENT, arg_error, check_plain, check_text, validate_submit
+from ..spec import MAX_IDENT, check_plain, validate_submit
 from ..sweep import MAX_TASKS, check_params, parse_array
+from .args import arg_error, check_text
 from .base import Op, Request
 
 
