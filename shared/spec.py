@@ -300,8 +300,9 @@ def _name(name: Any, command: list[str] | str) -> str:
     return checked
 
 
-def validate_submit(data: Any) -> dict[str, Any]:
-    """Return the normalised request or raise ValidationError naming the first bad field."""
+def _plain_fields(data: Any) -> bool:
+    """Refuse a spec that is not a mapping of known fields of plain values; True when its
+    environment is one already accepted (it was not walked again)."""
     if not isinstance(data, dict):
         raise ValidationError("the request must be a mapping of fields", {"field": "spec"})
     unknown = sorted(str(k)[:64] for k in set(data) - set(FIELDS))
@@ -318,6 +319,13 @@ def validate_submit(data: Any) -> dict[str, Any]:
                 budget[0] -= len(env) + 1  # what walking it would have counted
                 continue
             check_plain(data[key], key, budget)
+    return env_known
+
+
+def validate_submit(data: Any) -> dict[str, Any]:
+    """Return the normalised request or raise ValidationError naming the first bad field."""
+    env_known = _plain_fields(data)
+    env: Any = data.get("env")
     if "command" not in data:
         raise _fail("command", "is required")
     out: dict[str, Any] = {"command": _command(data["command"])}
