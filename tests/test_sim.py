@@ -176,8 +176,33 @@ def test_a_preempted_job_is_preempted_at_most_preempt_max_times(tmp_path):
     assert all(recs[k][1] >= recs[1][2] for k in range(6, len(jobs) + 1))
 
 
+@pytest.fixture
+def daemon_budget(monkeypatch):
+    """The over-share tier with the daemon's default budget (3 times, after 5 minutes)
+    instead of the replay's."""
+    defaults = sim.policy_config("labq", {})
+    monkeypatch.setattr(sim, "SHARE_PREEMPT_MAX", defaults.preempt_max)
+    monkeypatch.setattr(sim, "SHARE_PREEMPT_MIN_RUN_S", defaults.preempt_min_run_s)
+
+
+def test_the_replays_over_share_budget_lets_every_short_job_take_its_node_back(tmp_path):
+    # the replay's tier may stop a job 6 times after a minute of running: each of small's
+    # seven short jobs starts at once, and neither of big's jobs is stopped more than 6 times
+    jobs, vcs = big_then_small(tmp_path)
+    config = sim.policy_config("labq-preempt-share", vcs)
+    assert (config.preempt_max, config.preempt_min_run_s) == (6, 60.0)
+    r = sim.simulate(jobs, vcs, "labq-preempt-share", record=True)
+    assert r["violations"] == 0 and r["jobs"] == len(jobs) and r["preemptions"] == 7
+    recs = r["records"]
+    assert all(recs[k][1] == recs[k][0] for k in range(3, len(jobs) + 1))
+    assert "small" not in r["share_ratio"]  # it never waited
+    # each big job ran its whole 5000 s once small was done
+    assert recs[1][2] - recs[1][1] == recs[2][2] - recs[2][1] == 5000.0
+    assert min(recs[1][1], recs[2][1]) >= recs[8][2]
+
+
 def test_over_its_share_a_vcs_latest_jobs_are_preempted_each_at_most_preempt_max_times(
-        tmp_path):
+        tmp_path, daemon_budget):
     # labq-preempt-share: big runs two jobs on its share of one node, so both are beyond it
     # while both run; small submits one short job after another: each stops the latest of
     # big's jobs that may still be stopped, but after preempt_max (3) times a job runs to
@@ -206,7 +231,8 @@ def test_the_executable_replays_the_policies_asked_for_and_refuses_an_unknown_on
     assert bad.returncode == 2 and "invalid choice: 'sjf'" in bad.stderr and not bad.stdout
 
 
-def test_over_share_a_gang_is_preempted_whole_for_a_small_vcs_whole_node_job(tmp_path):
+def test_over_share_a_gang_is_preempted_whole_for_a_small_vcs_whole_node_job(
+        tmp_path, daemon_budget):
     # big's 2-node gang and (just started) 8-GPU job fill the cluster; tiny's 8-GPU job then
     # takes back its node from the gang, which runs beyond big's share
     jobs, vcs = small_trace(tmp_path, {"big": 2, "tiny": 1}, [
