@@ -3,6 +3,7 @@ preemption and reservation tests each start."""
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,3 +28,10 @@ def daemon_on_nodes(base: Path, names: list[str], gpus: list[dict],
         finally:
             for e in entries:
                 kill_runs(e["job_root"])
+
+
+def writable_dir(prefix: str) -> Path:
+    """A directory every test user's job may write to."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o777)
+    return path

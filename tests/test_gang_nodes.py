@@ -3,15 +3,15 @@ starts on both nodes with the variables torchrun reads, keeps one log per part, 
 rank 0 ends or a part fails, is cancelled whole, and is requeued whole when a node dies."""
 import json
 import socket
-import tempfile
 from pathlib import Path
 
 import pytest
 from daemonproc import wait_for
 from faultkit import crash_node
-from nodedaemon import daemon_on_nodes
+from nodedaemon import daemon_on_nodes, writable_dir
 from sshnodes import alive
-from userkit import User, cli_venv, show, submit
+from userkit import cli_venv, show, submit
+from userkit import user_on as user
 
 from labq.daemon import gangs
 
@@ -36,14 +36,7 @@ def gang(tmp_path_factory):
 
 @pytest.fixture
 def shared():
-    """A directory every test user's job may write to."""
-    path = Path(tempfile.mkdtemp(prefix="labq-gang-"))
-    path.chmod(0o777)
-    return path
-
-
-def user(name, venv, daemon) -> User:
-    return User(name, venv, daemon.socket, {})
+    return writable_dir("labq-gang-")
 
 
 def pid_of(shared: Path, run: int, rank: int) -> int:

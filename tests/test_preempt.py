@@ -9,6 +9,7 @@ import pytest
 from daemonproc import Daemon, wait_for
 from sshnodes import NodeSet, alive
 from userkit import User, cli_venv, show, submit
+from userkit import user_on as user
 
 GPUS = [{"type": "A100", "memory_mb": 40960}] * 2
 
@@ -37,10 +38,6 @@ def _labqd(tmp_path_factory, name: str, node: str, grace: str):
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
     yield from _labqd(tmp_path_factory, "preempt", "p2", "1s")
-
-
-def user(name, venv, daemon) -> User:
-    return User(name, venv, daemon.socket, {})
 
 
 def events(u: User, jid: str) -> list[dict]:

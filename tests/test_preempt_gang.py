@@ -3,15 +3,14 @@ of equal share (scheduler.preempt_over_share): a gang running beyond its group's
 stopped whole (both parts) and requeued whole for the other group's job, then runs again whole
 and finishes; a gang of a group under its share takes back a GPU on each node and starts; a
 job that runs within its group's share is never stopped."""
-import json
-import tempfile
 from pathlib import Path
 
 import pytest
 from daemonproc import wait_for
-from nodedaemon import daemon_on_nodes
+from nodedaemon import daemon_on_nodes, writable_dir
 from sshnodes import alive
-from userkit import User, cli_venv, show, submit
+from userkit import cli_venv, requeues, show, submit
+from userkit import user_on as user
 
 GPUS = [{"type": "A100", "memory_mb": 40960}] * 2
 NAMES = ["q1", "q2"]
@@ -35,18 +34,7 @@ def daemon(tmp_path_factory):
 
 @pytest.fixture
 def shared():
-    path = Path(tempfile.mkdtemp(prefix="labq-pgang-"))
-    path.chmod(0o777)
-    return path
-
-
-def user(name, venv, daemon) -> User:
-    return User(name, venv, daemon.socket, {})
-
-
-def requeues(u: User, jid: str) -> list[dict]:
-    return [e for e in json.loads(u.ok("events", "--json", jid))
-            if e["from_state"] == "RUNNING" and e["to_state"] == "PENDING"]
+    return writable_dir("labq-pgang-")
 
 
 def pid_of(shared: Path, run: int, rank: int) -> int:

@@ -2,14 +2,14 @@
 labqd with a real SSH node, as two Unix users of two groups of equal share: a job of the group
 over its share is stopped and requeued for the other group's job, though it was not submitted
 preemptible; a group within its share is never stopped."""
-import json
 import tempfile
 from pathlib import Path
 
 import pytest
 from daemonproc import Daemon, wait_for
 from sshnodes import NodeSet
-from userkit import User, cli_venv, show, submit
+from userkit import cli_venv, requeues, show, submit
+from userkit import user_on as user
 
 GPUS = [{"type": "A100", "memory_mb": 40960}] * 2
 
@@ -35,15 +35,6 @@ def daemon(tmp_path_factory):
         })
         with d.start(wait_nodes=1):
             yield d
-
-
-def user(name, venv, daemon) -> User:
-    return User(name, venv, daemon.socket, {})
-
-
-def requeues(u: User, jid: str) -> list[dict]:
-    return [e for e in json.loads(u.ok("events", "--json", jid))
-            if e["from_state"] == "RUNNING" and e["to_state"] == "PENDING"]
 
 
 def test_a_group_over_its_share_has_its_latest_job_requeued_for_a_group_under_it(daemon, venv):

@@ -120,3 +120,14 @@ def submit(u: User, *args: str) -> str:
 def show(u: User, jid: str) -> dict:
     """`labq show --json` as the user."""
     return json.loads(u.ok("show", "--json", jid))
+
+
+def user_on(name: str, venv: Path, daemon) -> User:
+    """The lab member `name`, whose `labq` talks to `daemon`."""
+    return User(name, venv, daemon.socket, {})
+
+
+def requeues(u: User, jid: str) -> list[dict]:
+    """The times a job went from RUNNING back to PENDING, as `labq events` shows them."""
+    return [e for e in json.loads(u.ok("events", "--json", jid))
+            if e["from_state"] == "RUNNING" and e["to_state"] == "PENDING"]
