@@ -2,12 +2,10 @@
 labqd with a real SSH node, as two Unix users of two groups of equal share: a job of the group
 over its share is stopped and requeued for the other group's job, though it was not submitted
 preemptible; a group within its share is never stopped."""
-import tempfile
-from pathlib import Path
 
 import pytest
-from daemonproc import Daemon, wait_for
-from sshnodes import NodeSet
+from daemonproc import wait_for
+from nodedaemon import daemon_on_nodes, writable_dir
 from userkit import cli_venv, requeues, show, submit
 from userkit import user_on as user
 
@@ -21,26 +19,18 @@ def venv():
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    base = tmp_path_factory.mktemp("preempt-share")
-    with NodeSet(base / "nodes", names=["s2"]) as ns:
-        entries = ns.config_entries({"s2": GPUS})
-        entries[0]["job_root"] = str(base / "jobs")
-        d = Daemon(base / "daemon", {
-            "daemon": {"socket_mode": "0666", "kill_grace": "1s"},
-            "scheduler": {"interval": "1s", "preempt_min_run": "0s",
-                          "preempt_over_share": True},
-            # each group is owed one of the node's two GPUs
-            "groups": {"labqtest": {"share": 1}, "labqtest2": {"share": 1}},
-            "node": entries,
-        })
-        with d.start(wait_nodes=1):
-            yield d
+    with daemon_on_nodes(tmp_path_factory.mktemp("preempt-share"), ["s2"], GPUS, {
+        "daemon": {"socket_mode": "0666", "kill_grace": "1s"},
+        "scheduler": {"interval": "1s", "preempt_min_run": "0s", "preempt_over_share": True},
+        # each group is owed one of the node's two GPUs
+        "groups": {"labqtest": {"share": 1}, "labqtest2": {"share": 1}},
+    }) as d:
+        yield d
 
 
 def test_a_group_over_its_share_has_its_latest_job_requeued_for_a_group_under_it(daemon, venv):
     alice, bob = user("labqtest", venv, daemon), user("labqtest2", venv, daemon)
-    shared = Path(tempfile.mkdtemp(prefix="labq-share-"))
-    shared.chmod(0o777)
+    shared = writable_dir("labq-share-")
     gate = shared / "gate"
     # alice takes both GPUs, neither job preemptible; the second's rerun ends at once
     first = submit(alice, "--gpus", "1", "--wrap", f"while [ ! -e {gate} ]; do sleep 0.1; done")
@@ -63,8 +53,7 @@ def test_a_group_over_its_share_has_its_latest_job_requeued_for_a_group_under_it
 
 def test_a_group_within_its_share_is_never_stopped(daemon, venv):
     alice, bob = user("labqtest", venv, daemon), user("labqtest2", venv, daemon)
-    shared = Path(tempfile.mkdtemp(prefix="labq-share-"))
-    shared.chmod(0o777)
+    shared = writable_dir("labq-share-")
     gate = shared / "gate"
     hers = submit(alice, "--gpus", "1", "--wrap", f"while [ ! -e {gate} ]; do sleep 0.1; done")
     his = submit(bob, "--gpus", "1", "--wrap", f"while [ ! -e {gate} ]; do sleep 0.1; done")
