@@ -35,17 +35,6 @@ from .snapshot import JobView, PolicyConfig
 _INF = float("inf")
 
 
-def over_share(cluster: Cluster, config: PolicyConfig, groups: Iterable[str]) -> set[str]:
-    """The groups holding more GPUs than their share of the up nodes' GPUs; shares are over
-    the configured groups and `groups` (a group not configured has a share of 1)."""
-    return set(excess(cluster, config, groups))
-
-
-def excess(cluster: Cluster, config: PolicyConfig, groups: Iterable[str]) -> dict[str, float]:
-    """The GPUs each group over its share (as in over_share) holds beyond it."""
-    return {g: -r for g, r in room(cluster, config, groups).items() if r < 0}
-
-
 def room(cluster: Cluster, config: PolicyConfig, groups: Iterable[str]) -> dict[str, float]:
     """Each group's share of the up nodes' GPUs less what it holds (below 0: over it)."""
     shares = dict(config.group_shares)
@@ -72,20 +61,10 @@ def _started(job: JobView, now: float) -> float:
     return now if job.start_time is None else job.start_time
 
 
-def rank(job: JobView, now: float, config: PolicyConfig, fs: Mapping, max_gpus: int) -> float:
-    """The job's priority as a pending job (a running one: as it would be once requeued now,
-    with the age it had)."""
-    p = class_constant(job, config, fs.get((job.group, job.owner), 1.0), max_gpus)
-    t0 = job.submit_time if job.eligible_time is None else job.eligible_time
-    starved = starved_priority(config)
-    if starved is not None and t0 <= now - config.max_age_s:
-        return starved
-    age = min(1.0, max(0.0, now - t0) / config.max_age_s) if config.max_age_s > 0 else 1.0
-    return p + config.weight_age * age
-
-
 def _ranker(now: float, config: PolicyConfig, fs: Mapping, max_gpus: int):
-    """rank() for many jobs, the part of it that jobs of one request share computed once."""
+    """A job's priority as a pending job (a running one: as it would be once requeued now,
+    with the age it had), for many jobs: the part that jobs of one class share computed
+    once."""
     consts: dict[tuple, float] = {}
     starved = starved_priority(config)
     floor = now - config.max_age_s
@@ -142,8 +121,6 @@ def may_preempt(job: JobView, config: PolicyConfig, over: set[str] | None) -> bo
                 or (over is not None and job.group in over))
 
 
-
-
 class _Choice:
     """What one plan's preemptions have used so far: the GPUs each group over its share may
     still lose (its run beyond its share), the victims taken and the nodes given."""
@@ -181,7 +158,7 @@ def _victims(job: JobView, pool: list[tuple], now: float, config: PolicyConfig, 
     """The victims on the best node of `pool` for `job` (a gang: on its best nodes, or on
     nodes free already), or [], and what `job` may hold once they are stopped: (node, GPUs),
     or a gang's ((node, GPUs), ...). Nodes given are taken out of `pool`."""
-    top = rank(job, now, config, fs, max_gpus)
+    top = _ranker(now, config, fs, max_gpus)(job)
     scored = []
     for entry in pool:
         got = _on_node(job, entry, top, now, choice, dict(choice.beyond or {}))
