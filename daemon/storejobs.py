@@ -132,11 +132,7 @@ class JobRows:
             rows.extend(make_rows(first))
             return JobBatch(rows, list(range(len(rows))))
         batch = self.insert_batch(make, who)
-        for k, row in enumerate(rows):
-            row.update(id=batch.first + k, seq=batch.seq + k)
-            row.pop("env_base", None)
-            row.pop("env_add", None)
-        return rows
+        return [batch.row(k) for k in range(len(batch))]
 
     def insert_batch(self, make: Callable[[int], JobBatch], who: str) -> JobBatch:
         """The rows `make(first id)` builds, in one transaction, each with a submit event."""
