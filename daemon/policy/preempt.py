@@ -30,6 +30,7 @@ from collections.abc import Container, Iterable, Mapping
 
 from .placement import Cluster, could_ever_fit, gpu_matches, shape_of
 from .priority import class_constant, starved_priority
+from .queue import t0_of
 from .snapshot import JobView, PolicyConfig
 
 _INF = float("inf")
@@ -76,7 +77,7 @@ def _ranker(now: float, config: PolicyConfig, fs: Mapping, max_gpus: int):
         if p is None:
             p = consts[key] = class_constant(job, config, fs.get((job.group, job.owner), 1.0),
                                              max_gpus)
-        t0 = job.submit_time if job.eligible_time is None else job.eligible_time
+        t0 = t0_of(job)
         if starved is not None and t0 <= floor:
             return starved
         age = min(1.0, max(0.0, now - t0) * inv_age) if inv_age else 1.0

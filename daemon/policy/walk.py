@@ -26,7 +26,7 @@ from .backfill import KeepOff, Reservation, StarvedReservations, reserve, reserv
 from .limits import quota_reason
 from .placement import Cluster, job_of_shape, parts_of
 from .priority import short_factor, size_factor, starved_priority, time_limit, user_factor
-from .queue import JobClass
+from .queue import JobClass, t0_of
 from .reasons import OPEN
 from .snapshot import JobView, PolicyConfig, Start
 from .streams import ShapeStreams
@@ -360,8 +360,7 @@ class Walk:
         cfg = self.config
         return not (len(self.more_jobs) + 1 >= cfg.starved_reservations
                     or self.starved is None or not cfg.backfill or n in self.short_left
-                    or (job.submit_time if job.eligible_time is None else job.eligible_time)
-                    > self.floor)
+                    or t0_of(job) > self.floor)
 
     def _go_on(self, n: int, job: JobView, reason: str) -> None:
         """`job` waits for `reason`; the walk goes on with the member of class `n` behind it."""
