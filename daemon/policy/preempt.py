@@ -96,6 +96,8 @@ def _pool(cluster: Cluster, running: Mapping[int, JobView], now: float, config: 
     out = []
     ranked = _ranker(now, config, fs, cluster.max_gpus)
     gangs = cluster.gang_parts
+    over = over or set()
+    limit = _INF if protect is None else protect
     for ns in cluster.nodes:
         if not ns.up or not ns.running or ns.name in busy:
             continue
@@ -103,8 +105,11 @@ def _pool(cluster: Cluster, running: Mapping[int, JobView], now: float, config: 
                  and may_be_preempted(v, now, config, over)]
         if found:
             found.sort(key=lambda v: (-_started(v, now), v.id))
+            # a rank only matters for a job submitted preemptible (_Choice.allowed): the
+            # tier takes the rest back whatever their rank, and ranking is most of a plan
             here = [(r, v, _gpus_on(v, ns.idx, gangs)) for v in found
-                    if (r := ranked(v)) < (protect or _INF) or v.group in (over or ())]
+                    if ((r := ranked(v) if v.preemptible else _INF) < limit
+                        or v.group in over)]
             if here:
                 out.append((ns, here, len(ns.free) + sum(len(g) for _, _, g in here)))
     return out
@@ -122,6 +127,13 @@ def may_preempt(job: JobView, config: PolicyConfig, over: set[str] | None) -> bo
                 or (over is not None and job.group in over))
 
 
+def _within(left: Mapping[str, float], job: JobView) -> bool:
+    """At least half of `job` fits in what its group is owed and does not hold (`left`, as
+    room's): so starting it does not put its group over its share by more than the jobs that
+    the tier may take back from a group."""
+    return left.get(job.group, 0.0) >= job.gpus * job.nodes / 2
+
+
 class _Choice:
     """What one plan's preemptions have used so far: the GPUs each group over its share may
     still lose (its run beyond its share), the victims taken and the nodes given."""
@@ -132,10 +144,7 @@ class _Choice:
         self.taken: set[int] = set()
 
     def within(self, job: JobView) -> bool:
-        """At least half of `job` fits in what its group is owed and does not hold: so
-        starting it does not put its group over its share by more than the jobs that the
-        tier may take back from a group."""
-        return self.left.get(job.group, 0.0) >= job.gpus * job.nodes / 2
+        return _within(self.left, job)
 
     def allowed(self, v: JobView, r: float, top: float, job: JobView,
                 budget: dict[str, float]) -> bool:
@@ -270,7 +279,8 @@ def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, J
     left = room(cluster, config, groups) if config.preempt_over_share else None
     over = {g for g, r in left.items() if r < 0} if left is not None else None
     found = [j for j in candidates(top, heads, over)
-             if j.id not in holding and may_preempt(j, config, over)]
+             if j.id not in holding and may_preempt(j, config, over)
+             and (j is top or _within(left or {}, j))]
     if not found:
         return []  # before looking at the running jobs: most plans end here
     busy = ({n for h in holding.values() for n, _ in h.parts()}
