@@ -86,6 +86,7 @@ SCHEMA = TABLE({
         "cpu_weight": NUM(0, 1e6), "backfill": BOOL, "starved_first": BOOL,
         "starved_reservations": INT(1, 1 << 16),
         "preempt_max": INT(0, 1 << 20), "preempt_min_run": DURATION,
+        "preempt_max_run": DURATION,
         "preempt_over_share": BOOL,
         "interval": DURATION,
         "unsatisfiable_dependency": ONE_OF("cancel", "pend"),

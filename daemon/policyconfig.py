@@ -39,6 +39,7 @@ def build(cfg: Config, overrides: dict[str, dict]) -> PolicyConfig:
                       ("backfill", "backfill"), ("starved_first", "starved_first"),
                       ("starved_reservations", "starved_reservations"),
                       ("preempt_max", "preempt_max"), ("preempt_min_run", "preempt_min_run_s"),
+                      ("preempt_max_run", "preempt_max_run_s"),
                       ("preempt_over_share", "preempt_over_share")):
         if key in s:
             setattr(pc, attr, s[key])

@@ -27,13 +27,15 @@ Policies compared:
   is preemptible. A preempted job stops at once (no grace) and loses all the work since its
   start (no checkpoint); it is queued again with its submit time and its age, as in the
   daemon, and runs its whole duration again. Its wait counts up to the start of the run that
-  finished. The GPUs its victims free are the preemptor's (policy.holds), as in
-  the daemon: no job ranked above it takes them first.
-- labq-preempt-share (only when asked for: it replays in minutes): labq-preempt with the
-  scavenger tier of preempt_over_share instead, which many labs run: what a VC runs beyond its
-  share may be preempted while it is beyond, gangs whole, for the top job or for the first
-  waiting job of each class of a VC under its share; a job up to SHARE_PREEMPT_MAX times,
-  once it has run SHARE_PREEMPT_MIN_RUN_S.
+  finished. With --restart-cost S, jobs checkpoint instead when signalled (the daemon's
+  --signal): a preempted job resumes where it stopped, less S seconds (reloading, and the
+  work since its last checkpoint; never more than its run). The GPUs its victims free are
+  the preemptor's (policy.holds), as in the daemon: no job ranked above it takes them first.
+- labq-preempt-share: labq-preempt with the scavenger tier of preempt_over_share instead,
+  which many labs run: what a VC runs beyond its share may be preempted while it is beyond,
+  gangs whole, for the top job or for the first waiting job of each class of a VC under its
+  share; a job up to SHARE_PREEMPT_MAX times,
+  once it has run SHARE_PREEMPT_MIN_RUN_S, and not once it has run SHARE_PREEMPT_MAX_RUN_S.
 
 The trace as published loads the 2,816 GPUs to about 13 % on average, so queueing is rare
 whatever the policy; --arrival-scale compresses submit times to replay the same jobs under a
@@ -67,9 +69,7 @@ from .simshare import ShareMeter, format_worst
 from .trace import GPUS_PER_NODE, TraceJob, load_trace
 from .waitbound import least_max_wait
 
-POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle", "labq-preempt")
-# replayed only when named (--policy): slower
-MORE_POLICIES = ("labq-preempt-share",)
+POLICIES = ("vc-fifo", "fifo", "labq", "sjf-oracle", "labq-preempt", "labq-preempt-share")
 NODE_CPUS = 64
 NODE_MEM_MB = 512 * 1024
 # the labq policy replays with starved_first at this age (README: "Scheduling")
@@ -85,6 +85,9 @@ SHORT_STEP = 2.0
 # 0.85 of its share; with these it gets its share, and loses less work to restarts
 SHARE_PREEMPT_MAX = 6
 SHARE_PREEMPT_MIN_RUN_S = 60.0
+# and never after a day and a half of running: without this limit, runs longer than that were
+# 59 of 12,478 preemptions and half the work lost to restarts (README: "Taking shares back")
+SHARE_PREEMPT_MAX_RUN_S = 1.5 * 86400.0
 # how long the GPUs a preemption freed are kept for the preemptor: its victims stop at once
 # here, so it starts in the same instant unless the walk started it elsewhere
 HOLD_S = 60.0
@@ -94,7 +97,8 @@ def _share_tier(name: str) -> dict[str, Any]:
     if name != "labq-preempt-share":
         return {}
     return {"preempt_over_share": True, "preempt_max": SHARE_PREEMPT_MAX,
-            "preempt_min_run_s": SHARE_PREEMPT_MIN_RUN_S}
+            "preempt_min_run_s": SHARE_PREEMPT_MIN_RUN_S,
+            "preempt_max_run_s": SHARE_PREEMPT_MAX_RUN_S}
 
 
 def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:
@@ -149,8 +153,12 @@ class _Partition:
 class _Replay:
     """One policy's replay: the event loop's state, so each step is a small method."""
 
-    def __init__(self, jobs: list[TraceJob], vcs: dict[str, int], policy: str):
+    def __init__(self, jobs: list[TraceJob], vcs: dict[str, int], policy: str,
+                 restart_cost: float | None = None):
         self.jobs, self.vcs = jobs, vcs
+        # None: a preempted job's run is lost; else it resumes, losing this much of its run
+        self.restart_cost = restart_cost
+        self.left: dict[int, float] = {}  # a job that resumes: its run time still to go
         self.cfg = cfg = policy_config(policy, vcs)
         oracle = policy == "sjf-oracle"
         self.views = [JobView(j.id, j.vc, j.vc, "PENDING", 5, j.submit, gpus=j.gpus // j.nodes,
@@ -300,11 +308,12 @@ class _Replay:
             self.busy_total += n
             self.share.started(view.group, n, view.nodes > 1)
             self.start[s.job] = t
-            heapq.heappush(self.ends, (t + self.by_id[s.job].duration, s.job))
+            end = t + self.left.get(s.job, self.by_id[s.job].duration)
+            heapq.heappush(self.ends, (end, s.job))
             if self.use_fs:
                 self.rates[view.group] = self.rates.get(view.group, 0.0) + n
             if self.preempt:
-                self.ends_at[s.job] = t + self.by_id[s.job].duration
+                self.ends_at[s.job] = end
                 if view.preemptible or not self.by_submit:
                     self.running[s.job] = replace(view, state="RUNNING", start_time=t,
                                                   node=s.node, gpu_indices=s.gpus,
@@ -319,7 +328,7 @@ class _Replay:
         for i, gpus in held:
             p.busy[c.nodes[i].name].difference_update(gpus)
         run = self.running.pop(jid)
-        del self.ends_at[jid]
+        end = self.ends_at.pop(jid)
         n = run.gpus * run.nodes
         self.busy_total -= n
         self.share.ended(run.group, n)
@@ -328,19 +337,24 @@ class _Replay:
             self.rates[run.group] -= n
         self.preemptions += 1
         # a run that started at 0, the replay's first instant, lost its time since 0
-        self.lost_gpu_s += n * (t - (t if run.start_time is None else run.start_time))
+        ran = t - (t if run.start_time is None else run.start_time)
+        if self.restart_cost is not None:
+            ran = min(ran, self.restart_cost)
+            self.left[jid] = end - t + ran
+        self.lost_gpu_s += n * ran
         view = replace(self.views[jid - 1], preemptions=run.preemptions + 1)
         self.views[jid - 1] = view
         p.add(view)
 
 
 def simulate(jobs: list[TraceJob], vcs: dict[str, int], policy: str,
-             record: bool = False) -> dict:
+             record: bool = False, restart_cost: float | None = None) -> dict:
     """Replay `jobs` under one policy; figures as in the module docstring.
 
     With `record`, also returns per job (submit, start, finish, gpus) and the number of busy
-    GPUs after every instant, for checking invariants."""
-    r = _Replay(jobs, vcs, policy)
+    GPUs after every instant, for checking invariants. `restart_cost`: as --restart-cost (None:
+    a preempted job loses its run)."""
+    r = _Replay(jobs, vcs, policy, restart_cost)
     r.run(record)
     result = _metrics(jobs, vcs, r.start, r.finish, r.total_gpus)
     result["violations"] = r.violations
@@ -394,7 +408,8 @@ def _metrics(jobs, vcs, start, finish, total_gpus) -> dict:
 
 
 def run(trace: str, vcs_path: str, limit: int | None = None, seed: int = 0,
-        policies=POLICIES, arrival_scale: float = 1.0) -> dict:
+        policies=POLICIES, arrival_scale: float = 1.0,
+        restart_cost: float | None = None) -> dict:
     t0 = time.perf_counter()
     jobs, vcs = load_trace(trace, vcs_path, limit, seed)
     if arrival_scale != 1.0:
@@ -402,9 +417,10 @@ def run(trace: str, vcs_path: str, limit: int | None = None, seed: int = 0,
     out = {}
     for name in policies:
         t = time.perf_counter()
-        out[name] = simulate(jobs, vcs, name)
+        out[name] = simulate(jobs, vcs, name, restart_cost=restart_cost)
         out[name]["wall_s"] = time.perf_counter() - t
-    return {"wall_s": time.perf_counter() - t0, "policies": out}
+    return {"wall_s": time.perf_counter() - t0, "restart_cost_s": restart_cost,
+            "policies": out}
 
 
 def wait_bound(trace: str, vcs_path: str, limit: int | None, seed: int,
@@ -434,7 +450,20 @@ def format_table(result: dict) -> str:
                      f"{m['worst_share']:>6.2f} {m['preemptions']:>7} {m['wall_s']:>5.1f}s")
     lines.append(f"total wall time {result['wall_s']:.1f} s (seconds are simulated time, "
                  "wall is real time)")
+    if result.get("restart_cost_s") is not None:
+        lines.append(f"preempted jobs resume from a checkpoint, losing "
+                     f"{result['restart_cost_s']:.0f} s of their run")
     return "\n".join(lines)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -445,9 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the time-limit model")
     ap.add_argument("--arrival-scale", type=float, default=1.0,
                     help="multiply submit times by this (0.25 = arrivals 4x denser, 4x the load)")
-    ap.add_argument("--policy", action="append", choices=POLICIES + MORE_POLICIES,
+    ap.add_argument("--policy", action="append", choices=POLICIES,
                     default=None, help="replay this policy only (repeat for several; default: "
                     + ", ".join(POLICIES) + ")")
+    ap.add_argument("--restart-cost", type=_seconds, default=None, metavar="S",
+                    help="jobs checkpoint when signalled: a preempted job resumes, losing S "
+                    "seconds of its run (default: no checkpoint, the whole run is lost)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--worst", type=int, default=0, metavar="N",
                     help="after the table, each policy's N worst backlogged VCs: share, time "
@@ -459,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         print(wait_bound(args.trace, args.vcs, args.limit, args.seed, args.arrival_scale))
         return 0
     result = run(args.trace, args.vcs, args.limit, args.seed, policies=args.policy or POLICIES,
-                 arrival_scale=args.arrival_scale)
+                 arrival_scale=args.arrival_scale, restart_cost=args.restart_cost)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -1,7 +1,10 @@
 """Preemption of what a group runs beyond its share (scheduler.preempt_over_share), in a real
 labqd with a real SSH node, as two Unix users of two groups of equal share: a job of the group
 over its share is stopped and requeued for the other group's job, though it was not submitted
-preemptible; a group within its share is never stopped."""
+preemptible; a group within its share is never stopped; a job that has run longer than
+preempt_max_run is kept, while a younger one is taken back."""
+
+import time
 
 import pytest
 from daemonproc import wait_for
@@ -69,3 +72,51 @@ def test_a_group_within_its_share_is_never_stopped(daemon, venv):
     assert bob.labq("wait", his, more, "--timeout", "60", timeout=90).returncode == 0
     assert alice.labq("wait", hers, "--timeout", "60", timeout=90).returncode == 0
     assert show(alice, hers)["preemptions"] == 0
+
+
+MAX_RUN_S = 12
+
+
+@pytest.fixture(scope="module")
+def long_runs_kept(tmp_path_factory):
+    with daemon_on_nodes(tmp_path_factory.mktemp("preempt-max-run"), ["s2"], GPUS, {
+        "daemon": {"socket_mode": "0666", "kill_grace": "1s"},
+        "scheduler": {"interval": "1s", "preempt_min_run": "0s", "preempt_over_share": True,
+                      "preempt_max_run": f"{MAX_RUN_S}s"},
+        "groups": {"labqtest": {"share": 1}, "labqtest2": {"share": 1}},
+    }) as d:
+        yield d
+
+
+def test_a_job_that_has_run_longer_than_preempt_max_run_is_not_taken_back(long_runs_kept,
+                                                                          venv):
+    alice, bob = user("labqtest", venv, long_runs_kept), user("labqtest2", venv, long_runs_kept)
+    shared = writable_dir("labq-share-")
+    gate = shared / "gate"
+    wait_gate = f"while [ ! -e {gate} ]; do sleep 0.1; done"
+    # alice runs beyond her share on both GPUs, with jobs that have run past the limit
+    old = [submit(alice, "--gpus", "1", "--wrap", wait_gate) for _ in range(2)]
+    wait_for(lambda: all(show(alice, j)["state"] == "RUNNING" for j in old),
+             what="alice's jobs running")
+    time.sleep(MAX_RUN_S + 1)
+    his = submit(bob, "--gpus", "1", "--", "echo", "his")
+    # several scheduling passes: bob's job waits for a GPU instead of taking one back
+    wait_for(lambda: show(bob, his)["reason"] == "Resources"
+             and show(bob, his)["estimated_start"], what="his waits")
+    time.sleep(3)
+    assert show(bob, his)["state"] == "PENDING"
+    assert all(show(alice, j)["state"] == "RUNNING" and not requeues(alice, j) for j in old)
+    # one of hers ends: bob's job takes the GPU, and her next job, young, is taken back for
+    # bob's next one
+    alice.labq("cancel", str(old[0]))
+    assert bob.labq("wait", his, "--timeout", "60", timeout=90).returncode == 0
+    young = submit(alice, "--gpus", "1", "--wrap",
+                   '[ "$LABQ_RESTART_COUNT" = 0 ] && exec sleep 600; exit 0')
+    wait_for(lambda: show(alice, young)["state"] == "RUNNING", what="young running")
+    mine = submit(bob, "--gpus", "1", "--", "echo", "mine")
+    assert bob.labq("wait", mine, "--timeout", "60", timeout=90).returncode == 0
+    assert len(requeues(alice, young)) == 1
+    assert alice.labq("wait", young, "--timeout", "60", timeout=90).returncode == 0
+    assert not requeues(alice, old[1])
+    gate.write_text("")
+    assert alice.labq("wait", old[1], "--timeout", "60", timeout=90).returncode == 0

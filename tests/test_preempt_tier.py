@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
+from labq.daemon import policyconfig
+from labq.daemon.config import ConfigError, load
 from labq.daemon.policy import GpuSlot, JobView, NodeView, PolicyConfig, Snapshot, plan
 from labq.daemon.policy.holds import Hold
 
@@ -139,3 +143,40 @@ def test_a_group_whose_job_would_be_mostly_beyond_its_share_does_not_preempt():
     four = waits("small", 4)
     p = tier(nodes, jobs + [four], {"big": 3, "small": 1})
     assert p.preempts == [(jobs[-1].id, four.id)]
+
+
+def test_a_job_that_has_run_longer_than_preempt_max_run_is_not_taken_back():
+    # big holds 12 of 16 GPUs, 4 beyond its share. To free a node for small's 8-GPU job, b's
+    # 4-GPU job loses the least work (12 GPU-days against a's 16), unless it has run longer
+    # than preempt_max_run: then a's job goes
+    nodes = [node("a"), node("b", free=(4, 5, 6, 7))]
+    young = runs("big", {"a": tuple(range(8))}, NOW - 2 * DAY)
+    old = runs("big", {"b": (0, 1, 2, 3)}, NOW - 3 * DAY)
+    mine = waits("small", 8)
+    jobs, shares = [young, old, mine], {"big": 1, "small": 1}
+    assert tier(nodes, jobs, shares).preempts == [(old.id, mine.id)]
+    p = tier(nodes, jobs, shares, preempt_max_run_s=2.5 * DAY)
+    assert p.preempts == [(young.id, mine.id)] and p.holds[mine.id] == ("a", tuple(range(8)))
+    # both have run longer: nothing is stopped, though small is owed a node
+    p = tier(nodes, jobs, shares, preempt_max_run_s=DAY)
+    assert p.preempts == [] and mine.id not in p.holds
+    # a job submitted --preemptible is kept the same way from the top waiting job
+    spare = runs("big", {"a": tuple(range(8))}, NOW - 2 * DAY, preemptible=True)
+    top = waits("big", 8, priority=10)
+    for limit, stopped in ((DAY, []), (3 * DAY, [(spare.id, top.id)]),
+                           (0.0, [(spare.id, top.id)])):
+        config = PolicyConfig(preempt_max_run_s=limit)
+        assert plan(Snapshot([node("a")], [spare, top], config=config), NOW).preempts == stopped
+
+
+def test_preempt_max_run_is_a_scheduler_setting(tmp_path):
+    conf = tmp_path / "labq.toml"
+    conf.write_text('[scheduler]\npreempt_over_share = true\npreempt_max_run = "36h"\n')
+    assert policyconfig.build(load(conf), {}).preempt_max_run_s == 36 * 3600
+    conf.write_text("[scheduler]\n")
+    assert policyconfig.build(load(conf), {}).preempt_max_run_s == 0  # no limit, as before
+    for bad in ("-1", '"soon"', "true"):
+        conf.write_text(f"[scheduler]\npreempt_max_run = {bad}\n")
+        with pytest.raises(ConfigError) as e:
+            load(conf)
+        assert e.value.path == "scheduler.preempt_max_run"

@@ -4,8 +4,9 @@ waiting job that could otherwise not start starts now.
 Who may be stopped: a job submitted preemptible, and with `preempt_over_share` any job of a
 group that holds more GPUs than its share (its share over all groups' shares, of the GPUs of
 the nodes that are up): the scavenger tier is then whatever a group runs beyond its share,
-for as long as it does. A victim has run at least preempt_min_run_s and has been preempted
-fewer than preempt_max times. A gang is stopped whole.
+for as long as it does. A victim has run at least preempt_min_run_s (and, if it is set, at most
+preempt_max_run_s: a long run is worth more than the wait it would save) and has been
+preempted fewer than preempt_max times. A gang is stopped whole.
 
 Who may preempt: a job that may not be stopped itself, when it is the top waiting job (the
 reservation's) or, with `preempt_over_share`, the first waiting job of each class of a group
@@ -52,9 +53,11 @@ def room(cluster: Cluster, config: PolicyConfig, groups: Iterable[str]) -> dict[
 
 def may_be_preempted(victim: JobView, now: float, config: PolicyConfig,
                      over: set[str] | None = None) -> bool:
+    ran = now - _started(victim, now)
     return ((victim.preemptible or (over is not None and victim.group in over))
             and victim.preemptions < config.preempt_max
-            and now - _started(victim, now) >= config.preempt_min_run_s)
+            and ran >= config.preempt_min_run_s
+            and (config.preempt_max_run_s <= 0 or ran <= config.preempt_max_run_s))
 
 
 def _started(job: JobView, now: float) -> float:

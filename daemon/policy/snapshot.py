@@ -119,6 +119,9 @@ class PolicyConfig:
     # run this long (0 preemptions: never preempt)
     preempt_max: int = 3
     preempt_min_run_s: float = 300.0
+    # a job that has run longer than this is no longer preempted: its run would be lost
+    # (0: no such limit)
+    preempt_max_run_s: float = 0.0
     # the scavenger tier is what a group runs beyond its share: its jobs may be preempted
     # while it holds more GPUs than its share, for a group under its share (preempt.py)
     preempt_over_share: bool = False
