@@ -1,6 +1,7 @@
 """Replay a GPU-cluster trace through the scheduling policy in simulated time.
 
     labq-sim --trace jobs.csv --vcs vcs.csv [--limit N] [--policy P] [--json] [--seed S]
+             [--arrival-scale S] [--restart-cost S] [--worst N] [--wait-bound]
 
 Event driven: time jumps from one submit or finish to the next, finishes are applied first, then
 submits, then the policy plans once for that instant. The policy is the daemon's own code
