@@ -87,7 +87,7 @@ SCHEMA = TABLE({
         "starved_reservations": INT(1, 1 << 16),
         "preempt_max": INT(0, 1 << 20), "preempt_min_run": DURATION,
         "preempt_max_run": DURATION,
-        "preempt_over_share": BOOL,
+        "preempt_over_share": BOOL, "preempt_share_floor": NUM(0, 1),
         "interval": DURATION,
         "unsatisfiable_dependency": ONE_OF("cancel", "pend"),
     }),

@@ -40,7 +40,8 @@ def build(cfg: Config, overrides: dict[str, dict]) -> PolicyConfig:
                       ("starved_reservations", "starved_reservations"),
                       ("preempt_max", "preempt_max"), ("preempt_min_run", "preempt_min_run_s"),
                       ("preempt_max_run", "preempt_max_run_s"),
-                      ("preempt_over_share", "preempt_over_share")):
+                      ("preempt_over_share", "preempt_over_share"),
+                      ("preempt_share_floor", "preempt_share_floor")):
         if key in s:
             setattr(pc, attr, s[key])
     pc.cancel_unsatisfiable = s.get("unsatisfiable_dependency", "cancel") == "cancel"

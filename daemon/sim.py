@@ -36,7 +36,8 @@ Policies compared:
   which many labs run: what a VC runs beyond its share may be preempted while it is beyond,
   gangs whole, for the top job or for the first waiting job of each class of a VC under its
   share; a job up to SHARE_PREEMPT_MAX times,
-  once it has run SHARE_PREEMPT_MIN_RUN_S, and not once it has run SHARE_PREEMPT_MAX_RUN_S.
+  once it has run SHARE_PREEMPT_MIN_RUN_S, and not once it has run SHARE_PREEMPT_MAX_RUN_S;
+  and only for a VC holding at most SHARE_PREEMPT_FLOOR of its share.
 
 The trace as published loads the 2,816 GPUs to about 13 % on average, so queueing is rare
 whatever the policy; --arrival-scale compresses submit times to replay the same jobs under a
@@ -90,6 +91,9 @@ SHARE_PREEMPT_MIN_RUN_S = 60.0
 # and never after a day and a half of running: without this limit, runs longer than that were
 # 59 of 12,478 preemptions and half the work lost to restarts (README: "Taking shares back")
 SHARE_PREEMPT_MAX_RUN_S = 1.5 * 86400.0
+# and only for a VC holding at most 80 % of its share: the last fifth of it comes from jobs
+# that end, without restarts (README: "Taking shares back")
+SHARE_PREEMPT_FLOOR = 0.8
 # how long the GPUs a preemption freed are kept for the preemptor: its victims stop at once
 # here, so it starts in the same instant unless the walk started it elsewhere
 HOLD_S = 60.0
@@ -100,7 +104,8 @@ def _share_tier(name: str) -> dict[str, Any]:
         return {}
     return {"preempt_over_share": True, "preempt_max": SHARE_PREEMPT_MAX,
             "preempt_min_run_s": SHARE_PREEMPT_MIN_RUN_S,
-            "preempt_max_run_s": SHARE_PREEMPT_MAX_RUN_S}
+            "preempt_max_run_s": SHARE_PREEMPT_MAX_RUN_S,
+            "preempt_share_floor": SHARE_PREEMPT_FLOOR}
 
 
 def policy_config(name: str, vcs: dict[str, int]) -> PolicyConfig:

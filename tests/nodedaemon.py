@@ -14,12 +14,13 @@ from sshnodes import NodeSet
 
 @contextlib.contextmanager
 def daemon_on_nodes(base: Path, names: list[str], gpus: list[dict],
-                    config: dict) -> Iterator[Daemon]:
-    """labqd (its `config`, with the nodes added) once every node is up; `d.nodes` and
-    `d.entries` are the NodeSet and the nodes' entries. Runs left on the nodes are killed
-    at the end, so a failed test leaves no job behind."""
+                    config: dict, node: dict | None = None) -> Iterator[Daemon]:
+    """labqd (its `config`, with the nodes added, each with the keys of `node` too) once
+    every node is up; `d.nodes` and `d.entries` are the NodeSet and the nodes' entries. Runs
+    left on the nodes are killed at the end, so a failed test leaves no job behind."""
     with NodeSet(base / "nodes", names=names) as ns:
-        entries = ns.config_entries({n: gpus for n in names}, job_roots=base)
+        entries = [{**e, **(node or {})}
+                   for e in ns.config_entries({n: gpus for n in names}, job_roots=base)]
         d = Daemon(base / "daemon", {**config, "node": entries})
         d.nodes, d.entries = ns, entries
         try:

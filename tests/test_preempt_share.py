@@ -120,3 +120,50 @@ def test_a_job_that_has_run_longer_than_preempt_max_run_is_not_taken_back(long_r
     assert not requeues(alice, old[1])
     gate.write_text("")
     assert alice.labq("wait", old[1], "--timeout", "60", timeout=90).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def floor_daemon(tmp_path_factory):
+    with daemon_on_nodes(tmp_path_factory.mktemp("preempt-floor"), ["s10"],
+                         [{"type": "A100", "memory_mb": 40960}] * 10, {
+        "daemon": {"socket_mode": "0666", "kill_grace": "1s"},
+        "scheduler": {"interval": "1s", "preempt_min_run": "0s", "preempt_over_share": True,
+                      "preempt_share_floor": 0.7},
+        # each group is owed 5 of the node's 10 GPUs, and takes back at most up to 3.5
+        "groups": {"labqtest": {"share": 1}, "labqtest2": {"share": 1}},
+    }, node={"cpus": 16}) as d:  # one CPU for each job, whatever this machine has
+        yield d
+
+
+def test_a_group_above_preempt_share_floor_waits_and_one_below_it_takes_back(floor_daemon,
+                                                                             venv):
+    alice, bob = user("labqtest", venv, floor_daemon), user("labqtest2", venv, floor_daemon)
+    gate = writable_dir("labq-share-") / "gate"
+    wait_gate = f"while [ ! -e {gate} ]; do sleep 0.5; done"
+
+    def running(who, ids):
+        return all(show(who, j)["state"] == "RUNNING" for j in ids)
+
+    his = [submit(bob, "--gpus", "1", "--wrap", wait_gate) for _ in range(4)]
+    wait_for(lambda: running(bob, his), what="bob's four running")
+    hers = [submit(alice, "--gpus", "1", "--wrap", wait_gate) for _ in range(6)]
+    wait_for(lambda: running(alice, hers), what="alice's six running")
+    # bob holds 4 of his 5, more than 70 %: his next job waits for one to end
+    more = submit(bob, "--gpus", "1", "--wrap", wait_gate)
+    wait_for(lambda: show(bob, more)["reason"] == "Resources"
+             and show(bob, more)["estimated_start"], what="more waits")
+    time.sleep(3)
+    assert show(bob, more)["state"] == "PENDING"
+    assert running(alice, hers) and not any(requeues(alice, j) for j in hers)
+    # with 2 of his 5 he may take one back; alice runs 8, 3 beyond her share
+    assert bob.labq("cancel", str(more), str(his[0]), str(his[1])).returncode == 0
+    hers += [submit(alice, "--gpus", "1", "--wrap", wait_gate) for _ in range(2)]
+    wait_for(lambda: running(alice, hers), what="alice's eight running")
+    mine = submit(bob, "--gpus", "1", "--wrap", wait_gate)
+    wait_for(lambda: show(bob, mine)["state"] == "RUNNING", what="bob's job taken back")
+    stopped = [j for j in hers if requeues(alice, j)]
+    assert stopped == [hers[-1]]
+    assert f"preempted by job {mine} of labqtest2" in requeues(alice, hers[-1])[0]["reason"]
+    gate.write_text("")
+    assert alice.labq("wait", *hers, "--timeout", "90", timeout=120).returncode == 0
+    assert bob.labq("wait", mine, his[2], his[3], "--timeout", "90", timeout=120).returncode == 0

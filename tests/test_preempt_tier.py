@@ -180,3 +180,33 @@ def test_preempt_max_run_is_a_scheduler_setting(tmp_path):
         with pytest.raises(ConfigError) as e:
             load(conf)
         assert e.value.path == "scheduler.preempt_max_run"
+
+
+def test_a_group_holding_more_than_preempt_share_floor_of_its_share_takes_nothing_back():
+    # each group is owed 8 of the 16 GPUs; big holds 10, small 6 (75 % of its share), and
+    # small's 2-GPU job waits
+    nodes = [node("a"), node("b")]
+    jobs = [runs("big", {"a": (2 * k, 2 * k + 1)}, NOW - 3600 * (k + 1)) for k in range(4)]
+    jobs += [runs("small", {"b": tuple(range(6))}), runs("big", {"b": (6, 7)}, NOW - 600)]
+    mine = waits("small", 2)
+    shares = {"big": 1, "small": 1}
+    # by default, and while 75 % is at most the floor, big's latest job goes
+    for floor in (1.0, 0.8, 0.75):
+        p = tier(nodes, jobs + [mine], shares, preempt_share_floor=floor)
+        assert p.preempts == [(jobs[-1].id, mine.id)], floor
+    # below it, small waits for big's jobs to end
+    for floor in (0.7, 0.0):
+        assert tier(nodes, jobs + [mine], shares, preempt_share_floor=floor).preempts == []
+
+
+def test_preempt_share_floor_is_a_scheduler_setting(tmp_path):
+    conf = tmp_path / "labq.toml"
+    conf.write_text("[scheduler]\npreempt_over_share = true\npreempt_share_floor = 0.8\n")
+    assert policyconfig.build(load(conf), {}).preempt_share_floor == 0.8
+    conf.write_text("[scheduler]\n")
+    assert policyconfig.build(load(conf), {}).preempt_share_floor == 1.0  # as before
+    for bad in ("1.5", "-0.1", '"most"', "nan"):
+        conf.write_text(f"[scheduler]\npreempt_share_floor = {bad}\n")
+        with pytest.raises(ConfigError) as e:
+            load(conf)
+        assert e.value.path == "scheduler.preempt_share_floor"

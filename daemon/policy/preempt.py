@@ -11,7 +11,9 @@ preempted fewer than preempt_max times. A gang is stopped whole.
 Who may preempt: a job that may not be stopped itself, when it is the top waiting job (the
 reservation's) or, with `preempt_over_share`, the first waiting job of each class of a group
 under its share, so long as at least half of it fits in what its group is owed and does not
-hold. A job submitted preemptible is stopped only for a job it would rank below once
+hold, and its group holds at most preempt_share_floor of its share (below 1, natural turnover
+fills the rest: a group nearly at its share does not throw away others' work for the last
+GPUs of it). A job submitted preemptible is stopped only for a job it would rank below once
 requeued, so two jobs never bounce each other; a requeued job keeps its age (from its submit,
 or from when it was released or its dependency was met), so that starved_first still bounds
 its wait, and a job that has waited max_age_s is never such a victim. The over-share tier is
@@ -37,8 +39,9 @@ from .snapshot import JobView, PolicyConfig
 _INF = float("inf")
 
 
-def room(cluster: Cluster, config: PolicyConfig, groups: Iterable[str]) -> dict[str, float]:
-    """Each group's share of the up nodes' GPUs less what it holds (below 0: over it)."""
+def share_gpus(cluster: Cluster, config: PolicyConfig,
+               groups: Iterable[str]) -> dict[str, float]:
+    """Each group's share of the up nodes' GPUs."""
     shares = dict(config.group_shares)
     for g in groups:
         shares.setdefault(g, 1.0)
@@ -47,8 +50,7 @@ def room(cluster: Cluster, config: PolicyConfig, groups: Iterable[str]) -> dict[
     total = sum(shares.values())
     if total <= 0:
         return {}
-    gpus = cluster.up_gpus
-    return {g: gpus * s / total - cluster.group_gpus.get(g, 0) for g, s in shares.items()}
+    return {g: cluster.up_gpus * s / total for g, s in shares.items()}
 
 
 def may_be_preempted(victim: JobView, now: float, config: PolicyConfig,
@@ -130,24 +132,27 @@ def may_preempt(job: JobView, config: PolicyConfig, over: set[str] | None) -> bo
                 or (over is not None and job.group in over))
 
 
-def _within(left: Mapping[str, float], job: JobView) -> bool:
-    """At least half of `job` fits in what its group is owed and does not hold (`left`, as
-    room's): so starting it does not put its group over its share by more than the jobs that
-    the tier may take back from a group."""
-    return left.get(job.group, 0.0) >= job.gpus * job.nodes / 2
+def _within(left: Mapping[str, float], margin: Mapping[str, float], job: JobView) -> bool:
+    """At least half of `job` fits in what its group is owed and does not hold (`left`: each
+    group's share less what it holds), so starting it does not put its group over its share
+    by more than the jobs that the tier may take back from a group; and its group holds at
+    most preempt_share_floor of its share (`margin`: the part of its share it must lack)."""
+    owed = left.get(job.group, 0.0)
+    return owed >= job.gpus * job.nodes / 2 and owed >= margin.get(job.group, 0.0)
 
 
 class _Choice:
     """What one plan's preemptions have used so far: the GPUs each group over its share may
     still lose (its run beyond its share), the victims taken and the nodes given."""
 
-    def __init__(self, left: dict[str, float] | None):
+    def __init__(self, left: dict[str, float] | None, margin: dict[str, float]):
         self.beyond = None if left is None else {g: -r for g, r in left.items() if r < 0}
         self.left = left or {}
+        self.margin = margin
         self.taken: set[int] = set()
 
     def within(self, job: JobView) -> bool:
-        return _within(self.left, job)
+        return _within(self.left, self.margin, job)
 
     def allowed(self, v: JobView, r: float, top: float, job: JobView,
                 budget: dict[str, float]) -> bool:
@@ -279,17 +284,21 @@ def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, J
     each on nodes of its own; a job in `holding` (GPUs freed for it are coming) is no
     candidate, and the nodes of those holds (a Mapping of policy.holds.Hold) are no one's
     to take. What each candidate may hold goes in `holds` (as Plan.holds)."""
-    left = room(cluster, config, groups) if config.preempt_over_share else None
+    left = margin = None
+    if config.preempt_over_share:
+        shares = share_gpus(cluster, config, groups)
+        left = {g: s - cluster.group_gpus.get(g, 0) for g, s in shares.items()}
+        margin = {g: (1.0 - config.preempt_share_floor) * s for g, s in shares.items()}
     over = {g for g, r in left.items() if r < 0} if left is not None else None
     found = [j for j in candidates(top, heads, over)
              if j.id not in holding and may_preempt(j, config, over)
-             and (j is top or _within(left or {}, j))]
+             and (j is top or _within(left or {}, margin or {}, j))]
     if not found:
         return []  # before looking at the running jobs: most plans end here
     busy = ({n for h in holding.values() for n, _ in h.parts()}
             if isinstance(holding, Mapping) else set())
     pool = _pool(cluster, running, now, config, fs, over, busy, starved_priority(config))
-    choice = _Choice(left)
+    choice = _Choice(left, margin or {})
     out: list[tuple[int, int]] = []
     failed: set[tuple] = set()  # (group, shape): a later job of these finds no more
     most = max((e[2] for e in pool), default=0)  # the most GPUs one node could free

@@ -125,6 +125,8 @@ class PolicyConfig:
     # the scavenger tier is what a group runs beyond its share: its jobs may be preempted
     # while it holds more GPUs than its share, for a group under its share (preempt.py)
     preempt_over_share: bool = False
+    # the tier takes back only for a group that holds at most this fraction of its share
+    preempt_share_floor: float = 1.0
 
 
 @dataclass
