@@ -24,7 +24,6 @@ from labq.errors import (
     ValidationError,
 )
 from labq.states import FINAL, JobState, allowed
-from labq.units import format_duration
 
 from . import store as st
 from .activejob import ActiveJob
@@ -33,8 +32,9 @@ from .clock import SYSTEM, Clock
 from .config import Config
 from .gangs import log_key
 from .identity import Caller
+from .jobupdates import Updates
 from .logcopy import LogCopies
-from .policy import JobView, PlanMemo, PolicyConfig
+from .policy import JobView, PlanMemo
 from .policy.estimates import WAITING_REASONS
 from .policy.fairshare import Run
 from .policy.waiting import Reserved
@@ -49,7 +49,6 @@ FINAL_STATES = {s.value for s in FINAL}
 # others in between chunks
 CHUNK = 256
 MAX_SPANS = 1 << 16  # stderr ranges in one read_log reply
-WORDS = {"priority": "priority", "time_limit_s": "time limit"}  # a job's fields, in words
 
 
 class RunControl(Protocol):
@@ -74,7 +73,7 @@ class SpecCheck(Protocol):
     def check_spec(self, caller: Caller, spec: dict) -> None: ...
 
 
-class JobTable:
+class JobTable(Updates):
     def __init__(self, cfg: Config, store: st.Store, logs: LogCopies, wake: threading.Event,
                  clock: Clock = SYSTEM):
         self.cfg = cfg
@@ -427,48 +426,6 @@ class JobTable:
         for enders in self.enders.values():
             for woken in enders:
                 woken.notify()
-
-    def set_priority(self, caller: Caller, job_id: Any, priority: Any) -> dict:
-        if type(priority) is not int or not 1 <= priority <= 10:
-            raise ValidationError("priority: must be an integer from 1 to 10",
-                                  {"field": "priority"})
-        return self._lower(caller, job_id, "priority", priority, str)
-
-    def set_time_limit(self, caller: Caller, job_id: Any, seconds: Any) -> dict:
-        if type(seconds) is not int or seconds < 1:
-            raise ValidationError("time_limit_s: must be a positive number of seconds",
-                                  {"field": "time_limit_s"})
-        self.admission.check_submit_limits(caller, {"gpus": 0, "time_limit_s": seconds})
-        return self._lower(caller, job_id, "time_limit_s", seconds, format_duration)
-
-    def _lower(self, caller: Caller, job_id: Any, field: str, new: int,
-               show: Callable[[int], str]) -> dict:
-        """Change a waiting job's `field`. Its owner may only lower it, as with Slurm's
-        `scontrol update`: a job cannot jump ahead of others or hold GPUs longer than it
-        asked when it queued; admins change it either way."""
-        row = self._owned(caller, job_id)
-        with self.lock:
-            job = self.active.get(row["id"])
-            if job is None or job["state"] == S.RUNNING.value:
-                raise InvalidState(f"job {row['id']} is {row['state']}; only pending or held "
-                                   f"jobs can change {WORDS[field]}",
-                                   {"id": row["id"], "state": row["state"]})
-            old = job[field]
-            # no limit given means the scheduler's default, which is what it may go below
-            now = old if old is not None else self.cfg.scheduler.get(
-                "default_time_limit", PolicyConfig.default_time_limit_s)
-            if new > now and not caller.admin:
-                raise PermissionDenied(
-                    f"job {row['id']}: only an admin raises {WORDS[field]} "
-                    f"(now {show(now)}; you may set {show(now)} or less)",
-                    {"id": row["id"], "field": field, "value": now})
-            self.store.record_change(job["id"], job["state"], caller.user, field,
-                                     f"{WORDS[field]} {'none' if old is None else show(old)}"
-                                     f" -> {show(new)}", new)
-            job[field] = new
-            self.set_view(job)
-        self.wake.set()
-        return self.view(caller, self.job_row(row["id"]))
 
     def events(self, caller: Caller, job_id: int) -> list[dict]:
         self.job_row(job_id)
