@@ -35,9 +35,9 @@ Policies compared:
 - labq-preempt-share: labq-preempt with the scavenger tier of preempt_over_share instead,
   which many labs run: what a VC runs beyond its share may be preempted while it is beyond,
   gangs whole, for the top job or for the first waiting job of each class of a VC under its
-  share; a job up to SHARE_PREEMPT_MAX times,
-  once it has run SHARE_PREEMPT_MIN_RUN_S, and not once it has run SHARE_PREEMPT_MAX_RUN_S;
-  and only for a VC holding at most SHARE_PREEMPT_FLOOR of its share.
+  share; a job up to SHARE_PREEMPT_MAX times, once it has run SHARE_PREEMPT_MIN_RUN_S, and
+  not once it has run SHARE_PREEMPT_MAX_RUN_S; and only for a VC holding at most
+  SHARE_PREEMPT_FLOOR of its share.
 
 The trace as published loads the 2,816 GPUs to about 13 % on average, so queueing is rare
 whatever the policy; --arrival-scale compresses submit times to replay the same jobs under a

@@ -284,7 +284,8 @@ def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, J
     each on nodes of its own; a job in `holding` (GPUs freed for it are coming) is no
     candidate, and the nodes of those holds (a Mapping of policy.holds.Hold) are no one's
     to take. What each candidate may hold goes in `holds` (as Plan.holds)."""
-    left = margin = None
+    left: dict[str, float] | None = None
+    margin: dict[str, float] = {}
     if config.preempt_over_share:
         shares = share_gpus(cluster, config, groups)
         left = {g: s - cluster.group_gpus.get(g, 0) for g, s in shares.items()}
@@ -292,13 +293,13 @@ def choose(cluster: Cluster, top: JobView | None, heads: Iterable[tuple[float, J
     over = {g for g, r in left.items() if r < 0} if left is not None else None
     found = [j for j in candidates(top, heads, over)
              if j.id not in holding and may_preempt(j, config, over)
-             and (j is top or _within(left or {}, margin or {}, j))]
+             and (j is top or _within(left or {}, margin, j))]
     if not found:
         return []  # before looking at the running jobs: most plans end here
     busy = ({n for h in holding.values() for n, _ in h.parts()}
             if isinstance(holding, Mapping) else set())
     pool = _pool(cluster, running, now, config, fs, over, busy, starved_priority(config))
-    choice = _Choice(left, margin or {})
+    choice = _Choice(left, margin)
     out: list[tuple[int, int]] = []
     failed: set[tuple] = set()  # (group, shape): a later job of these finds no more
     most = max((e[2] for e in pool), default=0)  # the most GPUs one node could free
